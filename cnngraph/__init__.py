@@ -1,0 +1,18 @@
+"""cnngraph: a declarative CNN compiler. A network written in JSON is validated, built into a
+graph, optimized, and run by a backend (NumPy everywhere; CUDA where a GPU is).
+
+    spec = cnngraph.load_spec("examples/lenet5.json")
+    model = cnngraph.compile(spec, batch_size=8)
+    y = model(x)   # float32 NCHW in, float32 out
+"""
+
+from .errors import CnnGraphError, DeviceError, InputError, ShapeError, SpecError, WeightsError
+from .model import CompiledModel, build, compile
+from .spec import NetworkSpec, load_spec, parse_spec
+from .weights import load_weights, save_weights
+
+__version__ = "0.1.0"
+
+__all__ = ["CnnGraphError", "SpecError", "ShapeError", "WeightsError", "InputError", "DeviceError",
+           "CompiledModel", "NetworkSpec", "build", "compile", "load_spec", "parse_spec", "load_weights",
+           "save_weights", "__version__"]

@@ -1,0 +1,115 @@
+"""`compile`: spec -> graph -> passes -> backend, and the callable `CompiledModel` it returns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import networkx as nx
+import numpy as np
+
+from .backends.numpy_backend import NumpyBackend
+from .errors import DeviceError, InputError, SpecError
+from .graph import build_graph
+from .passes.infer_shapes import infer_shapes
+from .passes.pipeline import optimize_graph
+from .report import summary_table
+from .spec import NetworkSpec, load_spec, parse_spec
+from .weights import check_weights, expected_shapes, init_weights, load_weights
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def as_spec(spec: NetworkSpec | str | Path | Mapping[str, Any]) -> NetworkSpec:
+    if isinstance(spec, NetworkSpec):
+        return spec
+    if isinstance(spec, (str, Path)):
+        return load_spec(spec)
+    return parse_spec(dict(spec))
+
+
+def build(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1) -> nx.DiGraph:
+    """The raw graph with shapes: what `cnngraph validate` checks and `inspect --raw` shows."""
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise SpecError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return infer_shapes(build_graph(as_spec(spec), batch_size))
+
+
+def compile(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1, device: str = "auto",
+            weights: str | Path | Mapping[str, np.ndarray] | None = None, seed: int = 0,
+            optimize: bool = True) -> "CompiledModel":
+    """Validate, build, shape-check and optimize a network, and bind it to a backend."""
+    spec = as_spec(spec)
+    g = build(spec, batch_size)
+    expected = expected_shapes(g)
+    if weights is None:
+        bound, random_weights = init_weights(g, seed), True
+    else:
+        file = None if isinstance(weights, Mapping) else str(weights)
+        bound, random_weights = check_weights(load_weights(weights), expected, file), False
+    for node in g.nodes:
+        prefix = node + "."
+        g.nodes[node]["weights"] = {k[len(prefix):]: v for k, v in bound.items() if k.startswith(prefix)
+                                    and k[len(prefix):] in ("weight", "bias", "running_mean", "running_var")}
+    if optimize:
+        g = optimize_graph(g)
+    return CompiledModel(spec, g, bound, _backend(device, g), random_weights)
+
+
+def _backend(device: str, g: nx.DiGraph):
+    if device not in DEVICES:
+        raise DeviceError(f'unknown device "{device}"; valid: {", ".join(DEVICES)}')
+    if device == "cuda":
+        raise DeviceError('the CUDA backend is not available in this version; use device="cpu" or "auto"')
+    return NumpyBackend(g)
+
+
+class CompiledModel:
+    """A network compiled for one batch size. Call it on float32 NCHW arrays."""
+
+    def __init__(self, spec: NetworkSpec, graph: nx.DiGraph, weights: dict[str, np.ndarray], backend,
+                 random_weights: bool):
+        self.spec, self.graph, self.weights, self.backend = spec, graph, weights, backend
+        self.random_weights = random_weights  # True when the seeded initialisation was used
+        self.batch_size = graph.graph["batch_size"]
+        self.input_shapes = {i.name: (self.batch_size, *i.shape) for i in spec.inputs}
+        self.output_names = list(graph.graph["outputs"])
+
+    @property
+    def device(self) -> str:
+        return self.backend.device
+
+    def __call__(self, x):
+        """`x`: one array, or a dict by input name when the network has several inputs. Returns one
+        array, or a dict by output name when it has several outputs."""
+        if isinstance(x, Mapping):
+            given = dict(x)
+        elif len(self.input_shapes) == 1:
+            given = {next(iter(self.input_shapes)): x}
+        else:
+            raise InputError(f"this network has inputs {', '.join(self.input_shapes)}; pass a dict by name")
+        unknown = set(given) - set(self.input_shapes)
+        missing = set(self.input_shapes) - set(given)
+        if unknown or missing:
+            raise InputError(f"inputs must be exactly {', '.join(self.input_shapes)}; "
+                             f"got {', '.join(given) or 'none'}")
+        arrays = {name: self._check_input(name, value) for name, value in given.items()}
+        outputs = self.backend.run(arrays)
+        return outputs[self.output_names[0]] if len(self.output_names) == 1 else outputs
+
+    def _check_input(self, name: str, x) -> np.ndarray:
+        if not isinstance(x, np.ndarray):
+            raise InputError(f'input "{name}" must be a numpy array, got {type(x).__name__}')
+        if x.dtype != np.float32:
+            raise InputError(f'input "{name}" must be float32, got {x.dtype} (use x.astype(np.float32))')
+        want = self.input_shapes[name]
+        if x.shape != want:
+            raise InputError(f'input "{name}" must have shape {want} (compiled for batch {self.batch_size}), '
+                             f"got {x.shape}")
+        return x
+
+    def summary(self) -> str:
+        return summary_table(self.graph)
+
+    def __repr__(self) -> str:
+        return f"<CompiledModel {self.spec.name} batch={self.batch_size} device={self.device}>"

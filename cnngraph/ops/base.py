@@ -1,0 +1,104 @@
+"""What every op declares, in one place: its spec fields (a Pydantic model), its shape rule,
+its weights, its FLOPs and its NumPy implementation.
+
+Shapes handled by ops are per sample: (C, H, W) for images, (F,) for feature vectors. The NumPy
+implementations work on batched arrays in the NumPy backend's layout: (N, H, W, C) for images
+(channels last makes the im2col reduction contiguous) and (N, F) for vectors.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
+
+from ..errors import ShapeError
+
+Shape = tuple[int, ...]
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+Pair = Annotated[list[PositiveInt], Field(min_length=2, max_length=2)]
+NonNegativePair = Annotated[list[NonNegativeInt], Field(min_length=2, max_length=2)]
+
+
+def pair(value: int | list[int]) -> tuple[int, int]:
+    """An int or an [h, w] list as an (h, w) tuple, as PyTorch's `_pair` does."""
+    return (value, value) if isinstance(value, int) else (value[0], value[1])
+
+
+def invalid(message: str, field: str) -> PydanticCustomError:
+    """A validation error raised from a model validator that still names the offending field."""
+    return PydanticCustomError("invalid_value", message.replace("{", "(").replace("}", ")"), {"field": field})
+
+
+def fmt_shape(shape: Shape) -> str:
+    """A per-sample shape as users see it, with the batch: (N,64,56,56)."""
+    return "(" + ",".join(["N", *map(str, shape)]) + ")"
+
+
+class Strict(BaseModel):
+    """Frozen, and unknown fields are errors (a typo must never be ignored silently)."""
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Layer(Strict):
+    """Fields shared by every layer. Subclasses add `op: Literal[...]` and their parameters."""
+    name: str | None = Field(None, min_length=1, max_length=256,
+                             description="Unique layer name; names the weights. Default <op>_<index>.")
+    inputs: list[str] | None = Field(None, min_length=1,
+                                     description="Layers or network inputs read; default: the previous layer.")
+
+    arity: ClassVar[tuple[int, int | None]] = (1, 1)  # (min, max) number of inputs; None: unbounded
+
+    # --- shape rule ---------------------------------------------------------------------------
+    def infer_shape(self, in_shapes: list[Shape]) -> Shape:
+        """Output shape (per sample) from input shapes, or a ShapeError naming what was expected."""
+        return in_shapes[0]
+
+    def shape_error(self, message: str, field: str | None = None) -> ShapeError:
+        return ShapeError(message, layer=self.name, field=field)
+
+    def expect_image(self, shape: Shape) -> None:
+        if len(shape) != 3:
+            raise self.shape_error(f"{self.op} needs an image input (N,C,H,W), got {fmt_shape(shape)}")
+
+    # --- weights ------------------------------------------------------------------------------
+    def weight_shapes(self, in_shapes: list[Shape]) -> dict[str, Shape]:
+        """Weight tensors by key suffix ("weight", "bias", ...) in PyTorch's layout."""
+        return {}
+
+    def init_weights(self, shapes: dict[str, Shape], rng: np.random.Generator) -> dict[str, np.ndarray]:
+        """Deterministic initialisation when the user gives no weights."""
+        return {}
+
+    # --- cost ---------------------------------------------------------------------------------
+    def flops(self, in_shapes: list[Shape], out_shape: Shape) -> int:
+        """Floating-point operations per sample (a multiply-add counts 2)."""
+        return int(np.prod(out_shape))
+
+    # --- NumPy implementation -----------------------------------------------------------------
+    def prepare(self, weights: dict[str, np.ndarray], in_shapes: list[Shape]) -> dict:
+        """Weights rearranged once, at compile time, for `run_numpy`."""
+        return weights
+
+    def run_numpy(self, xs: list[np.ndarray], params: dict, scratch: "Scratch") -> np.ndarray:
+        raise NotImplementedError(type(self).__name__)
+
+
+class Scratch:
+    """Reusable temporary buffers for the NumPy backend, so steady-state runs do not allocate
+    large temporaries per layer. Callers keep each request under `budget` bytes by chunking."""
+
+    budget = 256 * 2**20  # bytes per scratch buffer, whatever the batch size
+
+    def __init__(self):
+        self._buffers: dict[str, np.ndarray] = {}
+
+    def get(self, key: str, shape: Shape, dtype=np.float32) -> np.ndarray:
+        size = int(np.prod(shape))
+        buf = self._buffers.get(key)
+        if buf is None or buf.size < size or buf.dtype != dtype:
+            buf = self._buffers[key] = np.empty(size, dtype)
+        return buf[:size].reshape(shape)

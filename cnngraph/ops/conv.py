@@ -1,0 +1,194 @@
+"""conv2d: PyTorch's `F.conv2d` semantics (padding int/pair/"same"/"valid", stride, dilation, groups),
+plus an optional fused activation.
+
+NumPy implementation (channels last): dense convs are im2col + one GEMM per batch chunk, with the
+columns ordered (kh, kw, C) so each copied run is a contiguous channel vector; 1x1 convs skip
+im2col; depthwise convs accumulate one strided tap at a time, never building columns.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+from pydantic import Field, model_validator
+
+from .activation import ActivationField
+from .base import Layer, invalid, NonNegativeInt, NonNegativePair, Pair, PositiveInt, Scratch, Shape, fmt_shape, pair
+
+
+def conv_out_size(size: int, kernel: int, stride: int, pad_total: int, dilation: int) -> int:
+    """PyTorch's output size: floor((size + pads - dilation*(kernel-1) - 1) / stride) + 1."""
+    return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1
+
+
+class Conv2d(Layer):
+    op: Literal["conv2d"]
+    out_channels: PositiveInt
+    kernel_size: PositiveInt | Pair
+    stride: PositiveInt | Pair = 1
+    padding: NonNegativeInt | NonNegativePair | Literal["same", "valid"] = 0
+    dilation: PositiveInt | Pair = 1
+    groups: PositiveInt = 1
+    bias: bool = True
+    activation: ActivationField | None = Field(None, description='Fused activation: a name ("relu") or an object.')
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.padding == "same" and pair(self.stride) != (1, 1):
+            raise invalid('padding "same" needs stride 1 (as in PyTorch); give explicit padding instead',
+                          field="padding")
+        if self.out_channels % self.groups:
+            raise invalid(f"groups={self.groups} must divide out_channels={self.out_channels}", field="groups")
+        return self
+
+    # --- geometry -----------------------------------------------------------------------------
+    def pads(self) -> tuple[int, int, int, int]:
+        """(top, bottom, left, right). "same" pads dilation*(k-1) in total, the smaller half first."""
+        if self.padding == "valid":
+            return (0, 0, 0, 0)
+        if self.padding == "same":
+            (kh, kw), (dh, dw) = pair(self.kernel_size), pair(self.dilation)
+            th, tw = dh * (kh - 1), dw * (kw - 1)
+            return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+        ph, pw = pair(self.padding)
+        return (ph, ph, pw, pw)
+
+    def infer_shape(self, in_shapes):
+        (shape,) = in_shapes
+        self.expect_image(shape)
+        c, h, w = shape
+        if c % self.groups:
+            raise self.shape_error(f"groups={self.groups} must divide the {c} input channels", field="groups")
+        (kh, kw), (sh, sw), (dh, dw) = pair(self.kernel_size), pair(self.stride), pair(self.dilation)
+        top, bottom, left, right = self.pads()
+        ho = conv_out_size(h, kh, sh, top + bottom, dh)
+        wo = conv_out_size(w, kw, sw, left + right, dw)
+        if ho < 1 or wo < 1:
+            raise self.shape_error(
+                f"kernel {kh}x{kw} (dilation {dh}x{dw}) is larger than the padded input "
+                f"{h + top + bottom}x{w + left + right} of {fmt_shape(shape)}", field="kernel_size")
+        return (self.out_channels, ho, wo)
+
+    def weight_shapes(self, in_shapes):
+        c = in_shapes[0][0]
+        shapes = {"weight": (self.out_channels, c // self.groups, *pair(self.kernel_size))}
+        if self.bias:
+            shapes["bias"] = (self.out_channels,)
+        return shapes
+
+    def init_weights(self, shapes, rng):
+        fan_in = int(np.prod(shapes["weight"][1:]))
+        out = {"weight": rng.normal(0, math.sqrt(2 / fan_in), shapes["weight"])}  # He (Kaiming normal)
+        if "bias" in shapes:
+            out["bias"] = rng.uniform(-1, 1, shapes["bias"]) / math.sqrt(fan_in)
+        return out
+
+    def flops(self, in_shapes, out_shape):
+        c = in_shapes[0][0]
+        kh, kw = pair(self.kernel_size)
+        return 2 * int(np.prod(out_shape)) * (c // self.groups) * kh * kw
+
+    # --- NumPy ----------------------------------------------------------------------------------
+    def is_depthwise(self, in_channels: int) -> bool:
+        return self.groups == in_channels == self.out_channels and self.groups > 1
+
+    def prepare(self, weights, in_shapes):
+        w = weights["weight"]  # (K, C/g, kh, kw)
+        k, cg, kh, kw = w.shape
+        if self.is_depthwise(in_shapes[0][0]):
+            taps = np.ascontiguousarray(w[:, 0].transpose(1, 2, 0))  # (kh, kw, C)
+        else:
+            # per group, a (kh*kw*C/g, K/g) matrix whose rows follow the (kh, kw, C) column order
+            g = self.groups
+            taps = np.ascontiguousarray(w.reshape(g, k // g, cg, kh, kw).transpose(0, 3, 4, 2, 1)
+                                        .reshape(g, kh * kw * cg, k // g))
+        return {"taps": taps, "bias": weights.get("bias")}
+
+    def run_numpy(self, xs, params, scratch: Scratch):
+        (x,) = xs  # (N, H, W, C)
+        n, h, w, c = x.shape
+        (kh, kw), (sh, sw), (dh, dw) = pair(self.kernel_size), pair(self.stride), pair(self.dilation)
+        _, ho, wo = self.infer_shape([(c, h, w)])
+        out = np.empty((n, ho, wo, self.out_channels), np.float32)
+        xp = _padded(x, self.pads(), scratch)
+        if self.is_depthwise(c):
+            _depthwise(xp, params["taps"], (sh, sw), (dh, dw), out, scratch)
+        elif (kh, kw) == (1, 1):
+            xs_ = xp[:, ::sh, ::sw][:, :ho, :wo] if (sh, sw) != (1, 1) else xp
+            _gemm_groups(np.ascontiguousarray(xs_).reshape(-1, c), params["taps"], out.reshape(-1, self.out_channels))
+        else:
+            _im2col_gemm(xp, params["taps"], (kh, kw), (sh, sw), (dh, dw), out, scratch)
+        if params["bias"] is not None:
+            out += params["bias"]
+        return self.activation.apply(out) if self.activation else out
+
+
+def _padded(x: np.ndarray, pads: tuple[int, int, int, int], scratch: Scratch) -> np.ndarray:
+    """x zero-padded in H and W, in a reused scratch buffer (only the borders are cleared)."""
+    top, bottom, left, right = pads
+    if not any(pads):
+        return x
+    n, h, w, c = x.shape
+    xp = scratch.get("pad", (n, h + top + bottom, w + left + right, c))
+    xp[:, :top] = 0
+    xp[:, top + h:] = 0
+    xp[:, :, :left] = 0
+    xp[:, :, left + w:] = 0
+    xp[:, top:top + h, left:left + w] = x
+    return xp
+
+
+def _gemm_groups(cols: np.ndarray, taps: np.ndarray, out: np.ndarray) -> None:
+    """out (M, K) = cols (M, g*R) @ block-diagonal taps (g, R, K/g)."""
+    g, r, kg = taps.shape
+    if g == 1:
+        np.matmul(cols, taps[0], out=out)
+        return
+    for i in range(g):
+        out[:, i * kg:(i + 1) * kg] = cols[:, i * r:(i + 1) * r] @ taps[i]
+
+
+def _im2col_gemm(xp, taps, kernel, stride, dilation, out, scratch: Scratch) -> None:
+    """Dense conv of padded xp (N, Hp, Wp, C) into out (N, Ho, Wo, K). Whole samples are folded
+    into one GEMM as far as the column buffer fits the scratch budget; a sample too big on its
+    own is split by output rows."""
+    (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
+    n, ho, wo, k = out.shape
+    g, r, kg = taps.shape  # r = kh*kw*C/g
+    cg = xp.shape[3] // g
+    # (N, Ho, Wo, C, kh, kw) window view, transposed so each copied run is a channel vector
+    win = sliding_window_view(xp, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(1, 2))
+    win = win[:, ::sh, ::sw, :, ::dh, ::dw][:, :ho, :wo].transpose(0, 1, 2, 4, 5, 3)
+    row_bytes = wo * r * 4
+    if ho * row_bytes <= Scratch.budget:
+        step = max(1, Scratch.budget // (ho * row_bytes))
+        chunks = [(b, min(n, b + step), 0, ho) for b in range(0, n, step)]
+    else:
+        step = max(1, Scratch.budget // row_bytes)
+        chunks = [(b, b + 1, y, min(ho, y + step)) for b in range(n) for y in range(0, ho, step)]
+    for b0, b1, y0, y1 in chunks:
+        cols = scratch.get("cols", (b1 - b0, y1 - y0, wo, kh, kw, cg))
+        dst = out[b0:b1, y0:y1].reshape(-1, k)  # a view: chunks are whole samples or rows of one
+        for i in range(g):
+            np.copyto(cols, win[b0:b1, y0:y1, :, :, :, i * cg:(i + 1) * cg])
+            if g == 1:
+                np.matmul(cols.reshape(-1, r), taps[0], out=dst)
+            else:
+                dst[:, i * kg:(i + 1) * kg] = cols.reshape(-1, r) @ taps[i]
+
+
+def _depthwise(xp, taps, stride, dilation, out, scratch: Scratch) -> None:
+    """out[n, y, x, c] = sum over taps of xp[n, y*s + i*d, x*s + j*d, c] * taps[i, j, c]."""
+    (sh, sw), (dh, dw) = stride, dilation
+    kh, kw, _ = taps.shape
+    _, ho, wo, _ = out.shape
+    out[...] = 0
+    tmp = scratch.get("depthwise", out.shape)
+    for i in range(kh):
+        for j in range(kw):
+            tap = xp[:, i * dh: i * dh + sh * (ho - 1) + 1: sh, j * dw: j * dw + sw * (wo - 1) + 1: sw]
+            np.multiply(tap, taps[i, j], out=tmp)
+            out += tmp

@@ -1,0 +1,31 @@
+"""Fold `batch_norm2d` into the conv2d that feeds it: w' = w * s, b' = b * s + t with the BN's
+per-channel scale s and shift t, computed in float64 and cast once. Only when the conv's output
+has no other reader and the conv has no activation of its own (BN must come before it)."""
+
+from __future__ import annotations
+
+import networkx as nx
+import numpy as np
+
+from ..ops import batch_norm_scale_shift
+from .rewrite import merge_into_consumer, single_consumer
+
+
+def fold_batch_norm(g: nx.DiGraph) -> list[str]:
+    changes = []
+    for bn in [n for n, op in g.nodes(data="op") if op == "batch_norm2d"]:
+        (conv,) = g.nodes[bn]["inputs"]
+        attrs = g.nodes[conv]
+        if not attrs["op"].startswith("conv2d") or attrs["spec"].activation is not None:
+            continue
+        if single_consumer(g, conv) != bn:
+            continue
+        bn_attrs = g.nodes[bn]
+        scale, shift = batch_norm_scale_shift(bn_attrs["weights"], bn_attrs["spec"].eps)
+        w = attrs["weights"]["weight"].astype(np.float64)
+        b = attrs["weights"].get("bias", np.zeros(len(scale))).astype(np.float64)
+        weights = {"weight": (w * scale[:, None, None, None]).astype(np.float32),
+                   "bias": (b * scale + shift).astype(np.float32)}
+        merge_into_consumer(g, conv, bn, op=attrs["op"] + "+batch_norm2d", spec=attrs["spec"], weights=weights)
+        changes.append(f"folded {bn} into {conv}")
+    return changes

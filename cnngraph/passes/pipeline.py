@@ -1,0 +1,46 @@
+"""The optimization pipeline: a flat list of small passes, run in order, each recording what it
+changed; the graph's invariants are checked after every pass."""
+
+from __future__ import annotations
+
+import networkx as nx
+
+from ..errors import CnnGraphError
+from .fold_batch_norm import fold_batch_norm
+from .fuse_activation import fuse_activation
+from .remove_dropout import remove_dropout
+
+PIPELINE = [
+    remove_dropout,     # identity at inference
+    fold_batch_norm,    # conv -> batch_norm becomes one conv with adjusted weight and bias
+    fuse_activation,    # conv/linear -> activation becomes one node (after BN folding)
+]
+
+
+def optimize_graph(g: nx.DiGraph) -> nx.DiGraph:
+    """Run every pass on a copy of `g`; the log lands in `g.graph["passes"]` as (pass, changes)."""
+    g = g.copy()
+    layers_before = sorted(name for _, names in g.nodes(data="layers") for name in names)
+    log = []
+    for run in PIPELINE:
+        log.append((run.__name__, run(g)))
+        check_invariants(g, layers_before, run.__name__)
+    g.graph["passes"] = log
+    return g
+
+
+def check_invariants(g: nx.DiGraph, layers: list[str], after: str) -> None:
+    """Acyclic, every node shaped, every spec layer implemented by exactly one node, edges match inputs."""
+    problems = []
+    if not nx.is_directed_acyclic_graph(g):
+        problems.append("the graph has a cycle")
+    problems += [f"node {n} has no shape" for n, shape in g.nodes(data="shape") if shape is None]
+    if sorted(name for _, names in g.nodes(data="layers") for name in names) != layers:
+        problems.append("spec layers are not each implemented by exactly one node")
+    for n, inputs in g.nodes(data="inputs"):
+        if set(inputs) != set(g.predecessors(n)):
+            problems.append(f"node {n}: inputs {inputs} disagree with its edges")
+    missing = [o for o in g.graph["outputs"] if o not in g]
+    problems += [f"output {o} is gone" for o in missing]
+    if problems:
+        raise CnnGraphError(f"internal error after pass {after}: " + "; ".join(problems))

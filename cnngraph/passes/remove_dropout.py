@@ -1,0 +1,17 @@
+"""Remove `dropout` (an identity at inference). Needs shapes; runs first among the optimizations."""
+
+from __future__ import annotations
+
+import networkx as nx
+
+from .rewrite import bypass
+
+
+def remove_dropout(g: nx.DiGraph) -> list[str]:
+    changes = []
+    for node in [n for n, op in g.nodes(data="op") if op == "dropout"]:
+        if node in g.graph["outputs"]:
+            continue  # its name is how the user asks for the result: keep it
+        bypass(g, node)
+        changes.append(f"removed dropout {node}")
+    return changes

@@ -1,0 +1,42 @@
+"""Graph surgery shared by the passes: dropping a pass-through node and merging a producer into
+its only consumer. Both keep node ids of the surviving node so consumers and outputs stay valid."""
+
+from __future__ import annotations
+
+import networkx as nx
+
+
+def single_consumer(g: nx.DiGraph, node: str) -> str | None:
+    """The one node reading `node`, if exactly one does and `node` is not a network output."""
+    if node in g.graph["outputs"]:
+        return None
+    readers = list(g.successors(node))
+    if len(readers) != 1 or g.nodes[readers[0]]["inputs"].count(node) != 1:
+        return None
+    return readers[0]
+
+
+def bypass(g: nx.DiGraph, node: str) -> None:
+    """Remove a one-input node whose output equals its input; readers read its input instead,
+    and its producer takes over its spec layers (so every layer stays accounted for)."""
+    (src,) = g.nodes[node]["inputs"]
+    g.nodes[src]["layers"] = g.nodes[src]["layers"] + g.nodes[node]["layers"]
+    for reader in list(g.successors(node)):
+        attrs = g.nodes[reader]
+        attrs["inputs"] = [src if i == node else i for i in attrs["inputs"]]
+        g.add_edge(src, reader, index=attrs["inputs"].index(src))
+    g.remove_node(node)
+
+
+def merge_into_consumer(g: nx.DiGraph, producer: str, consumer: str, **attrs) -> None:
+    """Fold `producer` into `consumer` (its only reader): the consumer now reads the producer's
+    inputs and implements both layers; `attrs` overwrite the consumer's (op, spec, weights...)."""
+    p, c = g.nodes[producer], g.nodes[consumer]
+    c["layers"] = p["layers"] + c["layers"]
+    c["flops"] = p.get("flops", 0) + c.get("flops", 0)
+    c["inputs"] = list(p["inputs"])
+    c["path"] = p["path"]  # the merged node starts where the producer did in the spec
+    c.update(attrs)
+    for position, src in enumerate(p["inputs"]):
+        g.add_edge(src, consumer, index=position)
+    g.remove_node(producer)

@@ -1,0 +1,209 @@
+"""The spec format (version 1): the Pydantic models of a network and `load_spec`.
+
+Validation errors become one-line `SpecError`s that name the file, the layer (by name and JSON
+path) and the field, and suggest the closest valid name for a typo.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+
+from .errors import SpecError
+from .ops import ACTIVATION_OPS, ACTIVATIONS, LAYER_TYPES, OPS, Layer
+from .ops.base import PositiveInt, Strict
+
+LayerSpec = Annotated[Union[tuple(LAYER_TYPES)], Field(discriminator="op")]
+
+
+class InputSpec(Strict):
+    name: str = Field(min_length=1, max_length=256)
+    shape: list[PositiveInt] = Field(min_length=1, max_length=3,
+                                     description="Per-sample shape: [C, H, W] for images or [F] for vectors.")
+
+    @field_validator("shape")
+    @classmethod
+    def _rank(cls, shape):
+        if len(shape) == 2:
+            raise ValueError("must be [C, H, W] for an image or [F] for a vector, not 2 numbers")
+        return shape
+
+
+class NetworkSpec(Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
+                              title="cnngraph network spec (format version 1)")
+
+    schema_: str | None = Field(None, alias="$schema", description="Path or URL of this JSON Schema, for editors.")
+    format_version: Literal[1]
+    name: str = Field("network", min_length=1, max_length=256)
+    inputs: list[InputSpec] = Field(min_length=1)
+    layers: list[LayerSpec] = Field(min_length=1)
+    outputs: list[str] | None = Field(None, min_length=1, description="Layers whose results are returned; "
+                                                                      "default: the last layer.")
+    _source: str | None = PrivateAttr(None)  # the file it was loaded from, for error messages
+
+    @field_validator("layers")
+    @classmethod
+    def _default_names_and_inputs(cls, layers: list[Layer], info):
+        """Fill in `<op>_<index>` names and the default input (the previous layer, or the first
+        network input for the first layer), so later stages never deal with defaults."""
+        inputs = info.data.get("inputs") or []
+        filled, previous = [], inputs[0].name if inputs else None
+        for index, layer in enumerate(layers):
+            name = layer.name or f"{layer.op}_{index}"
+            update = {"name": name}
+            if layer.inputs is None and previous is not None:
+                update["inputs"] = [previous]
+            filled.append(layer.model_copy(update=update))
+            previous = name
+        return filled
+
+    @property
+    def source(self) -> str | None:
+        return self._source
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self.outputs) if self.outputs else [self.layers[-1].name]
+
+    def layer_path(self, name: str) -> str | None:
+        """JSON pointer of a layer (`/layers/7`), for messages that point back to the spec."""
+        for index, layer in enumerate(self.layers):
+            if layer.name == name:
+                return f"/layers/{index}"
+        return None
+
+
+def _check_references(spec: NetworkSpec) -> None:
+    """Unique names, known references, input counts that fit the op, known outputs."""
+    seen: dict[str, str] = {}
+    for inp in spec.inputs:
+        if inp.name in seen:
+            raise SpecError(f'duplicate network input name "{inp.name}"', path="/inputs", field="name")
+        seen[inp.name] = "network input"
+    for index, layer in enumerate(spec.layers):
+        where = dict(layer=layer.name, path=f"/layers/{index}")
+        if layer.name in seen:
+            raise SpecError(f'duplicate name "{layer.name}" (already used by a {seen[layer.name]})',
+                            field="name", **where)
+        seen[layer.name] = "layer"
+    valid = ", ".join(sorted(seen))
+    for index, layer in enumerate(spec.layers):
+        where = dict(layer=layer.name, path=f"/layers/{index}")
+        for ref in layer.inputs:
+            if ref not in seen:
+                raise SpecError(f'unknown input "{ref}"{_suggest(ref, seen)}; valid: {_clip(valid)}',
+                                field="inputs", **where)
+        lo, hi = layer.arity
+        if not lo <= len(layer.inputs) <= (hi or len(layer.inputs)):
+            need = f"at least {lo}" if hi is None else str(lo)
+            raise SpecError(f"{layer.op} takes {need} input(s), got {len(layer.inputs)}", field="inputs", **where)
+    layer_names = {layer.name for layer in spec.layers}
+    for out in spec.output_names:
+        if out not in layer_names:
+            raise SpecError(f'unknown output "{out}"{_suggest(out, layer_names)}; outputs must name layers',
+                            field="outputs", path="/outputs")
+
+
+def parse_spec(data: Any, source: str | None = None) -> NetworkSpec:
+    """A validated NetworkSpec from parsed JSON data, or a one-line SpecError."""
+    if not isinstance(data, dict):
+        raise SpecError(f"a spec must be a JSON object, got {type(data).__name__}", file=source)
+    try:
+        spec = NetworkSpec.model_validate(data)
+    except ValidationError as err:
+        raise _spec_error(err, data).located(source) from None
+    except RecursionError:
+        raise SpecError("the spec is nested too deeply", file=source) from None
+    spec._source = source
+    try:
+        _check_references(spec)
+    except SpecError as err:
+        raise err.located(source) from None
+    return spec
+
+
+def load_spec(path: str | Path) -> NetworkSpec:
+    """Read and validate a spec file. Raises SpecError (with file, line and column for bad JSON)."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpecError(f"cannot read the spec: {getattr(err, 'strerror', None) or err}", file=source) from None
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except json.JSONDecodeError as err:
+        raise SpecError(f"invalid JSON: {err.msg}", file=f"{source}:{err.lineno}:{err.colno}") from None
+    except (ValueError, RecursionError) as err:
+        raise SpecError(f"invalid JSON: {err}", file=source) from None
+    return parse_spec(data, source)
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON (numbers must be finite)")
+
+
+# --- turning a Pydantic error into one line ----------------------------------------------------
+
+def _spec_error(err: ValidationError, data: dict) -> SpecError:
+    e = err.errors(include_url=False)[0]
+    loc, kind = list(e["loc"]), e["type"]
+    layer = path = None
+    model_fields = set(NetworkSpec.model_fields) | {"$schema"}
+    if len(loc) >= 2 and loc[0] == "layers" and isinstance(loc[1], int):
+        index = loc[1]
+        raw = data["layers"][index] if isinstance(data.get("layers"), list) else {}
+        raw = raw if isinstance(raw, dict) else {}
+        name, op = raw.get("name"), raw.get("op")
+        layer = name if isinstance(name, str) and name else f"{op if isinstance(op, str) else 'layer'}_{index}"
+        path = f"/layers/{index}"
+        rest = loc[2:]
+        if rest and rest[0] in OPS:
+            model_fields = set(OPS[rest[0]].model_fields)
+            rest = rest[1:]
+        # drop the union tags of nested activation objects: activation.leaky_relu.x -> activation.x
+        if len(rest) >= 2 and rest[0] == "activation" and rest[1] in ACTIVATION_OPS:
+            model_fields = set(next(a for a in ACTIVATIONS if rest[1] in str(a.model_fields["op"].annotation))
+                               .model_fields)
+            rest = [rest[0], *rest[2:]]
+        loc = rest
+    field = ".".join(str(part) for part in loc if not isinstance(part, int)) or None
+    if (e.get("ctx") or {}).get("field"):  # raised by a model validator that knows the field
+        field = ".".join(filter(None, [field, e["ctx"]["field"]]))
+    if path is None:
+        path = "/" + "/".join(str(part) for part in loc) if loc else None
+        field = None if path else field
+    return SpecError(_describe(e, kind, loc, model_fields), layer=layer, path=path, field=field)
+
+
+def _describe(e: dict, kind: str, loc: list, model_fields: set[str]) -> str:
+    ctx = e.get("ctx") or {}
+    got = e.get("input")
+    if kind == "extra_forbidden":
+        name = str(loc[-1]) if loc else ""
+        return f'unknown field "{name}"{_suggest(name, model_fields)}; valid fields: {", ".join(sorted(model_fields))}'
+    if kind == "missing":
+        return "missing required field"
+    if kind == "union_tag_invalid":
+        tag = ctx.get("tag")
+        valid = list(OPS) if "activation" not in loc else ACTIVATION_OPS
+        return f'unknown op "{tag}"{_suggest(str(tag), valid)}; valid ops: {", ".join(valid)}'
+    if kind == "union_tag_not_found":
+        return 'missing "op" (every layer names its op, e.g. "conv2d")'
+    if kind == "invalid_value":
+        return e["msg"]
+    shown = repr(got)
+    return f"{e['msg'].rstrip('.')}, got {_clip(shown, 60)}" if not isinstance(got, (dict, list)) else e["msg"]
+
+
+def _suggest(name: str, options) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
+    return f'; did you mean "{close[0]}"?' if close else ""
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
