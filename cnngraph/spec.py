@@ -78,6 +78,12 @@ class NetworkSpec(Strict):
         return None
 
 
+def json_schema() -> dict:
+    """The JSON Schema of the spec format, generated from the models (never written by hand)."""
+    schema = NetworkSpec.model_json_schema(by_alias=True)
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
 def _check_references(spec: NetworkSpec) -> None:
     """Unique names, known references, input counts that fit the op, known outputs."""
     seen: dict[str, str] = {}
@@ -102,11 +108,11 @@ def _check_references(spec: NetworkSpec) -> None:
         if not lo <= len(layer.inputs) <= (hi or len(layer.inputs)):
             need = f"at least {lo}" if hi is None else str(lo)
             raise SpecError(f"{layer.op} takes {need} input(s), got {len(layer.inputs)}", field="inputs", **where)
-    layer_names = {layer.name for layer in spec.layers}
+    layer_names = [layer.name for layer in spec.layers]
     for out in spec.output_names:
         if out not in layer_names:
-            raise SpecError(f'unknown output "{out}"{_suggest(out, layer_names)}; outputs must name layers',
-                            field="outputs", path="/outputs")
+            raise SpecError(f'unknown output "{out}"{_suggest(out, layer_names)}; outputs must name layers: '
+                            f'{_clip(", ".join(layer_names))}', field="outputs", path="/outputs")
 
 
 def parse_spec(data: Any, source: str | None = None) -> NetworkSpec:
@@ -149,11 +155,44 @@ def _reject_constant(name: str):
 
 # --- turning a Pydantic error into one line ----------------------------------------------------
 
+# error types that only say "this union branch wants another type"; a branch that got further
+# (a range error inside the list form of kernel_size, say) explains the problem better
+_TYPE_MISMATCH = {"int_type", "int_parsing", "int_from_float", "float_type", "float_parsing", "bool_type",
+                  "bool_parsing", "string_type", "list_type", "dict_type", "model_type", "literal_error"}
+
+
+def _is_branch_tag(part) -> bool:
+    """A union branch in a Pydantic location ("constrained-int", "list[constrained-int]"), not a field."""
+    return isinstance(part, str) and not part.isidentifier() and part != "$schema"
+
+
+def _site(e: dict) -> tuple:
+    """Where an error is: its location without union branches and list indices (the layer index kept)."""
+    loc = e["loc"]
+    return tuple(p for i, p in enumerate(loc) if (i < 2 or not isinstance(p, int)) and not _is_branch_tag(p))
+
+
+def _best_error(errors: list[dict]) -> dict:
+    """The one error to report. An unknown field comes first: a typo (`kernal_size`) is what causes
+    the "missing kernel_size" beside it. Otherwise the first bad field, and of the union branches
+    tried for it, one that failed on more than the type ([0, 3] for kernel_size is a bad list)."""
+    for e in errors:
+        if e["type"] == "extra_forbidden":
+            return e
+    site = _site(errors[0])
+
+    def rank(e):
+        mismatch = e["type"] in _TYPE_MISMATCH and not (e["type"] == "literal_error" and isinstance(e["input"], str))
+        return mismatch, -len(e["loc"])
+
+    return min((e for e in errors if _site(e) == site), key=rank)
+
+
 def _spec_error(err: ValidationError, data: dict) -> SpecError:
-    e = err.errors(include_url=False)[0]
-    loc, kind = list(e["loc"]), e["type"]
+    e = _best_error(err.errors(include_url=False))
+    loc, kind = [part for part in e["loc"] if not _is_branch_tag(part)], e["type"]
     layer = path = None
-    model_fields = set(NetworkSpec.model_fields) | {"$schema"}
+    model_fields = {f.alias or name for name, f in NetworkSpec.model_fields.items()}
     if len(loc) >= 2 and loc[0] == "layers" and isinstance(loc[1], int):
         index = loc[1]
         raw = data["layers"][index] if isinstance(data.get("layers"), list) else {}
@@ -167,8 +206,7 @@ def _spec_error(err: ValidationError, data: dict) -> SpecError:
             rest = rest[1:]
         # drop the union tags of nested activation objects: activation.leaky_relu.x -> activation.x
         if len(rest) >= 2 and rest[0] == "activation" and rest[1] in ACTIVATION_OPS:
-            model_fields = set(next(a for a in ACTIVATIONS if rest[1] in str(a.model_fields["op"].annotation))
-                               .model_fields)
+            model_fields = set(ACTIVATIONS[ACTIVATION_OPS.index(rest[1])].model_fields)
             rest = [rest[0], *rest[2:]]
         loc = rest
     field = ".".join(str(part) for part in loc if not isinstance(part, int)) or None
@@ -196,6 +234,11 @@ def _describe(e: dict, kind: str, loc: list, model_fields: set[str]) -> str:
         return 'missing "op" (every layer names its op, e.g. "conv2d")'
     if kind == "invalid_value":
         return e["msg"]
+    if kind == "value_error":  # raised by a field validator: the message is ours, without Pydantic's prefix
+        return e["msg"].removeprefix("Value error, ")
+    if kind in ("too_short", "too_long"):
+        bound = f"at least {ctx['min_length']}" if kind == "too_short" else f"at most {ctx['max_length']}"
+        return f"should have {bound} item(s), got {ctx['actual_length']}"
     shown = repr(got)
     return f"{e['msg'].rstrip('.')}, got {_clip(shown, 60)}" if not isinstance(got, (dict, list)) else e["msg"]
 

@@ -6,9 +6,8 @@ He initialisation, and the checks that name the key, the layer and both shapes.
 from __future__ import annotations
 
 import json
-import os
 import struct
-import tempfile
+import zipfile
 import zlib
 from pathlib import Path
 from typing import Mapping
@@ -17,6 +16,7 @@ import networkx as nx
 import numpy as np
 
 from .errors import WeightsError
+from .files import atomic_write
 from .graph import in_shapes, layer_nodes
 
 IGNORED_SUFFIXES = (".num_batches_tracked",)  # PyTorch bookkeeping, meaningless at inference
@@ -92,7 +92,7 @@ def load_weights(source: str | Path | Mapping[str, np.ndarray]) -> dict[str, np.
             return _read_safetensors(path.read_bytes(), str(path))
     except WeightsError:
         raise
-    except (OSError, ValueError, KeyError, EOFError, zlib.error) as err:
+    except (OSError, ValueError, KeyError, EOFError, zlib.error, zipfile.BadZipFile) as err:
         raise WeightsError(f"cannot read weights: {getattr(err, 'strerror', None) or err}", file=str(path)) from None
     raise WeightsError("unknown weights format; use a .npz or .safetensors file", file=str(path))
 
@@ -101,25 +101,14 @@ def save_weights(weights: Mapping[str, np.ndarray], path: str | Path) -> None:
     """Write `.npz` or `.safetensors` (chosen by the suffix) through a temporary file and a rename,
     so a crash never leaves a half-written file."""
     path = Path(path)
-    arrays = {key: np.ascontiguousarray(value) for key, value in weights.items()}
+    arrays = {key: np.asarray(value, order="C") for key, value in weights.items()}  # 0-d stays 0-d
     if path.suffix == ".npz":
         write = lambda f: np.savez(f, **arrays)  # noqa: E731
     elif path.suffix == ".safetensors":
         write = lambda f: f.write(_safetensors_bytes(arrays))  # noqa: E731
     else:
         raise WeightsError("unknown weights format; use a .npz or .safetensors file", file=str(path))
-    _atomic_write(path, write)
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent or ".", prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, write)
 
 
 def _read_safetensors(blob: bytes, name: str) -> dict[str, np.ndarray]:
@@ -146,6 +135,8 @@ def _read_safetensors(blob: bytes, name: str) -> dict[str, np.ndarray]:
             dtype, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
         except (TypeError, KeyError, ValueError):
             raise bad(f'entry "{key}" lacks dtype, shape or data_offsets') from None
+        if not (isinstance(dtype, str) and all(_is_count(n) for n in (*shape, begin, end))):
+            raise bad(f'entry "{key}" has a malformed dtype, shape or data_offsets')
         if not 0 <= begin <= end <= len(data):
             raise bad(f'entry "{key}" points past the end of the data (truncated?)')
         raw = data[begin:end]
@@ -159,6 +150,10 @@ def _read_safetensors(blob: bytes, name: str) -> dict[str, np.ndarray]:
             raise bad(f'entry "{key}" holds {value.size} values, its shape {list(shape)} needs {int(np.prod(shape))}')
         out[key] = value.reshape(shape).copy()
     return out
+
+
+def _is_count(n) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 0
 
 
 def _safetensors_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:

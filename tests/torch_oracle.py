@@ -104,8 +104,8 @@ def _forward(spec: dict, env: dict, param) -> dict:
         elif op == "dropout":
             y = x
         elif op == "add":
-            if len({tuple(t.shape) for t in xs}) != 1:
-                shapes = [tuple(t.shape) for t in xs]
+            if len({tuple(map(int, t.shape)) for t in xs}) != 1:
+                shapes = [tuple(map(int, t.shape)) for t in xs]
                 raise ValueError(f"{name}: add needs inputs of one shape, got {shapes}")
             y = xs[0]
             for other in xs[1:]:
@@ -168,3 +168,19 @@ def run_spec(spec: dict, weights: dict, inputs) -> dict[str, np.ndarray]:
     with torch.no_grad():
         env = _forward(spec, env, param)
     return {n: env[n].numpy() for n in output_names(spec)}
+
+
+class TorchNet(torch.nn.Module):
+    """The spec as a float32 (by default) torch module, for benchmarks and ONNX export: the same
+    interpreter as `run_spec`, with the weights held as tensors of `dtype`."""
+
+    def __init__(self, spec: dict, weights: dict, dtype=torch.float32):
+        super().__init__()
+        self.spec = spec
+        self.tensors = {k: torch.from_numpy(np.asarray(v)).to(dtype) for k, v in weights.items()}
+
+    def forward(self, *xs):
+        env = dict(zip((i["name"] for i in self.spec["inputs"]), xs))
+        env = _forward(self.spec, env, lambda key, shape: self.tensors[key])
+        outs = [env[n] for n in output_names(self.spec)]
+        return outs[0] if len(outs) == 1 else tuple(outs)

@@ -181,14 +181,29 @@ def _im2col_gemm(xp, taps, kernel, stride, dilation, out, scratch: Scratch) -> N
 
 
 def _depthwise(xp, taps, stride, dilation, out, scratch: Scratch) -> None:
-    """out[n, y, x, c] = sum over taps of xp[n, y*s + i*d, x*s + j*d, c] * taps[i, j, c]."""
+    """out[n, y, x, c] = sum over taps of xp[n, y*s + i*d, x*s + j*d, c] * taps[i, j, c].
+
+    Each tap is one multiply-add over the whole tensor. To keep NumPy's inner loop long (a row of
+    Wo*C values instead of C), a strided input is first split into its stride phases, so that every
+    tap reads whole contiguous rows; the tap weights are tiled along the row to match."""
     (sh, sw), (dh, dw) = stride, dilation
-    kh, kw, _ = taps.shape
-    _, ho, wo, _ = out.shape
-    out[...] = 0
-    tmp = scratch.get("depthwise", out.shape)
+    kh, kw, c = taps.shape
+    n, ho, wo, _ = out.shape
+    phases = {(0, 0): xp}
+    if (sh, sw) != (1, 1):
+        for a in range(sh):
+            for b in range(sw):
+                phases[a, b] = scratch.get(f"phase{a}{b}", xp[:, a::sh, b::sw].shape)
+                np.copyto(phases[a, b], xp[:, a::sh, b::sw])
+    rows = out.reshape(n, ho, wo * c)
+    tmp = scratch.get("depthwise", rows.shape)
     for i in range(kh):
         for j in range(kw):
-            tap = xp[:, i * dh: i * dh + sh * (ho - 1) + 1: sh, j * dw: j * dw + sw * (wo - 1) + 1: sw]
-            np.multiply(tap, taps[i, j], out=tmp)
-            out += tmp
+            (y, a), (x, b) = divmod(i * dh, sh), divmod(j * dw, sw)  # (offset in phase, phase)
+            tap = phases[a, b][:, y:y + ho, x:x + wo].reshape(n, ho, wo * c)  # a view: rows are contiguous
+            weight = np.tile(taps[i, j], wo)
+            if i == j == 0:
+                np.multiply(tap, weight, out=rows)
+            else:
+                np.multiply(tap, weight, out=tmp)
+                rows += tmp

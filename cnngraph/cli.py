@@ -1,0 +1,205 @@
+"""The `cnngraph` command: validate, inspect, run, schema.
+
+Every error a user can cause ends with one line on stderr and exit status 2, never a traceback;
+files are written through a temporary file and a rename, so nothing is left half-written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import build, compile
+from .errors import CnnGraphError, InputError
+from .report import node_rows, summary_table
+from .spec import json_schema, load_spec
+from .files import atomic_write
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line instead of argparse's usage block
+        print(f"cnngraph: error: {message} (see cnngraph {self.prog.split()[-1]} --help)", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return args.handler(args) or 0
+    except CnnGraphError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="cnngraph", description="Compile CNNs written as JSON into fast kernels.")
+    sub = p.add_subparsers(required=True, metavar="COMMAND", parser_class=_Parser)
+
+    v = sub.add_parser("validate", help="check a spec: fields, references, shapes")
+    v.add_argument("spec")
+    v.add_argument("--batch", type=_positive, default=1)
+    v.set_defaults(handler=_validate)
+
+    i = sub.add_parser("inspect", help="the graph as a table or JSON: shapes, params, FLOPs, bytes")
+    i.add_argument("spec")
+    i.add_argument("--raw", action="store_true", help="the graph before optimization")
+    i.add_argument("--batch", type=_positive, default=1)
+    i.add_argument("--format", choices=("table", "json"), default="table")
+    i.add_argument("-o", "--output", help="write to this file instead of stdout")
+    i.set_defaults(handler=_inspect)
+
+    r = sub.add_parser("run", help="compile and run a network on random or given input")
+    r.add_argument("spec")
+    r.add_argument("--weights", help=".npz or .safetensors (default: seeded random weights)")
+    r.add_argument("--input", help=".npy input, (N, C, H, W) or one sample (C, H, W); default: seeded random")
+    r.add_argument("--batch", type=_positive, help="batch size (default: the input's, else 1)")
+    r.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    r.add_argument("--output", help="save the output: .npy (one output) or .npz")
+    r.add_argument("--seed", type=int, default=0, help="seed of the random weights and input")
+    r.add_argument("--no-optimize", dest="optimize", action="store_false")
+    r.set_defaults(handler=_run)
+
+    s = sub.add_parser("schema", help="print the JSON Schema of the spec format")
+    s.add_argument("-o", "--output", help="write to this file instead of stdout")
+    s.set_defaults(handler=_schema)
+    return p
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _validate(args) -> None:
+    spec = load_spec(args.spec)
+    g = build(spec, args.batch)
+    outs = ", ".join(f"{o} {tuple(g.nodes[o]['shape'])}" for o in spec.output_names)
+    print(f"ok: {args.spec}: {spec.name}, {len(spec.layers)} layers; output {outs}")
+
+
+def _inspect(args) -> None:
+    g = build(args.spec, args.batch) if args.raw else compile(args.spec, args.batch, device="cpu").graph
+    if args.format == "json":
+        payload = {"name": g.graph["name"], "batch_size": g.graph["batch_size"], "optimized": not args.raw,
+                   "inputs": g.graph["inputs"], "outputs": g.graph["outputs"], "nodes": node_rows(g),
+                   "passes": [{"pass": name, "changes": changes} for name, changes in g.graph.get("passes", [])]}
+        text = json.dumps(payload, indent=2)
+    else:
+        text = summary_table(g)
+    _emit(text, args.output)
+
+
+def _schema(args) -> None:
+    _emit(json.dumps(json_schema(), indent=2), args.output)
+
+
+def _emit(text: str, output: str | None) -> None:
+    if output:
+        _write(output, lambda f: f.write((text + "\n").encode()))
+    else:
+        print(text)
+
+
+def _write(path: str, write) -> None:
+    """atomic_write, with a missing folder or a read-only place as one line, not a traceback."""
+    try:
+        atomic_write(Path(path), write)
+    except OSError as err:
+        raise CnnGraphError(f"cannot write: {err.strerror or err}", file=path) from None
+
+
+def _run(args) -> None:
+    spec = load_spec(args.spec)
+    x = _read_input(args.input) if args.input else None
+    batch = args.batch or (x.shape[0] if x is not None else 1)
+    if x is not None and x.shape[0] != batch:
+        raise InputError(f"holds {x.shape[0]} samples but --batch is {batch}", file=args.input)
+    model = compile(spec, batch_size=batch, device=args.device, weights=args.weights, seed=args.seed,
+                    optimize=args.optimize)
+    if args.output:  # refuse a bad output name before running, not after
+        _check_output_path(args.output, len(model.output_names))
+    (inp,) = spec.inputs if len(spec.inputs) == 1 else (None,)
+    if inp is None:
+        raise InputError("this network has several inputs; `cnngraph run` feeds one (use the Python API)")
+    if x is not None and x.shape[1:] != tuple(inp.shape):
+        raise InputError(f"has per-sample shape {x.shape[1:]}, the network's input \"{inp.name}\" needs "
+                         f"{tuple(inp.shape)}", file=args.input)
+    if x is None:
+        x = np.random.default_rng(args.seed).standard_normal((batch, *inp.shape)).astype(np.float32)
+    print(f"network: {spec.name} ({len(spec.layers)} layers -> {len(model.graph) - len(spec.inputs)} nodes), "
+          f"batch {batch}, device {model.device}")
+    if model.random_weights:
+        print(f"weights: seeded random initialisation (seed {args.seed}); pass --weights for trained ones")
+    if not args.input:
+        print(f"input: seeded random normal data {x.shape}")
+    start = time.perf_counter()
+    y = model(x)
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        model(x)
+        times.append(time.perf_counter() - start)
+    outputs = y if isinstance(y, dict) else {model.output_names[0]: y}
+    for name, value in outputs.items():
+        print(f"output {name}: shape {value.shape}, mean {value.mean():.4g}, std {value.std():.4g}")
+        if value.ndim == 2 and value.shape[1] >= 2:
+            for n in range(min(batch, 4)):
+                top = np.argsort(value[n])[::-1][:5]
+                print(f"  sample {n}: top-5 " + ", ".join(f"{c} ({value[n, c]:.3g})" for c in top))
+    print(f"time: first call {first * 1e3:.1f} ms, then median {np.median(times) * 1e3:.1f} ms "
+          f"({batch / np.median(times):.1f} samples/s)")
+    if args.output:
+        _save_output(outputs, args.output)
+        print(f"saved {args.output}")
+
+
+def _read_input(path: str) -> np.ndarray:
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise InputError(f"cannot read a .npy array: {getattr(err, 'strerror', None) or err}", file=path) from None
+    if not isinstance(x, np.ndarray) or x.dtype.kind != "f":
+        raise InputError(f"must hold a floating-point array, got {getattr(x, 'dtype', type(x).__name__)}", file=path)
+    if not np.isfinite(x).all():
+        raise InputError("contains NaN or infinite values", file=path)
+    if x.ndim in (1, 3):
+        x = x[None]  # one sample
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise InputError(f"holds no samples (shape {x.shape})", file=path)
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _check_output_path(path: str, n_outputs: int) -> None:
+    target = Path(path)
+    if not (target.suffix == ".npz" or (target.suffix == ".npy" and n_outputs == 1)):
+        raise InputError("must end in .npz (several outputs) or .npy (one output)", file=path)
+    if not target.parent.is_dir():
+        raise CnnGraphError(f"cannot write: no folder {target.parent}", file=path)
+
+
+def _save_output(outputs: dict[str, np.ndarray], path: str) -> None:
+    _check_output_path(path, len(outputs))
+    if Path(path).suffix == ".npz":
+        _write(path, lambda f: np.savez(f, **outputs))
+    else:
+        _write(path, lambda f: np.save(f, next(iter(outputs.values()))))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
