@@ -8,16 +8,20 @@ from typing import Any, Mapping
 import networkx as nx
 import numpy as np
 
+from .backends.cuda_backend import CudaBackend, cuda_unavailable_reason
 from .backends.numpy_backend import NumpyBackend
+from .backends.opencl_backend import OpenCLBackend
+from .codegen.lower import lower
 from .errors import DeviceError, InputError, SpecError
 from .graph import build_graph
 from .passes.infer_shapes import infer_shapes
 from .passes.pipeline import optimize_graph
+from .passes.plan_memory import plan_memory
 from .report import summary_table
 from .spec import NetworkSpec, load_spec, parse_spec
 from .weights import check_weights, expected_shapes, init_weights, load_weights
 
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda", "opencl")
 
 
 def as_spec(spec: NetworkSpec | str | Path | Mapping[str, Any]) -> NetworkSpec:
@@ -37,7 +41,7 @@ def build(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1) -> nx.D
 
 def compile(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1, device: str = "auto",
             weights: str | Path | Mapping[str, np.ndarray] | None = None, seed: int = 0,
-            optimize: bool = True) -> "CompiledModel":
+            optimize: bool = True, cuda_graph: bool = True) -> "CompiledModel":
     """Validate, build, shape-check and optimize a network, and bind it to a backend."""
     spec = as_spec(spec)
     g = build(spec, batch_size)
@@ -51,17 +55,26 @@ def compile(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1, devic
         prefix = node + "."
         g.nodes[node]["weights"] = {k[len(prefix):]: v for k, v in bound.items() if k.startswith(prefix)
                                     and k[len(prefix):] in ("weight", "bias", "running_mean", "running_var")}
-    if optimize:
-        g = optimize_graph(g)
-    return CompiledModel(spec, g, bound, _backend(device, g), random_weights)
+    g = plan_memory(optimize_graph(g) if optimize else g.copy())
+    backend, note = _backend(device, g, cuda_graph)
+    model = CompiledModel(spec, g, bound, backend, random_weights)
+    model.device_note = note
+    return model
 
 
-def _backend(device: str, g: nx.DiGraph):
+def _backend(device: str, g: nx.DiGraph, cuda_graph: bool):
+    """The backend for `device`, and a note on why "auto" chose it."""
     if device not in DEVICES:
         raise DeviceError(f'unknown device "{device}"; valid: {", ".join(DEVICES)}')
+    note = None
+    if device == "auto":
+        reason = cuda_unavailable_reason()
+        device, note = ("cuda", "CUDA GPU found") if reason is None else ("cpu", f"NumPy backend: {reason}")
     if device == "cuda":
-        raise DeviceError('the CUDA backend is not available in this version; use device="cpu" or "auto"')
-    return NumpyBackend(g)
+        return CudaBackend(lower(g), cuda_graph=cuda_graph), note
+    if device == "opencl":
+        return OpenCLBackend(lower(g)), note
+    return NumpyBackend(g), note
 
 
 class CompiledModel:

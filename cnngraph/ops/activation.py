@@ -27,6 +27,10 @@ class Activation(Strict):
     def apply(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
+    def c_expr(self, v: str) -> str:
+        """The activation of C variable `v`, in the neutral kernel dialect (codegen/dialects.py)."""
+        raise NotImplementedError
+
     @property
     def label(self) -> str:
         return self.op
@@ -38,12 +42,18 @@ class Relu(Activation):
     def apply(self, x):
         return np.maximum(x, 0, out=x)
 
+    def c_expr(self, v):
+        return f"MAXF({v}, 0.0f)"
+
 
 class Relu6(Activation):
     op: Literal["relu6"]
 
     def apply(self, x):
         return np.clip(x, 0, 6, out=x)
+
+    def c_expr(self, v):
+        return f"MINF(MAXF({v}, 0.0f), 6.0f)"
 
 
 class LeakyRelu(Activation):
@@ -52,6 +62,9 @@ class LeakyRelu(Activation):
 
     def apply(self, x):
         return np.where(x >= 0, x, x * np.float32(self.negative_slope)).astype(np.float32, copy=False)
+
+    def c_expr(self, v):
+        return f"({v} >= 0.0f ? {v} : {v} * {float(self.negative_slope)!r}f)"
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -66,12 +79,18 @@ class Sigmoid(Activation):
     def apply(self, x):
         return _sigmoid(x)
 
+    def c_expr(self, v):
+        return f"(1.0f / (1.0f + EXPF(-{v})))"
+
 
 class Tanh(Activation):
     op: Literal["tanh"]
 
     def apply(self, x):
         return np.tanh(x, out=x)
+
+    def c_expr(self, v):
+        return f"TANHF({v})"
 
 
 class Gelu(Activation):
@@ -89,6 +108,11 @@ class Gelu(Activation):
     def label(self):
         return "gelu_tanh" if self.approximate == "tanh" else "gelu"
 
+    def c_expr(self, v):
+        if self.approximate == "tanh":
+            return f"(0.5f * {v} * (1.0f + TANHF(0.7978845608028654f * ({v} + 0.044715f * {v} * {v} * {v}))))"
+        return f"(0.5f * {v} * (1.0f + ERFF({v} * 0.7071067811865476f)))"
+
 
 class Silu(Activation):
     op: Literal["silu"]
@@ -96,12 +120,18 @@ class Silu(Activation):
     def apply(self, x):
         return x * _sigmoid(x.copy())
 
+    def c_expr(self, v):
+        return f"({v} / (1.0f + EXPF(-{v})))"
+
 
 class Hardswish(Activation):
     op: Literal["hardswish"]
 
     def apply(self, x):
         return x * np.clip(x + 3, 0, 6) * np.float32(1 / 6)
+
+    def c_expr(self, v):
+        return f"({v} * MINF(MAXF({v} + 3.0f, 0.0f), 6.0f) * (1.0f / 6.0f))"
 
 
 ACTIVATIONS: tuple[type[Activation], ...] = (Relu, Relu6, LeakyRelu, Sigmoid, Tanh, Gelu, Silu, Hardswish)

@@ -1,0 +1,63 @@
+"""The OpenCL backend (PyOpenCL): runs the OpenCL rendering of the Program. Without a GPU it runs
+on PoCL (OpenCL on the CPU), which is how the generated kernels are tested in CI."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..codegen.dialects import OPENCL
+from ..codegen.lower import Program
+from ..errors import DeviceError
+from .program_backend import ProgramBackend
+
+
+def _opencl():
+    try:
+        import pyopencl as cl
+    except ImportError as err:
+        raise DeviceError(f"device \"opencl\" needs pyopencl (pip install pyopencl pocl-binary-distribution): {err}")
+    return cl
+
+
+class OpenCLBackend(ProgramBackend):
+    device = "opencl"
+
+    def __init__(self, program: Program):
+        super().__init__(program)
+        cl = self.cl = _opencl()
+        try:
+            self.context = cl.create_some_context(interactive=False)
+        except cl.Error as err:
+            raise DeviceError(f"no OpenCL device: {err}") from None
+        self.queue = cl.CommandQueue(self.context)
+        self.compiled = cl.Program(self.context, program.source(OPENCL)).build(options=["-cl-std=CL1.2"])
+        mf = cl.mem_flags
+        self.arena = cl.Buffer(self.context, mf.READ_WRITE, size=max(4, program.arena_size * 4))
+        self.views = {name: self.arena.get_sub_region(offset * 4, max(4, size * 4))
+                      for name, (offset, size, _) in program.tensors.items()}
+        self.constants = consts = {  # kept alive here: kernels do not hold references to their buffers
+            key: cl.Buffer(self.context, mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=value)
+                  for key, value in program.constants.items()}
+        self.kernels = []
+        for launch in program.launches:
+            kernel = cl.Kernel(self.compiled, launch.kernel)
+            kernel.set_args(*[self.views[ref] if kind == "tensor" else consts[ref] for kind, ref in launch.args])
+            global_size = tuple(g * b for g, b in zip(launch.grid, launch.block))
+            self.kernels.append((kernel, global_size, launch.block))
+
+    def poison(self) -> None:
+        """Fill the arena with NaN, so an element no kernel writes shows up in the results."""
+        nan = np.full(self.program.arena_size, np.nan, np.float32)
+        self.cl.enqueue_copy(self.queue, self.arena, nan)
+
+    def _upload(self, name, x):
+        self.cl.enqueue_copy(self.queue, self.views[name], np.ascontiguousarray(x, np.float32))
+
+    def _launch_all(self):
+        for kernel, global_size, local_size in self.kernels:
+            self.cl.enqueue_nd_range_kernel(self.queue, kernel, global_size, local_size)
+
+    def _download(self, name):
+        out = np.empty(self.tensor_shape(name), np.float32)
+        self.cl.enqueue_copy(self.queue, out, self.views[name])
+        return out

@@ -1,0 +1,305 @@
+"""Kernel templates in the neutral C subset of `dialects.py`, specialised per compiled shape: every
+size, stride and loop bound is a literal, so the compiler folds index arithmetic and unrolls.
+
+Tensors are NCHW float32. Each template returns (body, grid, block); `epilogue` is a C snippet
+that turns the accumulated value `v` of output element `idx` (channel `k`) into the stored one:
+bias, residual add, activation, all applied in registers before the single store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+THREADS = 256  # block size of the one-thread-per-output kernels
+
+
+@dataclass(frozen=True)
+class Tile:
+    """Implicit-GEMM tiling: a block computes BM output pixels x BN output channels, reducing BK
+    at a time through shared memory; each thread holds a TM x TN register block."""
+    bm: int
+    bn: int
+    bk: int
+    tm: int
+    tn: int
+
+    @property
+    def threads(self) -> int:
+        return (self.bm // self.tm) * (self.bn // self.tn)
+
+
+TILES = {"large": Tile(128, 128, 8, 8, 8), "wide": Tile(128, 64, 8, 8, 8), "small": Tile(64, 64, 8, 4, 8),
+         "narrow": Tile(64, 32, 8, 4, 4)}
+
+
+def choose_tile(m: int, k: int) -> Tile:
+    """Largest tile that still gives enough blocks to fill the GPU (about 2 per SM on 132 SMs)."""
+    for name in ("large", "wide", "small"):
+        t = TILES[name]
+        if k >= t.bn and -(-m // t.bm) * -(-k // t.bn) >= 264:
+            return t
+    return TILES["narrow"] if k <= 32 else TILES["small"]
+
+
+def _ptr(name: str, const: bool = True) -> str:
+    return f"GLOBAL {'const ' if const else ''}float* RESTRICT {name}"
+
+
+def conv_gemm(name: str, *, n, c, h, w, k, p, q, kh, kw, sh, sw, pt, pl, dh, dw, groups, extra_args: list[str],
+              epilogue: str, tile: Tile) -> tuple[str, tuple, tuple]:
+    """Implicit-GEMM convolution (also linear: h = w = kh = kw = 1). GEMM M = N*P*Q output pixels,
+    N = K/groups output channels, reduction R = C/groups*KH*KW; the group is blockIdx.z.
+    x (N, C, H, W), w (groups, R, K/groups), y (N, K, P, Q).
+    Global loads of the next BK slice go to registers while the current slice is multiplied."""
+    cg, kg = c // groups, k // groups
+    m_total, r_total, pq, khw = n * p * q, cg * kh * kw, p * q, kh * kw
+    t = tile
+    nt, a_per, a_step, b_per = t.threads, t.bm * t.bk // t.threads, t.threads // t.bm, t.bk * t.bn // t.threads
+    assert nt % t.bm == 0 and (t.bk * t.bn) % nt == 0
+    args = ", ".join([_ptr("x"), _ptr("w"), *extra_args, _ptr("y", const=False)])
+    body = f"""KERNEL void {name}({args})
+{{
+    SHARED float As[{t.bk}][{t.bm}];
+    SHARED float Bs[{t.bk}][{t.bn}];
+    const int tid = THREAD_X;
+    const int g = BLOCK_Z;
+    const int m0 = BLOCK_X * {t.bm};
+    const int n0 = BLOCK_Y * {t.bn};
+    const int ty = tid % {t.bm // t.tm};  /* rows m0 + ty + i*{t.bm // t.tm}: consecutive threads, consecutive pixels */
+    const int tx = tid / {t.bm // t.tm};  /* columns n0 + tx*{t.tn} + j */
+    /* the output pixel whose input window this thread loads stays the same for the whole reduction */
+    const int am = m0 + tid % {t.bm};
+    const int a_n = am / {pq};
+    const int a_pq = am - a_n * {pq};
+    const int ih0 = (a_pq / {q}) * {sh} - {pt};
+    const int iw0 = (a_pq % {q}) * {sw} - {pl};
+    GLOBAL const float* xg = x + (a_n * {c} + g * {cg}) * {h * w};
+    GLOBAL const float* wg = w + g * {r_total * kg};
+    float acc[{t.tm}][{t.tn}];
+    float a_reg[{a_per}];
+    float b_reg[{b_per}];
+    UNROLL for (int i = 0; i < {t.tm}; ++i)
+        UNROLL for (int j = 0; j < {t.tn}; ++j) acc[i][j] = 0.0f;
+
+    for (int k0 = 0; k0 < {r_total}; k0 += {t.bk}) {{
+        if (k0 == 0) {{
+{_load_tiles("0", t, a_per, a_step, b_per, m_total, r_total, khw, kw, h, w, dh, dw, kg, indent=12)}
+        }}
+        UNROLL for (int i = 0; i < {a_per}; ++i) As[tid / {t.bm} + i * {a_step}][tid % {t.bm}] = a_reg[i];
+        UNROLL for (int i = 0; i < {b_per}; ++i) Bs[(tid + i * {nt}) / {t.bn}][(tid + i * {nt}) % {t.bn}] = b_reg[i];
+        BARRIER();
+        if (k0 + {t.bk} < {r_total}) {{  /* prefetch the next slice while this one is multiplied */
+{_load_tiles(f"k0 + {t.bk}", t, a_per, a_step, b_per, m_total, r_total, khw, kw, h, w, dh, dw, kg, indent=12)}
+        }}
+        UNROLL for (int kk = 0; kk < {t.bk}; ++kk) {{
+            float a[{t.tm}];
+            float b[{t.tn}];
+            UNROLL for (int i = 0; i < {t.tm}; ++i) a[i] = As[kk][ty + i * {t.bm // t.tm}];
+            UNROLL for (int j = 0; j < {t.tn}; ++j) b[j] = Bs[kk][tx * {t.tn} + j];
+            UNROLL for (int i = 0; i < {t.tm}; ++i)
+                UNROLL for (int j = 0; j < {t.tn}; ++j) acc[i][j] += a[i] * b[j];
+        }}
+        BARRIER();
+    }}
+
+    UNROLL for (int i = 0; i < {t.tm}; ++i) {{
+        const int m = m0 + ty + i * {t.bm // t.tm};
+        if (m < {m_total}) {{
+            const int nb = m / {pq};
+            const int pix = m - nb * {pq};
+            UNROLL for (int j = 0; j < {t.tn}; ++j) {{
+                const int kl = n0 + tx * {t.tn} + j;
+                if (kl < {kg}) {{
+                    const int k = g * {kg} + kl;
+                    const int idx = (nb * {k} + k) * {pq} + pix;
+                    float v = acc[i][j];
+{_indent(epilogue, 20)}
+                    y[idx] = v;
+                }}
+            }}
+        }}
+    }}
+}}
+"""
+    grid = (-(-m_total // t.bm), -(-kg // t.bn), groups)
+    return body, grid, (nt, 1, 1)
+
+
+def _load_tiles(kbase, t: Tile, a_per, a_step, b_per, m_total, r_total, khw, kw, h, w, dh, dw, kg, indent) -> str:
+    """Registers a_reg/b_reg <- the input-window slice and weight slice starting at reduction index kbase."""
+    code = f"""UNROLL for (int i = 0; i < {a_per}; ++i) {{
+    const int r = {kbase} + tid / {t.bm} + i * {a_step};
+    float v = 0.0f;
+    if (am < {m_total} && r < {r_total}) {{
+        const int ci = r / {khw};
+        const int rs = r - ci * {khw};
+        const int ih = ih0 + (rs / {kw}) * {dh};
+        const int iw = iw0 + (rs % {kw}) * {dw};
+        if (ih >= 0 && ih < {h} && iw >= 0 && iw < {w}) v = xg[(ci * {h} + ih) * {w} + iw];
+    }}
+    a_reg[i] = v;
+}}
+UNROLL for (int i = 0; i < {b_per}; ++i) {{
+    const int e = tid + i * {t.threads};
+    const int r = {kbase} + e / {t.bn};
+    const int kl = n0 + e % {t.bn};
+    b_reg[i] = (r < {r_total} && kl < {kg}) ? wg[r * {kg} + kl] : 0.0f;
+}}"""
+    return _indent(code, indent)
+
+
+def depthwise(name: str, *, n, c, h, w, p, q, kh, kw, sh, sw, pt, pl, dh, dw, extra_args: list[str],
+              epilogue: str) -> tuple[str, tuple, tuple]:
+    """Depthwise convolution, one thread per output element; w (C, KH*KW)."""
+    total = n * c * p * q
+    args = ", ".join([_ptr("x"), _ptr("w"), *extra_args, _ptr("y", const=False)])
+    body = f"""KERNEL void {name}({args})
+{{
+    const int idx = BLOCK_X * {THREADS} + THREAD_X;
+    if (idx >= {total}) return;
+    const int ox = idx % {q};
+    const int oy = (idx / {q}) % {p};
+    const int k = (idx / {p * q}) % {c};
+    GLOBAL const float* xc = x + (idx / {p * q}) * {h * w};
+    GLOBAL const float* wc = w + k * {kh * kw};
+    float v = 0.0f;
+    UNROLL for (int i = 0; i < {kh}; ++i) {{
+        const int iy = oy * {sh} - {pt} + i * {dh};
+        if (iy >= 0 && iy < {h}) {{
+            UNROLL for (int j = 0; j < {kw}; ++j) {{
+                const int ix = ox * {sw} - {pl} + j * {dw};
+                if (ix >= 0 && ix < {w}) v += xc[iy * {w} + ix] * wc[i * {kw} + j];
+            }}
+        }}
+    }}
+{_indent(epilogue, 4)}
+    y[idx] = v;
+}}
+"""
+    return body, (-(-total // THREADS), 1, 1), (THREADS, 1, 1)
+
+
+def pointwise(name: str, *, total: int, inputs: list[str], extra_args: list[str], expr: str,
+              channels: int = 1, spatial: int = 1) -> tuple[str, tuple, tuple]:
+    """y[idx] = expr, one thread per element; `k` is the channel of idx, for per-channel params."""
+    args = ", ".join([*(_ptr(i) for i in inputs), *extra_args, _ptr("y", const=False)])
+    body = f"""KERNEL void {name}({args})
+{{
+    const int idx = BLOCK_X * {THREADS} + THREAD_X;
+    if (idx >= {total}) return;
+    const int k = (idx / {spatial}) % {channels};
+    float v;
+{_indent(expr, 4)}
+    y[idx] = v;
+}}
+"""
+    return body, (-(-total // THREADS), 1, 1), (THREADS, 1, 1)
+
+
+def pool(name: str, *, kind: str, n, c, h, w, p, q, kh, kw, sh, sw, ph, pw, count_include_pad=True
+         ) -> tuple[str, tuple, tuple]:
+    """max or avg pooling, one thread per output; windows clipped to the input as PyTorch does."""
+    total = n * c * p * q
+    if kind == "max":
+        init, step, final = "-3.402823466e+38f", "v = MAXF(v, xc[iy * %d + ix]);" % w, ""
+    else:
+        divisor = (f"(float)((MINF(y0 + {kh}, {h + ph}) - y0) * (MINF(x0 + {kw}, {w + pw}) - x0))"
+                   if count_include_pad else
+                   f"(float)((MINF(y0 + {kh}, {h}) - MAXF(y0, 0)) * (MINF(x0 + {kw}, {w}) - MAXF(x0, 0)))")
+        init, step, final = "0.0f", "v += xc[iy * %d + ix];" % w, f"v /= {divisor};"
+    body = f"""KERNEL void {name}({_ptr("x")}, {_ptr("y", const=False)})
+{{
+    const int idx = BLOCK_X * {THREADS} + THREAD_X;
+    if (idx >= {total}) return;
+    const int y0 = ((idx / {q}) % {p}) * {sh} - {ph};
+    const int x0 = (idx % {q}) * {sw} - {pw};
+    GLOBAL const float* xc = x + (idx / {p * q}) * {h * w};
+    float v = {init};
+    UNROLL for (int i = 0; i < {kh}; ++i) {{
+        const int iy = y0 + i;
+        if (iy >= 0 && iy < {h}) {{
+            UNROLL for (int j = 0; j < {kw}; ++j) {{
+                const int ix = x0 + j;
+                if (ix >= 0 && ix < {w}) {step}
+            }}
+        }}
+    }}
+    {final}
+    y[idx] = v;
+}}
+"""
+    return body.replace("MINF(", "min(").replace("MAXF(y0", "max(y0").replace("MAXF(x0", "max(x0"), \
+        (-(-total // THREADS), 1, 1), (THREADS, 1, 1)
+
+
+def reduce_rows(name: str, *, kind: str, outer: int, length: int, inner: int) -> tuple[str, tuple, tuple]:
+    """Per row of `length` values at stride `inner`: "mean" writes one value per row (global average
+    pool), "softmax" writes the normalised row. One thread per row."""
+    total = outer * inner
+    head = f"""KERNEL void {name}({_ptr("x")}, {_ptr("y", const=False)})
+{{
+    const int row = BLOCK_X * {THREADS} + THREAD_X;
+    if (row >= {total}) return;
+    const int base = (row / {inner}) * {length * inner} + row % {inner};
+"""
+    if kind == "mean":
+        code = f"""    float s = 0.0f;
+    for (int i = 0; i < {length}; ++i) s += x[base + i * {inner}];
+    y[row] = s * {1.0 / length!r}f;
+}}
+"""
+    else:
+        code = f"""    float mx = -3.402823466e+38f;
+    for (int i = 0; i < {length}; ++i) mx = MAXF(mx, x[base + i * {inner}]);
+    float s = 0.0f;
+    for (int i = 0; i < {length}; ++i) s += EXPF(x[base + i * {inner}] - mx);
+    const float inv = 1.0f / s;
+    for (int i = 0; i < {length}; ++i) y[base + i * {inner}] = EXPF(x[base + i * {inner}] - mx) * inv;
+}}
+"""
+    return head + code, (-(-total // THREADS), 1, 1), (THREADS, 1, 1)
+
+
+def concat(name: str, *, n: int, channels: list[int], spatial: int) -> tuple[str, tuple, tuple]:
+    """Channel concatenation of len(channels) inputs, one thread per output element."""
+    ctot = sum(channels)
+    total = n * ctot * spatial
+    args = ", ".join([*(_ptr(f"x{i}") for i in range(len(channels))), _ptr("y", const=False)])
+    lines, start = [], 0
+    for i, ch in enumerate(channels):
+        cond = "if" if i == 0 else "else if"
+        lines.append(f"    {cond} (k < {start + ch}) v = x{i}[(nb * {ch} + k - {start}) * {spatial} + pix];")
+        start += ch
+    body = f"""KERNEL void {name}({args})
+{{
+    const int idx = BLOCK_X * {THREADS} + THREAD_X;
+    if (idx >= {total}) return;
+    const int pix = idx % {spatial};
+    const int k = (idx / {spatial}) % {ctot};
+    const int nb = idx / {ctot * spatial};
+    float v = 0.0f;
+{chr(10).join(lines)}
+    y[idx] = v;
+}}
+"""
+    return body, (-(-total // THREADS), 1, 1), (THREADS, 1, 1)
+
+
+def upsample_nearest(name: str, *, n, c, h, w, sh, sw) -> tuple[str, tuple, tuple]:
+    total = n * c * h * sh * w * sw
+    body = f"""KERNEL void {name}({_ptr("x")}, {_ptr("y", const=False)})
+{{
+    const int idx = BLOCK_X * {THREADS} + THREAD_X;
+    if (idx >= {total}) return;
+    const int ox = idx % {w * sw};
+    const int oy = (idx / {w * sw}) % {h * sh};
+    const int plane = idx / {h * sh * w * sw};
+    y[idx] = x[plane * {h * w} + (oy / {sh}) * {w} + ox / {sw}];
+}}
+"""
+    return body, (-(-total // THREADS), 1, 1), (THREADS, 1, 1)
+
+
+def _indent(code: str, spaces: int) -> str:
+    pad = " " * spaces
+    return "\n".join(pad + line if line.strip() else line for line in code.splitlines())
