@@ -77,6 +77,11 @@ def _backend(device: str, g: nx.DiGraph, cuda_graph: bool):
     return NumpyBackend(g), note
 
 
+def _on_gpu(x) -> bool:
+    """A CuPy (or other CUDA) array, recognised without importing CuPy."""
+    return hasattr(x, "__cuda_array_interface__")
+
+
 class CompiledModel:
     """A network compiled for one batch size. Call it on float32 NCHW arrays."""
 
@@ -108,11 +113,15 @@ class CompiledModel:
                              f"got {', '.join(given) or 'none'}")
         arrays = {name: self._check_input(name, value) for name, value in given.items()}
         outputs = self.backend.run(arrays)
+        if not any(_on_gpu(x) for x in arrays.values()):  # NumPy in, NumPy out
+            outputs = {k: v.get() if _on_gpu(v) else v for k, v in outputs.items()}
         return outputs[self.output_names[0]] if len(self.output_names) == 1 else outputs
 
-    def _check_input(self, name: str, x) -> np.ndarray:
-        if not isinstance(x, np.ndarray):
-            raise InputError(f'input "{name}" must be a numpy array, got {type(x).__name__}')
+    def _check_input(self, name: str, x):
+        if _on_gpu(x) and self.device != "cuda":
+            raise InputError(f'input "{name}" is a GPU array but the model runs on {self.device}; pass a numpy array')
+        if not isinstance(x, np.ndarray) and not _on_gpu(x):
+            raise InputError(f'input "{name}" must be a numpy (or, on CUDA, cupy) array, got {type(x).__name__}')
         if x.dtype != np.float32:
             raise InputError(f'input "{name}" must be float32, got {x.dtype} (use x.astype(np.float32))')
         want = self.input_shapes[name]

@@ -79,7 +79,8 @@ class CudaBackend(ProgramBackend):
                     fn(grid, block, args)
 
     def _download(self, name):
-        return self.views[name].reshape(self.tensor_shape(name)).copy()
+        with self.stream:
+            return self.views[name].reshape(self.tensor_shape(name)).copy()
 
     def run(self, inputs):
         outputs = super().run(inputs)

@@ -1,0 +1,152 @@
+"""GPU benchmark: cnngraph's CUDA backend against PyTorch eager (cuDNN) on the same GPU.
+
+    python bench/gpu.py [--repeats 50] [--out DIR]
+
+For each case: median latency by CUDA events for cnngraph (CUDA graph on), PyTorch FP32 with
+TF32 off, and PyTorch with TF32 allowed; images/s and ratios; the relative error against
+PyTorch FP32; the achieved TFLOP/s of the three largest conv kernels against the card's FP32
+peak; and batch-1 latency with and without the CUDA graph. Prints a table last and writes
+bench/results/gpu-<date>-<card>.json (and a copy into --out, if given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+import cnngraph  # noqa: E402
+
+CASES = [("resnet18", 1), ("resnet18", 64), ("cifar_vgg", 256), ("mobilenet_v2", 64)]
+FP32_PEAK_TFLOPS = {"H100": 66.9, "H200": 66.9, "A100": 19.5, "L4": 30.3, "A10": 31.2}  # CUDA-core FP32, SXM
+
+
+def peak_for(card: str) -> float | None:
+    return next((v for k, v in FP32_PEAK_TFLOPS.items() if k in card), None)
+
+
+def time_ms(fn, repeats: int, warmup: int = 5) -> float:
+    import cupy as cp
+
+    for _ in range(warmup):
+        fn()
+    cp.cuda.Device().synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = cp.cuda.Event(), cp.cuda.Event()
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(cp.cuda.get_elapsed_time(start, end))
+    return statistics.median(times)
+
+
+def kernel_times(model, repeats: int) -> list[dict]:
+    """Each launch of the Program timed alone (warm arena), largest FLOP counts first."""
+    import cupy as cp
+
+    backend = model.backend
+    rows = []
+    for launch, (fn, grid, block, args) in zip(backend.program.launches, backend.launches):
+        if not launch.kernel.startswith(("conv", "linear")):
+            continue
+
+        def run():
+            fn(grid, block, args)
+
+        ms = time_ms(run, repeats, warmup=2)
+        rows.append({"kernel": launch.kernel, "gflop": launch.flops / 1e9, "ms": ms,
+                     "tflops": launch.flops / (ms * 1e-3) / 1e12})
+    cp.cuda.Device().synchronize()
+    return sorted(rows, key=lambda r: -r["gflop"])
+
+
+def bench_case(name: str, batch: int, repeats: int, peak: float | None) -> dict:
+    import cupy as cp
+    import torch
+    from torch_oracle import TorchNet
+
+    spec = json.loads((ROOT / "examples" / f"{name}.json").read_text())
+    model = cnngraph.compile(spec, batch_size=batch, device="cuda")
+    shape = next(iter(model.input_shapes.values()))
+    x_np = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+    x_cp = cp.asarray(x_np)
+    net = TorchNet(spec, model.weights).eval()
+    net.tensors = {k: v.cuda() for k, v in net.tensors.items()}
+    x_t = torch.from_numpy(x_np).cuda()
+
+    def run_torch():
+        with torch.inference_mode():
+            return net(x_t)
+
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    ref = run_torch().float().cpu().numpy()
+    ours = model(x_np)
+    err = float(np.linalg.norm(ours - ref) / np.linalg.norm(ref))
+    result = {"network": name, "batch": batch, "rel_err_vs_pytorch_fp32": err}
+    result["cnngraph_ms"] = time_ms(lambda: model(x_cp), repeats)
+    result["pytorch_fp32_ms"] = time_ms(run_torch, repeats)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    result["pytorch_tf32_ms"] = time_ms(run_torch, repeats)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    result["speed_vs_pytorch_fp32"] = result["pytorch_fp32_ms"] / result["cnngraph_ms"]  # above 1: cnngraph faster
+    result["speed_vs_pytorch_tf32"] = result["pytorch_tf32_ms"] / result["cnngraph_ms"]
+    result["images_per_s"] = {k.removesuffix("_ms"): batch / (result[k] * 1e-3)
+                              for k in ("cnngraph_ms", "pytorch_fp32_ms", "pytorch_tf32_ms")}
+    if batch == 1:
+        plain = cnngraph.compile(spec, batch_size=1, device="cuda", cuda_graph=False, weights=model.weights)
+        result["cnngraph_no_graph_ms"] = time_ms(lambda: plain(x_cp), repeats)
+    kernels = kernel_times(model, max(10, repeats // 5))
+    result["top_conv_kernels"] = [{**k, "fraction_of_peak": k["tflops"] / peak if peak else None} for k in kernels[:3]]
+    result["conv_kernels_total_ms"] = sum(k["ms"] for k in kernels)
+    return result
+
+
+def main() -> None:
+    import cupy as cp
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--cases", help="network:batch,... (default: the four standard cases)")
+    p.add_argument("--out", help="also write the JSON into this folder")
+    args = p.parse_args()
+    cases = [(c.split(":")[0], int(c.split(":")[1])) for c in args.cases.split(",")] if args.cases else CASES
+    card = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    peak = peak_for(card)
+    results = []
+    for name, batch in cases:
+        results.append(bench_case(name, batch, args.repeats, peak))
+        print(json.dumps(results[-1]), flush=True)
+    print(f"\n{card}: FP32 peak {peak} TFLOP/s; x = speed vs PyTorch = PyTorch time / cnngraph time (above 1: cnngraph faster)")
+    print(f"{'network':13s} {'batch':>5s} {'cnngraph ms':>11s} {'torch fp32':>10s} {'torch tf32':>10s} "
+          f"{'x fp32':>7s} {'x tf32':>7s} {'img/s':>9s} {'rel err':>8s}  top conv kernels (TFLOP/s)")
+    for r in results:
+        tops = ", ".join(f"{k['tflops']:.1f}" for k in r["top_conv_kernels"])
+        print(f"{r['network']:13s} {r['batch']:5d} {r['cnngraph_ms']:11.3f} {r['pytorch_fp32_ms']:10.3f} "
+              f"{r['pytorch_tf32_ms']:10.3f} {r['speed_vs_pytorch_fp32']:7.2f} {r['speed_vs_pytorch_tf32']:7.2f} "
+              f"{r['images_per_s']['cnngraph']:9.0f} {r['rel_err_vs_pytorch_fp32']:8.1e}  {tops}")
+        if "cnngraph_no_graph_ms" in r:
+            print(f"{'':13s} batch-1 latency without the CUDA graph: {r['cnngraph_no_graph_ms']:.3f} ms")
+    record = {"date": datetime.date.today().isoformat(), "card": card, "fp32_peak_tflops": peak,
+              "cupy": cp.__version__, "results": results}
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", card).strip("-").lower()
+    path = ROOT / "bench" / "results" / f"gpu-{record['date']}-{slug}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    if args.out:
+        (Path(args.out) / path.name).write_text(path.read_text())
+    print(f"wrote {path.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The one GPU check, for a CUDA machine with no network: the GPU tests, then bench/gpu.py
+# (cnngraph's CUDA backend against PyTorch cuDNN). Arguments go to bench/gpu.py (e.g. --out DIR).
+# Wheels in .whl/ (pydantic and its dependencies, when the machine lacks them) are installed first.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if compgen -G ".whl/*.whl" > /dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/cnngraph-site .whl/*.whl || exit 1
+    export PYTHONPATH="$PYTHONPATH:/tmp/cnngraph-site"
+fi
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_backends.py
+tests=$?
+python3 bench/gpu.py "$@"
+bench=$?
+echo "gpu tests exit $tests, benchmark exit $bench"
+exit $(( tests || bench ))

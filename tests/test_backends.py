@@ -1,0 +1,173 @@
+"""The generated kernels against the NumPy backend: on OpenCL (PoCL on the CPU, in CI) and on CUDA
+(tests marked `gpu`, skipped without one). Arenas are NaN-poisoned before every run, so an element
+no kernel writes fails the comparison. Plus the NVRTC compile check (no GPU needed)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cnngraph
+from cnngraph.backends.cuda_backend import cuda_unavailable_reason
+from cnngraph.codegen.dialects import CUDA
+from cnngraph.codegen.lower import lower
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+# per-sample input sizes small enough for PoCL; every example's structure is kept
+REDUCED = {"lenet5": None, "cifar_vgg": None, "unet_small": [3, 40, 24], "resnet18": [3, 64, 64],
+           "mobilenet_v2": [3, 64, 64], "squeezenet1_1": [3, 67, 67]}
+
+CUDA_REASON = cuda_unavailable_reason()
+
+
+def _opencl_reason():
+    try:
+        import pyopencl as cl
+        cl.create_some_context(interactive=False)
+    except Exception as err:  # no pyopencl, no platform, no device
+        return f"no OpenCL device: {err}"
+    return None
+
+
+OPENCL_REASON = _opencl_reason()
+BACKENDS = [
+    pytest.param("opencl", marks=pytest.mark.skipif(OPENCL_REASON is not None, reason=str(OPENCL_REASON))),
+    pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(CUDA_REASON is not None, reason=str(CUDA_REASON))]),
+]
+
+
+def rel_err(a, b) -> float:
+    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
+
+
+def check_against_numpy(spec, device, batch=2, tol=1e-4, seed=0):
+    ref = cnngraph.compile(spec, batch_size=batch, device="cpu")
+    model = cnngraph.compile(spec, batch_size=batch, device=device, weights=ref.weights)
+    rng = np.random.default_rng(seed)
+    xs = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in model.input_shapes.items()}
+    for _ in range(3):  # the CUDA backend captures a graph on the second call and replays it on the third
+        model.backend.poison()
+        got, want = model(dict(xs)), ref(dict(xs))
+        got = got if isinstance(got, dict) else {"out": got}
+        want = want if isinstance(want, dict) else {"out": want}
+        for name in want:
+            got_np = got[name].get() if hasattr(got[name], "get") else got[name]
+            assert np.isfinite(got_np).all(), f"{name}: unwritten (NaN) elements"
+            assert rel_err(got_np, want[name]) < tol, f"{name}: relative error {rel_err(got_np, want[name])}"
+    return model
+
+
+def example(name: str) -> dict:
+    spec = json.loads((EXAMPLES / f"{name}.json").read_text())
+    if REDUCED[name]:
+        spec["inputs"][0]["shape"] = REDUCED[name]
+    return spec
+
+
+@pytest.mark.parametrize("device", BACKENDS)
+@pytest.mark.parametrize("name", sorted(REDUCED))
+def test_example_networks(name, device):
+    check_against_numpy(example(name), device, batch=3 if name in ("lenet5", "squeezenet1_1") else 2)
+
+
+def net(layers, shape=(5, 11, 13), **extra):
+    return {"format_version": 1, "name": "t", "inputs": [{"name": "x", "shape": list(shape)}], "layers": layers, **extra}
+
+
+CONV = {"op": "conv2d", "out_channels": 7, "kernel_size": 3}
+SINGLE_OPS = {
+    "conv3x3_pad": net([{**CONV, "padding": 1, "activation": "relu"}]),
+    "conv5x5_s2_nobias": net([{**CONV, "kernel_size": 5, "stride": 2, "bias": False, "activation": "relu6"}]),
+    "conv_rect_same_dil": net([{**CONV, "kernel_size": [3, 2], "padding": "same", "dilation": [2, 1],
+                                "activation": {"op": "leaky_relu", "negative_slope": 0.2}}]),
+    "conv_groups": net([{**CONV, "out_channels": 6, "groups": 2, "activation": "silu"}], shape=(4, 9, 10)),
+    "conv_depthwise_s2": net([{**CONV, "out_channels": 5, "groups": 5, "stride": 2, "padding": 1,
+                               "activation": "hardswish"}]),
+    "conv1x1_many": net([{**CONV, "kernel_size": 1, "out_channels": 131, "activation": "gelu"}], shape=(67, 9, 7)),
+    "conv_big_k": net([{**CONV, "out_channels": 150, "padding": 1}], shape=(33, 23, 21)),
+    "linear": net([{"op": "flatten"}, {"op": "linear", "out_features": 37, "activation": {"op": "gelu", "approximate": "tanh"}}]),
+    "batch_norm_unfolded": net([{**CONV, "name": "c"}, {"op": "batch_norm2d", "name": "bn"},
+                                {"op": "add", "inputs": ["c", "bn"]}]),
+    "activations": net([{"op": a, "name": a, "inputs": ["x"]} for a in
+                        ("relu", "relu6", "leaky_relu", "sigmoid", "tanh", "gelu", "silu", "hardswish")] +
+                       [{"op": "add", "inputs": ["relu", "relu6", "leaky_relu", "sigmoid", "tanh", "gelu", "silu",
+                                                 "hardswish"]}]),
+    "max_pool_ceil": net([{"op": "max_pool2d", "kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True}]),
+    "avg_pool_no_pad_count": net([{"op": "avg_pool2d", "kernel_size": [2, 3], "stride": [2, 1], "padding": 1,
+                                   "ceil_mode": True, "count_include_pad": False}]),
+    "avg_pool_pad_count": net([{"op": "avg_pool2d", "kernel_size": 3, "padding": 1}]),
+    "global_pool_softmax": net([{"op": "global_avg_pool2d"}, {"op": "flatten"}, {"op": "softmax"}]),
+    "softmax_axes": net([{"op": "softmax", "axis": 2, "name": "s2", "inputs": ["x"]},
+                         {"op": "softmax", "axis": -1, "name": "s3", "inputs": ["x"]},
+                         {"op": "softmax", "name": "s1", "inputs": ["x"]}], outputs=["s1", "s2", "s3"]),
+    "concat_upsample": net([{**CONV, "name": "a", "padding": 1}, {"op": "upsample2d", "scale_factor": [2, 3], "name": "u"},
+                            {"op": "upsample2d", "scale_factor": [2, 3], "name": "ux", "inputs": ["x"]},
+                            {"op": "concat", "inputs": ["u", "ux", "u"]}]),
+    "dropout_output": net([{"op": "dropout", "p": 0.3}]),
+}
+
+
+@pytest.mark.parametrize("device", BACKENDS)
+@pytest.mark.parametrize("case", sorted(SINGLE_OPS))
+def test_single_ops(case, device):
+    check_against_numpy(copy.deepcopy(SINGLE_OPS[case]), device, batch=3, tol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(CUDA_REASON is not None, reason=str(CUDA_REASON))
+def test_cuda_graph_replay_and_cupy_arrays():
+    import cupy as cp
+
+    spec = example("resnet18")
+    with_graph = cnngraph.compile(spec, batch_size=1, device="cuda")
+    without = cnngraph.compile(spec, batch_size=1, device="cuda", cuda_graph=False)
+    x = np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)
+    first = with_graph(x)
+    for _ in range(3):
+        np.testing.assert_array_equal(with_graph(x), first)
+    assert with_graph.backend.graph is not None and without.backend.graph is None
+    np.testing.assert_allclose(without(x), first, rtol=1e-5, atol=1e-5)
+    y = with_graph(cp.asarray(x))
+    assert isinstance(y, cp.ndarray)
+    np.testing.assert_array_equal(y.get(), first)
+
+
+# --- NVRTC: every kernel of every example compiles, with no local memory --------------------------
+
+def _nvrtc_reason():
+    try:
+        from cnngraph.codegen.nvrtc import compile_cuda
+        compile_cuda('extern "C" __global__ void probe(float* a) { a[0] = 1.0f; }')
+    except Exception as err:
+        return f"NVRTC unavailable: {err}"
+    return None
+
+
+NVRTC_REASON = _nvrtc_reason()
+
+
+@pytest.mark.skipif(NVRTC_REASON is not None, reason=str(NVRTC_REASON))
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+@pytest.mark.parametrize("batch", [1, 8])
+@pytest.mark.parametrize("name", sorted(REDUCED))
+def test_nvrtc_compiles_without_local_memory(name, batch, arch):
+    from cnngraph.codegen.nvrtc import compile_cuda
+
+    spec = json.loads((EXAMPLES / f"{name}.json").read_text())  # full size: the shapes that ship
+    program = lower(cnngraph.compile(spec, batch_size=batch, device="cpu").graph)
+    reports = compile_cuda(program.source(CUDA), arch, name=f"{name}.cu")
+    assert set(reports) == {launch.kernel for launch in program.launches}
+    for r in reports.values():
+        assert (r.stack_bytes, r.spill_stores, r.spill_loads) == (0, 0, 0), r
+
+
+@pytest.mark.skipif(NVRTC_REASON is not None, reason=str(NVRTC_REASON))
+def test_nvrtc_reports_template_errors_with_the_log():
+    from cnngraph.codegen.nvrtc import NvrtcError, compile_cuda
+
+    with pytest.raises(NvrtcError, match=r"broken\.cu.*\n.*error"):
+        compile_cuda(CUDA.render('KERNEL void k(float* y) { y[0] = undefined_name; }'), name="broken.cu")
