@@ -8,7 +8,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if compgen -G ".whl/*.whl" > /dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
         --target /tmp/cnngraph-site .whl/*.whl || exit 1
-    export PYTHONPATH="$PYTHONPATH:/tmp/cnngraph-site"
+    export PYTHONPATH="/tmp/cnngraph-site:$PYTHONPATH"
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_backends.py
