@@ -155,6 +155,7 @@ def main() -> None:
               "results": results}
     if not args.no_save:
         out = ROOT / "bench" / "results" / f"cpu-{record['date']}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(record, indent=2) + "\n")
         print(f"wrote {out.relative_to(ROOT)}")
 

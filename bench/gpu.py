@@ -142,6 +142,7 @@ def main() -> None:
               "cupy": cp.__version__, "results": results}
     slug = re.sub(r"[^A-Za-z0-9]+", "-", card).strip("-").lower()
     path = ROOT / "bench" / "results" / f"gpu-{record['date']}-{slug}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2) + "\n")
     if args.out:
         (Path(args.out) / path.name).write_text(path.read_text())
