@@ -42,10 +42,12 @@ class CudaBackend(ProgramBackend):
         self.arena = cp.empty(max(1, program.arena_size), cp.float32)
         self.views = {name: self.arena[offset:offset + size] for name, (offset, size, _) in program.tensors.items()}
         self.constants = {key: cp.asarray(value) for key, value in program.constants.items()}
+        self.workspace = cp.empty(max(1, program.workspace_size), cp.float32)
+        buffers = {"tensor": self.views, "const": self.constants, "workspace": {"": self.workspace}}
         self.launches = []
         for launch in program.launches:
             fn = self.module.get_function(launch.kernel)
-            args = tuple(self.views[ref] if kind == "tensor" else self.constants[ref] for kind, ref in launch.args)
+            args = tuple(buffers[kind][ref] for kind, ref in launch.args)
             self.launches.append((fn, launch.grid, launch.block, args))
         self.stream = cp.cuda.Stream(non_blocking=True)
         self.use_graph = cuda_graph

@@ -38,10 +38,12 @@ class OpenCLBackend(ProgramBackend):
         self.constants = consts = {  # kept alive here: kernels do not hold references to their buffers
             key: cl.Buffer(self.context, mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=value)
                   for key, value in program.constants.items()}
+        self.workspace = cl.Buffer(self.context, mf.READ_WRITE, size=max(4, program.workspace_size * 4))
+        buffers = {"tensor": self.views, "const": consts, "workspace": {"": self.workspace}}
         self.kernels = []
         for launch in program.launches:
             kernel = cl.Kernel(self.compiled, launch.kernel)
-            kernel.set_args(*[self.views[ref] if kind == "tensor" else consts[ref] for kind, ref in launch.args])
+            kernel.set_args(*[buffers[kind][ref] for kind, ref in launch.args])
             global_size = tuple(g * b for g, b in zip(launch.grid, launch.block))
             self.kernels.append((kernel, global_size, launch.block))
 

@@ -8,7 +8,7 @@ neutral dialect; `Program.source(dialect)` renders them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import networkx as nx
 import numpy as np
@@ -25,10 +25,11 @@ class Launch:
     body: str                      # neutral-dialect source of the kernel
     grid: tuple[int, int, int]
     block: tuple[int, int, int]
-    args: list[tuple[str, str]]    # ("tensor", node) or ("const", key), in parameter order
+    args: list[tuple[str, str]]    # ("tensor", node), ("const", key) or ("workspace", ""), in parameter order
     node: str                      # the graph node it implements
     layers: list[str]              # the spec layers it implements
     flops: int = 0
+    workspace: int = 0             # float32 elements of scratch it needs (split-K partial sums)
 
 
 @dataclass
@@ -40,7 +41,7 @@ class Program:
     arena_size: int
     inputs: list[str]
     outputs: list[str]
-    extra: dict = field(default_factory=dict)
+    workspace_size: int = 0        # float32 elements, shared by the launches that need scratch
 
     def source(self, dialect: Dialect, launch: Launch | None = None) -> str:
         """One kernel's file, or every kernel of the program in one translation unit."""
@@ -49,113 +50,147 @@ class Program:
 
 
 def lower(g: nx.DiGraph) -> Program:
-    names: dict[str, int] = {}
+    seen: dict[str, int] = {}
     launches, constants = [], {}
     for node in g.graph["order"]:
-        attrs = g.nodes[node]
-        launch = _lower_node(g, node, attrs, constants)
-        base = launch.kernel
-        names[base] = names.get(base, 0) + 1
-        if names[base] > 1:
-            launch.kernel = f"{base}_{names[base]}"
-            launch.body = launch.body.replace(f"void {base}(", f"void {launch.kernel}(", 1)
-        launches.append(launch)
+        for launch in _lower_node(g, node, constants):
+            base = launch.kernel
+            seen[base] = seen.get(base, 0) + 1
+            if seen[base] > 1:  # same computation on another layer: names must stay unique in a module
+                launch.kernel = f"{base}_{seen[base]}"
+                launch.body = launch.body.replace(f"void {base}(", f"void {launch.kernel}(", 1)
+            launches.append(launch)
     tensors = {n: (g.nodes[n]["offset"], g.nodes[n]["size"], tuple(g.nodes[n]["shape"]))
                for n in [*g.graph["inputs"], *g.graph["order"]]}
     return Program(g.graph["name"], launches, constants, tensors, g.graph["arena_size"],
-                   list(g.graph["inputs"]), list(g.graph["outputs"]))
+                   list(g.graph["inputs"]), list(g.graph["outputs"]),
+                   workspace_size=max((l.workspace for l in launches), default=0))
 
 
-def _lower_node(g: nx.DiGraph, node: str, attrs: dict, constants: dict) -> Launch:
-    spec = attrs["spec"]
+class _NodeLowering:
+    """Helpers for lowering one node: its constants and its launches."""
+
+    def __init__(self, g: nx.DiGraph, node: str, constants: dict):
+        self.node, self.attrs, self.constants = node, g.nodes[node], constants
+        self.inputs = [("tensor", i) for i in self.attrs["inputs"]]
+        self.output = ("tensor", node)
+
+    def const(self, name: str, value: np.ndarray) -> tuple[str, str]:
+        key = f"{self.node}:{name}"
+        self.constants[key] = np.ascontiguousarray(value, dtype=np.float32)
+        return ("const", key)
+
+    def launch(self, kernel: str, args: list, template, **params) -> Launch:
+        body, grid, block = template(kernel, **params)
+        return Launch(kernel, body, grid, block, args, self.node, list(self.attrs["layers"]),
+                      int(self.attrs.get("flops", 0)))
+
+    def simple(self, kernel: str, template, consts: list = (), **params) -> list[Launch]:
+        """One launch reading the node's inputs (and constants), writing its output."""
+        return [self.launch(kernel, [*self.inputs, *consts, self.output], template, **params)]
+
+
+def _param(ref: tuple[str, str]) -> str:
+    """The kernel parameter declaration of a constant: its name is the part after the colon."""
+    return f"GLOBAL const float* RESTRICT {ref[1].rsplit(':', 1)[1]}"
+
+
+def _lower_node(g: nx.DiGraph, node: str, constants: dict) -> list[Launch]:
+    low = _NodeLowering(g, node, constants)
+    attrs, spec = low.attrs, low.attrs["spec"]
     ins = [g.nodes[i]["shape"] for i in attrs["inputs"]]
     out = attrs["shape"]
-    args = [("tensor", i) for i in attrs["inputs"]]
-
-    def const(suffix: str, value: np.ndarray) -> str:
-        key = f"{node}:{suffix}"
-        constants[key] = np.ascontiguousarray(value, dtype=np.float32)
-        args.append(("const", key))
-        return f"GLOBAL const float* RESTRICT {suffix}"
-
-    def launch(kernel: str, template, **params) -> Launch:
-        body, grid, block = template(kernel, **params)
-        return Launch(kernel, body, grid, block, args + [("tensor", node)], node, list(attrs["layers"]),
-                      int(attrs.get("flops", 0)))
-
+    total = _numel(out)
     if isinstance(spec, (ops.Conv2d, ops.Linear)):
-        return _lower_gemm_like(spec, attrs, ins[0], out, const, launch)
+        return _lower_gemm_like(low, spec, ins[0], out)
     if isinstance(spec, ops.BatchNorm2d):
         scale, shift = ops.batch_norm_scale_shift(attrs["weights"], spec.eps)
-        extra = [const("scale", scale), const("shift", shift)]
-        return launch(f"batchnorm_{_dims(out)}", T.pointwise, total=_numel(out), inputs=["x0"], extra_args=extra, expr="v = x0[idx] * scale[k] + shift[k];",
-            channels=out[1], spatial=_numel(out[2:]))
+        consts = [low.const("scale", scale), low.const("shift", shift)]
+        return low.simple(f"batchnorm_{_dims(out)}", T.pointwise, consts, total=total, inputs=["x0"],
+                          extra_args=[_param(c) for c in consts], expr="v = x0[idx] * scale[k] + shift[k];",
+                          channels=out[1], spatial=_numel(out[2:]))
     if isinstance(spec, ops.Activation):
-        return launch(f"{spec.label}_{_dims(out)}", T.pointwise, total=_numel(out), inputs=["x0"], extra_args=[], expr=f"v = x0[idx];\nv = {spec.c_expr('v')};")
-    if isinstance(spec, (ops.Flatten, ops.Dropout)):
-        return launch(f"copy_{_dims(out)}", T.pointwise, total=_numel(out), inputs=["x0"], extra_args=[],
-                                                        expr="v = x0[idx];")
+        return low.simple(f"{spec.label}_{_dims(out)}", T.pointwise, total=total, inputs=["x0"], extra_args=[],
+                          expr=f"v = x0[idx];\nv = {spec.c_expr('v')};")
+    if isinstance(spec, (ops.Flatten, ops.Dropout)):  # NCHW flatten is a plain copy
+        return low.simple(f"copy_{_dims(out)}", T.pointwise, total=total, inputs=["x0"], extra_args=[],
+                          expr="v = x0[idx];")
     if isinstance(spec, ops.Add):
         names = [f"x{i}" for i in range(len(ins))]
-        return launch(f"add{len(ins)}_{_dims(out)}", T.pointwise, total=_numel(out), inputs=names, extra_args=[], expr="v = " + " + ".join(f"{n}[idx]" for n in names) + ";")
+        return low.simple(f"add{len(ins)}_{_dims(out)}", T.pointwise, total=total, inputs=names, extra_args=[],
+                          expr="v = " + " + ".join(f"{n}[idx]" for n in names) + ";")
     if isinstance(spec, (ops.MaxPool2d, ops.AvgPool2d)):
         (kh, kw), (sh, sw), (ph, pw) = spec.geometry()
         kind = "max" if isinstance(spec, ops.MaxPool2d) else "avg"
         n, c, h, w = ins[0]
-        return launch(f"{kind}pool{kh}x{kw}s{sh}_{_dims(out)}", T.pool, kind=kind, n=n, c=c, h=h, w=w, p=out[2], q=out[3], kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw,
-            count_include_pad=getattr(spec, "count_include_pad", True))
+        return low.simple(f"{kind}pool{kh}x{kw}s{sh}_{_dims(out)}", T.pool, kind=kind, n=n, c=c, h=h, w=w,
+                          p=out[2], q=out[3], kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw,
+                          count_include_pad=getattr(spec, "count_include_pad", True))
     if isinstance(spec, ops.GlobalAvgPool2d):
         n, c, h, w = ins[0]
-        return launch(f"global_avgpool_{c}x{h}x{w}", T.reduce_rows, kind="mean", outer=n * c, length=h * w, inner=1)
+        return low.simple(f"global_avgpool_{c}x{h}x{w}", T.reduce_rows, kind="mean", outer=n * c, length=h * w,
+                          inner=1)
     if isinstance(spec, ops.Softmax):
         axis = spec.axis % len(out)
-        return launch(f"softmax_axis{axis}_{_dims(out)}", T.reduce_rows, kind="softmax", outer=_numel(out[:axis]), length=out[axis], inner=_numel(out[axis + 1:]))
+        return low.simple(f"softmax_axis{axis}_{_dims(out)}", T.reduce_rows, kind="softmax",
+                          outer=_numel(out[:axis]), length=out[axis], inner=_numel(out[axis + 1:]))
     if isinstance(spec, ops.Concat):
-        return launch(f"concat{len(ins)}_{_dims(out)}", T.concat, n=out[0], channels=[s[1] for s in ins], spatial=_numel(out[2:]))
+        return low.simple(f"concat{len(ins)}_{_dims(out)}", T.concat, n=out[0], channels=[s[1] for s in ins],
+                          spatial=_numel(out[2:]))
     if isinstance(spec, ops.Upsample2d):
         sh, sw = pair(spec.scale_factor)
         n, c, h, w = ins[0]
-        return launch(f"upsample{sh}x{sw}_{_dims(out)}", T.upsample_nearest, n=n, c=c, h=h, w=w, sh=sh, sw=sw)
+        return low.simple(f"upsample{sh}x{sw}_{_dims(out)}", T.upsample_nearest, n=n, c=c, h=h, w=w, sh=sh, sw=sw)
     raise NotImplementedError(f"no kernel for op {attrs['op']}")
 
 
-def _lower_gemm_like(spec, attrs, x_shape, out, const, launch) -> Launch:
+def _lower_gemm_like(low: _NodeLowering, spec, x_shape, out) -> list[Launch]:
     """conv2d (dense, grouped, 1x1, depthwise) and linear, with bias and activation fused."""
-    weights = attrs["weights"]
-    epilogue = []
+    weights = low.attrs["weights"]
     bias = weights.get("bias")
-    if spec.activation is not None:
-        epilogue.append(f"v = {spec.activation.c_expr('v')};")
-    tags = (["bias"] if bias is not None else []) + ([spec.activation.label] if spec.activation else [])
+    epilogue = "\n".join((["v += b[k];"] if bias is not None else []) +
+                         ([f"v = {spec.activation.c_expr('v')};"] if spec.activation is not None else []))
+    tags = "".join(f"_{t}" for t in (["bias"] if bias is not None else []) +
+                   ([spec.activation.label] if spec.activation else []))
     if isinstance(spec, ops.Linear):
-        n, f = x_shape
-        const("w", weights["weight"].T[None])  # (1, F, out)
-        extra = [const("b", bias)] if bias is not None else []
-        geometry = dict(n=n, c=f, h=1, w=1, k=spec.out_features, p=1, q=1, kh=1, kw=1, sh=1, sw=1, pt=0, pl=0,
-                        dh=1, dw=1, groups=1)
-        name = f"linear_{'_'.join(tags) + '_' if tags else ''}{f}x{spec.out_features}"
+        (n, f), k = x_shape, spec.out_features
+        w = weights["weight"].T[None]  # (1, F, out)
+        geometry = dict(n=n, c=f, h=1, w=1, k=k, p=1, q=1, kh=1, kw=1, sh=1, sw=1, pt=0, pl=0, dh=1, dw=1, groups=1)
+        name = f"linear{tags}_{f}x{k}"
     else:
-        n, c, h, w = x_shape
+        n, c, h, w_ = x_shape
         (kh, kw), (sh, sw), (dh, dw) = pair(spec.kernel_size), pair(spec.stride), pair(spec.dilation)
         top, _, left, _ = spec.pads()
         k, groups = spec.out_channels, spec.groups
-        name = f"conv{kh}x{kw}s{sh}{'_dw' if spec.is_depthwise(c) else ''}_{'_'.join(tags) + '_' if tags else ''}" \
-               f"{k}x{out[2]}x{out[3]}"
-        if spec.is_depthwise(c):
-            const("w", weights["weight"].reshape(c, kh * kw))
-            extra = [const("b", bias)] if bias is not None else []
-            epi = "\n".join((["v += b[k];"] if bias is not None else []) + epilogue)
-            return launch(name, T.depthwise, n=n, c=c, h=h, w=w, p=out[2], q=out[3], kh=kh, kw=kw, sh=sh, sw=sw,
-                                            pt=top, pl=left, dh=dh, dw=dw, extra_args=extra, epilogue=epi)
-        wt = weights["weight"].reshape(groups, k // groups, -1).transpose(0, 2, 1)  # (g, C/g*KH*KW, K/g)
-        const("w", wt)
-        extra = [const("b", bias)] if bias is not None else []
-        geometry = dict(n=n, c=c, h=h, w=w, k=k, p=out[2], q=out[3], kh=kh, kw=kw, sh=sh, sw=sw, pt=top, pl=left,
+        depthwise = spec.is_depthwise(c)
+        name = f"conv{kh}x{kw}s{sh}{'_dw' if depthwise else ''}{tags}_{k}x{out[2]}x{out[3]}"
+        if depthwise:
+            consts = [low.const("w", weights["weight"].reshape(c, kh * kw))]
+            consts += [low.const("b", bias)] if bias is not None else []
+            return low.simple(name, T.depthwise, consts, n=n, c=c, h=h, w=w_, p=out[2], q=out[3], kh=kh, kw=kw,
+                              sh=sh, sw=sw, pt=top, pl=left, dh=dh, dw=dw, extra_args=[_param(x) for x in consts[1:]],
+                              epilogue=epilogue)
+        w = weights["weight"].reshape(groups, k // groups, -1).transpose(0, 2, 1)  # (g, C/g*KH*KW, K/g)
+        geometry = dict(n=n, c=c, h=h, w=w_, k=k, p=out[2], q=out[3], kh=kh, kw=kw, sh=sh, sw=sw, pt=top, pl=left,
                         dh=dh, dw=dw, groups=groups)
-    epi = "\n".join((["v += b[k];"] if bias is not None else []) + epilogue)
-    m = geometry["n"] * geometry["p"] * geometry["q"]
-    tile = T.choose_tile(m, geometry["k"] // geometry["groups"])
-    return launch(name, T.conv_gemm, **geometry, extra_args=extra, epilogue=epi, tile=tile)
+    w_ref = low.const("w", w)
+    b_refs = [low.const("b", bias)] if bias is not None else []
+    groups = geometry["groups"]
+    m, kg = geometry["n"] * geometry["p"] * geometry["q"], geometry["k"] // groups
+    tile = T.choose_tile(m, kg)
+    splits, chunk = T.split_count(m, kg, geometry["c"] // groups * geometry["kh"] * geometry["kw"], groups, tile)
+    if splits == 1:
+        return [low.launch(name, [*low.inputs, w_ref, *b_refs, low.output], T.conv_gemm, **geometry,
+                           extra_args=[_param(b) for b in b_refs], epilogue=epilogue, tile=tile)]
+    # split-K: partial sums into the workspace, then one pass that adds them and applies the epilogue
+    partial = low.launch(f"{name}_split{splits}", [*low.inputs, w_ref, ("workspace", "")], T.conv_gemm, **geometry,
+                         extra_args=[], epilogue="", tile=tile, splits=splits, chunk=chunk)
+    partial.workspace = splits * m * kg
+    reduce = low.launch(f"{name}_reduce", [("workspace", ""), *b_refs, low.output], T.split_reduce, n=geometry["n"],
+                        k=kg, pq=geometry["p"] * geometry["q"], splits=splits, extra_args=[_param(b) for b in b_refs],
+                        epilogue=epilogue)
+    reduce.flops = 0
+    return [partial, reduce]
 
 
 def _numel(shape) -> int:

@@ -45,18 +45,39 @@ def _ptr(name: str, const: bool = True) -> str:
     return f"GLOBAL {'const ' if const else ''}float* RESTRICT {name}"
 
 
+def split_count(m: int, k: int, r: int, groups: int, tile: Tile) -> tuple[int, int]:
+    """(splits, chunk): split the reduction when the output alone gives too few blocks to fill the
+    GPU (batch 1, late layers); each split reduces `chunk` (a multiple of BK) of the R values."""
+    blocks = -(-m // tile.bm) * -(-k // tile.bn) * groups
+    if groups != 1 or blocks >= 132 or r < 256:
+        return 1, r
+    splits = min(16, -(-264 // blocks), r // 128)
+    chunk = -(-(-(-r // splits)) // tile.bk) * tile.bk
+    return -(-r // chunk), chunk
+
+
 def conv_gemm(name: str, *, n, c, h, w, k, p, q, kh, kw, sh, sw, pt, pl, dh, dw, groups, extra_args: list[str],
-              epilogue: str, tile: Tile) -> tuple[str, tuple, tuple]:
+              epilogue: str, tile: Tile, splits: int = 1, chunk: int = 0) -> tuple[str, tuple, tuple]:
     """Implicit-GEMM convolution (also linear: h = w = kh = kw = 1). GEMM M = N*P*Q output pixels,
     N = K/groups output channels, reduction R = C/groups*KH*KW; the group is blockIdx.z.
     x (N, C, H, W), w (groups, R, K/groups), y (N, K, P, Q).
-    Global loads of the next BK slice go to registers while the current slice is multiplied."""
+    Global loads of the next BK slice go to registers while the current slice is multiplied.
+    With splits > 1 (groups == 1), blockIdx.z is the split: the kernel writes raw partial sums to
+    ws (splits, K, M) and `split_reduce` adds them and applies the epilogue."""
     cg, kg = c // groups, k // groups
     m_total, r_total, pq, khw = n * p * q, cg * kh * kw, p * q, kh * kw
     t = tile
     nt, a_per, a_step, b_per = t.threads, t.bm * t.bk // t.threads, t.threads // t.bm, t.bk * t.bn // t.threads
     assert nt % t.bm == 0 and (t.bk * t.bn) % nt == 0
-    args = ", ".join([_ptr("x"), _ptr("w"), *extra_args, _ptr("y", const=False)])
+    split = splits > 1
+    r_begin, r_end = (f"g * {chunk}", f"r_end") if split else ("0", str(r_total))
+    if split:
+        assert groups == 1
+        epilogue, store = "", f"ws[(g * {k} + k) * {m_total} + m] = v;"
+        args = ", ".join([_ptr("x"), _ptr("w"), _ptr("ws", const=False)])
+    else:
+        store = "y[idx] = v;"
+        args = ", ".join([_ptr("x"), _ptr("w"), *extra_args, _ptr("y", const=False)])
     body = f"""KERNEL void {name}({args})
 {{
     SHARED float As[{t.bk}][{t.bm}];
@@ -73,23 +94,24 @@ def conv_gemm(name: str, *, n, c, h, w, k, p, q, kh, kw, sh, sw, pt, pl, dh, dw,
     const int a_pq = am - a_n * {pq};
     const int ih0 = (a_pq / {q}) * {sh} - {pt};
     const int iw0 = (a_pq % {q}) * {sw} - {pl};
-    GLOBAL const float* xg = x + (a_n * {c} + g * {cg}) * {h * w};
-    GLOBAL const float* wg = w + g * {r_total * kg};
+    GLOBAL const float* xg = x + (a_n * {c} + {"0" if split else "g"} * {cg}) * {h * w};
+    GLOBAL const float* wg = w + {"0" if split else "g"} * {r_total * kg};
+    const int r_end = {f"min({r_begin} + {chunk}, {r_total})" if split else r_total};
     float acc[{t.tm}][{t.tn}];
     float a_reg[{a_per}];
     float b_reg[{b_per}];
     UNROLL for (int i = 0; i < {t.tm}; ++i)
         UNROLL for (int j = 0; j < {t.tn}; ++j) acc[i][j] = 0.0f;
 
-    for (int k0 = 0; k0 < {r_total}; k0 += {t.bk}) {{
-        if (k0 == 0) {{
-{_load_tiles("0", t, a_per, a_step, b_per, m_total, r_total, khw, kw, h, w, dh, dw, kg, indent=12)}
+    for (int k0 = {r_begin}; k0 < r_end; k0 += {t.bk}) {{
+        if (k0 == {r_begin}) {{
+{_load_tiles("k0", t, a_per, a_step, b_per, m_total, "r_end", khw, kw, h, w, dh, dw, kg, indent=12)}
         }}
         UNROLL for (int i = 0; i < {a_per}; ++i) As[tid / {t.bm} + i * {a_step}][tid % {t.bm}] = a_reg[i];
         UNROLL for (int i = 0; i < {b_per}; ++i) Bs[(tid + i * {nt}) / {t.bn}][(tid + i * {nt}) % {t.bn}] = b_reg[i];
         BARRIER();
-        if (k0 + {t.bk} < {r_total}) {{  /* prefetch the next slice while this one is multiplied */
-{_load_tiles(f"k0 + {t.bk}", t, a_per, a_step, b_per, m_total, r_total, khw, kw, h, w, dh, dw, kg, indent=12)}
+        if (k0 + {t.bk} < r_end) {{  /* prefetch the next slice while this one is multiplied */
+{_load_tiles(f"k0 + {t.bk}", t, a_per, a_step, b_per, m_total, "r_end", khw, kw, h, w, dh, dw, kg, indent=12)}
         }}
         UNROLL for (int kk = 0; kk < {t.bk}; ++kk) {{
             float a[{t.tm}];
@@ -110,19 +132,29 @@ def conv_gemm(name: str, *, n, c, h, w, k, p, q, kh, kw, sh, sw, pt, pl, dh, dw,
             UNROLL for (int j = 0; j < {t.tn}; ++j) {{
                 const int kl = n0 + tx * {t.tn} + j;
                 if (kl < {kg}) {{
-                    const int k = g * {kg} + kl;
+                    const int k = {"kl" if split else f"g * {kg} + kl"};
                     const int idx = (nb * {k} + k) * {pq} + pix;
                     float v = acc[i][j];
 {_indent(epilogue, 20)}
-                    y[idx] = v;
+                    {store}
                 }}
             }}
         }}
     }}
 }}
 """
-    grid = (-(-m_total // t.bm), -(-kg // t.bn), groups)
+    grid = (-(-m_total // t.bm), -(-kg // t.bn), splits if split else groups)
     return body, grid, (nt, 1, 1)
+
+
+def split_reduce(name: str, *, n, k, pq, splits, extra_args: list[str], epilogue: str) -> tuple[str, tuple, tuple]:
+    """y (N, K, P*Q) = sum of the split-K partials ws (splits, K, N*P*Q), then the epilogue."""
+    m_total = n * pq
+    expr = f"""const int m = (idx / {k * pq}) * {pq} + idx % {pq};
+v = 0.0f;
+UNROLL for (int s = 0; s < {splits}; ++s) v += ws[(s * {k} + k) * {m_total} + m];
+{epilogue}"""
+    return pointwise(name, total=n * k * pq, inputs=["ws"], extra_args=extra_args, expr=expr, channels=k, spatial=pq)
 
 
 def _load_tiles(kbase, t: Tile, a_per, a_step, b_per, m_total, r_total, khw, kw, h, w, dh, dw, kg, indent) -> str:
