@@ -11,6 +11,7 @@ import numpy as np
 
 from ..graph import in_shapes, layer_nodes
 from ..ops import Scratch
+from ..ops.epilogue import apply_numpy, residual_count
 
 
 def to_backend_layout(x: np.ndarray) -> np.ndarray:
@@ -29,7 +30,7 @@ class NumpyBackend:
         outputs = set(g.graph["outputs"])
         needed = set(outputs).union(*(nx.ancestors(g, o) for o in outputs))
         self.order = [n for n in layer_nodes(g) if n in needed]  # layers no output needs are skipped
-        self.params = {n: g.nodes[n]["spec"].prepare(g.nodes[n].get("weights", {}), in_shapes(g, n))
+        self.params = {n: g.nodes[n]["spec"].prepare(g.nodes[n].get("weights", {}), in_shapes(g, n)[:1])
                        for n in self.order}
         # free each intermediate right after its last reader
         self.last_use = {}
@@ -44,7 +45,10 @@ class NumpyBackend:
         for position, node in enumerate(self.order):
             attrs = g.nodes[node]
             xs = [values[src] for src in attrs["inputs"]]
-            values[node] = attrs["spec"].run_numpy(xs, self.params[node], self.scratch)
+            epilogue = attrs.get("epilogue", [])
+            own = len(xs) - residual_count(epilogue)  # the op's own inputs; the rest are residuals
+            out = attrs["spec"].run_numpy(xs[:own], self.params[node], self.scratch)
+            values[node] = apply_numpy(out, epilogue, xs[own:]) if epilogue else out
             for src in set(attrs["inputs"]):
                 if self.last_use.get(src) == position and src not in keep:
                     del values[src]

@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import ops
 from ..ops.base import pair
+from ..ops.epilogue import label, residual_count, to_c
 from . import templates as T
 from .dialects import Dialect
 
@@ -148,10 +149,16 @@ def _lower_gemm_like(low: _NodeLowering, spec, x_shape, out) -> list[Launch]:
     """conv2d (dense, grouped, 1x1, depthwise) and linear, with bias and activation fused."""
     weights = low.attrs["weights"]
     bias = weights.get("bias")
+    steps = low.attrs.get("epilogue", [])
+    residuals = [f"r{i}" for i in range(residual_count(steps))]
     epilogue = "\n".join((["v += b[k];"] if bias is not None else []) +
-                         ([f"v = {spec.activation.c_expr('v')};"] if spec.activation is not None else []))
+                         ([f"v = {spec.activation.c_expr('v')};"] if spec.activation is not None else []) +
+                         to_c(steps, residuals))
+    own_inputs = low.inputs[:len(low.inputs) - len(residuals)]
+    residual_args = low.inputs[len(own_inputs):]
+    residual_params = [f"GLOBAL const float* RESTRICT {r}" for r in residuals]
     tags = "".join(f"_{t}" for t in (["bias"] if bias is not None else []) +
-                   ([spec.activation.label] if spec.activation else []))
+                   ([spec.activation.label] if spec.activation else []) + ([label(steps).replace("+", "_")] if steps else []))
     if isinstance(spec, ops.Linear):
         (n, f), k = x_shape, spec.out_features
         w = weights["weight"].T[None]  # (1, F, out)
@@ -167,9 +174,9 @@ def _lower_gemm_like(low: _NodeLowering, spec, x_shape, out) -> list[Launch]:
         if depthwise:
             consts = [low.const("w", weights["weight"].reshape(c, kh * kw))]
             consts += [low.const("b", bias)] if bias is not None else []
-            return low.simple(name, T.depthwise, consts, n=n, c=c, h=h, w=w_, p=out[2], q=out[3], kh=kh, kw=kw,
-                              sh=sh, sw=sw, pt=top, pl=left, dh=dh, dw=dw, extra_args=[_param(x) for x in consts[1:]],
-                              epilogue=epilogue)
+            return [low.launch(name, [*own_inputs, *consts, *residual_args, low.output], T.depthwise, n=n, c=c, h=h,
+                               w=w_, p=out[2], q=out[3], kh=kh, kw=kw, sh=sh, sw=sw, pt=top, pl=left, dh=dh, dw=dw,
+                               extra_args=[_param(x) for x in consts[1:]] + residual_params, epilogue=epilogue)]
         w = weights["weight"].reshape(groups, k // groups, -1).transpose(0, 2, 1)  # (g, C/g*KH*KW, K/g)
         geometry = dict(n=n, c=c, h=h, w=w_, k=k, p=out[2], q=out[3], kh=kh, kw=kw, sh=sh, sw=sw, pt=top, pl=left,
                         dh=dh, dw=dw, groups=groups)
@@ -180,15 +187,15 @@ def _lower_gemm_like(low: _NodeLowering, spec, x_shape, out) -> list[Launch]:
     tile = T.choose_tile(m, kg)
     splits, chunk = T.split_count(m, kg, geometry["c"] // groups * geometry["kh"] * geometry["kw"], groups, tile)
     if splits == 1:
-        return [low.launch(name, [*low.inputs, w_ref, *b_refs, low.output], T.conv_gemm, **geometry,
-                           extra_args=[_param(b) for b in b_refs], epilogue=epilogue, tile=tile)]
+        return [low.launch(name, [*own_inputs, w_ref, *b_refs, *residual_args, low.output], T.conv_gemm, **geometry,
+                           extra_args=[_param(b) for b in b_refs] + residual_params, epilogue=epilogue, tile=tile)]
     # split-K: partial sums into the workspace, then one pass that adds them and applies the epilogue
-    partial = low.launch(f"{name}_split{splits}", [*low.inputs, w_ref, ("workspace", "")], T.conv_gemm, **geometry,
+    partial = low.launch(f"{name}_split{splits}", [*own_inputs, w_ref, ("workspace", "")], T.conv_gemm, **geometry,
                          extra_args=[], epilogue="", tile=tile, splits=splits, chunk=chunk)
     partial.workspace = splits * m * kg
-    reduce = low.launch(f"{name}_reduce", [("workspace", ""), *b_refs, low.output], T.split_reduce, n=geometry["n"],
-                        k=kg, pq=geometry["p"] * geometry["q"], splits=splits, extra_args=[_param(b) for b in b_refs],
-                        epilogue=epilogue)
+    reduce = low.launch(f"{name}_reduce", [("workspace", ""), *b_refs, *residual_args, low.output], T.split_reduce,
+                        n=geometry["n"], k=kg, pq=geometry["p"] * geometry["q"], splits=splits,
+                        extra_args=[_param(b) for b in b_refs] + residual_params, epilogue=epilogue)
     reduce.flops = 0
     return [partial, reduce]
 

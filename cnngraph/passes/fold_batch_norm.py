@@ -1,6 +1,8 @@
 """Fold `batch_norm2d` into the conv2d that feeds it: w' = w * s, b' = b * s + t with the BN's
 per-channel scale s and shift t, computed in float64 and cast once. Only when the conv's output
-has no other reader and the conv has no activation of its own (BN must come before it)."""
+has no other reader and nothing is applied after the conv yet (BN must come first). A BN that
+cannot fold (after an activation or an add, as in pre-activation networks) stays a per-channel
+scale + shift node. Runs after remove_dropout."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import networkx as nx
 import numpy as np
 
 from ..ops import batch_norm_scale_shift
-from .rewrite import merge_into_consumer, single_consumer
+from .rewrite import fusion_blocker, merge_into_consumer, record
 
 
 def fold_batch_norm(g: nx.DiGraph) -> list[str]:
@@ -16,9 +18,13 @@ def fold_batch_norm(g: nx.DiGraph) -> list[str]:
     for bn in [n for n, op in g.nodes(data="op") if op == "batch_norm2d"]:
         (conv,) = g.nodes[bn]["inputs"]
         attrs = g.nodes[conv]
-        if not attrs["op"].startswith("conv2d") or attrs["spec"].activation is not None:
-            continue
-        if single_consumer(g, conv) != bn:
+        reason = fusion_blocker(g, conv, bn)
+        if not attrs["op"].startswith("conv2d"):
+            reason = "producer_not_conv"
+        elif attrs["spec"].activation is not None or attrs.get("epilogue"):
+            reason = "activation_before_batch_norm"
+        record(g, "conv2d+batch_norm2d", conv, bn, reason)
+        if reason:
             continue
         bn_attrs = g.nodes[bn]
         scale, shift = batch_norm_scale_shift(bn_attrs["weights"], bn_attrs["spec"].eps)

@@ -8,18 +8,21 @@ import networkx as nx
 from ..errors import CnnGraphError
 from .fold_batch_norm import fold_batch_norm
 from .fuse_activation import fuse_activation
+from .fuse_residual_add import fuse_residual_add
 from .remove_dropout import remove_dropout
 
 PIPELINE = [
     remove_dropout,     # identity at inference
     fold_batch_norm,    # conv -> batch_norm becomes one conv with adjusted weight and bias
-    fuse_activation,    # conv/linear -> activation becomes one node (after BN folding)
+    fuse_residual_add,  # conv -> add(., residual): the add moves into the conv's epilogue
+    fuse_activation,    # conv/linear [-> add] -> activation: into the activation field or the epilogue
 ]
 
 
 def optimize_graph(g: nx.DiGraph) -> nx.DiGraph:
     """Run every pass on a copy of `g`; the log lands in `g.graph["passes"]` as (pass, changes)."""
     g = g.copy()
+    g.graph["fusion_report"] = []
     layers_before = sorted(name for _, names in g.nodes(data="layers") for name in names)
     log = []
     for run in PIPELINE:

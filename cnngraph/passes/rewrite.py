@@ -6,6 +6,22 @@ from __future__ import annotations
 import networkx as nx
 
 
+def fusion_blocker(g: nx.DiGraph, producer: str, consumer: str) -> str | None:
+    """Why `producer` cannot be merged into `consumer` (a reason code), or None if it can."""
+    if producer in g.graph["outputs"]:
+        return "is_output"  # the user asked for the producer's own result
+    if single_consumer(g, producer) != consumer:
+        return "multiple_consumers"
+    return None
+
+
+def record(g: nx.DiGraph, pattern: str, producer: str, consumer: str, reason: str | None) -> None:
+    """One entry of the fusion report: what was considered, and why it was not fused."""
+    g.graph.setdefault("fusion_report", []).append(
+        {"pattern": pattern, "layers": g.nodes[producer]["layers"] + g.nodes[consumer]["layers"],
+         "path": g.nodes[producer]["path"], "fused": reason is None, "reason": reason})
+
+
 def single_consumer(g: nx.DiGraph, node: str) -> str | None:
     """The one node reading `node`, if exactly one does and `node` is not a network output."""
     if node in g.graph["outputs"]:
@@ -34,6 +50,7 @@ def merge_into_consumer(g: nx.DiGraph, producer: str, consumer: str, **attrs) ->
     p, c = g.nodes[producer], g.nodes[consumer]
     c["layers"] = p["layers"] + c["layers"]
     c["flops"] = p.get("flops", 0) + c.get("flops", 0)
+    c["epilogue"] = list(p.get("epilogue", []))
     c["inputs"] = list(p["inputs"])
     c["path"] = p["path"]  # the merged node starts where the producer did in the spec
     c.update(attrs)
