@@ -82,18 +82,12 @@ def bench_case(name: str, batch: int, repeats: int, threads: int) -> dict:
 def profile(name: str, batch: int, repeats: int = 5) -> None:
     """Per-node time of the NumPy backend: where the time goes."""
     model = cnngraph.compile(ROOT / "examples" / f"{name}.json", batch_size=batch, device="cpu")
-    backend, g = model.backend, model.graph
+    g = model.graph
     x = np.random.default_rng(0).standard_normal(next(iter(model.input_shapes.values()))).astype(np.float32)
-    from cnngraph.backends.numpy_backend import to_backend_layout
-
+    model(x)  # warm-up: scratch buffers grow to size once
     totals: dict[str, float] = {}
     for _ in range(repeats):
-        values = {g.graph["inputs"][0]: to_backend_layout(x)}
-        for node in backend.order:
-            xs = [values[s] for s in g.nodes[node]["inputs"]]
-            start = time.perf_counter()
-            values[node] = g.nodes[node]["spec"].run_numpy(xs, backend.params[node], backend.scratch)
-            totals[node] = totals.get(node, 0) + time.perf_counter() - start
+        model.backend.run({g.graph["inputs"][0]: x}, timings=totals)
     whole = sum(totals.values())
     by_op: dict[str, float] = {}
     for node, t in totals.items():

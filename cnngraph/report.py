@@ -1,5 +1,34 @@
-"""Human-readable and JSON views of a graph: one row per node with its layers, op, output shape,
-parameter count, FLOPs and output bytes, plus totals. Read-only: nothing here changes the graph."""
+"""Read-only views of a graph for `cnngraph inspect` and `CompiledModel.summary()`: a text table,
+a JSON document and Graphviz DOT text (the HTML page is built in `html_report.py` from the same
+data). Nothing here changes the graph. Sizes are bytes of float32 data.
+
+The JSON document (`cnngraph inspect --format json`, `inspect_data(g)`):
+
+    {
+      "name": "resnet18", "batch_size": 1,
+      "optimized": true,                   # false with --raw
+      "inputs": ["image"], "outputs": ["fc"],
+      "nodes": [                           # topological order; network inputs included
+        {"node": "relu",                   # the graph node (named after the last fused layer)
+         "layers": ["conv1", "bn1", "relu"],   # the spec layers it implements
+         "op": "conv2d+batch_norm2d+relu", "path": "/layers/0", "inputs": ["image"],
+         "shape": [1, 64, 112, 112],       # output shape, batch included
+         "params": 9472, "flops": 238436352,
+         "output_bytes": 3211264,
+         "bytes_read": 640000,             # its inputs and weights
+         "bytes_written": 3211264,         # its output
+         "offset_bytes": 0},               # where its output lives in the arena; null if not planned
+        ...],
+      "totals": {"nodes": 25, "params": ..., "flops": ..., "bytes_read": ..., "bytes_written": ...},
+      "memory": {                          # peak activation memory; null if the graph is not planned
+        "planned_bytes": 4014080,          # the arena, tensors sharing memory when lifetimes allow
+        "unplanned_bytes": 9633792},       # every tensor in its own buffer
+      "fusion": [                          # every fusion opportunity the optimizer considered
+        {"pattern": "conv2d+max_pool2d", "layers": ["c3", "s4"], "path": "/layers/2",
+         "fused": false, "reason": "overlapping_pool_unsupported"}, ...],
+      "passes": [{"pass": "fold_batch_norm", "changes": [...]}, ...]
+    }
+"""
 
 from __future__ import annotations
 
@@ -8,13 +37,29 @@ import numpy as np
 
 from .graph import topological_order
 
+FLOAT_BYTES = 4
+
+# what a fusion report's reason code means, for people
+REASONS = {
+    "multiple_consumers": "its output is also read by another node",
+    "is_output": "its output is a network output",
+    "already_has_activation": "it already applies an activation",
+    "overlapping_pool_unsupported": "overlapping pooling windows are not fused",
+    "not_profitable": "fusing would not save memory traffic",
+    "shape": "the shapes do not allow it",
+}
+
+
+# --- data ------------------------------------------------------------------------------------------
 
 def node_rows(g: nx.DiGraph) -> list[dict]:
+    """One dict per node, in topological order (the "nodes" of the JSON document)."""
     rows = []
     for node in topological_order(g):
         a = g.nodes[node]
-        spec = a["spec"]
-        activation = getattr(spec, "activation", None)
+        activation = getattr(a["spec"], "activation", None)
+        params = int(sum(w.size for w in a.get("weights", {}).values()))
+        written = _bytes(a["shape"])
         rows.append({
             "node": node,
             "layers": list(a["layers"]),
@@ -22,30 +67,107 @@ def node_rows(g: nx.DiGraph) -> list[dict]:
             "path": a["path"],
             "inputs": list(a["inputs"]),
             "shape": list(a["shape"]),
-            "params": int(sum(w.size for w in a.get("weights", {}).values())),
+            "params": params,
             "flops": int(a.get("flops", 0)),
-            "output_bytes": 4 * int(np.prod(a["shape"])),
+            "output_bytes": written,
+            "bytes_read": sum(_bytes(g.nodes[i]["shape"]) for i in a["inputs"]) + FLOAT_BYTES * params,
+            "bytes_written": written,
+            "offset_bytes": FLOAT_BYTES * a["offset"] if "offset" in a else None,
         })
     return rows
 
 
-def summary_table(g: nx.DiGraph) -> str:
+def totals(rows: list[dict]) -> dict:
+    return {"nodes": len(rows), **{k: sum(r[k] for r in rows) for k in
+                                   ("params", "flops", "bytes_read", "bytes_written")}}
+
+
+def memory(g: nx.DiGraph) -> dict | None:
+    """Peak activation memory with and without memory planning, or None for an unplanned graph."""
+    if "arena_size" not in g.graph:
+        return None
+    return {"planned_bytes": FLOAT_BYTES * g.graph["arena_size"],
+            "unplanned_bytes": FLOAT_BYTES * g.graph["unplanned_size"]}
+
+
+def fusion_report(g: nx.DiGraph) -> list[dict]:
+    """The optimizer's fusion decisions (empty for a raw graph or before the pass records any)."""
+    return [dict(entry, layers=list(entry["layers"])) for entry in g.graph.get("fusion_report") or []]
+
+
+def inspect_data(g: nx.DiGraph) -> dict:
+    """The JSON document described in the module docstring."""
     rows = node_rows(g)
-    header = ("layer", "op", "output shape", "params", "FLOPs", "output bytes")
+    return {"name": g.graph["name"], "batch_size": g.graph["batch_size"], "optimized": is_optimized(g),
+            "inputs": list(g.graph["inputs"]), "outputs": list(g.graph["outputs"]), "nodes": rows,
+            "totals": totals(rows), "memory": memory(g), "fusion": fusion_report(g),
+            "passes": [{"pass": name, "changes": changes} for name, changes in g.graph.get("passes", [])]}
+
+
+def is_optimized(g: nx.DiGraph) -> bool:
+    return "passes" in g.graph
+
+
+def fused(g: nx.DiGraph, node: str) -> bool:
+    return len(g.nodes[node]["layers"]) > 1
+
+
+# --- text ------------------------------------------------------------------------------------------
+
+def summary_table(g: nx.DiGraph) -> str:
+    """One row per node (layers, op, shape, params, FLOPs, bytes read and written, arena offset) and totals."""
+    rows = node_rows(g)
+    header = ("layer", "op", "output shape", "params", "FLOPs", "read", "written", "arena offset")
     table = [(",".join(r["layers"]) or r["node"], r["op"], "x".join(map(str, r["shape"])), f"{r['params']:,}",
-              _si(r["flops"]), _si(r["output_bytes"], "B")) for r in rows]
-    total = ("total", f"{len(rows)} nodes", "", f"{sum(r['params'] for r in rows):,}",
-             _si(sum(r["flops"] for r in rows)), _si(sum(r["output_bytes"] for r in rows), "B"))
+              _si(r["flops"]), _si(r["bytes_read"], "B"), _si(r["bytes_written"], "B"),
+              "-" if r["offset_bytes"] is None else f"{r['offset_bytes']:,}") for r in rows]
+    t = totals(rows)
+    total = ("total", f"{t['nodes']} nodes", "", f"{t['params']:,}", _si(t["flops"]), _si(t["bytes_read"], "B"),
+             _si(t["bytes_written"], "B"), "")
     widths = [max(len(str(row[i])) for row in [header, *table, total]) for i in range(len(header))]
     widths[0] = min(widths[0], 48)
 
     def line(row):
         cells = [str(c) if len(str(c)) <= widths[i] else str(c)[:widths[i] - 1] + "…" for i, c in enumerate(row)]
-        return "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        return "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
-    title = f"{g.graph['name']}  (batch {g.graph['batch_size']})"
+    title = f"{g.graph['name']}  (batch {g.graph['batch_size']}, {'optimized' if is_optimized(g) else 'raw'} graph)"
     return "\n".join([title, line(header), rule, *map(line, table), rule, line(total)])
+
+
+def memory_text(g: nx.DiGraph) -> str:
+    m = memory(g)
+    if m is None:
+        return "memory: not planned"
+    saved = 1 - m["planned_bytes"] / m["unplanned_bytes"] if m["unplanned_bytes"] else 0.0
+    return (f"memory: peak activations {_si(m['planned_bytes'], 'B')} with planning, "
+            f"{_si(m['unplanned_bytes'], 'B')} without ({saved:.0%} saved)")
+
+
+def fusion_text(g: nx.DiGraph) -> str:
+    if not is_optimized(g):
+        return "fusion: not run on the raw graph (inspect without --raw to see it)"
+    entries = fusion_report(g)
+    if not entries:
+        return "fusion: no fusion opportunities"
+    done = sum(e["fused"] for e in entries)
+    lines = [f"fusion: {done} fused, {len(entries) - done} not fused"]
+    width = max(len(e["pattern"]) for e in entries)
+    for e in entries:
+        why = "" if e["fused"] else f"  ({e['reason']}: {REASONS.get(e['reason'], 'see the fusion pass')})"
+        lines.append(f"  {'fused    ' if e['fused'] else 'not fused'}  {e['pattern']:<{width}}  "
+                     f"{', '.join(e['layers'])}  {e['path']}{why}")
+    return "\n".join(lines)
+
+
+def inspect_text(g: nx.DiGraph) -> str:
+    """`cnngraph inspect`'s table: the node table, then memory, then the fusion report."""
+    return "\n\n".join([summary_table(g), memory_text(g), fusion_text(g)])
+
+
+def _bytes(shape) -> int:
+    return FLOAT_BYTES * int(np.prod(shape))
 
 
 def _si(value: float, unit: str = "") -> str:
@@ -53,3 +175,46 @@ def _si(value: float, unit: str = "") -> str:
         if value >= scale:
             return f"{value / scale:.2f} {prefix}{unit}"
     return f"{value:.0f} {unit}".rstrip()
+
+
+# --- Graphviz DOT ----------------------------------------------------------------------------------
+
+def to_dot(g: nx.DiGraph) -> str:
+    """Graphviz DOT: a box per node (op, layers, shape), edges labelled with the tensor shape, and each
+    fused node inside a cluster that lists its member layers."""
+    lines = [f"digraph {_quote(g.graph['name'])} {{", "  rankdir=TB;",
+             '  node [shape=box, style="rounded,filled", fillcolor="#f6f8fa", fontname="Helvetica", fontsize=10];',
+             '  edge [fontname="Helvetica", fontsize=8, color="#57606a"];']
+    for index, node in enumerate(topological_order(g)):
+        statement = f"{_quote(node)} [label={_label(g, node)}{_input_style(g, node)}];"
+        if fused(g, node):
+            layers = ", ".join(g.nodes[node]["layers"])
+            lines += [f"  subgraph {_quote(f'cluster_{index}')} {{",
+                      f'    label={_quote("fused: " + layers)}; style="rounded,filled"; fillcolor="#fff4e5"; '
+                      'color="#d4a72c"; fontname="Helvetica"; fontsize=9;',
+                      f"    {statement}", "  }"]
+        else:
+            lines.append(f"  {statement}")
+    for src, dst in g.edges:
+        lines.append(f"  {_quote(src)} -> {_quote(dst)} [label={_quote(_dims(g.nodes[src]['shape']))}];")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def _label(g: nx.DiGraph, node: str) -> str:
+    a = g.nodes[node]
+    parts = [node, a["op"]] + ([", ".join(a["layers"])] if a["layers"] != [node] and a["layers"] else [])
+    return _quote(*parts, _dims(a["shape"]))
+
+
+def _input_style(g: nx.DiGraph, node: str) -> str:
+    return ', shape=ellipse, fillcolor="#ddf4ff"' if g.nodes[node]["op"] == "input" else ""
+
+
+def _quote(*lines: str) -> str:
+    """A DOT string: quotes and backslashes escaped, lines joined by DOT's \\n."""
+    return '"' + "\\n".join(s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") for s in lines) + '"'
+
+
+def _dims(shape) -> str:
+    return "x".join(map(str, shape))

@@ -1,25 +1,30 @@
-"""The NumPy backend: runs the graph node by node in float32, channels-last inside.
+"""The NumPy backend: runs the graph node by node in float32, channels-last inside, every tensor
+in its planned place in one arena (see passes/plan_memory.py), so steady-state calls allocate
+nothing large (fresh allocations cost page faults that rival the arithmetic).
 
-Images are converted to (N, H, W, C) once at the input and back to (N, C, H, W) at the outputs,
-so every conv reduces over contiguous channels. Weights are rearranged once, at construction.
+Images are (N, H, W, C) inside, so every conv reduces over contiguous channels; they are
+converted from (N, C, H, W) at the inputs and back at the outputs. Weights are rearranged once.
 """
 
 from __future__ import annotations
 
+import time
+
 import networkx as nx
 import numpy as np
 
-from ..graph import in_shapes, layer_nodes
+from ..graph import in_shapes
 from ..ops import Scratch
 from ..ops.epilogue import apply_numpy, residual_count
 
 
-def to_backend_layout(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if x.ndim == 4 else x  # NCHW -> NHWC
+def backend_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    return (shape[0], shape[2], shape[3], shape[1]) if len(shape) == 4 else tuple(shape)  # NCHW -> NHWC
 
 
 def from_backend_layout(x: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)) if x.ndim == 4 else x  # NHWC -> NCHW
+    """A fresh NCHW (or (N, F)) array: results must not alias the arena, which the next call reuses."""
+    return (x.transpose(0, 3, 1, 2) if x.ndim == 4 else x).copy(order="C")
 
 
 class NumpyBackend:
@@ -27,29 +32,34 @@ class NumpyBackend:
 
     def __init__(self, g: nx.DiGraph):
         self.graph = g
-        outputs = set(g.graph["outputs"])
-        needed = set(outputs).union(*(nx.ancestors(g, o) for o in outputs))
-        self.order = [n for n in layer_nodes(g) if n in needed]  # layers no output needs are skipped
-        self.params = {n: g.nodes[n]["spec"].prepare(g.nodes[n].get("weights", {}), in_shapes(g, n)[:1])
-                       for n in self.order}
-        # free each intermediate right after its last reader
-        self.last_use = {}
-        for position, node in enumerate(self.order):
-            for src in g.nodes[node]["inputs"]:
-                self.last_use[src] = position
+        self.order = g.graph["order"]
+        arena = np.empty(max(1, g.graph["arena_size"]), np.float32)
+        self.views = {n: arena[g.nodes[n]["offset"]:g.nodes[n]["offset"] + g.nodes[n]["size"]]
+                      .reshape(backend_shape(g.nodes[n]["shape"])) for n in [*g.graph["inputs"], *self.order]}
+        self.arena = arena
+        self.params = {}
+        for n in self.order:
+            own = len(g.nodes[n]["inputs"]) - residual_count(g.nodes[n].get("epilogue", []))
+            self.params[n] = g.nodes[n]["spec"].prepare(g.nodes[n].get("weights", {}), in_shapes(g, n)[:own])
         self.scratch = Scratch()
 
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        g, keep = self.graph, set(self.graph.graph["outputs"])
-        values = {name: to_backend_layout(x) for name, x in inputs.items()}
-        for position, node in enumerate(self.order):
+    def poison(self) -> None:
+        self.arena.fill(np.nan)
+
+    def run(self, inputs: dict[str, np.ndarray], timings: dict[str, float] | None = None) -> dict[str, np.ndarray]:
+        """Outputs by name; with `timings`, adds each node's seconds to it (for profiling)."""
+        g, views = self.graph, self.views
+        for name, x in inputs.items():
+            np.copyto(views[name], x.transpose(0, 2, 3, 1) if x.ndim == 4 else x)
+        for node in self.order:
+            start = time.perf_counter()
             attrs = g.nodes[node]
-            xs = [values[src] for src in attrs["inputs"]]
+            xs = [views[src] for src in attrs["inputs"]]
             epilogue = attrs.get("epilogue", [])
             own = len(xs) - residual_count(epilogue)  # the op's own inputs; the rest are residuals
-            out = attrs["spec"].run_numpy(xs[:own], self.params[node], self.scratch)
-            values[node] = apply_numpy(out, epilogue, xs[own:]) if epilogue else out
-            for src in set(attrs["inputs"]):
-                if self.last_use.get(src) == position and src not in keep:
-                    del values[src]
-        return {name: from_backend_layout(values[name]) for name in g.graph["outputs"]}
+            out = attrs["spec"].run_numpy(xs[:own], self.params[node], self.scratch, views[node])
+            if epilogue:
+                apply_numpy(out, epilogue, xs[own:])
+            if timings is not None:
+                timings[node] = timings.get(node, 0.0) + time.perf_counter() - start
+        return {name: from_backend_layout(views[name]) for name in g.graph["outputs"]}

@@ -150,6 +150,14 @@ ActivationField = Annotated[
 ]
 
 
+def apply_activation(act: Activation, out: np.ndarray) -> np.ndarray:
+    """`act` applied to `out` in place (activations that cannot work in place are copied back)."""
+    result = act.apply(out)
+    if result is not out:
+        np.copyto(out, result)
+    return out
+
+
 _ACTIVATION_ADAPTER = TypeAdapter(ActivationField)
 
 
@@ -164,8 +172,9 @@ class ActivationLayer(Layer):
     def infer_shape(self, in_shapes: list[Shape]) -> Shape:
         return in_shapes[0]
 
-    def run_numpy(self, xs, params, scratch):
-        return self.apply(xs[0].copy())
+    def run_numpy(self, xs, params, scratch, out):
+        np.copyto(out, xs[0])
+        return apply_activation(self, out)
 
 
 def _layer_of(act: type[Activation]) -> type[BaseModel]:

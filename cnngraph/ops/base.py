@@ -83,7 +83,8 @@ class Layer(Strict):
         """Weights rearranged once, at compile time, for `run_numpy`."""
         return weights
 
-    def run_numpy(self, xs: list[np.ndarray], params: dict, scratch: "Scratch") -> np.ndarray:
+    def run_numpy(self, xs: list[np.ndarray], params: dict, scratch: "Scratch", out: np.ndarray) -> np.ndarray:
+        """Compute into `out` (preallocated in the backend's layout, never overlapping `xs`); return it."""
         raise NotImplementedError(type(self).__name__)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from pydantic import Field, model_validator
 
-from .activation import ActivationField
+from .activation import ActivationField, apply_activation
 from .base import Layer, invalid, NonNegativeInt, NonNegativePair, Pair, PositiveInt, Scratch, Shape, fmt_shape, pair
 
 
@@ -107,12 +107,11 @@ class Conv2d(Layer):
                                         .reshape(g, kh * kw * cg, k // g))
         return {"taps": taps, "bias": weights.get("bias")}
 
-    def run_numpy(self, xs, params, scratch: Scratch):
+    def run_numpy(self, xs, params, scratch: Scratch, out):
         (x,) = xs  # (N, H, W, C)
         n, h, w, c = x.shape
         (kh, kw), (sh, sw), (dh, dw) = pair(self.kernel_size), pair(self.stride), pair(self.dilation)
-        _, ho, wo = self.infer_shape([(c, h, w)])
-        out = np.empty((n, ho, wo, self.out_channels), np.float32)
+        _, ho, wo, _ = out.shape
         xp = _padded(x, self.pads(), scratch)
         if self.is_depthwise(c):
             _depthwise(xp, params["taps"], (sh, sw), (dh, dw), out, scratch)
@@ -123,7 +122,7 @@ class Conv2d(Layer):
             _im2col_gemm(xp, params["taps"], (kh, kw), (sh, sw), (dh, dw), out, scratch)
         if params["bias"] is not None:
             out += params["bias"]
-        return self.activation.apply(out) if self.activation else out
+        return apply_activation(self.activation, out) if self.activation else out
 
 
 def _padded(x: np.ndarray, pads: tuple[int, int, int, int], scratch: Scratch) -> np.ndarray:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .activation import Activation
+from .activation import apply_activation
 
 Epilogue = list[tuple[str, object]]
 
@@ -19,14 +19,6 @@ def residual_count(epilogue: Epilogue) -> int:
 
 def label(epilogue: Epilogue) -> str:
     return "+".join("add" if kind == "add" else step.label for kind, step in epilogue)
-
-
-def apply_activation(act: Activation, out: np.ndarray) -> np.ndarray:
-    """`act` applied to `out` in place (activations that cannot work in place are copied back)."""
-    result = act.apply(out)
-    if result is not out:
-        np.copyto(out, result)
-    return out
 
 
 def apply_numpy(out: np.ndarray, epilogue: Epilogue, residuals: list[np.ndarray]) -> np.ndarray:

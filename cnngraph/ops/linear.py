@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from .activation import ActivationField
+from .activation import ActivationField, apply_activation
 from .base import Layer, PositiveInt, fmt_shape
 
 
@@ -44,8 +44,8 @@ class Linear(Layer):
     def prepare(self, weights, in_shapes):
         return {"weight_t": np.ascontiguousarray(weights["weight"].T), "bias": weights.get("bias")}  # (F, out)
 
-    def run_numpy(self, xs, params, scratch):
-        out = xs[0] @ params["weight_t"]
+    def run_numpy(self, xs, params, scratch, out):
+        np.matmul(xs[0], params["weight_t"], out=out)
         if params["bias"] is not None:
             out += params["bias"]
-        return self.activation.apply(out) if self.activation else out
+        return apply_activation(self.activation, out) if self.activation else out

@@ -41,7 +41,7 @@ class BatchNorm2d(Layer):
         scale, shift = batch_norm_scale_shift(weights, self.eps)
         return {"scale": scale.astype(np.float32), "shift": shift.astype(np.float32)}
 
-    def run_numpy(self, xs, params, scratch):
-        out = xs[0] * params["scale"]  # (N, H, W, C): per-channel on the last axis
+    def run_numpy(self, xs, params, scratch, out):
+        np.multiply(xs[0], params["scale"], out=out)  # (N, H, W, C): per-channel on the last axis
         out += params["shift"]
         return out

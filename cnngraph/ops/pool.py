@@ -54,17 +54,17 @@ class Pool2d(Layer):
         kh, kw = pair(self.kernel_size)
         return int(np.prod(out_shape)) * kh * kw
 
-    def _window_sweep(self, x: np.ndarray, fill: float, combine, scratch: Scratch) -> np.ndarray:
-        """Combine the kh*kw strided taps of x (N, H, W, C), padded with `fill`, into (N, Ho, Wo, C)."""
+    def _window_sweep(self, x: np.ndarray, fill: float, combine, scratch: Scratch, out: np.ndarray) -> np.ndarray:
+        """Combine the kh*kw strided taps of x (N, H, W, C), padded with `fill`, into out (N, Ho, Wo, C)."""
         n, h, w, c = x.shape
-        _, ho, wo = self.infer_shape([(c, h, w)])
+        _, ho, wo, _ = out.shape
         (kh, kw), (sh, sw), (ph, pw) = self.geometry()
         hn, wn = (ho - 1) * sh + kh, (wo - 1) * sw + kw  # rows/cols the windows touch
         xp = scratch.get("pool", (n, hn, wn, c))
         xp.fill(fill)
         hc, wc = min(h, hn - ph), min(w, wn - pw)
         xp[:, ph:ph + hc, pw:pw + wc] = x[:, :hc, :wc]
-        out = xp[:, 0:sh * (ho - 1) + 1:sh, 0:sw * (wo - 1) + 1:sw].copy()
+        np.copyto(out, xp[:, 0:sh * (ho - 1) + 1:sh, 0:sw * (wo - 1) + 1:sw])
         for i in range(kh):
             for j in range(kw):
                 if i or j:
@@ -75,8 +75,8 @@ class Pool2d(Layer):
 class MaxPool2d(Pool2d):
     op: Literal["max_pool2d"]
 
-    def run_numpy(self, xs, params, scratch):
-        return self._window_sweep(xs[0], -np.inf, np.maximum, scratch)
+    def run_numpy(self, xs, params, scratch, out):
+        return self._window_sweep(xs[0], -np.inf, np.maximum, scratch, out)
 
 
 class AvgPool2d(Pool2d):
@@ -91,9 +91,9 @@ class AvgPool2d(Pool2d):
             return (end - start).astype(np.float32)
         return (np.minimum(end, size) - np.maximum(start, 0)).astype(np.float32)
 
-    def run_numpy(self, xs, params, scratch):
+    def run_numpy(self, xs, params, scratch, out):
         x = xs[0]
-        out = self._window_sweep(x, 0.0, np.add, scratch)
+        self._window_sweep(x, 0.0, np.add, scratch, out)
         (kh, kw), (sh, sw), (ph, pw) = self.geometry()
         dh = self._divisor(x.shape[1], out.shape[1], kh, sh, ph)
         dw = self._divisor(x.shape[2], out.shape[2], kw, sw, pw)
@@ -111,5 +111,5 @@ class GlobalAvgPool2d(Layer):
     def flops(self, in_shapes, out_shape):
         return int(np.prod(in_shapes[0]))
 
-    def run_numpy(self, xs, params, scratch):
-        return xs[0].mean(axis=(1, 2), keepdims=True, dtype=np.float32)
+    def run_numpy(self, xs, params, scratch, out):
+        return np.mean(xs[0], axis=(1, 2), keepdims=True, dtype=np.float32, out=out)

@@ -20,11 +20,12 @@ class Flatten(Layer):
     def flops(self, in_shapes, out_shape):
         return 0
 
-    def run_numpy(self, xs, params, scratch):
+    def run_numpy(self, xs, params, scratch, out):
         x = xs[0]
         if x.ndim == 4:  # channels-last in the backend: restore (C, H, W) order first
             x = x.transpose(0, 3, 1, 2)
-        return np.ascontiguousarray(x).reshape(x.shape[0], -1)
+        np.copyto(out.reshape(x.shape), x)
+        return out
 
 
 class Dropout(Layer):
@@ -35,8 +36,9 @@ class Dropout(Layer):
     def flops(self, in_shapes, out_shape):
         return 0
 
-    def run_numpy(self, xs, params, scratch):
-        return xs[0]
+    def run_numpy(self, xs, params, scratch, out):
+        np.copyto(out, xs[0])
+        return out
 
 
 class Add(Layer):
@@ -53,8 +55,8 @@ class Add(Layer):
     def flops(self, in_shapes, out_shape):
         return (len(in_shapes) - 1) * int(np.prod(out_shape))
 
-    def run_numpy(self, xs, params, scratch):
-        out = xs[0] + xs[1]
+    def run_numpy(self, xs, params, scratch, out):
+        np.add(xs[0], xs[1], out=out)
         for x in xs[2:]:
             out += x
         return out
@@ -75,8 +77,8 @@ class Concat(Layer):
     def flops(self, in_shapes, out_shape):
         return 0
 
-    def run_numpy(self, xs, params, scratch):
-        return np.concatenate(xs, axis=-1)  # channels are the last axis in the backend (or F for 2-D)
+    def run_numpy(self, xs, params, scratch, out):
+        return np.concatenate(xs, axis=-1, out=out)  # channels are the last axis in the backend (or F for 2-D)
 
 
 class Softmax(Layer):
@@ -93,12 +95,12 @@ class Softmax(Layer):
     def flops(self, in_shapes, out_shape):
         return 4 * int(np.prod(out_shape))
 
-    def run_numpy(self, xs, params, scratch):
+    def run_numpy(self, xs, params, scratch, out):
         x = xs[0]
         axis = self.axis % x.ndim
         if x.ndim == 4:
             axis = (0, 3, 1, 2)[axis]  # NCHW axis -> channels-last axis
-        out = x - x.max(axis=axis, keepdims=True)
+        np.subtract(x, x.max(axis=axis, keepdims=True), out=out)
         np.exp(out, out=out)
         out /= out.sum(axis=axis, keepdims=True)
         return out
@@ -118,6 +120,8 @@ class Upsample2d(Layer):
     def flops(self, in_shapes, out_shape):
         return 0
 
-    def run_numpy(self, xs, params, scratch):
+    def run_numpy(self, xs, params, scratch, out):
         sh, sw = pair(self.scale_factor)
-        return xs[0].repeat(sh, axis=1).repeat(sw, axis=2)
+        n, h, w, c = xs[0].shape
+        out.reshape(n, h, sh, w, sw, c)[...] = xs[0][:, :, None, :, None, :]
+        return out
