@@ -1,24 +1,31 @@
-"""The `cnngraph` command: validate, inspect, run, schema.
+"""The `cnngraph` command: validate, inspect, run, codegen, schema.
 
 Every error a user can cause ends with one line on stderr and exit status 2, never a traceback;
-files are written through a temporary file and a rename, so nothing is left half-written.
+files (and `codegen`'s folder) are written under a temporary name and renamed into place, so
+nothing is left half-written.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from . import build, compile
+from .codegen.dialects import DIALECTS, Dialect
+from .codegen.lower import Program, lower
 from .errors import CnnGraphError, InputError
-from .report import node_rows, summary_table
-from .spec import json_schema, load_spec
 from .files import atomic_write
+from .html_report import html_page
+from .report import inspect_data, inspect_text, to_dot
+from .spec import json_schema, load_spec
 
 EXIT_USAGE = 2
 
@@ -50,13 +57,22 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--batch", type=_positive, default=1)
     v.set_defaults(handler=_validate)
 
-    i = sub.add_parser("inspect", help="the graph as a table or JSON: shapes, params, FLOPs, bytes")
+    i = sub.add_parser("inspect", help="the graph as a table, JSON, Graphviz DOT or an HTML page")
     i.add_argument("spec")
-    i.add_argument("--raw", action="store_true", help="the graph before optimization")
+    i.add_argument("--raw", action="store_true", help="the graph before optimization (html: shown first)")
     i.add_argument("--batch", type=_positive, default=1)
-    i.add_argument("--format", choices=("table", "json"), default="table")
+    i.add_argument("--format", choices=("table", "json", "dot", "html"), default="table")
     i.add_argument("-o", "--output", help="write to this file instead of stdout")
     i.set_defaults(handler=_inspect)
+
+    c = sub.add_parser("codegen", help="write the generated kernels, one file each, and a manifest")
+    c.add_argument("spec")
+    c.add_argument("-o", "--output", required=True, metavar="DIR", help="the folder to create")
+    c.add_argument("--batch", type=_positive, default=1)
+    c.add_argument("--dialect", choices=sorted(DIALECTS), default="cuda")
+    c.add_argument("--weights", help=".npz or .safetensors to check against the network (default: seeded random)")
+    c.add_argument("--force", action="store_true", help="replace DIR even if it is not empty")
+    c.set_defaults(handler=_codegen)
 
     r = sub.add_parser("run", help="compile and run a network on random or given input")
     r.add_argument("spec")
@@ -92,16 +108,85 @@ def _validate(args) -> None:
     print(f"ok: {args.spec}: {spec.name}, {len(spec.layers)} layers; output {outs}")
 
 
+INSPECT_FORMATS = {"table": inspect_text, "json": lambda g: json.dumps(inspect_data(g), indent=2), "dot": to_dot}
+
+
 def _inspect(args) -> None:
-    g = build(args.spec, args.batch) if args.raw else compile(args.spec, args.batch, device="cpu").graph
-    if args.format == "json":
-        payload = {"name": g.graph["name"], "batch_size": g.graph["batch_size"], "optimized": not args.raw,
-                   "inputs": g.graph["inputs"], "outputs": g.graph["outputs"], "nodes": node_rows(g),
-                   "passes": [{"pass": name, "changes": changes} for name, changes in g.graph.get("passes", [])]}
-        text = json.dumps(payload, indent=2)
+    spec = load_spec(args.spec)
+    if args.format == "html":  # the page holds both graphs and switches between them
+        graphs = {kind: _inspected_graph(spec, args.batch, kind == "optimized") for kind in ("optimized", "raw")}
+        text = html_page(spec, graphs, initial="raw" if args.raw else "optimized")
     else:
-        text = summary_table(g)
+        text = INSPECT_FORMATS[args.format](_inspected_graph(spec, args.batch, not args.raw))
     _emit(text, args.output)
+
+
+def _inspected_graph(spec, batch: int, optimize: bool):
+    """The graph as compiled for the CPU: seeded weights (parameter counts, bytes) and planned memory."""
+    return compile(spec, batch, device="cpu", optimize=optimize).graph
+
+
+def _codegen(args) -> None:
+    target = Path(args.output)
+    _check_folder_target(target, args.force)  # refuse before compiling, not after
+    model = compile(load_spec(args.spec), args.batch, device="cpu", weights=args.weights)
+    program, dialect = lower(model.graph), DIALECTS[args.dialect]
+    files = {f"{launch.kernel}{dialect.suffix}": program.source(dialect, launch) for launch in program.launches}
+    files["manifest.json"] = json.dumps(codegen_manifest(program, dialect, args.batch), indent=2) + "\n"
+    _write_folder(target, files)
+    print(f"wrote {len(program.launches)} {dialect.name} kernels and manifest.json to {target}")
+
+
+def codegen_manifest(program: Program, dialect: Dialect, batch: int) -> dict:
+    """What `cnngraph codegen` writes as manifest.json. Sizes and offsets are float32 elements."""
+    def arg(kind: str, ref: str) -> dict:
+        if kind == "tensor":
+            offset, size, shape = program.tensors[ref]
+            return {"kind": kind, "node": ref, "offset": offset, "size": size, "shape": list(shape)}
+        if kind == "const":
+            return {"kind": kind, "name": ref, "shape": list(program.constants[ref].shape)}
+        return {"kind": kind, "size": program.workspace_size}
+
+    launches = [{"kernel": l.kernel, "file": f"{l.kernel}{dialect.suffix}", "grid": list(l.grid),
+                 "block": list(l.block), "args": [arg(kind, ref) for kind, ref in l.args], "node": l.node,
+                 "layers": list(l.layers), "flops": l.flops} for l in program.launches]
+    return {"name": program.name, "dialect": dialect.name, "batch": batch, "unit": "float32 elements",
+            "arena_size": program.arena_size, "workspace_size": program.workspace_size,
+            "inputs": {n: arg("tensor", n) for n in program.inputs},
+            "outputs": {n: arg("tensor", n) for n in program.outputs}, "launches": launches}
+
+
+def _check_folder_target(target: Path, force: bool) -> None:
+    if target.exists() and not target.is_dir():
+        raise CnnGraphError("exists and is not a folder", file=str(target))
+    if target.is_dir() and any(target.iterdir()) and not force:
+        raise CnnGraphError("exists and is not empty; use --force to replace it", file=str(target))
+    if not target.parent.is_dir():
+        raise CnnGraphError(f"cannot write: no folder {target.parent}", file=str(target))
+
+
+def _write_folder(target: Path, files: dict[str, str]) -> None:
+    """Write `files` into a temporary folder beside `target`, then rename it into place (an
+    existing `target` is moved aside first and removed only once the new one is in place)."""
+    aside = target.with_name(f".{target.name}.old")
+    try:
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+        try:
+            for name, text in files.items():
+                (tmp / name).write_text(text)
+            tmp.chmod(0o755)
+            if target.exists():
+                shutil.rmtree(aside, ignore_errors=True)
+                os.replace(target, aside)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if aside.exists() and not target.exists():
+                os.replace(aside, target)  # put the old folder back
+            raise
+    except OSError as err:
+        raise CnnGraphError(f"cannot write: {err.strerror or err}", file=str(target)) from None
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _schema(args) -> None:

@@ -14,22 +14,23 @@ from __future__ import annotations
 
 import html
 import json
+from dataclasses import dataclass
 
 import networkx as nx
 
 from .codegen.dialects import CUDA
 from .codegen.lower import lower
 from .graph import topological_order
-from .report import REASONS, fused, fusion_report, inspect_data
+from .report import REASONS, fused, inspect_data, op_label
 from .spec import NetworkSpec
 
 # layout, in pixels (the script draws with the same numbers, passed in the data)
-CHAR_W = 7          # average width of a 12px character
+CHAR_W = 8          # width of a 12px character, generously (bold text)
 LINE_H = 16         # one line of text
 CHIP_H = 20         # one member layer inside a fused group
 PAD = 8             # inside a box
 NODE_MIN_W, NODE_MAX_W = 150, 360
-ROW_GAP, COL_GAP, MARGIN = 56, 24, 24
+ROW_GAP, COL_GAP, LANE_GAP, MARGIN = 56, 24, 12, 24
 
 
 def html_page(spec: NetworkSpec, graphs: dict[str, nx.DiGraph], initial: str) -> str:
@@ -50,45 +51,91 @@ def script_json(data) -> str:
 def graph_data(spec: NetworkSpec, g: nx.DiGraph) -> dict:
     """Everything the page shows about one graph: its report, node boxes placed, edges, kernels."""
     report = inspect_data(g)
-    boxes = {n: box_size(g, n) for n in g}
-    places, rows_bottom, width, height = layered_layout(g, boxes)
-    kernels, kernel_error = _kernels(g)
     models = {layer.name: layer for layer in [*spec.inputs, *spec.layers]}
+    layout = layered_layout(g, {n: box_size(g, n, models) for n in g})
+    kernels, kernel_error = _kernels(g)
     nodes = []
     for row in report.pop("nodes"):
         node, layers = row["node"], row["layers"] or [row["node"]]
-        (x, y), (w, h) = places[node], boxes[node]
+        (x, y), (w, h) = layout.places[node], layout.boxes[node]
         nodes.append({**row, "x": x, "y": y, "w": w, "h": h, "fused": fused(g, node),
                       "members": [{"layer": name, "op": _op_of(models.get(name))} for name in row["layers"]],
                       "params_by_layer": {name: models[name].model_dump(mode="json") for name in layers
                                           if name in models},
                       "fusion": [e for e in report["fusion"] if set(e["layers"]) & set(layers)],
                       "kernels": kernels.get(node, [])})
-    edges = [{"from": src, "to": dst, "label": "x".join(map(str, g.nodes[src]["shape"])),
-              "label_y": rows_bottom[src] + ROW_GAP / 2} for src, dst in g.edges]
-    return {**report, "nodes": nodes, "edges": edges, "width": width, "height": height,
+    edges = [{"from": src, "to": dst, "label": "x".join(map(str, g.nodes[src]["shape"])), **route}
+             for (src, dst), route in zip(g.edges, layout.route_edges(g.edges))]
+    width = max([layout.width, *(e["label_x"] + CHAR_W * len(e["label"]) + MARGIN for e in edges)])
+    return {**report, "nodes": nodes, "edges": edges, "width": round(width), "height": layout.height,
             "kernel_error": kernel_error}
 
 
-def box_size(g: nx.DiGraph, node: str) -> tuple[int, int]:
-    """(width, height) of a node's box: name, op and shape; a fused group lists its layers too."""
+def box_size(g: nx.DiGraph, node: str, models: dict) -> tuple[int, int]:
+    """(width, height) of a node's box: name, op and shape; a fused group lists its layers and their ops."""
     a = g.nodes[node]
     shape = "x".join(map(str, a["shape"]))
     if fused(g, node):
-        texts = [f"fused {a['op']}", *(f"{layer}" for layer in a["layers"]), shape]
+        texts = [f"fused {op_label(g, node)}", *(f"{layer} : {_op_of(models.get(layer))}" for layer in a["layers"]),
+                 shape]
         height = 2 * PAD + 2 * LINE_H + CHIP_H * len(a["layers"])
     else:
-        texts, height = [node, a["op"], shape], 2 * PAD + 3 * LINE_H
-    width = min(NODE_MAX_W, max(NODE_MIN_W, CHAR_W * max(map(len, texts)) + 4 * PAD))
+        texts, height = [node, op_label(g, node), shape], 2 * PAD + 3 * LINE_H
+    width = min(NODE_MAX_W, max(NODE_MIN_W, CHAR_W * max(map(len, texts)) + 5 * PAD))
     return width, height
 
 
-def layered_layout(g: nx.DiGraph, boxes: dict[str, tuple[int, int]]):
-    """Top-left corner per node, the bottom of each node's row, and the canvas size.
+@dataclass
+class Layout:
+    boxes: dict[str, tuple[int, int]]        # node -> (width, height)
+    places: dict[str, tuple[float, float]]   # node -> top-left corner
+    rank: dict[str, int]                     # node -> its row
+    rows: list[tuple[float, float]]          # (top, bottom) of each row
+    width: float
+    height: float
 
-    Longest-path layering in topological order; within a row, nodes sorted by the mean center
-    of their inputs (stable, so ties keep topological order), each row centered.
-    """
+    def route_edges(self, edges) -> list[dict]:
+        """Per edge, the points it passes through and where its label goes. Between adjacent rows
+        an edge is one S-curve; an edge that skips rows and would cross a box in between takes a
+        lane to the right of those rows (lanes sharing rows are spread apart)."""
+        lanes: list[tuple[int, int, float]] = []  # (first row, last row, x)
+        routes = []
+        for src, dst in edges:
+            (x, y), (w, h) = self.places[src], self.boxes[src]
+            start = (x + w / 2, y + h)
+            end = (self.places[dst][0] + self.boxes[dst][0] / 2, self.places[dst][1])
+            gap_y = self.rows[self.rank[src]][1] + ROW_GAP / 2  # just below the source's row: no boxes
+            first, last = self.rank[src] + 1, self.rank[dst] - 1
+            lane = self._lane(first, last, min(start[0], end[0]), max(start[0], end[0]), lanes)
+            if lane is None:
+                label = (_s_curve_x(start, end, gap_y), gap_y)
+                points = [start, end]
+            else:
+                label = (lane, gap_y)
+                points = [start, label, (lane, self.rows[last][1] + ROW_GAP / 2), end]
+            left = end[0] < start[0] and lane is None
+            routes.append({"points": [[round(px, 1), round(py, 1)] for px, py in points],
+                           "label_x": round(label[0] + (-4 if left else 4), 1), "label_y": label[1],
+                           "label_anchor": "end" if left else "start"})
+        return routes
+
+    def _lane(self, first: int, last: int, lo: float, hi: float, lanes: list) -> float | None:
+        """The x of a lane past the boxes in rows first..last, or None when the edge's own span is clear."""
+        between = [n for n, r in self.rank.items() if first <= r <= last]
+        right = [self.places[n][0] + self.boxes[n][0] for n in between]
+        if not any(self.places[n][0] <= hi and lo <= r for n, r in zip(between, right)):
+            return None
+        x = max(right) + COL_GAP / 2
+        while any(f <= last and first <= l and abs(x - lx) < LANE_GAP for f, l, lx in lanes):
+            x += LANE_GAP
+        lanes.append((first, last, x))
+        return x
+
+
+def layered_layout(g: nx.DiGraph, boxes: dict[str, tuple[int, int]]) -> Layout:
+    """Longest-path layering in topological order (a node sits one row below its deepest input);
+    within a row, nodes sorted by the mean center of their inputs (stable, so ties keep
+    topological order); each row centered."""
     order = topological_order(g)
     rank: dict[str, int] = {}
     for n in order:
@@ -96,20 +143,31 @@ def layered_layout(g: nx.DiGraph, boxes: dict[str, tuple[int, int]]):
     rows = [[] for _ in range(max(rank.values(), default=-1) + 1)]
     for n in order:
         rows[rank[n]].append(n)
-    places, centers, bottoms, y = {}, {}, {}, MARGIN
+    places, centers, spans, y = {}, {}, [], MARGIN
     for row in rows:
         row.sort(key=lambda n: _mean([centers[p] for p in g.predecessors(n)]))
         x = -(sum(boxes[n][0] for n in row) + COL_GAP * (len(row) - 1)) / 2
-        row_h = max(boxes[n][1] for n in row)
         for n in row:
             places[n], centers[n] = (x, y), x + boxes[n][0] / 2
             x += boxes[n][0] + COL_GAP
-        bottoms.update({n: y + row_h for n in row})
-        y += row_h + ROW_GAP
+        spans.append((y, y + max(boxes[n][1] for n in row)))
+        y = spans[-1][1] + ROW_GAP
     left = min((x for x, _ in places.values()), default=0)
     places = {n: (round(x - left + MARGIN), y) for n, (x, y) in places.items()}
     width = max((x + boxes[n][0] for n, (x, _) in places.items()), default=0) + MARGIN
-    return places, bottoms, width, y - ROW_GAP + MARGIN
+    return Layout(boxes, places, rank, spans, width, y - ROW_GAP + MARGIN)
+
+
+def _s_curve_x(start: tuple[float, float], end: tuple[float, float], y: float) -> float:
+    """x where the S-curve from `start` to `end` (vertical tangents) crosses height `y` (bisection)."""
+    (x0, y0), (x1, y1) = start, end
+    lo, hi = 0.0, 1.0
+    for _ in range(30):
+        t = (lo + hi) / 2
+        u = 1 - t
+        lo, hi = (t, hi) if u ** 3 * y0 + 3 * u * t * (y0 + y1) / 2 + t ** 3 * y1 < y else (lo, t)
+    t = (lo + hi) / 2
+    return (1 - t) ** 2 * (1 + 2 * t) * x0 + t ** 2 * (3 - 2 * t) * x1
 
 
 def _mean(values: list[float]) -> float:
@@ -224,16 +282,17 @@ function fit(text, width) {  // cut a label to the box, by the same character wi
   return text.length > n ? text.slice(0, Math.max(n - 1, 1)) + "\u2026" : text;
 }
 
-function drawEdge(parent, a, b, edge) {
-  const x0 = a.x + a.w / 2, y0 = a.y + a.h, x1 = b.x + b.w / 2, y1 = b.y, ym = (y0 + y1) / 2;
+function drawEdge(parent, edge) {
+  // each leg is an S-curve with vertical ends: straight down when both ends share an x
+  const p = edge.points;
+  let d = `M${p[0][0]},${p[0][1]}`;
+  for (let i = 1; i < p.length; i++) {
+    const [x0, y0] = p[i - 1], [x1, y1] = p[i], ym = (y0 + y1) / 2;
+    d += ` C${x0},${ym} ${x1},${ym} ${x1},${i === p.length - 1 ? y1 - 2 : y1}`;
+  }
   const group = svg("g", {class: "edge", "data-from": edge.from, "data-to": edge.to});
-  group.append(svg("path", {d: `M${x0},${y0} C${x0},${ym} ${x1},${ym} ${x1},${y1 - 2}`,
-                            "marker-end": "url(#arrow)"}));
-  // the label sits on the curve in the gap below the source's row, where no box is
-  let t = 0, ly = edge.label_y;
-  while (t < 1 && (1 - t) ** 3 * y0 + 3 * (1 - t) * t * ym + t ** 3 * y1 < ly) t += 0.02;
-  const lx = (1 - t) ** 3 * x0 + 3 * (1 - t) ** 2 * t * x0 + 3 * (1 - t) * t ** 2 * x1 + t ** 3 * x1;
-  group.append(svg("text", {x: lx + 4, y: Math.min(ly, y1 - 4) + 3}, edge.label));
+  group.append(svg("path", {d: d, "marker-end": "url(#arrow)"}),
+               svg("text", {x: edge.label_x, y: edge.label_y + 3, "text-anchor": edge.label_anchor}, edge.label));
   parent.append(group);
 }
 
@@ -274,9 +333,8 @@ function draw(kind) {
                                 markerHeight: 7, orient: "auto"});
   marker.append(svg("path", {d: "M0,0 L8,4 L0,8 z", fill: "#8c959f"}));
   defs.append(marker);
-  const byName = new Map(graph.nodes.map((n) => [n.node, n]));
   const edges = svg("g", {class: "edges"}), nodes = svg("g", {class: "nodes"});
-  for (const e of graph.edges) drawEdge(edges, byName.get(e.from), byName.get(e.to), e);
+  for (const e of graph.edges) drawEdge(edges, e);
   for (const n of graph.nodes) nodes.append(drawNode(n));
   root.append(defs, edges, nodes);
   for (const b of document.querySelectorAll(".toggle button"))
@@ -289,7 +347,7 @@ function draw(kind) {
 
 function summary(g) {
   const t = g.totals, parts = [`${kindName(g)} graph`, `${t.nodes} nodes`, `${t.params.toLocaleString()} params`,
-                               `${si(t.flops)}FLOPs`.replace(/(\d)FLOPs/, "$1 FLOPs")];
+                               si(t.flops, "FLOPs")];
   if (g.memory) parts.push(`peak activations ${si(g.memory.planned_bytes, "B")} with memory planning, ` +
                            `${si(g.memory.unplanned_bytes, "B")} without`);
   const fusedCount = g.fusion.filter((e) => e.fused).length;

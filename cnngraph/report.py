@@ -57,13 +57,12 @@ def node_rows(g: nx.DiGraph) -> list[dict]:
     rows = []
     for node in topological_order(g):
         a = g.nodes[node]
-        activation = getattr(a["spec"], "activation", None)
         params = int(sum(w.size for w in a.get("weights", {}).values()))
         written = _bytes(a["shape"])
         rows.append({
             "node": node,
             "layers": list(a["layers"]),
-            "op": a["op"] + (f"+{activation.label}" if activation is not None and "+" not in a["op"] else ""),
+            "op": op_label(g, node),
             "path": a["path"],
             "inputs": list(a["inputs"]),
             "shape": list(a["shape"]),
@@ -75,6 +74,13 @@ def node_rows(g: nx.DiGraph) -> list[dict]:
             "offset_bytes": FLOAT_BYTES * a["offset"] if "offset" in a else None,
         })
     return rows
+
+
+def op_label(g: nx.DiGraph, node: str) -> str:
+    """The node's op, with an activation given as a layer field shown as if fused ("conv2d+relu")."""
+    a = g.nodes[node]
+    activation = getattr(a["spec"], "activation", None)
+    return a["op"] + (f"+{activation.label}" if activation is not None and "+" not in a["op"] else "")
 
 
 def totals(rows: list[dict]) -> dict:
@@ -203,7 +209,7 @@ def to_dot(g: nx.DiGraph) -> str:
 
 def _label(g: nx.DiGraph, node: str) -> str:
     a = g.nodes[node]
-    parts = [node, a["op"]] + ([", ".join(a["layers"])] if a["layers"] != [node] and a["layers"] else [])
+    parts = [node, op_label(g, node)] + ([", ".join(a["layers"])] if a["layers"] != [node] and a["layers"] else [])
     return _quote(*parts, _dims(a["shape"]))
 
 

@@ -19,6 +19,9 @@ from .activation import ActivationField, apply_activation
 from .base import Layer, invalid, NonNegativeInt, NonNegativePair, Pair, PositiveInt, Scratch, Shape, fmt_shape, pair
 
 
+CACHE_CHUNK = 8 * 2**20  # bytes of im2col columns per GEMM: the GEMM reads them while still in cache
+
+
 def conv_out_size(size: int, kernel: int, stride: int, pad_total: int, dilation: int) -> int:
     """PyTorch's output size: floor((size + pads - dilation*(kernel-1) - 1) / stride) + 1."""
     return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1
@@ -152,8 +155,8 @@ def _gemm_groups(cols: np.ndarray, taps: np.ndarray, out: np.ndarray) -> None:
 
 def _im2col_gemm(xp, taps, kernel, stride, dilation, out, scratch: Scratch) -> None:
     """Dense conv of padded xp (N, Hp, Wp, C) into out (N, Ho, Wo, K). Whole samples are folded
-    into one GEMM as far as the column buffer fits the scratch budget; a sample too big on its
-    own is split by output rows."""
+    into one GEMM as far as the column buffer stays cache-sized (CACHE_CHUNK); a sample too big
+    on its own is split by output rows."""
     (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
     n, ho, wo, k = out.shape
     g, r, kg = taps.shape  # r = kh*kw*C/g
@@ -162,11 +165,12 @@ def _im2col_gemm(xp, taps, kernel, stride, dilation, out, scratch: Scratch) -> N
     win = sliding_window_view(xp, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(1, 2))
     win = win[:, ::sh, ::sw, :, ::dh, ::dw][:, :ho, :wo].transpose(0, 1, 2, 4, 5, 3)
     row_bytes = wo * r * 4
-    if ho * row_bytes <= Scratch.budget:
-        step = max(1, Scratch.budget // (ho * row_bytes))
+    target = min(Scratch.budget, CACHE_CHUNK)
+    if ho * row_bytes <= target:
+        step = max(1, target // (ho * row_bytes))
         chunks = [(b, min(n, b + step), 0, ho) for b in range(0, n, step)]
     else:
-        step = max(1, Scratch.budget // row_bytes)
+        step = max(1, target // row_bytes)
         chunks = [(b, b + 1, y, min(ho, y + step)) for b in range(n) for y in range(0, ho, step)]
     for b0, b1, y0, y1 in chunks:
         cols = scratch.get("cols", (b1 - b0, y1 - y0, wo, kh, kw, cg))
@@ -182,9 +186,9 @@ def _im2col_gemm(xp, taps, kernel, stride, dilation, out, scratch: Scratch) -> N
 def _depthwise(xp, taps, stride, dilation, out, scratch: Scratch) -> None:
     """out[n, y, x, c] = sum over taps of xp[n, y*s + i*d, x*s + j*d, c] * taps[i, j, c].
 
-    Each tap is one multiply-add over the whole tensor. To keep NumPy's inner loop long (a row of
-    Wo*C values instead of C), a strided input is first split into its stride phases, so that every
-    tap reads whole contiguous rows; the tap weights are tiled along the row to match."""
+    Each tap is one multiply-add over a cache-sized chunk of output rows. To keep NumPy's inner loop
+    long (a row of Wo*C values instead of C), a strided input is first split into its stride
+    phases, so that every tap reads whole contiguous rows; tap weights are tiled along the row."""
     (sh, sw), (dh, dw) = stride, dilation
     kh, kw, c = taps.shape
     n, ho, wo, _ = out.shape
@@ -194,15 +198,20 @@ def _depthwise(xp, taps, stride, dilation, out, scratch: Scratch) -> None:
             for b in range(sw):
                 phases[a, b] = scratch.get(f"phase{a}{b}", xp[:, a::sh, b::sw].shape)
                 np.copyto(phases[a, b], xp[:, a::sh, b::sw])
-    rows = out.reshape(n, ho, wo * c)
-    tmp = scratch.get("depthwise", rows.shape)
-    for i in range(kh):
-        for j in range(kw):
-            (y, a), (x, b) = divmod(i * dh, sh), divmod(j * dw, sw)  # (offset in phase, phase)
-            tap = phases[a, b][:, y:y + ho, x:x + wo].reshape(n, ho, wo * c)  # a view: rows are contiguous
-            weight = np.tile(taps[i, j], wo)
-            if i == j == 0:
-                np.multiply(tap, weight, out=rows)
-            else:
-                np.multiply(tap, weight, out=tmp)
-                rows += tmp
+    weights = [[np.tile(taps[i, j], wo) for j in range(kw)] for i in range(kh)]
+    step = max(1, CACHE_CHUNK // 8 // (wo * c * 4))  # output rows per chunk: it stays in cache for all taps
+    tmp = scratch.get("depthwise", (min(step, ho), wo * c))
+    for b in range(n):
+        for y0 in range(0, ho, step):
+            y1 = min(ho, y0 + step)
+            rows = out[b, y0:y1].reshape(y1 - y0, wo * c)
+            part = tmp[:y1 - y0]
+            for i in range(kh):
+                for j in range(kw):
+                    (y, pa), (x, pb) = divmod(i * dh, sh), divmod(j * dw, sw)  # (offset in phase, phase)
+                    tap = phases[pa, pb][b, y + y0:y + y1, x:x + wo].reshape(y1 - y0, wo * c)  # rows of Wo*C
+                    if i == j == 0:
+                        np.multiply(tap, weights[i][j], out=rows)
+                    else:
+                        np.multiply(tap, weights[i][j], out=part)
+                        rows += part

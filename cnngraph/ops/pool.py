@@ -60,15 +60,21 @@ class Pool2d(Layer):
         _, ho, wo, _ = out.shape
         (kh, kw), (sh, sw), (ph, pw) = self.geometry()
         hn, wn = (ho - 1) * sh + kh, (wo - 1) * sw + kw  # rows/cols the windows touch
-        xp = scratch.get("pool", (n, hn, wn, c))
-        xp.fill(fill)
-        hc, wc = min(h, hn - ph), min(w, wn - pw)
-        xp[:, ph:ph + hc, pw:pw + wc] = x[:, :hc, :wc]
-        np.copyto(out, xp[:, 0:sh * (ho - 1) + 1:sh, 0:sw * (wo - 1) + 1:sw])
-        for i in range(kh):
-            for j in range(kw):
-                if i or j:
-                    combine(out, xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw], out=out)
+        if (ph, pw) == (0, 0) and hn <= h and wn <= w:
+            xp = x  # every window lies inside the input: read the taps straight from it
+        else:
+            xp = scratch.get("pool", (n, hn, wn, c))
+            xp.fill(fill)
+            hc, wc = min(h, hn - ph), min(w, wn - pw)
+            xp[:, ph:ph + hc, pw:pw + wc] = x[:, :hc, :wc]
+        # separable: combine along W into rows (N, Hn, Wo, C), then along H: kh + kw passes, not kh * kw
+        rows = scratch.get("pool_rows", (n, hn, wo, c))
+        np.copyto(rows, xp[:, :hn, 0:sw * (wo - 1) + 1:sw])
+        for j in range(1, kw):
+            combine(rows, xp[:, :hn, j:j + sw * (wo - 1) + 1:sw], out=rows)
+        np.copyto(out, rows[:, 0:sh * (ho - 1) + 1:sh])
+        for i in range(1, kh):
+            combine(out, rows[:, i:i + sh * (ho - 1) + 1:sh], out=out)
         return out
 
 
