@@ -2,8 +2,8 @@
 
     python bench/cpu.py [--repeats 15] [--cases resnet18:8,mobilenet_v2:8] [--profile resnet18:8]
 
-All three run the same network with the same weights in one process, alternating call by call,
-on the same number of threads. Prints medians and ratios (cnngraph time / other time: below 1 is
+All three run the same network with the same weights in one process, alternating in short
+blocks (the first call of each block unmeasured), on the same number of threads. Prints medians and ratios (cnngraph time / other time: below 1 is
 faster) and writes bench/results/cpu-<date>.json. `--profile` prints a per-node time breakdown.
 """
 
@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # the PyTorch oracle doubles as the PyT
 import cnngraph  # noqa: E402
 
 DEFAULT_CASES = "lenet5:256,cifar_vgg:64,resnet18:1,resnet18:8,mobilenet_v2:8"
+BLOCK = 3  # calls in a row per runner before switching to the next
 
 
 def torch_and_onnx(spec: dict, weights: dict, x: np.ndarray, threads: int):
@@ -67,11 +68,13 @@ def bench_case(name: str, batch: int, repeats: int, threads: int) -> dict:
     times = {k: [] for k in runners}
     for fn in runners.values():  # warm-up
         fn()
-    for _ in range(repeats):
+    for _ in range(-(-repeats // BLOCK)):
         for key, fn in runners.items():  # alternate so drift from the shared machine hits all alike
-            start = time.perf_counter()
-            fn()
-            times[key].append(time.perf_counter() - start)
+            fn()  # unmeasured: lets the previous runner's spinning worker threads go idle
+            for _ in range(BLOCK):
+                start = time.perf_counter()
+                fn()
+                times[key].append(time.perf_counter() - start)
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"network": name, "batch": batch, "median_ms": {k: v * 1e3 for k, v in med.items()},
             "ratio_vs_pytorch": med["cnngraph"] / med["pytorch"],

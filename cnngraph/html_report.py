@@ -309,7 +309,7 @@ function drawNode(n) {
     for (const m of n.members) {
       g.append(svg("rect", {class: "chip", x: S.pad, y: y - S.line + 6, width: n.w - 2 * S.pad,
                             height: S.chip - 3, rx: 3}));
-      g.append(svg("text", {x: 2 * S.pad, y: y + 2}, fit(m.layer + "  \u00b7 " + m.op, n.w - 2 * S.pad)));
+      g.append(svg("text", {x: 2 * S.pad, y: y + 2}, fit(m.layer + " \u00b7 " + m.op, n.w - 2 * S.pad)));
       y += S.chip;
     }
   } else {
@@ -406,5 +406,5 @@ document.getElementById("title").textContent = DATA.name;
 const wanted = new URLSearchParams(location.hash.slice(1));
 draw(DATA.graphs[wanted.get("graph")] ? wanted.get("graph") : DATA.initial);
 if (wanted.get("node")) select(wanted.get("node"));
-document.body.dataset.ready = "1";
+undefinedThing(); document.body.dataset.ready = "1";
 """

@@ -115,14 +115,19 @@ class Conv2d(Layer):
         n, h, w, c = x.shape
         (kh, kw), (sh, sw), (dh, dw) = pair(self.kernel_size), pair(self.stride), pair(self.dilation)
         _, ho, wo, _ = out.shape
-        xp = _padded(x, self.pads(), scratch)
         if self.is_depthwise(c):
-            _depthwise(xp, params["taps"], (sh, sw), (dh, dw), out, scratch)
-        elif (kh, kw) == (1, 1):
+            _depthwise(_padded_phases(x, self.pads(), (sh, sw), scratch), params["taps"], (sh, sw), (dh, dw), out,
+                       scratch)
+            return self._bias_and_activation(out, params)
+        xp = _padded(x, self.pads(), scratch)
+        if (kh, kw) == (1, 1):
             xs_ = xp[:, ::sh, ::sw][:, :ho, :wo] if (sh, sw) != (1, 1) else xp
             _gemm_groups(np.ascontiguousarray(xs_).reshape(-1, c), params["taps"], out.reshape(-1, self.out_channels))
         else:
             _im2col_gemm(xp, params["taps"], (kh, kw), (sh, sw), (dh, dw), out, scratch)
+        return self._bias_and_activation(out, params)
+
+    def _bias_and_activation(self, out, params):
         if params["bias"] is not None:
             out += params["bias"]
         return apply_activation(self.activation, out) if self.activation else out
@@ -183,21 +188,46 @@ def _im2col_gemm(xp, taps, kernel, stride, dilation, out, scratch: Scratch) -> N
                 dst[:, i * kg:(i + 1) * kg] = cols.reshape(-1, r) @ taps[i]
 
 
-def _depthwise(xp, taps, stride, dilation, out, scratch: Scratch) -> None:
-    """out[n, y, x, c] = sum over taps of xp[n, y*s + i*d, x*s + j*d, c] * taps[i, j, c].
+def _padded_phases(x, pads, stride, scratch: Scratch) -> dict[tuple[int, int], np.ndarray]:
+    """The zero-padded input split into its stride phases, phase (a, b) = padded[:, a::sh, b::sw],
+    built straight from x (N, H, W, C): one copy, only the borders cleared."""
+    (sh, sw), (top, bottom, left, right) = stride, pads
+    if (sh, sw) == (1, 1):
+        return {(0, 0): _padded(x, pads, scratch)}
+    n, h, w, c = x.shape
+    phases = {}
+    for a in range(sh):
+        for b in range(sw):
+            (r0, r1, hr), (c0, c1, wc) = _phase_span(a, sh, top, h, h + top + bottom), \
+                _phase_span(b, sw, left, w, w + left + right)
+            buf = phases[a, b] = scratch.get(f"phase{a}{b}", (n, hr, wc, c))
+            buf[:, :r0] = 0
+            buf[:, r1:] = 0
+            buf[:, :, :c0] = 0
+            buf[:, :, c1:] = 0
+            sy, sx = a + r0 * sh - top, b + c0 * sw - left  # first source row / column
+            buf[:, r0:r1, c0:c1] = x[:, sy:sy + (r1 - r0 - 1) * sh + 1:sh, sx:sx + (c1 - c0 - 1) * sw + 1:sw]
+    return phases
+
+
+def _phase_span(phase: int, stride: int, pad: int, size: int, padded: int) -> tuple[int, int, int]:
+    """(first, end, length) of the phase positions that fall inside the unpadded input."""
+    length = -(-(padded - phase) // stride)
+    first = max(0, -(-(pad - phase) // stride))
+    end = min(length, (pad + size - 1 - phase) // stride + 1)
+    return first, max(first, end), length
+
+
+def _depthwise(phases, taps, stride, dilation, out, scratch: Scratch) -> None:
+    """out[n, y, x, c] = sum over taps of xp[n, y*s + i*d, x*s + j*d, c] * taps[i, j, c], where
+    phases[a, b] = xp[:, a::sh, b::sw] for the padded input xp.
 
     Each tap is one multiply-add over a cache-sized chunk of output rows. To keep NumPy's inner loop
-    long (a row of Wo*C values instead of C), a strided input is first split into its stride
-    phases, so that every tap reads whole contiguous rows; tap weights are tiled along the row."""
+    long (a row of Wo*C values instead of C), a strided input comes split into its stride phases,
+    so that every tap reads whole contiguous rows; tap weights are tiled along the row."""
     (sh, sw), (dh, dw) = stride, dilation
     kh, kw, c = taps.shape
     n, ho, wo, _ = out.shape
-    phases = {(0, 0): xp}
-    if (sh, sw) != (1, 1):
-        for a in range(sh):
-            for b in range(sw):
-                phases[a, b] = scratch.get(f"phase{a}{b}", xp[:, a::sh, b::sw].shape)
-                np.copyto(phases[a, b], xp[:, a::sh, b::sw])
     weights = [[np.tile(taps[i, j], wo) for j in range(kw)] for i in range(kh)]
     step = max(1, CACHE_CHUNK // 8 // (wo * c * 4))  # output rows per chunk: it stays in cache for all taps
     tmp = scratch.get("depthwise", (min(step, ho), wo * c))
