@@ -34,7 +34,7 @@ class InputSpec(Strict):
 
 
 class NetworkSpec(Strict):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, populate_by_name=True,
                               title="cnngraph network spec (format version 1)")
 
     schema_: str | None = Field(None, alias="$schema", description="Path or URL of this JSON Schema, for editors.")

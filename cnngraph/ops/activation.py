@@ -143,10 +143,12 @@ def _name_to_object(value):
     return {"op": value} if isinstance(value, str) else value
 
 
+_TaggedActivation = Annotated[Union[tuple(Annotated[cls, Field(title=cls.__name__)] for cls in ACTIVATIONS)],
+                              Field(discriminator="op")]
 ActivationField = Annotated[
-    Union[tuple(Annotated[cls, Field(title=cls.__name__)] for cls in ACTIVATIONS)],
-    Field(discriminator="op"),
-    BeforeValidator(_name_to_object),
+    _TaggedActivation,
+    # the schema shows both forms editors should accept: a name, or an object with parameters
+    BeforeValidator(_name_to_object, json_schema_input_type=Union[Literal[tuple(ACTIVATION_OPS)], _TaggedActivation]),
 ]
 
 

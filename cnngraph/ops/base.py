@@ -39,8 +39,9 @@ def fmt_shape(shape: Shape) -> str:
 
 
 class Strict(BaseModel):
-    """Frozen, and unknown fields are errors (a typo must never be ignored silently)."""
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Frozen; unknown fields are errors (a typo must never be ignored silently), and so are
+    values of the wrong JSON type ("8" or true for an integer is not silently converted)."""
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class Layer(Strict):
