@@ -130,7 +130,10 @@ def _codegen(args) -> None:
     target = Path(args.output)
     _check_folder_target(target, args.force)  # refuse before compiling, not after
     model = compile(load_spec(args.spec), args.batch, device="cpu", weights=args.weights)
-    program, dialect = lower(model.graph), DIALECTS[args.dialect]
+    try:
+        program, dialect = lower(model.graph), DIALECTS[args.dialect]
+    except NotImplementedError as err:  # an op without a kernel yet
+        raise CnnGraphError(f"cannot generate kernels: {err}", file=args.spec) from None
     files = {f"{launch.kernel}{dialect.suffix}": program.source(dialect, launch) for launch in program.launches}
     files["manifest.json"] = json.dumps(codegen_manifest(program, dialect, args.batch), indent=2) + "\n"
     _write_folder(target, files)
@@ -161,6 +164,8 @@ def _check_folder_target(target: Path, force: bool) -> None:
         raise CnnGraphError("exists and is not a folder", file=str(target))
     if target.is_dir() and any(target.iterdir()) and not force:
         raise CnnGraphError("exists and is not empty; use --force to replace it", file=str(target))
+    if target.is_dir() and Path.cwd().resolve().is_relative_to(target.resolve()):
+        raise CnnGraphError("is the current folder or holds it; name a folder of its own", file=str(target))
     if not target.parent.is_dir():
         raise CnnGraphError(f"cannot write: no folder {target.parent}", file=str(target))
 

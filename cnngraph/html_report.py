@@ -406,5 +406,5 @@ document.getElementById("title").textContent = DATA.name;
 const wanted = new URLSearchParams(location.hash.slice(1));
 draw(DATA.graphs[wanted.get("graph")] ? wanted.get("graph") : DATA.initial);
 if (wanted.get("node")) select(wanted.get("node"));
-undefinedThing(); document.body.dataset.ready = "1";
+document.body.dataset.ready = "1";
 """

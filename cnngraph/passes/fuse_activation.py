@@ -1,37 +1,43 @@
-"""Fuse an activation layer into the conv2d/linear before it: into its `activation` field when
-nothing follows the op yet, else at the end of its epilogue (conv -> add -> relu). Applied in
-registers on the GPU, in place on the CPU. Runs after fold_batch_norm and fuse_residual_add, so
-conv -> batch_norm -> relu and conv -> batch_norm -> add -> relu each become one node."""
+"""Fuse an activation layer into the node before it. Into a conv2d/linear: its `activation` field
+when nothing follows the op yet, else the end of its epilogue (conv -> add -> relu). Into an
+elementwise node (an unfolded batch_norm2d, an add, another activation): its epilogue, so
+chains like batch_norm -> relu (pre-activation networks) or add -> relu become one kernel.
+Applied in registers on the GPU, in place on the CPU. Runs after fold_batch_norm and
+fuse_residual_add, so conv -> batch_norm -> relu and conv -> batch_norm -> add -> relu each
+become one node."""
 
 from __future__ import annotations
 
 import networkx as nx
 
 from ..ops import ACTIVATION_OPS, make_activation
+
+GEMM_OPS = ("conv2d", "linear")  # have an `activation` field of their own
+ELEMENTWISE_OPS = ("batch_norm2d", "add", *ACTIVATION_OPS)  # take an epilogue after their own expression
+from ..graph import topological_order
 from .rewrite import fusion_blocker, merge_into_consumer, record
 
 
 def fuse_activation(g: nx.DiGraph) -> list[str]:
     changes = []
-    for act in [n for n, op in g.nodes(data="op") if op in ACTIVATION_OPS]:
+    for act in [n for n in topological_order(g) if g.nodes[n]["op"] in ACTIVATION_OPS]:  # chains front to back
         (src,) = g.nodes[act]["inputs"]
         attrs = g.nodes[src]
-        if attrs["op"].split("+")[0] not in ("conv2d", "linear"):
+        base = attrs["op"].split("+")[0]
+        if base not in GEMM_OPS + ELEMENTWISE_OPS:
             continue  # nothing to fuse into (an activation after a pool or a concat stays a kernel)
         epilogue = list(attrs.get("epilogue", []))
         reason = fusion_blocker(g, src, act)
-        if not reason and attrs["spec"].activation is not None and not epilogue:
-            reason = "already_has_activation"
         record(g, f"{attrs['op']}+{g.nodes[act]['op']}", src, act, reason)
         if reason:
             continue
         act_spec = g.nodes[act]["spec"]
         activation = make_activation({k: v for k, v in act_spec.model_dump().items() if k not in ("name", "inputs")})
         spec = attrs["spec"]
-        if epilogue:
-            epilogue.append(("activation", activation))
-        else:
+        if base in GEMM_OPS and spec.activation is None and not epilogue:
             spec = spec.model_copy(update={"activation": activation})
+        else:
+            epilogue.append(("activation", activation))
         merge_into_consumer(g, src, act, op=attrs["op"] + "+" + act_spec.op, spec=spec, weights=attrs["weights"],
                             inputs=list(attrs["inputs"]), epilogue=epilogue)
         changes.append(f"fused {act} into {src}")

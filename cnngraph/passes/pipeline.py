@@ -6,16 +6,18 @@ from __future__ import annotations
 import networkx as nx
 
 from ..errors import CnnGraphError
+from .eliminate_dead_code import eliminate_dead_code
 from .fold_batch_norm import fold_batch_norm
 from .fuse_activation import fuse_activation
 from .fuse_residual_add import fuse_residual_add
 from .remove_dropout import remove_dropout
 
 PIPELINE = [
-    remove_dropout,     # identity at inference
-    fold_batch_norm,    # conv -> batch_norm becomes one conv with adjusted weight and bias
-    fuse_residual_add,  # conv -> add(., residual): the add moves into the conv's epilogue
-    fuse_activation,    # conv/linear [-> add] -> activation: into the activation field or the epilogue
+    eliminate_dead_code,  # layers no output depends on
+    remove_dropout,       # identity at inference
+    fold_batch_norm,      # conv -> batch_norm becomes one conv with adjusted weight and bias
+    fuse_residual_add,    # conv -> add(., residual): the add moves into the conv's epilogue
+    fuse_activation,      # conv/linear/elementwise -> activation: into the activation field or the epilogue
 ]
 
 
@@ -33,12 +35,14 @@ def optimize_graph(g: nx.DiGraph) -> nx.DiGraph:
 
 
 def check_invariants(g: nx.DiGraph, layers: list[str], after: str) -> None:
-    """Acyclic, every node shaped, every spec layer implemented by exactly one node, edges match inputs."""
+    """Acyclic, every node shaped, every spec layer implemented by exactly one node (or removed as
+    dead code), edges match inputs."""
     problems = []
     if not nx.is_directed_acyclic_graph(g):
         problems.append("the graph has a cycle")
     problems += [f"node {n} has no shape" for n, shape in g.nodes(data="shape") if shape is None]
-    if sorted(name for _, names in g.nodes(data="layers") for name in names) != layers:
+    implemented = [name for _, names in g.nodes(data="layers") for name in names] + g.graph.get("dead_layers", [])
+    if sorted(implemented) != layers:
         problems.append("spec layers are not each implemented by exactly one node")
     for n, inputs in g.nodes(data="inputs"):
         if set(inputs) != set(g.predecessors(n)):
