@@ -56,28 +56,65 @@ def split_count(m: int, k: int, r: int, groups: int, tile: Tile) -> tuple[int, i
     return -(-r // chunk), chunk
 
 
+@dataclass(frozen=True)
+class FusedPool:
+    """A non-overlapping pool (stride == kernel, no padding) applied to the conv output in the
+    epilogue: GEMM rows are ordered so each pooling window is `size` consecutive rows of one thread."""
+    kind: str  # "max" or "avg"
+    kh: int
+    kw: int
+    ph: int    # pooled output height and width
+    pw: int
+
+    @property
+    def size(self) -> int:
+        return self.kh * self.kw
+
+
 def conv_gemm(name: str, *, n, c, h, w, k, p, q, kh, kw, sh, sw, pt, pl, dh, dw, groups, extra_args: list[str],
-              epilogue: str, tile: Tile, splits: int = 1, chunk: int = 0) -> tuple[str, tuple, tuple]:
+              epilogue: str, tile: Tile, splits: int = 1, chunk: int = 0,
+              pool: FusedPool | None = None) -> tuple[str, tuple, tuple]:
     """Implicit-GEMM convolution (also linear: h = w = kh = kw = 1). GEMM M = N*P*Q output pixels,
     N = K/groups output channels, reduction R = C/groups*KH*KW; the group is blockIdx.z.
     x (N, C, H, W), w (groups, R, K/groups), y (N, K, P, Q).
     Global loads of the next BK slice go to registers while the current slice is multiplied.
     With splits > 1 (groups == 1), blockIdx.z is the split: the kernel writes raw partial sums to
-    ws (splits, K, M) and `split_reduce` adds them and applies the epilogue."""
+    ws (splits, K, M) and `split_reduce` adds them and applies the epilogue.
+    With `pool`, only the conv pixels inside pooling windows are computed, a thread owns whole
+    windows, and it stores the pooled value: y is then (N, K, PH, PW)."""
     cg, kg = c // groups, k // groups
-    m_total, r_total, pq, khw = n * p * q, cg * kh * kw, p * q, kh * kw
+    r_total, pq, khw = cg * kh * kw, p * q, kh * kw
+    m_total = n * pool.ph * pool.pw * pool.size if pool else n * pq
     t = tile
     nt, a_per, a_step, b_per = t.threads, t.bm * t.bk // t.threads, t.threads // t.bm, t.bk * t.bn // t.threads
     assert nt % t.bm == 0 and (t.bk * t.bn) % nt == 0
+    assert not pool or (t.tm % pool.size == 0 and splits == 1)
     split = splits > 1
-    r_begin, r_end = (f"g * {chunk}", f"r_end") if split else ("0", str(r_total))
+    r_begin = f"g * {chunk}" if split else "0"
+    rows_per = t.bm // t.tm
+    # a thread's i-th row: interleaved (coalesced stores), or contiguous when it must own whole windows
+    row = f"ty * {t.tm} + i" if pool else f"ty + i * {rows_per}"
+    if pool:
+        cells = pool.ph * pool.pw
+        decode = f"""const int a_n = am / {cells * pool.size};
+    const int a_cell = (am / {pool.size}) % {cells};  /* pooled pixel */
+    const int a_win = am % {pool.size};                /* position inside its window */
+    const int a_p = (a_cell / {pool.pw}) * {pool.kh} + a_win / {pool.kw};
+    const int a_q = (a_cell % {pool.pw}) * {pool.kw} + a_win % {pool.kw};"""
+    else:
+        decode = f"""const int a_n = am / {pq};
+    const int a_p = (am % {pq}) / {q};
+    const int a_q = am % {q};"""
     if split:
         assert groups == 1
-        epilogue, store = "", f"ws[(g * {k} + k) * {m_total} + m] = v;"
         args = ", ".join([_ptr("x"), _ptr("w"), _ptr("ws", const=False)])
-    else:
-        store = "y[idx] = v;"
+        finish = _plain_epilogue(t, row, m_total, pq, kg, "kl", "", f"ws[(g * {k} + k) * {m_total} + m] = v;")
+    elif pool:
         args = ", ".join([_ptr("x"), _ptr("w"), *extra_args, _ptr("y", const=False)])
+        finish = _pool_epilogue(t, pool, m_total, p, q, k, kg, epilogue)
+    else:
+        args = ", ".join([_ptr("x"), _ptr("w"), *extra_args, _ptr("y", const=False)])
+        finish = _plain_epilogue(t, row, m_total, pq, kg, f"g * {kg} + kl", epilogue, "y[idx] = v;", k)
     body = f"""KERNEL void {name}({args})
 {{
     SHARED float As[{t.bk}][{t.bm}];
@@ -86,14 +123,13 @@ def conv_gemm(name: str, *, n, c, h, w, k, p, q, kh, kw, sh, sw, pt, pl, dh, dw,
     const int g = BLOCK_Z;
     const int m0 = BLOCK_X * {t.bm};
     const int n0 = BLOCK_Y * {t.bn};
-    const int ty = tid % {t.bm // t.tm};  /* rows m0 + ty + i*{t.bm // t.tm}: consecutive threads, consecutive pixels */
-    const int tx = tid / {t.bm // t.tm};  /* columns n0 + tx*{t.tn} + j */
+    const int ty = tid % {rows_per};  /* rows m0 + {row.replace("i", "i")} */
+    const int tx = tid / {rows_per};  /* columns n0 + tx*{t.tn} + j */
     /* the output pixel whose input window this thread loads stays the same for the whole reduction */
     const int am = m0 + tid % {t.bm};
-    const int a_n = am / {pq};
-    const int a_pq = am - a_n * {pq};
-    const int ih0 = (a_pq / {q}) * {sh} - {pt};
-    const int iw0 = (a_pq % {q}) * {sw} - {pl};
+    {decode}
+    const int ih0 = a_p * {sh} - {pt};
+    const int iw0 = a_q * {sw} - {pl};
     GLOBAL const float* xg = x + (a_n * {c} + {"0" if split else "g"} * {cg}) * {h * w};
     GLOBAL const float* wg = w + {"0" if split else "g"} * {r_total * kg};
     const int r_end = {f"min({r_begin} + {chunk}, {r_total})" if split else r_total};
@@ -116,7 +152,7 @@ def conv_gemm(name: str, *, n, c, h, w, k, p, q, kh, kw, sh, sw, pt, pl, dh, dw,
         UNROLL for (int kk = 0; kk < {t.bk}; ++kk) {{
             float a[{t.tm}];
             float b[{t.tn}];
-            UNROLL for (int i = 0; i < {t.tm}; ++i) a[i] = As[kk][ty + i * {t.bm // t.tm}];
+            UNROLL for (int i = 0; i < {t.tm}; ++i) a[i] = As[kk][{row}];
             UNROLL for (int j = 0; j < {t.tn}; ++j) b[j] = Bs[kk][tx * {t.tn} + j];
             UNROLL for (int i = 0; i < {t.tm}; ++i)
                 UNROLL for (int j = 0; j < {t.tn}; ++j) acc[i][j] += a[i] * b[j];
@@ -124,27 +160,63 @@ def conv_gemm(name: str, *, n, c, h, w, k, p, q, kh, kw, sh, sw, pt, pl, dh, dw,
         BARRIER();
     }}
 
-    UNROLL for (int i = 0; i < {t.tm}; ++i) {{
-        const int m = m0 + ty + i * {t.bm // t.tm};
+{finish}
+}}
+"""
+    grid = (-(-m_total // t.bm), -(-kg // t.bn), splits if split else groups)
+    return body, grid, (nt, 1, 1)
+
+
+def _plain_epilogue(t: Tile, row: str, m_total, pq, kg, channel: str, epilogue: str, store: str, k=None) -> str:
+    """Each accumulator: epilogue in registers, then one store (to y, or raw to the split workspace)."""
+    return f"""    UNROLL for (int i = 0; i < {t.tm}; ++i) {{
+        const int m = m0 + {row};
         if (m < {m_total}) {{
             const int nb = m / {pq};
             const int pix = m - nb * {pq};
             UNROLL for (int j = 0; j < {t.tn}; ++j) {{
                 const int kl = n0 + tx * {t.tn} + j;
                 if (kl < {kg}) {{
-                    const int k = {"kl" if split else f"g * {kg} + kl"};
-                    const int idx = (nb * {k} + k) * {pq} + pix;
+                    const int k = {channel};
+                    const int idx = (nb * {k if k is not None else kg} + k) * {pq} + pix;
                     float v = acc[i][j];
 {_indent(epilogue, 20)}
                     {store}
                 }}
             }}
         }}
-    }}
-}}
-"""
-    grid = (-(-m_total // t.bm), -(-kg // t.bn), splits if split else groups)
-    return body, grid, (nt, 1, 1)
+    }}"""
+
+
+def _pool_epilogue(t: Tile, pool: FusedPool, m_total, p, q, k, kg, epilogue: str) -> str:
+    """Per window of `pool.size` consecutive rows: epilogue on each conv value, then max or mean,
+    and one store of the pooled value. `idx` is the conv output element (for residual epilogues)."""
+    cells = pool.ph * pool.pw
+    combine = "r = MAXF(r, v);" if pool.kind == "max" else "r += v;"
+    first = "-3.402823466e+38f" if pool.kind == "max" else "0.0f"
+    scale = "" if pool.kind == "max" else f"\n                    r *= {1.0 / pool.size!r}f;"
+    return f"""    UNROLL for (int wi = 0; wi < {t.tm // pool.size}; ++wi) {{
+        const int m = m0 + ty * {t.tm} + wi * {pool.size};  /* first row of a whole window */
+        if (m < {m_total}) {{
+            const int nb = m / {cells * pool.size};
+            const int cell = (m / {pool.size}) % {cells};
+            UNROLL for (int j = 0; j < {t.tn}; ++j) {{
+                const int kl = n0 + tx * {t.tn} + j;
+                if (kl < {kg}) {{
+                    const int k = g * {kg} + kl;
+                    float r = {first};
+                    UNROLL for (int e = 0; e < {pool.size}; ++e) {{
+                        const int idx = ((nb * {k} + k) * {p} + (cell / {pool.pw}) * {pool.kh} + e / {pool.kw}) * {q}
+                                        + (cell % {pool.pw}) * {pool.kw} + e % {pool.kw};
+                        float v = acc[wi * {pool.size} + e][j];
+{_indent(epilogue, 24)}
+                        {combine}
+                    }}{scale}
+                    y[(nb * {k} + k) * {cells} + cell] = r;
+                }}
+            }}
+        }}
+    }}"""
 
 
 def split_reduce(name: str, *, n, k, pq, splits, extra_args: list[str], epilogue: str) -> tuple[str, tuple, tuple]:
