@@ -40,11 +40,19 @@ from .graph import topological_order
 FLOAT_BYTES = 4
 
 # what a fusion report's reason code means, for people
-REASONS = {
+REASONS = {  # every reason code a pass records, in words
     "multiple_consumers": "its output is also read by another node",
     "is_output": "its output is a network output",
     "already_has_activation": "it already applies an activation",
-    "overlapping_pool_unsupported": "overlapping pooling windows are not fused",
+    "producer_not_conv": "the layer before it is not a conv2d (BN stays a per-channel scale and shift)",
+    "activation_before_batch_norm": "an activation or add comes between the conv and the batch norm",
+    "activation_before_add": "the conv already applies an activation or epilogue before the add",
+    "overlapping_pool_unsupported": "overlapping windows (stride < kernel) would make neighbouring "
+                                    "conv tiles recompute a halo; the pool runs as its own kernel",
+    "padded_pool_unsupported": "a padded pool has windows that straddle the conv tile borders",
+    "ceil_mode_partial_window": "ceil_mode leaves partial windows at the border",
+    "pool_window_too_large": "a window of more than 8 outputs does not fit one thread's register block",
+    "depthwise_conv": "the depthwise kernel has no pooling epilogue",
     "not_profitable": "fusing would not save memory traffic",
     "shape": "the shapes do not allow it",
 }
@@ -80,7 +88,10 @@ def op_label(g: nx.DiGraph, node: str) -> str:
     """The node's op, with an activation given as a layer field shown as if fused ("conv2d+relu")."""
     a = g.nodes[node]
     activation = getattr(a["spec"], "activation", None)
-    return a["op"] + (f"+{activation.label}" if activation is not None and "+" not in a["op"] else "")
+    parts = a["op"].split("+")
+    if activation is not None and activation.label not in parts:  # it applies right after the op (and folded BN)
+        parts.insert(2 if parts[1:2] == ["batch_norm2d"] else 1, activation.label)
+    return "+".join(parts)
 
 
 def totals(rows: list[dict]) -> dict:

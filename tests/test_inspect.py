@@ -24,7 +24,7 @@ import cnngraph
 from cnngraph.cli import main
 from cnngraph.codegen.lower import lower
 from cnngraph.graph import topological_order
-from cnngraph.report import fusion_text, inspect_data, inspect_text, to_dot
+from cnngraph.report import REASONS, fusion_text, inspect_data, inspect_text, to_dot
 from test_cli import assert_one_line_error, run_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -111,7 +111,7 @@ def test_fusion_report_text_lists_decisions_and_reasons():
     assert lines[0] == "fusion: 1 fused, 2 not fused"
     assert re.match(r"  fused\s+conv2d\+relu\s+features\.0, features\.1\s+/layers/0$", lines[1])
     assert "not fused" in lines[2] and "features.0, features.2" in lines[2]
-    assert "overlapping_pool_unsupported: overlapping pooling windows are not fused" in lines[2]
+    assert f"overlapping_pool_unsupported: {REASONS['overlapping_pool_unsupported']}" in lines[2]
     assert "brand_new_code" in lines[3]  # an unknown reason code is still shown
 
 

@@ -130,13 +130,7 @@ def test_optimized_model_is_reusable(name):
         assert rel_err(first[key], reference(name, "oracle")[key]) < TOL, key
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(
-        strict=True, reason="lenet5 has no dropout, batch_norm2d or standalone activation, and the "
-                            "pipeline has no conv+pool fusion pass yet, so nothing is removed"))
-    if n == "lenet5" else n
-    for n in EXAMPLES
-])
+@pytest.mark.parametrize("name", EXAMPLES)
 def test_optimized_graph_is_smaller(name):
     raw = cnngraph.compile(spec(name), batch_size=BATCH, optimize=False).graph
     assert len(raw) == len(cnngraph.build(spec(name), batch_size=BATCH))

@@ -57,9 +57,13 @@ class NumpyBackend:
             xs = [views[src] for src in attrs["inputs"]]
             epilogue = attrs.get("epilogue", [])
             own = len(xs) - residual_count(epilogue)  # the op's own inputs; the rest are residuals
-            out = attrs["spec"].run_numpy(xs[:own], self.params[node], self.scratch, views[node])
+            pool = attrs.get("pool")  # a fused pool: the conv result lives in scratch, not the arena
+            target = self.scratch.get("fused_conv", backend_shape(attrs["conv_shape"])) if pool else views[node]
+            out = attrs["spec"].run_numpy(xs[:own], self.params[node], self.scratch, target)
             if epilogue:
                 apply_numpy(out, epilogue, xs[own:])
+            if pool:
+                pool.run_numpy([out], {}, self.scratch, views[node])
             if timings is not None:
                 timings[node] = timings.get(node, 0.0) + time.perf_counter() - start
         return {name: from_backend_layout(views[name]) for name in g.graph["outputs"]}

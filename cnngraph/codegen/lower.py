@@ -187,11 +187,18 @@ def _lower_gemm_like(low: _NodeLowering, spec, x_shape, out) -> list[Launch]:
     b_refs = [low.const("b", bias)] if bias is not None else []
     groups = geometry["groups"]
     m, kg = geometry["n"] * geometry["p"] * geometry["q"], geometry["k"] // groups
-    tile = T.choose_tile(m, kg)
-    splits, chunk = T.split_count(m, kg, geometry["c"] // groups * geometry["kh"] * geometry["kw"], groups, tile)
+    pool = _fused_pool(low.attrs.get("pool"), out)
+    if pool:  # the GEMM covers the pixels inside windows; the output is the pooled tensor
+        geometry.update(p=low.attrs["conv_shape"][2], q=low.attrs["conv_shape"][3])
+        m = geometry["n"] * pool.ph * pool.pw * pool.size
+        name += f"_{pool.kind}pool{pool.kh}x{pool.kw}"
+    tile = T.choose_tile(m, kg, rows_multiple=pool.size if pool else 1)
+    splits, chunk = (1, 0) if pool else \
+        T.split_count(m, kg, geometry["c"] // groups * geometry["kh"] * geometry["kw"], groups, tile)
     if splits == 1:
         return [low.launch(name, [*own_inputs, w_ref, *b_refs, *residual_args, low.output], T.conv_gemm, **geometry,
-                           extra_args=[_param(b) for b in b_refs] + residual_params, epilogue=epilogue, tile=tile)]
+                           extra_args=[_param(b) for b in b_refs] + residual_params, epilogue=epilogue, tile=tile,
+                           pool=pool)]
     # split-K: partial sums into the workspace, then one pass that adds them and applies the epilogue
     partial = low.launch(f"{name}_split{splits}", [*own_inputs, w_ref, ("workspace", "")], T.conv_gemm, **geometry,
                          extra_args=[], epilogue="", tile=tile, splits=splits, chunk=chunk)
@@ -201,6 +208,13 @@ def _lower_gemm_like(low: _NodeLowering, spec, x_shape, out) -> list[Launch]:
                         extra_args=[_param(b) for b in b_refs] + residual_params, epilogue=epilogue)
     reduce.flops = 0
     return [partial, reduce]
+
+
+def _fused_pool(spec, out) -> T.FusedPool | None:
+    if spec is None:
+        return None
+    kh, kw = pair(spec.kernel_size)
+    return T.FusedPool("max" if isinstance(spec, ops.MaxPool2d) else "avg", kh, kw, out[2], out[3])
 
 
 def _numel(shape) -> int:

@@ -32,13 +32,18 @@ TILES = {"large": Tile(128, 128, 8, 8, 8), "wide": Tile(128, 64, 8, 8, 8), "smal
          "narrow": Tile(64, 32, 8, 4, 4)}
 
 
-def choose_tile(m: int, k: int) -> Tile:
-    """Largest tile that still gives enough blocks to fill the GPU (about 2 per SM on 132 SMs)."""
+def choose_tile(m: int, k: int, rows_multiple: int = 1) -> Tile:
+    """Largest tile that still gives enough blocks to fill the GPU (about 2 per SM on 132 SMs);
+    `rows_multiple`: a thread's rows must hold whole pooling windows."""
+    fits = [name for name, t in TILES.items() if t.tm % rows_multiple == 0]
     for name in ("large", "wide", "small"):
         t = TILES[name]
-        if k >= t.bn and -(-m // t.bm) * -(-k // t.bn) >= 264:
+        if name in fits and k >= t.bn and -(-m // t.bm) * -(-k // t.bn) >= 264:
             return t
-    return TILES["narrow"] if k <= 32 else TILES["small"]
+    for name in ("narrow", "small", "wide") if k <= 32 else ("small", "wide", "narrow"):
+        if name in fits:
+            return TILES[name]
+    raise ValueError(f"no tile holds windows of {rows_multiple} rows")
 
 
 def _ptr(name: str, const: bool = True) -> str:
