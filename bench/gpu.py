@@ -17,6 +17,7 @@ import json
 import re
 import statistics
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 import cnngraph  # noqa: E402
 
 CASES = [("resnet18", 1), ("resnet18", 64), ("cifar_vgg", 256), ("mobilenet_v2", 64)]
+TUNED = {("resnet18", 1), ("resnet18", 64), ("cifar_vgg", 256)}  # also measured with autotune=True
 FP32_PEAK_TFLOPS = {"H100": 66.9, "H200": 66.9, "A100": 19.5, "L4": 30.3, "A10": 31.2}  # CUDA-core FP32, SXM
 
 
@@ -107,6 +109,14 @@ def bench_case(name: str, batch: int, repeats: int, peak: float | None) -> dict:
     if batch == 1:
         plain = cnngraph.compile(spec, batch_size=1, device="cuda", cuda_graph=False, weights=model.weights)
         result["cnngraph_no_graph_ms"] = time_ms(lambda: plain(x_cp), repeats)
+    if (name, batch) in TUNED:
+        start = time.perf_counter()
+        tuned = cnngraph.compile(spec, batch_size=batch, device="cuda", weights=model.weights, autotune=True)
+        result["autotune_s"] = time.perf_counter() - start
+        result["rel_err_tuned_vs_pytorch_fp32"] = float(np.linalg.norm(tuned(x_np) - ref) / np.linalg.norm(ref))
+        result["cnngraph_tuned_ms"] = time_ms(lambda: tuned(x_cp), repeats)
+        result["speed_tuned_vs_pytorch_fp32"] = result["pytorch_fp32_ms"] / result["cnngraph_tuned_ms"]
+        result["tuned_layers"] = sum(1 for pick, _, _ in tuned.backend.tuning.values() if pick)
     kernels = kernel_times(model, max(10, repeats // 5))
     result["top_conv_kernels"] = [{**k, "fraction_of_peak": k["tflops"] / peak if peak else None} for k in kernels[:3]]
     result["conv_kernels_total_ms"] = sum(k["ms"] for k in kernels)
@@ -138,6 +148,9 @@ def main() -> None:
               f"{r['images_per_s']['cnngraph']:9.0f} {r['rel_err_vs_pytorch_fp32']:8.1e}  {tops}")
         if "cnngraph_no_graph_ms" in r:
             print(f"{'':13s} batch-1 latency without the CUDA graph: {r['cnngraph_no_graph_ms']:.3f} ms")
+        if "cnngraph_tuned_ms" in r:
+            print(f"{'':13s} autotuned: {r['cnngraph_tuned_ms']:.3f} ms, x fp32 {r['speed_tuned_vs_pytorch_fp32']:.2f} "
+                  f"({r['tuned_layers']} layers changed schedule, tuning took {r['autotune_s']:.0f} s)")
     record = {"date": datetime.date.today().isoformat(), "card": card, "fp32_peak_tflops": peak,
               "cupy": cp.__version__, "results": results}
     slug = re.sub(r"[^A-Za-z0-9]+", "-", card).strip("-").lower()

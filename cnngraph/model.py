@@ -41,8 +41,13 @@ def build(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1) -> nx.D
 
 def compile(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1, device: str = "auto",
             weights: str | Path | Mapping[str, np.ndarray] | None = None, seed: int = 0,
-            optimize: bool = True, cuda_graph: bool = True) -> "CompiledModel":
-    """Validate, build, shape-check and optimize a network, and bind it to a backend."""
+            optimize: bool = True, cuda_graph: bool = True, autotune: bool = False) -> "CompiledModel":
+    """Validate, build, shape-check and optimize a network, and bind it to a backend.
+
+    device: "auto" (CUDA when CuPy sees a GPU, else NumPy), "cpu", "cuda" or "opencl".
+    cuda_graph: on CUDA, capture the whole network as a CUDA graph after the first call.
+    autotune: on CUDA, time each conv/linear layer's candidate schedules (tiles, split-K) on the
+    GPU while compiling and keep the fastest (slower to compile; ignored by other backends)."""
     spec = as_spec(spec)
     g = build(spec, batch_size)
     expected = expected_shapes(g)
@@ -56,13 +61,13 @@ def compile(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1, devic
         g.nodes[node]["weights"] = {k[len(prefix):]: v for k, v in bound.items() if k.startswith(prefix)
                                     and k[len(prefix):] in ("weight", "bias", "running_mean", "running_var")}
     g = plan_memory(optimize_graph(g) if optimize else g.copy())
-    backend, note = _backend(device, g, cuda_graph)
+    backend, note = _backend(device, g, cuda_graph, autotune)
     model = CompiledModel(spec, g, bound, backend, random_weights)
     model.device_note = note
     return model
 
 
-def _backend(device: str, g: nx.DiGraph, cuda_graph: bool):
+def _backend(device: str, g: nx.DiGraph, cuda_graph: bool, autotune: bool):
     """The backend for `device`, and a note on why "auto" chose it."""
     if device not in DEVICES:
         raise DeviceError(f'unknown device "{device}"; valid: {", ".join(DEVICES)}')
@@ -71,7 +76,7 @@ def _backend(device: str, g: nx.DiGraph, cuda_graph: bool):
         reason = cuda_unavailable_reason()
         device, note = ("cuda", "CUDA GPU found") if reason is None else ("cpu", f"NumPy backend: {reason}")
     if device == "cuda":
-        return CudaBackend(lower(g), cuda_graph=cuda_graph), note
+        return CudaBackend(g, cuda_graph=cuda_graph, autotune=autotune), note
     if device == "opencl":
         return OpenCLBackend(lower(g)), note
     return NumpyBackend(g), note

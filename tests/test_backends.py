@@ -123,6 +123,39 @@ def test_single_ops(case, device):
     check_against_numpy(copy.deepcopy(SINGLE_OPS[case]), device, batch=3, tol=1e-5)
 
 
+@pytest.mark.skipif(OPENCL_REASON is not None, reason=str(OPENCL_REASON))
+@pytest.mark.parametrize("name", ["lenet5", "conv_split_k_residual", "linear"])
+def test_every_autotuning_schedule_computes_the_same(name):
+    """Each candidate schedule an autotuner may pick (tiles, deeper BK, split-K variants) is correct."""
+    from cnngraph.backends.opencl_backend import OpenCLBackend
+    from cnngraph.codegen.lower import lower_node
+
+    spec = example(name) if name in REDUCED else copy.deepcopy(SINGLE_OPS[name])
+    ref = cnngraph.compile(spec, batch_size=2, device="cpu")
+    g = ref.graph
+    counts = {n: lower_node(g, n, {}, 0)[0].schedules for n in g.graph["order"]}
+    x = np.random.default_rng(0).standard_normal(next(iter(ref.input_shapes.values()))).astype(np.float32)
+    want = ref(x)
+    for pick in range(1, max(counts.values())):
+        backend = OpenCLBackend(lower(g, {n: pick % c for n, c in counts.items()}))
+        backend.poison()
+        got = backend.run({g.graph["inputs"][0]: x})[g.graph["outputs"][0]]
+        assert rel_err(got, want) < 1e-4, pick
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(CUDA_REASON is not None, reason=str(CUDA_REASON))
+def test_autotuned_cuda_matches_numpy():
+    model = check_against_numpy(example("resnet18"), "cuda", batch=2)
+    tuned = cnngraph.compile(example("resnet18"), batch_size=2, device="cuda", autotune=True, weights=model.weights)
+    assert tuned.backend.tuning, "no conv was tuned"
+    for pick, best, default in tuned.backend.tuning.values():
+        assert best <= default
+    x = np.random.default_rng(1).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    tuned.backend.poison()
+    assert rel_err(tuned(x), model(x)) < 1e-5
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(CUDA_REASON is not None, reason=str(CUDA_REASON))
 def test_cuda_graph_replay_and_cupy_arrays():

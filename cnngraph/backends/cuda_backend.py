@@ -4,10 +4,12 @@ replayed, so small batches are not eaten by launch overhead. CuPy is imported la
 
 from __future__ import annotations
 
+import networkx as nx
 import numpy as np
 
 from ..codegen.dialects import CUDA
-from ..codegen.lower import Program
+from ..codegen.lower import lower, lower_node
+from ..codegen.nvrtc import COMPILE_OPTIONS
 from ..errors import DeviceError
 from .program_backend import ProgramBackend
 
@@ -31,16 +33,19 @@ def cuda_unavailable_reason() -> str | None:
 class CudaBackend(ProgramBackend):
     device = "cuda"
 
-    def __init__(self, program: Program, cuda_graph: bool = True):
-        super().__init__(program)
+    def __init__(self, g: nx.DiGraph, cuda_graph: bool = True, autotune: bool = False):
         reason = cuda_unavailable_reason()
         if reason:
             raise DeviceError(f'device "cuda" is not usable: {reason}')
         import cupy as cp
         self.cp = cp
-        self.module = cp.RawModule(code=program.source(CUDA), options=("-std=c++11",))
-        self.arena = cp.empty(max(1, program.arena_size), cp.float32)
-        self.views = {name: self.arena[offset:offset + size] for name, (offset, size, _) in program.tensors.items()}
+        self.arena = cp.empty(max(1, g.graph["arena_size"]), cp.float32)
+        self.views = {n: self.arena[g.nodes[n]["offset"]:g.nodes[n]["offset"] + g.nodes[n]["size"]]
+                      for n in [*g.graph["inputs"], *g.graph["order"]]}
+        self.tuning = self._autotune(g) if autotune else {}
+        program = lower(g, {node: pick for node, (pick, _, _) in self.tuning.items()})
+        super().__init__(program)
+        self.module = cp.RawModule(code=program.source(CUDA), options=COMPILE_OPTIONS)
         self.constants = {key: cp.asarray(value) for key, value in program.constants.items()}
         self.workspace = cp.empty(max(1, program.workspace_size), cp.float32)
         buffers = {"tensor": self.views, "const": self.constants, "workspace": {"": self.workspace}}
@@ -56,6 +61,47 @@ class CudaBackend(ProgramBackend):
 
     def poison(self) -> None:
         self.arena.fill(np.nan)
+
+    def _autotune(self, g: nx.DiGraph, repeats: int = 5) -> dict[str, tuple[int, float, float]]:
+        """Time every candidate schedule of every conv/linear node on this GPU (all compiled in one
+        module) and keep the fastest: node -> (pick, its ms, the default's ms)."""
+        cp = self.cp
+        candidates = []  # (node, pick, launches, constants)
+        for index, node in enumerate(g.graph["order"]):
+            count = lower_node(g, node, {}, 0)[0].schedules
+            for pick in range(count if count > 1 else 0):
+                constants: dict = {}
+                launches = lower_node(g, node, constants, pick)
+                for launch in launches:  # unique names across every candidate in the module
+                    unique = f"{launch.kernel}_n{index}_s{pick}"
+                    launch.body = launch.body.replace(f"void {launch.kernel}(", f"void {unique}(", 1)
+                    launch.kernel = unique
+                candidates.append((node, pick, launches, constants))
+        if not candidates:
+            return {}
+        module = cp.RawModule(code=CUDA.render("\n".join(l.body for c in candidates for l in c[2])),
+                              options=COMPILE_OPTIONS)
+        workspace = cp.empty(max(1, max(l.workspace for c in candidates for l in c[2])), cp.float32)
+        timings: dict[str, list[tuple[float, int]]] = {}
+        for node, pick, launches, constants in candidates:
+            buffers = {"tensor": self.views, "workspace": {"": workspace},
+                       "const": {k: cp.asarray(v) for k, v in constants.items()}}
+            calls = [(module.get_function(l.kernel), l.grid, l.block,
+                      tuple(buffers[kind][ref] for kind, ref in l.args)) for l in launches]
+
+            def run():
+                for fn, grid, block, args in calls:
+                    fn(grid, block, args)
+
+            run()  # warm: loads the kernel
+            start, end = cp.cuda.Event(), cp.cuda.Event()
+            start.record()
+            for _ in range(repeats):
+                run()
+            end.record()
+            end.synchronize()
+            timings.setdefault(node, []).append((cp.cuda.get_elapsed_time(start, end) / repeats, pick))
+        return {node: (min(t)[1], min(t)[0], next(ms for ms, p in t if p == 0)) for node, t in timings.items()}
 
     def _upload(self, name, x):
         view = self.views[name]

@@ -31,6 +31,7 @@ class Launch:
     layers: list[str]              # the spec layers it implements
     flops: int = 0
     workspace: int = 0             # float32 elements of scratch it needs (split-K partial sums)
+    schedules: int = 1             # candidate schedules of its node, for an autotuner (conv/linear)
 
 
 @dataclass
@@ -50,11 +51,13 @@ class Program:
         return dialect.render("\n".join(bodies))
 
 
-def lower(g: nx.DiGraph) -> Program:
+def lower(g: nx.DiGraph, picks: dict[str, int] | None = None) -> Program:
+    """`picks`: per conv/linear node, which of its candidate schedules to use (an autotuner's
+    choice, see backends/cuda_backend.py); by default the first, a heuristic."""
     seen: dict[str, int] = {}
     launches, constants = [], {}
     for node in g.graph["order"]:
-        for launch in _lower_node(g, node, constants):
+        for launch in lower_node(g, node, constants, (picks or {}).get(node, 0)):
             base = launch.kernel
             seen[base] = seen.get(base, 0) + 1
             if seen[base] > 1:  # same computation on another layer: names must stay unique in a module
@@ -96,14 +99,15 @@ def _param(ref: tuple[str, str]) -> str:
     return f"GLOBAL const float* RESTRICT {ref[1].rsplit(':', 1)[1]}"
 
 
-def _lower_node(g: nx.DiGraph, node: str, constants: dict) -> list[Launch]:
+def lower_node(g: nx.DiGraph, node: str, constants: dict, pick: int = 0) -> list[Launch]:
+    """The launches of one node; `pick` selects a conv/linear node's schedule (see `schedule_count`)."""
     low = _NodeLowering(g, node, constants)
     attrs, spec = low.attrs, low.attrs["spec"]
     ins = [g.nodes[i]["shape"] for i in attrs["inputs"]]
     out = attrs["shape"]
     total = _numel(out)
     if isinstance(spec, (ops.Conv2d, ops.Linear)):
-        return _lower_gemm_like(low, spec, ins[0], out)
+        return _lower_gemm_like(low, spec, ins[0], out, pick)
     steps = attrs.get("epilogue", [])  # elementwise nodes carry only activations after them
     then = "".join("\n" + line for line in to_c(steps, []))
     suffix = "".join("_" + step.label for _, step in steps)
@@ -148,7 +152,7 @@ def _lower_node(g: nx.DiGraph, node: str, constants: dict) -> list[Launch]:
     raise NotImplementedError(f"no kernel for op {attrs['op']}")
 
 
-def _lower_gemm_like(low: _NodeLowering, spec, x_shape, out) -> list[Launch]:
+def _lower_gemm_like(low: _NodeLowering, spec, x_shape, out, pick: int = 0) -> list[Launch]:
     """conv2d (dense, grouped, 1x1, depthwise) and linear, with bias and activation fused."""
     weights = low.attrs["weights"]
     bias = weights.get("bias")
@@ -192,22 +196,25 @@ def _lower_gemm_like(low: _NodeLowering, spec, x_shape, out) -> list[Launch]:
         geometry.update(p=low.attrs["conv_shape"][2], q=low.attrs["conv_shape"][3])
         m = geometry["n"] * pool.ph * pool.pw * pool.size
         name += f"_{pool.kind}pool{pool.kh}x{pool.kw}"
-    tile = T.choose_tile(m, kg, rows_multiple=pool.size if pool else 1)
-    splits, chunk = (1, 0) if pool else \
-        T.split_count(m, kg, geometry["c"] // groups * geometry["kh"] * geometry["kw"], groups, tile)
+    r = geometry["c"] // groups * geometry["kh"] * geometry["kw"]
+    options = T.schedules(m, kg, r, groups, rows_multiple=pool.size if pool else 1)
+    tile, splits, chunk = options[pick].tile, options[pick].splits, options[pick].chunk
     if splits == 1:
-        return [low.launch(name, [*own_inputs, w_ref, *b_refs, *residual_args, low.output], T.conv_gemm, **geometry,
-                           extra_args=[_param(b) for b in b_refs] + residual_params, epilogue=epilogue, tile=tile,
-                           pool=pool)]
-    # split-K: partial sums into the workspace, then one pass that adds them and applies the epilogue
-    partial = low.launch(f"{name}_split{splits}", [*own_inputs, w_ref, ("workspace", "")], T.conv_gemm, **geometry,
-                         extra_args=[], epilogue="", tile=tile, splits=splits, chunk=chunk)
-    partial.workspace = splits * m * kg
-    reduce = low.launch(f"{name}_reduce", [("workspace", ""), *b_refs, *residual_args, low.output], T.split_reduce,
-                        n=geometry["n"], k=kg, pq=geometry["p"] * geometry["q"], splits=splits,
-                        extra_args=[_param(b) for b in b_refs] + residual_params, epilogue=epilogue)
-    reduce.flops = 0
-    return [partial, reduce]
+        launches = [low.launch(name, [*own_inputs, w_ref, *b_refs, *residual_args, low.output], T.conv_gemm,
+                               **geometry, extra_args=[_param(b) for b in b_refs] + residual_params,
+                               epilogue=epilogue, tile=tile, pool=pool)]
+    else:  # split-K: partial sums into the workspace, then one pass that adds them and applies the epilogue
+        partial = low.launch(f"{name}_split{splits}", [*own_inputs, w_ref, ("workspace", "")], T.conv_gemm, **geometry,
+                             extra_args=[], epilogue="", tile=tile, splits=splits, chunk=chunk)
+        partial.workspace = splits * m * kg
+        reduce = low.launch(f"{name}_reduce", [("workspace", ""), *b_refs, *residual_args, low.output], T.split_reduce,
+                            n=geometry["n"], k=kg, pq=geometry["p"] * geometry["q"], splits=splits,
+                            extra_args=[_param(b) for b in b_refs] + residual_params, epilogue=epilogue)
+        reduce.flops = 0
+        launches = [partial, reduce]
+    for launch in launches:
+        launch.schedules = len(options)
+    return launches
 
 
 def _fused_pool(spec, out) -> T.FusedPool | None:

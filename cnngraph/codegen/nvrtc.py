@@ -18,6 +18,9 @@ class KernelReport:
     spill_loads: int
 
 
+COMPILE_OPTIONS = ("-std=c++11", "-diag-suppress=177")  # 177: an epilogue may leave `idx` unused
+
+
 class NvrtcError(Exception):
     """A kernel failed to compile; the message holds the NVRTC log."""
 
@@ -31,7 +34,7 @@ def compile_cuda(source: str, arch: str = "sm_90", name: str = "kernel.cu") -> d
     err, prog = nvrtc.nvrtcCreateProgram(source.encode(), name.encode(), 0, [], [])
     _check(nvrtc, err, "nvrtcCreateProgram")
     try:
-        options = [f"-arch={arch}".encode(), b"-Xptxas=-v", b"-std=c++11"]
+        options = [f"-arch={arch}".encode(), b"-Xptxas=-v", *(o.encode() for o in COMPILE_OPTIONS)]
         (result,) = nvrtc.nvrtcCompileProgram(prog, len(options), options)
         _, size = nvrtc.nvrtcGetProgramLogSize(prog)
         log = b" " * size

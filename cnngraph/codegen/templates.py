@@ -30,6 +30,42 @@ class Tile:
 
 TILES = {"large": Tile(128, 128, 8, 8, 8), "wide": Tile(128, 64, 8, 8, 8), "small": Tile(64, 64, 8, 4, 8),
          "narrow": Tile(64, 32, 8, 4, 4)}
+DEEP_TILES = {"large16": Tile(128, 128, 16, 8, 8), "wide16": Tile(128, 64, 16, 8, 8)}  # autotuning candidates
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How one conv/linear GEMM runs: its tile, and how many slices its reduction is split into."""
+    tile: Tile
+    splits: int = 1
+    chunk: int = 0  # reduction values per split (a multiple of the tile's BK)
+
+
+def schedules(m: int, k: int, r: int, groups: int, rows_multiple: int = 1) -> list[Schedule]:
+    """The default schedule first (a heuristic, good without measuring), then the few alternatives
+    an autotuner may time on the device: other tiles, a deeper BK, half or twice the splits."""
+    def make(tile: Tile, splits: int | None = None) -> Schedule:
+        if rows_multiple != 1 or groups != 1:
+            return Schedule(tile)
+        if splits is None:
+            return _with_splits(tile, *split_count(m, k, r, groups, tile))
+        chunk = -(-(-(-r // splits)) // tile.bk) * tile.bk
+        return _with_splits(tile, -(-r // chunk), chunk)
+
+    found = [make(choose_tile(m, k, rows_multiple))]
+    alternatives = [make(t) for t in (TILES["large"], TILES["wide"], *DEEP_TILES.values(), TILES["small"])
+                    if t.tm % rows_multiple == 0 and t.bn <= 2 * k]
+    if found[0].splits > 1:
+        alternatives += [make(found[0].tile, s) for s in (1, found[0].splits // 2, 2 * found[0].splits)
+                         if r // max(s, 1) >= 2 * found[0].tile.bk]
+    for candidate in alternatives:
+        if candidate not in found:
+            found.append(candidate)
+    return found
+
+
+def _with_splits(tile: Tile, splits: int, chunk: int) -> Schedule:
+    return Schedule(tile, splits, chunk) if splits > 1 else Schedule(tile)
 
 
 def choose_tile(m: int, k: int, rows_multiple: int = 1) -> Tile:
