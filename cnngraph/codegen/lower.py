@@ -56,7 +56,7 @@ def lower(g: nx.DiGraph, picks: dict[str, int] | None = None) -> Program:
     choice, see backends/cuda_backend.py); by default the first, a heuristic."""
     seen: dict[str, int] = {}
     launches, constants = [], {}
-    for node in g.graph["order"]:
+    for node in [n for n in g.graph["order"] if "alias_of" not in g.nodes[n]]:  # aliases need no kernel
         for launch in lower_node(g, node, constants, (picks or {}).get(node, 0)):
             base = launch.kernel
             seen[base] = seen.get(base, 0) + 1

@@ -6,8 +6,9 @@ that reads it (network outputs to the end). Tensors whose lifetimes overlap neve
 a node's output never overlaps its own inputs, since both are live at its step. Placement is
 greedy best-fit, largest tensors first, which is close to optimal on CNN chains.
 
-Runs last, on the final graph. Sets node attributes `offset` and `size` (float32 elements) and
-graph attributes `order` (the nodes to execute), `arena_size` and `unplanned_size`.
+A flatten of a (N, C, 1, 1) tensor is an alias: it shares its input's storage (`alias_of`) and
+needs no copy. Runs last, on the final graph. Sets node attributes `offset` and `size` (float32
+elements) and graph attributes `order` (the nodes to execute), `arena_size` and `unplanned_size`.
 """
 
 from __future__ import annotations
@@ -27,18 +28,33 @@ def execution_order(g: nx.DiGraph) -> list[str]:
     return [n for n in layer_nodes(g) if n in needed]
 
 
+def is_free_reshape(g: nx.DiGraph, node: str) -> bool:
+    """A flatten whose input has no spatial extent, (N, C, 1, 1) or (N, F): its bytes are the same
+    in every layout, so it is an alias of its input (no copy, no kernel)."""
+    if g.nodes[node]["op"] != "flatten":
+        return False
+    (src,) = g.nodes[node]["inputs"]
+    return all(d == 1 for d in g.nodes[src]["shape"][2:])
+
+
 def plan_memory(g: nx.DiGraph) -> nx.DiGraph:
     order = execution_order(g)
     step = {name: i for i, name in enumerate(order)}
     end = len(order)
+    storage = {name: name for name in [*g.graph["inputs"], *order]}  # tensor -> the one holding its bytes
+    for name in order:
+        if is_free_reshape(g, name):
+            storage[name] = storage[g.nodes[name]["inputs"][0]]
+            g.nodes[name]["alias_of"] = storage[name]
     tensors = {name: [-1, -1] for name in g.graph["inputs"]}  # written before step 0
     for name in order:
-        tensors[name] = [step[name], step[name]]
+        if storage[name] == name:
+            tensors[name] = [step[name], step[name]]
     for name in order:
         for src in g.nodes[name]["inputs"]:
-            tensors[src][1] = max(tensors[src][1], step[name])
+            tensors[storage[src]][1] = max(tensors[storage[src]][1], step[name])
     for name in g.graph["outputs"]:
-        tensors[name][1] = end
+        tensors[storage[name]][1] = end
     sizes = {name: int(np.prod(g.nodes[name]["shape"])) for name in tensors}
 
     placed: list[tuple[int, int, int, int]] = []  # (offset, size, first, last)
@@ -50,8 +66,8 @@ def plan_memory(g: nx.DiGraph) -> nx.DiGraph:
         offset, best = _best_fit(busy, size)
         offsets[name] = offset if best is not None else max((o + s for o, s in busy), default=0)
         placed.append((offsets[name], size, first, last))
-    for name, offset in offsets.items():
-        g.nodes[name]["offset"], g.nodes[name]["size"] = offset, sizes[name]
+    for name, root in storage.items():
+        g.nodes[name]["offset"], g.nodes[name]["size"] = offsets[root], sizes[root]
     g.graph["order"] = order
     g.graph["arena_size"] = max((o + s for o, s, _, _ in placed), default=0)
     g.graph["unplanned_size"] = sum(-(-s // ALIGN) * ALIGN for s in sizes.values())
