@@ -43,7 +43,6 @@ FLOAT_BYTES = 4
 REASONS = {  # every reason code a pass records, in words
     "multiple_consumers": "its output is also read by another node",
     "is_output": "its output is a network output",
-    "already_has_activation": "it already applies an activation",
     "producer_not_conv": "the layer before it is not a conv2d (BN stays a per-channel scale and shift)",
     "activation_before_batch_norm": "an activation or add comes between the conv and the batch norm",
     "activation_before_add": "the conv already applies an activation or epilogue before the add",

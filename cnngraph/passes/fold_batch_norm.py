@@ -23,7 +23,7 @@ def fold_batch_norm(g: nx.DiGraph) -> list[str]:
             reason = "producer_not_conv"
         elif attrs["spec"].activation is not None or attrs.get("epilogue"):
             reason = "activation_before_batch_norm"
-        record(g, "conv2d+batch_norm2d", conv, bn, reason)
+        record(g, f"{attrs['op']}+batch_norm2d", conv, bn, reason)
         if reason:
             continue
         bn_attrs = g.nodes[bn]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import networkx as nx
 
+from ..graph import topological_order
 from .rewrite import fusion_blocker, merge_into_consumer, record
 
 
@@ -17,8 +18,9 @@ def fuse_residual_add(g: nx.DiGraph) -> list[str]:
         candidates = [src for src in operands if g.nodes[src]["op"].split("+")[0] in ("conv2d", "linear")]
         if not candidates:
             continue
+        position = {n: i for i, n in enumerate(topological_order(g))}
         reasons = {}
-        for src in reversed(candidates):  # prefer the operand computed last: the others are ready by then
+        for src in sorted(candidates, key=position.get, reverse=True):  # prefer the operand computed last
             reasons[src] = fusion_blocker(g, src, add) or ("activation_before_add" if g.nodes[src]["spec"].activation
                                                             is not None or g.nodes[src].get("epilogue") else None)
             if reasons[src] is None:
