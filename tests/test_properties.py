@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 import cnngraph
 from cnngraph.passes.pipeline import check_invariants
+from test_backends import OPENCL_REASON
 from test_passes import assert_well_formed, check_memory_plan
 
 ACTIVATIONS = ["relu", "relu6", "leaky_relu", "sigmoid", "tanh", "gelu", "silu", "hardswish"]
@@ -415,18 +416,6 @@ def check_graphs(spec, batch):
     assert [opt.nodes[o]["shape"] for o in opt.graph["outputs"]] == [raw.nodes[o]["shape"] for o in raw.graph["outputs"]]
     for g in (raw, opt):
         check_memory_plan(g)
-
-
-def _opencl_reason():
-    try:
-        import pyopencl as cl
-        cl.create_some_context(interactive=False)
-    except Exception as err:  # no pyopencl, no platform, no device
-        return f"no OpenCL device: {err}"
-    return None
-
-
-OPENCL_REASON = _opencl_reason()
 
 
 def check_opencl_matches_numpy(spec, batch, optimize=True):
