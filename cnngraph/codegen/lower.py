@@ -100,7 +100,8 @@ def _param(ref: tuple[str, str]) -> str:
 
 
 def lower_node(g: nx.DiGraph, node: str, constants: dict, pick: int = 0) -> list[Launch]:
-    """The launches of one node; `pick` selects a conv/linear node's schedule (see `schedule_count`)."""
+    """The launches of one node; `pick` selects a conv/linear node's schedule, one of the
+    `Launch.schedules` candidates of `templates.schedules` (0: the default heuristic)."""
     low = _NodeLowering(g, node, constants)
     attrs, spec = low.attrs, low.attrs["spec"]
     ins = [g.nodes[i]["shape"] for i in attrs["inputs"]]
@@ -153,7 +154,8 @@ def lower_node(g: nx.DiGraph, node: str, constants: dict, pick: int = 0) -> list
 
 
 def _lower_gemm_like(low: _NodeLowering, spec, x_shape, out, pick: int = 0) -> list[Launch]:
-    """conv2d (dense, grouped, 1x1, depthwise) and linear, with bias and activation fused."""
+    """conv2d (dense, grouped, 1x1, depthwise) and linear, with bias, activation, the epilogue
+    (residual adds, more activations) and a fused pool applied before the store."""
     weights = low.attrs["weights"]
     bias = weights.get("bias")
     steps = low.attrs.get("epilogue", [])
@@ -164,8 +166,9 @@ def _lower_gemm_like(low: _NodeLowering, spec, x_shape, out, pick: int = 0) -> l
     own_inputs = low.inputs[:len(low.inputs) - len(residuals)]
     residual_args = low.inputs[len(own_inputs):]
     residual_params = [f"GLOBAL const float* RESTRICT {r}" for r in residuals]
-    tags = "".join(f"_{t}" for t in (["bias"] if bias is not None else []) +
-                   ([spec.activation.label] if spec.activation else []) + ([label(steps).replace("+", "_")] if steps else []))
+    tags = (["bias"] if bias is not None else []) + ([spec.activation.label] if spec.activation else []) \
+        + ([label(steps).replace("+", "_")] if steps else [])
+    tags = "".join(f"_{t}" for t in tags)
     if isinstance(spec, ops.Linear):
         (n, f), k = x_shape, spec.out_features
         w = weights["weight"].T[None]  # (1, F, out)

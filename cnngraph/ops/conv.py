@@ -16,7 +16,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from pydantic import Field, model_validator
 
 from .activation import ActivationField, apply_activation
-from .base import Layer, invalid, NonNegativeInt, NonNegativePair, Pair, PositiveInt, Scratch, Shape, fmt_shape, pair
+from .base import Layer, NonNegativeInt, NonNegativePair, Pair, PositiveInt, Scratch, fmt_shape, invalid, pair
 
 
 CACHE_CHUNK = 8 * 2**20  # bytes of im2col columns per GEMM: the GEMM reads them while still in cache

@@ -9,7 +9,7 @@ from typing import Literal
 import numpy as np
 from pydantic import model_validator
 
-from .base import Layer, invalid, NonNegativeInt, NonNegativePair, Pair, PositiveInt, Scratch, fmt_shape, pair
+from .base import Layer, NonNegativeInt, NonNegativePair, Pair, PositiveInt, Scratch, fmt_shape, invalid, pair
 
 
 def pool_out_size(size: int, kernel: int, stride: int, pad: int, ceil_mode: bool) -> int:
