@@ -108,6 +108,8 @@ SINGLE_OPS = {
                             {"op": "upsample2d", "scale_factor": [2, 3], "name": "ux", "inputs": ["x"]},
                             {"op": "concat", "inputs": ["u", "ux", "u"]}]),
     "dropout_output": net([{"op": "dropout", "p": 0.3}]),
+    "conv_relu_batch_norm_epilogue": net([{**CONV, "padding": 1}, {"op": "relu"}, {"op": "batch_norm2d"},
+                                          {"op": "max_pool2d", "kernel_size": 2}], shape=(5, 12, 15)),
     "conv_maxpool_fused": net([{**CONV, "padding": 1, "activation": "relu"}, {"op": "max_pool2d", "kernel_size": 2}],
                               shape=(5, 12, 15)),
     "conv_avgpool_fused": net([{**CONV, "padding": 1}, {"op": "avg_pool2d", "kernel_size": [1, 2]}], shape=(5, 9, 14)),

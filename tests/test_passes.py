@@ -17,6 +17,7 @@ from cnngraph.ops import batch_norm_scale_shift
 from cnngraph.passes.eliminate_dead_code import eliminate_dead_code
 from cnngraph.passes.fold_batch_norm import fold_batch_norm
 from cnngraph.passes.fuse_activation import fuse_activation
+from cnngraph.passes.fuse_batch_norm_epilogue import fuse_batch_norm_epilogue
 from cnngraph.passes.fuse_pool import fuse_pool
 from cnngraph.passes.fuse_residual_add import fuse_residual_add
 from cnngraph.passes.pipeline import PIPELINE, check_invariants, optimize_graph
@@ -58,8 +59,10 @@ def N(op, layers, inputs, epilogue=()):
 
 def nodes(g):
     """The graph as {node: N(...)}, to compare with the expected graph."""
-    return {n: N(d["op"], d["layers"], d["inputs"],
-                 [(kind, step if kind == "add" else step.op) for kind, step in d.get("epilogue", [])])
+    def step_name(kind, step):
+        return step if kind == "add" else "batch_norm2d" if kind == "scale_shift" else step.op
+
+    return {n: N(d["op"], d["layers"], d["inputs"], [(kind, step_name(kind, step)) for kind, step in d.get("epilogue", [])])
             for n, d in g.nodes(data=True)}
 
 
@@ -210,6 +213,32 @@ def test_batch_norm_after_relu_is_not_folded():
     assert run_passes(g, fold_batch_norm) == []
     assert nodes(g) == expected
     assert report(g) == [("relu+batch_norm2d", ["r", "bn"], False, "producer_not_conv")]
+
+
+def test_batch_norm_after_a_fused_relu_joins_the_conv_epilogue():
+    """conv -> relu -> bn: the BN cannot fold into the weights, so it becomes a scale + shift step
+    after the relu, with the BN's own per-channel values."""
+    g = raw(net([conv("c"), {"op": "relu", "name": "r"}, {"op": "batch_norm2d", "name": "bn"}]))
+    before = all_layers(g)
+    bn_weights = dict(g.nodes["bn"]["weights"])
+    assert run_passes(g, fold_batch_norm, fuse_activation, fuse_batch_norm_epilogue) == \
+        ["fused bn into the epilogue of r"]
+    assert nodes(g) == {"x": N("input", [], []),
+                        "bn": N("conv2d+relu+batch_norm2d", ["c", "r", "bn"], ["x"], [("scale_shift", "batch_norm2d")])}
+    scale, shift = batch_norm_scale_shift(bn_weights, 1e-5)
+    (_, (s, t)), = g.nodes["bn"]["epilogue"]
+    np.testing.assert_allclose(s, scale, rtol=1e-6)
+    np.testing.assert_allclose(t, shift, rtol=1e-6, atol=1e-7)
+    assert report(g)[-1] == ("conv2d+relu+batch_norm2d", ["c", "r", "bn"], True, None)
+    assert_well_formed(g, before)
+
+
+def test_batch_norm_after_a_relu_with_two_readers_stays_a_node():
+    g = raw(net([conv("c"), {"op": "relu", "name": "r"}, {"op": "batch_norm2d", "name": "bn"},
+                 {"op": "add", "name": "a", "inputs": ["bn", "r"]}]))
+    run_passes(g, fold_batch_norm, fuse_activation, fuse_batch_norm_epilogue)
+    assert g.nodes["bn"]["op"] == "batch_norm2d"
+    assert report(g)[-1] == ("conv2d+relu+batch_norm2d", ["c", "r", "bn"], False, "multiple_consumers")
 
 
 def test_batch_norm_on_the_network_input_is_not_folded():

@@ -15,7 +15,7 @@ import numpy as np
 
 from .. import ops
 from ..ops.base import pair
-from ..ops.epilogue import label, residual_count, to_c
+from ..ops.epilogue import label, residual_count, scale_shifts, to_c
 from . import templates as T
 from .dialects import Dialect
 
@@ -164,8 +164,11 @@ def _lower_gemm_like(low: _NodeLowering, spec, x_shape, out, pick: int = 0) -> l
                          ([f"v = {spec.activation.c_expr('v')};"] if spec.activation is not None else []) +
                          to_c(steps, residuals))
     own_inputs = low.inputs[:len(low.inputs) - len(residuals)]
-    residual_args = low.inputs[len(own_inputs):]
-    residual_params = [f"GLOBAL const float* RESTRICT {r}" for r in residuals]
+    # after the residual inputs come the scale/shift constants of unfolded batch norms, if any
+    norms = [low.const(f"{name}{j}", array) for j, pair_ in enumerate(scale_shifts(steps))
+             for name, array in zip("st", pair_)]
+    residual_args = low.inputs[len(own_inputs):] + norms
+    residual_params = [f"GLOBAL const float* RESTRICT {r}" for r in residuals] + [_param(c) for c in norms]
     tags = (["bias"] if bias is not None else []) + ([spec.activation.label] if spec.activation else []) \
         + ([label(steps).replace("+", "_")] if steps else [])
     tags = "".join(f"_{t}" for t in tags)

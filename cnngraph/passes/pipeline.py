@@ -9,6 +9,7 @@ from ..errors import CnnGraphError
 from .eliminate_dead_code import eliminate_dead_code
 from .fold_batch_norm import fold_batch_norm
 from .fuse_activation import fuse_activation
+from .fuse_batch_norm_epilogue import fuse_batch_norm_epilogue
 from .fuse_pool import fuse_pool
 from .fuse_residual_add import fuse_residual_add
 from .remove_dropout import remove_dropout
@@ -19,6 +20,7 @@ PIPELINE = [
     fold_batch_norm,      # conv -> batch_norm becomes one conv with adjusted weight and bias
     fuse_residual_add,    # conv -> add(., residual): the add moves into the conv's epilogue
     fuse_activation,      # conv/linear/elementwise -> activation: into the activation field or the epilogue
+    fuse_batch_norm_epilogue,  # conv -> relu -> batch_norm: the BN's scale + shift joins the epilogue
     fuse_pool,            # conv -> non-overlapping pool: the conv result never goes to memory
 ]
 
