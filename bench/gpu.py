@@ -117,6 +117,10 @@ def bench_case(name: str, batch: int, repeats: int, peak: float | None) -> dict:
         result["cnngraph_tuned_ms"] = time_ms(lambda: tuned(x_cp), repeats)
         result["speed_tuned_vs_pytorch_fp32"] = result["pytorch_fp32_ms"] / result["cnngraph_tuned_ms"]
         result["tuned_layers"] = sum(1 for pick, _, _ in tuned.backend.tuning.values() if pick)
+        chosen = list(tuned.backend.schedules.values())
+        result["tuned_schedules"] = {"grouped_rows": sum(s.tile.grouped for s in chosen),
+                                     "bk16": sum(s.tile.bk == 16 for s in chosen),
+                                     "split_k": sum(s.splits > 1 for s in chosen), "layers": len(chosen)}
     kernels = kernel_times(model, max(10, repeats // 5))
     result["top_conv_kernels"] = [{**k, "fraction_of_peak": k["tflops"] / peak if peak else None} for k in kernels[:3]]
     result["conv_kernels_total_ms"] = sum(k["ms"] for k in kernels)
@@ -150,7 +154,8 @@ def main() -> None:
             print(f"{'':13s} batch-1 latency without the CUDA graph: {r['cnngraph_no_graph_ms']:.3f} ms")
         if "cnngraph_tuned_ms" in r:
             print(f"{'':13s} autotuned: {r['cnngraph_tuned_ms']:.3f} ms, x fp32 {r['speed_tuned_vs_pytorch_fp32']:.2f} "
-                  f"({r['tuned_layers']} layers changed schedule, tuning took {r['autotune_s']:.0f} s)")
+                  f"({r['tuned_layers']} layers changed schedule, tuning took {r['autotune_s']:.0f} s; "
+                  f"chosen: {r['tuned_schedules']})")
     record = {"date": datetime.date.today().isoformat(), "card": card, "fp32_peak_tflops": peak,
               "cupy": cp.__version__, "results": results}
     slug = re.sub(r"[^A-Za-z0-9]+", "-", card).strip("-").lower()

@@ -64,7 +64,8 @@ class CudaBackend(ProgramBackend):
 
     def _autotune(self, g: nx.DiGraph, repeats: int = 5) -> dict[str, tuple[int, float, float]]:
         """Time every candidate schedule of every conv/linear node on this GPU (all compiled in one
-        module) and keep the fastest: node -> (pick, its ms, the default's ms)."""
+        module) and keep the fastest: node -> (pick, its ms, the default's ms). The chosen
+        schedules are kept in `self.schedules` (node -> templates.Schedule)."""
         cp = self.cp
         candidates = []  # (node, pick, launches, constants)
         for index, node in enumerate(g.graph["order"]):
@@ -77,6 +78,7 @@ class CudaBackend(ProgramBackend):
                     launch.body = launch.body.replace(f"void {launch.kernel}(", f"void {unique}(", 1)
                     launch.kernel = unique
                 candidates.append((node, pick, launches, constants))
+        self.schedules = {}
         if not candidates:
             return {}
         module = cp.RawModule(code=CUDA.render("\n".join(l.body for c in candidates for l in c[2])),
@@ -101,7 +103,10 @@ class CudaBackend(ProgramBackend):
             end.record()
             end.synchronize()
             timings.setdefault(node, []).append((cp.cuda.get_elapsed_time(start, end) / repeats, pick))
-        return {node: (min(t)[1], min(t)[0], next(ms for ms, p in t if p == 0)) for node, t in timings.items()}
+        chosen = {node: (min(t)[1], min(t)[0], next(ms for ms, p in t if p == 0)) for node, t in timings.items()}
+        schedule_of = {(node, pick): launches[0].schedule for node, pick, launches, _ in candidates}
+        self.schedules = {node: schedule_of[node, pick] for node, (pick, _, _) in chosen.items()}
+        return chosen
 
     def _upload(self, name, x):
         view = self.views[name]

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-WORDS = ("KERNEL", "GLOBAL", "SHARED", "RESTRICT", "BARRIER()", "BLOCK_X", "BLOCK_Y", "BLOCK_Z", "THREAD_X", "UNROLL",
+WORDS = ("KERNEL", "GLOBAL", "SHARED", "RESTRICT", "BARRIER()", "BLOCK_X", "BLOCK_Y", "BLOCK_Z", "THREAD_X",
+         "UNROLL", "ALIGNED16",
          "EXPF(x)", "TANHF(x)", "ERFF(x)", "MAXF(a, b)", "MINF(a, b)", "SQRTF(x)")
 
 
@@ -29,7 +30,7 @@ class Dialect:
 CUDA = Dialect("cuda", ".cu", {
     "KERNEL": 'extern "C" __global__', "GLOBAL": "", "SHARED": "__shared__", "RESTRICT": "__restrict__",
     "BARRIER()": "__syncthreads()", "BLOCK_X": "((int)blockIdx.x)", "BLOCK_Y": "((int)blockIdx.y)",
-    "BLOCK_Z": "((int)blockIdx.z)", "UNROLL": '_Pragma("unroll")',
+    "BLOCK_Z": "((int)blockIdx.z)", "UNROLL": '_Pragma("unroll")', "ALIGNED16": "__attribute__((aligned(16)))",
     "THREAD_X": "((int)threadIdx.x)", "EXPF(x)": "expf(x)", "TANHF(x)": "tanhf(x)", "ERFF(x)": "erff(x)",
     "MAXF(a, b)": "fmaxf(a, b)", "MINF(a, b)": "fminf(a, b)", "SQRTF(x)": "sqrtf(x)",
 })
@@ -38,7 +39,7 @@ OPENCL = Dialect("opencl", ".cl", {
     "KERNEL": "__kernel", "GLOBAL": "__global", "SHARED": "__local", "RESTRICT": "restrict",
     "BARRIER()": "barrier(CLK_LOCAL_MEM_FENCE)", "BLOCK_X": "((int)get_group_id(0))",
     "BLOCK_Y": "((int)get_group_id(1))", "BLOCK_Z": "((int)get_group_id(2))",
-    "UNROLL": '_Pragma("unroll")', "THREAD_X": "((int)get_local_id(0))", "EXPF(x)": "exp(x)",
+    "UNROLL": '_Pragma("unroll")', "ALIGNED16": "__attribute__((aligned(16)))", "THREAD_X": "((int)get_local_id(0))", "EXPF(x)": "exp(x)",
     "TANHF(x)": "tanh(x)", "ERFF(x)": "erf(x)", "MAXF(a, b)": "fmax(a, b)", "MINF(a, b)": "fmin(a, b)",
     "SQRTF(x)": "sqrt(x)",
 })

@@ -32,6 +32,7 @@ class Launch:
     flops: int = 0
     workspace: int = 0             # float32 elements of scratch it needs (split-K partial sums)
     schedules: int = 1             # candidate schedules of its node, for an autotuner (conv/linear)
+    schedule: object = None        # the templates.Schedule it was generated with (conv/linear)
 
 
 @dataclass
@@ -219,7 +220,7 @@ def _lower_gemm_like(low: _NodeLowering, spec, x_shape, out, pick: int = 0) -> l
         reduce.flops = 0
         launches = [partial, reduce]
     for launch in launches:
-        launch.schedules = len(options)
+        launch.schedules, launch.schedule = len(options), options[pick]
     return launches
 
 

@@ -16,12 +16,15 @@ THREADS = 256  # block size of the one-thread-per-output kernels
 @dataclass(frozen=True)
 class Tile:
     """Implicit-GEMM tiling: a block computes BM output pixels x BN output channels, reducing BK
-    at a time through shared memory; each thread holds a TM x TN register block."""
+    at a time through shared memory; each thread holds a TM x TN register block. Its rows are
+    interleaved across threads (consecutive threads, consecutive pixels: coalesced stores), or
+    `grouped` in runs of 4 (each run one 16-byte shared-memory read instead of four)."""
     bm: int
     bn: int
     bk: int
     tm: int
     tn: int
+    grouped: bool = False
 
     @property
     def threads(self) -> int:
@@ -30,7 +33,8 @@ class Tile:
 
 TILES = {"large": Tile(128, 128, 8, 8, 8), "wide": Tile(128, 64, 8, 8, 8), "small": Tile(64, 64, 8, 4, 8),
          "narrow": Tile(64, 32, 8, 4, 4)}
-DEEP_TILES = {"large16": Tile(128, 128, 16, 8, 8), "wide16": Tile(128, 64, 16, 8, 8)}  # autotuning candidates
+DEEP_TILES = {"large16": Tile(128, 128, 16, 8, 8), "wide16": Tile(128, 64, 16, 8, 8),  # autotuning candidates
+              "large_grouped": Tile(128, 128, 8, 8, 8, grouped=True), "wide_grouped": Tile(128, 64, 8, 8, 8, grouped=True)}
 
 
 @dataclass(frozen=True)
@@ -134,7 +138,13 @@ def conv_gemm(name: str, *, n, c, h, w, k, p, q, kh, kw, sh, sw, pt, pl, dh, dw,
     r_begin = f"g * {chunk}" if split else "0"
     rows_per = t.bm // t.tm
     # a thread's i-th row: interleaved (coalesced stores), or contiguous when it must own whole windows
-    row = f"ty * {t.tm} + i" if pool else f"ty + i * {rows_per}"
+    if pool:
+        row = f"ty * {t.tm} + i"
+    elif t.grouped:  # runs of 4 rows, the runs BM/2 apart (TM = 8) so a warp still covers 64 pixels
+        row = f"(i / 4) * {t.bm // 2} + ty * 4 + i % 4" if t.tm == 8 else "ty * 4 + i"
+        assert t.tm in (4, 8)
+    else:
+        row = f"ty + i * {rows_per}"
     if pool:
         cells = pool.ph * pool.pw
         decode = f"""const int a_n = am / {cells * pool.size};
@@ -158,13 +168,13 @@ def conv_gemm(name: str, *, n, c, h, w, k, p, q, kh, kw, sh, sw, pt, pl, dh, dw,
         finish = _plain_epilogue(t, row, m_total, pq, kg, f"g * {kg} + kl", epilogue, "y[idx] = v;", k)
     body = f"""KERNEL void {name}({args})
 {{
-    SHARED float As[{t.bk}][{t.bm}];
-    SHARED float Bs[{t.bk}][{t.bn}];
+    SHARED float As[{t.bk}][{t.bm}] ALIGNED16;
+    SHARED float Bs[{t.bk}][{t.bn}] ALIGNED16;
     const int tid = THREAD_X;
     const int g = BLOCK_Z;
     const int m0 = BLOCK_X * {t.bm};
     const int n0 = BLOCK_Y * {t.bn};
-    const int ty = tid % {rows_per};  /* rows m0 + {row.replace("i", "i")} */
+    const int ty = tid % {rows_per};  /* row i of this thread: m0 + {row} */
     const int tx = tid / {rows_per};  /* columns n0 + tx*{t.tn} + j */
     /* the output pixel whose input window this thread loads stays the same for the whole reduction */
     const int am = m0 + tid % {t.bm};
