@@ -124,6 +124,8 @@ def bench_case(name: str, batch: int, repeats: int, peak: float | None) -> dict:
     kernels = kernel_times(model, max(10, repeats // 5))
     result["top_conv_kernels"] = [{**k, "fraction_of_peak": k["tflops"] / peak if peak else None} for k in kernels[:3]]
     result["conv_kernels_total_ms"] = sum(k["ms"] for k in kernels)
+    result["conv_kernels_tflops"] = sum(k["gflop"] for k in kernels) / result["conv_kernels_total_ms"]
+    result["conv_kernels"] = kernels  # every conv/linear kernel, for the per-layer fraction of peak
     return result
 
 
