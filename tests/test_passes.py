@@ -233,6 +233,25 @@ def test_batch_norm_after_a_fused_relu_joins_the_conv_epilogue():
     assert_well_formed(g, before)
 
 
+def test_batch_norms_join_elementwise_and_residual_epilogues():
+    """Pre-activation style: bn -> relu -> bn becomes one elementwise node, and conv -> add -> bn ->
+    sigmoid -> bn one conv whose epilogue carries the add, both scale + shifts and the sigmoid."""
+    g = raw(net([{"op": "batch_norm2d", "name": "bn0"}, {"op": "relu", "name": "r0"},
+                 {"op": "batch_norm2d", "name": "bn1"}, conv("c"), {"op": "add", "name": "a", "inputs": ["c", "bn1"]},
+                 {"op": "batch_norm2d", "name": "bn3"}, {"op": "sigmoid", "name": "s"},
+                 {"op": "batch_norm2d", "name": "bn4"}]))
+    before = all_layers(g)
+    run_passes(g, fold_batch_norm, fuse_residual_add, fuse_activation, fuse_batch_norm_epilogue)
+    assert nodes(g) == {
+        "x": N("input", [], []),
+        "bn1": N("batch_norm2d+relu+batch_norm2d", ["bn0", "r0", "bn1"], ["x"],
+                 [("activation", "relu"), ("scale_shift", "batch_norm2d")]),
+        "bn4": N("conv2d+add+batch_norm2d+sigmoid+batch_norm2d", ["c", "a", "bn3", "s", "bn4"], ["bn1", "bn1"],
+                 [("add", 0), ("scale_shift", "batch_norm2d"), ("activation", "sigmoid"),
+                  ("scale_shift", "batch_norm2d")])}
+    assert_well_formed(g, before)
+
+
 def test_batch_norm_after_a_relu_with_two_readers_stays_a_node():
     g = raw(net([conv("c"), {"op": "relu", "name": "r"}, {"op": "batch_norm2d", "name": "bn"},
                  {"op": "add", "name": "a", "inputs": ["bn", "r"]}]))

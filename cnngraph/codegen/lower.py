@@ -110,25 +110,31 @@ def lower_node(g: nx.DiGraph, node: str, constants: dict, pick: int = 0) -> list
     total = _numel(out)
     if isinstance(spec, (ops.Conv2d, ops.Linear)):
         return _lower_gemm_like(low, spec, ins[0], out, pick)
-    steps = attrs.get("epilogue", [])  # elementwise nodes carry only activations after them
+    # elementwise nodes carry activations and unfolded batch norms (scale + shift) after them
+    steps = attrs.get("epilogue", [])
     then = "".join("\n" + line for line in to_c(steps, []))
-    suffix = "".join("_" + step.label for _, step in steps)
+    suffix = "_" + label(steps).replace("+", "_") if steps else ""
+    norms = [low.const(f"{name}{j}", array) for j, pair_ in enumerate(scale_shifts(steps))
+             for name, array in zip("st", pair_)]
+    per_channel = dict(channels=out[1], spatial=_numel(out[2:]))  # `k` in the kernel is the channel
     if isinstance(spec, ops.BatchNorm2d):
         scale, shift = ops.batch_norm_scale_shift(attrs["weights"], spec.eps)
-        consts = [low.const("scale", scale), low.const("shift", shift)]
+        consts = [low.const("scale", scale), low.const("shift", shift)] + norms
         return low.simple(f"batchnorm{suffix}_{_dims(out)}", T.pointwise, consts, total=total, inputs=["x0"],
                           extra_args=[_param(c) for c in consts], expr="v = x0[idx] * scale[k] + shift[k];" + then,
-                          channels=out[1], spatial=_numel(out[2:]))
+                          **per_channel)
     if isinstance(spec, ops.Activation):
-        return low.simple(f"{spec.label}{suffix}_{_dims(out)}", T.pointwise, total=total, inputs=["x0"],
-                          extra_args=[], expr=f"v = x0[idx];\nv = {spec.c_expr('v')};" + then)
+        return low.simple(f"{spec.label}{suffix}_{_dims(out)}", T.pointwise, norms, total=total, inputs=["x0"],
+                          extra_args=[_param(c) for c in norms], expr=f"v = x0[idx];\nv = {spec.c_expr('v')};" + then,
+                          **per_channel)
     if isinstance(spec, (ops.Flatten, ops.Dropout)):  # NCHW flatten is a plain copy
         return low.simple(f"copy_{_dims(out)}", T.pointwise, total=total, inputs=["x0"], extra_args=[],
                           expr="v = x0[idx];")
     if isinstance(spec, ops.Add):
         names = [f"x{i}" for i in range(len(ins))]
-        return low.simple(f"add{len(ins)}{suffix}_{_dims(out)}", T.pointwise, total=total, inputs=names,
-                          extra_args=[], expr="v = " + " + ".join(f"{n}[idx]" for n in names) + ";" + then)
+        return low.simple(f"add{len(ins)}{suffix}_{_dims(out)}", T.pointwise, norms, total=total, inputs=names,
+                          extra_args=[_param(c) for c in norms],
+                          expr="v = " + " + ".join(f"{n}[idx]" for n in names) + ";" + then, **per_channel)
     if isinstance(spec, (ops.MaxPool2d, ops.AvgPool2d)):
         (kh, kw), (sh, sw), (ph, pw) = spec.geometry()
         kind = "max" if isinstance(spec, ops.MaxPool2d) else "avg"

@@ -1,7 +1,8 @@
-"""Fuse a batch norm that could not fold into the weights (because an activation comes between
-it and the conv: conv -> relu -> batch_norm) into the conv's epilogue, as a per-channel
-v * s + t applied after the activation, in registers. Runs after fuse_activation (so a relu
-written as its own layer has joined the conv) and before fuse_pool."""
+"""Fuse a batch norm that could not fold into the weights into the epilogue of the node before
+it, as a per-channel v * s + t applied in registers: after a conv's activation
+(conv -> relu -> batch_norm), or after an elementwise node (add -> batch_norm, relu -> batch_norm
+in pre-activation networks). Runs after fuse_activation (so a relu written as its own layer has
+joined its producer) and before fuse_pool."""
 
 from __future__ import annotations
 
@@ -9,27 +10,33 @@ import networkx as nx
 import numpy as np
 
 from ..ops import batch_norm_scale_shift
+from ..graph import topological_order
+from .fuse_activation import ELEMENTWISE_OPS
 from .rewrite import fusion_blocker, merge_into_consumer, record
+
+HOSTS = ("conv2d", *ELEMENTWISE_OPS)  # nodes whose epilogue can take a per-channel scale + shift
 
 
 def fuse_batch_norm_epilogue(g: nx.DiGraph) -> list[str]:
     changes = []
-    for bn in [n for n, op in g.nodes(data="op") if op == "batch_norm2d"]:
+    # a BN node may already carry an epilogue of its own (bn -> relu): it moves along, after the BN
+    for bn in [n for n in topological_order(g) if g.nodes[n]["op"].split("+")[0] == "batch_norm2d"]:
         (src,) = g.nodes[bn]["inputs"]
         attrs = g.nodes[src]
-        if not attrs["op"].startswith("conv2d") or attrs.get("pool") is not None:
-            continue  # fold_batch_norm already reported why this BN stays a node
+        if attrs["op"].split("+")[0] not in HOSTS or attrs.get("pool") is not None:
+            continue  # after a pool, a concat, the input...: the BN stays its own scale + shift node
         reason = fusion_blocker(g, src, bn)
-        activation = attrs["spec"].activation
+        activation = getattr(attrs["spec"], "activation", None)
         op = attrs["op"] if activation is None or activation.label in attrs["op"].split("+") \
             else f"{attrs['op']}+{activation.label}"  # spell out the activation the BN comes after
-        record(g, f"{op}+batch_norm2d", src, bn, reason)
+        record(g, f"{op}+{g.nodes[bn]['op']}", src, bn, reason)
         if reason:
             continue
         bn_attrs = g.nodes[bn]
         scale, shift = batch_norm_scale_shift(bn_attrs["weights"], bn_attrs["spec"].eps)
         step = ("scale_shift", (scale.astype(np.float32), shift.astype(np.float32)))
-        merge_into_consumer(g, src, bn, op=f"{op}+batch_norm2d", spec=attrs["spec"], weights=attrs["weights"],
-                            inputs=list(attrs["inputs"]), epilogue=list(attrs.get("epilogue", [])) + [step])
+        merge_into_consumer(g, src, bn, op=f"{op}+{bn_attrs['op']}", spec=attrs["spec"], weights=attrs["weights"],
+                            inputs=list(attrs["inputs"]),
+                            epilogue=list(attrs.get("epilogue", [])) + [step] + list(bn_attrs.get("epilogue", [])))
         changes.append(f"fused {bn} into the epilogue of {src}")
     return changes
