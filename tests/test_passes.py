@@ -611,6 +611,10 @@ def storage(g):
             (src,) = g.nodes[n]["inputs"]
             assert g.nodes[n]["op"] == "flatten" and all(d == 1 for d in g.nodes[src]["shape"][2:]), n
             assert roots[src] == root, (n, src, root)  # an alias of an alias names the root
+        if "in_place_of" in g.nodes[n]:  # an elementwise node writing over an input no one reads later
+            src = g.nodes[n]["in_place_of"]
+            assert src in g.nodes[n]["inputs"] and g.nodes[src]["size"] == g.nodes[n]["size"], n
+            root = roots[src]
         roots[n] = root
     return roots
 
@@ -647,7 +651,7 @@ def check_memory_plan(g):
             if fa <= lb and fb <= la:
                 assert oa + sa <= ob or ob + sb <= oa, f"{a} [{fa},{la}] and {b} [{fb},{lb}] share memory"
     assert arena <= g.graph["unplanned_size"]
-    assert g.graph["unplanned_size"] == sum(aligned(g.nodes[n]["size"]) for n in names)
+    assert g.graph["unplanned_size"] == sum(aligned(g.nodes[n]["size"]) for n in roots)  # every tensor alone
     peak = max(sum(aligned(g.nodes[n]["size"]) for n in names if live[n][0] <= t <= live[n][1])
                for t in range(-1, len(g.graph["order"]) + 1))
     assert peak <= arena  # tensors live at one step are pairwise disjoint

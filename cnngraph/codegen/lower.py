@@ -128,8 +128,9 @@ def lower_node(g: nx.DiGraph, node: str, constants: dict, pick: int = 0) -> list
                           extra_args=[_param(c) for c in norms], expr=f"v = x0[idx];\nv = {spec.c_expr('v')};" + then,
                           **per_channel)
     if isinstance(spec, (ops.Flatten, ops.Dropout)):  # NCHW flatten is a plain copy
-        return low.simple(f"copy_{_dims(out)}", T.pointwise, total=total, inputs=["x0"], extra_args=[],
-                          expr="v = x0[idx];")
+        return low.simple(f"copy{suffix}_{_dims(out)}", T.pointwise, norms, total=total, inputs=["x0"],
+                          extra_args=[_param(c) for c in norms], expr="v = x0[idx];" + then,
+                          channels=out[1], spatial=_numel(out[2:]))
     if isinstance(spec, ops.Add):
         names = [f"x{i}" for i in range(len(ins))]
         return low.simple(f"add{len(ins)}{suffix}_{_dims(out)}", T.pointwise, norms, total=total, inputs=names,

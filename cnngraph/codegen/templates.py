@@ -86,8 +86,8 @@ def choose_tile(m: int, k: int, rows_multiple: int = 1) -> Tile:
     raise ValueError(f"no tile holds windows of {rows_multiple} rows")
 
 
-def _ptr(name: str, const: bool = True) -> str:
-    return f"GLOBAL {'const ' if const else ''}float* RESTRICT {name}"
+def _ptr(name: str, const: bool = True, restrict: bool = True) -> str:
+    return f"GLOBAL {'const ' if const else ''}float* {'RESTRICT ' if restrict else ''}{name}"
 
 
 def split_count(m: int, k: int, r: int, groups: int, tile: Tile) -> tuple[int, int]:
@@ -336,8 +336,9 @@ def depthwise(name: str, *, n, c, h, w, p, q, kh, kw, sh, sw, pt, pl, dh, dw, ex
 
 def pointwise(name: str, *, total: int, inputs: list[str], extra_args: list[str], expr: str,
               channels: int = 1, spatial: int = 1) -> tuple[str, tuple, tuple]:
-    """y[idx] = expr, one thread per element; `k` is the channel of idx, for per-channel params."""
-    args = ", ".join([*(_ptr(i) for i in inputs), *extra_args, _ptr("y", const=False)])
+    """y[idx] = expr, one thread per element; `k` is the channel of idx, for per-channel params.
+    y may be one of the inputs (an in-place node): no RESTRICT on them."""
+    args = ", ".join([*(_ptr(i, restrict=False) for i in inputs), *extra_args, _ptr("y", const=False, restrict=False)])
     body = f"""KERNEL void {name}({args})
 {{
     const int idx = BLOCK_X * {THREADS} + THREAD_X;

@@ -13,7 +13,7 @@ import networkx as nx
 from ..ops import ACTIVATION_OPS, make_activation
 
 GEMM_OPS = ("conv2d", "linear")  # have an `activation` field of their own
-ELEMENTWISE_OPS = ("batch_norm2d", "add", *ACTIVATION_OPS)  # take an epilogue after their own expression
+ELEMENTWISE_OPS = ("batch_norm2d", "add", "dropout", *ACTIVATION_OPS)  # take an epilogue after their own expression
 from ..graph import topological_order
 from .rewrite import fusion_blocker, merge_into_consumer, record
 

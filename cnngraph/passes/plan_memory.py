@@ -7,7 +7,8 @@ a node's output never overlaps its own inputs, since both are live at its step. 
 greedy best-fit, largest tensors first, which is close to optimal on CNN chains.
 
 A flatten of a (N, C, 1, 1) tensor is an alias: it shares its input's storage (`alias_of`) and
-needs no copy. Runs last, on the final graph. Sets node attributes `offset` and `size` (float32
+needs no copy. An elementwise node (batch norm, add, activation, dropout) whose input is read by
+nothing after it writes over that input in place (`in_place_of`). Runs last, on the final graph. Sets node attributes `offset` and `size` (float32
 elements) and graph attributes `order` (the nodes to execute), `arena_size` and `unplanned_size`.
 """
 
@@ -17,6 +18,7 @@ import networkx as nx
 import numpy as np
 
 from ..graph import layer_nodes
+from .fuse_activation import ELEMENTWISE_OPS
 
 ALIGN = 64  # elements: 256-byte aligned tensors (coalescing, vector loads, OpenCL sub-buffers)
 
@@ -37,15 +39,37 @@ def is_free_reshape(g: nx.DiGraph, node: str) -> bool:
     return all(d == 1 for d in g.nodes[src]["shape"][2:])
 
 
+def _dying_input(g: nx.DiGraph, node: str, storage: dict, storage_last: dict, now: int) -> str | None:
+    """An input whose storage an elementwise node may overwrite: same size, read by nothing later."""
+    if g.nodes[node]["op"].split("+")[0] not in ELEMENTWISE_OPS:
+        return None
+    size = int(np.prod(g.nodes[node]["shape"]))
+    for src in g.nodes[node]["inputs"]:
+        if storage_last[storage[src]] == now and int(np.prod(g.nodes[src]["shape"])) == size:
+            return src
+    return None
+
+
 def plan_memory(g: nx.DiGraph) -> nx.DiGraph:
     order = execution_order(g)
     step = {name: i for i, name in enumerate(order)}
     end = len(order)
     storage = {name: name for name in [*g.graph["inputs"], *order]}  # tensor -> the one holding its bytes
+    last_read = {name: max([step[r] for r in g.successors(name) if r in step], default=-1) for name in storage}
+    for name in g.graph["outputs"]:
+        last_read[name] = end
+    storage_last = dict(last_read)  # per storage: the last step any tensor kept in it is read
     for name in order:
+        src = g.nodes[name]["inputs"][0] if g.nodes[name]["inputs"] else None
         if is_free_reshape(g, name):
-            storage[name] = storage[g.nodes[name]["inputs"][0]]
+            storage[name] = storage[src]
             g.nodes[name]["alias_of"] = storage[name]
+        elif (in_place := _dying_input(g, name, storage, storage_last, step[name])) is not None:
+            storage[name] = storage[in_place]
+            g.nodes[name]["in_place_of"] = in_place
+        else:
+            continue
+        storage_last[storage[name]] = max(storage_last[storage[name]], last_read[name])
     tensors = {name: [-1, -1] for name in g.graph["inputs"]}  # written before step 0
     for name in order:
         if storage[name] == name:
@@ -70,7 +94,8 @@ def plan_memory(g: nx.DiGraph) -> nx.DiGraph:
         g.nodes[name]["offset"], g.nodes[name]["size"] = offsets[root], sizes[root]
     g.graph["order"] = order
     g.graph["arena_size"] = max((o + s for o, s, _, _ in placed), default=0)
-    g.graph["unplanned_size"] = sum(-(-s // ALIGN) * ALIGN for s in sizes.values())
+    every_tensor = [int(np.prod(g.nodes[n]["shape"])) for n in storage]  # each in its own buffer
+    g.graph["unplanned_size"] = sum(-(-s // ALIGN) * ALIGN for s in every_tensor)
     return g
 
 
