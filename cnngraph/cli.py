@@ -235,7 +235,7 @@ def _run(args) -> None:
     if x is None:
         x = np.random.default_rng(args.seed).standard_normal((batch, *inp.shape)).astype(np.float32)
     print(f"network: {spec.name} ({len(spec.layers)} layers -> {len(model.graph) - len(spec.inputs)} nodes), "
-          f"batch {batch}, device {model.device}")
+          f"batch {batch}, device {model.device}" + (f" ({model.device_note})" if model.device_note else ""))
     if model.random_weights:
         print(f"weights: seeded random initialisation (seed {args.seed}); pass --weights for trained ones")
     if not args.input:

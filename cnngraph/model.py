@@ -62,9 +62,7 @@ def compile(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1, devic
                                     and k[len(prefix):] in ("weight", "bias", "running_mean", "running_var")}
     g = plan_memory(optimize_graph(g) if optimize else g.copy())
     backend, note = _backend(device, g, cuda_graph, autotune)
-    model = CompiledModel(spec, g, bound, backend, random_weights)
-    model.device_note = note
-    return model
+    return CompiledModel(spec, g, bound, backend, random_weights, device_note=note)
 
 
 def _backend(device: str, g: nx.DiGraph, cuda_graph: bool, autotune: bool):
@@ -91,9 +89,10 @@ class CompiledModel:
     """A network compiled for one batch size. Call it on float32 NCHW arrays."""
 
     def __init__(self, spec: NetworkSpec, graph: nx.DiGraph, weights: dict[str, np.ndarray], backend,
-                 random_weights: bool):
+                 random_weights: bool, device_note: str | None = None):
         self.spec, self.graph, self.weights, self.backend = spec, graph, weights, backend
         self.random_weights = random_weights  # True when the seeded initialisation was used
+        self.device_note = device_note  # why device="auto" chose this backend
         self.batch_size = graph.graph["batch_size"]
         self.input_shapes = {i.name: (self.batch_size, *i.shape) for i in spec.inputs}
         self.output_names = list(graph.graph["outputs"])
