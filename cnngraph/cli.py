@@ -32,7 +32,7 @@ EXIT_USAGE = 2
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line instead of argparse's usage block
-        print(f"cnngraph: error: {message} (see cnngraph {self.prog.split()[-1]} --help)", file=sys.stderr)
+        print(f"cnngraph: error: {message} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(EXIT_USAGE)
 
 
@@ -84,7 +84,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--batch", type=_positive, help="batch size (default: the input's, else 1)")
     r.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     r.add_argument("--output", help="save the output: .npy (one output) or .npz")
-    r.add_argument("--seed", type=int, default=0, help="seed of the random weights and input")
+    r.add_argument("--seed", type=_non_negative, default=0, help="seed of the random weights and input")
     r.add_argument("--no-optimize", dest="optimize", action="store_false")
     r.set_defaults(handler=_run)
 
@@ -94,14 +94,19 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+def _at_least(low: int, what: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected a {what} integer, got {value}")
+        return value
+    return parse
+
+
+_positive, _non_negative = _at_least(1, "positive"), _at_least(0, "non-negative")
 
 
 def _validate(args) -> None:

@@ -49,3 +49,8 @@ class InputError(CnnGraphError):
 
 class DeviceError(CnnGraphError):
     """The requested device or backend is not available."""
+
+
+class InternalError(RuntimeError):
+    """A bug in cnngraph itself (a pass broke an invariant), not a user's mistake: deliberately not
+    a CnnGraphError, so it is never reported as bad input."""

@@ -12,7 +12,8 @@ from .backends.cuda_backend import CudaBackend, cuda_unavailable_reason
 from .backends.numpy_backend import NumpyBackend
 from .backends.opencl_backend import OpenCLBackend
 from .codegen.lower import lower
-from .errors import DeviceError, InputError, SpecError
+from .errors import DeviceError, InputError, ShapeError, SpecError, WeightsError
+from .ops import fmt_shape
 from .graph import build_graph
 from .passes.infer_shapes import infer_shapes
 from .passes.pipeline import optimize_graph
@@ -50,6 +51,10 @@ def compile(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1, devic
     GPU while compiling and keep the fastest (slower to compile; ignored by other backends)."""
     spec = as_spec(spec)
     g = build(spec, batch_size)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise SpecError(f"seed must be a non-negative integer, got {seed!r}")
+    if weights is not None and not isinstance(weights, (str, Path, Mapping)):
+        raise WeightsError(f"weights must be a file path or a dict of arrays, got {type(weights).__name__}")
     expected = expected_shapes(g)
     if weights is None:
         bound, random_weights = init_weights(g, seed), True
@@ -61,8 +66,22 @@ def compile(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1, devic
         g.nodes[node]["weights"] = {k[len(prefix):]: v for k, v in bound.items() if k.startswith(prefix)
                                     and k[len(prefix):] in ("weight", "bias", "running_mean", "running_var")}
     g = plan_memory(optimize_graph(g) if optimize else g.copy())
+    _check_memory(g)
     backend, note = _backend(device, g, cuda_graph, autotune)
     return CompiledModel(spec, g, bound, backend, random_weights, device_note=note)
+
+
+MAX_ARENA_BYTES = 32 * 2**30  # refuse a network whose activations need more, before allocating them
+
+
+def _check_memory(g: nx.DiGraph) -> None:
+    need = 4 * g.graph["arena_size"]
+    if need > MAX_ARENA_BYTES:
+        largest = max(g.graph["order"], key=lambda n: g.nodes[n]["size"])
+        raise ShapeError(f"the network needs {need / 2**30:.1f} GiB of activation memory at batch "
+                         f"{g.graph['batch_size']}, over the {MAX_ARENA_BYTES / 2**30:.0f} GiB limit (largest tensor "
+                         f"{fmt_shape(g.nodes[largest]['shape'][1:])})", layer=(g.nodes[largest]["layers"] or [largest])[-1],
+                         file=g.graph.get("source"))
 
 
 def _backend(device: str, g: nx.DiGraph, cuda_graph: bool, autotune: bool):

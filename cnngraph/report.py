@@ -24,8 +24,8 @@ The JSON document (`cnngraph inspect --format json`, `inspect_data(g)`):
         "planned_bytes": 4014080,          # the arena, tensors sharing memory when lifetimes allow
         "unplanned_bytes": 9633792},       # every tensor in its own buffer
       "fusion": [                          # every fusion opportunity the optimizer considered
-        {"pattern": "conv2d+max_pool2d", "layers": ["c3", "s4"], "path": "/layers/2",
-         "fused": false, "reason": "overlapping_pool_unsupported"}, ...],
+        {"pattern": "conv2d+batch_norm2d+relu+max_pool2d", "layers": ["conv1", "bn1", "relu", "maxpool"],
+         "path": "/layers/0", "fused": false, "reason": "overlapping_pool_unsupported"}, ...],
       "passes": [{"pass": "fold_batch_norm", "changes": [...]}, ...]
     }
 """
@@ -43,8 +43,8 @@ FLOAT_BYTES = 4
 REASONS = {  # every reason code a pass records, in words
     "multiple_consumers": "its output is also read by another node",
     "is_output": "its output is a network output",
-    "producer_not_conv": "the layer before it is not a conv2d (BN stays a per-channel scale and shift)",
-    "activation_before_batch_norm": "an activation or add comes between the conv and the batch norm",
+    "no_epilogue_host": "the layer before it (a pool, a concat or the input) takes no epilogue; the batch "
+                        "norm runs as its own per-channel scale + shift kernel",
     "activation_before_add": "the conv already applies an activation or epilogue before the add",
     "overlapping_pool_unsupported": "overlapping windows (stride < kernel) would make neighbouring "
                                     "conv tiles recompute a halo; the pool runs as its own kernel",
@@ -52,8 +52,6 @@ REASONS = {  # every reason code a pass records, in words
     "ceil_mode_partial_window": "ceil_mode leaves partial windows at the border",
     "pool_window_too_large": "a window of more than 8 outputs does not fit one thread's register block",
     "depthwise_conv": "the depthwise kernel has no pooling epilogue",
-    "not_profitable": "fusing would not save memory traffic",
-    "shape": "the shapes do not allow it",
 }
 
 

@@ -109,6 +109,9 @@ def _check_references(spec: NetworkSpec) -> None:
             need = f"at least {lo}" if hi is None else str(lo)
             raise SpecError(f"{layer.op} takes {need} input(s), got {len(layer.inputs)}", field="inputs", **where)
     layer_names = [layer.name for layer in spec.layers]
+    repeated = sorted({o for o in spec.output_names if spec.output_names.count(o) > 1})
+    if repeated:
+        raise SpecError(f'output "{repeated[0]}" is listed more than once', field="outputs", path="/outputs")
     for out in spec.output_names:
         if out not in layer_names:
             raise SpecError(f'unknown output "{out}"{_suggest(out, layer_names)}; outputs must name layers: '

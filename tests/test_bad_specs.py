@@ -273,3 +273,36 @@ def test_api_cycle_is_a_spec_error():
     with pytest.raises(cnngraph.SpecError) as info:
         cnngraph.build(net([conv("a", inputs=["b"]), {"op": "relu", "name": "b", "inputs": ["a"]}]))
     assert info.value.field == "inputs" and info.value.layer in ("a", "b")
+
+
+# --- sizes and arguments refused before anything is allocated -------------------------------------
+
+def _tiny(layers, outputs=None):
+    spec = {"format_version": 1, "name": "t", "inputs": [{"name": "x", "shape": [3, 8, 8]}], "layers": layers}
+    return {**spec, "outputs": outputs} if outputs else spec
+
+
+@pytest.mark.parametrize("layer, phrase", [
+    ({"op": "upsample2d", "name": "u", "scale_factor": 100000}, "its output would have"),
+    ({"op": "conv2d", "name": "u", "out_channels": 10**12, "kernel_size": 3}, "would have"),
+])
+def test_oversized_tensors_are_refused_when_validating(layer, phrase):
+    with pytest.raises(cnngraph.ShapeError, match=phrase) as err:
+        cnngraph.build(_tiny([layer]))
+    assert err.value.layer == "u" and err.value.path == "/layers/0"
+
+
+def test_network_over_the_memory_limit_is_refused_before_allocating(monkeypatch):
+    import cnngraph.model
+    monkeypatch.setattr(cnngraph.model, "MAX_ARENA_BYTES", 10_000)
+    with pytest.raises(cnngraph.ShapeError, match="GiB of activation memory"):
+        cnngraph.compile(_tiny([{"op": "relu", "name": "r"}]), batch_size=64, device="cpu")
+
+
+def test_outputs_listed_twice_and_bad_compile_arguments():
+    with pytest.raises(cnngraph.SpecError, match="listed more than once"):
+        cnngraph.parse_spec(_tiny([{"op": "relu", "name": "r"}], outputs=["r", "r"]))
+    with pytest.raises(cnngraph.SpecError, match="seed"):
+        cnngraph.compile(_tiny([{"op": "relu"}]), seed=-1, device="cpu")
+    with pytest.raises(cnngraph.WeightsError, match="file path or a dict"):
+        cnngraph.compile(_tiny([{"op": "relu"}]), weights=5, device="cpu")

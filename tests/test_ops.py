@@ -604,7 +604,7 @@ OPTIMIZER_CASES = {
     "conv_nobias_bn_gelu_tanh": ([
         {"op": "conv2d", "name": "c", "out_channels": 6, "kernel_size": [3, 1], "groups": 3, "bias": False},
         {"op": "batch_norm2d", "name": "bn"},
-        {"op": "gelu", "name": "a", "approximate": "tanh"}], ["a"], {"c+bn+a": "conv2d+batch_norm2d+gelu"}),
+        {"op": "gelu", "name": "a", "approximate": "tanh"}], ["a"], {"c+bn+a": "conv2d+batch_norm2d+gelu_tanh"}),
     "depthwise_bn_leaky": ([
         {"op": "conv2d", "name": "c", "out_channels": 6, "kernel_size": 3, "groups": 6, "padding": "same"},
         {"op": "batch_norm2d", "name": "bn"},

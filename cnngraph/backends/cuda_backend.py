@@ -42,6 +42,7 @@ class CudaBackend(ProgramBackend):
         self.arena = cp.empty(max(1, g.graph["arena_size"]), cp.float32)
         self.views = {n: self.arena[g.nodes[n]["offset"]:g.nodes[n]["offset"] + g.nodes[n]["size"]]
                       for n in [*g.graph["inputs"], *g.graph["order"]]}
+        self.schedules = {}  # node -> the schedule the autotuner chose
         self.tuning = self._autotune(g) if autotune else {}
         program = lower(g, {node: pick for node, (pick, _, _) in self.tuning.items()})
         super().__init__(program)
@@ -60,7 +61,9 @@ class CudaBackend(ProgramBackend):
         self.calls = 0
 
     def poison(self) -> None:
-        self.arena.fill(np.nan)
+        with self.stream:
+            self.arena.fill(np.nan)
+        self.stream.synchronize()
 
     def _autotune(self, g: nx.DiGraph, repeats: int = 5) -> dict[str, tuple[int, float, float]]:
         """Time every candidate schedule of every conv/linear node on this GPU (all compiled in one
@@ -78,7 +81,6 @@ class CudaBackend(ProgramBackend):
                     launch.body = launch.body.replace(f"void {launch.kernel}(", f"void {unique}(", 1)
                     launch.kernel = unique
                 candidates.append((node, pick, launches, constants))
-        self.schedules = {}
         if not candidates:
             return {}
         module = cp.RawModule(code=CUDA.render("\n".join(l.body for c in candidates for l in c[2])),
@@ -110,6 +112,8 @@ class CudaBackend(ProgramBackend):
 
     def _upload(self, name, x):
         view = self.views[name]
+        if isinstance(x, self.cp.ndarray):  # it may still be being written on the caller's stream
+            self.stream.wait_event(self.cp.cuda.get_current_stream().record())
         with self.stream:
             if isinstance(x, self.cp.ndarray):
                 view[...] = x.reshape(-1)

@@ -1,8 +1,9 @@
 """Fold `batch_norm2d` into the conv2d that feeds it: w' = w * s, b' = b * s + t with the BN's
 per-channel scale s and shift t, computed in float64 and cast once. Only when the conv's output
 has no other reader and nothing is applied after the conv yet (BN must come first). A BN that
-cannot fold (after an activation or an add, as in pre-activation networks) stays a per-channel
-scale + shift node. Runs after remove_dropout."""
+cannot fold (after an activation or an add, as in pre-activation networks) is left to
+fuse_batch_norm_epilogue, which makes it a scale + shift step after the node before it, and
+reports it. Runs after remove_dropout."""
 
 from __future__ import annotations
 
@@ -18,11 +19,9 @@ def fold_batch_norm(g: nx.DiGraph) -> list[str]:
     for bn in [n for n, op in g.nodes(data="op") if op == "batch_norm2d"]:
         (conv,) = g.nodes[bn]["inputs"]
         attrs = g.nodes[conv]
+        if attrs["op"].split("+")[0] != "conv2d" or attrs["spec"].activation is not None or attrs.get("epilogue"):
+            continue  # cannot fold into weights: fuse_batch_norm_epilogue decides (and reports) instead
         reason = fusion_blocker(g, conv, bn)
-        if not attrs["op"].startswith("conv2d"):
-            reason = "producer_not_conv"
-        elif attrs["spec"].activation is not None or attrs.get("epilogue"):
-            reason = "activation_before_batch_norm"
         record(g, f"{attrs['op']}+batch_norm2d", conv, bn, reason)
         if reason:
             continue

@@ -28,7 +28,7 @@ def fuse_activation(g: nx.DiGraph) -> list[str]:
             continue  # nothing to fuse into (an activation after a pool or a concat stays a kernel)
         epilogue = list(attrs.get("epilogue", []))
         reason = fusion_blocker(g, src, act)
-        record(g, f"{attrs['op']}+{g.nodes[act]['op']}", src, act, reason)
+        record(g, f"{attrs['op']}+{g.nodes[act]['spec'].label}", src, act, reason)
         if reason:
             continue
         act_spec = g.nodes[act]["spec"]
@@ -38,7 +38,7 @@ def fuse_activation(g: nx.DiGraph) -> list[str]:
             spec = spec.model_copy(update={"activation": activation})
         else:
             epilogue.append(("activation", activation))
-        merge_into_consumer(g, src, act, op=attrs["op"] + "+" + act_spec.op, spec=spec, weights=attrs["weights"],
+        merge_into_consumer(g, src, act, op=attrs["op"] + "+" + activation.label, spec=spec, weights=attrs["weights"],
                             inputs=list(attrs["inputs"]), epilogue=epilogue)
         changes.append(f"fused {act} into {src}")
     return changes

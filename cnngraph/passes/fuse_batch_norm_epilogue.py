@@ -23,10 +23,10 @@ def fuse_batch_norm_epilogue(g: nx.DiGraph) -> list[str]:
     for bn in [n for n in topological_order(g) if g.nodes[n]["op"].split("+")[0] == "batch_norm2d"]:
         (src,) = g.nodes[bn]["inputs"]
         attrs = g.nodes[src]
-        if attrs["op"].split("+")[0] not in HOSTS or attrs.get("pool") is not None:
-            continue  # after a pool, a concat, the input...: the BN stays its own scale + shift node
         reason = fusion_blocker(g, src, bn)
-        activation = getattr(attrs["spec"], "activation", None)
+        if attrs["op"].split("+")[0] not in HOSTS:
+            reason = "no_epilogue_host"  # after a pool, a concat, the input: it stays its own kernel
+        activation = getattr(attrs["spec"], "activation", None) if attrs["spec"] is not None else None
         op = attrs["op"] if activation is None or activation.label in attrs["op"].split("+") \
             else f"{attrs['op']}+{activation.label}"  # spell out the activation the BN comes after
         record(g, f"{op}+{g.nodes[bn]['op']}", src, bn, reason)

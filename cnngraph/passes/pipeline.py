@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import networkx as nx
 
-from ..errors import CnnGraphError
+from ..errors import InternalError
 from .eliminate_dead_code import eliminate_dead_code
 from .fold_batch_norm import fold_batch_norm
 from .fuse_activation import fuse_activation
@@ -54,4 +54,4 @@ def check_invariants(g: nx.DiGraph, layers: list[str], after: str) -> None:
     missing = [o for o in g.graph["outputs"] if o not in g]
     problems += [f"output {o} is gone" for o in missing]
     if problems:
-        raise CnnGraphError(f"internal error after pass {after}: " + "; ".join(problems))
+        raise InternalError(f"pass {after} broke the graph: " + "; ".join(problems))

@@ -44,8 +44,10 @@ def _dying_input(g: nx.DiGraph, node: str, storage: dict, storage_last: dict, no
     if g.nodes[node]["op"].split("+")[0] not in ELEMENTWISE_OPS:
         return None
     size = int(np.prod(g.nodes[node]["shape"]))
-    for src in g.nodes[node]["inputs"]:
-        if storage_last[storage[src]] == now and int(np.prod(g.nodes[src]["shape"])) == size:
+    inputs = g.nodes[node]["inputs"]
+    for src in inputs:
+        if (storage_last[storage[src]] == now and int(np.prod(g.nodes[src]["shape"])) == size
+                and sum(storage[i] == storage[src] for i in inputs) == 1):  # add(a, b, a) must read a twice
             return src
     return None
 
