@@ -1,5 +1,6 @@
 """cnngraph: a declarative CNN compiler. A network written in JSON is validated, built into a
-graph, optimized, and run by a backend (NumPy everywhere; CUDA where a GPU is).
+graph, optimized, and run by a backend: generated CUDA kernels where CuPy sees a GPU, the same
+kernels as OpenCL C through PyOpenCL, or NumPy anywhere.
 
     spec = cnngraph.load_spec("examples/lenet5.json")
     model = cnngraph.compile(spec, batch_size=8)

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import build, compile
+from .model import DEVICES
 from .codegen.dialects import DIALECTS, Dialect
 from .codegen.lower import Program, lower
 from .errors import CnnGraphError, InputError
@@ -82,7 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--weights", help=".npz or .safetensors (default: seeded random weights)")
     r.add_argument("--input", help=".npy input, (N, C, H, W) or one sample (C, H, W); default: seeded random")
     r.add_argument("--batch", type=_positive, help="batch size (default: the input's, else 1)")
-    r.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    r.add_argument("--device", default="auto", choices=DEVICES, help="auto (default: CUDA if a GPU is usable, "
+                   "else NumPy), cpu, cuda or opencl")
     r.add_argument("--output", help="save the output: .npy (one output) or .npz")
     r.add_argument("--seed", type=_non_negative, default=0, help="seed of the random weights and input")
     r.add_argument("--no-optimize", dest="optimize", action="store_false")

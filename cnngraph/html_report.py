@@ -391,7 +391,7 @@ function details(n) {
                                                                                : "the raw graph is not optimized"));
   out.push(make("h3", {}, "Generated CUDA kernels"));
   if (graph.kernel_error) out.push(make("p", {class: "hint"}, "not lowered: " + graph.kernel_error));
-  else if (!n.kernels.length) out.push(make("p", {class: "hint"}, "none (network input)"));
+  else if (!n.kernels.length) out.push(make("p", {class: "hint"}, n.op === "input" ? "none (network input)" : "none (an alias of its input: no kernel)"));
   n.kernels.forEach((k, i) => {
     const box = make("details", i === 0 ? {open: ""} : {});
     box.append(make("summary", {}, `${k.kernel}  grid [${k.grid}]  block [${k.block}]`),

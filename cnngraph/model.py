@@ -34,7 +34,7 @@ def as_spec(spec: NetworkSpec | str | Path | Mapping[str, Any]) -> NetworkSpec:
 
 
 def build(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1) -> nx.DiGraph:
-    """The raw graph with shapes: what `cnngraph validate` checks and `inspect --raw` shows."""
+    """The raw graph with shapes and FLOPs (no weights, no passes): what `cnngraph validate` checks."""
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise SpecError(f"batch_size must be a positive integer, got {batch_size!r}")
     return infer_shapes(build_graph(as_spec(spec), batch_size))

@@ -70,13 +70,6 @@ class NetworkSpec(Strict):
     def output_names(self) -> list[str]:
         return list(self.outputs) if self.outputs else [self.layers[-1].name]
 
-    def layer_path(self, name: str) -> str | None:
-        """JSON pointer of a layer (`/layers/7`), for messages that point back to the spec."""
-        for index, layer in enumerate(self.layers):
-            if layer.name == name:
-                return f"/layers/{index}"
-        return None
-
 
 def json_schema() -> dict:
     """The JSON Schema of the spec format, generated from the models (never written by hand)."""

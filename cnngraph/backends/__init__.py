@@ -1,1 +1,2 @@
-"""Backends execute a compiled graph: `numpy` (always available) and, with a GPU, `cuda`."""
+"""Backends execute a compiled graph: `numpy` (always available), `cuda` (CuPy, with a GPU) and
+`opencl` (PyOpenCL); the last two run the lowered Program of generated kernels."""

@@ -1,6 +1,6 @@
 """The NumPy backend: runs the graph node by node in float32, channels-last inside, every tensor
-in its planned place in one arena (see passes/plan_memory.py), so steady-state calls allocate
-nothing large (fresh allocations cost page faults that rival the arithmetic).
+in its planned place in one arena (see passes/plan_memory.py), so steady-state calls allocate no
+layer outputs (fresh allocations cost page faults that rival the arithmetic).
 
 Images are (N, H, W, C) inside, so every conv reduces over contiguous channels; they are
 converted from (N, C, H, W) at the inputs and back at the outputs. Weights are rearranged once.

@@ -3,7 +3,8 @@ size, stride and loop bound is a literal, so the compiler folds index arithmetic
 
 Tensors are NCHW float32. Each template returns (body, grid, block); `epilogue` is a C snippet
 that turns the accumulated value `v` of output element `idx` (channel `k`) into the stored one:
-bias, residual add, activation, all applied in registers before the single store.
+bias, residual adds, activations, per-channel scale + shift (unfolded batch norms), all applied
+in registers before the single store.
 """
 
 from __future__ import annotations

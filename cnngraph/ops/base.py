@@ -85,15 +85,17 @@ class Layer(Strict):
         return weights
 
     def run_numpy(self, xs: list[np.ndarray], params: dict, scratch: "Scratch", out: np.ndarray) -> np.ndarray:
-        """Compute into `out` (preallocated in the backend's layout, never overlapping `xs`); return it."""
+        """Compute into `out` (preallocated in the backend's layout) and return it. `out` may share
+        memory with an input only for elementwise ops (the memory plan's in-place reuse)."""
         raise NotImplementedError(type(self).__name__)
 
 
 class Scratch:
     """Reusable temporary buffers for the NumPy backend, so steady-state runs do not allocate
-    large temporaries per layer. Callers keep each request under `budget` bytes by chunking."""
+    large temporaries per layer. The im2col columns, the one buffer that would grow with the
+    batch, are chunked to stay under `budget` bytes."""
 
-    budget = 256 * 2**20  # bytes per scratch buffer, whatever the batch size
+    budget = 256 * 2**20  # bytes of im2col columns at most, whatever the batch size
 
     def __init__(self):
         self._buffers: dict[str, np.ndarray] = {}

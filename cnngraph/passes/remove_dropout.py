@@ -1,4 +1,5 @@
-"""Remove `dropout` (an identity at inference). Needs shapes; runs first among the optimizations."""
+"""Remove `dropout` (an identity at inference), except where it is a network output (its name is
+how the user asks for that result). Runs after eliminate_dead_code."""
 
 from __future__ import annotations
 
