@@ -13,22 +13,11 @@ import pytest
 
 import cnngraph
 from cnngraph.weights import expected_shapes, init_weights
+from test_cli import SMALL
 
 # conv -> batch norm -> relu, a residual add, and a linear head: every kind of weight key
-SPEC = {
-    "format_version": 1, "name": "small",
-    "inputs": [{"name": "x", "shape": [3, 8, 8]}],
-    "layers": [
-        {"op": "conv2d", "name": "conv", "out_channels": 4, "kernel_size": 3, "padding": 1, "bias": False},
-        {"op": "batch_norm2d", "name": "bn"},
-        {"op": "relu", "name": "act"},
-        {"op": "conv2d", "name": "skip", "out_channels": 4, "kernel_size": 1, "inputs": ["x"]},
-        {"op": "add", "name": "sum", "inputs": ["act", "skip"]},
-        {"op": "max_pool2d", "name": "pool", "kernel_size": 2},
-        {"op": "flatten", "name": "flat"},
-        {"op": "linear", "name": "fc", "out_features": 5},
-    ],
-}
+SPEC = {**SMALL, "layers": [*SMALL["layers"][:5], {"op": "max_pool2d", "name": "pool", "kernel_size": 2},
+                            *SMALL["layers"][6:]]}
 KEYS = {"conv.weight": (4, 3, 3, 3), "bn.weight": (4,), "bn.bias": (4,), "bn.running_mean": (4,),
         "bn.running_var": (4,), "skip.weight": (4, 3, 1, 1), "skip.bias": (4,), "fc.weight": (5, 64),
         "fc.bias": (5,)}
@@ -88,18 +77,17 @@ def test_safetensors_written_by_the_package_loads(tmp_path):
     weights = trained_weights()
     weights["fc.bias"] = weights["fc.bias"].astype(np.float16)
     st.save_file(weights, str(tmp_path / "w.safetensors"), metadata={"format": "np"})
-    loaded = cnngraph.load_weights(tmp_path / "w.safetensors")
-    assert set(loaded) == set(weights)
-    for key, value in weights.items():
-        assert loaded[key].dtype == value.dtype
-        np.testing.assert_array_equal(loaded[key], value)
+    assert_same_arrays(cnngraph.load_weights(tmp_path / "w.safetensors"), weights)
 
 
 def test_safetensors_written_by_us_loads_in_the_package(tmp_path):
     st = pytest.importorskip("safetensors.numpy")
     weights = {**trained_weights(), "half": np.ones((2, 2), np.float16), "count": np.arange(3, dtype=np.int64)}
     cnngraph.save_weights(weights, tmp_path / "w.safetensors")
-    loaded = st.load_file(str(tmp_path / "w.safetensors"))
+    assert_same_arrays(st.load_file(str(tmp_path / "w.safetensors")), weights)
+
+
+def assert_same_arrays(loaded, weights):
     assert set(loaded) == set(weights)
     for key, value in weights.items():
         assert loaded[key].dtype == value.dtype
