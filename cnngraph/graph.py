@@ -25,7 +25,7 @@ def build_graph(spec: NetworkSpec, batch_size: int) -> nx.DiGraph:
         g.add_node(inp.name, op="input", layers=[], inputs=[], spec=None, path=f"/inputs/{index}",
                    shape=(batch_size, *inp.shape), order=-len(spec.inputs) + index)
     for index, layer in enumerate(spec.layers):
-        g.add_node(layer.name, op=layer.op, layers=[layer.name], inputs=list(layer.inputs), spec=layer,
+        g.add_node(layer.name, op=node_op(layer), layers=[layer.name], inputs=list(layer.inputs), spec=layer,
                    path=f"/layers/{index}", order=index)
     for layer in spec.layers:
         for position, src in enumerate(layer.inputs):
@@ -38,6 +38,12 @@ def build_graph(spec: NetworkSpec, batch_size: int) -> nx.DiGraph:
     first = cycle[0][0]
     raise SpecError("layers read each other in a cycle: " + " -> ".join(names), layer=first,
                     path=g.nodes[first]["path"], field="inputs", file=spec.source)
+
+
+def node_op(layer) -> str:
+    """A layer's node op: its op, plus the activation its `activation` field fuses ("conv2d+relu")."""
+    activation = getattr(layer, "activation", None)
+    return layer.op + (f"+{activation.label}" if activation is not None else "")
 
 
 def topological_order(g: nx.DiGraph) -> list[str]:

@@ -82,13 +82,8 @@ def node_rows(g: nx.DiGraph) -> list[dict]:
 
 
 def op_label(g: nx.DiGraph, node: str) -> str:
-    """The node's op, with an activation given as a layer field shown as if fused ("conv2d+relu")."""
-    a = g.nodes[node]
-    activation = getattr(a["spec"], "activation", None)
-    parts = a["op"].split("+")
-    if activation is not None and activation.label not in parts:  # it applies right after the op (and folded BN)
-        parts.insert(2 if parts[1:2] == ["batch_norm2d"] else 1, activation.label)
-    return "+".join(parts)
+    """The node's op as shown: the op attribute already names every fused step ("conv2d+relu")."""
+    return g.nodes[node]["op"]
 
 
 def totals(rows: list[dict]) -> dict:

@@ -327,7 +327,7 @@ def test_resnet_block_conv_bn_add():
     run_passes(g, fold_batch_norm)
     g.graph["fusion_report"] = []
     assert fuse_residual_add(g) == ["fused a into bn"]
-    assert nodes(g) == {"x": N("input", [], []), "c1": N("conv2d", ["c1"], ["x"]),
+    assert nodes(g) == {"x": N("input", [], []), "c1": N("conv2d+relu", ["c1"], ["x"]),
                         "a": N("conv2d+batch_norm2d+add", ["c2", "bn", "a"], ["c1", "x"], [("add", 0)]),
                         "r": N("relu", ["r"], ["a"])}
     assert report(g) == [("conv2d+batch_norm2d+add", ["c2", "bn", "a"], True, None)]
@@ -404,7 +404,8 @@ def test_fuse_add_blocked(case, layers, outputs, reason):
     expected = nodes(g)
     assert run_passes(g, fuse_residual_add) == []
     assert nodes(g) == expected
-    assert report(g) == [("conv2d+add", ["c", "a"], False, reason)]
+    op = g.nodes["c"]["op"]  # "conv2d+relu" when the conv has an activation field
+    assert report(g) == [(f"{op}+add", ["c", "a"], False, reason)]
 
 
 def test_add_without_conv_operands_is_not_considered():
@@ -458,9 +459,10 @@ def test_activation_after_a_conv_with_an_activation_goes_into_the_epilogue():
     g = raw(net([conv("c", activation="relu"), {"op": "sigmoid", "name": "s"}]))
     before = all_layers(g)
     assert run_passes(g, fuse_activation) == ["fused s into c"]
-    assert nodes(g) == {"x": N("input", [], []), "s": N("conv2d+sigmoid", ["c", "s"], ["x"], [("activation", "sigmoid")])}
+    assert nodes(g) == {"x": N("input", [], []),
+                        "s": N("conv2d+relu+sigmoid", ["c", "s"], ["x"], [("activation", "sigmoid")])}
     assert g.nodes["s"]["spec"].activation.op == "relu"  # the field keeps the first; the second follows it
-    assert report(g) == [("conv2d+sigmoid", ["c", "s"], True, None)]
+    assert report(g) == [("conv2d+relu+sigmoid", ["c", "s"], True, None)]
     assert_well_formed(g, before)
 
 

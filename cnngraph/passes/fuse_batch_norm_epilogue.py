@@ -26,9 +26,7 @@ def fuse_batch_norm_epilogue(g: nx.DiGraph) -> list[str]:
         reason = fusion_blocker(g, src, bn)
         if attrs["op"].split("+")[0] not in HOSTS:
             reason = "no_epilogue_host"  # after a pool, a concat, the input: it stays its own kernel
-        activation = getattr(attrs["spec"], "activation", None) if attrs["spec"] is not None else None
-        op = attrs["op"] if activation is None or activation.label in attrs["op"].split("+") \
-            else f"{attrs['op']}+{activation.label}"  # spell out the activation the BN comes after
+        op = attrs["op"]
         record(g, f"{op}+{g.nodes[bn]['op']}", src, bn, reason)
         if reason:
             continue
