@@ -120,27 +120,27 @@ def lower_node(g: nx.DiGraph, node: str, constants: dict, pick: int = 0) -> list
     if isinstance(spec, ops.BatchNorm2d):
         scale, shift = ops.batch_norm_scale_shift(attrs["weights"], spec.eps)
         consts = [low.const("scale", scale), low.const("shift", shift)] + norms
-        return low.simple(f"batchnorm{suffix}_{_dims(out)}", T.pointwise, consts, total=total, inputs=["x0"],
+        return low.simple(f"batchnorm{suffix}_{_sample_dims(out)}", T.pointwise, consts, total=total, inputs=["x0"],
                           extra_args=[_param(c) for c in consts], expr="v = x0[idx] * scale[k] + shift[k];" + then,
                           **per_channel)
     if isinstance(spec, ops.Activation):
-        return low.simple(f"{spec.label}{suffix}_{_dims(out)}", T.pointwise, norms, total=total, inputs=["x0"],
+        return low.simple(f"{spec.label}{suffix}_{_sample_dims(out)}", T.pointwise, norms, total=total, inputs=["x0"],
                           extra_args=[_param(c) for c in norms], expr=f"v = x0[idx];\nv = {spec.c_expr('v')};" + then,
                           **per_channel)
     if isinstance(spec, (ops.Flatten, ops.Dropout)):  # NCHW flatten is a plain copy
-        return low.simple(f"copy{suffix}_{_dims(out)}", T.pointwise, norms, total=total, inputs=["x0"],
+        return low.simple(f"copy{suffix}_{_sample_dims(out)}", T.pointwise, norms, total=total, inputs=["x0"],
                           extra_args=[_param(c) for c in norms], expr="v = x0[idx];" + then,
                           channels=out[1], spatial=_numel(out[2:]))
     if isinstance(spec, ops.Add):
         names = [f"x{i}" for i in range(len(ins))]
-        return low.simple(f"add{len(ins)}{suffix}_{_dims(out)}", T.pointwise, norms, total=total, inputs=names,
+        return low.simple(f"add{len(ins)}{suffix}_{_sample_dims(out)}", T.pointwise, norms, total=total, inputs=names,
                           extra_args=[_param(c) for c in norms],
                           expr="v = " + " + ".join(f"{n}[idx]" for n in names) + ";" + then, **per_channel)
     if isinstance(spec, (ops.MaxPool2d, ops.AvgPool2d)):
         (kh, kw), (sh, sw), (ph, pw) = spec.geometry()
         kind = "max" if isinstance(spec, ops.MaxPool2d) else "avg"
         n, c, h, w = ins[0]
-        return low.simple(f"{kind}pool{kh}x{kw}s{sh}_{_dims(out)}", T.pool, kind=kind, n=n, c=c, h=h, w=w,
+        return low.simple(f"{kind}pool{kh}x{kw}s{sh}_{_sample_dims(out)}", T.pool, kind=kind, n=n, c=c, h=h, w=w,
                           p=out[2], q=out[3], kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw,
                           count_include_pad=getattr(spec, "count_include_pad", True))
     if isinstance(spec, ops.GlobalAvgPool2d):
@@ -149,15 +149,15 @@ def lower_node(g: nx.DiGraph, node: str, constants: dict, pick: int = 0) -> list
                           inner=1)
     if isinstance(spec, ops.Softmax):
         axis = spec.axis % len(out)
-        return low.simple(f"softmax_axis{axis}_{_dims(out)}", T.reduce_rows, kind="softmax",
+        return low.simple(f"softmax_axis{axis}_{_sample_dims(out)}", T.reduce_rows, kind="softmax",
                           outer=_numel(out[:axis]), length=out[axis], inner=_numel(out[axis + 1:]))
     if isinstance(spec, ops.Concat):
-        return low.simple(f"concat{len(ins)}_{_dims(out)}", T.concat, n=out[0], channels=[s[1] for s in ins],
+        return low.simple(f"concat{len(ins)}_{_sample_dims(out)}", T.concat, n=out[0], channels=[s[1] for s in ins],
                           spatial=_numel(out[2:]))
     if isinstance(spec, ops.Upsample2d):
         sh, sw = pair(spec.scale_factor)
         n, c, h, w = ins[0]
-        return low.simple(f"upsample{sh}x{sw}_{_dims(out)}", T.upsample_nearest, n=n, c=c, h=h, w=w, sh=sh, sw=sw)
+        return low.simple(f"upsample{sh}x{sw}_{_sample_dims(out)}", T.upsample_nearest, n=n, c=c, h=h, w=w, sh=sh, sw=sw)
     raise NotImplementedError(f"no kernel for op {attrs['op']}")
 
 
@@ -242,5 +242,6 @@ def _numel(shape) -> int:
     return int(np.prod(shape)) if len(shape) else 1
 
 
-def _dims(shape) -> str:
+def _sample_dims(shape) -> str:
+    """(N, C, H, W) -> "CxHxW", for kernel names."""
     return "x".join(map(str, shape[1:]))

@@ -360,9 +360,10 @@ def pool(name: str, *, kind: str, n, c, h, w, p, q, kh, kw, sh, sw, ph, pw, coun
     if kind == "max":
         init, step, final = "-3.402823466e+38f", "v = MAXF(v, xc[iy * %d + ix]);" % w, ""
     else:
-        divisor = (f"(float)((MINF(y0 + {kh}, {h + ph}) - y0) * (MINF(x0 + {kw}, {w + pw}) - x0))"
+        # window sizes as PyTorch counts them (integer min/max: both dialects have them built in)
+        divisor = (f"(float)((min(y0 + {kh}, {h + ph}) - y0) * (min(x0 + {kw}, {w + pw}) - x0))"
                    if count_include_pad else
-                   f"(float)((MINF(y0 + {kh}, {h}) - MAXF(y0, 0)) * (MINF(x0 + {kw}, {w}) - MAXF(x0, 0)))")
+                   f"(float)((min(y0 + {kh}, {h}) - max(y0, 0)) * (min(x0 + {kw}, {w}) - max(x0, 0)))")
         init, step, final = "0.0f", "v += xc[iy * %d + ix];" % w, f"v /= {divisor};"
     body = f"""KERNEL void {name}({_ptr("x")}, {_ptr("y", const=False)})
 {{
@@ -385,8 +386,7 @@ def pool(name: str, *, kind: str, n, c, h, w, p, q, kh, kw, sh, sw, ph, pw, coun
     y[idx] = v;
 }}
 """
-    return body.replace("MINF(", "min(").replace("MAXF(y0", "max(y0").replace("MAXF(x0", "max(x0"), \
-        (-(-total // THREADS), 1, 1), (THREADS, 1, 1)
+    return body, (-(-total // THREADS), 1, 1), (THREADS, 1, 1)
 
 
 def reduce_rows(name: str, *, kind: str, outer: int, length: int, inner: int) -> tuple[str, tuple, tuple]:
