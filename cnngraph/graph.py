@@ -46,6 +46,11 @@ def node_op(layer) -> str:
     return layer.op + (f"+{activation.label}" if activation is not None else "")
 
 
+def base_op(g: nx.DiGraph, node: str) -> str:
+    """The op a node started as, before any fused step ("conv2d" for "conv2d+batch_norm2d+relu")."""
+    return g.nodes[node]["op"].split("+")[0]
+
+
 def topological_order(g: nx.DiGraph) -> list[str]:
     """Nodes in dependency order, ties broken by spec order so runs are reproducible."""
     return list(nx.lexicographical_topological_sort(g, key=lambda n: (g.nodes[n]["order"], n)))

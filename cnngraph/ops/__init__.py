@@ -12,9 +12,14 @@ LAYER_TYPES: tuple[type[Layer], ...] = (
     Conv2d, Linear, BatchNorm2d, *ACTIVATION_LAYERS, MaxPool2d, AvgPool2d, GlobalAvgPool2d,
     Flatten, Dropout, Add, Concat, Softmax, Upsample2d,
 )
+# op groups the passes reason about
+GEMM_OPS = ("conv2d", "linear")  # an `activation` field of their own, and an epilogue
+ELEMENTWISE_OPS = ("batch_norm2d", "add", "dropout", *ACTIVATION_OPS)  # an epilogue after their own expression
+POOL_OPS = ("max_pool2d", "avg_pool2d")
+
 OPS: dict[str, type[Layer]] = {t.model_fields["op"].annotation.__args__[0]: t for t in LAYER_TYPES}
 
-__all__ = ["ACTIVATIONS", "ACTIVATION_OPS", "Activation", "ActivationField", "make_activation", "LAYER_TYPES", "OPS", "Layer",
+__all__ = ["GEMM_OPS", "ELEMENTWISE_OPS", "POOL_OPS", "ACTIVATIONS", "ACTIVATION_OPS", "Activation", "ActivationField", "make_activation", "LAYER_TYPES", "OPS", "Layer",
            "Scratch", "Shape", "fmt_shape", "Conv2d", "Linear", "BatchNorm2d", "batch_norm_scale_shift",
            "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "Flatten", "Dropout", "Add", "Concat", "Softmax",
            "Upsample2d"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import networkx as nx
 import numpy as np
 
+from ..graph import base_op
 from ..ops import batch_norm_scale_shift
 from .rewrite import fusion_blocker, merge_into_consumer, record
 
@@ -19,7 +20,7 @@ def fold_batch_norm(g: nx.DiGraph) -> list[str]:
     for bn in [n for n, op in g.nodes(data="op") if op == "batch_norm2d"]:
         (conv,) = g.nodes[bn]["inputs"]
         attrs = g.nodes[conv]
-        if attrs["op"].split("+")[0] != "conv2d" or attrs["spec"].activation is not None or attrs.get("epilogue"):
+        if base_op(g, conv) != "conv2d" or attrs["spec"].activation is not None or attrs.get("epilogue"):
             continue  # cannot fold into weights: fuse_batch_norm_epilogue decides (and reports) instead
         reason = fusion_blocker(g, conv, bn)
         record(g, f"{attrs['op']}+batch_norm2d", conv, bn, reason)

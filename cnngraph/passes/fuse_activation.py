@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import networkx as nx
 
-from ..ops import ACTIVATION_OPS, make_activation
-
-GEMM_OPS = ("conv2d", "linear")  # have an `activation` field of their own
-ELEMENTWISE_OPS = ("batch_norm2d", "add", "dropout", *ACTIVATION_OPS)  # take an epilogue after their own expression
-from ..graph import topological_order
+from ..graph import base_op, topological_order
+from ..ops import ACTIVATION_OPS, ELEMENTWISE_OPS, GEMM_OPS, make_activation
 from .rewrite import fusion_blocker, merge_into_consumer, record
 
 
@@ -23,7 +20,7 @@ def fuse_activation(g: nx.DiGraph) -> list[str]:
     for act in [n for n in topological_order(g) if g.nodes[n]["op"] in ACTIVATION_OPS]:  # chains front to back
         (src,) = g.nodes[act]["inputs"]
         attrs = g.nodes[src]
-        base = attrs["op"].split("+")[0]
+        base = base_op(g, src)
         if base not in GEMM_OPS + ELEMENTWISE_OPS:
             continue  # nothing to fuse into (an activation after a pool or a concat stays a kernel)
         epilogue = list(attrs.get("epilogue", []))

@@ -9,9 +9,8 @@ from __future__ import annotations
 import networkx as nx
 import numpy as np
 
-from ..ops import batch_norm_scale_shift
-from ..graph import topological_order
-from .fuse_activation import ELEMENTWISE_OPS
+from ..ops import ELEMENTWISE_OPS, batch_norm_scale_shift
+from ..graph import base_op, topological_order
 from .rewrite import fusion_blocker, merge_into_consumer, record
 
 HOSTS = ("conv2d", *ELEMENTWISE_OPS)  # nodes whose epilogue can take a per-channel scale + shift
@@ -20,11 +19,11 @@ HOSTS = ("conv2d", *ELEMENTWISE_OPS)  # nodes whose epilogue can take a per-chan
 def fuse_batch_norm_epilogue(g: nx.DiGraph) -> list[str]:
     changes = []
     # a BN node may already carry an epilogue of its own (bn -> relu): it moves along, after the BN
-    for bn in [n for n in topological_order(g) if g.nodes[n]["op"].split("+")[0] == "batch_norm2d"]:
+    for bn in [n for n in topological_order(g) if base_op(g, n) == "batch_norm2d"]:
         (src,) = g.nodes[bn]["inputs"]
         attrs = g.nodes[src]
         reason = fusion_blocker(g, src, bn)
-        if attrs["op"].split("+")[0] not in HOSTS:
+        if base_op(g, src) not in HOSTS:
             reason = "no_epilogue_host"  # after a pool, a concat, the input: it stays its own kernel
         op = attrs["op"]
         record(g, f"{op}+{g.nodes[bn]['op']}", src, bn, reason)

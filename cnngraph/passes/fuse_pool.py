@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import networkx as nx
 
-from ..graph import in_shapes
+from ..graph import base_op, in_shapes
+from ..ops import POOL_OPS
 from .rewrite import fusion_blocker, merge_into_consumer, record
 
-POOL_OPS = ("max_pool2d", "avg_pool2d")
 MAX_WINDOW = 8  # outputs per window that fit one thread's register block (the tiles' rows)
 
 
@@ -40,7 +40,7 @@ def fuse_pool(g: nx.DiGraph) -> list[str]:
     for pool in [n for n, op in g.nodes(data="op") if op in POOL_OPS]:
         (conv,) = g.nodes[pool]["inputs"]
         attrs = g.nodes[conv]
-        if not attrs["op"].startswith("conv2d") or attrs.get("pool") is not None:
+        if base_op(g, conv) != "conv2d" or attrs.get("pool") is not None:
             continue
         reason = fusion_blocker(g, conv, pool) or pool_blocker(g, conv, pool)
         record(g, f"{attrs['op']}+{g.nodes[pool]['op']}", conv, pool, reason)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import networkx as nx
 
-from ..graph import topological_order
+from ..graph import base_op, topological_order
+from ..ops import GEMM_OPS
 from .rewrite import fusion_blocker, merge_into_consumer, record
 
 
@@ -15,7 +16,7 @@ def fuse_residual_add(g: nx.DiGraph) -> list[str]:
     changes = []
     for add in [n for n, op in g.nodes(data="op") if op == "add"]:
         operands = g.nodes[add]["inputs"]
-        candidates = [src for src in operands if g.nodes[src]["op"].split("+")[0] in ("conv2d", "linear")]
+        candidates = [src for src in operands if base_op(g, src) in GEMM_OPS]
         if not candidates:
             continue
         position = {n: i for i, n in enumerate(topological_order(g))}

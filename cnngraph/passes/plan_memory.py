@@ -17,8 +17,8 @@ from __future__ import annotations
 import networkx as nx
 import numpy as np
 
-from ..graph import layer_nodes
-from .fuse_activation import ELEMENTWISE_OPS
+from ..graph import base_op, layer_nodes
+from ..ops import ELEMENTWISE_OPS
 
 ALIGN = 64  # elements: 256-byte aligned tensors (coalescing, vector loads, OpenCL sub-buffers)
 
@@ -41,7 +41,7 @@ def is_free_reshape(g: nx.DiGraph, node: str) -> bool:
 
 def _dying_input(g: nx.DiGraph, node: str, storage: dict, storage_last: dict, now: int) -> str | None:
     """An input whose storage an elementwise node may overwrite: same size, read by nothing later."""
-    if g.nodes[node]["op"].split("+")[0] not in ELEMENTWISE_OPS:
+    if base_op(g, node) not in ELEMENTWISE_OPS:
         return None
     size = int(np.prod(g.nodes[node]["shape"]))
     inputs = g.nodes[node]["inputs"]
