@@ -77,9 +77,7 @@ class CudaBackend(ProgramBackend):
                 constants: dict = {}
                 launches = lower_node(g, node, constants, pick)
                 for launch in launches:  # unique names across every candidate in the module
-                    unique = f"{launch.kernel}_n{index}_s{pick}"
-                    launch.body = launch.body.replace(f"void {launch.kernel}(", f"void {unique}(", 1)
-                    launch.kernel = unique
+                    launch.rename(f"{launch.kernel}_n{index}_s{pick}")
                 candidates.append((node, pick, launches, constants))
         if not candidates:
             return {}

@@ -34,6 +34,11 @@ class Launch:
     schedules: int = 1             # candidate schedules of its node, for an autotuner (conv/linear)
     schedule: object = None        # the templates.Schedule it was generated with (conv/linear)
 
+    def rename(self, kernel: str) -> None:
+        """Give the kernel another name (names must be unique within one module)."""
+        self.body = self.body.replace(f"void {self.kernel}(", f"void {kernel}(", 1)
+        self.kernel = kernel
+
 
 @dataclass
 class Program:
@@ -62,8 +67,7 @@ def lower(g: nx.DiGraph, picks: dict[str, int] | None = None) -> Program:
             base = launch.kernel
             seen[base] = seen.get(base, 0) + 1
             if seen[base] > 1:  # same computation on another layer: names must stay unique in a module
-                launch.kernel = f"{base}_{seen[base]}"
-                launch.body = launch.body.replace(f"void {base}(", f"void {launch.kernel}(", 1)
+                launch.rename(f"{base}_{seen[base]}")
             launches.append(launch)
     tensors = {n: (g.nodes[n]["offset"], g.nodes[n]["size"], tuple(g.nodes[n]["shape"]))
                for n in [*g.graph["inputs"], *g.graph["order"]]}
