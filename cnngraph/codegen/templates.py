@@ -50,27 +50,30 @@ def schedules(m: int, k: int, r: int, groups: int, rows_multiple: int = 1) -> li
     """The default schedule first (a heuristic, good without measuring), then the few alternatives
     an autotuner may time on the device: other tiles, a deeper BK, half or twice the splits."""
     def make(tile: Tile, splits: int | None = None) -> Schedule:
-        if rows_multiple != 1 or groups != 1:
+        if rows_multiple != 1 or groups != 1:  # fused pools and grouped convs do not split
             return Schedule(tile)
-        if splits is None:
-            return _with_splits(tile, *split_count(m, k, r, groups, tile))
-        chunk = -(-(-(-r // splits)) // tile.bk) * tile.bk
-        return _with_splits(tile, -(-r // chunk), chunk)
+        return _split(tile, r, default_splits(m, k, r, tile) if splits is None else splits)
 
     found = [make(choose_tile(m, k, rows_multiple))]
     alternatives = [make(t) for t in (TILES["large"], TILES["wide"], *DEEP_TILES.values(), TILES["small"])
                     if t.tm % rows_multiple == 0 and t.bn <= 2 * k]
     if found[0].splits > 1:
         alternatives += [make(found[0].tile, s) for s in (1, found[0].splits // 2, 2 * found[0].splits)
-                         if r // max(s, 1) >= 2 * found[0].tile.bk]
+                         if r // s >= 2 * found[0].tile.bk]
     for candidate in alternatives:
         if candidate not in found:
             found.append(candidate)
     return found
 
 
-def _with_splits(tile: Tile, splits: int, chunk: int) -> Schedule:
-    return Schedule(tile, splits, chunk) if splits > 1 else Schedule(tile)
+def _split(tile: Tile, r: int, splits: int) -> Schedule:
+    """The reduction of r values in at most `splits` slices, each a whole number of BK steps."""
+    chunk = _cdiv(_cdiv(r, splits), tile.bk) * tile.bk
+    return Schedule(tile, _cdiv(r, chunk), chunk) if _cdiv(r, chunk) > 1 else Schedule(tile)
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def choose_tile(m: int, k: int, rows_multiple: int = 1) -> Tile:
@@ -91,15 +94,11 @@ def _ptr(name: str, const: bool = True, restrict: bool = True) -> str:
     return f"GLOBAL {'const ' if const else ''}float* {'RESTRICT ' if restrict else ''}{name}"
 
 
-def split_count(m: int, k: int, r: int, groups: int, tile: Tile) -> tuple[int, int]:
-    """(splits, chunk): split the reduction when the output alone gives too few blocks to fill the
-    GPU (batch 1, late layers); each split reduces `chunk` (a multiple of BK) of the R values."""
-    blocks = -(-m // tile.bm) * -(-k // tile.bn) * groups
-    if groups != 1 or blocks >= 132 or r < 256:
-        return 1, r
-    splits = min(16, -(-264 // blocks), r // 128)
-    chunk = -(-(-(-r // splits)) // tile.bk) * tile.bk
-    return -(-r // chunk), chunk
+def default_splits(m: int, k: int, r: int, tile: Tile) -> int:
+    """Split the reduction when the output alone gives too few blocks to fill the GPU (batch 1,
+    late layers): aim at about 2 blocks per SM on 132 SMs, each slice at least 128 values."""
+    blocks = _cdiv(m, tile.bm) * _cdiv(k, tile.bn)
+    return 1 if blocks >= 132 or r < 256 else min(16, _cdiv(264, blocks), r // 128)
 
 
 @dataclass(frozen=True)
