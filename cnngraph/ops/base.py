@@ -8,6 +8,7 @@ implementations work on batched arrays in the NumPy backend's layout: (N, H, W, 
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, ClassVar
 
 import numpy as np
@@ -36,6 +37,16 @@ def invalid(message: str, field: str) -> PydanticCustomError:
 def fmt_shape(shape: Shape) -> str:
     """A per-sample shape as users see it, with the batch: (N,64,56,56)."""
     return "(" + ",".join(["N", *map(str, shape)]) + ")"
+
+
+def he_init(shapes: dict[str, Shape], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """He (Kaiming normal) weights over the fan-in (every weight dimension but the first), and
+    PyTorch's uniform bias in +-1/sqrt(fan_in): for conv2d and linear."""
+    fan_in = int(np.prod(shapes["weight"][1:]))
+    out = {"weight": rng.normal(0, math.sqrt(2 / fan_in), shapes["weight"])}
+    if "bias" in shapes:
+        out["bias"] = rng.uniform(-1, 1, shapes["bias"]) / math.sqrt(fan_in)
+    return out
 
 
 class Strict(BaseModel):

@@ -8,7 +8,6 @@ im2col; depthwise convs accumulate one strided tap at a time, never building col
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import numpy as np
@@ -16,7 +15,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from pydantic import Field, model_validator
 
 from .activation import ActivationField, apply_activation
-from .base import Layer, NonNegativeInt, NonNegativePair, Pair, PositiveInt, Scratch, fmt_shape, invalid, pair
+from .base import Layer, NonNegativeInt, NonNegativePair, Pair, PositiveInt, Scratch, fmt_shape, he_init, invalid, pair
 
 
 CACHE_CHUNK = 8 * 2**20  # bytes of im2col columns per GEMM: the GEMM reads them while still in cache
@@ -83,11 +82,7 @@ class Conv2d(Layer):
         return shapes
 
     def init_weights(self, shapes, rng):
-        fan_in = int(np.prod(shapes["weight"][1:]))
-        out = {"weight": rng.normal(0, math.sqrt(2 / fan_in), shapes["weight"])}  # He (Kaiming normal)
-        if "bias" in shapes:
-            out["bias"] = rng.uniform(-1, 1, shapes["bias"]) / math.sqrt(fan_in)
-        return out
+        return he_init(shapes, rng)
 
     def flops(self, in_shapes, out_shape):
         c = in_shapes[0][0]

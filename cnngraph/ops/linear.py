@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import numpy as np
 from pydantic import Field
 
 from .activation import ActivationField, apply_activation
-from .base import Layer, PositiveInt, fmt_shape
+from .base import Layer, PositiveInt, fmt_shape, he_init
 
 
 class Linear(Layer):
@@ -32,11 +31,7 @@ class Linear(Layer):
         return shapes
 
     def init_weights(self, shapes, rng):
-        fan_in = shapes["weight"][1]
-        out = {"weight": rng.normal(0, math.sqrt(2 / fan_in), shapes["weight"])}  # He (Kaiming normal)
-        if "bias" in shapes:
-            out["bias"] = rng.uniform(-1, 1, shapes["bias"]) / math.sqrt(fan_in)
-        return out
+        return he_init(shapes, rng)
 
     def flops(self, in_shapes, out_shape):
         return 2 * in_shapes[0][0] * self.out_features
