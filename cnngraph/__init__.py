@@ -7,7 +7,8 @@ kernels as OpenCL C through PyOpenCL, or NumPy anywhere.
     y = model(x)   # float32 NCHW in, float32 out
 """
 
-from .errors import CnnGraphError, DeviceError, InputError, ShapeError, SpecError, WeightsError
+from .errors import (CnnGraphError, CnnGraphWarning, DeviceError, InputError, ResourceError, ShapeError, SpecError,
+                     WeightsError)
 from .model import CompiledModel, build, compile
 from .spec import NetworkSpec, load_spec, parse_spec
 from .weights import load_weights, save_weights

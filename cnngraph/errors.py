@@ -2,6 +2,31 @@
 
 from __future__ import annotations
 
+import unicodedata
+
+NAME_LIMIT = 80  # characters of a user-given name shown in a message; the rest is elided
+
+# characters that would break the one line (newlines, U+2028) or drive the terminal (escapes)
+_UNPRINTABLE = ("Cc", "Cs", "Zl", "Zp")
+
+
+def one_line(text: str) -> str:
+    """`text` with control, surrogate and line-breaking characters escaped (\\n, \\x1b, \\u2028)."""
+    if text.isprintable():
+        return text
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) in _UNPRINTABLE else c for c in text)
+
+
+def shorten(name: object, limit: int = NAME_LIMIT) -> str:
+    """A user-given name on one line and clipped, so a 100000-character name cannot make a message that long."""
+    text = one_line(str(name))
+    return text if len(text) <= limit else f"{text[:limit - 3]}... ({len(text):,} characters)"
+
+
+def quote(name: object, limit: int = NAME_LIMIT) -> str:
+    """A user-given name (layer, field, reference) as a message shows it: shortened, in double quotes."""
+    return f'"{shorten(name, limit)}"'
+
 
 class CnnGraphError(Exception):
     """Base of every error cnngraph raises on bad input; `str(err)` is one line a user can act on."""
@@ -16,12 +41,12 @@ class CnnGraphError(Exception):
         if self.file:
             where.append(self.file)
         if self.layer is not None:
-            where.append(f'layer "{self.layer}"' + (f" ({self.path})" if self.path else ""))
+            where.append(f"layer {quote(self.layer)}" + (f" ({self.path})" if self.path else ""))
         elif self.path:
             where.append(self.path)
         if self.field:
-            where.append(f'field "{self.field}"')
-        return ": ".join(where + [self.message])
+            where.append(f"field {quote(self.field)}")
+        return one_line(": ".join(where + [self.message]))  # whatever a message quotes, it stays one line
 
     def located(self, file: str | None) -> "CnnGraphError":
         """The same error, naming the file it came from (set once, by whoever knows the file)."""
@@ -54,3 +79,12 @@ class DeviceError(CnnGraphError):
 class InternalError(RuntimeError):
     """A bug in cnngraph itself (a pass broke an invariant), not a user's mistake: deliberately not
     a CnnGraphError, so it is never reported as bad input."""
+
+
+class ResourceError(CnnGraphError):
+    """The network is valid but needs more memory than the limit allows (`max_memory`)."""
+
+
+class CnnGraphWarning(UserWarning):
+    """Something a user should know that is not an error, e.g. weights converted to float32.
+    The CLI prints these as "note: ..." lines on stderr."""

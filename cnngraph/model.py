@@ -12,13 +12,13 @@ from .backends.cuda_backend import CudaBackend, cuda_unavailable_reason
 from .backends.numpy_backend import NumpyBackend
 from .backends.opencl_backend import OpenCLBackend
 from .codegen.lower import lower
-from .errors import DeviceError, InputError, ShapeError, SpecError, WeightsError
-from .ops import fmt_shape
+from .errors import DeviceError, InputError, SpecError, WeightsError
 from .graph import build_graph
 from .passes.infer_shapes import infer_shapes
 from .passes.pipeline import optimize_graph
 from .passes.plan_memory import plan_memory
 from .report import summary_table
+from .resources import MemoryNeed, check_memory, default_memory_limit, parse_size
 from .spec import NetworkSpec, load_spec, parse_spec
 from .weights import check_weights, expected_shapes, init_weights, load_weights
 
@@ -42,20 +42,29 @@ def build(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1) -> nx.D
 
 def compile(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1, device: str = "auto",
             weights: str | Path | Mapping[str, np.ndarray] | None = None, seed: int = 0,
-            optimize: bool = True, cuda_graph: bool = True, autotune: bool = False) -> "CompiledModel":
+            optimize: bool = True, cuda_graph: bool = True, autotune: bool = False,
+            max_memory: int | str | None = None) -> "CompiledModel":
     """Validate, build, shape-check and optimize a network, and bind it to a backend.
 
     device: "auto" (CUDA when CuPy sees a GPU, else NumPy), "cpu", "cuda" or "opencl".
     cuda_graph: on CUDA, capture the whole network as a CUDA graph after the first call.
     autotune: on CUDA, time each conv/linear layer's candidate schedules (tiles, split-K) on the
-    GPU while compiling and keep the fastest (slower to compile; ignored by other backends)."""
+    GPU while compiling and keep the fastest (slower to compile; ignored by other backends).
+    max_memory: bytes (or a size like "8GiB") the network may hold: weights + activations +
+    scratch. Default: 80% of the machine's RAM, or 90% of the GPU's memory on CUDA. A network
+    over it raises ResourceError before anything is allocated."""
     spec = as_spec(spec)
     g = build(spec, batch_size)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise SpecError(f"seed must be a non-negative integer, got {seed!r}")
     if weights is not None and not isinstance(weights, (str, Path, Mapping)):
         raise WeightsError(f"weights must be a file path or a dict of arrays, got {type(weights).__name__}")
+    device, note = _resolve_device(device)
+    limit, limit_source = ((parse_size(max_memory), "max_memory") if max_memory is not None
+                           else default_memory_limit(device))
     expected = expected_shapes(g)
+    # before any weight or activation exists (the plan is arithmetic), and again on the final plan
+    check_memory(plan_memory(g.copy()), expected, limit, limit_source)
     if weights is None:
         bound, random_weights = init_weights(g, seed), True
     else:
@@ -66,37 +75,27 @@ def compile(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1, devic
         g.nodes[node]["weights"] = {k[len(prefix):]: v for k, v in bound.items() if k.startswith(prefix)
                                     and k[len(prefix):] in ("weight", "bias", "running_mean", "running_var")}
     g = plan_memory(optimize_graph(g) if optimize else g.copy())
-    _check_memory(g)
-    backend, note = _backend(device, g, cuda_graph, autotune)
-    return CompiledModel(spec, g, bound, backend, random_weights, device_note=note)
+    need = check_memory(g, expected, limit, limit_source)
+    backend = _backend(device, g, cuda_graph, autotune)
+    return CompiledModel(spec, g, bound, backend, random_weights, device_note=note, memory=need)
 
 
-MAX_ARENA_BYTES = 32 * 2**30  # refuse a network whose activations need more, before allocating them
-
-
-def _check_memory(g: nx.DiGraph) -> None:
-    need = 4 * g.graph["arena_size"]
-    if need > MAX_ARENA_BYTES:
-        largest = max(g.graph["order"], key=lambda n: g.nodes[n]["size"])
-        raise ShapeError(f"the network needs {need / 2**30:.1f} GiB of activation memory at batch "
-                         f"{g.graph['batch_size']}, over the {MAX_ARENA_BYTES / 2**30:.0f} GiB limit (largest tensor "
-                         f"{fmt_shape(g.nodes[largest]['shape'][1:])})", layer=(g.nodes[largest]["layers"] or [largest])[-1],
-                         file=g.graph.get("source"))
+def _resolve_device(device: str) -> tuple[str, str | None]:
+    """"cpu", "cuda" or "opencl", and a note on why "auto" chose it."""
+    if device not in DEVICES:
+        raise DeviceError(f'unknown device "{device}"; valid: {", ".join(DEVICES)}')
+    if device != "auto":
+        return device, None
+    reason = cuda_unavailable_reason()
+    return ("cuda", "CUDA GPU found") if reason is None else ("cpu", f"NumPy backend: {reason}")
 
 
 def _backend(device: str, g: nx.DiGraph, cuda_graph: bool, autotune: bool):
-    """The backend for `device`, and a note on why "auto" chose it."""
-    if device not in DEVICES:
-        raise DeviceError(f'unknown device "{device}"; valid: {", ".join(DEVICES)}')
-    note = None
-    if device == "auto":
-        reason = cuda_unavailable_reason()
-        device, note = ("cuda", "CUDA GPU found") if reason is None else ("cpu", f"NumPy backend: {reason}")
     if device == "cuda":
-        return CudaBackend(g, cuda_graph=cuda_graph, autotune=autotune), note
+        return CudaBackend(g, cuda_graph=cuda_graph, autotune=autotune)
     if device == "opencl":
-        return OpenCLBackend(lower(g)), note
-    return NumpyBackend(g), note
+        return OpenCLBackend(lower(g))
+    return NumpyBackend(g)
 
 
 def _on_gpu(x) -> bool:
@@ -108,10 +107,11 @@ class CompiledModel:
     """A network compiled for one batch size. Call it on float32 NCHW arrays."""
 
     def __init__(self, spec: NetworkSpec, graph: nx.DiGraph, weights: dict[str, np.ndarray], backend,
-                 random_weights: bool, device_note: str | None = None):
+                 random_weights: bool, device_note: str | None = None, memory: MemoryNeed | None = None):
         self.spec, self.graph, self.weights, self.backend = spec, graph, weights, backend
         self.random_weights = random_weights  # True when the seeded initialisation was used
         self.device_note = device_note  # why device="auto" chose this backend
+        self.memory = memory  # the bytes it holds: weights, arena, scratch (bound)
         self.batch_size = graph.graph["batch_size"]
         self.input_shapes = {i.name: (self.batch_size, *i.shape) for i in spec.inputs}
         self.output_names = list(graph.graph["outputs"])

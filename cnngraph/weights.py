@@ -6,16 +6,19 @@ He initialisation, and the checks that name the key, the layer and both shapes.
 from __future__ import annotations
 
 import json
+import math
+import os
 import struct
+import warnings
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Mapping
+from typing import BinaryIO, Mapping
 
 import networkx as nx
 import numpy as np
 
-from .errors import WeightsError
+from .errors import CnnGraphWarning, WeightsError
 from .files import atomic_write
 from .graph import in_shapes, layer_nodes
 
@@ -51,12 +54,15 @@ def init_weights(g: nx.DiGraph, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def check_weights(weights: Mapping[str, np.ndarray], expected, file: str | None = None) -> dict[str, np.ndarray]:
-    """The weights as contiguous float32 arrays, or a WeightsError for the first problem found."""
+    """The weights as contiguous float32 arrays, or a WeightsError for the first problem found.
+    float16, bfloat16 and float64 weights are converted, with a CnnGraphWarning saying so: every
+    kernel computes in float32, float16 widens exactly and float64 rounds to the nearest float32
+    (refused when a value is beyond float32's range, where it would become infinite)."""
     where = {"file": file}
     for key, (shape, layer) in expected.items():
         if key not in weights:
             raise WeightsError(f'missing key "{key}" (expected shape {shape})', layer=layer, **where)
-    checked = {}
+    checked, converted = {}, {}
     for key, value in weights.items():
         if key.endswith(IGNORED_SUFFIXES):
             continue
@@ -72,29 +78,39 @@ def check_weights(weights: Mapping[str, np.ndarray], expected, file: str | None 
         if value.shape != shape:
             raise WeightsError(f'key "{key}" has shape {value.shape}, expected {shape}', layer=layer, **where)
         if not np.isfinite(value).all():
-            raise WeightsError(f'key "{key}" contains NaN or infinite values', layer=layer, **where)
+            bad = np.argwhere(~np.isfinite(value))
+            raise WeightsError(f'key "{key}" contains {len(bad)} NaN or infinite values (the first at index '
+                               f"{tuple(int(i) for i in bad[0])})", layer=layer, **where)
+        if value.dtype != np.float32:
+            if np.abs(value).max(initial=0) > np.finfo(np.float32).max:
+                raise WeightsError(f'key "{key}" has {value.dtype} values beyond float32\'s range '
+                                   f"(|x| > 3.4e38), which cnngraph computes in", layer=layer, **where)
+            converted[str(value.dtype)] = converted.get(str(value.dtype), 0) + 1
         checked[key] = np.ascontiguousarray(value, dtype=np.float32)
+    if converted:
+        counts = ", ".join(f"{n} {dtype}" for dtype, n in sorted(converted.items()))
+        warnings.warn(f"{file + ': ' if file else ''}converted {counts} weight tensor(s) to float32, the "
+                      f"precision every kernel computes in", CnnGraphWarning, stacklevel=3)
     return checked
 
 
 # --- files -------------------------------------------------------------------------------------
 
 def load_weights(source: str | Path | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Arrays by key from a `.npz` or `.safetensors` file, or a dict given as is."""
+    """Arrays by key from a `.npz` or `.safetensors` file, or a dict given as is. Every header is
+    checked against the file's size before any data is read, and nothing is ever unpickled."""
     if isinstance(source, Mapping):
         return dict(source)
     path = Path(source)
+    if path.suffix not in (".npz", ".safetensors"):
+        raise WeightsError("unknown weights format; use a .npz or .safetensors file", file=str(path))
     try:
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as archive:
-                return {key: archive[key] for key in archive.files}
-        if path.suffix == ".safetensors":
-            return _read_safetensors(path.read_bytes(), str(path))
+        with open(path, "rb") as f:
+            return _read_npz(f, str(path)) if path.suffix == ".npz" else _read_safetensors(f, str(path))
     except WeightsError:
         raise
     except (OSError, ValueError, KeyError, EOFError, zlib.error, zipfile.BadZipFile) as err:
         raise WeightsError(f"cannot read weights: {getattr(err, 'strerror', None) or err}", file=str(path)) from None
-    raise WeightsError("unknown weights format; use a .npz or .safetensors file", file=str(path))
 
 
 def save_weights(weights: Mapping[str, np.ndarray], path: str | Path) -> None:
@@ -111,23 +127,62 @@ def save_weights(weights: Mapping[str, np.ndarray], path: str | Path) -> None:
     atomic_write(path, write)
 
 
-def _read_safetensors(blob: bytes, name: str) -> dict[str, np.ndarray]:
+NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _read_npz(f: BinaryIO, name: str) -> dict[str, np.ndarray]:
+    """A zip of .npy arrays (what np.savez writes). Each member's header is read first: object
+    arrays (pickles) are refused, and a shape the member's size cannot hold is never allocated."""
+    if not zipfile.is_zipfile(f):
+        raise WeightsError("not a .npz file (a zip archive of .npy arrays)", file=name)
+    out = {}
+    with zipfile.ZipFile(f) as archive:
+        for info in archive.infolist():
+            key = info.filename.removesuffix(".npy")
+            with archive.open(info) as member:
+                try:
+                    version = np.lib.format.read_magic(member)
+                    read_header = NPY_HEADER_READERS.get(version)
+                    if read_header is None:
+                        raise ValueError(f"unsupported .npy format version {version}")
+                    shape, fortran, dtype = read_header(member)
+                except ValueError as err:
+                    raise WeightsError(f'entry "{key}" is not a .npy array ({err})', file=name) from None
+                if dtype.hasobject:
+                    raise WeightsError(f'entry "{key}" holds Python objects; cnngraph never unpickles, '
+                                       f"save plain numeric arrays", file=name)
+                nbytes = dtype.itemsize * math.prod(shape)
+                if nbytes > info.file_size - member.tell():
+                    raise WeightsError(f'entry "{key}" declares shape {shape} ({nbytes:,} bytes) but holds '
+                                       f"{info.file_size - member.tell():,} bytes (truncated or corrupt?)", file=name)
+                value = np.frombuffer(member.read(nbytes), dtype).reshape(shape, order="F" if fortran else "C")
+                out[key] = value.copy()
+    return out
+
+
+MAX_SAFETENSORS_HEADER = 100 * 2**20  # the reference reader's cap: a larger header is corrupt
+
+
+def _read_safetensors(f: BinaryIO, name: str) -> dict[str, np.ndarray]:
+    """The 8-byte header length, the JSON header, then the data: every entry is validated against
+    the file's size before a byte of data is read."""
     def bad(why: str) -> WeightsError:
         return WeightsError(f"not a valid safetensors file: {why}", file=name)
 
-    if len(blob) < 8:
+    size = os.fstat(f.fileno()).st_size
+    if size < 8:
         raise bad("shorter than its 8-byte header length")
-    (header_len,) = struct.unpack("<Q", blob[:8])
-    if header_len > len(blob) - 8:
-        raise bad("the header runs past the end of the file (truncated?)")
+    (header_len,) = struct.unpack("<Q", f.read(8))
+    if header_len > min(size - 8, MAX_SAFETENSORS_HEADER):
+        raise bad("the header runs past the end of the file (truncated?)" if header_len > size - 8
+                  else f"a {header_len:,}-byte header is over the {MAX_SAFETENSORS_HEADER:,}-byte limit")
     try:
-        header = json.loads(blob[8:8 + header_len])
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise bad(f"header is not JSON ({err})") from None
+        header = json.loads(f.read(header_len))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise bad(f"header is not JSON ({type(err).__name__})") from None
     if not isinstance(header, dict):
         raise bad("header is not a JSON object")
-    data = memoryview(blob)[8 + header_len:]
-    out = {}
+    data_size, entries = size - 8 - header_len, []
     for key, info in header.items():
         if key == "__metadata__":
             continue
@@ -137,17 +192,23 @@ def _read_safetensors(blob: bytes, name: str) -> dict[str, np.ndarray]:
             raise bad(f'entry "{key}" lacks dtype, shape or data_offsets') from None
         if not (isinstance(dtype, str) and all(_is_count(n) for n in (*shape, begin, end))):
             raise bad(f'entry "{key}" has a malformed dtype, shape or data_offsets')
-        if not 0 <= begin <= end <= len(data):
+        if dtype not in _ST_DTYPES and dtype != "BF16":
+            raise bad(f'entry "{key}" has unsupported dtype {dtype}')
+        if not 0 <= begin <= end <= data_size:
             raise bad(f'entry "{key}" points past the end of the data (truncated?)')
+        itemsize = 2 if dtype == "BF16" else np.dtype(_ST_DTYPES[dtype]).itemsize
+        if end - begin != itemsize * math.prod(shape):
+            raise bad(f'entry "{key}" holds {end - begin} bytes, its shape {list(shape)} of {dtype} needs '
+                      f"{itemsize * math.prod(shape)}")
+        entries.append((key, dtype, shape, begin, end))
+    data = memoryview(f.read(data_size))
+    out = {}
+    for key, dtype, shape, begin, end in entries:
         raw = data[begin:end]
         if dtype == "BF16":  # bfloat16 is the top half of a float32
             value = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
-        elif dtype in _ST_DTYPES:
-            value = np.frombuffer(raw, _ST_DTYPES[dtype])
         else:
-            raise bad(f'entry "{key}" has unsupported dtype {dtype}')
-        if value.size != int(np.prod(shape)):
-            raise bad(f'entry "{key}" holds {value.size} values, its shape {list(shape)} needs {int(np.prod(shape))}')
+            value = np.frombuffer(raw, _ST_DTYPES[dtype])
         out[key] = value.reshape(shape).copy()
     return out
 

@@ -292,13 +292,6 @@ def test_oversized_tensors_are_refused_when_validating(layer, phrase):
     assert err.value.layer == "u" and err.value.path == "/layers/0"
 
 
-def test_network_over_the_memory_limit_is_refused_before_allocating(monkeypatch):
-    import cnngraph.model
-    monkeypatch.setattr(cnngraph.model, "MAX_ARENA_BYTES", 10_000)
-    with pytest.raises(cnngraph.ShapeError, match="GiB of activation memory"):
-        cnngraph.compile(_tiny([{"op": "relu", "name": "r"}]), batch_size=64, device="cpu")
-
-
 def test_outputs_listed_twice_and_bad_compile_arguments():
     with pytest.raises(cnngraph.SpecError, match="listed more than once"):
         cnngraph.parse_spec(_tiny([{"op": "relu", "name": "r"}], outputs=["r", "r"]))

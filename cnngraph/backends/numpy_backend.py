@@ -48,6 +48,10 @@ class NumpyBackend:
 
     def run(self, inputs: dict[str, np.ndarray], timings: dict[str, float] | None = None) -> dict[str, np.ndarray]:
         """Outputs by name; with `timings`, adds each node's seconds to it (for profiling)."""
+        with np.errstate(all="ignore"):  # NaN and Inf propagate silently, as on every other backend and in PyTorch
+            return self._run(inputs, timings)
+
+    def _run(self, inputs, timings):
         g, views = self.graph, self.views
         for name, x in inputs.items():
             np.copyto(views[name], x.transpose(0, 2, 3, 1) if x.ndim == 4 else x)

@@ -243,8 +243,8 @@ def _pool_epilogue(t: Tile, pool: FusedPool, m_total, p, q, k, kg, epilogue: str
     """Per window of `pool.size` consecutive rows: epilogue on each conv value, then max or mean,
     and one store of the pooled value. `idx` is the conv output element (for residual epilogues)."""
     cells = pool.ph * pool.pw
-    combine = "r = MAXF(r, v);" if pool.kind == "max" else "r += v;"
-    first = "-3.402823466e+38f" if pool.kind == "max" else "0.0f"
+    combine = "r = max_nan(r, v);" if pool.kind == "max" else "r += v;"
+    first = "NEG_INF" if pool.kind == "max" else "0.0f"
     scale = "" if pool.kind == "max" else f"\n                    r *= {1.0 / pool.size!r}f;"
     return f"""    UNROLL for (int wi = 0; wi < {t.tm // pool.size}; ++wi) {{
         const int m = m0 + ty * {t.tm} + wi * {pool.size};  /* first row of a whole window */
@@ -357,7 +357,7 @@ def pool(name: str, *, kind: str, n, c, h, w, p, q, kh, kw, sh, sw, ph, pw, coun
     """max or avg pooling, one thread per output; windows clipped to the input as PyTorch does."""
     total = n * c * p * q
     if kind == "max":
-        init, step, final = "-3.402823466e+38f", "v = MAXF(v, xc[iy * %d + ix]);" % w, ""
+        init, step, final = "NEG_INF", "v = max_nan(v, xc[iy * %d + ix]);" % w, ""
     else:
         # window sizes as PyTorch counts them (integer min/max: both dialects have them built in)
         divisor = (f"(float)((min(y0 + {kh}, {h + ph}) - y0) * (min(x0 + {kw}, {w + pw}) - x0))"
@@ -406,7 +406,7 @@ def reduce_rows(name: str, *, kind: str, outer: int, length: int, inner: int) ->
 """
     else:
         code = f"""    float mx = -3.402823466e+38f;
-    for (int i = 0; i < {length}; ++i) mx = MAXF(mx, x[base + i * {inner}]);
+    for (int i = 0; i < {length}; ++i) mx = max_nan(mx, x[base + i * {inner}]);
     float s = 0.0f;
     for (int i = 0; i < {length}; ++i) s += EXPF(x[base + i * {inner}] - mx);
     const float inv = 1.0f / s;

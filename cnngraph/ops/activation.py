@@ -43,7 +43,7 @@ class Relu(Activation):
         return np.maximum(x, 0, out=x)
 
     def c_expr(self, v):
-        return f"MAXF({v}, 0.0f)"
+        return f"max_nan({v}, 0.0f)"
 
 
 class Relu6(Activation):
@@ -53,7 +53,7 @@ class Relu6(Activation):
         return np.clip(x, 0, 6, out=x)
 
     def c_expr(self, v):
-        return f"MINF(MAXF({v}, 0.0f), 6.0f)"
+        return f"min_nan(max_nan({v}, 0.0f), 6.0f)"
 
 
 class LeakyRelu(Activation):
@@ -131,7 +131,7 @@ class Hardswish(Activation):
         return x * np.clip(x + 3, 0, 6) * np.float32(1 / 6)
 
     def c_expr(self, v):
-        return f"({v} * MINF(MAXF({v} + 3.0f, 0.0f), 6.0f) * (1.0f / 6.0f))"
+        return f"({v} * min_nan(max_nan({v} + 3.0f, 0.0f), 6.0f) * (1.0f / 6.0f))"
 
 
 ACTIVATIONS: tuple[type[Activation], ...] = (Relu, Relu6, LeakyRelu, Sigmoid, Tanh, Gelu, Silu, Hardswish)
