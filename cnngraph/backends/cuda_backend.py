@@ -4,6 +4,8 @@ replayed, so small batches are not eaten by launch overhead. CuPy is imported la
 
 from __future__ import annotations
 
+import json
+
 import networkx as nx
 import numpy as np
 
@@ -11,6 +13,7 @@ from ..codegen.dialects import CUDA
 from ..codegen.lower import lower, lower_node
 from ..codegen.nvrtc import COMPILE_OPTIONS
 from ..errors import DeviceError
+from ..kernel_cache import cache_key, entry_path, read_entry, write_entry
 from .program_backend import ProgramBackend
 
 
@@ -67,18 +70,42 @@ class CudaBackend(ProgramBackend):
 
     def _autotune(self, g: nx.DiGraph, repeats: int = 5) -> dict[str, tuple[int, float, float]]:
         """Time every candidate schedule of every conv/linear node on this GPU (all compiled in one
-        module) and keep the fastest: node -> (pick, its ms, the default's ms). The chosen
-        schedules are kept in `self.schedules` (node -> templates.Schedule)."""
-        cp = self.cp
-        candidates = []  # (node, pick, launches, constants)
+        module) and keep the fastest: node -> (pick, its ms, the default's ms). Choices are kept
+        in the kernel cache by (GPU, candidate kernels), so a layer tuned before is not timed
+        again. The chosen schedules are kept in `self.schedules` (node -> templates.Schedule)."""
+        gpu = self._gpu_identity()
+        candidates, keys, counts = [], {}, {}  # candidates: (node, pick, launches, constants)
         for index, node in enumerate(g.graph["order"]):
-            count = lower_node(g, node, {}, 0)[0].schedules
-            for pick in range(count if count > 1 else 0):
+            counts[node] = lower_node(g, node, {}, 0)[0].schedules
+            if counts[node] < 2:
+                continue
+            bodies = []
+            for pick in range(counts[node]):
                 constants: dict = {}
                 launches = lower_node(g, node, constants, pick)
+                bodies += [launch.body for launch in launches]
                 for launch in launches:  # unique names across every candidate in the module
                     launch.rename(f"{launch.kernel}_n{index}_s{pick}")
                 candidates.append((node, pick, launches, constants))
+            keys[node] = cache_key("autotune", gpu, *bodies)
+        chosen = {}
+        for node, key in keys.items():
+            entry = read_entry(path) if (path := entry_path("autotune", key)) else None
+            choice = json.loads(entry) if entry is not None else None
+            if isinstance(choice, list) and len(choice) == 3 and choice[0] in range(counts[node]):
+                chosen[node] = tuple(choice)
+        timed = self._time_candidates([c for c in candidates if c[0] not in chosen], repeats)
+        for node, choice in timed.items():
+            if path := entry_path("autotune", keys[node]):
+                write_entry(path, json.dumps(choice).encode())
+        chosen.update(timed)
+        schedule_of = {(node, pick): launches[0].schedule for node, pick, launches, _ in candidates}
+        self.schedules = {node: schedule_of[node, pick] for node, (pick, _, _) in chosen.items()}
+        return chosen
+
+    def _time_candidates(self, candidates: list, repeats: int) -> dict[str, tuple[int, float, float]]:
+        """node -> (fastest pick, its ms, the default pick's ms)."""
+        cp = self.cp
         if not candidates:
             return {}
         module = cp.RawModule(code=CUDA.render("\n".join(l.body for c in candidates for l in c[2])),
@@ -103,10 +130,14 @@ class CudaBackend(ProgramBackend):
             end.record()
             end.synchronize()
             timings.setdefault(node, []).append((cp.cuda.get_elapsed_time(start, end) / repeats, pick))
-        chosen = {node: (min(t)[1], min(t)[0], next(ms for ms, p in t if p == 0)) for node, t in timings.items()}
-        schedule_of = {(node, pick): launches[0].schedule for node, pick, launches, _ in candidates}
-        self.schedules = {node: schedule_of[node, pick] for node, (pick, _, _) in chosen.items()}
-        return chosen
+        return {node: (min(t)[1], min(t)[0], next(ms for ms, p in t if p == 0)) for node, t in timings.items()}
+
+    def _gpu_identity(self) -> str:
+        cp = self.cp
+        props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        return (f"{name} sm_{props['major']}{props['minor']} driver {cp.cuda.runtime.driverGetVersion()} "
+                f"cupy {cp.__version__}")
 
     def _upload(self, name, x):
         view = self.views[name]

@@ -8,6 +8,7 @@ import numpy as np
 from ..codegen.dialects import OPENCL
 from ..codegen.lower import Program
 from ..errors import DeviceError
+from ..kernel_cache import cache_key, entry_path, read_entry, write_entry
 from .program_backend import ProgramBackend
 
 
@@ -30,7 +31,7 @@ class OpenCLBackend(ProgramBackend):
         except cl.Error as err:
             raise DeviceError(f"no OpenCL device: {err}") from None
         self.queue = cl.CommandQueue(self.context)
-        self.compiled = cl.Program(self.context, program.source(OPENCL)).build(options=["-cl-std=CL1.2"])
+        self.compiled = self._build(program.source(OPENCL))
         mf = cl.mem_flags
         self.arena = cl.Buffer(self.context, mf.READ_WRITE, size=max(4, program.arena_size * 4))
         self.views = {name: self.arena.get_sub_region(offset * 4, max(4, size * 4))
@@ -46,6 +47,24 @@ class OpenCLBackend(ProgramBackend):
             kernel.set_args(*[buffers[kind][ref] for kind, ref in launch.args])
             global_size = tuple(g * b for g, b in zip(launch.grid, launch.block))
             self.kernels.append((kernel, global_size, launch.block))
+
+    def _build(self, source: str):
+        """The program from the kernel cache when this device built the same source before (a
+        binary loads in milliseconds, a build takes seconds), else built and cached."""
+        cl, options = self.cl, ["-cl-std=CL1.2"]
+        devices = self.context.devices
+        identity = [f"{d.platform.name} {d.platform.version} {d.name} {d.version} {d.driver_version}" for d in devices]
+        path = entry_path("opencl", cache_key(source, *options, *identity)) if len(devices) == 1 else None
+        binary = read_entry(path) if path else None
+        if binary is not None:
+            try:
+                return cl.Program(self.context, devices, [binary]).build(options=options, cache_dir=False)
+            except cl.Error:
+                pass  # a binary this driver no longer loads: build from source and replace it
+        built = cl.Program(self.context, source).build(options=options, cache_dir=False)
+        if path:
+            write_entry(path, built.get_info(cl.program_info.BINARIES)[0])
+        return built
 
     def poison(self) -> None:
         """Fill the arena with NaN, so an element no kernel writes shows up in the results."""
