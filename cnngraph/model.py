@@ -84,9 +84,13 @@ def _resolve_device(device: str) -> tuple[str, str | None]:
     """"cpu", "cuda" or "opencl", and a note on why "auto" chose it."""
     if device not in DEVICES:
         raise DeviceError(f'unknown device "{device}"; valid: {", ".join(DEVICES)}')
-    if device != "auto":
+    if device in ("cpu", "opencl"):
         return device, None
     reason = cuda_unavailable_reason()
+    if device == "cuda":
+        if reason:
+            raise DeviceError(f'device "cuda" is not usable: {reason}')
+        return device, None
     return ("cuda", "CUDA GPU found") if reason is None else ("cpu", f"NumPy backend: {reason}")
 
 
