@@ -9,6 +9,7 @@ kernels as OpenCL C through PyOpenCL, or NumPy anywhere.
 
 from .errors import (CnnGraphError, CnnGraphWarning, DeviceError, InputError, ResourceError, ShapeError, SpecError,
                      WeightsError)
+from .interop import export_onnx, from_onnx, weights_from_torch
 from .model import CompiledModel, build, compile
 from .spec import NetworkSpec, load_spec, parse_spec
 from .weights import load_weights, save_weights
@@ -17,4 +18,4 @@ __version__ = "0.1.0"
 
 __all__ = ["CnnGraphError", "SpecError", "ShapeError", "WeightsError", "InputError", "DeviceError",
            "CompiledModel", "NetworkSpec", "build", "compile", "load_spec", "parse_spec", "load_weights",
-           "save_weights", "__version__"]
+           "save_weights", "from_onnx", "export_onnx", "weights_from_torch", "__version__"]

@@ -1,4 +1,4 @@
-"""The `cnngraph` command: validate, inspect, run, codegen, schema.
+"""The `cnngraph` command: validate, inspect, run, codegen, import-onnx, export-onnx, schema.
 
 Every error a user can cause ends with one line on stderr and exit status 2, never a traceback;
 files (and `codegen`'s folder) are written under a temporary name and renamed into place, so
@@ -25,8 +25,11 @@ from .codegen.lower import Program, lower
 from .errors import CnnGraphError, InputError
 from .files import atomic_write
 from .html_report import html_page
+from .interop import export_onnx, from_onnx
+from .interop.onnx_import import spec_json
 from .report import inspect_data, inspect_text, to_dot
 from .spec import json_schema, load_spec
+from .weights import save_weights
 
 EXIT_USAGE = 2
 
@@ -89,6 +92,21 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--seed", type=_non_negative, default=0, help="seed of the random weights and input")
     r.add_argument("--no-optimize", dest="optimize", action="store_false")
     r.set_defaults(handler=_run)
+
+    m = sub.add_parser("import-onnx", help="an ONNX model as a spec and a weights file")
+    m.add_argument("model", help="the .onnx file")
+    m.add_argument("-o", "--output", required=True, metavar="SPEC", help="the spec (.json) to write")
+    m.add_argument("--weights-out", metavar="W", help=".safetensors or .npz to write (default: SPEC with the "
+                   ".safetensors suffix)")
+    m.set_defaults(handler=_import_onnx)
+
+    e = sub.add_parser("export-onnx", help="a spec as an ONNX model (for ONNX Runtime, Netron)")
+    e.add_argument("spec")
+    e.add_argument("-o", "--output", required=True, metavar="MODEL", help="the .onnx file to write")
+    e.add_argument("--weights", help=".npz or .safetensors (default: seeded random weights)")
+    e.add_argument("--no-annotate", dest="annotate", action="store_false",
+                   help="leave out the fused groups of the optimized graph (node metadata_props)")
+    e.set_defaults(handler=_export_onnx)
 
     s = sub.add_parser("schema", help="print the JSON Schema of the spec format")
     s.add_argument("-o", "--output", help="write to this file instead of stdout")
@@ -202,6 +220,37 @@ def _write_folder(target: Path, files: dict[str, str]) -> None:
     except OSError as err:
         raise CnnGraphError(f"cannot write: {err.strerror or err}", file=str(target)) from None
     shutil.rmtree(aside, ignore_errors=True)
+
+
+def _import_onnx(args) -> None:
+    spec_path = Path(args.output)
+    weights_path = Path(args.weights_out) if args.weights_out else spec_path.with_suffix(".safetensors")
+    if weights_path.suffix not in (".safetensors", ".npz"):
+        raise CnnGraphError("unknown weights format; use a .safetensors or .npz file", file=str(weights_path))
+    for target in (spec_path, weights_path):  # refuse before converting, and before writing either file
+        if not target.parent.is_dir():
+            raise CnnGraphError(f"cannot write: no folder {target.parent}", file=str(target))
+    spec, weights = from_onnx(args.model)
+    try:
+        save_weights(weights, weights_path)
+    except OSError as err:
+        raise CnnGraphError(f"cannot write: {err.strerror or err}", file=str(weights_path)) from None
+    _write(str(spec_path), lambda f: f.write(spec_json(spec).encode()))
+    params = sum(int(w.size) for w in weights.values())
+    print(f"wrote {spec_path}: {spec.name}, {len(spec.layers)} layers, inputs "
+          + ", ".join(f"{i.name} {tuple(i.shape)}" for i in spec.inputs) + f", outputs {', '.join(spec.output_names)}")
+    print(f"wrote {weights_path}: {len(weights)} tensors, {params:,} parameters")
+
+
+def _export_onnx(args) -> None:
+    spec = load_spec(args.spec)
+    model = export_onnx(spec, args.output, weights=args.weights, annotate=args.annotate)
+    opset = model.opset_import[0].version
+    fused = sum(1 for n in model.graph.node if any(p.key == "cnngraph.fused_op" for p in n.metadata_props))
+    print(f"wrote {args.output}: {spec.name}, {len(model.graph.node)} ONNX nodes, opset {opset}, "
+          f"{len(model.graph.initializer)} initializers"
+          + ("" if args.weights else " (seeded random weights; pass --weights for trained ones)")
+          + (f"; {fused} nodes annotated with their fused group" if args.annotate else ""))
 
 
 def _schema(args) -> None:
