@@ -10,10 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +21,8 @@ from . import build, compile
 from .model import DEVICES
 from .codegen.dialects import DIALECTS, Dialect
 from .codegen.lower import Program, lower
-from .errors import CnnGraphError, InputError
-from .files import atomic_write
+from .errors import CnnGraphError, CnnGraphWarning, InputError
+from .files import atomic_write, atomic_write_folder
 from .html_report import html_page
 from .interop import export_onnx, from_onnx
 from .interop.onnx_import import spec_json
@@ -43,7 +42,10 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return args.handler(args) or 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", CnnGraphWarning)
+            warnings.showwarning = _show_note
+            return args.handler(args) or 0
     except CnnGraphError as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
@@ -53,6 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # `cnngraph inspect ... | head`: the reader left, which is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def _show_note(message, category, filename, lineno, file=None, line=None) -> None:
+    """CnnGraphWarnings as one `note:` line on stderr; other warnings as Python prints them."""
+    if issubclass(category, CnnGraphWarning):
+        print(f"note: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,6 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--output", help="save the output: .npy (one output) or .npz")
     r.add_argument("--seed", type=_non_negative, default=0, help="seed of the random weights and input")
     r.add_argument("--no-optimize", dest="optimize", action="store_false")
+    r.add_argument("--max-memory", metavar="SIZE", help="refuse a network that needs more (weights, activations, "
+                   "scratch), e.g. 2GiB (default: 80%% of the RAM, 90%% of the GPU's memory)")
     r.set_defaults(handler=_run)
 
     m = sub.add_parser("import-onnx", help="an ONNX model as a spec and a weights file")
@@ -164,7 +176,7 @@ def _codegen(args) -> None:
         raise CnnGraphError(f"cannot generate kernels: {err}", file=args.spec) from None
     files = {f"{launch.kernel}{dialect.suffix}": program.source(dialect, launch) for launch in program.launches}
     files["manifest.json"] = json.dumps(codegen_manifest(program, dialect, args.batch), indent=2) + "\n"
-    _write_folder(target, files)
+    atomic_write_folder(target, files)
     print(f"wrote {len(program.launches)} {dialect.name} kernels and manifest.json to {target}")
 
 
@@ -198,30 +210,6 @@ def _check_folder_target(target: Path, force: bool) -> None:
         raise CnnGraphError(f"cannot write: no folder {target.parent}", file=str(target))
 
 
-def _write_folder(target: Path, files: dict[str, str]) -> None:
-    """Write `files` into a temporary folder beside `target`, then rename it into place (an
-    existing `target` is moved aside first and removed only once the new one is in place)."""
-    aside = target.with_name(f".{target.name}.old")
-    try:
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
-        try:
-            for name, text in files.items():
-                (tmp / name).write_text(text)
-            tmp.chmod(0o755)
-            if target.exists():
-                shutil.rmtree(aside, ignore_errors=True)
-                os.replace(target, aside)
-            os.replace(tmp, target)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if aside.exists() and not target.exists():
-                os.replace(aside, target)  # put the old folder back
-            raise
-    except OSError as err:
-        raise CnnGraphError(f"cannot write: {err.strerror or err}", file=str(target)) from None
-    shutil.rmtree(aside, ignore_errors=True)
-
-
 def _import_onnx(args) -> None:
     spec_path = Path(args.output)
     weights_path = Path(args.weights_out) if args.weights_out else spec_path.with_suffix(".safetensors")
@@ -231,11 +219,8 @@ def _import_onnx(args) -> None:
         if not target.parent.is_dir():
             raise CnnGraphError(f"cannot write: no folder {target.parent}", file=str(target))
     spec, weights = from_onnx(args.model)
-    try:
-        save_weights(weights, weights_path)
-    except OSError as err:
-        raise CnnGraphError(f"cannot write: {err.strerror or err}", file=str(weights_path)) from None
-    _write(str(spec_path), lambda f: f.write(spec_json(spec).encode()))
+    save_weights(weights, weights_path)
+    atomic_write(spec_path, lambda f: f.write(spec_json(spec).encode()))
     params = sum(int(w.size) for w in weights.values())
     print(f"wrote {spec_path}: {spec.name}, {len(spec.layers)} layers, inputs "
           + ", ".join(f"{i.name} {tuple(i.shape)}" for i in spec.inputs) + f", outputs {', '.join(spec.output_names)}")
@@ -259,17 +244,9 @@ def _schema(args) -> None:
 
 def _emit(text: str, output: str | None) -> None:
     if output:
-        _write(output, lambda f: f.write((text + "\n").encode()))
+        atomic_write(output, lambda f: f.write((text + "\n").encode()))
     else:
         print(text)
-
-
-def _write(path: str, write) -> None:
-    """atomic_write, with a missing folder or a read-only place as one line, not a traceback."""
-    try:
-        atomic_write(Path(path), write)
-    except OSError as err:
-        raise CnnGraphError(f"cannot write: {err.strerror or err}", file=path) from None
 
 
 def _run(args) -> None:
@@ -279,7 +256,7 @@ def _run(args) -> None:
     if x is not None and x.shape[0] != batch:
         raise InputError(f"holds {x.shape[0]} samples but --batch is {batch}", file=args.input)
     model = compile(spec, batch_size=batch, device=args.device, weights=args.weights, seed=args.seed,
-                    optimize=args.optimize)
+                    optimize=args.optimize, max_memory=args.max_memory)
     if args.output:  # refuse a bad output name before running, not after
         _check_output_path(args.output, len(model.output_names))
     (inp,) = spec.inputs if len(spec.inputs) == 1 else (None,)
@@ -319,19 +296,25 @@ def _run(args) -> None:
 
 
 def _read_input(path: str) -> np.ndarray:
+    """A .npy array of samples. The header is checked before the data is read (memory-mapped), so
+    a file that claims more than it holds is refused, not allocated. NaN and Inf are kept: they
+    propagate through the network as in PyTorch."""
     try:
-        x = np.load(path, allow_pickle=False)
+        x = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as err:
         raise InputError(f"cannot read a .npy array: {getattr(err, 'strerror', None) or err}", file=path) from None
     if not isinstance(x, np.ndarray) or x.dtype.kind != "f":
         raise InputError(f"must hold a floating-point array, got {getattr(x, 'dtype', type(x).__name__)}", file=path)
-    if not np.isfinite(x).all():
-        raise InputError("contains NaN or infinite values", file=path)
     if x.ndim in (1, 3):
         x = x[None]  # one sample
     if x.ndim == 0 or x.shape[0] == 0:
         raise InputError(f"holds no samples (shape {x.shape})", file=path)
-    return np.ascontiguousarray(x, dtype=np.float32)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    nan, inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
+    if nan or inf:
+        warnings.warn(f"{path}: holds {nan} NaN and {inf} infinite values; they propagate through the network "
+                      f"as in PyTorch", CnnGraphWarning)
+    return x
 
 
 def _check_output_path(path: str, n_outputs: int) -> None:
@@ -345,9 +328,9 @@ def _check_output_path(path: str, n_outputs: int) -> None:
 def _save_output(outputs: dict[str, np.ndarray], path: str) -> None:
     _check_output_path(path, len(outputs))
     if Path(path).suffix == ".npz":
-        _write(path, lambda f: np.savez(f, **outputs))
+        atomic_write(path, lambda f: np.savez(f, **outputs))
     else:
-        _write(path, lambda f: np.save(f, next(iter(outputs.values()))))
+        atomic_write(path, lambda f: np.save(f, next(iter(outputs.values()))))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from .errors import CnnGraphError
 from .files import atomic_write
 
 MAGIC = b"cnngraph-cache-1\n"
@@ -67,5 +68,5 @@ def write_entry(path: Path, payload: bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda f: f.write(MAGIC + hashlib.sha256(payload).digest() + payload))
-    except OSError:
+    except (OSError, CnnGraphError):
         pass  # a read-only or full disk: the next compile builds again, which is only slower

@@ -11,6 +11,7 @@ import networkx as nx
 import numpy as np
 
 from .errors import ResourceError, SpecError
+from .graph import base_op, in_shapes
 from .ops import fmt_shape
 from .ops.conv import CACHE_CHUNK
 
@@ -22,9 +23,9 @@ UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb":
 
 @dataclass(frozen=True)
 class MemoryNeed:
-    """Bytes a compiled network holds. `scratch` is an upper bound: the NumPy backend's im2col
-    chunk plus room for a padded copy, the stride phases and a fused conv's pre-pool output of
-    the largest tensor (the CUDA split-K workspace is smaller than that)."""
+    """Bytes a compiled network holds. `scratch` is an upper bound: the NumPy backend's largest
+    im2col chunk plus room for a padded copy, the stride phases and a fused conv's pre-pool output
+    of the largest tensor (the CUDA split-K workspace is smaller than that)."""
     weights: int
     arena: int
     scratch: int
@@ -41,8 +42,19 @@ def memory_need(g: nx.DiGraph, weight_shapes: dict[str, tuple[tuple[int, ...], s
     """For a graph that has been through plan_memory; `weight_shapes`: key -> (shape, layer)."""
     largest = max((int(np.prod(g.nodes[n].get("conv_shape", g.nodes[n]["shape"]))) for n in g.graph["order"]),
                   default=0)  # a fused conv's pre-pool output lives in scratch
+    columns = max((_columns_bytes(g, n) for n in g.graph["order"]), default=0)
     return MemoryNeed(weights=4 * sum(int(np.prod(shape)) for shape, _ in weight_shapes.values()),
-                      arena=4 * g.graph["arena_size"], scratch=CACHE_CHUNK + 3 * 4 * largest)
+                      arena=4 * g.graph["arena_size"], scratch=columns + 3 * 4 * largest)
+
+
+def _columns_bytes(g: nx.DiGraph, node: str) -> int:
+    """The im2col buffer of a conv node: its whole column matrix, or a cache-sized chunk of it (at
+    least one output row) when larger (see ops/conv.py)."""
+    if base_op(g, node) != "conv2d":
+        return 0
+    n, _, ho, wo = g.nodes[node].get("conv_shape", g.nodes[node]["shape"])
+    taps = int(np.prod(g.nodes[node]["spec"].weight_shapes(in_shapes(g, node))["weight"][1:]))
+    return min(4 * n * ho * wo * taps, max(CACHE_CHUNK, 4 * wo * taps))
 
 
 def check_memory(g: nx.DiGraph, weight_shapes, limit: int, limit_source: str) -> MemoryNeed:

@@ -132,7 +132,8 @@ def test_torch_state_dict_keys_are_accepted(tmp_path, x):
 def test_float64_weights_are_cast_and_agree(x):
     weights = trained_weights()
     out32 = run(weights, x)
-    out64 = run({k: v.astype(np.float64) for k, v in weights.items()}, x)
+    with pytest.warns(cnngraph.CnnGraphWarning, match="converted 9 float64 weight tensor"):
+        out64 = run({k: v.astype(np.float64) for k, v in weights.items()}, x)
     assert out64.dtype == np.float32
     np.testing.assert_array_equal(out64, out32)  # float32 -> float64 -> float32 is exact
 
@@ -140,7 +141,8 @@ def test_float64_weights_are_cast_and_agree(x):
 def test_float16_weights_are_cast_and_close(x):
     weights = trained_weights()
     half = {k: v.astype(np.float16) for k, v in weights.items()}
-    out16 = run(half, x)
+    with pytest.warns(cnngraph.CnnGraphWarning, match="converted 9 float16 weight tensor"):
+        out16 = run(half, x)
     assert out16.dtype == np.float32
     np.testing.assert_array_equal(out16, run({k: v.astype(np.float32) for k, v in half.items()}, x))
     out32 = run(weights, x)
@@ -148,7 +150,8 @@ def test_float16_weights_are_cast_and_close(x):
 
 
 def test_compiled_weights_are_float32():
-    model = cnngraph.compile(SPEC, device="cpu", weights={k: v.astype(np.float64) for k, v in trained_weights().items()})
+    with pytest.warns(cnngraph.CnnGraphWarning):
+        model = cnngraph.compile(SPEC, device="cpu", weights={k: v.astype(np.float64) for k, v in trained_weights().items()})
     assert all(v.dtype == np.float32 and v.flags.c_contiguous for v in model.weights.values())
 
 

@@ -18,7 +18,6 @@ from typing import Mapping
 
 import numpy as np
 
-from ..errors import CnnGraphError
 from ..files import atomic_write
 from ..model import as_spec, build, compile
 from ..ops.base import pair
@@ -37,10 +36,7 @@ def export_onnx(spec: NetworkSpec | str | Path | Mapping, path: str | Path,
     uses) as an ONNX model at `path`, atomically. Returns the ModelProto."""
     model = to_onnx(spec, weights, annotate, seed)
     data = model.SerializeToString()
-    try:
-        atomic_write(Path(path), lambda f: f.write(data))
-    except OSError as err:
-        raise CnnGraphError(f"cannot write: {err.strerror or err}", file=str(path)) from None
+    atomic_write(path, lambda f: f.write(data))
     return model
 
 
