@@ -28,7 +28,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from torch import nn  # noqa: E402
 
 import cnngraph  # noqa: E402
-from cnngraph.cli import main  # noqa: E402
+from test_cli import run_main  # noqa: E402
 from cnngraph.interop import SUPPORTED_OPS  # noqa: E402
 from torch_oracle import TorchNet, random_weights, run_spec  # noqa: E402
 
@@ -568,15 +568,6 @@ def test_without_onnx_installed(monkeypatch, tmp_path):
 
 
 # --- the commands -------------------------------------------------------------------------------------
-
-def run_main(capsys, *args) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as stop:
-        code = stop.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
 
 def test_cli_import_then_run(capsys, tmp_path):
     model = save(cnngraph.interop.to_onnx(cnngraph.load_spec(ROOT / "examples" / "lenet5.json")),

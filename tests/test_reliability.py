@@ -16,6 +16,7 @@ import cnngraph
 from cnngraph.errors import CnnGraphWarning
 from cnngraph.resources import parse_size
 from test_backends import BACKENDS
+from test_cli import run_main
 from torch_oracle import random_weights, run_spec
 
 
@@ -262,26 +263,19 @@ def test_nan_and_inf_inputs_propagate_as_in_pytorch(name, device):
 
 # --- the same through the command line -----------------------------------------------------------
 
-def cli(capsys, *argv) -> tuple[int, str, str]:
-    from cnngraph.cli import main
-    status = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return status, out, err
-
-
 def test_run_max_memory_and_huge_batches_are_one_line(capsys):
-    status, _, err = cli(capsys, "run", "examples/lenet5.json", "--device", "cpu", "--max-memory", "100KiB")
+    status, _, err = run_main(capsys, "run", "examples/lenet5.json", "--device", "cpu", "--max-memory", "100KiB")
     assert status == 2 and err.count("\n") == 1 and "over the limit of 100.0 KiB (max_memory)" in err
-    status, _, err = cli(capsys, "run", "examples/resnet18.json", "--device", "cpu", "--batch", 10**7)
+    status, _, err = run_main(capsys, "run", "examples/resnet18.json", "--device", "cpu", "--batch", 10**7)
     assert status == 2 and err.count("\n") == 1 and "elements" in err
-    status, _, err = cli(capsys, "run", "examples/lenet5.json", "--device", "cpu", "--max-memory", "lots")
+    status, _, err = run_main(capsys, "run", "examples/lenet5.json", "--device", "cpu", "--max-memory", "lots")
     assert status == 2 and "max_memory must be a size" in err
 
 
 def test_run_accepts_nan_inputs_with_a_note(tmp_path, capsys):
     x = poisoned_input((2, 1, 32, 32))
     np.save(tmp_path / "x.npy", x)
-    status, out, err = cli(capsys, "run", "examples/lenet5.json", "--device", "cpu", "--input", tmp_path / "x.npy",
+    status, out, err = run_main(capsys, "run", "examples/lenet5.json", "--device", "cpu", "--input", tmp_path / "x.npy",
                            "--output", tmp_path / "y.npy")
     assert status == 0 and err == f"note: {tmp_path / 'x.npy'}: holds 3 NaN and 6 infinite values; they propagate " \
                                   f"through the network as in PyTorch\n"
@@ -292,12 +286,12 @@ def test_run_accepts_nan_inputs_with_a_note(tmp_path, capsys):
 def test_run_input_claiming_more_than_it_holds_is_refused_unread(tmp_path, capsys):
     header = b"{'descr': '<f4', 'fortran_order': False, 'shape': (100000, 100000, 1000), }"
     (tmp_path / "x.npy").write_bytes(b"\x93NUMPY\x01\x00" + struct.pack("<H", 118) + header.ljust(117) + b"\n" + bytes(8))
-    status, _, err = cli(capsys, "run", "examples/lenet5.json", "--device", "cpu", "--input", tmp_path / "x.npy")
+    status, _, err = run_main(capsys, "run", "examples/lenet5.json", "--device", "cpu", "--input", tmp_path / "x.npy")
     assert status == 2 and err.startswith(f"error: {tmp_path / 'x.npy'}: cannot read a .npy array")
 
 
 def test_converted_weights_are_a_note_on_the_command_line(tmp_path, capsys):
     model = cnngraph.compile("examples/lenet5.json", device="cpu")
     cnngraph.save_weights({k: v.astype(np.float16) for k, v in model.weights.items()}, tmp_path / "w.safetensors")
-    status, _, err = cli(capsys, "run", "examples/lenet5.json", "--device", "cpu", "--weights", tmp_path / "w.safetensors")
+    status, _, err = run_main(capsys, "run", "examples/lenet5.json", "--device", "cpu", "--weights", tmp_path / "w.safetensors")
     assert status == 0 and err.startswith("note: ") and "converted 10 float16 weight tensor(s) to float32" in err
