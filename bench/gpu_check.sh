@@ -11,7 +11,7 @@ if compgen -G ".whl/*.whl" > /dev/null; then
     export PYTHONPATH="/tmp/cnngraph-site:$PYTHONPATH"
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_backends.py
+python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_backends.py tests/test_reliability.py tests/test_files.py
 tests=$?
 python3 bench/gpu.py "$@"
 bench=$?

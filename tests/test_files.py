@@ -18,7 +18,7 @@ import pytest
 import cnngraph
 from cnngraph import kernel_cache
 from cnngraph.cli import main as cli_main
-from test_backends import OPENCL_REASON
+from test_backends import CUDA_REASON, OPENCL_REASON
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"format_version": 1, "name": "small", "inputs": [{"name": "x", "shape": [3, 16, 16]}],
@@ -268,3 +268,20 @@ def test_concurrent_writers_and_readers_never_see_a_torn_entry(tmp_path):
         assert child.returncode == 0, err
         assert int(out) == 300  # every read found a whole entry (a damaged one would read as None)
     assert [p.name for p in path.parent.iterdir()] == ["k.bin"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(CUDA_REASON is not None, reason=str(CUDA_REASON))
+def test_cuda_autotuning_choices_come_from_the_cache(cache, monkeypatch):
+    from cnngraph.backends.cuda_backend import CudaBackend
+    first = cnngraph.compile(SMALL, batch_size=4, device="cuda", autotune=True)
+    assert entries(cache, "autotune") and first.backend.tuning
+
+    def no_timing(*_):
+        raise AssertionError("a cached layer was timed again")
+
+    monkeypatch.setattr(CudaBackend, "_time_candidates", no_timing)
+    again = cnngraph.compile(SMALL, batch_size=4, device="cuda", autotune=True)
+    assert again.backend.tuning == first.backend.tuning and again.backend.schedules == first.backend.schedules
+    x = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_allclose(again(x), cnngraph.compile(SMALL, batch_size=4, device="cpu")(x), rtol=1e-4, atol=1e-5)

@@ -94,7 +94,8 @@ class CudaBackend(ProgramBackend):
             choice = json.loads(entry) if entry is not None else None
             if isinstance(choice, list) and len(choice) == 3 and choice[0] in range(counts[node]):
                 chosen[node] = tuple(choice)
-        timed = self._time_candidates([c for c in candidates if c[0] not in chosen], repeats)
+        untimed = [c for c in candidates if c[0] not in chosen]
+        timed = self._time_candidates(untimed, repeats) if untimed else {}
         for node, choice in timed.items():
             if path := entry_path("autotune", keys[node]):
                 write_entry(path, json.dumps(choice).encode())
@@ -106,8 +107,6 @@ class CudaBackend(ProgramBackend):
     def _time_candidates(self, candidates: list, repeats: int) -> dict[str, tuple[int, float, float]]:
         """node -> (fastest pick, its ms, the default pick's ms)."""
         cp = self.cp
-        if not candidates:
-            return {}
         module = cp.RawModule(code=CUDA.render("\n".join(l.body for c in candidates for l in c[2])),
                               options=COMPILE_OPTIONS)
         workspace = cp.empty(max(1, max(l.workspace for c in candidates for l in c[2])), cp.float32)
