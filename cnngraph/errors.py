@@ -6,15 +6,16 @@ import unicodedata
 
 NAME_LIMIT = 80  # characters of a user-given name shown in a message; the rest is elided
 
-# characters that would break the one line (newlines, U+2028) or drive the terminal (escapes)
-_UNPRINTABLE = ("Cc", "Cs", "Zl", "Zp")
+# Unicode categories of the characters that would break the one line (newlines, U+2028), drive
+# the terminal (escapes) or fail to print (lone surrogates)
+UNPRINTABLE = ("Cc", "Cs", "Zl", "Zp")
 
 
 def one_line(text: str) -> str:
     """`text` with control, surrogate and line-breaking characters escaped (\\n, \\x1b, \\u2028)."""
     if text.isprintable():
         return text
-    return "".join(repr(c)[1:-1] if unicodedata.category(c) in _UNPRINTABLE else c for c in text)
+    return "".join(repr(c)[1:-1] if unicodedata.category(c) in UNPRINTABLE else c for c in text)
 
 
 def shorten(name: object, limit: int = NAME_LIMIT) -> str:
@@ -44,7 +45,7 @@ class CnnGraphError(Exception):
             where.append(f"layer {quote(self.layer)}" + (f" ({self.path})" if self.path else ""))
         elif self.path:
             where.append(self.path)
-        if self.field:
+        if self.field is not None:  # "" too: a JSON key may be empty
             where.append(f"field {quote(self.field)}")
         return one_line(": ".join(where + [self.message]))  # whatever a message quotes, it stays one line
 

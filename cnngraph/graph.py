@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import networkx as nx
 
-from .errors import SpecError
+from .errors import SpecError, shorten
 from .spec import NetworkSpec
 
 
@@ -36,8 +36,16 @@ def build_graph(spec: NetworkSpec, batch_size: int) -> nx.DiGraph:
         return g
     names = [u for u, _ in cycle] + [cycle[0][0]]
     first = cycle[0][0]
-    raise SpecError("layers read each other in a cycle: " + " -> ".join(names), layer=first,
+    raise SpecError("layers read each other in a cycle: " + _cycle_text(names), layer=first,
                     path=g.nodes[first]["path"], field="inputs", file=spec.source)
+
+
+def _cycle_text(names: list[str], most: int = 8) -> str:
+    """a -> b -> a, with long names and the middle of a long cycle elided (the message stays one short line)."""
+    shown = [shorten(name, 40) for name in names]
+    if len(shown) > most:
+        shown = [*shown[:most - 2], f"... ({len(shown) - most + 1} more)", shown[-1]]
+    return " -> ".join(shown)
 
 
 def node_op(layer) -> str:

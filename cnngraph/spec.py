@@ -8,20 +8,21 @@ from __future__ import annotations
 
 import difflib
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-from .errors import SpecError
+from .errors import NAME_LIMIT, SpecError, quote
 from .ops import ACTIVATION_OPS, ACTIVATIONS, LAYER_TYPES, OPS, Layer
-from .ops.base import PositiveInt, Strict
+from .ops.base import Name, PositiveInt, Strict
 
 LayerSpec = Annotated[Union[tuple(LAYER_TYPES)], Field(discriminator="op")]
 
 
 class InputSpec(Strict):
-    name: str = Field(min_length=1, max_length=256)
+    name: Name
     shape: list[PositiveInt] = Field(min_length=1, max_length=3,
                                      description="Per-sample shape: [C, H, W] for images or [F] for vectors.")
 
@@ -39,7 +40,7 @@ class NetworkSpec(Strict):
 
     schema_: str | None = Field(None, alias="$schema", description="Path or URL of this JSON Schema, for editors.")
     format_version: Literal[1]
-    name: str = Field("network", min_length=1, max_length=256)
+    name: Name = "network"
     inputs: list[InputSpec] = Field(min_length=1)
     layers: list[LayerSpec] = Field(min_length=1)
     outputs: list[str] | None = Field(None, min_length=1, description="Layers whose results are returned; "
@@ -62,6 +63,14 @@ class NetworkSpec(Strict):
             previous = name
         return filled
 
+    @field_validator("format_version", mode="before")
+    @classmethod
+    def _integer_version(cls, value):
+        """Literal[1] alone takes true and 1.0 (they equal 1); the version is the integer 1."""
+        if isinstance(value, (bool, float)):
+            raise ValueError(f"must be the integer 1, got {value!r}")
+        return value
+
     @property
     def source(self) -> str | None:
         return self._source
@@ -82,12 +91,12 @@ def _check_references(spec: NetworkSpec) -> None:
     seen: dict[str, str] = {}
     for inp in spec.inputs:
         if inp.name in seen:
-            raise SpecError(f'duplicate network input name "{inp.name}"', path="/inputs", field="name")
+            raise SpecError(f"duplicate network input name {quote(inp.name)}", path="/inputs", field="name")
         seen[inp.name] = "network input"
     for index, layer in enumerate(spec.layers):
         where = dict(layer=layer.name, path=f"/layers/{index}")
         if layer.name in seen:
-            raise SpecError(f'duplicate name "{layer.name}" (already used by a {seen[layer.name]})',
+            raise SpecError(f"duplicate name {quote(layer.name)} (already used by a {seen[layer.name]})",
                             field="name", **where)
         seen[layer.name] = "layer"
     valid = ", ".join(sorted(seen))
@@ -95,19 +104,20 @@ def _check_references(spec: NetworkSpec) -> None:
         where = dict(layer=layer.name, path=f"/layers/{index}")
         for ref in layer.inputs:
             if ref not in seen:
-                raise SpecError(f'unknown input "{ref}"{_suggest(ref, seen)}; valid: {_clip(valid)}',
+                raise SpecError(f"unknown input {quote(ref)}{_suggest(ref, seen)}; valid: {_clip(valid)}",
                                 field="inputs", **where)
         lo, hi = layer.arity
         if not lo <= len(layer.inputs) <= (hi or len(layer.inputs)):
             need = f"at least {lo}" if hi is None else str(lo)
             raise SpecError(f"{layer.op} takes {need} input(s), got {len(layer.inputs)}", field="inputs", **where)
     layer_names = [layer.name for layer in spec.layers]
-    repeated = sorted({o for o in spec.output_names if spec.output_names.count(o) > 1})
+    repeated = sorted(name for name, count in Counter(spec.output_names).items() if count > 1)
     if repeated:
-        raise SpecError(f'output "{repeated[0]}" is listed more than once', field="outputs", path="/outputs")
+        raise SpecError(f"output {quote(repeated[0])} is listed more than once", field="outputs", path="/outputs")
+    known = set(layer_names)  # a set: a spec may list thousands of outputs
     for out in spec.output_names:
-        if out not in layer_names:
-            raise SpecError(f'unknown output "{out}"{_suggest(out, layer_names)}; outputs must name layers: '
+        if out not in known:
+            raise SpecError(f"unknown output {quote(out)}{_suggest(out, layer_names)}; outputs must name layers: "
                             f'{_clip(", ".join(layer_names))}', field="outputs", path="/outputs")
 
 
@@ -116,17 +126,53 @@ def parse_spec(data: Any, source: str | None = None) -> NetworkSpec:
     if not isinstance(data, dict):
         raise SpecError(f"a spec must be a JSON object, got {type(data).__name__}", file=source)
     try:
+        _check_nesting(data)
         spec = NetworkSpec.model_validate(data)
     except ValidationError as err:
         raise _spec_error(err, data).located(source) from None
-    except RecursionError:
-        raise SpecError("the spec is nested too deeply", file=source) from None
+    except SpecError as err:
+        raise err.located(source) from None
     spec._source = source
     try:
         _check_references(spec)
     except SpecError as err:
         raise err.located(source) from None
     return spec
+
+
+MAX_NESTING = 16  # a spec is 4 levels deep at most: layers, a layer, its activation, a parameter
+
+
+def _check_nesting(data: dict) -> None:
+    """Refuse data nested far deeper than any spec, before Pydantic and repr() recurse through it
+    (a list 5000 levels deep, passed as a dict, would otherwise end in a RecursionError)."""
+    stack = [(data, ())]
+    while stack:
+        value, loc = stack.pop()
+        if len(loc) > MAX_NESTING:
+            raise _nesting_error(data, loc)
+        if isinstance(value, dict):
+            stack.extend((child, (*loc, key)) for key, child in value.items())
+        elif isinstance(value, list):
+            stack.extend((child, (*loc, index)) for index, child in enumerate(value))
+
+
+def _nesting_error(data: dict, loc: tuple) -> SpecError:
+    """The error names the layer (or network input) and the field the deep value is in."""
+    message = f"nested more than {MAX_NESTING} levels deep (a spec has 4 at most)"
+    if loc[0] in ("layers", "inputs") and isinstance(loc[1], int):
+        layer = _layer_name(data, loc[1]) if loc[0] == "layers" else None
+        field = loc[2] if isinstance(loc[2], str) else None  # None: the layer itself is a deep list
+        return SpecError(message, layer=layer, path=f"/{loc[0]}/{loc[1]}", field=field)
+    return SpecError(message, field=str(loc[0]))
+
+
+def _layer_name(data: dict, index: int) -> str:
+    """The name of layer `index` of the raw data: its own, else the default `<op>_<index>`."""
+    raw = data["layers"][index] if isinstance(data.get("layers"), list) else {}
+    raw = raw if isinstance(raw, dict) else {}
+    name, op = raw.get("name"), raw.get("op")
+    return name if isinstance(name, str) and name else f"{op if isinstance(op, str) else 'layer'}_{index}"
 
 
 def load_spec(path: str | Path) -> NetworkSpec:
@@ -162,6 +208,13 @@ def _is_branch_tag(part) -> bool:
     return isinstance(part, str) and not part.isidentifier() and part != "$schema"
 
 
+def _location(e: dict) -> list:
+    """An error's location without union branches; an unknown field's own key is kept whatever it
+    looks like ("kernel size" is not an identifier, but it is what the user wrote)."""
+    loc, keep_last = e["loc"], e["type"] == "extra_forbidden"
+    return [part for i, part in enumerate(loc) if not _is_branch_tag(part) or (keep_last and i == len(loc) - 1)]
+
+
 def _site(e: dict) -> tuple:
     """Where an error is: its location without union branches and list indices (the layer index kept)."""
     loc = e["loc"]
@@ -186,16 +239,13 @@ def _best_error(errors: list[dict]) -> dict:
 
 def _spec_error(err: ValidationError, data: dict) -> SpecError:
     e = _best_error(err.errors(include_url=False))
-    loc, kind = [part for part in e["loc"] if not _is_branch_tag(part)], e["type"]
+    loc, kind = _location(e), e["type"]
     layer = path = None
-    model_fields = {f.alias or name for name, f in NetworkSpec.model_fields.items()}
+    model = InputSpec if loc[:1] == ["inputs"] else NetworkSpec
+    model_fields = {f.alias or name for name, f in model.model_fields.items()}
     if len(loc) >= 2 and loc[0] == "layers" and isinstance(loc[1], int):
         index = loc[1]
-        raw = data["layers"][index] if isinstance(data.get("layers"), list) else {}
-        raw = raw if isinstance(raw, dict) else {}
-        name, op = raw.get("name"), raw.get("op")
-        layer = name if isinstance(name, str) and name else f"{op if isinstance(op, str) else 'layer'}_{index}"
-        path = f"/layers/{index}"
+        layer, path = _layer_name(data, index), f"/layers/{index}"
         rest = loc[2:]
         if rest and rest[0] in OPS:
             model_fields = set(OPS[rest[0]].model_fields)
@@ -208,9 +258,10 @@ def _spec_error(err: ValidationError, data: dict) -> SpecError:
     field = ".".join(str(part) for part in loc if not isinstance(part, int)) or None
     if (e.get("ctx") or {}).get("field"):  # raised by a model validator that knows the field
         field = ".".join(filter(None, [field, e["ctx"]["field"]]))
-    if path is None:
-        path = "/" + "/".join(str(part) for part in loc) if loc else None
-        field = None if path else field
+    if path is None:  # outside the layers a JSON pointer says where; an unknown key is the field
+        container = loc[:-1] if kind == "extra_forbidden" else loc
+        path = "/" + "/".join(str(part) for part in container) if container else None
+        field = str(loc[-1]) if kind == "extra_forbidden" else None
     return SpecError(_describe(e, kind, loc, model_fields), layer=layer, path=path, field=field)
 
 
@@ -219,13 +270,14 @@ def _describe(e: dict, kind: str, loc: list, model_fields: set[str]) -> str:
     got = e.get("input")
     if kind == "extra_forbidden":
         name = str(loc[-1]) if loc else ""
-        return f'unknown field "{name}"{_suggest(name, model_fields)}; valid fields: {", ".join(sorted(model_fields))}'
+        valid = ", ".join(sorted(model_fields))
+        return f"unknown field {quote(name)}{_suggest(name, model_fields)}; valid fields: {valid}"
     if kind == "missing":
         return "missing required field"
     if kind == "union_tag_invalid":
         tag = ctx.get("tag")
         valid = list(OPS) if "activation" not in loc else ACTIVATION_OPS
-        return f'unknown op "{tag}"{_suggest(str(tag), valid)}; valid ops: {", ".join(valid)}'
+        return f'unknown op {quote(tag)}{_suggest(str(tag), valid)}; valid ops: {", ".join(valid)}'
     if kind == "union_tag_not_found":
         return 'missing "op" (every layer names its op, e.g. "conv2d")'
     if kind == "invalid_value":
@@ -235,11 +287,14 @@ def _describe(e: dict, kind: str, loc: list, model_fields: set[str]) -> str:
     if kind in ("too_short", "too_long"):
         bound = f"at least {ctx['min_length']}" if kind == "too_short" else f"at most {ctx['max_length']}"
         return f"should have {bound} item(s), got {ctx['actual_length']}"
-    shown = repr(got)
-    return f"{e['msg'].rstrip('.')}, got {_clip(shown, 60)}" if not isinstance(got, (dict, list)) else e["msg"]
+    if isinstance(got, (dict, list)):  # shown in full it could be megabytes
+        return e["msg"]
+    return f"{e['msg'].rstrip('.')}, got {_clip(repr(got), 60)}"
 
 
 def _suggest(name: str, options) -> str:
+    if len(name) > 2 * NAME_LIMIT:  # nothing valid is that long; and difflib's time grows with it
+        return ""
     close = difflib.get_close_matches(name, list(options), n=1, cutoff=0.6)
     return f'; did you mean "{close[0]}"?' if close else ""
 

@@ -9,17 +9,34 @@ implementations work on batched arrays in the NumPy backend's layout: (N, H, W, 
 from __future__ import annotations
 
 import math
+import unicodedata
 from typing import Annotated, ClassVar
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
-from ..errors import ShapeError
+from ..errors import UNPRINTABLE, ShapeError
 
 Shape = tuple[int, ...]
-PositiveInt = Annotated[int, Field(ge=1)]
-NonNegativeInt = Annotated[int, Field(ge=0)]
+# Every integer in a spec fits in 64 bits, as ONNX and PyTorch attributes do: a far larger one is a
+# mistake, and its thousands of digits would flood the error message. (Sizes that fit but make a
+# tensor too large to hold are shape errors, found by shape inference.)
+INT64_MAX = 2**63 - 1
+PositiveInt = Annotated[int, Field(ge=1, le=INT64_MAX)]
+NonNegativeInt = Annotated[int, Field(ge=0, le=INT64_MAX)]
+Int64 = Annotated[int, Field(ge=-INT64_MAX - 1, le=INT64_MAX)]
+
+
+def _printable(name: str) -> str:
+    """Names appear in messages, tables and file keys: a newline or a terminal escape in one is a mistake."""
+    bad = next((c for c in name if unicodedata.category(c) in UNPRINTABLE), None)
+    if bad is not None:
+        raise ValueError(f"must not contain control characters or line breaks, found {bad!r}")
+    return name
+
+
+Name = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_printable)]
 Pair = Annotated[list[PositiveInt], Field(min_length=2, max_length=2)]
 NonNegativePair = Annotated[list[NonNegativeInt], Field(min_length=2, max_length=2)]
 
@@ -57,8 +74,7 @@ class Strict(BaseModel):
 
 class Layer(Strict):
     """Fields shared by every layer. Subclasses add `op: Literal[...]` and their parameters."""
-    name: str | None = Field(None, min_length=1, max_length=256,
-                             description="Unique layer name; names the weights. Default <op>_<index>.")
+    name: Name | None = Field(None, description="Unique layer name; names the weights. Default <op>_<index>.")
     inputs: list[str] | None = Field(None, min_length=1,
                                      description="Layers or network inputs read; default: the previous layer.")
 

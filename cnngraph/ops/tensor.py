@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
 from pydantic import Field
 
-from .base import Layer, Pair, PositiveInt, fmt_shape, pair
+from .base import Int64, Layer, Pair, PositiveInt, fmt_shape, pair
 
 
 class Flatten(Layer):
@@ -15,7 +16,7 @@ class Flatten(Layer):
     op: Literal["flatten"]
 
     def infer_shape(self, in_shapes):
-        return (int(np.prod(in_shapes[0])),)
+        return (math.prod(in_shapes[0]),)  # exact: np.prod would wrap around past 2**63
 
     def flops(self, in_shapes, out_shape):
         return 0
@@ -31,7 +32,7 @@ class Flatten(Layer):
 class Dropout(Layer):
     """Identity at inference; `p` is kept so specs exported from training code load unchanged."""
     op: Literal["dropout"]
-    p: float = Field(0.5, ge=0, lt=1)
+    p: float = Field(0.5, ge=0, lt=1, allow_inf_nan=False)
 
     def flops(self, in_shapes, out_shape):
         return 0
@@ -83,7 +84,7 @@ class Concat(Layer):
 
 class Softmax(Layer):
     op: Literal["softmax"]
-    axis: int = Field(1, description="Axis of the (N, C, H, W) or (N, F) tensor; 1 is the channels.")
+    axis: Int64 = Field(1, description="Axis of the (N, C, H, W) or (N, F) tensor; 1 is the channels.")
 
     def infer_shape(self, in_shapes):
         rank = len(in_shapes[0]) + 1
