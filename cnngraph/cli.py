@@ -21,14 +21,14 @@ from . import build, compile
 from .model import DEVICES
 from .codegen.dialects import DIALECTS, Dialect
 from .codegen.lower import Program, lower
-from .errors import CnnGraphError, CnnGraphWarning, InputError
+from .errors import CnnGraphError, CnnGraphWarning, InputError, WeightsError
 from .files import atomic_write, atomic_write_folder
 from .html_report import html_page
 from .interop import export_onnx, from_onnx
 from .interop.onnx_import import spec_json
 from .report import inspect_data, inspect_text, to_dot
 from .spec import json_schema, load_spec
-from .weights import save_weights
+from .weights import load_weights, save_weights
 
 EXIT_USAGE = 2
 
@@ -251,35 +251,32 @@ def _emit(text: str, output: str | None) -> None:
 
 def _run(args) -> None:
     spec = load_spec(args.spec)
-    x = _read_input(args.input) if args.input else None
-    batch = args.batch or (x.shape[0] if x is not None else 1)
-    if x is not None and x.shape[0] != batch:
-        raise InputError(f"holds {x.shape[0]} samples but --batch is {batch}", file=args.input)
+    given = _read_inputs(args.input, spec) if args.input else None
+    batch = args.batch or (next(iter(given.values())).shape[0] if given else 1)
+    for name, x in (given or {}).items():
+        if x.shape[0] != batch:
+            batch_from = "--batch is" if args.batch else "the first input holds"
+            raise InputError(f'input "{name}" holds {x.shape[0]} samples but {batch_from} {batch}', file=args.input)
     model = compile(spec, batch_size=batch, device=args.device, weights=args.weights, seed=args.seed,
                     optimize=args.optimize, max_memory=args.max_memory)
     if args.output:  # refuse a bad output name before running, not after
         _check_output_path(args.output, len(model.output_names))
-    (inp,) = spec.inputs if len(spec.inputs) == 1 else (None,)
-    if inp is None:
-        raise InputError("this network has several inputs; `cnngraph run` feeds one (use the Python API)")
-    if x is not None and x.shape[1:] != tuple(inp.shape):
-        raise InputError(f"has per-sample shape {x.shape[1:]}, the network's input \"{inp.name}\" needs "
-                         f"{tuple(inp.shape)}", file=args.input)
-    if x is None:
-        x = np.random.default_rng(args.seed).standard_normal((batch, *inp.shape)).astype(np.float32)
+    if given is None:
+        rng = np.random.default_rng(args.seed)
+        given = {i.name: rng.standard_normal((batch, *i.shape)).astype(np.float32) for i in spec.inputs}
     print(f"network: {spec.name} ({len(spec.layers)} layers -> {len(model.graph) - len(spec.inputs)} nodes), "
           f"batch {batch}, device {model.device}" + (f" ({model.device_note})" if model.device_note else ""))
     if model.random_weights:
         print(f"weights: seeded random initialisation (seed {args.seed}); pass --weights for trained ones")
     if not args.input:
-        print(f"input: seeded random normal data {x.shape}")
+        print("input: seeded random normal data " + ", ".join(f"{name} {x.shape}" for name, x in given.items()))
     start = time.perf_counter()
-    y = model(x)
+    y = model(given)
     first = time.perf_counter() - start
     times = []
     for _ in range(3):
         start = time.perf_counter()
-        model(x)
+        model(given)
         times.append(time.perf_counter() - start)
     outputs = y if isinstance(y, dict) else {model.output_names[0]: y}
     for name, value in outputs.items():
@@ -295,20 +292,46 @@ def _run(args) -> None:
         print(f"saved {args.output}")
 
 
-def _read_input(path: str) -> np.ndarray:
-    """A .npy array of samples. The header is checked before the data is read (memory-mapped), so
-    a file that claims more than it holds is refused, not allocated. NaN and Inf are kept: they
-    propagate through the network as in PyTorch."""
+def _read_inputs(path: str, spec) -> dict[str, np.ndarray]:
+    """Input arrays by name: a .npy for a network with one input, a .npz with one array per input
+    name for any network. A single sample may leave out the batch dimension."""
+    names = [i.name for i in spec.inputs]
+    if Path(path).suffix == ".npz":
+        try:
+            arrays = load_weights(path)  # the same safe reader: headers checked first, no pickle
+        except WeightsError as err:
+            raise InputError(err.message, file=path) from None
+        if sorted(arrays) != sorted(names):
+            raise InputError(f"must hold one array per network input ({', '.join(names)}), holds "
+                             f"{', '.join(arrays) or 'none'}", file=path)
+    elif len(names) > 1:
+        raise InputError(f"the network has inputs {', '.join(names)}: give a .npz with one array per name", file=path)
+    else:
+        arrays = {names[0]: _read_npy(path)}
+    return {i.name: _samples(arrays[i.name], i, path) for i in spec.inputs}
+
+
+def _read_npy(path: str) -> np.ndarray:
+    """The header is checked before the data is read (memory-mapped), so a file that claims more
+    than it holds is refused, not allocated."""
     try:
-        x = np.load(path, mmap_mode="r", allow_pickle=False)
+        return np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as err:
         raise InputError(f"cannot read a .npy array: {getattr(err, 'strerror', None) or err}", file=path) from None
+
+
+def _samples(x, inp, path: str) -> np.ndarray:
+    """`x` checked against network input `inp`, as contiguous float32 samples. NaN and Inf are
+    kept, with a note: they propagate through the network as in PyTorch."""
     if not isinstance(x, np.ndarray) or x.dtype.kind != "f":
         raise InputError(f"must hold a floating-point array, got {getattr(x, 'dtype', type(x).__name__)}", file=path)
-    if x.ndim in (1, 3):
+    if x.ndim == len(inp.shape):
         x = x[None]  # one sample
     if x.ndim == 0 or x.shape[0] == 0:
         raise InputError(f"holds no samples (shape {x.shape})", file=path)
+    if x.shape[1:] != tuple(inp.shape):
+        raise InputError(f'has per-sample shape {x.shape[1:]}, the network\'s input "{inp.name}" needs '
+                         f"{tuple(inp.shape)}", file=path)
     x = np.ascontiguousarray(x, dtype=np.float32)
     nan, inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
     if nan or inf:

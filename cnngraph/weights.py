@@ -49,7 +49,7 @@ def init_weights(g: nx.DiGraph, seed: int = 0) -> dict[str, np.ndarray]:
         if shapes:
             rng = np.random.default_rng([seed, zlib.crc32(spec.name.encode())])
             for suffix, value in spec.init_weights(shapes, rng).items():
-                weights[f"{spec.name}.{suffix}"] = value.astype(np.float32)
+                weights[f"{spec.name}.{suffix}"] = np.asarray(value, np.float32)  # no copy when float32
     return weights
 
 

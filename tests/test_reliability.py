@@ -4,6 +4,7 @@ Interrupted writes, the kernel cache and concurrency are in test_files.py."""
 
 from __future__ import annotations
 
+import json
 import struct
 import time
 import tracemalloc
@@ -295,3 +296,44 @@ def test_converted_weights_are_a_note_on_the_command_line(tmp_path, capsys):
     cnngraph.save_weights({k: v.astype(np.float16) for k, v in model.weights.items()}, tmp_path / "w.safetensors")
     status, _, err = run_main(capsys, "run", "examples/lenet5.json", "--device", "cpu", "--weights", tmp_path / "w.safetensors")
     assert status == 0 and err.startswith("note: ") and "converted 10 float16 weight tensor(s) to float32" in err
+
+
+TWO_INPUTS = {"format_version": 1, "name": "two", "inputs": [{"name": "a", "shape": [4]}, {"name": "b", "shape": [4]}],
+              "layers": [{"op": "add", "name": "s", "inputs": ["a", "b"]}], "outputs": ["s"]}
+
+
+def test_run_feeds_every_input_of_a_network(tmp_path, capsys):
+    spec = tmp_path / "two.json"
+    spec.write_text(json.dumps(TWO_INPUTS))
+    status, out, _ = run_main(capsys, "run", spec, "--device", "cpu", "--batch", 2)
+    assert status == 0 and "a (2, 4), b (2, 4)" in out
+    a, b = np.arange(8, dtype=np.float32).reshape(2, 4), np.ones((2, 4), np.float32)
+    np.savez(tmp_path / "x.npz", a=a, b=b)
+    status, _, err = run_main(capsys, "run", spec, "--device", "cpu", "--input", tmp_path / "x.npz",
+                              "--output", tmp_path / "y.npy")
+    assert status == 0, err
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), a + b)
+    np.save(tmp_path / "a.npy", a)
+    status, _, err = run_main(capsys, "run", spec, "--device", "cpu", "--input", tmp_path / "a.npy")
+    assert status == 2 and "a.npy: the network has inputs a, b: give a .npz" in err
+    np.savez(tmp_path / "only_a.npz", a=a)
+    status, _, err = run_main(capsys, "run", spec, "--device", "cpu", "--input", tmp_path / "only_a.npz")
+    assert status == 2 and "must hold one array per network input (a, b), holds a" in err
+
+
+@pytest.mark.parametrize("layer, field", [({"op": "leaky_relu", "name": "l", "negative_slope": 1e308}, "negative_slope"),
+                                          ({"op": "batch_norm2d", "name": "l", "eps": 1e39}, "eps")])
+def test_float_parameters_must_fit_float32(layer, field):
+    with pytest.raises(cnngraph.SpecError, match="float32's range") as info:
+        cnngraph.build(net([layer]))
+    assert info.value.layer == "l" and info.value.field == field
+
+
+def test_seeded_init_holds_four_bytes_per_weight():
+    tracemalloc.start()
+    try:
+        cnngraph.compile(net([{"op": "linear", "name": "fc", "out_features": 2000}], shape=(2500,)), device="cpu")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2.5 * 4 * 2000 * 2500, peak  # float64 draws would peak at 3x the float32 weights

@@ -11,7 +11,7 @@ from typing import Annotated, Literal, Union, get_args
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, Field, TypeAdapter
 
-from .base import Layer, Strict
+from .base import Float32, Layer, Strict
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
@@ -58,7 +58,7 @@ class Relu6(Activation):
 
 class LeakyRelu(Activation):
     op: Literal["leaky_relu"]
-    negative_slope: float = Field(0.01, allow_inf_nan=False)
+    negative_slope: Float32 = 0.01
 
     def apply(self, x):
         return np.where(x >= 0, x, x * np.float32(self.negative_slope)).astype(np.float32, copy=False)

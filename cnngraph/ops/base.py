@@ -26,6 +26,17 @@ INT64_MAX = 2**63 - 1
 PositiveInt = Annotated[int, Field(ge=1, le=INT64_MAX)]
 NonNegativeInt = Annotated[int, Field(ge=0, le=INT64_MAX)]
 Int64 = Annotated[int, Field(ge=-INT64_MAX - 1, le=INT64_MAX)]
+# A float parameter is used in float32 arithmetic: beyond float32's range it would become infinite
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _float32_range(value: float) -> float:
+    if abs(value) > FLOAT32_MAX:
+        raise ValueError(f"must be within float32's range (|x| <= 3.4e38), the precision kernels compute in; got {value:g}")
+    return value
+
+
+Float32 = Annotated[float, Field(allow_inf_nan=False), AfterValidator(_float32_range)]
 
 
 def _printable(name: str) -> str:
@@ -60,9 +71,12 @@ def he_init(shapes: dict[str, Shape], rng: np.random.Generator) -> dict[str, np.
     """He (Kaiming normal) weights over the fan-in (every weight dimension but the first), and
     PyTorch's uniform bias in +-1/sqrt(fan_in): for conv2d and linear."""
     fan_in = int(np.prod(shapes["weight"][1:]))
-    out = {"weight": rng.normal(0, math.sqrt(2 / fan_in), shapes["weight"])}
+    weight = rng.standard_normal(shapes["weight"], dtype=np.float32)  # float32 throughout: 4 bytes per
+    weight *= np.float32(math.sqrt(2 / fan_in))                         # weight at most, as the memory check counts
+    out = {"weight": weight}
     if "bias" in shapes:
-        out["bias"] = rng.uniform(-1, 1, shapes["bias"]) / math.sqrt(fan_in)
+        bias = rng.random(shapes["bias"], dtype=np.float32) * 2 - 1
+        out["bias"] = bias / np.float32(math.sqrt(fan_in))
     return out
 
 

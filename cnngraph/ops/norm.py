@@ -7,7 +7,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from .base import Layer
+from .base import Float32, Layer
 
 
 def batch_norm_scale_shift(weights: dict[str, np.ndarray], eps: float) -> tuple[np.ndarray, np.ndarray]:
@@ -19,7 +19,7 @@ def batch_norm_scale_shift(weights: dict[str, np.ndarray], eps: float) -> tuple[
 
 class BatchNorm2d(Layer):
     op: Literal["batch_norm2d"]
-    eps: float = Field(1e-5, gt=0, allow_inf_nan=False)
+    eps: Float32 = Field(1e-5, gt=0)
 
     def infer_shape(self, in_shapes):
         self.expect_image(in_shapes[0])
