@@ -1,3 +1,8 @@
+import os
+import shutil
+import tempfile
+
+
 def pytest_addoption(parser):
     parser.addoption("--hypothesis-examples", type=int, default=None,
                      help="examples per property test in test_properties.py (default 30; the OpenCL property "
@@ -5,3 +10,20 @@ def pytest_addoption(parser):
     parser.addoption("--fuzz-examples", type=int, default=None,
                      help="cases of the spec fuzzer in test_fuzz.py (default 500; the CLI fuzz test runs a fifth "
                           "as many); also CNNGRAPH_FUZZ_EXAMPLES. CNNGRAPH_FUZZ_SEED=S runs fresh random cases")
+
+
+
+_OWN_CACHE = []  # the cache folder this run made, removed when it ends
+
+
+def pytest_configure(config):
+    """The kernel cache of a test run lives in a folder of its own, not in the user's
+    ~/.cache/cnngraph (tests of the cache itself point it elsewhere again)."""
+    if "CNNGRAPH_CACHE_DIR" not in os.environ:
+        _OWN_CACHE.append(tempfile.mkdtemp(prefix="cnngraph-test-cache-"))
+        os.environ["CNNGRAPH_CACHE_DIR"] = _OWN_CACHE[0]
+
+
+def pytest_unconfigure(config):
+    for folder in _OWN_CACHE:
+        shutil.rmtree(folder, ignore_errors=True)
