@@ -109,8 +109,9 @@ def load_weights(source: str | Path | Mapping[str, np.ndarray]) -> dict[str, np.
             return _read_npz(f, str(path)) if path.suffix == ".npz" else _read_safetensors(f, str(path))
     except WeightsError:
         raise
-    except (OSError, ValueError, KeyError, EOFError, zlib.error, zipfile.BadZipFile) as err:
-        raise WeightsError(f"cannot read weights: {getattr(err, 'strerror', None) or err}", file=str(path)) from None
+    except Exception as err:  # zipfile alone raises a dozen types (BadZipFile, RuntimeError, NotImplementedError, ...)
+        why = getattr(err, "strerror", None) or str(err) or type(err).__name__
+        raise WeightsError(f"cannot read weights: {why}", file=str(path)) from None
 
 
 def save_weights(weights: Mapping[str, np.ndarray], path: str | Path) -> None:
@@ -135,7 +136,7 @@ def _read_npz(f: BinaryIO, name: str) -> dict[str, np.ndarray]:
     arrays (pickles) are refused, and a shape the member's size cannot hold is never allocated."""
     if not zipfile.is_zipfile(f):
         raise WeightsError("not a .npz file (a zip archive of .npy arrays)", file=name)
-    out = {}
+    file_size, out = os.fstat(f.fileno()).st_size, {}
     with zipfile.ZipFile(f) as archive:
         for info in archive.infolist():
             key = info.filename.removesuffix(".npy")
@@ -152,12 +153,29 @@ def _read_npz(f: BinaryIO, name: str) -> dict[str, np.ndarray]:
                     raise WeightsError(f'entry "{key}" holds Python objects; cnngraph never unpickles, '
                                        f"save plain numeric arrays", file=name)
                 nbytes = dtype.itemsize * math.prod(shape)
-                if nbytes > info.file_size - member.tell():
-                    raise WeightsError(f'entry "{key}" declares shape {shape} ({nbytes:,} bytes) but holds '
-                                       f"{info.file_size - member.tell():,} bytes (truncated or corrupt?)", file=name)
-                value = np.frombuffer(member.read(nbytes), dtype).reshape(shape, order="F" if fortran else "C")
-                out[key] = value.copy()
+                can_hold = min(info.file_size, MAX_DEFLATE_RATIO * info.compress_size) - member.tell()
+                if nbytes > can_hold or info.compress_size > file_size:
+                    raise WeightsError(f'entry "{key}" declares shape {shape} ({nbytes:,} bytes), more than it can '
+                                       f"hold (truncated or corrupt?)", file=name)
+                value = np.frombuffer(_read_exactly(member, nbytes, key, name), dtype)
+                out[key] = value.reshape(shape, order="F" if fortran else "C").copy()
     return out
+
+
+MAX_DEFLATE_RATIO = 1100  # deflate expands at most ~1032x: a zip cannot honestly hold more than this
+READ_CHUNK = 16 * 2**20
+
+
+def _read_exactly(member, nbytes: int, key: str, name: str) -> bytearray:
+    """`nbytes` of a zip member, read in chunks so that memory grows with the data actually there,
+    never with what a (possibly forged) header claims."""
+    data = bytearray()
+    while len(data) < nbytes:
+        chunk = member.read(min(READ_CHUNK, nbytes - len(data)))
+        if not chunk:
+            raise WeightsError(f'entry "{key}" ends after {len(data):,} of its {nbytes:,} bytes (truncated?)', file=name)
+        data += chunk
+    return data
 
 
 MAX_SAFETENSORS_HEADER = 100 * 2**20  # the reference reader's cap: a larger header is corrupt

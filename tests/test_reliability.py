@@ -169,6 +169,35 @@ def test_safetensors_header_is_checked_before_the_data_is_read(tmp_path, monkeyp
     assert reads == [8, len(header)]  # the header only, never the data
 
 
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_damaged_weights_files_give_one_line_errors(tmp_path, suffix):
+    """Random byte flips and cuts of a real file: it loads, or raises a one-line WeightsError."""
+    path = tmp_path / f"w{suffix}"
+    cnngraph.save_weights(random_weights(CONV), path)
+    good, rng = path.read_bytes(), np.random.default_rng(0)
+    for case in range(400):
+        blob = bytearray(good)
+        for at in rng.integers(0, len(blob), rng.integers(1, 4)):
+            blob[at] = rng.integers(0, 256)
+        path.write_bytes(bytes(blob[:rng.integers(1, len(blob) + 1)] if case % 4 == 0 else blob))
+        try:
+            cnngraph.load_weights(path)
+        except cnngraph.WeightsError as err:
+            assert "\n" not in str(err) and str(err).startswith(str(path)) and not str(err).endswith(": "), str(err)
+
+
+def test_npz_whose_zip_header_lies_about_its_size_is_refused_unread(tmp_path):
+    path = tmp_path / "w.npz"
+    write_npz(path, {"c.weight": npz_member("(274877906944,)", bytes(64))})
+    blob = bytearray(path.read_bytes())
+    for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):  # local and central uncompressed size
+        at = blob.find(signature) + offset
+        blob[at:at + 4] = struct.pack("<I", 0xFFFFFFF0)
+    path.write_bytes(bytes(blob))
+    err = refused_fast(lambda: cnngraph.load_weights(path), cnngraph.WeightsError)
+    assert "more than it can hold" in str(err)
+
+
 def test_float64_and_float16_weights_are_converted_with_a_note():
     weights = random_weights(CONV)
     with pytest.warns(CnnGraphWarning, match="converted 1 float16, 1 float64 weight tensor"):
