@@ -18,7 +18,7 @@ from .passes.infer_shapes import infer_shapes
 from .passes.pipeline import optimize_graph
 from .passes.plan_memory import plan_memory
 from .report import summary_table
-from .resources import MemoryNeed, check_memory, default_memory_limit, parse_size
+from .resources import MemoryNeed, check_memory, default_memory_limit, least_need, parse_size, planned_need
 from .spec import NetworkSpec, load_spec, parse_spec
 from .weights import check_weights, expected_shapes, init_weights, load_weights
 
@@ -62,9 +62,10 @@ def compile(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1, devic
     device, note = _resolve_device(device)
     limit, limit_source = ((parse_size(max_memory), "max_memory") if max_memory is not None
                            else default_memory_limit(device))
+    limit = float("inf") if limit is None else limit
     expected = expected_shapes(g)
-    # before any weight or activation exists (the plan is arithmetic), and again on the final plan
-    check_memory(plan_memory(g.copy()), expected, limit, limit_source)
+    copies = 1 if device == "cuda" else 2  # the CPU backends keep the weights given and their own rearranged copy
+    check_memory(g, least_need(g, expected, copies), expected, limit, limit_source)  # before any weight exists
     if weights is None:
         bound, random_weights = init_weights(g, seed), True
     else:
@@ -75,7 +76,8 @@ def compile(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1, devic
         g.nodes[node]["weights"] = {k[len(prefix):]: v for k, v in bound.items() if k.startswith(prefix)
                                     and k[len(prefix):] in ("weight", "bias", "running_mean", "running_var")}
     g = plan_memory(optimize_graph(g) if optimize else g.copy())
-    need = check_memory(g, expected, limit, limit_source)
+    need = planned_need(g, expected, copies)
+    check_memory(g, need, expected, limit, limit_source)  # the final plan, still before allocating it
     backend = _backend(device, g, cuda_graph, autotune)
     return CompiledModel(spec, g, bound, backend, random_weights, device_note=note, memory=need)
 

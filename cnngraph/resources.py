@@ -3,6 +3,7 @@ default limit for a device, and the check that refuses a network before anything
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ import networkx as nx
 import numpy as np
 
 from .errors import ResourceError, SpecError
-from .graph import base_op, in_shapes
+from .graph import base_op, in_shapes, layer_nodes
 from .ops import fmt_shape
 from .ops.conv import CACHE_CHUNK
 
@@ -38,13 +39,26 @@ class MemoryNeed:
         return {"weights": self.weights, "arena": self.arena, "scratch": self.scratch, "total": self.total}
 
 
-def memory_need(g: nx.DiGraph, weight_shapes: dict[str, tuple[tuple[int, ...], str]]) -> MemoryNeed:
-    """For a graph that has been through plan_memory; `weight_shapes`: key -> (shape, layer)."""
-    largest = max((int(np.prod(g.nodes[n].get("conv_shape", g.nodes[n]["shape"]))) for n in g.graph["order"]),
+def planned_need(g: nx.DiGraph, weight_shapes: dict, weight_copies: int) -> MemoryNeed:
+    """For a graph that has been through plan_memory; `weight_shapes`: key -> (shape, layer).
+    `weight_copies`: 2 on the CPU backends, which keep the given weights and a copy rearranged for
+    their kernels; 1 on CUDA, where the limit is the GPU's memory."""
+    largest = max((math.prod(g.nodes[n].get("conv_shape", g.nodes[n]["shape"])) for n in g.graph["order"]),
                   default=0)  # a fused conv's pre-pool output lives in scratch
     columns = max((_columns_bytes(g, n) for n in g.graph["order"]), default=0)
-    return MemoryNeed(weights=4 * sum(int(np.prod(shape)) for shape, _ in weight_shapes.values()),
-                      arena=4 * g.graph["arena_size"], scratch=columns + 3 * 4 * largest)
+    return MemoryNeed(weights=weight_copies * _weight_bytes(weight_shapes), arena=4 * g.graph["arena_size"],
+                      scratch=columns + 3 * 4 * largest)
+
+
+def least_need(g: nx.DiGraph, weight_shapes: dict, weight_copies: int) -> MemoryNeed:
+    """What any plan of the graph needs at least: its weights and its largest tensor. Checked
+    before the weights exist; the full plan needs the optimized graph, which needs the weights."""
+    largest = max(math.prod(g.nodes[n]["shape"]) for n in layer_nodes(g))
+    return MemoryNeed(weights=weight_copies * _weight_bytes(weight_shapes), arena=4 * largest, scratch=0)
+
+
+def _weight_bytes(weight_shapes: dict) -> int:
+    return 4 * sum(math.prod(shape) for shape, _ in weight_shapes.values())
 
 
 def _columns_bytes(g: nx.DiGraph, node: str) -> int:
@@ -53,49 +67,77 @@ def _columns_bytes(g: nx.DiGraph, node: str) -> int:
     if base_op(g, node) != "conv2d":
         return 0
     n, _, ho, wo = g.nodes[node].get("conv_shape", g.nodes[node]["shape"])
-    taps = int(np.prod(g.nodes[node]["spec"].weight_shapes(in_shapes(g, node))["weight"][1:]))
+    taps = math.prod(g.nodes[node]["spec"].weight_shapes(in_shapes(g, node))["weight"][1:])
     return min(4 * n * ho * wo * taps, max(CACHE_CHUNK, 4 * wo * taps))
 
 
-def check_memory(g: nx.DiGraph, weight_shapes, limit: int, limit_source: str) -> MemoryNeed:
-    """The network's MemoryNeed, or a ResourceError when it exceeds `limit` that names the layer
-    of its largest tensor (an activation or a weight)."""
-    need = memory_need(g, weight_shapes)
+def check_memory(g: nx.DiGraph, need: MemoryNeed, weight_shapes: dict, limit: int, limit_source: str) -> None:
+    """A ResourceError when `need` exceeds `limit`, naming the layer of the largest tensor (an
+    activation or a weight)."""
     if need.total <= limit:
-        return need
-    tensors = [(int(np.prod(shape)), f"output {fmt_shape(shape[1:])}", (g.nodes[n]["layers"] or [n])[0])
-               for n in g.graph["order"] for shape in {g.nodes[n]["shape"], g.nodes[n].get("conv_shape", ())} if shape]
-    tensors += [(int(np.prod(shape)), f'weight "{key}" {tuple(shape)}', layer)
-                for key, (shape, layer) in weight_shapes.items()]
+        return
+    tensors = []
+    for n in layer_nodes(g):
+        layers = g.nodes[n].get("layers") or [n]
+        tensors.append((math.prod(g.nodes[n]["shape"]), f"output {fmt_shape(g.nodes[n]['shape'][1:])}", layers[-1]))
+        if "conv_shape" in g.nodes[n]:  # a fused conv's output before its pool
+            shape = g.nodes[n]["conv_shape"]
+            tensors.append((math.prod(shape), f"output {fmt_shape(shape[1:])}", layers[0]))
+    tensors += [(math.prod(shape), f'weight "{key}" {tuple(shape)}', layer) for key, (shape, layer) in weight_shapes.items()]
     size, what, layer = max(tensors)
     advice = "smaller layers" if what.startswith("weight") else "a smaller batch"
     raise ResourceError(
-        f"the network needs {fmt_bytes(need.total)} at batch {g.graph['batch_size']} (weights "
-        f"{fmt_bytes(need.weights)}, activations {fmt_bytes(need.arena)}, scratch {fmt_bytes(need.scratch)}), "
-        f"over the limit of {fmt_bytes(limit)} ({limit_source}); its largest tensor is its {what}, "
-        f"{fmt_bytes(4 * size)}; use {advice} or raise max_memory", layer=layer, file=g.graph.get("source"))
+        f"the network needs {'at least ' if not need.scratch else ''}{fmt_bytes(need.total)} at batch "
+        f"{g.graph['batch_size']} (weights {fmt_bytes(need.weights)}, activations {fmt_bytes(need.arena)}, scratch "
+        f"{fmt_bytes(need.scratch)}), over the limit of {fmt_bytes(limit)} ({limit_source}); its largest tensor is "
+        f"its {what}, {fmt_bytes(4 * size)}; use {advice} or raise max_memory", layer=layer, file=g.graph.get("source"))
 
 
-def default_memory_limit(device: str) -> tuple[int, str]:
-    """The limit for `device` ("cpu", "opencl" or "cuda") and where it comes from, in words."""
+def default_memory_limit(device: str) -> tuple[int | None, str]:
+    """The limit for `device` ("cpu", "opencl" or "cuda") and where it comes from, in words; None
+    when the machine's memory cannot be found out."""
     if device == "cuda":
         import cupy as cp
         total = cp.cuda.runtime.memGetInfo()[1]
         return int(GPU_FRACTION * total), f"default: {GPU_FRACTION:.0%} of the GPU's {fmt_bytes(total)}"
-    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return int(RAM_FRACTION * total), f"default: {RAM_FRACTION:.0%} of this machine's {fmt_bytes(total)} of RAM"
+    total, what = machine_memory()
+    if total is None:
+        return None, "no default: this machine's memory is unknown"
+    return int(RAM_FRACTION * total), f"default: {RAM_FRACTION:.0%} of {what}, {fmt_bytes(total)}"
+
+
+CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")  # v2, v1
+
+
+def machine_memory() -> tuple[int | None, str]:
+    """The memory this process may use: physical RAM, or a container's (cgroup) limit when lower."""
+    total, what = None, "this machine's RAM"
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows) or no such name
+        pass
+    for path in CGROUP_LIMITS:
+        try:
+            text = open(path).read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and (total is None or int(text) < total):  # "max" or a huge number: no limit
+            total, what = int(text), "this container's memory limit"
+    return total, what
 
 
 def parse_size(text: str | int) -> int:
-    """Bytes from an int or a string like "512MiB", "8GB", "1.5g" (binary units for k/m/g/t)."""
+    """Bytes (at least 1) from an int or a string like "512MiB", "8GB", "1.5g" (binary units for k/m/g/t)."""
     if isinstance(text, int) and not isinstance(text, bool):
-        if text < 1:
-            raise SpecError(f"max_memory must be a positive number of bytes, got {text}")
-        return text
-    match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", str(text))
-    if not match or match.group(2).lower() not in UNITS or float(match.group(1)) <= 0:
-        raise SpecError(f'max_memory must be a size like 4096, "512MiB" or "8GB", got {text!r}')
-    return int(float(match.group(1)) * UNITS[match.group(2).lower()])
+        size = text
+    else:
+        match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text) if isinstance(text, str) else None
+        if not match or match.group(2).lower() not in UNITS:
+            raise SpecError(f'max_memory must be a number of bytes or a size like "512MiB" or "8GB", got {text!r}')
+        size = int(float(match.group(1)) * UNITS[match.group(2).lower()])
+    if size < 1:
+        raise SpecError(f"max_memory must be at least 1 byte, got {text!r}")
+    return size
 
 
 def fmt_bytes(n: int) -> str:

@@ -64,13 +64,20 @@ def test_activations_over_the_limit_name_the_largest_tensor():
     assert model.memory.total <= parse_size("256MiB")
     assert model.graph.nodes["pool"]["op"] == "conv2d+max_pool2d"  # the wide output lives in scratch
     assert model.memory.arena >= 4 * 64 * 128 * 128 and model.memory.scratch >= 4 * 64 * 256 * 256
-    assert model.memory.weights == 4 * (64 * 27 + 64 + 8 * 576 + 8)
+    assert model.memory.weights == 2 * 4 * (64 * 27 + 64 + 8 * 576 + 8)  # as given, and rearranged for NumPy
+
+
+def test_the_limit_is_the_final_plan_not_the_unoptimized_one():
+    need = cnngraph.compile("examples/cifar_vgg.json", batch_size=64, device="cpu").memory.total
+    cnngraph.compile("examples/cifar_vgg.json", batch_size=64, device="cpu", max_memory=need)
+    with pytest.raises(cnngraph.ResourceError):
+        cnngraph.compile("examples/cifar_vgg.json", batch_size=64, device="cpu", max_memory=need - 1)
 
 
 def test_default_limit_is_a_fraction_of_this_machines_ram():
-    ram = cnngraph.resources.os.sysconf("SC_PAGE_SIZE") * cnngraph.resources.os.sysconf("SC_PHYS_PAGES")
+    total, what = cnngraph.resources.machine_memory()
     limit, source = cnngraph.resources.default_memory_limit("cpu")
-    assert limit == int(0.8 * ram) and "RAM" in source
+    assert limit == int(0.8 * total) and what in source
     # k outputs of 4 GiB each, all alive at the end: one more than the limit holds
     k = limit // 2**32 + 1
     spec = {**net([{"op": "relu", "name": f"r{i}", "inputs": ["x"]} for i in range(k)], shape=(64, 128, 128)),
@@ -87,13 +94,20 @@ def test_overflowing_shapes_fail_fast():
     refused_fast(lambda: cnngraph.compile("examples/lenet5.json", batch_size=10**9, device="cpu"), cnngraph.ShapeError)
 
 
+def test_a_container_limit_below_the_ram_is_the_one_that_counts(tmp_path, monkeypatch):
+    (tmp_path / "memory.max").write_text("1073741824\n")
+    (tmp_path / "unlimited").write_text("max\n")
+    monkeypatch.setattr(cnngraph.resources, "CGROUP_LIMITS", (str(tmp_path / "unlimited"), str(tmp_path / "memory.max")))
+    assert cnngraph.resources.machine_memory() == (2**30, "this container's memory limit")
+
+
 @pytest.mark.parametrize("text, size", [(4096, 4096), ("512MiB", 2**29), ("8GB", 8 * 10**9), ("1.5g", 3 * 2**29),
                                         ("2 KiB", 2048)])
 def test_sizes(text, size):
     assert parse_size(text) == size
 
 
-@pytest.mark.parametrize("text", [0, -5, "lots", "5 parsecs", "-1GiB", True, ""])
+@pytest.mark.parametrize("text", [0, -5, "lots", "5 parsecs", "-1GiB", True, "", 0.5, "0.1", 1e20])
 def test_bad_sizes(text):
     with pytest.raises(cnngraph.SpecError, match="max_memory"):
         cnngraph.compile(net([{"op": "relu", "name": "r"}]), device="cpu", max_memory=text)
@@ -299,7 +313,7 @@ def test_run_max_memory_and_huge_batches_are_one_line(capsys):
     status, _, err = run_main(capsys, "run", "examples/resnet18.json", "--device", "cpu", "--batch", 10**7)
     assert status == 2 and err.count("\n") == 1 and "elements" in err
     status, _, err = run_main(capsys, "run", "examples/lenet5.json", "--device", "cpu", "--max-memory", "lots")
-    assert status == 2 and "max_memory must be a size" in err
+    assert status == 2 and "max_memory must be a number of bytes or a size" in err
 
 
 def test_run_accepts_nan_inputs_with_a_note(tmp_path, capsys):
