@@ -21,7 +21,7 @@ from . import build, compile
 from .model import DEVICES
 from .codegen.dialects import DIALECTS, Dialect
 from .codegen.lower import Program, lower
-from .errors import CnnGraphError, CnnGraphWarning, InputError, WeightsError
+from .errors import CnnGraphError, CnnGraphWarning, InputError, WeightsError, one_line
 from .files import atomic_write, atomic_write_folder
 from .html_report import html_page
 from .interop import export_onnx, from_onnx
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
 def _show_note(message, category, filename, lineno, file=None, line=None) -> None:
     """CnnGraphWarnings as one `note:` line on stderr; other warnings as Python prints them."""
     if issubclass(category, CnnGraphWarning):
-        print(f"note: {message}", file=sys.stderr)
+        print(f"note: {one_line(str(message))}", file=sys.stderr)
     else:
         sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
@@ -215,6 +215,9 @@ def _import_onnx(args) -> None:
     weights_path = Path(args.weights_out) if args.weights_out else spec_path.with_suffix(".safetensors")
     if weights_path.suffix not in (".safetensors", ".npz"):
         raise CnnGraphError("unknown weights format; use a .safetensors or .npz file", file=str(weights_path))
+    if weights_path.resolve() == spec_path.resolve():
+        raise CnnGraphError("the spec and the weights would be the same file; name the spec .json or give "
+                            "--weights-out", file=str(spec_path))
     for target in (spec_path, weights_path):  # refuse before converting, and before writing either file
         if not target.parent.is_dir():
             raise CnnGraphError(f"cannot write: no folder {target.parent}", file=str(target))

@@ -436,9 +436,24 @@ def test_unsupported_ops_are_all_listed(tmp_path):
     assert "4 ONNX node(s) cannot be expressed" in text and "Conv, " in text  # the supported ops are listed
 
 
+def test_a_long_list_of_unsupported_nodes_is_cut(tmp_path):
+    nodes = [helper.make_node("Sin", ["x"], [f"s{i}"], name=f"sin{i}") for i in range(30)]
+    nodes.append(helper.make_node("Sum", [f"s{i}" for i in range(30)], ["y"], name="sum"))
+    path = save(onnx_model(nodes, X, [("y", ["N", 3, 9, 9])]), tmp_path / "sines.onnx")
+    with pytest.raises(cnngraph.SpecError) as excinfo:
+        cnngraph.from_onnx(path)
+    text = one_line_error(excinfo)
+    assert "30 ONNX node(s)" in text and '"sin19"' in text and '"sin20"' not in text and "and 10 more" in text
+
+
 def _conv_model(**attrs):
     return onnx_model([helper.make_node("Conv", ["x", "w"], ["y"], name="conv", **attrs)], X,
                       [("y", ["N", 4, None, None])], [("w", W3)])
+
+
+def _corrupt_tensor() -> TensorProto:
+    """3 floats whose data holds 5 bytes."""
+    return TensorProto(data_type=TensorProto.FLOAT, dims=[3], raw_data=bytes(5))
 
 
 BAD_NODES = {
@@ -462,6 +477,12 @@ BAD_NODES = {
     "reshape_other": (onnx_model([helper.make_node("Reshape", ["x", "s"], ["y"], name="rs")], X,
                                  [("y", ["N", 27, 9])], [("s", np.array([0, 27, 9], np.int64))]),
                       ["only a reshape to (N, -1)", "[0, 27, 9]"]),
+    "resize_batch_scale": (onnx_model([helper.make_node("Resize", ["x", "", "s"], ["y"], name="up", mode="nearest")],
+                                      X, [("y", ["N", 3, 18, 18])], [("s", np.array([2, 1, 2, 2], np.float32))]),
+                           ["only whole factors", "1 in N"]),
+    "corrupt_constant": (onnx_model([helper.make_node("Constant", [], ["lo"], name="k", value=_corrupt_tensor()),
+                                     helper.make_node("Clip", ["x", "lo"], ["y"], name="clip")], X,
+                                    [("y", ["N", 3, 9, 9])]), ['"k" (Constant)', "corrupt"]),
     "custom_domain": (onnx_model([helper.make_node("FusedConv", ["x"], ["y"], name="fc", domain="com.microsoft")], X,
                                  [("y", ["N", 3, 9, 9])]), ['"fc" (com.microsoft.FusedConv)']),
 }
@@ -561,9 +582,9 @@ def test_missing_file(tmp_path):
 
 def test_without_onnx_installed(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "onnx", None)  # `import onnx` now raises ImportError
-    with pytest.raises(cnngraph.SpecError, match="pip install onnx"):
+    with pytest.raises(cnngraph.CnnGraphError, match="pip install onnx"):
         cnngraph.from_onnx(tmp_path / "m.onnx")
-    with pytest.raises(cnngraph.SpecError, match="pip install onnx"):
+    with pytest.raises(cnngraph.CnnGraphError, match="pip install onnx"):
         cnngraph.export_onnx(ROOT / "examples" / "lenet5.json", tmp_path / "m.onnx")
 
 
@@ -593,6 +614,9 @@ def test_cli_import_weights_out(capsys, tmp_path):
                               tmp_path / "w.npz")
     assert code == 0, err
     assert set(np.load(tmp_path / "w.npz")) == set(cnngraph.compile(ROOT / "examples" / "lenet5.json").weights)
+    code, _, err = run_main(capsys, "import-onnx", model, "-o", tmp_path / "s.safetensors")
+    assert code == 2 and "the spec and the weights would be the same file" in err
+    assert not (tmp_path / "s.safetensors").exists()
 
 
 def test_cli_export(capsys, tmp_path):

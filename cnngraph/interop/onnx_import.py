@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import ValidationError
 
-from ..errors import CnnGraphError, ShapeError, SpecError
+from ..errors import CnnGraphError, ShapeError, SpecError, quote
 from ..ops import ACTIVATION_OPS, GEMM_OPS, OPS, fmt_shape
 from ..ops.conv import conv_out_size
 from ..spec import NetworkSpec, parse_spec
@@ -36,6 +36,7 @@ class _Batch:
 
 BATCH = _Batch()
 ONNX_DOMAINS = ("", "ai.onnx")
+MAX_PROBLEMS_SHOWN = 20  # nodes listed in the error; the rest are counted
 
 
 class Unsupported(Exception):
@@ -51,7 +52,7 @@ def require_onnx():
     try:
         import onnx
     except ImportError:
-        raise SpecError("ONNX support needs the onnx package: pip install onnx") from None
+        raise CnnGraphError("ONNX support needs the onnx package: pip install onnx") from None
     return onnx
 
 
@@ -118,8 +119,8 @@ def declared_dims(value_info) -> list | None:
 def node_label(node) -> str:
     """How messages name a node: its name, or the tensor it writes when it has none."""
     if node.name or not node.output:
-        return f'"{node.name}"'
-    return f'(unnamed, writes "{node.output[0]}")'
+        return quote(node.name)
+    return f"(unnamed, writes {quote(node.output[0])})"
 
 
 def fmt_dims(dims: list) -> str:
@@ -224,8 +225,11 @@ class Importer:
                 self._problem(node, f"malformed attributes or inputs ({type(err).__name__}: {err})")
         outputs = self._network_outputs()
         if self.problems:
-            raise SpecError(f"{len(self.problems)} ONNX node(s) cannot be expressed in cnngraph: "
-                            f"{'; '.join(self.problems)} (supported ops: {', '.join(SUPPORTED_OPS)})", file=self.file)
+            shown = self.problems[:MAX_PROBLEMS_SHOWN]
+            more = len(self.problems) - len(shown)
+            raise SpecError(f"{len(self.problems)} ONNX node(s) cannot be expressed in cnngraph: {'; '.join(shown)}"
+                            + (f"; and {more} more" if more else "")
+                            + f" (supported ops: {', '.join(SUPPORTED_OPS)})", file=self.file)
         layers = fuse_activations(self.layers, outputs)
         name = self.graph.name if self.graph.name not in ("", "main_graph") else Path(self.file).stem  # torch names every graph main_graph
         spec = {"format_version": 1, "name": clean_name(name) or "network", "inputs": inputs, "layers": layers,
@@ -269,9 +273,9 @@ class Importer:
                 continue
             layer = self.source.get(name)
             if layer is None or name in self.consts or any(name == i.name for i in self.graph.input):
-                self.problems.append(f'output "{name}": not computed by a layer (a constant or a network input)')
+                self.problems.append(f"output {quote(name)}: not computed by a layer (a constant or a network input)")
             elif layer in outputs:
-                self.problems.append(f'output "{name}": the same tensor as output "{outputs[layer]}"')
+                self.problems.append(f"output {quote(name)}: the same tensor as output {quote(outputs[layer])}")
             else:
                 outputs[layer] = name
         return list(outputs)
@@ -440,7 +444,10 @@ def float_weight(array: np.ndarray, what: str) -> np.ndarray:
 
 
 def constant_value(node) -> np.ndarray:
-    a = attributes(node)
+    try:
+        a = attributes(node)
+    except (ValueError, TypeError) as err:  # a tensor whose data does not fit its dims
+        raise Unsupported(f"its value is corrupt (truncated file?): {err}") from None
     for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
         if key in a:
             value = np.asarray(a[key])
@@ -833,8 +840,9 @@ def resize(imp, node):
         factors = [1.0] + [float(s) / n for s, n in zip(sizes.reshape(-1)[1:], imp.shapes[x])]
     else:
         raise Unsupported("needs constant scales or sizes for N, C, H and W")
-    if len(factors) != 4 or factors[1] != 1 or any(f < 1 or f != int(f) for f in factors[2:]):
-        raise Unsupported(f"scales {[round(f, 4) for f in factors]}: only whole factors >= 1 in H and W are supported")
+    if len(factors) != 4 or factors[:2] != [1, 1] or any(f < 1 or f != int(f) for f in factors[2:]):
+        raise Unsupported(f"scales {[round(f, 4) for f in factors]}: only whole factors >= 1 in H and W (and 1 in N "
+                          f"and C) are supported")
     imp.add_layer(node, {"op": "upsample2d", "scale_factor": compact(factors[2:])}, [x])
 
 
