@@ -16,6 +16,7 @@ from .weights import load_weights, save_weights
 
 __version__ = "0.1.0"
 
-__all__ = ["CnnGraphError", "SpecError", "ShapeError", "WeightsError", "InputError", "DeviceError",
+__all__ = ["CnnGraphError", "SpecError", "ShapeError", "WeightsError", "InputError", "DeviceError", "ResourceError",
+           "CnnGraphWarning",
            "CompiledModel", "NetworkSpec", "build", "compile", "load_spec", "parse_spec", "load_weights",
            "save_weights", "from_onnx", "export_onnx", "weights_from_torch", "__version__"]

@@ -5,8 +5,8 @@ cannot be written (no folder, no permission, disk full) is a CnnGraphError namin
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -27,11 +27,11 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     """Call `write` on a temporary file beside `path`, then rename it into place."""
     path = Path(path)
     with _reported(path):
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        tmp = _temporary_name(path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as to any new file
         try:
             with os.fdopen(fd, "wb") as f:
                 write(f)
-            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it owner-only; give it an ordinary file's mode
             os.replace(tmp, path)
         except BaseException:
             os.unlink(tmp)
@@ -42,26 +42,26 @@ def atomic_write_folder(target: str | Path, files: dict[str, str]) -> None:
     """Write `files` (name -> text) into a temporary folder beside `target`, then rename it into
     place. An existing `target` is moved aside first and removed only once the new one is in place."""
     target = Path(target)
-    aside = target.with_name(f".{target.name}.old")
+    aside = None
     with _reported(target):
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
+        tmp = _temporary_name(target)
+        os.mkdir(tmp)
         try:
             for name, text in files.items():
                 (tmp / name).write_text(text)
-            tmp.chmod(0o777 & ~_umask())
             if target.exists():
-                shutil.rmtree(aside, ignore_errors=True)
+                aside = _temporary_name(target, ".old")
                 os.replace(target, aside)
             os.replace(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
-            if aside.exists() and not target.exists():
+            if aside is not None and not target.exists():
                 os.replace(aside, target)  # put the old folder back
             raise
-    shutil.rmtree(aside, ignore_errors=True)
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
+def _temporary_name(path: Path, suffix: str = ".tmp") -> Path:
+    """A hidden name beside `path` that no other writer uses."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(6)}{suffix}")

@@ -4,7 +4,7 @@ disk, keyed by a SHA-256 of everything that determines them (source, options, de
 An entry is written under a temporary name and renamed into place, so a reader sees a whole
 entry or none, and two processes filling the same entry at once both leave a valid one (the last
 rename wins). Each entry carries a checksum of its payload: a truncated or corrupted entry is
-deleted and rebuilt, never trusted.
+rebuilt and written over, never trusted.
 
 The folder is $CNNGRAPH_CACHE_DIR, else $XDG_CACHE_HOME/cnngraph, else ~/.cache/cnngraph;
 CNNGRAPH_CACHE_DIR=off disables the cache. A folder that cannot be written only costs the speed.
@@ -19,7 +19,7 @@ from .errors import CnnGraphError
 from .files import atomic_write
 
 MAGIC = b"cnngraph-cache-1\n"
-DIGEST = 32  # bytes of the SHA-256 that follows MAGIC
+DIGEST_SIZE = 32  # bytes of the SHA-256 that follows MAGIC
 
 
 def cache_dir() -> Path | None:
@@ -47,20 +47,16 @@ def entry_path(kind: str, key: str) -> Path | None:
 
 
 def read_entry(path: Path) -> bytes | None:
-    """The payload, or None when the entry is missing or does not pass its checksum (then it is
-    removed: the caller rebuilds and writes it again)."""
+    """The payload, or None when the entry is missing or does not pass its checksum (then the
+    caller rebuilds it and writes it again)."""
     try:
         blob = path.read_bytes()
     except OSError:
         return None
-    payload = blob[len(MAGIC) + DIGEST:]
-    if blob[:len(MAGIC)] == MAGIC and blob[len(MAGIC):len(MAGIC) + DIGEST] == hashlib.sha256(payload).digest():
+    payload = blob[len(MAGIC) + DIGEST_SIZE:]
+    if blob[:len(MAGIC)] == MAGIC and blob[len(MAGIC):len(MAGIC) + DIGEST_SIZE] == hashlib.sha256(payload).digest():
         return payload
-    try:
-        path.unlink()
-    except OSError:
-        pass
-    return None
+    return None  # not deleted: the caller writes a good one over it (another process may already have)
 
 
 def write_entry(path: Path, payload: bytes) -> None:

@@ -55,7 +55,7 @@ def init_weights(g: nx.DiGraph, seed: int = 0) -> dict[str, np.ndarray]:
 
 def check_weights(weights: Mapping[str, np.ndarray], expected, file: str | None = None) -> dict[str, np.ndarray]:
     """The weights as contiguous float32 arrays, or a WeightsError for the first problem found.
-    float16, bfloat16 and float64 weights are converted, with a CnnGraphWarning saying so: every
+    float16 and float64 weights are converted, with a CnnGraphWarning saying so: every
     kernel computes in float32, float16 widens exactly and float64 rounds to the nearest float32
     (refused when a value is beyond float32's range, where it would become infinite)."""
     where = {"file": file}

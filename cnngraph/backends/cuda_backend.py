@@ -33,6 +33,17 @@ def cuda_unavailable_reason() -> str | None:
     return None
 
 
+def _cached_choice(entry: bytes | None, count: int) -> tuple[int, float, float] | None:
+    """A cached autotuning choice (pick, its ms, the default's ms), or None when there is none or
+    it is not one this node could have made."""
+    try:
+        pick, ms, default_ms = json.loads(entry) if entry is not None else (None, None, None)
+    except (ValueError, TypeError):
+        return None
+    valid = (type(pick) is int and 0 <= pick < count and all(type(t) is float for t in (ms, default_ms)))
+    return (pick, ms, default_ms) if valid else None
+
+
 class CudaBackend(ProgramBackend):
     device = "cuda"
 
@@ -87,13 +98,12 @@ class CudaBackend(ProgramBackend):
                 for launch in launches:  # unique names across every candidate in the module
                     launch.rename(f"{launch.kernel}_n{index}_s{pick}")
                 candidates.append((node, pick, launches, constants))
-            keys[node] = cache_key("autotune", gpu, *bodies)
+            keys[node] = cache_key("autotune", gpu, *COMPILE_OPTIONS, *bodies)
         chosen = {}
         for node, key in keys.items():
             entry = read_entry(path) if (path := entry_path("autotune", key)) else None
-            choice = json.loads(entry) if entry is not None else None
-            if isinstance(choice, list) and len(choice) == 3 and choice[0] in range(counts[node]):
-                chosen[node] = tuple(choice)
+            if (choice := _cached_choice(entry, counts[node])) is not None:
+                chosen[node] = choice
         untimed = [c for c in candidates if c[0] not in chosen]
         timed = self._time_candidates(untimed, repeats) if untimed else {}
         for node, choice in timed.items():

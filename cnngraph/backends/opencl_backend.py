@@ -62,8 +62,9 @@ class OpenCLBackend(ProgramBackend):
             except cl.Error:
                 pass  # a binary this driver no longer loads: build from source and replace it
         built = cl.Program(self.context, source).build(options=options, cache_dir=False)
-        if path:
-            write_entry(path, built.get_info(cl.program_info.BINARIES)[0])
+        binary = built.get_info(cl.program_info.BINARIES)[0]
+        if path and binary:  # a driver may give no binary: nothing to cache
+            write_entry(path, binary)
         return built
 
     def poison(self) -> None:
