@@ -402,16 +402,27 @@ def test_weights_from_torch_converts_and_drops_bookkeeping():
     state["3.weight"] = np.ones(2, np.float64)
     weights = cnngraph.weights_from_torch(state)
     assert "1.num_batches_tracked" not in weights and "1.running_var" in weights
-    assert all(isinstance(v, np.ndarray) and v.dtype == np.float32 for v in weights.values())
+    assert all(isinstance(v, np.ndarray) for v in weights.values())
+    assert weights["2.weight"].dtype == np.float32 and weights["3.weight"].dtype == np.float64  # compile converts
     assert np.array_equal(weights["0.weight"], state["0.weight"].numpy())
     assert np.array_equal(weights["2.weight"], [1, 1])
 
 
-@pytest.mark.parametrize("bad, phrase", [({"a.weight": torch.ones(2, dtype=torch.int64)}, "floating point"),
-                                         ([1, 2], "mapping")])
-def test_weights_from_torch_errors(bad, phrase):
-    with pytest.raises(cnngraph.WeightsError, match=phrase):
-        cnngraph.weights_from_torch(bad)
+def test_weights_from_torch_are_checked_by_compile():
+    spec = {"format_version": 1, "inputs": [{"name": "x", "shape": [4]}],
+            "layers": [{"op": "linear", "name": "fc", "out_features": 2}]}
+    state = nn.Linear(4, 2).state_dict()
+    with pytest.raises(cnngraph.WeightsError, match='"fc.weight" has dtype int64'):
+        cnngraph.compile(spec, device="cpu", weights=cnngraph.weights_from_torch(
+            {"fc.weight": torch.ones(2, 4, dtype=torch.int64), "fc.bias": state["bias"]}))
+    huge = {"fc.weight": state["weight"].double() * 1e39, "fc.bias": state["bias"]}
+    with pytest.raises(cnngraph.WeightsError, match="beyond float32's range"):
+        cnngraph.compile(spec, device="cpu", weights=cnngraph.weights_from_torch(huge))
+
+
+def test_weights_from_torch_errors():
+    with pytest.raises(cnngraph.WeightsError, match="mapping"):
+        cnngraph.weights_from_torch([1, 2])
 
 
 # --- errors -----------------------------------------------------------------------------------------------
