@@ -22,12 +22,11 @@ from .model import DEVICES
 from .codegen.dialects import DIALECTS, Dialect
 from .codegen.lower import Program, lower
 from .errors import CnnGraphError, CnnGraphWarning, InputError, WeightsError, one_line
-from .files import atomic_write, atomic_write_folder
+from .files import atomic_write, atomic_write_folder, require_folder
 from .html_report import html_page
 from .interop import export_onnx, from_onnx
-from .interop.onnx_import import spec_json
 from .report import inspect_data, inspect_text, to_dot
-from .spec import json_schema, load_spec
+from .spec import json_schema, load_spec, spec_json
 from .weights import load_weights, save_weights
 
 EXIT_USAGE = 2
@@ -206,8 +205,7 @@ def _check_folder_target(target: Path, force: bool) -> None:
         raise CnnGraphError("exists and is not empty; use --force to replace it", file=str(target))
     if target.is_dir() and Path.cwd().resolve().is_relative_to(target.resolve()):
         raise CnnGraphError("is the current folder or holds it; name a folder of its own", file=str(target))
-    if not target.parent.is_dir():
-        raise CnnGraphError(f"cannot write: no folder {target.parent}", file=str(target))
+    require_folder(target)
 
 
 def _import_onnx(args) -> None:
@@ -219,8 +217,7 @@ def _import_onnx(args) -> None:
         raise CnnGraphError("the spec and the weights would be the same file; name the spec .json or give "
                             "--weights-out", file=str(spec_path))
     for target in (spec_path, weights_path):  # refuse before converting, and before writing either file
-        if not target.parent.is_dir():
-            raise CnnGraphError(f"cannot write: no folder {target.parent}", file=str(target))
+        require_folder(target)
     spec, weights = from_onnx(args.model)
     save_weights(weights, weights_path)
     atomic_write(spec_path, lambda f: f.write(spec_json(spec).encode()))
@@ -347,8 +344,7 @@ def _check_output_path(path: str, n_outputs: int) -> None:
     target = Path(path)
     if not (target.suffix == ".npz" or (target.suffix == ".npy" and n_outputs == 1)):
         raise InputError("must end in .npz (several outputs) or .npy (one output)", file=path)
-    if not target.parent.is_dir():
-        raise CnnGraphError(f"cannot write: no folder {target.parent}", file=path)
+    require_folder(target)
 
 
 def _save_output(outputs: dict[str, np.ndarray], path: str) -> None:

@@ -23,6 +23,12 @@ def _reported(path: Path):
         raise CnnGraphError(f"cannot write: {err.strerror or err}", file=str(path)) from None
 
 
+def require_folder(path: str | Path) -> None:
+    """Refuse, before any work, a destination whose folder does not exist."""
+    if not Path(path).parent.is_dir():
+        raise CnnGraphError(f"cannot write: no folder {Path(path).parent}", file=str(path))
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     """Call `write` on a temporary file beside `path`, then rename it into place."""
     path = Path(path)

@@ -9,7 +9,6 @@ import re
 from dataclasses import dataclass
 
 import networkx as nx
-import numpy as np
 
 from .errors import ResourceError, SpecError
 from .graph import base_op, in_shapes, layer_nodes

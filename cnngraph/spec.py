@@ -301,3 +301,23 @@ def _suggest(name: str, options) -> str:
 
 def _clip(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def spec_json(spec: NetworkSpec) -> str:
+    """The spec as JSON text a person would write: one layer per line, `op` first, defaults left out,
+    `inputs` only where a layer reads something other than the layer before it."""
+    previous = spec.inputs[0].name
+    layers = []
+    for layer in spec.layers:
+        data = layer.model_dump(mode="json", exclude_defaults=True)
+        if data.get("inputs") == [previous]:
+            del data["inputs"]
+        if isinstance(data.get("activation"), dict) and list(data["activation"]) == ["op"]:
+            data["activation"] = data["activation"]["op"]
+        layers.append({"op": data.pop("op"), "name": data.pop("name"), **data})
+        previous = layer.name
+    head = {"format_version": 1, "name": spec.name, "inputs": [i.model_dump(mode="json") for i in spec.inputs]}
+    lines = [f"  {json.dumps(k)}: {json.dumps(v)}," for k, v in head.items()]
+    lines += ['  "layers": [', ",\n".join(f"    {json.dumps(layer)}" for layer in layers), "  ],"]
+    lines += [f'  "outputs": {json.dumps(spec.output_names)}']
+    return "{\n" + "\n".join(lines) + "\n}\n"
