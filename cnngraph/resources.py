@@ -34,9 +34,6 @@ class MemoryNeed:
     def total(self) -> int:
         return self.weights + self.arena + self.scratch
 
-    def as_dict(self) -> dict[str, int]:
-        return {"weights": self.weights, "arena": self.arena, "scratch": self.scratch, "total": self.total}
-
 
 def planned_need(g: nx.DiGraph, weight_shapes: dict, weight_copies: int) -> MemoryNeed:
     """For a graph that has been through plan_memory; `weight_shapes`: key -> (shape, layer).

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from ..errors import CnnGraphError, ShapeError, SpecError, quote
 from ..ops import ACTIVATION_OPS, GEMM_OPS, OPS, fmt_shape
-from ..ops.conv import conv_out_size
+from ..ops.conv import conv_out_size, same_pad
 from ..spec import NetworkSpec, parse_spec
 
 class _Batch:
@@ -633,8 +633,7 @@ def conv(imp, node):
         raise Unsupported(f"Conv needs an image input (N,C,H,W), got {fmt_shape(imp.shapes[x])}")
     pads = spatial_pads(a, size, (kh, kw), stride, dilation)
     padding = [symmetric_pad(b, e, n, kk, s, d) for (b, e), n, kk, s, d in zip(pads, size, (kh, kw), stride, dilation)]
-    same = [(d * (kk - 1) // 2, d * (kk - 1) - d * (kk - 1) // 2) for kk, d in zip((kh, kw), dilation)]
-    is_same = stride == [1, 1] and pads == same  # cnngraph's "same": the smaller half first, as PyTorch pads
+    is_same = stride == [1, 1] and pads == [same_pad(kk, d) for kk, d in zip((kh, kw), dilation)]
     if is_same and (None in padding or a.get("auto_pad", "NOTSET").startswith("SAME")):
         padding = "same"
     elif None in padding:

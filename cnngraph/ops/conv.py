@@ -26,6 +26,13 @@ def conv_out_size(size: int, kernel: int, stride: int, pad_total: int, dilation:
     return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1
 
 
+def same_pad(kernel: int, dilation: int) -> tuple[int, int]:
+    """(before, after) padding of "same" at stride 1: dilation*(kernel-1) in total, the smaller half
+    first, as PyTorch pads."""
+    total = dilation * (kernel - 1)
+    return total // 2, total - total // 2
+
+
 class Conv2d(Layer):
     op: Literal["conv2d"]
     out_channels: PositiveInt
@@ -52,9 +59,8 @@ class Conv2d(Layer):
         if self.padding == "valid":
             return (0, 0, 0, 0)
         if self.padding == "same":
-            (kh, kw), (dh, dw) = pair(self.kernel_size), pair(self.dilation)
-            th, tw = dh * (kh - 1), dw * (kw - 1)
-            return (th // 2, th - th // 2, tw // 2, tw - tw // 2)
+            (top, bottom), (left, right) = (same_pad(k, d) for k, d in zip(pair(self.kernel_size), pair(self.dilation)))
+            return (top, bottom, left, right)
         ph, pw = pair(self.padding)
         return (ph, ph, pw, pw)
 
