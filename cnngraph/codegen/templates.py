@@ -405,7 +405,7 @@ def reduce_rows(name: str, *, kind: str, outer: int, length: int, inner: int) ->
 }}
 """
     else:
-        code = f"""    float mx = -3.402823466e+38f;
+        code = f"""    float mx = NEG_INF;
     for (int i = 0; i < {length}; ++i) mx = max_nan(mx, x[base + i * {inner}]);
     float s = 0.0f;
     for (int i = 0; i < {length}; ++i) s += EXPF(x[base + i * {inner}] - mx);
