@@ -1,31 +1,99 @@
 """The network as a `networkx.DiGraph`: one node per spec layer plus one per network input.
 
 Node attributes (every stage keeps these; passes may add more):
-  op      the op name ("input", "conv2d", ...; a fused node names its pattern, "conv2d+relu")
-  layers  the spec layer names the node implements, in order
-  inputs  the nodes it reads, in input order (edges carry the same as `index`)
-  spec    the layer's spec model (None for a network input)
-  path    JSON pointer into the spec ("/layers/7")
-  shape   output shape with the batch, set by the shape-inference pass
+  op       what users see: the op name ("input", "conv2d", ...); a fused node names every step it
+           computes ("conv2d+batch_norm2d+relu"). Derived from `compute`, never parsed.
+  compute  what the node computes, typed (`Compute`: the base op's spec model and the steps fused
+           into it); None for a network input
+  layers   the spec layer names the node implements, in order
+  inputs   the nodes it reads, in input order (edges carry the same as `index`)
+  path     JSON pointer into the spec ("/layers/7")
+  shape    output shape with the batch, set by the shape-inference pass
 Graph attributes: name, inputs, outputs (node names), batch_size, source (the spec file).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import networkx as nx
 
 from .errors import SpecError, shorten
+from .ops import Layer
+from .ops.epilogue import Epilogue, residual_count
 from .spec import NetworkSpec
+
+
+@dataclass(frozen=True)
+class PoolStep:
+    """A pool fused into a conv's store: its spec model, and the conv's own (unpooled) output shape."""
+    spec: Layer
+    conv_shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Compute:
+    """What a node computes: its base op (the spec model it started as; its `activation` field
+    included), then the layers folded into its weights, its epilogue steps and a fused pool."""
+    spec: Layer
+    folded: tuple[str, ...] = ()   # ops folded into the weights ("batch_norm2d")
+    epilogue: Epilogue = ()
+    pool: PoolStep | None = None
+
+    @property
+    def op(self) -> str:
+        """The base op ("conv2d" for conv2d+batch_norm2d+relu)."""
+        return self.spec.op
+
+    @property
+    def steps(self) -> list[str]:
+        """The fused steps after the base op, in the order they are applied."""
+        activation = getattr(self.spec, "activation", None)
+        return [*self.folded, *([activation.label] if activation is not None else []),
+                *(step.label for step in self.epilogue), *([self.pool.spec.op] if self.pool else [])]
+
+    @property
+    def label(self) -> str:
+        """The display op: "conv2d+batch_norm2d+relu"."""
+        return "+".join([self.op, *self.steps])
+
+    @property
+    def is_plain(self) -> bool:
+        """Nothing fused into it yet."""
+        return not self.steps
+
+    def has(self, trait: str) -> bool:
+        return self.spec.has(trait)
+
+    @property
+    def residuals(self) -> int:
+        """Inputs after the op's own that its epilogue adds."""
+        return residual_count(self.epilogue)
+
+    def but(self, **changes) -> "Compute":
+        return dataclasses.replace(self, **changes)
+
+
+def set_compute(g: nx.DiGraph, node: str, compute: Compute) -> None:
+    """Give `node` what it computes; its display op follows."""
+    g.nodes[node]["compute"], g.nodes[node]["op"] = compute, compute.label
+
+
+def compute_of(g: nx.DiGraph, node: str) -> Compute | None:
+    """What a node computes, or None for a network input."""
+    return g.nodes[node]["compute"]
 
 
 def build_graph(spec: NetworkSpec, batch_size: int) -> nx.DiGraph:
     g = nx.DiGraph(name=spec.name, inputs=[i.name for i in spec.inputs], outputs=spec.output_names,
                    batch_size=batch_size, source=spec.source)
     for index, inp in enumerate(spec.inputs):
-        g.add_node(inp.name, op="input", layers=[], inputs=[], spec=None, path=f"/inputs/{index}",
+        g.add_node(inp.name, op="input", compute=None, layers=[], inputs=[], path=f"/inputs/{index}",
                    shape=(batch_size, *inp.shape), order=-len(spec.inputs) + index)
     for index, layer in enumerate(spec.layers):
-        g.add_node(layer.name, op=node_op(layer), layers=[layer.name], inputs=list(layer.inputs), spec=layer,
+        compute = Compute(layer)
+        g.add_node(layer.name, op=compute.label, compute=compute, layers=[layer.name], inputs=list(layer.inputs),
                    path=f"/layers/{index}", order=index)
     for layer in spec.layers:
         for position, src in enumerate(layer.inputs):
@@ -48,17 +116,6 @@ def _cycle_text(names: list[str], most: int = 8) -> str:
     return " -> ".join(shown)
 
 
-def node_op(layer) -> str:
-    """A layer's node op: its op, plus the activation its `activation` field fuses ("conv2d+relu")."""
-    activation = getattr(layer, "activation", None)
-    return layer.op + (f"+{activation.label}" if activation is not None else "")
-
-
-def base_op(g: nx.DiGraph, node: str) -> str:
-    """The op a node started as, before any fused step ("conv2d" for "conv2d+batch_norm2d+relu")."""
-    return g.nodes[node]["op"].split("+")[0]
-
-
 def topological_order(g: nx.DiGraph) -> list[str]:
     """Nodes in dependency order, ties broken by spec order so runs are reproducible."""
     return list(nx.lexicographical_topological_sort(g, key=lambda n: (g.nodes[n]["order"], n)))
@@ -66,7 +123,7 @@ def topological_order(g: nx.DiGraph) -> list[str]:
 
 def layer_nodes(g: nx.DiGraph) -> list[str]:
     """The computing nodes (network inputs left out), in dependency order."""
-    return [n for n in topological_order(g) if g.nodes[n]["op"] != "input"]
+    return [n for n in topological_order(g) if g.nodes[n]["compute"] is not None]
 
 
 def in_shapes(g: nx.DiGraph, node: str) -> list[tuple[int, ...]]:

@@ -1,28 +1,29 @@
-"""`compile`: spec -> graph -> passes -> backend, and the callable `CompiledModel` it returns."""
+"""`compile` = `plan` (spec -> graph -> passes -> memory plan, no device) + `bind` (a backend), and the
+callable `CompiledModel` it returns."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Mapping
 
 import networkx as nx
 import numpy as np
 
-from .backends.cuda_backend import CudaBackend, cuda_unavailable_reason
-from .backends.numpy_backend import NumpyBackend
-from .backends.opencl_backend import OpenCLBackend
-from .codegen.lower import lower
+from .backends import BACKENDS, Backend
+from .codegen.lower import Program, lower
 from .errors import DeviceError, InputError, SpecError, WeightsError
-from .graph import build_graph
+from .graph import build_graph, in_shapes, layer_nodes
 from .passes.infer_shapes import infer_shapes
 from .passes.pipeline import optimize_graph
 from .passes.plan_memory import plan_memory
 from .report import summary_table
-from .resources import MemoryNeed, check_memory, default_memory_limit, least_need, parse_size, planned_need
+from .resources import MemoryNeed, check_memory, least_need, parse_size, planned_need
 from .spec import NetworkSpec, load_spec, parse_spec
 from .weights import check_weights, expected_shapes, init_weights, load_weights
 
-DEVICES = ("auto", "cpu", "cuda", "opencl")
+DEVICES = ("auto", *BACKENDS)
 
 
 def as_spec(spec: NetworkSpec | str | Path | Mapping[str, Any]) -> NetworkSpec:
@@ -40,11 +41,71 @@ def build(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1) -> nx.D
     return infer_shapes(build_graph(as_spec(spec), batch_size))
 
 
+@dataclass
+class Plan:
+    """A network compiled as far as it goes without a device: the optimized, memory-planned graph
+    with its weights bound (folded where a pass folded them) and, lowered on first use, its Program
+    of kernel launches. `inspect`, `codegen`, the HTML report and `export_onnx` read a plan;
+    `bind` turns one into a callable model."""
+    spec: NetworkSpec
+    graph: nx.DiGraph
+    weights: dict[str, np.ndarray]      # by key, as given or seeded: the unoptimized network's weights
+    random_weights: bool                # the seeded initialisation was used
+    expected: dict                      # weight key -> (shape, layer), for the memory check
+
+    @cached_property
+    def program(self) -> Program:
+        return lower(self.graph)
+
+    @property
+    def batch_size(self) -> int:
+        return self.graph.graph["batch_size"]
+
+
+def plan(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1,
+         weights: str | Path | Mapping[str, np.ndarray] | None = None, seed: int = 0, optimize: bool = True,
+         limit: tuple[float, str, int] | None = None) -> Plan:
+    """Validate, build, shape-check, bind the weights, optimize and plan the memory of a network.
+    Touches no device. `limit`: (bytes, where the limit comes from, weight copies the backend will
+    hold), checked before any weight is read or made."""
+    spec = as_spec(spec)
+    g = build(spec, batch_size)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise SpecError(f"seed must be a non-negative integer, got {seed!r}")
+    if weights is not None and not isinstance(weights, (str, Path, Mapping)):
+        raise WeightsError(f"weights must be a file path or a dict of arrays, got {type(weights).__name__}")
+    expected = expected_shapes(g)
+    if limit is not None:
+        size, source, copies = limit
+        check_memory(g, least_need(g, expected, copies), expected, size, source)  # before any weight exists
+    if weights is None:
+        bound, random_weights = init_weights(g, seed), True
+    else:
+        file = None if isinstance(weights, Mapping) else str(weights)
+        bound, random_weights = check_weights(load_weights(weights), expected, file), False
+    for node in layer_nodes(g):  # each node takes the keys its op declares
+        suffixes = g.nodes[node]["compute"].spec.weight_shapes(in_shapes(g, node))
+        g.nodes[node]["weights"] = {suffix: bound[f"{node}.{suffix}"] for suffix in suffixes}
+    g = plan_memory(optimize_graph(g) if optimize else g.copy())
+    return Plan(spec, g, bound, random_weights, expected)
+
+
+def bind(p: Plan, device: str = "auto", max_memory: int | str | None = None, **options) -> "CompiledModel":
+    """The callable model of plan `p` on `device` ("auto", "cpu", "cuda", "opencl"); `options` go to
+    the backend (cuda_graph, autotune). The memory the plan needs on that backend is checked
+    against `max_memory` (default: the backend's) before anything is allocated."""
+    backend_class, note = resolve_backend(device)
+    size, source = memory_limit(backend_class, max_memory)
+    need = planned_need(p.graph, p.expected, backend_class.weight_copies, backend_class.scratch_bytes(p))
+    check_memory(p.graph, need, p.expected, size, source)  # the final plan, still before allocating it
+    return CompiledModel(p, backend_class(p, options), device_note=note, memory=need)
+
+
 def compile(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1, device: str = "auto",
             weights: str | Path | Mapping[str, np.ndarray] | None = None, seed: int = 0,
             optimize: bool = True, cuda_graph: bool = True, autotune: bool = False,
             max_memory: int | str | None = None) -> "CompiledModel":
-    """Validate, build, shape-check and optimize a network, and bind it to a backend.
+    """`plan` then `bind`: validate, build, shape-check and optimize a network, and bind it to a backend.
 
     device: "auto" (CUDA when CuPy sees a GPU, else NumPy), "cpu", "cuda" or "opencl".
     cuda_graph: on CUDA, capture the whole network as a CUDA graph after the first call.
@@ -54,54 +115,30 @@ def compile(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1, devic
     scratch. Default: 80% of the machine's RAM, or 90% of the GPU's memory on CUDA. A network
     over it raises ResourceError before anything is allocated."""
     spec = as_spec(spec)
-    g = build(spec, batch_size)
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise SpecError(f"seed must be a non-negative integer, got {seed!r}")
-    if weights is not None and not isinstance(weights, (str, Path, Mapping)):
-        raise WeightsError(f"weights must be a file path or a dict of arrays, got {type(weights).__name__}")
-    device, note = _resolve_device(device)
-    limit, limit_source = ((parse_size(max_memory), "max_memory") if max_memory is not None
-                           else default_memory_limit(device))
-    limit = float("inf") if limit is None else limit
-    expected = expected_shapes(g)
-    copies = 1 if device == "cuda" else 2  # the CPU backends keep the weights given and their own rearranged copy
-    check_memory(g, least_need(g, expected, copies), expected, limit, limit_source)  # before any weight exists
-    if weights is None:
-        bound, random_weights = init_weights(g, seed), True
-    else:
-        file = None if isinstance(weights, Mapping) else str(weights)
-        bound, random_weights = check_weights(load_weights(weights), expected, file), False
-    for node in g.nodes:
-        prefix = node + "."
-        g.nodes[node]["weights"] = {k[len(prefix):]: v for k, v in bound.items() if k.startswith(prefix)
-                                    and k[len(prefix):] in ("weight", "bias", "running_mean", "running_var")}
-    g = plan_memory(optimize_graph(g) if optimize else g.copy())
-    need = planned_need(g, expected, copies)
-    check_memory(g, need, expected, limit, limit_source)  # the final plan, still before allocating it
-    backend = _backend(device, g, cuda_graph, autotune)
-    return CompiledModel(spec, g, bound, backend, random_weights, device_note=note, memory=need)
+    build(spec, batch_size)  # a bad spec or batch size is reported before the device is looked at
+    backend_class, _ = resolve_backend(device)
+    size, source = memory_limit(backend_class, max_memory)
+    p = plan(spec, batch_size, weights, seed, optimize, limit=(size, source, backend_class.weight_copies))
+    return bind(p, device, max_memory, cuda_graph=cuda_graph, autotune=autotune)
 
 
-def _resolve_device(device: str) -> tuple[str, str | None]:
-    """"cpu", "cuda" or "opencl", and a note on why "auto" chose it."""
+def resolve_backend(device: str) -> tuple[type[Backend], str | None]:
+    """The backend class for `device`, and a note on why "auto" chose it."""
     if device not in DEVICES:
         raise DeviceError(f'unknown device "{device}"; valid: {", ".join(DEVICES)}')
-    if device in ("cpu", "opencl"):
-        return device, None
-    reason = cuda_unavailable_reason()
-    if device == "cuda":
-        if reason:
-            raise DeviceError(f'device "cuda" is not usable: {reason}')
-        return device, None
-    return ("cuda", "CUDA GPU found") if reason is None else ("cpu", f"NumPy backend: {reason}")
+    if device == "auto":
+        reason = BACKENDS["cuda"].unavailable()
+        return (BACKENDS["cuda"], "CUDA GPU found") if reason is None else (BACKENDS["cpu"], f"NumPy backend: {reason}")
+    reason = BACKENDS[device].unavailable()
+    if reason:
+        raise DeviceError(f'device "{device}" is not usable: {reason}')
+    return BACKENDS[device], None
 
 
-def _backend(device: str, g: nx.DiGraph, cuda_graph: bool, autotune: bool):
-    if device == "cuda":
-        return CudaBackend(g, cuda_graph=cuda_graph, autotune=autotune)
-    if device == "opencl":
-        return OpenCLBackend(lower(g))
-    return NumpyBackend(g)
+def memory_limit(backend_class: type[Backend], max_memory: int | str | None) -> tuple[float, str]:
+    """The limit in bytes (inf when unknown) and where it comes from, in words."""
+    size, source = (parse_size(max_memory), "max_memory") if max_memory is not None else backend_class.memory_limit()
+    return float("inf") if size is None else size, source
 
 
 def _on_gpu(x) -> bool:
@@ -112,15 +149,15 @@ def _on_gpu(x) -> bool:
 class CompiledModel:
     """A network compiled for one batch size. Call it on float32 NCHW arrays."""
 
-    def __init__(self, spec: NetworkSpec, graph: nx.DiGraph, weights: dict[str, np.ndarray], backend,
-                 random_weights: bool, device_note: str | None = None, memory: MemoryNeed | None = None):
-        self.spec, self.graph, self.weights, self.backend = spec, graph, weights, backend
-        self.random_weights = random_weights  # True when the seeded initialisation was used
+    def __init__(self, plan: Plan, backend: Backend, device_note: str | None = None, memory: MemoryNeed | None = None):
+        self.plan, self.backend = plan, backend
+        self.spec, self.graph, self.weights = plan.spec, plan.graph, plan.weights
+        self.random_weights = plan.random_weights  # True when the seeded initialisation was used
         self.device_note = device_note  # why device="auto" chose this backend
         self.memory = memory  # the bytes it holds: weights, arena, scratch (bound)
-        self.batch_size = graph.graph["batch_size"]
-        self.input_shapes = {i.name: (self.batch_size, *i.shape) for i in spec.inputs}
-        self.output_names = list(graph.graph["outputs"])
+        self.batch_size = plan.batch_size
+        self.input_shapes = {i.name: (self.batch_size, *i.shape) for i in self.spec.inputs}
+        self.output_names = list(self.graph.graph["outputs"])
 
     @property
     def device(self) -> str:

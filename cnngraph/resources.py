@@ -11,21 +11,18 @@ from dataclasses import dataclass
 import networkx as nx
 
 from .errors import ResourceError, SpecError
-from .graph import base_op, in_shapes, layer_nodes
+from .graph import layer_nodes
 from .ops import fmt_shape
-from .ops.conv import CACHE_CHUNK
 
 RAM_FRACTION = 0.8   # of the machine's RAM, for the NumPy and OpenCL backends
-GPU_FRACTION = 0.9   # of the GPU's memory, for CUDA (the driver and CuPy's pool keep some)
 UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6, "mib": 2**20,
          "g": 2**30, "gb": 10**9, "gib": 2**30, "t": 2**40, "tb": 10**12, "tib": 2**40}
 
 
 @dataclass(frozen=True)
 class MemoryNeed:
-    """Bytes a compiled network holds. `scratch` is an upper bound: the NumPy backend's largest
-    im2col chunk plus room for a padded copy, the stride phases and a fused conv's pre-pool output
-    of the largest tensor (the CUDA split-K workspace is smaller than that)."""
+    """Bytes a compiled network holds. `scratch` is the backend's upper bound on its temporaries
+    (the NumPy backend's im2col chunks and padded copies, the GPU's split-K workspace)."""
     weights: int
     arena: int
     scratch: int
@@ -35,15 +32,11 @@ class MemoryNeed:
         return self.weights + self.arena + self.scratch
 
 
-def planned_need(g: nx.DiGraph, weight_shapes: dict, weight_copies: int) -> MemoryNeed:
+def planned_need(g: nx.DiGraph, weight_shapes: dict, weight_copies: int, scratch: int) -> MemoryNeed:
     """For a graph that has been through plan_memory; `weight_shapes`: key -> (shape, layer).
-    `weight_copies`: 2 on the CPU backends, which keep the given weights and a copy rearranged for
-    their kernels; 1 on CUDA, where the limit is the GPU's memory."""
-    largest = max((math.prod(g.nodes[n].get("conv_shape", g.nodes[n]["shape"])) for n in g.graph["order"]),
-                  default=0)  # a fused conv's pre-pool output lives in scratch
-    columns = max((_columns_bytes(g, n) for n in g.graph["order"]), default=0)
+    `weight_copies` and `scratch` are the backend's (see backends/base.py)."""
     return MemoryNeed(weights=weight_copies * _weight_bytes(weight_shapes), arena=4 * g.graph["arena_size"],
-                      scratch=columns + 3 * 4 * largest)
+                      scratch=scratch)
 
 
 def least_need(g: nx.DiGraph, weight_shapes: dict, weight_copies: int) -> MemoryNeed:
@@ -57,16 +50,6 @@ def _weight_bytes(weight_shapes: dict) -> int:
     return 4 * sum(math.prod(shape) for shape, _ in weight_shapes.values())
 
 
-def _columns_bytes(g: nx.DiGraph, node: str) -> int:
-    """The im2col buffer of a conv node: its whole column matrix, or a cache-sized chunk of it (at
-    least one output row) when larger (see ops/conv.py)."""
-    if base_op(g, node) != "conv2d":
-        return 0
-    n, _, ho, wo = g.nodes[node].get("conv_shape", g.nodes[node]["shape"])
-    taps = math.prod(g.nodes[node]["spec"].weight_shapes(in_shapes(g, node))["weight"][1:])
-    return min(4 * n * ho * wo * taps, max(CACHE_CHUNK, 4 * wo * taps))
-
-
 def check_memory(g: nx.DiGraph, need: MemoryNeed, weight_shapes: dict, limit: int, limit_source: str) -> None:
     """A ResourceError when `need` exceeds `limit`, naming the layer of the largest tensor (an
     activation or a weight)."""
@@ -76,8 +59,8 @@ def check_memory(g: nx.DiGraph, need: MemoryNeed, weight_shapes: dict, limit: in
     for n in layer_nodes(g):
         layers = g.nodes[n].get("layers") or [n]
         tensors.append((math.prod(g.nodes[n]["shape"]), f"output {fmt_shape(g.nodes[n]['shape'][1:])}", layers[-1]))
-        if "conv_shape" in g.nodes[n]:  # a fused conv's output before its pool
-            shape = g.nodes[n]["conv_shape"]
+        if (pool := g.nodes[n]["compute"].pool) is not None:  # a fused conv's output before its pool
+            shape = pool.conv_shape
             tensors.append((math.prod(shape), f"output {fmt_shape(shape[1:])}", layers[0]))
     tensors += [(math.prod(shape), f'weight "{key}" {tuple(shape)}', layer) for key, (shape, layer) in weight_shapes.items()]
     size, what, layer = max(tensors)
@@ -89,13 +72,9 @@ def check_memory(g: nx.DiGraph, need: MemoryNeed, weight_shapes: dict, limit: in
         f"its {what}, {fmt_bytes(4 * size)}; use {advice} or raise max_memory", layer=layer, file=g.graph.get("source"))
 
 
-def default_memory_limit(device: str) -> tuple[int | None, str]:
-    """The limit for `device` ("cpu", "opencl" or "cuda") and where it comes from, in words; None
-    when the machine's memory cannot be found out."""
-    if device == "cuda":
-        import cupy as cp
-        total = cp.cuda.runtime.memGetInfo()[1]
-        return int(GPU_FRACTION * total), f"default: {GPU_FRACTION:.0%} of the GPU's {fmt_bytes(total)}"
+def ram_limit() -> tuple[int | None, str]:
+    """The default limit of the backends that run in the machine's memory, and where it comes
+    from, in words; None when the machine's memory cannot be found out."""
     total, what = machine_memory()
     if total is None:
         return None, "no default: this machine's memory is unknown"

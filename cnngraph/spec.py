@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from .errors import NAME_LIMIT, SpecError, quote
-from .ops import ACTIVATION_OPS, ACTIVATIONS, LAYER_TYPES, OPS, Layer
+from .ops import ACTIVATIONS, LAYER_TYPES, OPS, Layer
 from .ops.base import Name, PositiveInt, Strict
 
 LayerSpec = Annotated[Union[tuple(LAYER_TYPES)], Field(discriminator="op")]
@@ -251,8 +251,8 @@ def _spec_error(err: ValidationError, data: dict) -> SpecError:
             model_fields = set(OPS[rest[0]].model_fields)
             rest = rest[1:]
         # drop the union tags of nested activation objects: activation.leaky_relu.x -> activation.x
-        if len(rest) >= 2 and rest[0] == "activation" and rest[1] in ACTIVATION_OPS:
-            model_fields = set(ACTIVATIONS[ACTIVATION_OPS.index(rest[1])].model_fields)
+        if len(rest) >= 2 and rest[0] == "activation" and rest[1] in ACTIVATIONS:
+            model_fields = set(ACTIVATIONS[rest[1]].model_fields)
             rest = [rest[0], *rest[2:]]
         loc = rest
     field = ".".join(str(part) for part in loc if not isinstance(part, int)) or None
@@ -276,7 +276,7 @@ def _describe(e: dict, kind: str, loc: list, model_fields: set[str]) -> str:
         return "missing required field"
     if kind == "union_tag_invalid":
         tag = ctx.get("tag")
-        valid = list(OPS) if "activation" not in loc else ACTIVATION_OPS
+        valid = list(OPS) if "activation" not in loc else list(ACTIVATIONS)
         return f'unknown op {quote(tag)}{_suggest(str(tag), valid)}; valid ops: {", ".join(valid)}'
     if kind == "union_tag_not_found":
         return 'missing "op" (every layer names its op, e.g. "conv2d")'

@@ -33,7 +33,7 @@ def expected_shapes(g: nx.DiGraph) -> dict[str, tuple[tuple[int, ...], str]]:
     """Every weight key the network needs: key -> (shape, layer name). Call on the unoptimized graph."""
     expected = {}
     for node in layer_nodes(g):
-        spec = g.nodes[node]["spec"]
+        spec = g.nodes[node]["compute"].spec
         for suffix, shape in spec.weight_shapes(in_shapes(g, node)).items():
             expected[f"{spec.name}.{suffix}"] = (tuple(shape), spec.name)
     return expected
@@ -44,7 +44,7 @@ def init_weights(g: nx.DiGraph, seed: int = 0) -> dict[str, np.ndarray]:
     others unchanged. He-normal for conv/linear, PyTorch-style uniform biases."""
     weights = {}
     for node in layer_nodes(g):
-        spec = g.nodes[node]["spec"]
+        spec = g.nodes[node]["compute"].spec
         shapes = spec.weight_shapes(in_shapes(g, node))
         if shapes:
             rng = np.random.default_rng([seed, zlib.crc32(spec.name.encode())])

@@ -308,5 +308,5 @@ def test_written_files_get_an_ordinary_mode(tmp_path):
                                            (b"[3, 0.5, 0.7]", None), (b"[1, 2]", None), (b"\xff garbage", None),
                                            (b'{"pick": 1}', None), (None, None)])
 def test_a_cached_autotuning_choice_is_checked_before_use(entry, choice):
-    from cnngraph.backends.cuda_backend import _cached_choice
-    assert _cached_choice(entry, count=3) == choice
+    from cnngraph.codegen.autotune import cached_choice
+    assert cached_choice(entry, count=3) == choice

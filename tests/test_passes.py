@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import cnngraph
-from cnngraph.ops import batch_norm_scale_shift
+from cnngraph.ops import Residual, ScaleShift, batch_norm_scale_shift
 from cnngraph.passes.eliminate_dead_code import eliminate_dead_code
 from cnngraph.passes.fold_batch_norm import fold_batch_norm
 from cnngraph.passes.fuse_activation import fuse_activation
@@ -58,11 +58,17 @@ def N(op, layers, inputs, epilogue=()):
 
 
 def nodes(g):
-    """The graph as {node: N(...)}, to compare with the expected graph."""
-    def step_name(kind, step):
-        return step if kind == "add" else "batch_norm2d" if kind == "scale_shift" else step.op
+    """The graph as {node: N(...)}, to compare with the expected graph; every node's display op must
+    be the one its typed `compute` implies."""
+    def steps(s):
+        if isinstance(s, Residual):
+            return [("add", i) for i in s.indices]
+        return [("scale_shift", "batch_norm2d") if isinstance(s, ScaleShift) else ("activation", s.activation.op)]
 
-    return {n: N(d["op"], d["layers"], d["inputs"], [(kind, step_name(kind, step)) for kind, step in d.get("epilogue", [])])
+    for n, d in g.nodes(data=True):
+        assert d["op"] == (d["compute"].label if d["compute"] else "input"), n
+    return {n: N(d["op"], d["layers"], d["inputs"],
+                 [t for s in (d["compute"].epilogue if d["compute"] else ()) for t in steps(s)])
             for n, d in g.nodes(data=True)}
 
 
@@ -150,7 +156,7 @@ def test_dropout_right_after_the_network_input():
 def folded_expectation(g_raw, conv_name, bn_name):
     """w * s and b * s + t computed here, independently, in float64."""
     cw, bw = g_raw.nodes[conv_name]["weights"], g_raw.nodes[bn_name]["weights"]
-    eps = g_raw.nodes[bn_name]["spec"].eps
+    eps = g_raw.nodes[bn_name]["compute"].spec.eps
     s = bw["weight"].astype(np.float64) / np.sqrt(bw["running_var"].astype(np.float64) + eps)
     t = bw["bias"].astype(np.float64) - bw["running_mean"].astype(np.float64) * s
     b = cw.get("bias", np.zeros(len(s))).astype(np.float64)
@@ -166,7 +172,7 @@ def test_fold_batch_norm_into_conv(bias):
     assert nodes(g) == {"x": N("input", [], []), "bn": N("conv2d+batch_norm2d", ["c", "bn"], ["x"]),
                         "r": N("relu", ["r"], ["bn"])}
     assert report(g) == [("conv2d+batch_norm2d", ["c", "bn"], True, None)]
-    assert g.nodes["bn"]["spec"] is g0.nodes["c"]["spec"]  # the conv's geometry, now with the BN's layer
+    assert g.nodes["bn"]["compute"].spec is g0.nodes["c"]["compute"].spec  # the conv's geometry, now with the BN's layer
     w, b = folded_expectation(g0, "c", "bn")
     got = g.nodes["bn"]["weights"]
     assert set(got) == {"weight", "bias"}  # a bias appears even when the conv had none
@@ -226,9 +232,9 @@ def test_batch_norm_after_a_fused_relu_joins_the_conv_epilogue():
     assert nodes(g) == {"x": N("input", [], []),
                         "bn": N("conv2d+relu+batch_norm2d", ["c", "r", "bn"], ["x"], [("scale_shift", "batch_norm2d")])}
     scale, shift = batch_norm_scale_shift(bn_weights, 1e-5)
-    (_, (s, t)), = g.nodes["bn"]["epilogue"]
-    np.testing.assert_allclose(s, scale, rtol=1e-6)
-    np.testing.assert_allclose(t, shift, rtol=1e-6, atol=1e-7)
+    (step,) = g.nodes["bn"]["compute"].epilogue
+    np.testing.assert_allclose(step.scale, scale, rtol=1e-6)
+    np.testing.assert_allclose(step.shift, shift, rtol=1e-6, atol=1e-7)
     assert report(g)[-1] == ("conv2d+relu+batch_norm2d", ["c", "r", "bn"], True, None)
     assert_well_formed(g, before)
 
@@ -423,7 +429,7 @@ def test_fuse_activation_into_the_conv_field():
     before = all_layers(g)
     assert run_passes(g, fuse_activation) == ["fused r into c"]
     assert nodes(g) == {"x": N("input", [], []), "r": N("conv2d+relu", ["c", "r"], ["x"])}
-    assert g.nodes["r"]["spec"].activation.op == "relu"
+    assert g.nodes["r"]["compute"].spec.activation.op == "relu"
     assert report(g) == [("conv2d+relu", ["c", "r"], True, None)]
     assert_well_formed(g, before)
 
@@ -434,7 +440,7 @@ def test_fuse_activation_with_parameters_into_linear():
     before = all_layers(g)
     assert run_passes(g, fuse_activation) == ["fused r into l"]
     assert nodes(g)["r"] == N("linear+leaky_relu", ["l", "r"], ["f"])
-    act = g.nodes["r"]["spec"].activation
+    act = g.nodes["r"]["compute"].spec.activation
     assert (act.op, act.negative_slope) == ("leaky_relu", 0.3)
     assert_well_formed(g, before)
 
@@ -449,8 +455,8 @@ def test_fuse_activation_after_add_goes_into_the_epilogue():
     assert nodes(g) == {"x": N("input", [], []),
                         "r": N("conv2d+batch_norm2d+add+gelu_tanh", ["c", "bn", "a", "r"], ["x", "x"],
                                [("add", 0), ("activation", "gelu")])}
-    assert g.nodes["r"]["spec"].activation is None  # the add comes first: the activation must follow it
-    assert g.nodes["r"]["epilogue"][1][1].approximate == "tanh"
+    assert g.nodes["r"]["compute"].spec.activation is None  # the add comes first: the activation must follow it
+    assert g.nodes["r"]["compute"].epilogue[1].activation.approximate == "tanh"
     assert report(g) == [("conv2d+batch_norm2d+add+gelu_tanh", ["c", "bn", "a", "r"], True, None)]
     assert_well_formed(g, before)
 
@@ -461,7 +467,7 @@ def test_activation_after_a_conv_with_an_activation_goes_into_the_epilogue():
     assert run_passes(g, fuse_activation) == ["fused s into c"]
     assert nodes(g) == {"x": N("input", [], []),
                         "s": N("conv2d+relu+sigmoid", ["c", "s"], ["x"], [("activation", "sigmoid")])}
-    assert g.nodes["s"]["spec"].activation.op == "relu"  # the field keeps the first; the second follows it
+    assert g.nodes["s"]["compute"].spec.activation.op == "relu"  # the field keeps the first; the second follows it
     assert report(g) == [("conv2d+relu+sigmoid", ["c", "s"], True, None)]
     assert_well_formed(g, before)
 
@@ -474,8 +480,8 @@ def test_chain_of_activations_fuses_front_to_back():
     assert nodes(g) == {"x": N("input", [], []),
                         "l": N("conv2d+relu+tanh+leaky_relu", ["c", "r", "t", "l"], ["x"],
                                [("activation", "tanh"), ("activation", "leaky_relu")])}
-    assert g.nodes["l"]["spec"].activation.op == "relu"
-    assert g.nodes["l"]["epilogue"][1][1].negative_slope == 0.5
+    assert g.nodes["l"]["compute"].spec.activation.op == "relu"
+    assert g.nodes["l"]["compute"].epilogue[1].activation.negative_slope == 0.5
     assert report(g) == [("conv2d+relu", ["c", "r"], True, None),
                          ("conv2d+relu+tanh", ["c", "r", "t"], True, None),
                          ("conv2d+relu+tanh+leaky_relu", ["c", "r", "t", "l"], True, None)]
@@ -531,7 +537,8 @@ def test_fuse_pool_into_conv():
     conv_shape = g.nodes["c"]["shape"]
     assert run_passes(g, fuse_pool) == ["fused p into c"]
     assert nodes(g) == {"x": N("input", [], []), "p": N("conv2d+max_pool2d", ["c", "p"], ["x"])}
-    assert g.nodes["p"]["pool"].op == "max_pool2d" and g.nodes["p"]["conv_shape"] == conv_shape == (1, 3, 7, 9)
+    pool = g.nodes["p"]["compute"].pool
+    assert pool.spec.op == "max_pool2d" and pool.conv_shape == conv_shape == (1, 3, 7, 9)
     assert g.nodes["p"]["shape"] == (1, 3, 3, 4)
     assert report(g) == [("conv2d+max_pool2d", ["c", "p"], True, None)]
     assert_well_formed(g, before)

@@ -77,7 +77,7 @@ def test_the_limit_is_the_final_plan_not_the_unoptimized_one():
 
 def test_default_limit_is_a_fraction_of_this_machines_ram():
     total, what = cnngraph.resources.machine_memory()
-    limit, source = cnngraph.resources.default_memory_limit("cpu")
+    limit, source = cnngraph.resources.ram_limit()
     assert limit == int(0.8 * total) and what in source
     # k outputs of 4 GiB each, all alive at the end: one more than the limit holds
     k = limit // 2**32 + 1

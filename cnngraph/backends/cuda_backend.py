@@ -4,17 +4,17 @@ replayed, so small batches are not eaten by launch overhead. CuPy is imported la
 
 from __future__ import annotations
 
-import json
-
-import networkx as nx
 import numpy as np
 
+from ..codegen.autotune import autotune
 from ..codegen.dialects import CUDA
-from ..codegen.lower import lower, lower_node
+from ..codegen.lower import lower
 from ..codegen.nvrtc import COMPILE_OPTIONS
 from ..errors import DeviceError
-from ..kernel_cache import cache_key, entry_path, read_entry, write_entry
+from ..resources import fmt_bytes
 from .program_backend import ProgramBackend
+
+GPU_FRACTION = 0.9   # of the GPU's memory, the default limit (the driver and CuPy's pool keep some)
 
 
 def cuda_unavailable_reason() -> str | None:
@@ -33,33 +33,41 @@ def cuda_unavailable_reason() -> str | None:
     return None
 
 
-def _cached_choice(entry: bytes | None, count: int) -> tuple[int, float, float] | None:
-    """A cached autotuning choice (pick, its ms, the default's ms), or None when there is none or
-    it is not one this node could have made."""
-    try:
-        pick, ms, default_ms = json.loads(entry) if entry is not None else (None, None, None)
-    except (ValueError, TypeError):
-        return None
-    valid = (type(pick) is int and 0 <= pick < count and all(type(t) is float for t in (ms, default_ms)))
-    return (pick, ms, default_ms) if valid else None
-
-
 class CudaBackend(ProgramBackend):
+    """options: `cuda_graph` (capture the whole network as a CUDA graph after the first call) and
+    `autotune` (time each conv/linear layer's candidate schedules on the GPU, keep the fastest)."""
     device = "cuda"
+    weight_copies = 1  # the host's copy is not on the GPU, whose memory the limit is about
 
-    def __init__(self, g: nx.DiGraph, cuda_graph: bool = True, autotune: bool = False):
+    @classmethod
+    def unavailable(cls) -> str | None:
+        return cuda_unavailable_reason()
+
+    @classmethod
+    def memory_limit(cls) -> tuple[int | None, str]:
+        import cupy as cp
+        total = cp.cuda.runtime.memGetInfo()[1]
+        return int(GPU_FRACTION * total), f"default: {GPU_FRACTION:.0%} of the GPU's {fmt_bytes(total)}"
+
+    @classmethod
+    def scratch_bytes(cls, plan) -> int:
+        return 2 * 4 * plan.program.workspace_size  # an autotuned schedule may split twice as far
+
+    def __init__(self, plan, options: dict):
         reason = cuda_unavailable_reason()
         if reason:
             raise DeviceError(f'device "cuda" is not usable: {reason}')
         import cupy as cp
         self.cp = cp
+        g = plan.graph
         self.arena = cp.empty(max(1, g.graph["arena_size"]), cp.float32)
         self.views = {n: self.arena[g.nodes[n]["offset"]:g.nodes[n]["offset"] + g.nodes[n]["size"]]
                       for n in [*g.graph["inputs"], *g.graph["order"]]}
-        self.schedules = {}  # node -> the schedule the autotuner chose
-        self.tuning = self._autotune(g) if autotune else {}
-        program = lower(g, {node: pick for node, (pick, _, _) in self.tuning.items()})
-        super().__init__(program)
+        self.tuning, self.schedules = {}, {}  # node -> (pick, its ms, default's ms); node -> the schedule chosen
+        if options.get("autotune"):
+            self.tuning, self.schedules = autotune(g, self._gpu_identity(), COMPILE_OPTIONS, self._time_candidates)
+        program = lower(g, {node: pick for node, (pick, _, _) in self.tuning.items()}) if self.tuning else plan.program
+        super().__init__(plan, options, program)
         self.module = cp.RawModule(code=program.source(CUDA), options=COMPILE_OPTIONS)
         self.constants = {key: cp.asarray(value) for key, value in program.constants.items()}
         self.workspace = cp.empty(max(1, program.workspace_size), cp.float32)
@@ -70,7 +78,7 @@ class CudaBackend(ProgramBackend):
             args = tuple(buffers[kind][ref] for kind, ref in launch.args)
             self.launches.append((fn, launch.grid, launch.block, args))
         self.stream = cp.cuda.Stream(non_blocking=True)
-        self.use_graph = cuda_graph
+        self.use_graph = options.get("cuda_graph", True)
         self.graph = None
         self.calls = 0
 
@@ -79,42 +87,7 @@ class CudaBackend(ProgramBackend):
             self.arena.fill(np.nan)
         self.stream.synchronize()
 
-    def _autotune(self, g: nx.DiGraph, repeats: int = 5) -> dict[str, tuple[int, float, float]]:
-        """Time every candidate schedule of every conv/linear node on this GPU (all compiled in one
-        module) and keep the fastest: node -> (pick, its ms, the default's ms). Choices are kept
-        in the kernel cache by (GPU, candidate kernels), so a layer tuned before is not timed
-        again. The chosen schedules are kept in `self.schedules` (node -> templates.Schedule)."""
-        gpu = self._gpu_identity()
-        candidates, keys, counts = [], {}, {}  # candidates: (node, pick, launches, constants)
-        for index, node in enumerate(g.graph["order"]):
-            counts[node] = lower_node(g, node, {}, 0)[0].schedules
-            if counts[node] < 2:
-                continue
-            bodies = []
-            for pick in range(counts[node]):
-                constants: dict = {}
-                launches = lower_node(g, node, constants, pick)
-                bodies += [launch.body for launch in launches]
-                for launch in launches:  # unique names across every candidate in the module
-                    launch.rename(f"{launch.kernel}_n{index}_s{pick}")
-                candidates.append((node, pick, launches, constants))
-            keys[node] = cache_key("autotune", gpu, *COMPILE_OPTIONS, *bodies)
-        chosen = {}
-        for node, key in keys.items():
-            entry = read_entry(path) if (path := entry_path("autotune", key)) else None
-            if (choice := _cached_choice(entry, counts[node])) is not None:
-                chosen[node] = choice
-        untimed = [c for c in candidates if c[0] not in chosen]
-        timed = self._time_candidates(untimed, repeats) if untimed else {}
-        for node, choice in timed.items():
-            if path := entry_path("autotune", keys[node]):
-                write_entry(path, json.dumps(choice).encode())
-        chosen.update(timed)
-        schedule_of = {(node, pick): launches[0].schedule for node, pick, launches, _ in candidates}
-        self.schedules = {node: schedule_of[node, pick] for node, (pick, _, _) in chosen.items()}
-        return chosen
-
-    def _time_candidates(self, candidates: list, repeats: int) -> dict[str, tuple[int, float, float]]:
+    def _time_candidates(self, candidates: list, repeats: int = 5) -> dict[str, tuple[int, float, float]]:
         """node -> (fastest pick, its ms, the default pick's ms)."""
         cp = self.cp
         module = cp.RawModule(code=CUDA.render("\n".join(l.body for c in candidates for l in c[2])),

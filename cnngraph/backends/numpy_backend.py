@@ -8,14 +8,16 @@ converted from (N, C, H, W) at the inputs and back at the outputs. Weights are r
 
 from __future__ import annotations
 
+import math
 import time
 
-import networkx as nx
 import numpy as np
 
 from ..graph import in_shapes
 from ..ops import Scratch
-from ..ops.epilogue import apply_numpy, residual_count
+from ..ops.epilogue import apply_numpy
+from ..resources import ram_limit
+from .base import Backend
 
 
 def backend_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -27,11 +29,30 @@ def from_backend_layout(x: np.ndarray) -> np.ndarray:
     return (x.transpose(0, 3, 1, 2) if x.ndim == 4 else x).copy(order="C")
 
 
-class NumpyBackend:
+class NumpyBackend(Backend):
     device = "cpu"
+    weight_copies = 2  # the weights given, and each op's copy rearranged for its NumPy code (`prepare`)
 
-    def __init__(self, g: nx.DiGraph):
-        self.graph = g
+    @classmethod
+    def memory_limit(cls) -> tuple[int | None, str]:
+        return ram_limit()
+
+    @classmethod
+    def scratch_bytes(cls, plan) -> int:
+        """The largest op scratch (im2col columns) plus room for a padded copy, the stride phases and
+        a fused conv's pre-pool output of the largest tensor."""
+        g = plan.graph
+        computes = [(n, g.nodes[n]["compute"]) for n in g.graph["order"]]
+        largest = max((math.prod(c.pool.conv_shape if c.pool else g.nodes[n]["shape"]) for n, c in computes),
+                      default=0)
+        own = max((c.spec.numpy_scratch_bytes(in_shapes(g, n)[:len(in_shapes(g, n)) - c.residuals],
+                                              c.pool.conv_shape if c.pool else g.nodes[n]["shape"])
+                   for n, c in computes), default=0)
+        return own + 3 * 4 * largest
+
+    def __init__(self, plan, options: dict | None = None):
+        super().__init__(plan, options or {})
+        g = self.graph = plan.graph
         self.order = g.graph["order"]
         arena = np.empty(max(1, g.graph["arena_size"]), np.float32)
         self.views = {n: arena[g.nodes[n]["offset"]:g.nodes[n]["offset"] + g.nodes[n]["size"]]
@@ -39,8 +60,9 @@ class NumpyBackend:
         self.arena = arena
         self.params = {}
         for n in self.order:
-            own = len(g.nodes[n]["inputs"]) - residual_count(g.nodes[n].get("epilogue", []))
-            self.params[n] = g.nodes[n]["spec"].prepare(g.nodes[n].get("weights", {}), in_shapes(g, n)[:own])
+            compute = g.nodes[n]["compute"]
+            own = len(g.nodes[n]["inputs"]) - compute.residuals
+            self.params[n] = compute.spec.prepare(g.nodes[n].get("weights", {}), in_shapes(g, n)[:own])
         self.scratch = Scratch()
 
     def poison(self) -> None:
@@ -59,17 +81,16 @@ class NumpyBackend:
             if "alias_of" in g.nodes[node]:
                 continue  # a free reshape: its view already shows its input's bytes
             start = time.perf_counter()
-            attrs = g.nodes[node]
-            xs = [views[src] for src in attrs["inputs"]]
-            epilogue = attrs.get("epilogue", [])
-            own = len(xs) - residual_count(epilogue)  # the op's own inputs; the rest are residuals
-            pool = attrs.get("pool")  # a fused pool: the conv result lives in scratch, not the arena
-            target = self.scratch.get("fused_conv", backend_shape(attrs["conv_shape"])) if pool else views[node]
-            out = attrs["spec"].run_numpy(xs[:own], self.params[node], self.scratch, target)
-            if epilogue:
-                apply_numpy(out, epilogue, xs[own:])
+            compute = g.nodes[node]["compute"]
+            xs = [views[src] for src in g.nodes[node]["inputs"]]
+            own = len(xs) - compute.residuals  # the op's own inputs; the rest are residuals
+            pool = compute.pool  # a fused pool: the conv result lives in scratch, not the arena
+            target = self.scratch.get("fused_conv", backend_shape(pool.conv_shape)) if pool else views[node]
+            out = compute.spec.run_numpy(xs[:own], self.params[node], self.scratch, target)
+            if compute.epilogue:
+                apply_numpy(out, compute.epilogue, xs[own:])
             if pool:
-                pool.run_numpy([out], {}, self.scratch, views[node])
+                pool.spec.run_numpy([out], {}, self.scratch, views[node])
             if timings is not None:
                 timings[node] = timings.get(node, 0.0) + time.perf_counter() - start
         return {name: from_backend_layout(views[name]) for name in g.graph["outputs"]}

@@ -9,6 +9,7 @@ from ..codegen.dialects import OPENCL
 from ..codegen.lower import Program
 from ..errors import DeviceError
 from ..kernel_cache import cache_key, entry_path, read_entry, write_entry
+from ..resources import ram_limit
 from .program_backend import ProgramBackend
 
 
@@ -22,9 +23,19 @@ def _opencl():
 
 class OpenCLBackend(ProgramBackend):
     device = "opencl"
+    weight_copies = 2  # the weights given and the constant buffers made from them
 
-    def __init__(self, program: Program):
-        super().__init__(program)
+    @classmethod
+    def memory_limit(cls) -> tuple[int | None, str]:
+        return ram_limit()
+
+    @classmethod
+    def scratch_bytes(cls, plan) -> int:
+        return 4 * plan.program.workspace_size
+
+    def __init__(self, plan, options: dict | None = None, program: Program | None = None):
+        super().__init__(plan, options or {}, program)
+        program = self.program
         cl = self.cl = _opencl()
         try:
             self.context = cl.create_some_context(interactive=False)

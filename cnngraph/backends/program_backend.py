@@ -6,15 +6,16 @@ from __future__ import annotations
 import numpy as np
 
 from ..codegen.lower import Program
+from .base import Backend
 
 
-class ProgramBackend:
-    """Runs a lowered Program. Subclasses implement `_upload`, `_download`, `_launch_all`."""
+class ProgramBackend(Backend):
+    """Runs a lowered Program (the plan's, unless given another). Subclasses implement `_upload`,
+    `_download`, `_launch_all`."""
 
-    device = "?"
-
-    def __init__(self, program: Program):
-        self.program = program
+    def __init__(self, plan, options: dict, program: Program | None = None):
+        super().__init__(plan, options)
+        self.program = plan.program if program is None else program
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for name, x in inputs.items():

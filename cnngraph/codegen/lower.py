@@ -8,16 +8,17 @@ neutral dialect; `Program.source(dialect)` renders them.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import networkx as nx
 import numpy as np
 
-from .. import ops
-from ..ops.base import pair
-from ..ops.epilogue import label, residual_count, scale_shifts, to_c
+from ..geometry import ConvGeometry
+from ..ops.epilogue import label, scale_shifts, to_c
 from . import templates as T
 from .dialects import Dialect
+from .schedules import Schedule, schedules
 
 
 @dataclass
@@ -32,7 +33,7 @@ class Launch:
     flops: int = 0
     workspace: int = 0             # float32 elements of scratch it needs (split-K partial sums)
     schedules: int = 1             # candidate schedules of its node, for an autotuner (conv/linear)
-    schedule: object = None        # the templates.Schedule it was generated with (conv/linear)
+    schedule: Schedule | None = None  # the schedule it was generated with (conv/linear)
 
     def rename(self, kernel: str) -> None:
         """Give the kernel another name (names must be unique within one module)."""
@@ -59,7 +60,7 @@ class Program:
 
 def lower(g: nx.DiGraph, picks: dict[str, int] | None = None) -> Program:
     """`picks`: per conv/linear node, which of its candidate schedules to use (an autotuner's
-    choice, see backends/cuda_backend.py); by default the first, a heuristic."""
+    choice, see codegen/autotune.py); by default the first, a heuristic."""
     seen: dict[str, int] = {}
     launches, constants = [], {}
     for node in [n for n in g.graph["order"] if "alias_of" not in g.nodes[n]]:  # aliases need no kernel
@@ -76,13 +77,40 @@ def lower(g: nx.DiGraph, picks: dict[str, int] | None = None) -> Program:
                    workspace_size=max((l.workspace for l in launches), default=0))
 
 
-class _NodeLowering:
-    """Helpers for lowering one node: its constants and its launches."""
+def lower_node(g: nx.DiGraph, node: str, constants: dict, pick: int = 0) -> list[Launch]:
+    """The launches of one node, as its op lowers itself; `pick` selects a conv/linear node's
+    schedule, one of the `Launch.schedules` candidates of `schedules.schedules` (0: the default)."""
+    low = NodeLowering(g, node, constants, pick)
+    return low.compute.spec.lower(low)
 
-    def __init__(self, g: nx.DiGraph, node: str, constants: dict):
-        self.node, self.attrs, self.constants = node, g.nodes[node], constants
+
+@dataclass
+class EpilogueCode:
+    """A node's epilogue as a kernel needs it: the C statements on `v`, and the residual tensors and
+    scale/shift constants it reads, as launch arguments and as parameter declarations."""
+    code: str
+    args: list
+    params: list[str]
+    tags: str          # for the kernel name: "_bias_relu_add"
+
+
+class NodeLowering:
+    """What an op's `lower` works with: the node (its compute, shapes, weights), and helpers that
+    make constants and launches. Ops call `elementwise`, `gemm`, or `simple` with a template."""
+
+    def __init__(self, g: nx.DiGraph, node: str, constants: dict, pick: int = 0):
+        self.node, self.attrs, self.constants, self.pick = node, g.nodes[node], constants, pick
+        self.compute = self.attrs["compute"]
         self.inputs = [("tensor", i) for i in self.attrs["inputs"]]
+        self.in_shapes = [tuple(g.nodes[i]["shape"]) for i in self.attrs["inputs"]]
+        self.shape = tuple(self.attrs["shape"])  # (N, ...), the node's output
+        self.weights = self.attrs.get("weights", {})
         self.output = ("tensor", node)
+
+    @property
+    def own_inputs(self) -> list:
+        """The op's own inputs; residual inputs of the epilogue come after them."""
+        return self.inputs[:len(self.inputs) - self.compute.residuals]
 
     def const(self, name: str, value: np.ndarray) -> tuple[str, str]:
         key = f"{self.node}:{name}"
@@ -98,154 +126,90 @@ class _NodeLowering:
         """One launch reading the node's inputs (and constants), writing its output."""
         return [self.launch(kernel, [*self.inputs, *consts, self.output], template, **params)]
 
+    @staticmethod
+    def param(ref: tuple[str, str]) -> str:
+        """The kernel parameter declaration of a constant."""
+        return _param(ref)
+
+    def sample_dims(self) -> str:
+        """The output's per-sample dims for kernel names: (N, C, H, W) -> "CxHxW"."""
+        return "x".join(map(str, self.shape[1:]))
+
+    def _norm_constants(self) -> list:
+        """The scale/shift constants of the epilogue's unfolded batch norms, s0, t0, s1, ..."""
+        return [self.const(f"{name}{j}", array) for j, step in enumerate(scale_shifts(self.compute.epilogue))
+                for name, array in (("s", step.scale), ("t", step.shift))]
+
+    def elementwise(self, kind: str, expr: str, consts: list = (), inputs: int = 1) -> list[Launch]:
+        """One pointwise kernel: `expr` sets `v` from x0[idx], x1[idx], ... (and `k`, the channel of
+        idx), then the node's epilogue; named `<kind>[_<epilogue>]_<CxHxW>`."""
+        steps = self.compute.epilogue
+        consts = [*consts, *self._norm_constants()]
+        then = "".join("\n" + line for line in to_c(steps, []))
+        suffix = "_" + label(steps).replace("+", "_") if steps else ""
+        return self.simple(f"{kind}{suffix}_{self.sample_dims()}", T.pointwise, consts, total=_numel(self.shape),
+                           inputs=[f"x{i}" for i in range(inputs)], extra_args=[_param(c) for c in consts],
+                           expr=expr + then, channels=self.shape[1], spatial=_numel(self.shape[2:]))
+
+    def gemm_epilogue(self, bias: np.ndarray | None, activation) -> EpilogueCode:
+        """A conv/linear's epilogue: its bias, its `activation` field, then the fused steps."""
+        steps = self.compute.epilogue
+        residuals = [f"r{i}" for i in range(self.compute.residuals)]
+        code = "\n".join((["v += b[k];"] if bias is not None else []) +
+                         ([f"v = {activation.c_expr('v')};"] if activation is not None else []) +
+                         to_c(steps, residuals))
+        norms = self._norm_constants()
+        tags = (["bias"] if bias is not None else []) + ([activation.label] if activation else []) \
+            + ([label(steps).replace("+", "_")] if steps else [])
+        return EpilogueCode(code, self.inputs[len(self.own_inputs):] + norms,
+                            [f"GLOBAL const float* RESTRICT {r}" for r in residuals] + [_param(c) for c in norms],
+                            "".join(f"_{t}" for t in tags))
+
+    def gemm(self, name: str, geo: ConvGeometry, matrix: np.ndarray, bias: np.ndarray | None,
+             epilogue: EpilogueCode) -> list[Launch]:
+        """A conv/linear as an implicit GEMM over `matrix` (groups, C/g*KH*KW, K/g), with the node's
+        epilogue and fused pool; split-K when its schedule says so."""
+        w_ref = self.const("w", matrix)
+        b_refs = [self.const("b", bias)] if bias is not None else []
+        m, kg = geo.n * geo.pixels, geo.kg
+        pool = _fused_pool(self.compute.pool, self.shape)
+        if pool:  # the GEMM covers the pixels inside windows; the output is the pooled tensor
+            geo = dataclasses.replace(geo, p=self.compute.pool.conv_shape[2], q=self.compute.pool.conv_shape[3])
+            m = geo.n * pool.ph * pool.pw * pool.size
+            name += f"_{pool.kind}pool{pool.kh}x{pool.kw}"
+        options = schedules(m, kg, geo.reduction, geo.groups, rows_multiple=pool.size if pool else 1)
+        chosen = options[self.pick]
+        own, out = self.own_inputs, self.output
+        if chosen.splits == 1:
+            launches = [self.launch(name, [*own, w_ref, *b_refs, *epilogue.args, out], T.conv_gemm, geo=geo,
+                                    extra_args=[_param(b) for b in b_refs] + epilogue.params,
+                                    epilogue=epilogue.code, tile=chosen.tile, pool=pool)]
+        else:  # split-K: partial sums into the workspace, then one pass that adds them and applies the epilogue
+            partial = self.launch(f"{name}_split{chosen.splits}", [*own, w_ref, ("workspace", "")], T.conv_gemm,
+                                  geo=geo, extra_args=[], epilogue="", tile=chosen.tile, splits=chosen.splits,
+                                  chunk=chosen.chunk)
+            partial.workspace = chosen.splits * m * kg
+            reduce = self.launch(f"{name}_reduce", [("workspace", ""), *b_refs, *epilogue.args, out], T.split_reduce,
+                                 n=geo.n, k=kg, pq=geo.pixels, splits=chosen.splits,
+                                 extra_args=[_param(b) for b in b_refs] + epilogue.params, epilogue=epilogue.code)
+            reduce.flops = 0
+            launches = [partial, reduce]
+        for launch in launches:
+            launch.schedules, launch.schedule = len(options), chosen
+        return launches
+
 
 def _param(ref: tuple[str, str]) -> str:
     """The kernel parameter declaration of a constant: its name is the part after the colon."""
     return f"GLOBAL const float* RESTRICT {ref[1].rsplit(':', 1)[1]}"
 
 
-def lower_node(g: nx.DiGraph, node: str, constants: dict, pick: int = 0) -> list[Launch]:
-    """The launches of one node; `pick` selects a conv/linear node's schedule, one of the
-    `Launch.schedules` candidates of `templates.schedules` (0: the default heuristic)."""
-    low = _NodeLowering(g, node, constants)
-    attrs, spec = low.attrs, low.attrs["spec"]
-    ins = [g.nodes[i]["shape"] for i in attrs["inputs"]]
-    out = attrs["shape"]
-    total = _numel(out)
-    if isinstance(spec, (ops.Conv2d, ops.Linear)):
-        return _lower_gemm_like(low, spec, ins[0], out, pick)
-    # elementwise nodes carry activations and unfolded batch norms (scale + shift) after them
-    steps = attrs.get("epilogue", [])
-    then = "".join("\n" + line for line in to_c(steps, []))
-    suffix = "_" + label(steps).replace("+", "_") if steps else ""
-    norms = [low.const(f"{name}{j}", array) for j, pair_ in enumerate(scale_shifts(steps))
-             for name, array in zip("st", pair_)]
-    per_channel = dict(channels=out[1], spatial=_numel(out[2:]))  # `k` in the kernel is the channel
-    if isinstance(spec, ops.BatchNorm2d):
-        scale, shift = ops.batch_norm_scale_shift(attrs["weights"], spec.eps)
-        consts = [low.const("scale", scale), low.const("shift", shift)] + norms
-        return low.simple(f"batchnorm{suffix}_{_sample_dims(out)}", T.pointwise, consts, total=total, inputs=["x0"],
-                          extra_args=[_param(c) for c in consts], expr="v = x0[idx] * scale[k] + shift[k];" + then,
-                          **per_channel)
-    if isinstance(spec, ops.Activation):
-        return low.simple(f"{spec.label}{suffix}_{_sample_dims(out)}", T.pointwise, norms, total=total, inputs=["x0"],
-                          extra_args=[_param(c) for c in norms], expr=f"v = x0[idx];\nv = {spec.c_expr('v')};" + then,
-                          **per_channel)
-    if isinstance(spec, (ops.Flatten, ops.Dropout)):  # NCHW flatten is a plain copy
-        return low.simple(f"copy{suffix}_{_sample_dims(out)}", T.pointwise, norms, total=total, inputs=["x0"],
-                          extra_args=[_param(c) for c in norms], expr="v = x0[idx];" + then,
-                          channels=out[1], spatial=_numel(out[2:]))
-    if isinstance(spec, ops.Add):
-        names = [f"x{i}" for i in range(len(ins))]
-        return low.simple(f"add{len(ins)}{suffix}_{_sample_dims(out)}", T.pointwise, norms, total=total, inputs=names,
-                          extra_args=[_param(c) for c in norms],
-                          expr="v = " + " + ".join(f"{n}[idx]" for n in names) + ";" + then, **per_channel)
-    if isinstance(spec, (ops.MaxPool2d, ops.AvgPool2d)):
-        (kh, kw), (sh, sw), (ph, pw) = spec.geometry()
-        kind = "max" if isinstance(spec, ops.MaxPool2d) else "avg"
-        n, c, h, w = ins[0]
-        return low.simple(f"{kind}pool{kh}x{kw}s{sh}_{_sample_dims(out)}", T.pool, kind=kind, n=n, c=c, h=h, w=w,
-                          p=out[2], q=out[3], kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw,
-                          count_include_pad=getattr(spec, "count_include_pad", True))
-    if isinstance(spec, ops.GlobalAvgPool2d):
-        n, c, h, w = ins[0]
-        return low.simple(f"global_avgpool_{c}x{h}x{w}", T.reduce_rows, kind="mean", outer=n * c, length=h * w,
-                          inner=1)
-    if isinstance(spec, ops.Softmax):
-        axis = spec.axis % len(out)
-        return low.simple(f"softmax_axis{axis}_{_sample_dims(out)}", T.reduce_rows, kind="softmax",
-                          outer=_numel(out[:axis]), length=out[axis], inner=_numel(out[axis + 1:]))
-    if isinstance(spec, ops.Concat):
-        return low.simple(f"concat{len(ins)}_{_sample_dims(out)}", T.concat, n=out[0], channels=[s[1] for s in ins],
-                          spatial=_numel(out[2:]))
-    if isinstance(spec, ops.Upsample2d):
-        sh, sw = pair(spec.scale_factor)
-        n, c, h, w = ins[0]
-        return low.simple(f"upsample{sh}x{sw}_{_sample_dims(out)}", T.upsample_nearest, n=n, c=c, h=h, w=w, sh=sh, sw=sw)
-    raise NotImplementedError(f"no kernel for op {attrs['op']}")
-
-
-def _lower_gemm_like(low: _NodeLowering, spec, x_shape, out, pick: int = 0) -> list[Launch]:
-    """conv2d (dense, grouped, 1x1, depthwise) and linear, with bias, activation, the epilogue
-    (residual adds, more activations) and a fused pool applied before the store."""
-    weights = low.attrs["weights"]
-    bias = weights.get("bias")
-    steps = low.attrs.get("epilogue", [])
-    residuals = [f"r{i}" for i in range(residual_count(steps))]
-    epilogue = "\n".join((["v += b[k];"] if bias is not None else []) +
-                         ([f"v = {spec.activation.c_expr('v')};"] if spec.activation is not None else []) +
-                         to_c(steps, residuals))
-    own_inputs = low.inputs[:len(low.inputs) - len(residuals)]
-    # after the residual inputs come the scale/shift constants of unfolded batch norms, if any
-    norms = [low.const(f"{name}{j}", array) for j, pair_ in enumerate(scale_shifts(steps))
-             for name, array in zip("st", pair_)]
-    residual_args = low.inputs[len(own_inputs):] + norms
-    residual_params = [f"GLOBAL const float* RESTRICT {r}" for r in residuals] + [_param(c) for c in norms]
-    tags = (["bias"] if bias is not None else []) + ([spec.activation.label] if spec.activation else []) \
-        + ([label(steps).replace("+", "_")] if steps else [])
-    tags = "".join(f"_{t}" for t in tags)
-    if isinstance(spec, ops.Linear):
-        (n, f), k = x_shape, spec.out_features
-        w = weights["weight"].T[None]  # (1, F, out)
-        geometry = dict(n=n, c=f, h=1, w=1, k=k, p=1, q=1, kh=1, kw=1, sh=1, sw=1, pt=0, pl=0, dh=1, dw=1, groups=1)
-        name = f"linear{tags}_{f}x{k}"
-    else:
-        n, c, h, w_ = x_shape
-        (kh, kw), (sh, sw), (dh, dw) = pair(spec.kernel_size), pair(spec.stride), pair(spec.dilation)
-        top, _, left, _ = spec.pads()
-        k, groups = spec.out_channels, spec.groups
-        depthwise = spec.is_depthwise(c)
-        name = f"conv{kh}x{kw}s{sh}{'_dw' if depthwise else ''}{tags}_{k}x{out[2]}x{out[3]}"
-        if depthwise:
-            consts = [low.const("w", weights["weight"].reshape(c, kh * kw))]
-            consts += [low.const("b", bias)] if bias is not None else []
-            return [low.launch(name, [*own_inputs, *consts, *residual_args, low.output], T.depthwise, n=n, c=c, h=h,
-                               w=w_, p=out[2], q=out[3], kh=kh, kw=kw, sh=sh, sw=sw, pt=top, pl=left, dh=dh, dw=dw,
-                               extra_args=[_param(x) for x in consts[1:]] + residual_params, epilogue=epilogue)]
-        w = weights["weight"].reshape(groups, k // groups, -1).transpose(0, 2, 1)  # (g, C/g*KH*KW, K/g)
-        geometry = dict(n=n, c=c, h=h, w=w_, k=k, p=out[2], q=out[3], kh=kh, kw=kw, sh=sh, sw=sw, pt=top, pl=left,
-                        dh=dh, dw=dw, groups=groups)
-    w_ref = low.const("w", w)
-    b_refs = [low.const("b", bias)] if bias is not None else []
-    groups = geometry["groups"]
-    m, kg = geometry["n"] * geometry["p"] * geometry["q"], geometry["k"] // groups
-    pool = _fused_pool(low.attrs.get("pool"), out)
-    if pool:  # the GEMM covers the pixels inside windows; the output is the pooled tensor
-        geometry.update(p=low.attrs["conv_shape"][2], q=low.attrs["conv_shape"][3])
-        m = geometry["n"] * pool.ph * pool.pw * pool.size
-        name += f"_{pool.kind}pool{pool.kh}x{pool.kw}"
-    r = geometry["c"] // groups * geometry["kh"] * geometry["kw"]
-    options = T.schedules(m, kg, r, groups, rows_multiple=pool.size if pool else 1)
-    tile, splits, chunk = options[pick].tile, options[pick].splits, options[pick].chunk
-    if splits == 1:
-        launches = [low.launch(name, [*own_inputs, w_ref, *b_refs, *residual_args, low.output], T.conv_gemm,
-                               **geometry, extra_args=[_param(b) for b in b_refs] + residual_params,
-                               epilogue=epilogue, tile=tile, pool=pool)]
-    else:  # split-K: partial sums into the workspace, then one pass that adds them and applies the epilogue
-        partial = low.launch(f"{name}_split{splits}", [*own_inputs, w_ref, ("workspace", "")], T.conv_gemm, **geometry,
-                             extra_args=[], epilogue="", tile=tile, splits=splits, chunk=chunk)
-        partial.workspace = splits * m * kg
-        reduce = low.launch(f"{name}_reduce", [("workspace", ""), *b_refs, *residual_args, low.output], T.split_reduce,
-                            n=geometry["n"], k=kg, pq=geometry["p"] * geometry["q"], splits=splits,
-                            extra_args=[_param(b) for b in b_refs] + residual_params, epilogue=epilogue)
-        reduce.flops = 0
-        launches = [partial, reduce]
-    for launch in launches:
-        launch.schedules, launch.schedule = len(options), options[pick]
-    return launches
-
-
-def _fused_pool(spec, out) -> T.FusedPool | None:
-    if spec is None:
+def _fused_pool(step, out) -> T.FusedPool | None:
+    if step is None:
         return None
-    kh, kw = pair(spec.kernel_size)
-    return T.FusedPool("max" if isinstance(spec, ops.MaxPool2d) else "avg", kh, kw, out[2], out[3])
+    (kh, kw), _, _ = step.spec.geometry()
+    return T.FusedPool("max" if step.spec.op == "max_pool2d" else "avg", kh, kw, out[2], out[3])
 
 
 def _numel(shape) -> int:
     return int(np.prod(shape)) if len(shape) else 1
-
-
-def _sample_dims(shape) -> str:
-    """(N, C, H, W) -> "CxHxW", for kernel names."""
-    return "x".join(map(str, shape[1:]))

@@ -20,7 +20,6 @@ import numpy as np
 
 from ..files import atomic_write
 from ..model import as_spec, build, compile
-from ..ops.base import pair
 from ..spec import NetworkSpec
 from ..weights import check_weights, expected_shapes, init_weights, load_weights
 from .onnx_import import require_onnx
@@ -94,14 +93,22 @@ class Exporter:
         self.initializers[name] = np.asarray(value, dtype=np.float32)
         return name
 
+    def weight_inputs(self, layer, suffixes) -> list[str]:
+        """Initializer names of the layer's weights that exist, in `suffixes` order."""
+        names = [f"{layer.name}.{s}" for s in suffixes]
+        for key in names:
+            if key in self.weights:
+                self.initializers[key] = self.weights[key]
+        return [key for key in names if key in self.weights]
+
     def layer(self, layer, shape: tuple) -> None:
+        """The nodes of one layer, as its op exports itself; a fused `activation` field adds its own."""
         name, xs = layer.name, list(layer.inputs)
         act = getattr(layer, "activation", None)
         out = f"{name}:{layer.op}" if act is not None else name  # the activation node writes the layer's tensor
-        export = EXPORTS[layer.op] if layer.op in EXPORTS else export_activation
-        export(self, layer, xs, out, shape)
+        layer.to_onnx(self, xs, out, shape)
         if act is not None:
-            export_activation(self, act, [out], name, shape, layer=name, node_name=f"{name}:{act.op}")
+            act.export_onnx(self, [out], name, shape, layer=name, name=f"{name}:{act.op}")
 
     def annotate(self, g) -> None:
         """Mark the nodes of every layer the optimizer fused with the fused op and its layers."""
@@ -113,89 +120,3 @@ class Exporter:
                 for made in self.by_layer.get(layer, []):
                     made.metadata_props.add(key="cnngraph.fused_op", value=data["op"])
                     made.metadata_props.add(key="cnngraph.fused_layers", value=json.dumps(layers))
-
-
-def weight_inputs(ex: Exporter, layer, suffixes) -> list[str]:
-    """Initializer names of the layer's weights that exist, in `suffixes` order."""
-    names = [f"{layer.name}.{s}" for s in suffixes]
-    for key in names:
-        if key in ex.weights:
-            ex.initializers[key] = ex.weights[key]
-    return [key for key in names if key in ex.weights]
-
-
-def export_conv(ex, layer, xs, out, shape):
-    top, bottom, left, right = layer.pads()
-    if layer.padding == "same" and pair(layer.dilation) == (1, 1):
-        padding = {"auto_pad": "SAME_UPPER"}  # as PyTorch exports it (ONNX Runtime has no dilated SAME_UPPER)
-    else:
-        padding = {"pads": [top, left, bottom, right]}
-    ex.node(layer.name, "Conv", [*xs, *weight_inputs(ex, layer, ("weight", "bias"))], out, shape,
-            kernel_shape=list(pair(layer.kernel_size)), strides=list(pair(layer.stride)),
-            dilations=list(pair(layer.dilation)), group=layer.groups, **padding)
-
-
-def export_linear(ex, layer, xs, out, shape):
-    ex.node(layer.name, "Gemm", [*xs, *weight_inputs(ex, layer, ("weight", "bias"))], out, shape, transB=1)
-
-
-def export_batch_norm(ex, layer, xs, out, shape):
-    keys = ("weight", "bias", "running_mean", "running_var")
-    ex.node(layer.name, "BatchNormalization", [*xs, *weight_inputs(ex, layer, keys)], out, shape,
-            epsilon=float(layer.eps))
-
-
-def export_pool(ex, layer, xs, out, shape):
-    (kh, kw), stride, (ph, pw) = layer.geometry()
-    attrs = dict(kernel_shape=[kh, kw], strides=list(stride), pads=[ph, pw, ph, pw], ceil_mode=int(layer.ceil_mode))
-    if layer.op == "avg_pool2d":
-        attrs["count_include_pad"] = int(layer.count_include_pad)
-    ex.node(layer.name, "MaxPool" if layer.op == "max_pool2d" else "AveragePool", xs, out, shape, **attrs)
-
-
-def export_add(ex, layer, xs, out, shape):
-    ex.node(layer.name, "Add" if len(xs) == 2 else "Sum", xs, out, shape)
-
-
-def export_dropout(ex, layer, xs, out, shape):
-    ex.node(layer.name, "Dropout", [*xs, ex.const(f"{layer.name}:ratio", layer.p)], out, shape)
-
-
-def export_upsample(ex, layer, xs, out, shape):
-    # asymmetric + floor picks input pixel floor(i / scale): upsample2d's nearest
-    scales = ex.const(f"{layer.name}:scales", [1, 1, *pair(layer.scale_factor)])
-    ex.node(layer.name, "Resize", [*xs, "", scales], out, shape, mode="nearest",
-            coordinate_transformation_mode="asymmetric", nearest_mode="floor")
-
-
-def export_activation(ex, act, xs, out, shape, layer: str | None = None, node_name: str | None = None):
-    """An activation (a layer, or the `activation` field of `layer`)."""
-    layer = layer or act.name
-    name = node_name or layer
-    op = act.op
-    if op == "relu6":
-        bounds = [ex.const(f"{name}:min", 0.0), ex.const(f"{name}:max", 6.0)]
-        ex.node(layer, "Clip", [*xs, *bounds], out, shape, name=name)
-    elif op == "leaky_relu":
-        ex.node(layer, "LeakyRelu", xs, out, shape, name=name, alpha=float(act.negative_slope))
-    elif op == "gelu":
-        ex.uses_gelu = True
-        ex.node(layer, "Gelu", xs, out, shape, name=name, approximate=act.approximate)
-    elif op == "silu":  # no ONNX op before opset 24: x * sigmoid(x)
-        gate = ex.node(layer, "Sigmoid", xs, f"{name}:sigmoid", shape, name=f"{name}:sigmoid")
-        ex.node(layer, "Mul", [xs[0], gate], out, shape, name=name)
-    else:
-        ex.node(layer, ACTIVATION_OPS[op], xs, out, shape, name=name)
-
-
-ACTIVATION_OPS = {"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh", "hardswish": "HardSwish"}
-
-EXPORTS = {
-    "conv2d": export_conv, "linear": export_linear, "batch_norm2d": export_batch_norm,
-    "max_pool2d": export_pool, "avg_pool2d": export_pool, "add": export_add, "dropout": export_dropout,
-    "upsample2d": export_upsample,
-    "global_avg_pool2d": lambda ex, layer, xs, out, shape: ex.node(layer.name, "GlobalAveragePool", xs, out, shape),
-    "flatten": lambda ex, layer, xs, out, shape: ex.node(layer.name, "Flatten", xs, out, shape, axis=1),
-    "concat": lambda ex, layer, xs, out, shape: ex.node(layer.name, "Concat", xs, out, shape, axis=1),
-    "softmax": lambda ex, layer, xs, out, shape: ex.node(layer.name, "Softmax", xs, out, shape, axis=layer.axis),
-}

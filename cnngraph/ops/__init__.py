@@ -1,25 +1,35 @@
-"""The op vocabulary: every layer type of the spec format, each defined once in its module."""
+"""The op vocabulary: every layer type of the spec format, each defined once in its module.
 
-from .activation import ACTIVATION_LAYERS, ACTIVATION_OPS, ACTIVATIONS, Activation, ActivationField, make_activation
-from .base import Layer, Scratch, Shape, fmt_shape
-from .conv import Conv2d
-from .linear import Linear
-from .norm import BatchNorm2d, batch_norm_scale_shift
-from .pool import AvgPool2d, GlobalAvgPool2d, MaxPool2d
-from .tensor import Add, Concat, Dropout, Flatten, Softmax, Upsample2d
+Importing this package imports every module in it, and each `Layer` subclass with an `op`
+registers itself in `OPS`: a new op is a new module here (or, for an activation, a new class in
+activation.py), and the spec format, the passes, the backends, the ONNX importer and exporter and
+the tests pick it up from the registry."""
 
-LAYER_TYPES: tuple[type[Layer], ...] = (
-    Conv2d, Linear, BatchNorm2d, *ACTIVATION_LAYERS, MaxPool2d, AvgPool2d, GlobalAvgPool2d,
-    Flatten, Dropout, Add, Concat, Softmax, Upsample2d,
-)
-# op groups the passes reason about
-GEMM_OPS = ("conv2d", "linear")  # an `activation` field of their own, and an epilogue
-ELEMENTWISE_OPS = ("batch_norm2d", "add", "dropout", *ACTIVATION_OPS)  # an epilogue after their own expression
-POOL_OPS = ("max_pool2d", "avg_pool2d")
+import importlib
+import pkgutil
 
-OPS: dict[str, type[Layer]] = {t.model_fields["op"].annotation.__args__[0]: t for t in LAYER_TYPES}
+from .base import ACTIVATION, ELEMENTWISE, GEMM, OPS, POOL, TRAITS, Example, Layer, Scratch, Shape, fmt_shape, ops_with
 
-__all__ = ["GEMM_OPS", "ELEMENTWISE_OPS", "POOL_OPS", "ACTIVATIONS", "ACTIVATION_OPS", "Activation", "ActivationField", "make_activation", "LAYER_TYPES", "OPS", "Layer",
-           "Scratch", "Shape", "fmt_shape", "Conv2d", "Linear", "BatchNorm2d", "batch_norm_scale_shift",
-           "MaxPool2d", "AvgPool2d", "GlobalAvgPool2d", "Flatten", "Dropout", "Add", "Concat", "Softmax",
-           "Upsample2d"]
+# the first modules in this order (it is the order of the ops in the JSON Schema), then any others
+_FIRST = ("conv", "linear", "norm", "activation", "pool", "tensor")
+for _module in [*_FIRST, *sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name not in _FIRST)]:
+    importlib.import_module(f"{__name__}.{_module}")
+
+from .activation import ACTIVATIONS, Activation, ActivationField, make_activation  # noqa: E402
+from .epilogue import Activate, Residual, ScaleShift  # noqa: E402
+from .norm import batch_norm_scale_shift  # noqa: E402
+
+def _module_rank(cls: type[Layer]) -> int:
+    module = cls.__module__.rsplit(".", 1)[-1]
+    return _FIRST.index(module) if module in _FIRST else len(_FIRST)
+
+
+# ops by module in the order above, then in definition order: the schema's and the messages' order
+_ordered = sorted(OPS.items(), key=lambda item: _module_rank(item[1]))
+OPS.clear()
+OPS.update(_ordered)
+LAYER_TYPES: tuple[type[Layer], ...] = tuple(OPS.values())
+
+__all__ = ["OPS", "LAYER_TYPES", "TRAITS", "GEMM", "ELEMENTWISE", "ACTIVATION", "POOL", "ops_with", "Example",
+           "Layer", "Scratch", "Shape", "fmt_shape", "ACTIVATIONS", "Activation", "ActivationField",
+           "make_activation", "Activate", "Residual", "ScaleShift", "batch_norm_scale_shift"]

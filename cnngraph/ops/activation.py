@@ -1,17 +1,23 @@
 """Elementwise activations: as layers of their own and as the `activation` field of conv2d/linear.
 
-Each activation is a small parameter model (`Relu`, `LeakyRelu(negative_slope)`, ...) with a NumPy
-implementation that works in place; the layer of the same op is that model plus `name`/`inputs`.
+Each activation is a small parameter model (`Relu`, `LeakyRelu(negative_slope)`, ...) that declares
+everything about itself: its NumPy implementation (in place), its C expression for the kernels, its
+ONNX import and export, its PyTorch reference and its example parameters. Defining one also defines
+the layer of the same op (that model plus `name`/`inputs`): one class is the whole activation.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union, get_args
+import math
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args
 
 import numpy as np
 from pydantic import BaseModel, BeforeValidator, Field, TypeAdapter
 
-from .base import Float32, Layer, Strict
+from .base import ACTIVATION, ELEMENTWISE, Example, Float32, Layer, Strict
+from .onnx_mapping import Unsupported, attributes, is_close, nice, other_input, plain, scalar
+
+ACTIVATIONS: dict[str, type["Activation"]] = {}  # op -> parameter model, in definition order
 
 
 def _erf(x: np.ndarray) -> np.ndarray:
@@ -24,6 +30,20 @@ def _erf(x: np.ndarray) -> np.ndarray:
 class Activation(Strict):
     """Base of the activation parameter models. `apply` may overwrite `x` and returns the result."""
 
+    onnx_op: ClassVar[str | None] = None            # the ONNX op of the same meaning, when there is one
+    onnx_converters: ClassVar[dict] = {}            # as Layer's: ONNX op type -> converter
+    onnx_patterns: ClassVar[dict] = {}              # as Layer's: first node's op type -> matcher
+    variants: ClassVar[tuple[dict, ...]] = ({},)    # parameter sets the tests try
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if issubclass(cls, Layer):
+            return  # the layer form made below
+        op = get_args(cls.model_fields["op"].annotation)[0]
+        ACTIVATIONS[op] = cls
+        _layer_of(cls)
+
     def apply(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
@@ -31,13 +51,59 @@ class Activation(Strict):
         """The activation of C variable `v`, in the neutral kernel dialect (codegen/dialects.py)."""
         raise NotImplementedError
 
+    def torch(self, x):
+        """The activation by PyTorch, the tests' reference."""
+        raise NotImplementedError
+
+    def export_onnx(self, ex, xs: list[str], out: str, shape, layer: str, name: str) -> None:
+        """The ONNX node(s) of this activation, named `name`, belonging to spec layer `layer`."""
+        ex.node(layer, self.onnx_op, xs, out, shape, name=name)
+
     @property
     def label(self) -> str:
         return self.op
 
 
+def _torch():
+    import torch
+    import torch.nn.functional as F
+    return torch, F
+
+
+class ActivationLayer(Layer):
+    """An activation written as a layer: shape-preserving (the base rule), any input rank."""
+    traits = frozenset({ELEMENTWISE, ACTIVATION})
+
+    def run_numpy(self, xs, params, scratch, out):
+        np.copyto(out, xs[0])
+        return apply_activation(self, out)
+
+    def lower(self, low):
+        return low.elementwise(self.label, f"v = x0[idx];\nv = {self.c_expr('v')};")
+
+    def to_onnx(self, ex, xs, out, shape):
+        self.export_onnx(ex, xs, out, shape, layer=self.name, name=self.name)
+
+    def torch_reference(self, xs, weights):
+        return self.torch(xs[0])
+
+    def activation_model(self) -> Activation:
+        """The same activation as a parameter model, for an `activation` field or an epilogue."""
+        return make_activation(self.model_dump(exclude={"name", "inputs"}))
+
+
+def _layer_of(act: type[Activation]) -> type[BaseModel]:
+    examples = tuple(Example(fields=v, inputs=shape, note=note) for v in act.variants
+                     for shape, note in (((3, 9, 10), "image"), ((7,), "vector")))
+    return type(act.__name__ + "Layer", (ActivationLayer, act),
+                {"__doc__": f"The {act.__name__} activation as a layer.", "__module__": act.__module__,
+                 "examples": examples})
+
+
 class Relu(Activation):
     op: Literal["relu"]
+    onnx_op = "Relu"
+    onnx_converters = {"Relu": plain("relu")}
 
     def apply(self, x):
         return np.maximum(x, 0, out=x)
@@ -45,9 +111,27 @@ class Relu(Activation):
     def c_expr(self, v):
         return f"max_nan({v}, 0.0f)"
 
+    def torch(self, x):
+        return _torch()[1].relu(x)
+
+
+def clip(imp, node):
+    """Clip(0, 6) is relu6 and Clip(0) is relu; the bounds are attributes before opset 11, inputs after."""
+    if imp.opset < 11:
+        a = attributes(node)
+        low, high = a.get("min", -math.inf), a.get("max", math.inf)
+    else:
+        low = scalar(imp.value(node, 1, "min", optional=True), -math.inf)
+        high = scalar(imp.value(node, 2, "max", optional=True), math.inf)
+    ops = {(0.0, 6.0): "relu6", (0.0, math.inf): "relu"}
+    if (low, high) not in ops:
+        raise Unsupported(f"Clip({low:g}, {high:g}) has no cnngraph layer; Clip(0, 6) is relu6 and Clip(0) is relu")
+    imp.add_layer(node, {"op": ops[low, high]}, [imp.data(node)])
+
 
 class Relu6(Activation):
     op: Literal["relu6"]
+    onnx_converters = {"Clip": clip}
 
     def apply(self, x):
         return np.clip(x, 0, 6, out=x)
@@ -55,16 +139,36 @@ class Relu6(Activation):
     def c_expr(self, v):
         return f"min_nan(max_nan({v}, 0.0f), 6.0f)"
 
+    def torch(self, x):
+        return _torch()[1].relu6(x)
+
+    def export_onnx(self, ex, xs, out, shape, layer, name):
+        bounds = [ex.const(f"{name}:min", 0.0), ex.const(f"{name}:max", 6.0)]
+        ex.node(layer, "Clip", [*xs, *bounds], out, shape, name=name)
+
+
+def leaky_relu(imp, node):
+    slope = nice(attributes(node).get("alpha", 0.01))
+    imp.add_layer(node, {"op": "leaky_relu", "negative_slope": slope}, [imp.data(node)])
+
 
 class LeakyRelu(Activation):
     op: Literal["leaky_relu"]
     negative_slope: Float32 = 0.01
+    onnx_converters = {"LeakyRelu": leaky_relu}
+    variants = ({}, {"negative_slope": 0.2}, {"negative_slope": -1.5})
 
     def apply(self, x):
         return np.where(x >= 0, x, x * np.float32(self.negative_slope)).astype(np.float32, copy=False)
 
     def c_expr(self, v):
         return f"({v} >= 0.0f ? {v} : {v} * {float(self.negative_slope)!r}f)"
+
+    def torch(self, x):
+        return _torch()[1].leaky_relu(x, self.negative_slope)
+
+    def export_onnx(self, ex, xs, out, shape, layer, name):
+        ex.node(layer, "LeakyRelu", xs, out, shape, name=name, alpha=float(self.negative_slope))
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -75,6 +179,8 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 class Sigmoid(Activation):
     op: Literal["sigmoid"]
+    onnx_op = "Sigmoid"
+    onnx_converters = {"Sigmoid": plain("sigmoid")}
 
     def apply(self, x):
         return _sigmoid(x)
@@ -82,9 +188,14 @@ class Sigmoid(Activation):
     def c_expr(self, v):
         return f"(1.0f / (1.0f + EXPF(-{v})))"
 
+    def torch(self, x):
+        return _torch()[0].sigmoid(x)
+
 
 class Tanh(Activation):
     op: Literal["tanh"]
+    onnx_op = "Tanh"
+    onnx_converters = {"Tanh": plain("tanh")}
 
     def apply(self, x):
         return np.tanh(x, out=x)
@@ -92,10 +203,66 @@ class Tanh(Activation):
     def c_expr(self, v):
         return f"TANHF({v})"
 
+    def torch(self, x):
+        return _torch()[0].tanh(x)
+
+
+def gelu(imp, node):
+    approximate = attributes(node).get("approximate", "none")
+    layer = {"op": "gelu"} if approximate == "none" else {"op": "gelu", "approximate": approximate}
+    imp.add_layer(node, layer, [imp.data(node)])
+
+
+def match_erf_gelu(imp, erf):
+    """0.5 * x * (1 + erf(x / sqrt(2))): PyTorch's export of GELU before opset 20, the factors in any order."""
+    scale = imp.producer.get(erf.input[0])
+    if scale is None or imp.only_consumer(scale.output[0], "Erf") is not erf or len(scale.input) != 2:
+        return None
+    x, c = scale.input
+    if imp.is_const(x) and scale.op_type == "Mul":
+        x, c = c, x
+    factor = imp.consts.get(c)
+    if not ((scale.op_type == "Div" and is_close(factor, math.sqrt(2)))
+            or (scale.op_type == "Mul" and is_close(factor, 1 / math.sqrt(2)))):
+        return None
+    plus = imp.only_consumer(erf.output[0], "Add")
+    if plus is None or not is_close(imp.consts.get(other_input(plus, erf.output[0]) or ""), 1.0):
+        return None
+    members, tensor, kinds = [scale, erf, plus], plus.output[0], []
+
+    def kind(t: str) -> str:
+        if t == x:
+            return "x"
+        if is_close(imp.consts.get(t), 0.5):
+            return "half"
+        half_x = imp.producer.get(t)
+        if half_x is not None and half_x.op_type == "Mul" and imp.only_consumer(t, "Mul") is not None:
+            other = other_input(half_x, x)
+            if other is not None and is_close(imp.consts.get(other), 0.5):
+                members.append(half_x)
+                return "half_x"
+        return "other"
+
+    complete = (["half", "x"], ["half_x"])  # the factors multiplying (1 + erf): x and 0.5, or (0.5 * x)
+    while len(kinds) < 2 and sorted(kinds) not in complete:
+        mul = imp.only_consumer(tensor, "Mul")
+        factor = other_input(mul, tensor) if mul is not None else None
+        if factor is None:
+            return None
+        kinds.append(kind(factor))
+        members.append(mul)
+        tensor = mul.output[0]
+    if sorted(kinds) not in complete:
+        return None
+    return members, lambda imp, node: imp.add_layer(node, {"op": "gelu"}, [imp.tensor(x)])
+
 
 class Gelu(Activation):
     op: Literal["gelu"]
     approximate: Literal["none", "tanh"] = "none"
+    onnx_converters = {"Gelu": gelu}
+    onnx_patterns = {"Erf": match_erf_gelu}
+    variants = ({}, {"approximate": "none"}, {"approximate": "tanh"})
 
     def apply(self, x):
         x64 = x.astype(np.float64)
@@ -113,9 +280,26 @@ class Gelu(Activation):
             return f"(0.5f * {v} * (1.0f + TANHF(0.7978845608028654f * ({v} + 0.044715f * {v} * {v} * {v}))))"
         return f"(0.5f * {v} * (1.0f + ERFF({v} * 0.7071067811865476f)))"
 
+    def torch(self, x):
+        return _torch()[1].gelu(x, approximate=self.approximate)
+
+    def export_onnx(self, ex, xs, out, shape, layer, name):
+        ex.uses_gelu = True  # an ONNX op from opset 20 on
+        ex.node(layer, "Gelu", xs, out, shape, name=name, approximate=self.approximate)
+
+
+def match_silu(imp, sigmoid):
+    """x * sigmoid(x): PyTorch's export of SiLU (there is no ONNX op for it before opset 24)."""
+    x = sigmoid.input[0]
+    mul = imp.only_consumer(sigmoid.output[0], "Mul")
+    if mul is None or sorted(mul.input) != sorted([x, sigmoid.output[0]]):
+        return None
+    return [sigmoid, mul], lambda imp, node: imp.add_layer(node, {"op": "silu"}, [imp.tensor(x)])
+
 
 class Silu(Activation):
     op: Literal["silu"]
+    onnx_patterns = {"Sigmoid": match_silu}
 
     def apply(self, x):
         return x * _sigmoid(x.copy())
@@ -123,9 +307,18 @@ class Silu(Activation):
     def c_expr(self, v):
         return f"({v} / (1.0f + EXPF(-{v})))"
 
+    def torch(self, x):
+        return _torch()[1].silu(x)
+
+    def export_onnx(self, ex, xs, out, shape, layer, name):  # no ONNX op before opset 24: x * sigmoid(x)
+        gate = ex.node(layer, "Sigmoid", xs, f"{name}:sigmoid", shape, name=f"{name}:sigmoid")
+        ex.node(layer, "Mul", [xs[0], gate], out, shape, name=name)
+
 
 class Hardswish(Activation):
     op: Literal["hardswish"]
+    onnx_op = "HardSwish"
+    onnx_converters = {"HardSwish": plain("hardswish")}
 
     def apply(self, x):
         return x * np.clip(x + 3, 0, 6) * np.float32(1 / 6)
@@ -133,23 +326,13 @@ class Hardswish(Activation):
     def c_expr(self, v):
         return f"({v} * min_nan(max_nan({v} + 3.0f, 0.0f), 6.0f) * (1.0f / 6.0f))"
 
-
-ACTIVATIONS: tuple[type[Activation], ...] = (Relu, Relu6, LeakyRelu, Sigmoid, Tanh, Gelu, Silu, Hardswish)
-ACTIVATION_OPS = [get_args(cls.model_fields["op"].annotation)[0] for cls in ACTIVATIONS]
+    def torch(self, x):
+        return _torch()[1].hardswish(x)
 
 
 def _name_to_object(value):
     """The `activation` field takes "relu" as shorthand for {"op": "relu"}."""
     return {"op": value} if isinstance(value, str) else value
-
-
-_TaggedActivation = Annotated[Union[tuple(Annotated[cls, Field(title=cls.__name__)] for cls in ACTIVATIONS)],
-                              Field(discriminator="op")]
-ActivationField = Annotated[
-    _TaggedActivation,
-    # the schema shows both forms editors should accept: a name, or an object with parameters
-    BeforeValidator(_name_to_object, json_schema_input_type=Union[Literal[tuple(ACTIVATION_OPS)], _TaggedActivation]),
-]
 
 
 def apply_activation(act: Activation, out: np.ndarray) -> np.ndarray:
@@ -160,24 +343,16 @@ def apply_activation(act: Activation, out: np.ndarray) -> np.ndarray:
     return out
 
 
+_TaggedActivation = Annotated[Union[tuple(Annotated[cls, Field(title=cls.__name__)] for cls in ACTIVATIONS.values())],
+                              Field(discriminator="op")]
+ActivationField = Annotated[  # the type of conv2d's and linear's `activation` field
+    _TaggedActivation,
+    # the schema shows both forms editors should accept: a name, or an object with parameters
+    BeforeValidator(_name_to_object, json_schema_input_type=Union[Literal[tuple(ACTIVATIONS)], _TaggedActivation]),
+]
 _ACTIVATION_ADAPTER = TypeAdapter(ActivationField)
 
 
 def make_activation(data: str | dict) -> Activation:
     """An activation model from its name or its fields ({"op": "leaky_relu", "negative_slope": 0.2})."""
     return _ACTIVATION_ADAPTER.validate_python(data)
-
-
-class ActivationLayer(Layer):
-    """An activation written as a layer: shape-preserving (the base rule), any input rank."""
-
-    def run_numpy(self, xs, params, scratch, out):
-        np.copyto(out, xs[0])
-        return apply_activation(self, out)
-
-
-def _layer_of(act: type[Activation]) -> type[BaseModel]:
-    return type(act.__name__ + "Layer", (ActivationLayer, act), {"__doc__": f"The {act.__name__} activation as a layer."})
-
-
-ACTIVATION_LAYERS = tuple(_layer_of(cls) for cls in ACTIVATIONS)

@@ -1,5 +1,7 @@
-"""What every op declares, in one place: its spec fields (a Pydantic model), its shape rule,
-its weights, its FLOPs and its NumPy implementation.
+"""What every op declares, in one place: its spec fields (a Pydantic model), its shape rule, its
+weights, its FLOPs, its NumPy implementation, its kernel lowering, its ONNX import and export, its
+traits, and small examples with their PyTorch reference for the tests. Defining a `Layer` subclass
+with an `op` registers it (`OPS`): passes, backends, the importer and the tests look ops up there.
 
 Shapes handled by ops are per sample: (C, H, W) for images, (F,) for feature vectors. The NumPy
 implementations work on batched arrays in the NumPy backend's layout: (N, H, W, C) for images
@@ -10,7 +12,8 @@ from __future__ import annotations
 
 import math
 import unicodedata
-from typing import Annotated, ClassVar
+from dataclasses import dataclass
+from typing import Annotated, Any, Callable, ClassVar, get_args
 
 import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -86,13 +89,58 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+OPS: dict[str, type["Layer"]] = {}  # op name -> its layer model, in registration order
+
+# What the passes and the memory plan ask of an op (`Layer.traits`):
+GEMM = "gemm"                # conv2d/linear: an `activation` field, residual adds and an epilogue in its store
+ELEMENTWISE = "elementwise"  # one output element per input element: takes an epilogue, may run in place
+ACTIVATION = "activation"    # an elementwise function that is also a conv/linear `activation` field
+POOL = "pool"                # a window reduction a conv may absorb into its store (fuse_pool)
+TRAITS = (GEMM, ELEMENTWISE, ACTIVATION, POOL)
+
+
+def ops_with(trait: str) -> tuple[str, ...]:
+    """The names of the registered ops that have `trait`."""
+    return tuple(op for op, cls in OPS.items() if trait in cls.traits)
+
+
+@dataclass(frozen=True)
+class Example:
+    """A small instance of an op for the registry-driven tests: the layer's fields (without `op`),
+    the per-sample shapes of its inputs, and a note on what it covers."""
+    fields: dict
+    inputs: tuple[Shape, ...] = ((3, 9, 10),)
+    note: str = ""
+
+
 class Layer(Strict):
-    """Fields shared by every layer. Subclasses add `op: Literal[...]` and their parameters."""
+    """Fields shared by every layer. Subclasses add `op: Literal[...]` and their parameters, and
+    override what applies to them of the declarations below."""
     name: Name | None = Field(None, description="Unique layer name; names the weights. Default <op>_<index>.")
     inputs: list[str] | None = Field(None, min_length=1,
                                      description="Layers or network inputs read; default: the previous layer.")
 
     arity: ClassVar[tuple[int, int | None]] = (1, 1)  # (min, max) number of inputs; None: unbounded
+    traits: ClassVar[frozenset[str]] = frozenset()     # from TRAITS
+    # ONNX import: op type -> converter(importer, node), and op type of a pattern's first node ->
+    # matcher(importer, node) returning (member nodes, converter) or None (see interop/onnx_import.py)
+    onnx_converters: ClassVar[dict[str, Callable]] = {}
+    onnx_patterns: ClassVar[dict[str, Callable]] = {}
+    examples: ClassVar[tuple[Example, ...]] = ()        # for the registry-driven tests
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        field = cls.model_fields.get("op")
+        names = get_args(field.annotation) if field is not None else ()
+        if len(names) == 1 and isinstance(names[0], str):  # a concrete op, not a shared base class
+            if names[0] in OPS and OPS[names[0]].__qualname__ != cls.__qualname__:
+                raise TypeError(f"op {names[0]!r} is defined twice: {OPS[names[0]].__qualname__} and {cls.__qualname__}")
+            OPS[names[0]] = cls
+
+    @classmethod
+    def has(cls, trait: str) -> bool:
+        return trait in cls.traits
 
     # --- shape rule ---------------------------------------------------------------------------
     def infer_shape(self, in_shapes: list[Shape]) -> Shape:
@@ -129,6 +177,28 @@ class Layer(Strict):
         """Compute into `out` (preallocated in the backend's layout) and return it. `out` may share
         memory with an input only for elementwise ops (the memory plan's in-place reuse)."""
         raise NotImplementedError(type(self).__name__)
+
+    def numpy_scratch_bytes(self, in_shapes: list[Shape], out_shape: Shape) -> int:
+        """Bytes of scratch `run_numpy` may hold beyond its output (im2col columns, say), for per-sample
+        input shapes and the batched output shape."""
+        return 0
+
+    # --- kernels ------------------------------------------------------------------------------
+    def lower(self, low) -> list:
+        """The kernel launches of this node (codegen/lower.py `NodeLowering` says what `low` offers)."""
+        raise NotImplementedError(f"no kernel for op {self.op}")
+
+    # --- ONNX export --------------------------------------------------------------------------
+    def to_onnx(self, ex, xs: list[str], out: str, shape: Shape) -> None:
+        """Add the ONNX node(s) computing this layer from tensors `xs` into tensor `out`
+        (interop/onnx_export.py `Exporter` says what `ex` offers)."""
+        raise NotImplementedError(f"op {self.op} has no ONNX export")
+
+    # --- reference, for the tests ---------------------------------------------------------------
+    def torch_reference(self, xs: list, weights: dict):
+        """This layer computed by PyTorch (float64 tensors in, one out): the tests' oracle for the
+        op. Imports torch when called; the package never needs it otherwise."""
+        raise NotImplementedError(f"op {self.op} declares no PyTorch reference")
 
 
 class Scratch:

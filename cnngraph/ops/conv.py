@@ -8,33 +8,68 @@ im2col; depthwise convs accumulate one strided tap at a time, never building col
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from pydantic import Field, model_validator
 
+from ..codegen import templates as T
+from ..geometry import ConvGeometry, cdiv, conv_out_size, same_pad
 from .activation import ActivationField, apply_activation
-from .base import Layer, NonNegativeInt, NonNegativePair, Pair, PositiveInt, Scratch, fmt_shape, he_init, invalid, pair
-
+from .base import (GEMM, Example, Layer, NonNegativeInt, NonNegativePair, Pair, PositiveInt, Scratch, fmt_shape, he_init,
+                   invalid, pair)
+from .onnx_mapping import Unsupported, attributes, compact, float_weight, spatial_pads, symmetric_pad
 
 CACHE_CHUNK = 8 * 2**20  # bytes of im2col columns per GEMM: the GEMM reads them while still in cache
 
 
-def conv_out_size(size: int, kernel: int, stride: int, pad_total: int, dilation: int) -> int:
-    """PyTorch's output size: floor((size + pads - dilation*(kernel-1) - 1) / stride) + 1."""
-    return (size + pad_total - dilation * (kernel - 1) - 1) // stride + 1
+def conv(imp, node):
+    a = attributes(node)
+    x = imp.data(node)
+    w = float_weight(imp.value(node, 1, "weight"), "weight")
+    bias = imp.value(node, 2, "bias", optional=True)
+    if w.ndim != 4:
+        raise Unsupported(f"only 2-D convolutions are supported (a 4-D weight), got a {w.ndim}-D weight")
+    k, _, kh, kw = w.shape
+    if list(a.get("kernel_shape", [kh, kw])) != [kh, kw]:
+        raise Unsupported(f"kernel_shape {a['kernel_shape']} disagrees with the weight's {[kh, kw]}")
+    stride, dilation = list(a.get("strides", [1, 1])), list(a.get("dilations", [1, 1]))
+    size = imp.shapes[x][1:]
+    if len(size) != 2:
+        raise Unsupported(f"Conv needs an image input (N,C,H,W), got {fmt_shape(imp.shapes[x])}")
+    pads = spatial_pads(a, size, (kh, kw), stride, dilation)
+    padding = [symmetric_pad(b, e, n, kk, s, d) for (b, e), n, kk, s, d in zip(pads, size, (kh, kw), stride, dilation)]
+    is_same = stride == [1, 1] and pads == [same_pad(kk, d) for kk, d in zip((kh, kw), dilation)]
+    if is_same and (None in padding or a.get("auto_pad", "NOTSET").startswith("SAME")):
+        padding = "same"
+    elif None in padding:
+        flat = [pads[0][0], pads[1][0], pads[0][1], pads[1][1]]
+        raise Unsupported(f'pads {flat} are asymmetric; cnngraph pads both sides of an axis equally (or "same" at stride 1)')
+    layer = {"op": "conv2d", "out_channels": int(k), "kernel_size": compact([kh, kw]), "stride": compact(stride),
+             "padding": padding if padding == "same" else compact(padding), "dilation": compact(dilation),
+             "groups": int(a.get("group", 1)), "bias": bias is not None}
+    weights = {"weight": w} if bias is None else {"weight": w, "bias": float_weight(bias, "bias").reshape(-1)}
+    imp.add_layer(node, layer, [x], weights)
 
 
-def same_pad(kernel: int, dilation: int) -> tuple[int, int]:
-    """(before, after) padding of "same" at stride 1: dilation*(kernel-1) in total, the smaller half
-    first, as PyTorch pads."""
-    total = dilation * (kernel - 1)
-    return total // 2, total - total // 2
 
 
 class Conv2d(Layer):
     op: Literal["conv2d"]
+    traits = frozenset({GEMM})
+    onnx_converters = {"Conv": conv}
+    examples = (
+        Example({"out_channels": 4, "kernel_size": 3, "padding": 1, "activation": "relu"}),
+        Example({"out_channels": 6, "kernel_size": [3, 2], "stride": [2, 1], "padding": [1, 0], "dilation": [1, 2],
+                 "groups": 3, "bias": False}, note="rectangular, grouped"),
+        Example({"out_channels": 3, "kernel_size": 3, "stride": [2, 1], "padding": 1, "groups": 3},
+                note="depthwise, rectangular stride"),
+        Example({"out_channels": 5, "kernel_size": 4, "padding": "same", "dilation": 2, "activation": "silu"},
+                inputs=((2, 8, 7),), note="same padding, even kernel"),
+        Example({"out_channels": 8, "kernel_size": 1, "stride": 2}, note="1x1, strided"),
+    )
     out_channels: PositiveInt
     kernel_size: PositiveInt | Pair
     stride: PositiveInt | Pair = 1
@@ -95,7 +130,57 @@ class Conv2d(Layer):
         kh, kw = pair(self.kernel_size)
         return 2 * int(np.prod(out_shape)) * (c // self.groups) * kh * kw
 
+    def conv_geometry(self, in_shape: tuple, out_shape: tuple) -> ConvGeometry:
+        """The geometry of this conv from its batched input and output shapes (N, C, H, W), (N, K, P, Q)."""
+        (kh, kw), (sh, sw), (dh, dw) = pair(self.kernel_size), pair(self.stride), pair(self.dilation)
+        top, _, left, _ = self.pads()
+        n, c, h, w = in_shape
+        return ConvGeometry(n, c, h, w, self.out_channels, out_shape[2], out_shape[3], kh, kw, sh, sw, top, left, dh,
+                            dw, self.groups)
+
+    # --- kernels --------------------------------------------------------------------------------
+    def lower(self, low):
+        weights, bias = low.weights["weight"], low.weights.get("bias")
+        geo = self.conv_geometry(low.in_shapes[0], low.shape)
+        epilogue = low.gemm_epilogue(bias, self.activation)
+        depthwise = self.is_depthwise(geo.c)
+        name = (f"conv{geo.kh}x{geo.kw}s{geo.sh}{'_dw' if depthwise else ''}{epilogue.tags}_"
+                f"{geo.k}x{low.shape[2]}x{low.shape[3]}")
+        if depthwise:
+            consts = [low.const("w", weights.reshape(geo.c, geo.taps))]
+            consts += [low.const("b", bias)] if bias is not None else []
+            return [low.launch(name, [*low.own_inputs, *consts, *epilogue.args, low.output], T.depthwise, geo=geo,
+                               extra_args=[low.param(x) for x in consts[1:]] + epilogue.params,
+                               epilogue=epilogue.code)]
+        matrix = weights.reshape(geo.groups, geo.kg, -1).transpose(0, 2, 1)  # (g, C/g*KH*KW, K/g)
+        return low.gemm(name, geo, matrix, bias, epilogue)
+
+    # --- ONNX, PyTorch ----------------------------------------------------------------------------
+    def to_onnx(self, ex, xs, out, shape):
+        top, bottom, left, right = self.pads()
+        if self.padding == "same" and pair(self.dilation) == (1, 1):
+            padding = {"auto_pad": "SAME_UPPER"}  # as PyTorch exports it (ONNX Runtime has no dilated SAME_UPPER)
+        else:
+            padding = {"pads": [top, left, bottom, right]}
+        ex.node(self.name, "Conv", [*xs, *ex.weight_inputs(self, ("weight", "bias"))], out, shape,
+                kernel_shape=list(pair(self.kernel_size)), strides=list(pair(self.stride)),
+                dilations=list(pair(self.dilation)), group=self.groups, **padding)
+
+    def torch_reference(self, xs, weights):
+        import torch.nn.functional as F
+        padding = self.padding if isinstance(self.padding, str) else pair(self.padding)
+        y = F.conv2d(xs[0], weights["weight"], weights.get("bias"), pair(self.stride), padding, pair(self.dilation),
+                     self.groups)
+        return self.activation.torch(y) if self.activation else y
+
     # --- NumPy ----------------------------------------------------------------------------------
+    def numpy_scratch_bytes(self, in_shapes, out_shape):
+        """The im2col buffer: the whole column matrix, or a cache-sized chunk of it (at least one
+        output row) when larger."""
+        n, _, ho, wo = out_shape
+        taps = math.prod(self.weight_shapes(in_shapes)["weight"][1:])
+        return min(4 * n * ho * wo * taps, max(CACHE_CHUNK, 4 * wo * taps))
+
     def is_depthwise(self, in_channels: int) -> bool:
         return self.groups == in_channels == self.out_channels and self.groups > 1
 
@@ -213,8 +298,8 @@ def _padded_phases(x, pads, stride, scratch: Scratch) -> dict[tuple[int, int], n
 
 def _phase_span(phase: int, stride: int, pad: int, size: int, padded: int) -> tuple[int, int, int]:
     """(first, end, length) of the phase positions that fall inside the unpadded input."""
-    length = -(-(padded - phase) // stride)
-    first = max(0, -(-(pad - phase) // stride))
+    length = cdiv(padded - phase, stride)
+    first = max(0, cdiv(pad - phase, stride))
     end = min(length, (pad + size - 1 - phase) // stride + 1)
     return first, max(first, end), length
 

@@ -1,58 +1,97 @@
-"""Epilogues: elementwise steps fused after a conv2d/linear and applied to its result before the
+"""Epilogue steps: elementwise work fused after a node's own result and applied to it before the
 single store (in registers on the GPU, in place on the CPU). Steps run in order, after the op's
 own bias and `activation` field:
-  ("add", i)                    adds the node's i-th residual input (the inputs after the op's own)
-  ("activation", Activation)    applies an activation
-  ("scale_shift", (s, t))       v * s[c] + t[c] per channel c: a batch norm that could not fold
-                                into the weights because an activation came first (float32 arrays)
-conv -> add -> relu is [("add", 0), ("activation", Relu)]."""
+  Residual(i, ...)     adds the node's residual inputs i, ... (the inputs after the op's own): one
+                       `add` layer of two or more operands
+  Activate(act)        applies an activation
+  ScaleShift(s, t)     v * s[c] + t[c] per channel c: a batch norm that could not fold into the
+                       weights because an activation came first (float32 arrays)
+conv -> add -> relu is (Residual((0,)), Activate(Relu)).
+
+Each step knows its label (for the node's display op), its NumPy code and its C code; the kernel
+reads the j-th ScaleShift's arrays from the constants `s{j}` and `t{j}`."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import ClassVar
+
 import numpy as np
 
-from .activation import apply_activation
+from .activation import Activation, apply_activation
 
-Epilogue = list[tuple[str, object]]
+
+@dataclass(frozen=True)
+class Residual:
+    indices: tuple[int, ...]
+    label: ClassVar[str] = "add"
+
+    def apply_numpy(self, out: np.ndarray, residuals: list[np.ndarray]) -> None:
+        for i in self.indices:
+            out += residuals[i]
+
+    def c_code(self, residual_names: list[str], pair: int) -> str:
+        return "\n".join(f"v += {residual_names[i]}[idx];" for i in self.indices)
+
+
+@dataclass(frozen=True)
+class Activate:
+    activation: Activation
+
+    @property
+    def label(self) -> str:
+        return self.activation.label
+
+    def apply_numpy(self, out: np.ndarray, residuals: list[np.ndarray]) -> None:
+        apply_activation(self.activation, out)
+
+    def c_code(self, residual_names: list[str], pair: int) -> str:
+        return f"v = {self.activation.c_expr('v')};"
+
+
+@dataclass(frozen=True, eq=False)
+class ScaleShift:
+    scale: np.ndarray = field(repr=False)
+    shift: np.ndarray = field(repr=False)
+    label: ClassVar[str] = "batch_norm2d"
+
+    def apply_numpy(self, out: np.ndarray, residuals: list[np.ndarray]) -> None:
+        out *= self.scale
+        out += self.shift
+
+    def c_code(self, residual_names: list[str], pair: int) -> str:
+        return f"v = v * s{pair}[k] + t{pair}[k];"
+
+
+Step = Residual | Activate | ScaleShift
+Epilogue = tuple[Step, ...]
 
 
 def residual_count(epilogue: Epilogue) -> int:
-    return sum(1 for kind, _ in epilogue if kind == "add")
+    return sum(len(step.indices) for step in epilogue if isinstance(step, Residual))
 
 
-def scale_shifts(epilogue: Epilogue) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The per-channel (scale, shift) pairs, in order: kernels take them as constants."""
-    return [step for kind, step in epilogue if kind == "scale_shift"]
+def scale_shifts(epilogue: Epilogue) -> list[ScaleShift]:
+    """The per-channel scale + shift steps, in order: kernels take their arrays as constants."""
+    return [step for step in epilogue if isinstance(step, ScaleShift)]
 
 
 def label(epilogue: Epilogue) -> str:
-    names = {"add": "add", "scale_shift": "batch_norm2d"}
-    return "+".join(names.get(kind) or step.label for kind, step in epilogue)
+    return "+".join(step.label for step in epilogue)
 
 
 def apply_numpy(out: np.ndarray, epilogue: Epilogue, residuals: list[np.ndarray]) -> np.ndarray:
     """In place on `out` in the backend's layout: channels are the last axis."""
-    for kind, step in epilogue:
-        if kind == "add":
-            out += residuals[step]
-        elif kind == "scale_shift":
-            out *= step[0]
-            out += step[1]
-        else:
-            apply_activation(step, out)
+    for step in epilogue:
+        step.apply_numpy(out, residuals)
     return out
 
 
 def to_c(epilogue: Epilogue, residual_names: list[str]) -> list[str]:
     """C statements on `v` (the value of output element `idx`, channel `k`) in the neutral kernel
-    dialect; the j-th scale/shift pair is read from the constants `s{j}` and `t{j}`."""
+    dialect."""
     lines, pairs = [], 0
-    for kind, step in epilogue:
-        if kind == "add":
-            lines.append(f"v += {residual_names[step]}[idx];")
-        elif kind == "scale_shift":
-            lines.append(f"v = v * s{pairs}[k] + t{pairs}[k];")
-            pairs += 1
-        else:
-            lines.append(f"v = {step.c_expr('v')};")
+    for step in epilogue:
+        lines.append(step.c_code(residual_names, pairs))
+        pairs += isinstance(step, ScaleShift)
     return lines

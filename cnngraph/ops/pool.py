@@ -9,18 +9,46 @@ from typing import Literal
 import numpy as np
 from pydantic import model_validator
 
-from .base import Layer, NonNegativeInt, NonNegativePair, Pair, PositiveInt, Scratch, fmt_shape, invalid, pair
+from ..codegen import templates as T
+from ..geometry import pool_out_size
+from .base import (POOL, Example, Layer, NonNegativeInt, NonNegativePair, Pair, PositiveInt, Scratch, fmt_shape, invalid,
+                   pair)
+from .onnx_mapping import Unsupported, attributes, compact, plain, spatial_pads, symmetric_pad
 
 
-def pool_out_size(size: int, kernel: int, stride: int, pad: int, ceil_mode: bool) -> int:
-    span = size + 2 * pad - kernel
-    out = (-(-span // stride) if ceil_mode else span // stride) + 1
-    if ceil_mode and (out - 1) * stride >= size + pad:
-        out -= 1  # PyTorch: the last window must start inside the input or the left padding
-    return out
+def pool(op: str):
+    def convert(imp, node):
+        a = attributes(node)
+        x = imp.data(node)
+        if len(imp.shapes[x]) != 3:
+            raise Unsupported(f"{node.op_type} needs an image input (N,C,H,W), got {fmt_shape(imp.shapes[x])}")
+        if not imp.unused(node, 1):
+            raise Unsupported("its second output (the indices of the maxima) is not supported")
+        kernel = list(a.get("kernel_shape", []))
+        if len(kernel) != 2:
+            raise Unsupported(f"kernel_shape {kernel} must have 2 values (2-D pooling)")
+        stride, dilation = list(a.get("strides", [1, 1])), list(a.get("dilations", [1, 1]))
+        if dilation != [1, 1]:
+            raise Unsupported(f"dilations {dilation} are not supported (only 1)")
+        ceil = bool(a.get("ceil_mode", 0))
+        size = imp.shapes[x][1:]
+        pads = spatial_pads(a, size, kernel, stride, dilation)
+        padding = [symmetric_pad(b, e, n, k, s, 1, ceil) for (b, e), n, k, s in zip(pads, size, kernel, stride)]
+        if None in padding:
+            flat = [pads[0][0], pads[1][0], pads[0][1], pads[1][1]]
+            raise Unsupported(f"pads {flat} are asymmetric; cnngraph pads both sides of an axis equally")
+        layer = {"op": op, "kernel_size": compact(kernel), "padding": compact(padding), "ceil_mode": ceil}
+        if stride != kernel:  # cnngraph's default stride is the kernel size, as in PyTorch
+            layer["stride"] = compact(stride)
+        if op == "avg_pool2d" and any(padding):  # without padding the divisor is the same either way
+            layer["count_include_pad"] = bool(a.get("count_include_pad", 0))
+        imp.add_layer(node, layer, [x])
+    return convert
 
 
 class Pool2d(Layer):
+    """What max and avg pooling share: the window geometry, the shape rule, the kernel, the export."""
+    traits = frozenset({POOL})
     kernel_size: PositiveInt | Pair
     stride: PositiveInt | Pair | None = None  # None: the kernel size, as in PyTorch
     padding: NonNegativeInt | NonNegativePair = 0
@@ -54,6 +82,21 @@ class Pool2d(Layer):
         kh, kw = pair(self.kernel_size)
         return int(np.prod(out_shape)) * kh * kw
 
+    def lower(self, low):
+        (kh, kw), (sh, sw), (ph, pw) = self.geometry()
+        kind = self.op.removesuffix("_pool2d")
+        n, c, h, w = low.in_shapes[0]
+        return low.simple(f"{kind}pool{kh}x{kw}s{sh}_{low.sample_dims()}", T.pool, kind=kind, n=n, c=c, h=h, w=w,
+                          p=low.shape[2], q=low.shape[3], kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw,
+                          count_include_pad=getattr(self, "count_include_pad", True))
+
+    def to_onnx(self, ex, xs, out, shape):
+        (kh, kw), stride, (ph, pw) = self.geometry()
+        attrs = dict(kernel_shape=[kh, kw], strides=list(stride), pads=[ph, pw, ph, pw], ceil_mode=int(self.ceil_mode))
+        if self.op == "avg_pool2d":
+            attrs["count_include_pad"] = int(self.count_include_pad)
+        ex.node(self.name, "MaxPool" if self.op == "max_pool2d" else "AveragePool", xs, out, shape, **attrs)
+
     def _window_sweep(self, x: np.ndarray, fill: float, combine, scratch: Scratch, out: np.ndarray) -> np.ndarray:
         """Combine the kh*kw strided taps of x (N, H, W, C), padded with `fill`, into out (N, Ho, Wo, C)."""
         n, h, w, c = x.shape
@@ -78,8 +121,23 @@ class Pool2d(Layer):
         return out
 
 
+POOL_EXAMPLES = (
+    Example({"kernel_size": 2}),
+    Example({"kernel_size": 3, "stride": 2, "padding": 1}, inputs=((3, 10, 11),), note="overlapping, padded"),
+    Example({"kernel_size": [3, 2], "stride": [1, 2], "padding": [1, 0], "ceil_mode": True}, inputs=((2, 7, 9),),
+            note="rectangular, ceil_mode"),
+)
+
+
 class MaxPool2d(Pool2d):
     op: Literal["max_pool2d"]
+    onnx_converters = {"MaxPool": pool("max_pool2d")}
+    examples = POOL_EXAMPLES
+
+    def torch_reference(self, xs, weights):
+        import torch.nn.functional as F
+        kernel, stride, padding = self.geometry()
+        return F.max_pool2d(xs[0], kernel, stride, padding, ceil_mode=self.ceil_mode)
 
     def run_numpy(self, xs, params, scratch, out):
         return self._window_sweep(xs[0], -np.inf, np.maximum, scratch, out)
@@ -88,6 +146,15 @@ class MaxPool2d(Pool2d):
 class AvgPool2d(Pool2d):
     op: Literal["avg_pool2d"]
     count_include_pad: bool = True
+    onnx_converters = {"AveragePool": pool("avg_pool2d")}
+    examples = (*POOL_EXAMPLES, Example({"kernel_size": 3, "stride": 2, "padding": 1, "count_include_pad": False},
+                                        inputs=((3, 8, 9),), note="padding not counted"))
+
+    def torch_reference(self, xs, weights):
+        import torch.nn.functional as F
+        kernel, stride, padding = self.geometry()
+        return F.avg_pool2d(xs[0], kernel, stride, padding, ceil_mode=self.ceil_mode,
+                            count_include_pad=self.count_include_pad)
 
     def _divisor(self, size: int, out: int, kernel: int, stride: int, pad: int) -> np.ndarray:
         """Window lengths along one axis, as PyTorch counts them."""
@@ -109,6 +176,19 @@ class AvgPool2d(Pool2d):
 
 class GlobalAvgPool2d(Layer):
     op: Literal["global_avg_pool2d"]
+    onnx_converters = {"GlobalAveragePool": plain("global_avg_pool2d")}
+    examples = (Example({}),)
+
+    def lower(self, low):
+        n, c, h, w = low.in_shapes[0]
+        return low.simple(f"global_avgpool_{c}x{h}x{w}", T.reduce_rows, kind="mean", outer=n * c, length=h * w, inner=1)
+
+    def to_onnx(self, ex, xs, out, shape):
+        ex.node(self.name, "GlobalAveragePool", xs, out, shape)
+
+    def torch_reference(self, xs, weights):
+        import torch.nn.functional as F
+        return F.adaptive_avg_pool2d(xs[0], 1)
 
     def infer_shape(self, in_shapes):
         self.expect_image(in_shapes[0])

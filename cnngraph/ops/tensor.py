@@ -8,12 +8,49 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from .base import Int64, Layer, Pair, PositiveInt, fmt_shape, pair
+from ..codegen import templates as T
+from .base import ELEMENTWISE, Example, Int64, Layer, Pair, PositiveInt, fmt_shape, pair
+from .onnx_mapping import BATCH, Unsupported, attributes, compact, nice, scalar
+
+
+def flatten(imp, node):
+    x = imp.data(node)
+    axis = attributes(node).get("axis", 1)
+    if axis % (len(imp.shapes[x]) + 1) != 1:
+        raise Unsupported(f"axis {axis}: only Flatten(axis=1), keeping the batch, is supported")
+    imp.add_layer(node, {"op": "flatten"}, [x])
+
+
+def reshape(imp, node):
+    """A reshape to (N, -1), written by PyTorch as `x.view(x.size(0), -1)`: a flatten."""
+    x = imp.data(node)
+    target = [t if t is BATCH else int(t) for t in imp.value(node, 1, "shape").reshape(-1)]
+    features = int(np.prod(imp.shapes[x]))
+    n, f = target if len(target) == 2 else (None, None)
+    keeps_batch = (n is BATCH or (n == 0 and not attributes(node).get("allowzero", 0))  # 0 copies the dim
+                   or (n == -1 and f == features)
+                   or (isinstance(n, int) and n > 0))  # a batch size fixed at export, taken on trust
+    if not (keeps_batch and f in (-1, features)):
+        shown = "[" + ", ".join(str(t) for t in target) + "]"
+        raise Unsupported(f"only a reshape to (N, -1), a flatten, is supported; got target shape {shown} "
+                          f"for input {fmt_shape(imp.shapes[x])}")
+    imp.add_layer(node, {"op": "flatten"}, [x])
 
 
 class Flatten(Layer):
     """`torch.flatten(x, 1)`: (N, C, H, W) -> (N, C*H*W), in PyTorch's (C, H, W) order."""
     op: Literal["flatten"]
+    onnx_converters = {"Flatten": flatten, "Reshape": reshape}
+    examples = (Example({}),)
+
+    def lower(self, low):
+        return low.elementwise("copy", "v = x0[idx];")  # NCHW flatten is a plain copy
+
+    def to_onnx(self, ex, xs, out, shape):
+        ex.node(self.name, "Flatten", xs, out, shape, axis=1)
+
+    def torch_reference(self, xs, weights):
+        return xs[0].flatten(1)
 
     def infer_shape(self, in_shapes):
         return (math.prod(in_shapes[0]),)  # exact: np.prod would wrap around past 2**63
@@ -29,10 +66,35 @@ class Flatten(Layer):
         return out
 
 
+def dropout(imp, node):
+    """Identity at inference; the ratio is kept as the layer's p."""
+    if imp.opset < 12:
+        ratio = attributes(node).get("ratio", 0.5)
+    else:
+        ratio = scalar(imp.value(node, 1, "ratio", optional=True), 0.5)
+        if scalar(imp.value(node, 2, "training_mode", optional=True), 0.0):
+            raise Unsupported("training_mode=true is not supported; export in eval mode")
+    if not imp.unused(node, 1):
+        raise Unsupported("its second output (the mask) is not supported")
+    imp.add_layer(node, {"op": "dropout", "p": nice(ratio)}, [imp.data(node)])
+
+
 class Dropout(Layer):
     """Identity at inference; `p` is kept so specs exported from training code load unchanged."""
     op: Literal["dropout"]
     p: float = Field(0.5, ge=0, lt=1, allow_inf_nan=False)
+    traits = frozenset({ELEMENTWISE})
+    onnx_converters = {"Dropout": dropout}
+    examples = (Example({"p": 0.2}), Example({}, inputs=((6,),)))
+
+    def lower(self, low):
+        return low.elementwise("copy", "v = x0[idx];")
+
+    def to_onnx(self, ex, xs, out, shape):
+        ex.node(self.name, "Dropout", [*xs, ex.const(f"{self.name}:ratio", self.p)], out, shape)
+
+    def torch_reference(self, xs, weights):
+        return xs[0]
 
     def flops(self, in_shapes, out_shape):
         return 0
@@ -42,10 +104,35 @@ class Dropout(Layer):
         return out
 
 
+def add(imp, node):
+    """Add and Sum of tensors the network computes: residual connections. A constant operand has no layer."""
+    inputs = [name for name in node.input if name]
+    if any(imp.is_const(t) for t in inputs):
+        raise Unsupported("adding a constant has no cnngraph layer (a bias is supported after MatMul)")
+    if len(inputs) == 1:
+        imp.alias(node, imp.data(node))
+    else:
+        imp.add_layer(node, {"op": "add"}, [imp.data(node, i) for i in range(len(inputs))])
+
+
 class Add(Layer):
     """Elementwise sum of 2+ inputs of one shape (residual connections)."""
     op: Literal["add"]
     arity = (2, None)
+    traits = frozenset({ELEMENTWISE})
+    onnx_converters = {"Add": add, "Sum": add}
+    examples = (Example({}, inputs=((3, 5, 4), (3, 5, 4))), Example({}, inputs=((6,), (6,), (6,))))
+
+    def lower(self, low):
+        count = len(low.inputs)
+        return low.elementwise(f"add{count}", "v = " + " + ".join(f"x{i}[idx]" for i in range(count)) + ";",
+                               inputs=count)
+
+    def to_onnx(self, ex, xs, out, shape):
+        ex.node(self.name, "Add" if len(xs) == 2 else "Sum", xs, out, shape)
+
+    def torch_reference(self, xs, weights):
+        return sum(xs[1:], xs[0])
 
     def infer_shape(self, in_shapes):
         if any(s != in_shapes[0] for s in in_shapes):
@@ -63,10 +150,35 @@ class Add(Layer):
         return out
 
 
+def concat(imp, node):
+    axis = attributes(node).get("axis", 1)
+    if all(imp.is_const(t) for t in node.input):  # shape arithmetic
+        imp.constant(node, np.concatenate([np.atleast_1d(imp.consts[t]) for t in node.input], axis=axis))
+        return
+    inputs = [imp.data(node, i) for i in range(len(node.input))]
+    rank = len(imp.shapes[inputs[0]]) + 1
+    if axis % rank != 1:
+        raise Unsupported(f"axis {axis}: only concatenation along channels (axis 1) is supported")
+    imp.add_layer(node, {"op": "concat"}, inputs)
+
+
 class Concat(Layer):
     """Concatenation of 2+ inputs along channels (axis 1)."""
     op: Literal["concat"]
     arity = (2, None)
+    onnx_converters = {"Concat": concat}
+    examples = (Example({}, inputs=((3, 5, 4), (2, 5, 4))), Example({}, inputs=((2,), (5,), (1,))))
+
+    def lower(self, low):
+        return low.simple(f"concat{len(low.in_shapes)}_{low.sample_dims()}", T.concat, n=low.shape[0],
+                          channels=[s[1] for s in low.in_shapes], spatial=int(math.prod(low.shape[2:])))
+
+    def to_onnx(self, ex, xs, out, shape):
+        ex.node(self.name, "Concat", xs, out, shape, axis=1)
+
+    def torch_reference(self, xs, weights):
+        import torch
+        return torch.cat(xs, dim=1)
 
     def infer_shape(self, in_shapes):
         rest = {(len(s), s[1:]) for s in in_shapes}
@@ -82,9 +194,34 @@ class Concat(Layer):
         return np.concatenate(xs, axis=-1, out=out)  # channels are the last axis in the backend (or F for 2-D)
 
 
+def softmax(imp, node):
+    x = imp.data(node)
+    rank = len(imp.shapes[x]) + 1
+    axis = attributes(node).get("axis", 1 if imp.opset < 13 else -1) % rank
+    if imp.opset < 13 and axis != rank - 1:  # before opset 13 Softmax normalised over every axis from `axis` on
+        raise Unsupported(f"before opset 13 Softmax(axis={axis}) normalises over all axes from {axis} on; "
+                          f"only the last axis ({rank - 1}) is supported")
+    imp.add_layer(node, {"op": "softmax", "axis": axis}, [x])
+
+
 class Softmax(Layer):
     op: Literal["softmax"]
     axis: Int64 = Field(1, description="Axis of the (N, C, H, W) or (N, F) tensor; 1 is the channels.")
+    onnx_converters = {"Softmax": softmax}
+    examples = (Example({}, inputs=((10,),)), Example({"axis": -1}), Example({"axis": 2}, inputs=((3, 6, 4),)))
+
+    def lower(self, low):
+        out = low.shape
+        axis = self.axis % len(out)
+        return low.simple(f"softmax_axis{axis}_{low.sample_dims()}", T.reduce_rows, kind="softmax",
+                          outer=int(math.prod(out[:axis])), length=out[axis], inner=int(math.prod(out[axis + 1:])))
+
+    def to_onnx(self, ex, xs, out, shape):
+        ex.node(self.name, "Softmax", xs, out, shape, axis=self.axis)
+
+    def torch_reference(self, xs, weights):
+        import torch.nn.functional as F
+        return F.softmax(xs[0], dim=self.axis)
 
     def infer_shape(self, in_shapes):
         rank = len(in_shapes[0]) + 1
@@ -107,10 +244,69 @@ class Softmax(Layer):
         return out
 
 
+# Resize's (coordinate_transformation_mode, nearest_mode) pairs that pick input pixel floor(i / s)
+# for an integer scale s, as upsample2d does: half_pixel places the sample at (i + 0.5) / s - 0.5,
+# strictly within 0.5 of floor(i / s), so either rounding gives it.
+NEAREST_FLOOR = {("asymmetric", "floor"), ("tf_half_pixel_for_nn", "floor"),
+                 *((c, r) for c in ("half_pixel", "pytorch_half_pixel") for r in ("round_prefer_floor", "round_prefer_ceil"))}
+
+
+def resize(imp, node):
+    """Resize / Upsample, nearest, by an integer factor in H and W: upsample2d."""
+    a = attributes(node)
+    mode = a.get("mode", "nearest")
+    if mode != "nearest":
+        raise Unsupported(f'mode "{mode}": only "nearest" is supported')
+    if node.op_type == "Resize" and imp.opset >= 11:
+        modes = (a.get("coordinate_transformation_mode", "half_pixel"), a.get("nearest_mode", "round_prefer_floor"))
+        if modes not in NEAREST_FLOOR:
+            raise Unsupported(f"coordinate_transformation_mode {modes[0]!r} with nearest_mode {modes[1]!r} is not "
+                              "supported; use asymmetric with floor, or half_pixel")
+        if "axes" in a:
+            raise Unsupported("the axes attribute is not supported")
+    x = imp.data(node)
+    if len(imp.shapes[x]) != 3:
+        raise Unsupported(f"{node.op_type} needs an image input (N,C,H,W), got {fmt_shape(imp.shapes[x])}")
+    if node.op_type == "Upsample" and imp.opset < 9:
+        scales, sizes = np.asarray(a.get("scales", [])), None
+    elif node.op_type == "Upsample" or imp.opset < 11:
+        scales, sizes = imp.value(node, 1, "scales"), None
+    else:
+        scales, sizes = imp.value(node, 2, "scales", optional=True), imp.value(node, 3, "sizes", optional=True)
+    if scales is not None and scales.size:
+        factors = [float(s) for s in scales.reshape(-1)]
+    elif sizes is not None and sizes.size == 4:
+        factors = [1.0] + [float(s) / n for s, n in zip(sizes.reshape(-1)[1:], imp.shapes[x])]
+    else:
+        raise Unsupported("needs constant scales or sizes for N, C, H and W")
+    if len(factors) != 4 or factors[:2] != [1, 1] or any(f < 1 or f != int(f) for f in factors[2:]):
+        raise Unsupported(f"scales {[round(f, 4) for f in factors]}: only whole factors >= 1 in H and W (and 1 in N "
+                          f"and C) are supported")
+    imp.add_layer(node, {"op": "upsample2d", "scale_factor": compact(factors[2:])}, [x])
+
+
 class Upsample2d(Layer):
     op: Literal["upsample2d"]
     scale_factor: PositiveInt | Pair
     mode: Literal["nearest"] = "nearest"
+    onnx_converters = {"Resize": resize, "Upsample": resize}
+    examples = (Example({"scale_factor": 2}), Example({"scale_factor": [3, 1]}, inputs=((2, 3, 4),)))
+
+    def lower(self, low):
+        sh, sw = pair(self.scale_factor)
+        n, c, h, w = low.in_shapes[0]
+        return low.simple(f"upsample{sh}x{sw}_{low.sample_dims()}", T.upsample_nearest, n=n, c=c, h=h, w=w, sh=sh,
+                          sw=sw)
+
+    def to_onnx(self, ex, xs, out, shape):
+        # asymmetric + floor picks input pixel floor(i / scale): upsample2d's nearest
+        scales = ex.const(f"{self.name}:scales", [1, 1, *pair(self.scale_factor)])
+        ex.node(self.name, "Resize", [*xs, "", scales], out, shape, mode="nearest",
+                coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+
+    def torch_reference(self, xs, weights):
+        import torch.nn.functional as F
+        return F.interpolate(xs[0], scale_factor=pair(self.scale_factor), mode="nearest")
 
     def infer_shape(self, in_shapes):
         self.expect_image(in_shapes[0])

@@ -10,32 +10,28 @@ from __future__ import annotations
 
 import networkx as nx
 
-from ..graph import base_op, topological_order
-from ..ops import ACTIVATION_OPS, ELEMENTWISE_OPS, GEMM_OPS, make_activation
+from ..graph import compute_of, topological_order
+from ..ops import ACTIVATION, ELEMENTWISE, GEMM, Activate
 from .rewrite import fusion_blocker, merge_into_consumer, record
 
 
 def fuse_activation(g: nx.DiGraph) -> list[str]:
     changes = []
-    for act in [n for n in topological_order(g) if g.nodes[n]["op"] in ACTIVATION_OPS]:  # chains front to back
+    for act in [n for n in topological_order(g)  # chains front to back
+                if (c := compute_of(g, n)) and c.has(ACTIVATION) and c.is_plain]:
         (src,) = g.nodes[act]["inputs"]
-        attrs = g.nodes[src]
-        base = base_op(g, src)
-        if base not in GEMM_OPS + ELEMENTWISE_OPS:
+        host = compute_of(g, src)
+        if host is None or not (host.has(GEMM) or host.has(ELEMENTWISE)):
             continue  # nothing to fuse into (an activation after a pool or a concat stays a kernel)
-        epilogue = list(attrs.get("epilogue", []))
+        activation = compute_of(g, act).spec.activation_model()
         reason = fusion_blocker(g, src, act)
-        record(g, f"{attrs['op']}+{g.nodes[act]['spec'].label}", src, act, reason)
+        record(g, f"{host.label}+{activation.label}", src, act, reason)
         if reason:
             continue
-        act_spec = g.nodes[act]["spec"]
-        activation = make_activation({k: v for k, v in act_spec.model_dump().items() if k not in ("name", "inputs")})
-        spec = attrs["spec"]
-        if base in GEMM_OPS and spec.activation is None and not epilogue:
-            spec = spec.model_copy(update={"activation": activation})
+        if host.has(GEMM) and host.spec.activation is None and not host.epilogue:
+            fused = host.but(spec=host.spec.model_copy(update={"activation": activation}))
         else:
-            epilogue.append(("activation", activation))
-        merge_into_consumer(g, src, act, op=attrs["op"] + "+" + activation.label, spec=spec, weights=attrs["weights"],
-                            inputs=list(attrs["inputs"]), epilogue=epilogue)
+            fused = host.but(epilogue=(*host.epilogue, Activate(activation)))
+        merge_into_consumer(g, src, act, fused)
         changes.append(f"fused {act} into {src}")
     return changes

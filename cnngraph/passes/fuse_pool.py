@@ -1,6 +1,6 @@
 """Fuse a max/avg pool into the conv2d that feeds it, so the conv result never goes to memory:
 the GEMM rows are ordered window by window, each thread owns whole windows, and the epilogue
-stores only the pooled value (see codegen/templates.py `FusedPool`). Fuses non-overlapping,
+stores only the pooled value (see codegen/templates/gemm.py `FusedPool`). Fuses non-overlapping,
 unpadded pools (stride == kernel, the VGG/LeNet 2x2 pools) of up to 8 outputs per window; every
 other geometry is reported with its reason (ResNet's overlapping 3x3/2 stem pool would need a
 halo recomputed by neighbouring tiles). Runs last, after fuse_activation, so conv -> bn -> relu
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import networkx as nx
 
-from ..graph import base_op, in_shapes
-from ..ops import POOL_OPS
+from ..graph import PoolStep, compute_of, in_shapes
+from ..ops import POOL
 from .rewrite import fusion_blocker, merge_into_consumer, record
 
 MAX_WINDOW = 8  # outputs per window that fit one thread's register block (the tiles' rows)
@@ -19,7 +19,7 @@ MAX_WINDOW = 8  # outputs per window that fit one thread's register block (the t
 
 def pool_blocker(g: nx.DiGraph, conv: str, pool: str) -> str | None:
     """Why this pool cannot be fused into this conv (a reason code), or None."""
-    spec, conv_spec = g.nodes[pool]["spec"], g.nodes[conv]["spec"]
+    spec, conv_spec = compute_of(g, pool).spec, compute_of(g, conv).spec
     (kh, kw), (sh, sw), padding = spec.geometry()
     _, p, q = g.nodes[conv]["shape"][1:]
     if (sh, sw) != (kh, kw):
@@ -37,18 +37,16 @@ def pool_blocker(g: nx.DiGraph, conv: str, pool: str) -> str | None:
 
 def fuse_pool(g: nx.DiGraph) -> list[str]:
     changes = []
-    for pool in [n for n, op in g.nodes(data="op") if op in POOL_OPS]:
+    for pool in [n for n in g.nodes if (c := compute_of(g, n)) and c.has(POOL) and c.is_plain]:
         (conv,) = g.nodes[pool]["inputs"]
-        attrs = g.nodes[conv]
-        if base_op(g, conv) != "conv2d" or attrs.get("pool") is not None:
+        host = compute_of(g, conv)
+        if host is None or host.op != "conv2d" or host.pool is not None:
             continue
         reason = fusion_blocker(g, conv, pool) or pool_blocker(g, conv, pool)
-        record(g, f"{attrs['op']}+{g.nodes[pool]['op']}", conv, pool, reason)
+        record(g, f"{host.label}+{g.nodes[pool]['op']}", conv, pool, reason)
         if reason:
             continue
-        merge_into_consumer(g, conv, pool, op=f"{attrs['op']}+{g.nodes[pool]['op']}", spec=attrs["spec"],
-                            weights=attrs["weights"], inputs=list(attrs["inputs"]),
-                            epilogue=list(attrs.get("epilogue", [])), pool=g.nodes[pool]["spec"],
-                            conv_shape=attrs["shape"])
+        step = PoolStep(compute_of(g, pool).spec, tuple(g.nodes[conv]["shape"]))
+        merge_into_consumer(g, conv, pool, host.but(pool=step))
         changes.append(f"fused {pool} into {conv}")
     return changes

@@ -18,7 +18,7 @@ MAX_ELEMENTS = 2**31 - 1  # kernels index with 32-bit ints; NumPy would need 8 G
 
 def _check_size(attrs: dict, inputs: list, source: str | None) -> None:
     """Refuse tensors and weights too large to index, before anything is allocated."""
-    spec = attrs["spec"]
+    spec = attrs["compute"].spec
     sizes = {"output": math.prod(attrs["shape"])}
     sizes.update({f"weight {k}": math.prod(s) for k, s in spec.weight_shapes(inputs).items()})
     for what, size in sizes.items():
@@ -49,11 +49,11 @@ def infer_shapes(g: nx.DiGraph) -> nx.DiGraph:
     for node in layer_nodes(g):
         attrs = g.nodes[node]
         try:
-            shape = attrs["spec"].infer_shape(in_shapes(g, node))
+            shape = attrs["compute"].spec.infer_shape(in_shapes(g, node))
         except ShapeError as err:
             err.path = err.path or attrs["path"]
             raise err.located(g.graph.get("source")) from None
         attrs["shape"] = (batch, *shape)
         _check_size(attrs, in_shapes(g, node), g.graph.get("source"))
-        attrs["flops"] = batch * attrs["spec"].flops(in_shapes(g, node), shape)
+        attrs["flops"] = batch * attrs["compute"].spec.flops(in_shapes(g, node), shape)
     return g

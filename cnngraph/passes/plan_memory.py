@@ -17,8 +17,8 @@ from __future__ import annotations
 import networkx as nx
 import numpy as np
 
-from ..graph import base_op, layer_nodes
-from ..ops import ELEMENTWISE_OPS
+from ..graph import compute_of, layer_nodes
+from ..ops import ELEMENTWISE
 
 ALIGN = 64  # elements: 256-byte aligned tensors (coalescing, vector loads, OpenCL sub-buffers)
 
@@ -33,7 +33,8 @@ def execution_order(g: nx.DiGraph) -> list[str]:
 def is_free_reshape(g: nx.DiGraph, node: str) -> bool:
     """A flatten whose input has no spatial extent, (N, C, 1, 1) or (N, F): its bytes are the same
     in every layout, so it is an alias of its input (no copy, no kernel)."""
-    if g.nodes[node]["op"] != "flatten":
+    compute = compute_of(g, node)
+    if compute is None or compute.op != "flatten":
         return False
     (src,) = g.nodes[node]["inputs"]
     return all(d == 1 for d in g.nodes[src]["shape"][2:])
@@ -41,7 +42,7 @@ def is_free_reshape(g: nx.DiGraph, node: str) -> bool:
 
 def _dying_input(g: nx.DiGraph, node: str, storage: dict, storage_last: dict, now: int) -> str | None:
     """An input whose storage an elementwise node may overwrite: same size, read by nothing later."""
-    if base_op(g, node) not in ELEMENTWISE_OPS:
+    if not compute_of(g, node).has(ELEMENTWISE):
         return None
     size = int(np.prod(g.nodes[node]["shape"]))
     inputs = g.nodes[node]["inputs"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import networkx as nx
 
+from ..graph import Compute, set_compute
+
 
 def fusion_blocker(g: nx.DiGraph, producer: str, consumer: str) -> str | None:
     """Why `producer` cannot be merged into `consumer` (a reason code), or None if it can."""
@@ -44,16 +46,18 @@ def bypass(g: nx.DiGraph, node: str) -> None:
     g.remove_node(node)
 
 
-def merge_into_consumer(g: nx.DiGraph, producer: str, consumer: str, **attrs) -> None:
-    """Fold `producer` into `consumer` (its only reader): the consumer now reads the producer's
-    inputs and implements both layers; `attrs` overwrite the consumer's (op, spec, weights...)."""
+def merge_into_consumer(g: nx.DiGraph, producer: str, consumer: str, compute: Compute,
+                        weights: dict | None = None, inputs: list[str] | None = None) -> None:
+    """Fold `producer` into `consumer` (its only reader): the consumer now computes `compute`,
+    implements both layers and reads `inputs` (default: the producer's) with `weights` (default:
+    the producer's)."""
     p, c = g.nodes[producer], g.nodes[consumer]
     c["layers"] = p["layers"] + c["layers"]
     c["flops"] = p.get("flops", 0) + c.get("flops", 0)
-    c["epilogue"] = list(p.get("epilogue", []))
-    c["inputs"] = list(p["inputs"])
+    c["inputs"] = list(p["inputs"] if inputs is None else inputs)
     c["path"] = p["path"]  # the merged node starts where the producer did in the spec
-    c.update(attrs)
+    c["weights"] = p.get("weights", {}) if weights is None else weights
+    set_compute(g, consumer, compute)
     for position, src in enumerate(p["inputs"]):
         g.add_edge(src, consumer, index=position)
     g.remove_node(producer)

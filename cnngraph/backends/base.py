@@ -1,0 +1,51 @@
+"""The one interface every backend implements, and the registry of backends by device name.
+
+A backend class says whether it can run here (`unavailable`), how much memory a network may take
+by default (`memory_limit`), how many copies of the weights and how much scratch it keeps (for the
+memory check before anything is allocated), and builds itself from a `Plan` (see model.py). An
+instance runs the network: `run(inputs) -> outputs` by name, and `poison()` fills its activation
+memory with NaN so the tests see any element no kernel writes."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+
+BACKENDS: dict[str, type["Backend"]] = {}  # device name -> backend class
+
+
+class Backend:
+    device: ClassVar[str] = "?"
+    weight_copies: ClassVar[int] = 1   # weight arrays held: the given ones, and any rearranged copy
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls.device != "?":
+            BACKENDS[cls.device] = cls
+
+    @classmethod
+    def unavailable(cls) -> str | None:
+        """None when this backend can run here, else why not (one line)."""
+        return None
+
+    @classmethod
+    def memory_limit(cls) -> tuple[int | None, str]:
+        """The default limit in bytes (None: unknown) and where it comes from, in words."""
+        raise NotImplementedError
+
+    @classmethod
+    def scratch_bytes(cls, plan) -> int:
+        """Bytes of temporaries beyond the weights and the activation arena, at most."""
+        raise NotImplementedError
+
+    def __init__(self, plan, options: dict):
+        """Build for `plan` (allocate, compile kernels); `options`: compile's backend options
+        (cuda_graph, autotune), each backend taking those it knows."""
+        self.plan = plan
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def poison(self) -> None:
+        raise NotImplementedError

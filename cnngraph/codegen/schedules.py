@@ -1,0 +1,87 @@
+"""How a conv/linear GEMM is tiled and split on the GPU: the register/shared-memory tiles, the
+split-K heuristic, and the candidate schedules an autotuner may time (see autotune.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..geometry import cdiv
+
+
+@dataclass(frozen=True)
+class Tile:
+    """Implicit-GEMM tiling: a block computes BM output pixels x BN output channels, reducing BK
+    at a time through shared memory; each thread holds a TM x TN register block. Its rows are
+    interleaved across threads (consecutive threads, consecutive pixels: coalesced stores), or
+    `grouped` in runs of 4 (each run one 16-byte shared-memory read instead of four)."""
+    bm: int
+    bn: int
+    bk: int
+    tm: int
+    tn: int
+    grouped: bool = False
+
+    @property
+    def threads(self) -> int:
+        return (self.bm // self.tm) * (self.bn // self.tn)
+
+
+TILES = {"large": Tile(128, 128, 8, 8, 8), "wide": Tile(128, 64, 8, 8, 8), "small": Tile(64, 64, 8, 4, 8),
+         "narrow": Tile(64, 32, 8, 4, 4)}
+DEEP_TILES = {"large16": Tile(128, 128, 16, 8, 8), "wide16": Tile(128, 64, 16, 8, 8),  # autotuning candidates
+              "large_grouped": Tile(128, 128, 8, 8, 8, grouped=True), "wide_grouped": Tile(128, 64, 8, 8, 8, grouped=True)}
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How one conv/linear GEMM runs: its tile, and how many slices its reduction is split into."""
+    tile: Tile
+    splits: int = 1
+    chunk: int = 0  # reduction values per split (a multiple of the tile's BK)
+
+
+def schedules(m: int, k: int, r: int, groups: int, rows_multiple: int = 1) -> list[Schedule]:
+    """The default schedule first (a heuristic, good without measuring), then the few alternatives
+    an autotuner may time on the device: other tiles, a deeper BK, half or twice the splits."""
+    def make(tile: Tile, splits: int | None = None) -> Schedule:
+        if rows_multiple != 1 or groups != 1:  # fused pools and grouped convs do not split
+            return Schedule(tile)
+        return _split(tile, r, default_splits(m, k, r, tile) if splits is None else splits)
+
+    found = [make(choose_tile(m, k, rows_multiple))]
+    alternatives = [make(t) for t in (TILES["large"], TILES["wide"], *DEEP_TILES.values(), TILES["small"])
+                    if t.tm % rows_multiple == 0 and t.bn <= 2 * k]
+    if found[0].splits > 1:
+        alternatives += [make(found[0].tile, s) for s in (1, found[0].splits // 2, 2 * found[0].splits)
+                         if r // s >= 2 * found[0].tile.bk]
+    for candidate in alternatives:
+        if candidate not in found:
+            found.append(candidate)
+    return found
+
+
+def _split(tile: Tile, r: int, splits: int) -> Schedule:
+    """The reduction of r values in at most `splits` slices, each a whole number of BK steps."""
+    chunk = cdiv(cdiv(r, splits), tile.bk) * tile.bk
+    return Schedule(tile, cdiv(r, chunk), chunk) if cdiv(r, chunk) > 1 else Schedule(tile)
+
+
+def choose_tile(m: int, k: int, rows_multiple: int = 1) -> Tile:
+    """Largest tile that still gives enough blocks to fill the GPU (about 2 per SM on 132 SMs);
+    `rows_multiple`: a thread's rows must hold whole pooling windows."""
+    fits = [name for name, t in TILES.items() if t.tm % rows_multiple == 0]
+    for name in ("large", "wide", "small"):
+        t = TILES[name]
+        if name in fits and k >= t.bn and cdiv(m, t.bm) * cdiv(k, t.bn) >= 264:
+            return t
+    for name in ("narrow", "small", "wide") if k <= 32 else ("small", "wide", "narrow"):
+        if name in fits:
+            return TILES[name]
+    raise ValueError(f"no tile holds windows of {rows_multiple} rows")
+
+
+def default_splits(m: int, k: int, r: int, tile: Tile) -> int:
+    """Split the reduction when the output alone gives too few blocks to fill the GPU (batch 1,
+    late layers): aim at about 2 blocks per SM on 132 SMs, each slice at least 128 values."""
+    blocks = cdiv(m, tile.bm) * cdiv(k, tile.bn)
+    return 1 if blocks >= 132 or r < 256 else min(16, cdiv(264, blocks), r // 128)

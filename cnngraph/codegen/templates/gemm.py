@@ -1,0 +1,253 @@
+"""Convolution kernels: the implicit GEMM (conv2d of any geometry, and linear as its 1x1 case) with
+its epilogue and optional fused pool, the split-K reduction, and the direct depthwise kernel.
+
+Tensors are NCHW float32. `epilogue` is a C snippet that turns the accumulated value `v` of output
+element `idx` (channel `k`) into the stored one: bias, residual adds, activations, per-channel
+scale + shift (unfolded batch norms), all applied in registers before the single store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...geometry import ConvGeometry, cdiv
+from ..schedules import Tile
+from .common import THREADS, indent, one_thread_each, ptr
+from .elementwise import pointwise
+
+
+@dataclass(frozen=True)
+class FusedPool:
+    """A non-overlapping pool (stride == kernel, no padding) applied to the conv output in the
+    epilogue: GEMM rows are ordered so each pooling window is `size` consecutive rows of one thread."""
+    kind: str  # "max" or "avg"
+    kh: int
+    kw: int
+    ph: int    # pooled output height and width
+    pw: int
+
+    @property
+    def size(self) -> int:
+        return self.kh * self.kw
+
+
+def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: str, tile: Tile, splits: int = 1,
+              chunk: int = 0, pool: FusedPool | None = None) -> tuple[str, tuple, tuple]:
+    """Implicit-GEMM convolution (also linear: h = w = kh = kw = 1). GEMM M = N*P*Q output pixels,
+    N = K/groups output channels, reduction R = C/groups*KH*KW; the group is blockIdx.z.
+    x (N, C, H, W), w (groups, R, K/groups), y (N, K, P, Q).
+    Global loads of the next BK slice go to registers while the current slice is multiplied.
+    With splits > 1 (groups == 1), blockIdx.z is the split: the kernel writes raw partial sums to
+    ws (splits, K, M) and `split_reduce` adds them and applies the epilogue.
+    With `pool`, only the conv pixels inside pooling windows are computed, a thread owns whole
+    windows, and it stores the pooled value: y is then (N, K, PH, PW)."""
+    n, c, h, w, k, q, sh, sw, pt, pl, groups = (geo.n, geo.c, geo.h, geo.w, geo.k, geo.q, geo.sh, geo.sw, geo.pt,
+                                                 geo.pl, geo.groups)
+    cg, kg, r_total, pq = geo.cg, geo.kg, geo.reduction, geo.pixels
+    m_total = n * pool.ph * pool.pw * pool.size if pool else n * pq
+    t = tile
+    nt, a_per, a_step, b_per = t.threads, t.bm * t.bk // t.threads, t.threads // t.bm, t.bk * t.bn // t.threads
+    assert nt % t.bm == 0 and (t.bk * t.bn) % nt == 0
+    assert not pool or (t.tm % pool.size == 0 and splits == 1)
+    split = splits > 1
+    r_begin = f"g * {chunk}" if split else "0"
+    rows_per = t.bm // t.tm
+    # a thread's i-th row: interleaved (coalesced stores), or contiguous when it must own whole windows
+    if pool:
+        row = f"ty * {t.tm} + i"
+    elif t.grouped:  # runs of 4 rows, the runs BM/2 apart (TM = 8) so a warp still covers 64 pixels
+        row = f"(i / 4) * {t.bm // 2} + ty * 4 + i % 4" if t.tm == 8 else "ty * 4 + i"
+        assert t.tm in (4, 8)
+    else:
+        row = f"ty + i * {rows_per}"
+    if pool:
+        cells = pool.ph * pool.pw
+        decode = f"""const int a_n = am / {cells * pool.size};
+    const int a_cell = (am / {pool.size}) % {cells};  /* pooled pixel */
+    const int a_win = am % {pool.size};                /* position inside its window */
+    const int a_p = (a_cell / {pool.pw}) * {pool.kh} + a_win / {pool.kw};
+    const int a_q = (a_cell % {pool.pw}) * {pool.kw} + a_win % {pool.kw};"""
+    else:
+        decode = f"""const int a_n = am / {pq};
+    const int a_p = (am % {pq}) / {q};
+    const int a_q = am % {q};"""
+    if split:
+        assert groups == 1
+        args = ", ".join([ptr("x"), ptr("w"), ptr("ws", const=False)])
+        finish = _plain_epilogue(t, row, m_total, pq, kg, "kl", "", f"ws[(g * {k} + k) * {m_total} + m] = v;")
+    elif pool:
+        args = ", ".join([ptr("x"), ptr("w"), *extra_args, ptr("y", const=False)])
+        finish = _pool_epilogue(t, pool, m_total, geo.p, q, k, kg, epilogue)
+    else:
+        args = ", ".join([ptr("x"), ptr("w"), *extra_args, ptr("y", const=False)])
+        finish = _plain_epilogue(t, row, m_total, pq, kg, f"g * {kg} + kl", epilogue, "y[idx] = v;", k)
+    body = f"""KERNEL void {name}({args})
+{{
+    SHARED float As[{t.bk}][{t.bm}] ALIGNED16;
+    SHARED float Bs[{t.bk}][{t.bn}] ALIGNED16;
+    const int tid = THREAD_X;
+    const int g = BLOCK_Z;
+    const int m0 = BLOCK_X * {t.bm};
+    const int n0 = BLOCK_Y * {t.bn};
+    const int ty = tid % {rows_per};  /* row i of this thread: m0 + {row} */
+    const int tx = tid / {rows_per};  /* columns n0 + tx*{t.tn} + j */
+    /* the output pixel whose input window this thread loads stays the same for the whole reduction */
+    const int am = m0 + tid % {t.bm};
+    {decode}
+    const int ih0 = a_p * {sh} - {pt};
+    const int iw0 = a_q * {sw} - {pl};
+    GLOBAL const float* xg = x + (a_n * {c} + {"0" if split else "g"} * {cg}) * {h * w};
+    GLOBAL const float* wg = w + {"0" if split else "g"} * {r_total * kg};
+    const int r_end = {f"min({r_begin} + {chunk}, {r_total})" if split else r_total};
+    float acc[{t.tm}][{t.tn}];
+    float a_reg[{a_per}];
+    float b_reg[{b_per}];
+    UNROLL for (int i = 0; i < {t.tm}; ++i)
+        UNROLL for (int j = 0; j < {t.tn}; ++j) acc[i][j] = 0.0f;
+
+    for (int k0 = {r_begin}; k0 < r_end; k0 += {t.bk}) {{
+        if (k0 == {r_begin}) {{
+{_load_tiles("k0", t, geo, m_total, spaces=12)}
+        }}
+        UNROLL for (int i = 0; i < {a_per}; ++i) As[tid / {t.bm} + i * {a_step}][tid % {t.bm}] = a_reg[i];
+        UNROLL for (int i = 0; i < {b_per}; ++i) Bs[(tid + i * {nt}) / {t.bn}][(tid + i * {nt}) % {t.bn}] = b_reg[i];
+        BARRIER();
+        if (k0 + {t.bk} < r_end) {{  /* prefetch the next slice while this one is multiplied */
+{_load_tiles(f"k0 + {t.bk}", t, geo, m_total, spaces=12)}
+        }}
+        UNROLL for (int kk = 0; kk < {t.bk}; ++kk) {{
+            float a[{t.tm}];
+            float b[{t.tn}];
+            UNROLL for (int i = 0; i < {t.tm}; ++i) a[i] = As[kk][{row}];
+            UNROLL for (int j = 0; j < {t.tn}; ++j) b[j] = Bs[kk][tx * {t.tn} + j];
+            UNROLL for (int i = 0; i < {t.tm}; ++i)
+                UNROLL for (int j = 0; j < {t.tn}; ++j) acc[i][j] += a[i] * b[j];
+        }}
+        BARRIER();
+    }}
+
+{finish}
+}}
+"""
+    grid = (cdiv(m_total, t.bm), cdiv(kg, t.bn), splits if split else groups)
+    return body, grid, (nt, 1, 1)
+
+
+def _plain_epilogue(t: Tile, row: str, m_total, pq, kg, channel: str, epilogue: str, store: str, k=None) -> str:
+    """Each accumulator: epilogue in registers, then one store (to y, or raw to the split workspace)."""
+    return f"""    UNROLL for (int i = 0; i < {t.tm}; ++i) {{
+        const int m = m0 + {row};
+        if (m < {m_total}) {{
+            const int nb = m / {pq};
+            const int pix = m - nb * {pq};
+            UNROLL for (int j = 0; j < {t.tn}; ++j) {{
+                const int kl = n0 + tx * {t.tn} + j;
+                if (kl < {kg}) {{
+                    const int k = {channel};
+                    const int idx = (nb * {k if k is not None else kg} + k) * {pq} + pix;
+                    float v = acc[i][j];
+{indent(epilogue, 20)}
+                    {store}
+                }}
+            }}
+        }}
+    }}"""
+
+
+def _pool_epilogue(t: Tile, pool: FusedPool, m_total, p, q, k, kg, epilogue: str) -> str:
+    """Per window of `pool.size` consecutive rows: epilogue on each conv value, then max or mean,
+    and one store of the pooled value. `idx` is the conv output element (for residual epilogues)."""
+    cells = pool.ph * pool.pw
+    combine = "r = max_nan(r, v);" if pool.kind == "max" else "r += v;"
+    first = "NEG_INF" if pool.kind == "max" else "0.0f"
+    scale = "" if pool.kind == "max" else f"\n                    r *= {1.0 / pool.size!r}f;"
+    return f"""    UNROLL for (int wi = 0; wi < {t.tm // pool.size}; ++wi) {{
+        const int m = m0 + ty * {t.tm} + wi * {pool.size};  /* first row of a whole window */
+        if (m < {m_total}) {{
+            const int nb = m / {cells * pool.size};
+            const int cell = (m / {pool.size}) % {cells};
+            UNROLL for (int j = 0; j < {t.tn}; ++j) {{
+                const int kl = n0 + tx * {t.tn} + j;
+                if (kl < {kg}) {{
+                    const int k = g * {kg} + kl;
+                    float r = {first};
+                    UNROLL for (int e = 0; e < {pool.size}; ++e) {{
+                        const int idx = ((nb * {k} + k) * {p} + (cell / {pool.pw}) * {pool.kh} + e / {pool.kw}) * {q}
+                                        + (cell % {pool.pw}) * {pool.kw} + e % {pool.kw};
+                        float v = acc[wi * {pool.size} + e][j];
+{indent(epilogue, 24)}
+                        {combine}
+                    }}{scale}
+                    y[(nb * {k} + k) * {cells} + cell] = r;
+                }}
+            }}
+        }}
+    }}"""
+
+
+def split_reduce(name: str, *, n, k, pq, splits, extra_args: list[str], epilogue: str) -> tuple[str, tuple, tuple]:
+    """y (N, K, P*Q) = sum of the split-K partials ws (splits, K, N*P*Q), then the epilogue."""
+    m_total = n * pq
+    expr = f"""const int m = (idx / {k * pq}) * {pq} + idx % {pq};
+v = 0.0f;
+UNROLL for (int s = 0; s < {splits}; ++s) v += ws[(s * {k} + k) * {m_total} + m];
+{epilogue}"""
+    return pointwise(name, total=n * k * pq, inputs=["ws"], extra_args=extra_args, expr=expr, channels=k, spatial=pq)
+
+
+def _load_tiles(kbase: str, t: Tile, geo: ConvGeometry, m_total: int, spaces: int) -> str:
+    """Registers a_reg/b_reg <- the input-window slice and weight slice starting at reduction index
+    kbase (up to the kernel's `r_end`)."""
+    a_per, a_step, b_per = t.bm * t.bk // t.threads, t.threads // t.bm, t.bk * t.bn // t.threads
+    r_total, khw, kw, h, w, dh, dw, kg = "r_end", geo.taps, geo.kw, geo.h, geo.w, geo.dh, geo.dw, geo.kg
+    code = f"""UNROLL for (int i = 0; i < {a_per}; ++i) {{
+    const int r = {kbase} + tid / {t.bm} + i * {a_step};
+    float v = 0.0f;
+    if (am < {m_total} && r < {r_total}) {{
+        const int ci = r / {khw};
+        const int rs = r - ci * {khw};
+        const int ih = ih0 + (rs / {kw}) * {dh};
+        const int iw = iw0 + (rs % {kw}) * {dw};
+        if (ih >= 0 && ih < {h} && iw >= 0 && iw < {w}) v = xg[(ci * {h} + ih) * {w} + iw];
+    }}
+    a_reg[i] = v;
+}}
+UNROLL for (int i = 0; i < {b_per}; ++i) {{
+    const int e = tid + i * {t.threads};
+    const int r = {kbase} + e / {t.bn};
+    const int kl = n0 + e % {t.bn};
+    b_reg[i] = (r < {r_total} && kl < {kg}) ? wg[r * {kg} + kl] : 0.0f;
+}}"""
+    return indent(code, spaces)
+
+
+def depthwise(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: str) -> tuple[str, tuple, tuple]:
+    """Depthwise convolution (groups == C == K), one thread per output element; w (C, KH*KW)."""
+    n, c, h, w, p, q, kh, kw = geo.n, geo.c, geo.h, geo.w, geo.p, geo.q, geo.kh, geo.kw
+    sh, sw, pt, pl, dh, dw = geo.sh, geo.sw, geo.pt, geo.pl, geo.dh, geo.dw
+    total = n * c * p * q
+    args = ", ".join([ptr("x"), ptr("w"), *extra_args, ptr("y", const=False)])
+    body = f"""KERNEL void {name}({args})
+{{
+    const int idx = BLOCK_X * {THREADS} + THREAD_X;
+    if (idx >= {total}) return;
+    const int ox = idx % {q};
+    const int oy = (idx / {q}) % {p};
+    const int k = (idx / {p * q}) % {c};
+    GLOBAL const float* xc = x + (idx / {p * q}) * {h * w};
+    GLOBAL const float* wc = w + k * {kh * kw};
+    float v = 0.0f;
+    UNROLL for (int i = 0; i < {kh}; ++i) {{
+        const int iy = oy * {sh} - {pt} + i * {dh};
+        if (iy >= 0 && iy < {h}) {{
+            UNROLL for (int j = 0; j < {kw}; ++j) {{
+                const int ix = ox * {sw} - {pl} + j * {dw};
+                if (ix >= 0 && ix < {w}) v += xc[iy * {w} + ix] * wc[i * {kw} + j];
+            }}
+        }}
+    }}
+{indent(epilogue, 4)}
+    y[idx] = v;
+}}
+"""
+    return (body, *one_thread_each(total))

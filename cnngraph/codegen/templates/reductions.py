@@ -1,0 +1,69 @@
+"""Reductions: windowed pooling, and reductions along one axis of rows (global average pool, softmax)."""
+
+from __future__ import annotations
+
+from .common import THREADS, one_thread_each, ptr
+
+
+def pool(name: str, *, kind: str, n, c, h, w, p, q, kh, kw, sh, sw, ph, pw, count_include_pad=True
+         ) -> tuple[str, tuple, tuple]:
+    """max or avg pooling, one thread per output; windows clipped to the input as PyTorch does."""
+    total = n * c * p * q
+    if kind == "max":
+        init, step, final = "NEG_INF", "v = max_nan(v, xc[iy * %d + ix]);" % w, ""
+    else:
+        # window sizes as PyTorch counts them (integer min/max: both dialects have them built in)
+        divisor = (f"(float)((min(y0 + {kh}, {h + ph}) - y0) * (min(x0 + {kw}, {w + pw}) - x0))"
+                   if count_include_pad else
+                   f"(float)((min(y0 + {kh}, {h}) - max(y0, 0)) * (min(x0 + {kw}, {w}) - max(x0, 0)))")
+        init, step, final = "0.0f", "v += xc[iy * %d + ix];" % w, f"v /= {divisor};"
+    body = f"""KERNEL void {name}({ptr("x")}, {ptr("y", const=False)})
+{{
+    const int idx = BLOCK_X * {THREADS} + THREAD_X;
+    if (idx >= {total}) return;
+    const int y0 = ((idx / {q}) % {p}) * {sh} - {ph};
+    const int x0 = (idx % {q}) * {sw} - {pw};
+    GLOBAL const float* xc = x + (idx / {p * q}) * {h * w};
+    float v = {init};
+    UNROLL for (int i = 0; i < {kh}; ++i) {{
+        const int iy = y0 + i;
+        if (iy >= 0 && iy < {h}) {{
+            UNROLL for (int j = 0; j < {kw}; ++j) {{
+                const int ix = x0 + j;
+                if (ix >= 0 && ix < {w}) {step}
+            }}
+        }}
+    }}
+    {final}
+    y[idx] = v;
+}}
+"""
+    return (body, *one_thread_each(total))
+
+
+def reduce_rows(name: str, *, kind: str, outer: int, length: int, inner: int) -> tuple[str, tuple, tuple]:
+    """Per row of `length` values at stride `inner`: "mean" writes one value per row (global average
+    pool), "softmax" writes the normalised row. One thread per row."""
+    total = outer * inner
+    head = f"""KERNEL void {name}({ptr("x")}, {ptr("y", const=False)})
+{{
+    const int row = BLOCK_X * {THREADS} + THREAD_X;
+    if (row >= {total}) return;
+    const int base = (row / {inner}) * {length * inner} + row % {inner};
+"""
+    if kind == "mean":
+        code = f"""    float s = 0.0f;
+    for (int i = 0; i < {length}; ++i) s += x[base + i * {inner}];
+    y[row] = s * {1.0 / length!r}f;
+}}
+"""
+    else:
+        code = f"""    float mx = NEG_INF;
+    for (int i = 0; i < {length}; ++i) mx = max_nan(mx, x[base + i * {inner}]);
+    float s = 0.0f;
+    for (int i = 0; i < {length}; ++i) s += EXPF(x[base + i * {inner}] - mx);
+    const float inv = 1.0f / s;
+    for (int i = 0; i < {length}; ++i) y[base + i * {inner}] = EXPF(x[base + i * {inner}] - mx) * inv;
+}}
+"""
+    return (head + code, *one_thread_each(total))
