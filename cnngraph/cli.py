@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import build, compile
+from . import build, compile, plan
 from .model import DEVICES
 from .codegen.dialects import DIALECTS, Dialect
-from .codegen.lower import Program, lower
+from .codegen.lower import Program
 from .errors import CnnGraphError, CnnGraphWarning, InputError, WeightsError, one_line
 from .files import atomic_write, atomic_write_folder, require_folder
 from .html_report import html_page
@@ -161,16 +161,16 @@ def _inspect(args) -> None:
 
 
 def _inspected_graph(spec, batch: int, optimize: bool):
-    """The graph as compiled for the CPU: seeded weights (parameter counts, bytes) and planned memory."""
-    return compile(spec, batch, device="cpu", optimize=optimize).graph
+    """The planned graph: seeded weights (parameter counts, bytes) and planned memory; no device."""
+    return plan(spec, batch, optimize=optimize).graph
 
 
 def _codegen(args) -> None:
     target = Path(args.output)
     _check_folder_target(target, args.force)  # refuse before compiling, not after
-    model = compile(load_spec(args.spec), args.batch, device="cpu", weights=args.weights)
+    planned = plan(load_spec(args.spec), args.batch, weights=args.weights)
     try:
-        program, dialect = lower(model.graph), DIALECTS[args.dialect]
+        program, dialect = planned.program, DIALECTS[args.dialect]
     except NotImplementedError as err:  # an op without a kernel yet
         raise CnnGraphError(f"cannot generate kernels: {err}", file=args.spec) from None
     files = {f"{launch.kernel}{dialect.suffix}": program.source(dialect, launch) for launch in program.launches}

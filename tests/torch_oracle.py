@@ -2,8 +2,13 @@
 
 Owns an independent reading of the spec format (version 1, DESIGN.md):
 it interprets a parsed spec dict layer by layer with `torch.nn.functional`
-in float64, and derives the weight keys and shapes a spec implies. It never
-imports cnngraph, so agreement with cnngraph is evidence, not tautology.
+in float64, and derives the weight keys and shapes a spec implies, for the
+ops it knows (`KNOWN_OPS`) without importing cnngraph, so agreement with
+cnngraph is evidence, not tautology. An op it does not know is computed by
+the PyTorch reference the op declares in cnngraph's registry
+(`Layer.torch_reference`), so a new op reaches every test that uses the
+oracle; tests/test_registry.py checks those references against this file's
+own reading wherever both exist.
 
 Weights use PyTorch state_dict keys: `<layer>.weight`, `<layer>.bias`,
 `<layer>.running_mean`, `<layer>.running_var`.
@@ -118,9 +123,23 @@ def _forward(spec: dict, env: dict, param) -> dict:
             y = F.interpolate(x, scale_factor=_t(layer["scale_factor"]),
                               mode=get("mode", "nearest"))
         else:
-            raise ValueError(f"{name}: unknown op {op!r}")
+            y = _registry_reference(name, srcs, layer, xs, param)
         env[name] = y
     return env
+
+
+KNOWN_OPS = {"conv2d", "linear", "batch_norm2d", *ACTIVATIONS, "max_pool2d", "avg_pool2d", "global_avg_pool2d",
+             "flatten", "dropout", "add", "concat", "softmax", "upsample2d"}
+
+
+def _registry_reference(name, srcs, layer, xs, param):
+    """An op this file does not know, computed by the reference its cnngraph op module declares."""
+    from cnngraph.ops import OPS
+    if layer["op"] not in OPS:
+        raise ValueError(f"{name}: unknown op {layer['op']!r}")
+    model = OPS[layer["op"]].model_validate({**layer, "name": name, "inputs": srcs})
+    shapes = model.weight_shapes([tuple(int(d) for d in x.shape[1:]) for x in xs])
+    return model.torch_reference(xs, {k: param(f"{name}.{k}", shape) for k, shape in shapes.items()})
 
 
 def weight_shapes(spec: dict) -> dict[str, tuple]:

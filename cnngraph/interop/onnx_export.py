@@ -19,7 +19,7 @@ from typing import Mapping
 import numpy as np
 
 from ..files import atomic_write
-from ..model import as_spec, build, compile
+from ..model import as_spec, build, plan
 from ..spec import NetworkSpec
 from ..weights import check_weights, expected_shapes, init_weights, load_weights
 from .onnx_import import require_onnx
@@ -55,7 +55,7 @@ def to_onnx(spec, weights=None, annotate: bool = True, seed: int = 0):
     for layer in spec.layers:
         ex.layer(layer, g.nodes[layer.name]["shape"][1:])
     if annotate:
-        fused = compile(spec, 1, device="cpu", weights=bound).graph
+        fused = plan(spec, 1, weights=bound).graph
         ex.annotate(fused)
     value = lambda name, shape: helper.make_tensor_value_info(name, FLOAT, ["N", *shape])  # noqa: E731
     outputs = set(spec.output_names)

@@ -93,7 +93,7 @@ class ActivationLayer(Layer):
 
 
 def _layer_of(act: type[Activation]) -> type[BaseModel]:
-    examples = tuple(Example(fields=v, inputs=shape, note=note) for v in act.variants
+    examples = tuple(Example(fields=v, inputs=(shape,), note=note) for v in act.variants
                      for shape, note in (((3, 9, 10), "image"), ((7,), "vector")))
     return type(act.__name__ + "Layer", (ActivationLayer, act),
                 {"__doc__": f"The {act.__name__} activation as a layer.", "__module__": act.__module__,
