@@ -37,7 +37,7 @@ from hypothesis import strategies as st
 import cnngraph
 from cnngraph.cli import main
 from cnngraph.graph import in_shapes, layer_nodes
-from cnngraph.ops import ACTIVATION_OPS, OPS
+from cnngraph.ops import ACTIVATIONS, OPS
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
 EXAMPLES = {path.stem: json.loads(path.read_text()) for path in sorted(EXAMPLES_DIR.glob("*.json"))}
@@ -246,7 +246,7 @@ def change_op(draw, spec):
 def change_activation(draw, spec):
     layer = pick(draw, layer_dicts(spec))
     if layer is not None:
-        layer["activation"] = draw(st.sampled_from(ACTIVATION_OPS) | st.sampled_from(
+        layer["activation"] = draw(st.sampled_from(list(ACTIVATIONS)) | st.sampled_from(
             [{"op": "leaky_relu", "negative_slope": math.nan}, {"op": "leaky_relu", "negative_slope": 1e308},
              {"op": "gelu", "approximate": "fast"}, {"op": "conv2d"}, {}, {"op": None}, "relu7"]) | garbage)
 
@@ -490,7 +490,7 @@ def assert_points_into(data, pointer: str, context: str) -> None:
 def quick_to_run(g) -> bool:
     flops = sum(flops for _, flops in g.nodes(data="flops", default=0))
     weights = sum(math.prod(shape) for node in layer_nodes(g)
-                  for shape in g.nodes[node]["spec"].weight_shapes(in_shapes(g, node)).values())
+                  for shape in g.nodes[node]["compute"].spec.weight_shapes(in_shapes(g, node)).values())
     return flops <= RUN_FLOPS_LIMIT and weights <= RUN_WEIGHTS_LIMIT
 
 
