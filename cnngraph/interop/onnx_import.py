@@ -13,7 +13,6 @@ Every node that cannot be expressed is collected, so one error lists them all.
 
 from __future__ import annotations
 
-import math
 import unicodedata
 from collections import defaultdict
 from pathlib import Path
