@@ -71,6 +71,10 @@ class Compute:
         """Inputs after the op's own that its epilogue adds."""
         return residual_count(self.epilogue)
 
+    def result_shape(self, node_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The base op's own output shape: the node's, or the conv's before a fused pool."""
+        return self.pool.conv_shape if self.pool else tuple(node_shape)
+
     def but(self, **changes) -> "Compute":
         return dataclasses.replace(self, **changes)
 
@@ -129,3 +133,9 @@ def layer_nodes(g: nx.DiGraph) -> list[str]:
 def in_shapes(g: nx.DiGraph, node: str) -> list[tuple[int, ...]]:
     """Per-sample shapes of a node's inputs, in input order."""
     return [g.nodes[src]["shape"][1:] for src in g.nodes[node]["inputs"]]
+
+
+def own_in_shapes(g: nx.DiGraph, node: str) -> list[tuple[int, ...]]:
+    """Per-sample shapes of the inputs the node's base op reads (its epilogue's residuals left out)."""
+    shapes = in_shapes(g, node)
+    return shapes[:len(shapes) - g.nodes[node]["compute"].residuals]

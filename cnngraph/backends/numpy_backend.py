@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from ..graph import in_shapes
+from ..graph import own_in_shapes
 from ..ops import Scratch
 from ..ops.epilogue import apply_numpy
 from ..resources import ram_limit
@@ -43,10 +43,8 @@ class NumpyBackend(Backend):
         a fused conv's pre-pool output of the largest tensor."""
         g = plan.graph
         computes = [(n, g.nodes[n]["compute"]) for n in g.graph["order"]]
-        largest = max((math.prod(c.pool.conv_shape if c.pool else g.nodes[n]["shape"]) for n, c in computes),
-                      default=0)
-        own = max((c.spec.numpy_scratch_bytes(in_shapes(g, n)[:len(in_shapes(g, n)) - c.residuals],
-                                              c.pool.conv_shape if c.pool else g.nodes[n]["shape"])
+        largest = max((math.prod(c.result_shape(g.nodes[n]["shape"])) for n, c in computes), default=0)
+        own = max((c.spec.numpy_scratch_bytes(own_in_shapes(g, n), c.result_shape(g.nodes[n]["shape"]))
                    for n, c in computes), default=0)
         return own + 3 * 4 * largest
 
@@ -60,9 +58,7 @@ class NumpyBackend(Backend):
         self.arena = arena
         self.params = {}
         for n in self.order:
-            compute = g.nodes[n]["compute"]
-            own = len(g.nodes[n]["inputs"]) - compute.residuals
-            self.params[n] = compute.spec.prepare(g.nodes[n].get("weights", {}), in_shapes(g, n)[:own])
+            self.params[n] = g.nodes[n]["compute"].spec.prepare(g.nodes[n].get("weights", {}), own_in_shapes(g, n))
         self.scratch = Scratch()
 
     def poison(self) -> None:
