@@ -15,6 +15,7 @@ from .backends import BACKENDS, Backend
 from .codegen.lower import Program, lower
 from .errors import DeviceError, InputError, SpecError, WeightsError
 from .graph import build_graph, in_shapes, layer_nodes
+from .ops.base import weight_key
 from .passes.infer_shapes import infer_shapes
 from .passes.pipeline import optimize_graph
 from .passes.plan_memory import plan_memory
@@ -85,7 +86,7 @@ def plan(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1,
         bound, random_weights = check_weights(load_weights(weights), expected, file), False
     for node in layer_nodes(g):  # each node takes the keys its op declares
         suffixes = g.nodes[node]["compute"].spec.weight_shapes(in_shapes(g, node))
-        g.nodes[node]["weights"] = {suffix: bound[f"{node}.{suffix}"] for suffix in suffixes}
+        g.nodes[node]["weights"] = {suffix: bound[weight_key(node, suffix)] for suffix in suffixes}
     g = plan_memory(optimize_graph(g) if optimize else g.copy())
     return Plan(spec, g, bound, random_weights, expected)
 

@@ -21,6 +21,7 @@ import numpy as np
 from .errors import CnnGraphWarning, WeightsError
 from .files import atomic_write
 from .graph import in_shapes, layer_nodes
+from .ops.base import weight_key
 
 IGNORED_SUFFIXES = (".num_batches_tracked",)  # PyTorch bookkeeping, meaningless at inference
 
@@ -35,7 +36,7 @@ def expected_shapes(g: nx.DiGraph) -> dict[str, tuple[tuple[int, ...], str]]:
     for node in layer_nodes(g):
         spec = g.nodes[node]["compute"].spec
         for suffix, shape in spec.weight_shapes(in_shapes(g, node)).items():
-            expected[f"{spec.name}.{suffix}"] = (tuple(shape), spec.name)
+            expected[weight_key(spec.name, suffix)] = (tuple(shape), spec.name)
     return expected
 
 
@@ -49,7 +50,7 @@ def init_weights(g: nx.DiGraph, seed: int = 0) -> dict[str, np.ndarray]:
         if shapes:
             rng = np.random.default_rng([seed, zlib.crc32(spec.name.encode())])
             for suffix, value in spec.init_weights(shapes, rng).items():
-                weights[f"{spec.name}.{suffix}"] = np.asarray(value, np.float32)  # no copy when float32
+                weights[weight_key(spec.name, suffix)] = np.asarray(value, np.float32)  # no copy when float32
     return weights
 
 
@@ -75,6 +76,8 @@ def check_weights(weights: Mapping[str, np.ndarray], expected, file: str | None 
         if value.dtype.kind != "f":
             raise WeightsError(f'key "{key}" has dtype {value.dtype}; weights must be floating point',
                                layer=layer, **where)
+        if value.shape != shape and shape[:value.ndim] == value.shape and all(d == 1 for d in shape[value.ndim:]):
+            value = value.reshape(shape)  # trailing 1s omitted: nn.Linear's (K, C) weight in a 1x1 conv2d
         if value.shape != shape:
             raise WeightsError(f'key "{key}" has shape {value.shape}, expected {shape}', layer=layer, **where)
         if not np.isfinite(value).all():

@@ -120,8 +120,11 @@ def _forward(spec: dict, env: dict, param) -> dict:
         elif op == "softmax":
             y = F.softmax(x, dim=get("axis", 1))
         elif op == "upsample2d":
-            y = F.interpolate(x, scale_factor=_t(layer["scale_factor"]),
-                              mode=get("mode", "nearest"))
+            mode = get("mode", "nearest")
+            size = _t(layer["size"]) if layer.get("size") else None
+            scale = None if size else _t(layer["scale_factor"])
+            y = F.interpolate(x, size=size, scale_factor=scale, mode=mode,
+                              align_corners=get("align_corners", False) if mode == "bilinear" else None)
         else:
             y = _registry_reference(name, srcs, layer, xs, param)
         env[name] = y

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..files import atomic_write
 from ..model import as_spec, build, plan
+from ..ops.base import weight_key
 from ..spec import NetworkSpec
 from ..weights import check_weights, expected_shapes, init_weights, load_weights
 from .onnx_import import require_onnx
@@ -51,7 +52,9 @@ def to_onnx(spec, weights=None, annotate: bool = True, seed: int = 0):
     else:
         bound = check_weights(load_weights(weights), expected_shapes(g),
                               None if isinstance(weights, Mapping) else str(weights))
-    ex = Exporter(bound)
+    uses_gelu = any(layer.op == "gelu" or getattr(getattr(layer, "activation", None), "op", None) == "gelu"
+                    for layer in spec.layers)
+    ex = Exporter(bound, GELU_OPSET if uses_gelu else OPSET)
     for layer in spec.layers:
         ex.layer(layer, g.nodes[layer.name]["shape"][1:])
     if annotate:
@@ -65,20 +68,18 @@ def to_onnx(spec, weights=None, annotate: bool = True, seed: int = 0):
         outputs=[value(name, g.nodes[name]["shape"][1:]) for name in spec.output_names],
         initializer=[onnx.numpy_helper.from_array(np.asarray(array), name) for name, array in ex.initializers.items()],
         value_info=[value(name, shape) for name, shape in ex.shapes.items() if name not in outputs])
-    opset = GELU_OPSET if ex.uses_gelu else OPSET
     from .. import __version__  # here, not at the top: the package imports this module while it loads
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=IR_VERSION,
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", ex.opset)], ir_version=IR_VERSION,
                              producer_name="cnngraph", producer_version=__version__)
 
 
 class Exporter:
     """Collects nodes, initializers and tensor shapes, layer by layer."""
 
-    def __init__(self, weights: dict[str, np.ndarray]):
-        self.weights = weights
+    def __init__(self, weights: dict[str, np.ndarray], opset: int = OPSET):
+        self.weights, self.opset = weights, opset  # opset: ops export their inputs and attributes for it
         self.nodes, self.initializers, self.shapes = [], {}, {}
         self.by_layer: dict[str, list] = {}  # layer -> its ONNX nodes, for the annotation
-        self.uses_gelu = False
 
     def node(self, layer: str, op_type: str, inputs: list[str], output: str, shape, name: str | None = None, **attrs):
         from onnx import helper
@@ -89,13 +90,13 @@ class Exporter:
         self.shapes[output] = tuple(shape)
         return output
 
-    def const(self, name: str, value) -> str:
-        self.initializers[name] = np.asarray(value, dtype=np.float32)
+    def const(self, name: str, value, dtype: str = "float32") -> str:
+        self.initializers[name] = np.asarray(value, dtype=dtype)
         return name
 
     def weight_inputs(self, layer, suffixes) -> list[str]:
         """Initializer names of the layer's weights that exist, in `suffixes` order."""
-        names = [f"{layer.name}.{s}" for s in suffixes]
+        names = [weight_key(layer.name, s) for s in suffixes]
         for key in names:
             if key in self.weights:
                 self.initializers[key] = self.weights[key]

@@ -12,9 +12,9 @@ import math
 from typing import Annotated, Any, ClassVar, Literal, Union, get_args
 
 import numpy as np
-from pydantic import BaseModel, BeforeValidator, Field, TypeAdapter
+from pydantic import BaseModel, BeforeValidator, Field, TypeAdapter, model_validator
 
-from .base import ACTIVATION, ELEMENTWISE, Example, Float32, Layer, Strict
+from .base import ACTIVATION, ELEMENTWISE, Example, Float32, Layer, Strict, invalid
 from .onnx_mapping import Unsupported, attributes, is_close, nice, other_input, plain, scalar
 
 ACTIVATIONS: dict[str, type["Activation"]] = {}  # op -> parameter model, in definition order
@@ -123,10 +123,9 @@ def clip(imp, node):
     else:
         low = scalar(imp.value(node, 1, "min", optional=True), -math.inf)
         high = scalar(imp.value(node, 2, "max", optional=True), math.inf)
-    ops = {(0.0, 6.0): "relu6", (0.0, math.inf): "relu"}
-    if (low, high) not in ops:
-        raise Unsupported(f"Clip({low:g}, {high:g}) has no cnngraph layer; Clip(0, 6) is relu6 and Clip(0) is relu")
-    imp.add_layer(node, {"op": ops[low, high]}, [imp.data(node)])
+    ops = {(0.0, 6.0): {"op": "relu6"}, (0.0, math.inf): {"op": "relu"}}
+    layer = ops.get((low, high)) or {"op": "hardtanh", "min_val": nice(low), "max_val": nice(high)}
+    imp.add_layer(node, layer, [imp.data(node)])
 
 
 class Relu6(Activation):
@@ -284,7 +283,7 @@ class Gelu(Activation):
         return _torch()[1].gelu(x, approximate=self.approximate)
 
     def export_onnx(self, ex, xs, out, shape, layer, name):
-        ex.uses_gelu = True  # an ONNX op from opset 20 on
+        # an ONNX op from opset 20 on: the exporter picks that opset for networks with GELU
         ex.node(layer, "Gelu", xs, out, shape, name=name, approximate=self.approximate)
 
 
@@ -328,6 +327,63 @@ class Hardswish(Activation):
 
     def torch(self, x):
         return _torch()[1].hardswish(x)
+
+
+def hardsigmoid(imp, node):
+    a = attributes(node)
+    alpha, beta = a.get("alpha", 0.2), a.get("beta", 0.5)
+    if not (is_close(np.float32(alpha), 1 / 6) and is_close(np.float32(beta), 0.5)):
+        raise Unsupported(f"HardSigmoid(alpha={alpha:g}, beta={beta:g}) has no cnngraph layer; hardsigmoid is "
+                          "PyTorch's, alpha=1/6 and beta=0.5")
+    imp.add_layer(node, {"op": "hardsigmoid"}, [imp.data(node)])
+
+
+class Hardsigmoid(Activation):
+    """PyTorch's relu6(x + 3) / 6, ONNX's HardSigmoid(alpha=1/6, beta=0.5): the gate of MobileNetV3's
+    squeeze-excitation."""
+    op: Literal["hardsigmoid"]
+    onnx_converters = {"HardSigmoid": hardsigmoid}
+
+    def apply(self, x):
+        x += 3
+        np.clip(x, 0, 6, out=x)
+        return np.multiply(x, np.float32(1 / 6), out=x)
+
+    def c_expr(self, v):
+        return f"(min_nan(max_nan({v} + 3.0f, 0.0f), 6.0f) * (1.0f / 6.0f))"
+
+    def torch(self, x):
+        return _torch()[1].hardsigmoid(x)
+
+    def export_onnx(self, ex, xs, out, shape, layer, name):
+        ex.node(layer, "HardSigmoid", xs, out, shape, name=name, alpha=1 / 6, beta=0.5)
+
+
+class Hardtanh(Activation):
+    """Clamp to [min_val, max_val]: ONNX's Clip with other bounds than relu's and relu6's."""
+    op: Literal["hardtanh"]
+    min_val: Float32 = -1.0
+    max_val: Float32 = 1.0
+    variants = ({}, {"min_val": -0.5, "max_val": 2.0})
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.min_val > self.max_val:
+            raise invalid(f"min_val {self.min_val:g} must not exceed max_val {self.max_val:g}", field="min_val")
+        return self
+
+    def apply(self, x):
+        return np.clip(x, np.float32(self.min_val), np.float32(self.max_val), out=x)
+
+    def c_expr(self, v):
+        return f"min_nan(max_nan({v}, {float(self.min_val)!r}f), {float(self.max_val)!r}f)"
+
+    def torch(self, x):
+        return _torch()[1].hardtanh(x, self.min_val, self.max_val)
+
+    def export_onnx(self, ex, xs, out, shape, layer, name):
+        bounds = [ex.const(f"{name}:min", self.min_val), ex.const(f"{name}:max", self.max_val)]
+        ex.node(layer, "Clip", [*xs, *bounds], out, shape, name=name)
 
 
 def _name_to_object(value):

@@ -65,6 +65,12 @@ def invalid(message: str, field: str) -> PydanticCustomError:
     return PydanticCustomError("invalid_value", message.replace("{", "(").replace("}", ")"), {"field": field})
 
 
+def weight_key(layer: str, suffix: str) -> str:
+    """A weight's key: `<layer>.<suffix>`, as in a PyTorch state_dict; the layer's own name for the
+    empty suffix (a parameter that is an attribute of its module, as ConvNeXt's layer_scale)."""
+    return f"{layer}.{suffix}" if suffix else layer
+
+
 def fmt_shape(shape: Shape) -> str:
     """A per-sample shape as users see it, with the batch: (N,64,56,56)."""
     return "(" + ",".join(["N", *map(str, shape)]) + ")"
@@ -162,6 +168,11 @@ class Layer(Strict):
     def init_weights(self, shapes: dict[str, Shape], rng: np.random.Generator) -> dict[str, np.ndarray]:
         """Deterministic initialisation when the user gives no weights."""
         return {}
+
+    def channel_affine(self, weights: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray] | None:
+        """For an op that is y = x * scale + shift per channel (batch norm at inference, scale): its
+        (scale, shift) in float64, so the passes can fold it into the conv before it. None otherwise."""
+        return None
 
     # --- cost ---------------------------------------------------------------------------------
     def flops(self, in_shapes: list[Shape], out_shape: Shape) -> int:

@@ -20,7 +20,7 @@ from ..geometry import ConvGeometry, cdiv, conv_out_size, same_pad
 from .activation import ActivationField, apply_activation
 from .base import (GEMM, Example, Layer, NonNegativeInt, NonNegativePair, Pair, PositiveInt, Scratch, fmt_shape, he_init,
                    invalid, pair)
-from .onnx_mapping import Unsupported, attributes, compact, float_weight, spatial_pads, symmetric_pad
+from .onnx_mapping import Unsupported, attributes, compact, float_weight, spatial_pads, symmetric_pad, writing
 
 CACHE_CHUNK = 8 * 2**20  # bytes of im2col columns per GEMM: the GEMM reads them while still in cache
 
@@ -44,9 +44,14 @@ def conv(imp, node):
     is_same = stride == [1, 1] and pads == [same_pad(kk, d) for kk, d in zip((kh, kw), dilation)]
     if is_same and (None in padding or a.get("auto_pad", "NOTSET").startswith("SAME")):
         padding = "same"
-    elif None in padding:
-        flat = [pads[0][0], pads[1][0], pads[0][1], pads[1][1]]
-        raise Unsupported(f'pads {flat} are asymmetric; cnngraph pads both sides of an axis equally (or "same" at stride 1)')
+    elif None in padding:  # asymmetric (TensorFlow's SAME at stride 2): a pad layer, then the conv unpadded
+        from ..interop.onnx_import import layer_name
+
+        (top, bottom), (left, right) = pads
+        padded = f"{node.output[0]}:pad"
+        imp.add_layer(writing(node, padded, name=f"{layer_name(node)}.pad"),
+                      {"op": "pad", "padding": [left, right, top, bottom]}, [x])
+        x, padding = padded, [0, 0]
     layer = {"op": "conv2d", "out_channels": int(k), "kernel_size": compact([kh, kw]), "stride": compact(stride),
              "padding": padding if padding == "same" else compact(padding), "dilation": compact(dilation),
              "groups": int(a.get("group", 1)), "bias": bias is not None}

@@ -53,7 +53,7 @@ class Activate:
 class ScaleShift:
     scale: np.ndarray = field(repr=False)
     shift: np.ndarray = field(repr=False)
-    label: ClassVar[str] = "batch_norm2d"
+    label: str = "batch_norm2d"  # the layer it came from
 
     def apply_numpy(self, out: np.ndarray, residuals: list[np.ndarray]) -> None:
         out *= self.scale

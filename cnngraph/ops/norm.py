@@ -1,4 +1,6 @@
-"""batch_norm2d at inference: y = (x - running_mean) / sqrt(running_var + eps) * weight + bias."""
+"""Normalisation at inference. batch_norm2d: y = (x - running_mean) / sqrt(running_var + eps) * weight
++ bias, per channel. layer_norm: each pixel's channels (a vector's features) normalised to zero mean
+and unit variance, then scaled and shifted per channel."""
 
 from __future__ import annotations
 
@@ -7,8 +9,9 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from .base import ELEMENTWISE, Example, Float32, Layer
-from .onnx_mapping import Unsupported, attributes, float_weight, nice
+from ..codegen import templates as T
+from .base import ELEMENTWISE, Example, Float32, Layer, fmt_shape
+from .onnx_mapping import Unsupported, attributes, float_weight, nice, writing
 
 KEYS = ("weight", "bias", "running_mean", "running_var")  # its weights, in PyTorch's and ONNX's order
 
@@ -51,6 +54,9 @@ class BatchNorm2d(Layer):
     def flops(self, in_shapes, out_shape):
         return 2 * int(np.prod(out_shape))
 
+    def channel_affine(self, weights):
+        return batch_norm_scale_shift(weights, self.eps)
+
     def prepare(self, weights, in_shapes):
         scale, shift = batch_norm_scale_shift(weights, self.eps)
         return {"scale": scale.astype(np.float32), "shift": shift.astype(np.float32)}
@@ -73,3 +79,110 @@ class BatchNorm2d(Layer):
         import torch.nn.functional as F
         return F.batch_norm(xs[0], weights["running_mean"], weights["running_var"], weights["weight"],
                             weights["bias"], training=False, eps=self.eps)
+
+
+def _layer_norm_layer(imp, node, x: str, axis: int) -> None:
+    """LayerNormalization over the last axis of a (N, F) tensor, or of the channels-last view of an
+    image (`axis` is that last axis): a layer_norm layer of `x`."""
+    a = attributes(node)
+    if attributes(node).get("stash_type", 1) != 1 or not all(imp.unused(node, i) for i in range(1, len(node.output))):
+        raise Unsupported("only float32 statistics and one output (no saved mean or inverse std) are supported")
+    if a.get("axis", -1) % (axis + 1) != axis:
+        raise Unsupported(f"axis {a.get('axis', -1)}: only normalising over the channels (the last axis of the "
+                          "channels-last tensor) is supported")
+    channels = imp.shapes[x][0]
+    weights = {"weight": float_weight(imp.value(node, 1, "scale"), "scale").reshape(-1)}
+    bias = imp.value(node, 2, "bias", optional=True)
+    weights["bias"] = np.zeros(channels, np.float32) if bias is None else float_weight(bias, "bias").reshape(-1)
+    imp.add_layer(node, {"op": "layer_norm", "eps": nice(a.get("epsilon", 1e-5))}, [x], weights)
+
+
+def layer_normalization(imp, node):
+    x = imp.data(node)
+    if len(imp.shapes[x]) != 1:
+        raise Unsupported(f"LayerNormalization of {fmt_shape(imp.shapes[x])}: only over a vector's features, or "
+                          "over an image's channels between Transpose(0, 2, 3, 1) and Transpose(0, 3, 1, 2), is "
+                          "supported")
+    _layer_norm_layer(imp, node, x, 1)
+
+
+def match_channels_last_layer_norm(imp, transpose):
+    """Transpose to (N, H, W, C), LayerNormalization over C, Transpose back: torchvision's LayerNorm2d
+    (ConvNeXt) and any LayerNorm behind a permute."""
+    if list(attributes(transpose).get("perm", [])) != [0, 2, 3, 1]:
+        return None
+    norm = imp.only_consumer(transpose.output[0], "LayerNormalization")
+    back = imp.only_consumer(norm.output[0], "Transpose") if norm is not None else None
+    if back is None or list(attributes(back).get("perm", [])) != [0, 3, 1, 2]:
+        return None
+    return [transpose, norm, back], lambda imp, node: _convert_channels_last(imp, transpose, norm, back)
+
+
+def _convert_channels_last(imp, transpose, norm, back):
+    x = imp.data(transpose)
+    if len(imp.shapes[x]) != 3:
+        raise Unsupported(f"Transpose(0, 2, 3, 1) of {fmt_shape(imp.shapes[x])}, not of an (N,C,H,W) image")
+    _layer_norm_layer(imp, writing(norm, back.output[0]), x, 3)
+
+
+class LayerNorm(Layer):
+    """Layer normalisation over the channels: of each pixel of a (C, H, W) image (ConvNeXt's
+    channels-first LayerNorm2d, and nn.LayerNorm(C) on the channels-last view behind a permute), or
+    of a (F,) vector (nn.LayerNorm(F))."""
+    op: Literal["layer_norm"]
+    eps: Float32 = Field(1e-5, gt=0)
+    elementwise_affine: bool = True
+    onnx_converters = {"LayerNormalization": layer_normalization}
+    onnx_patterns = {"Transpose": match_channels_last_layer_norm}
+    examples = (Example({}), Example({"eps": 1e-6, "elementwise_affine": False}, inputs=((8, 3, 2),)),
+                Example({}, inputs=((12,),)))
+
+    def weight_shapes(self, in_shapes):
+        c = in_shapes[0][0]
+        return {"weight": (c,), "bias": (c,)} if self.elementwise_affine else {}
+
+    def init_weights(self, shapes, rng):
+        c = shapes["weight"]
+        return {"weight": rng.uniform(0.5, 1.5, c), "bias": rng.uniform(-0.2, 0.2, c)}
+
+    def flops(self, in_shapes, out_shape):
+        return 8 * int(np.prod(out_shape))
+
+    def run_numpy(self, xs, params, scratch, out):
+        x = xs[0]  # (N, H, W, C) or (N, F): the channels are the last axis
+        mean = x.mean(axis=-1, keepdims=True)
+        np.subtract(x, mean, out=out)
+        var = np.mean(np.square(out), axis=-1, keepdims=True)
+        out *= 1 / np.sqrt(var + np.float32(self.eps))
+        if self.elementwise_affine:
+            out *= params["weight"]
+            out += params["bias"]
+        return out
+
+    def lower(self, low):
+        shape = low.shape
+        inner = int(np.prod(shape[2:])) if len(shape) > 2 else 1
+        consts = [low.const("weight", low.weights["weight"]), low.const("bias", low.weights["bias"])] \
+            if self.elementwise_affine else []
+        return low.simple(f"layernorm_{low.sample_dims()}", T.layer_norm, consts, outer=shape[0], length=shape[1],
+                          inner=inner, eps=self.eps, affine=self.elementwise_affine)
+
+    def to_onnx(self, ex, xs, out, shape):
+        c = shape[0]
+        weights = ex.weight_inputs(self, ("weight", "bias")) or [ex.const(f"{self.name}:scale", np.ones(c)),
+                                                                  ex.const(f"{self.name}:bias", np.zeros(c))]
+        if len(shape) == 1:
+            ex.node(self.name, "LayerNormalization", [*xs, *weights], out, shape, axis=-1, epsilon=float(self.eps))
+            return
+        channels_last = (*shape[1:], c)
+        last = ex.node(self.name, "Transpose", xs, f"{self.name}:nhwc", channels_last, name=f"{self.name}:nhwc",
+                       perm=[0, 2, 3, 1])
+        normed = ex.node(self.name, "LayerNormalization", [last, *weights], f"{self.name}:norm", channels_last,
+                         name=f"{self.name}:norm", axis=-1, epsilon=float(self.eps))
+        ex.node(self.name, "Transpose", [normed], out, shape, perm=[0, 3, 1, 2])
+
+    def torch_reference(self, xs, weights):
+        import torch.nn.functional as F
+        x = xs[0].movedim(1, -1)  # channels last: F.layer_norm normalises the trailing axes
+        y = F.layer_norm(x, x.shape[-1:], weights.get("weight"), weights.get("bias"), self.eps)
+        return y.movedim(-1, 1)

@@ -119,6 +119,21 @@ def symmetric_pad(begin: int, end: int, size: int, k: int, s: int, d: int, ceil:
     return None
 
 
+def writing(node, output: str, name: str | None = None):
+    """A copy of `node` whose only output is `output` (and named `name`): for a layer that computes
+    one output of a multi-output node (Split), the last tensor of a pattern the node starts, or a
+    tensor before it (the pad of an asymmetrically padded conv)."""
+    from onnx import NodeProto
+
+    copy = NodeProto()
+    copy.CopyFrom(node)
+    del copy.output[:]
+    copy.output.append(output)
+    if name is not None:
+        copy.name = name
+    return copy
+
+
 def plain(op: str):
     """The converter of a node with one data input and no attributes that matter (Relu, Sigmoid, ...)."""
     def convert(imp, node) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from ..codegen import templates as T
 from ..geometry import pool_out_size
@@ -174,14 +174,19 @@ class AvgPool2d(Pool2d):
         return out
 
 
+def spatial_mean(low):
+    """The kernel of a mean over H and W: one thread per (sample, channel)."""
+    n, c, h, w = low.in_shapes[0]
+    return low.simple(f"global_avgpool_{c}x{h}x{w}", T.reduce_rows, kind="mean", outer=n * c, length=h * w, inner=1)
+
+
 class GlobalAvgPool2d(Layer):
     op: Literal["global_avg_pool2d"]
     onnx_converters = {"GlobalAveragePool": plain("global_avg_pool2d")}
     examples = (Example({}),)
 
     def lower(self, low):
-        n, c, h, w = low.in_shapes[0]
-        return low.simple(f"global_avgpool_{c}x{h}x{w}", T.reduce_rows, kind="mean", outer=n * c, length=h * w, inner=1)
+        return spatial_mean(low)
 
     def to_onnx(self, ex, xs, out, shape):
         ex.node(self.name, "GlobalAveragePool", xs, out, shape)
@@ -199,3 +204,57 @@ class GlobalAvgPool2d(Layer):
 
     def run_numpy(self, xs, params, scratch, out):
         return np.mean(xs[0], axis=(1, 2), keepdims=True, dtype=np.float32, out=out)
+
+
+def reduce_mean(imp, node):
+    """ReduceMean over H and W: `x.mean((2, 3), keepdim=...)`."""
+    x = imp.data(node)
+    a = attributes(node)
+    axes = imp.value(node, 1, "axes", optional=True) if imp.opset >= 18 else np.asarray(a.get("axes", []))
+    rank = len(imp.shapes[x]) + 1
+    axes = sorted(int(v) % rank for v in np.asarray(axes).reshape(-1)) if axes is not None else []
+    if rank != 4 or axes != [2, 3]:
+        raise Unsupported(f"ReduceMean over axes {axes or 'all'} of {fmt_shape(imp.shapes[x])}: only the mean over "
+                          "H and W (axes 2 and 3) of an (N,C,H,W) tensor is supported")
+    imp.add_layer(node, {"op": "mean", "keepdim": bool(a.get("keepdims", 1))}, [x])
+
+
+class Mean(Layer):
+    """`x.mean(dim, keepdim)` over the spatial axes of an image: a global average pool, (C, 1, 1) with
+    keepdim, (C,) without."""
+    op: Literal["mean"]
+    dim: list[int] = Field([2, 3], description="The axes averaged: H and W, (2, 3) or (-2, -1).")
+    keepdim: bool = False
+    onnx_converters = {"ReduceMean": reduce_mean}
+    examples = (Example({}), Example({"keepdim": True, "dim": [-1, -2]}, inputs=((4, 3, 5),)))
+
+    @model_validator(mode="after")
+    def _check(self):
+        if sorted(d % 4 for d in self.dim) != [2, 3] or len(set(self.dim)) != 2:
+            raise invalid(f"dim {self.dim}: only the mean over H and W, [2, 3] (or [-2, -1]), is supported",
+                          field="dim")
+        return self
+
+    def infer_shape(self, in_shapes):
+        self.expect_image(in_shapes[0])
+        c = in_shapes[0][0]
+        return (c, 1, 1) if self.keepdim else (c,)
+
+    def flops(self, in_shapes, out_shape):
+        return int(np.prod(in_shapes[0]))
+
+    def run_numpy(self, xs, params, scratch, out):
+        return np.mean(xs[0], axis=(1, 2), dtype=np.float32, out=out.reshape(len(xs[0]), -1)).reshape(out.shape)
+
+    def lower(self, low):
+        return spatial_mean(low)
+
+    def to_onnx(self, ex, xs, out, shape):
+        if ex.opset >= 18:  # axes became an input
+            ex.node(self.name, "ReduceMean", [*xs, ex.const(f"{self.name}:axes", [2, 3], "int64")], out, shape,
+                    keepdims=int(self.keepdim))
+        else:
+            ex.node(self.name, "ReduceMean", xs, out, shape, axes=[2, 3], keepdims=int(self.keepdim))
+
+    def torch_reference(self, xs, weights):
+        return xs[0].mean(dim=tuple(self.dim), keepdim=self.keepdim)

@@ -6,10 +6,10 @@ import math
 from typing import Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ..codegen import templates as T
-from .base import ELEMENTWISE, Example, Int64, Layer, Pair, PositiveInt, fmt_shape, pair
+from .base import ELEMENTWISE, Example, Int64, Layer, Pair, PositiveInt, fmt_shape, invalid, pair
 from .onnx_mapping import BATCH, Unsupported, attributes, compact, nice, scalar
 
 
@@ -159,7 +159,10 @@ def concat(imp, node):
     rank = len(imp.shapes[inputs[0]]) + 1
     if axis % rank != 1:
         raise Unsupported(f"axis {axis}: only concatenation along channels (axis 1) is supported")
-    imp.add_layer(node, {"op": "concat"}, inputs)
+    if len(inputs) == 1:  # torch.cat([x], 1), legal ONNX: x itself
+        imp.alias(node, inputs[0])
+    else:
+        imp.add_layer(node, {"op": "concat"}, inputs)
 
 
 class Concat(Layer):
@@ -249,21 +252,22 @@ class Softmax(Layer):
 # strictly within 0.5 of floor(i / s), so either rounding gives it.
 NEAREST_FLOOR = {("asymmetric", "floor"), ("tf_half_pixel_for_nn", "floor"),
                  *((c, r) for c in ("half_pixel", "pytorch_half_pixel") for r in ("round_prefer_floor", "round_prefer_ceil"))}
+# Resize's coordinate modes for "linear" that PyTorch's bilinear computes, and its align_corners for each
+# (half_pixel differs from pytorch_half_pixel only for an output of size 1)
+LINEAR_MODES = {"align_corners": True, "pytorch_half_pixel": False, "half_pixel": False}
 
 
 def resize(imp, node):
-    """Resize / Upsample, nearest, by an integer factor in H and W: upsample2d."""
+    """Resize / Upsample: nearest by whole factors (or to a size, as PyTorch's floor(i * in / out)
+    picks), or bilinear as PyTorch's align_corners true or false: upsample2d."""
     a = attributes(node)
     mode = a.get("mode", "nearest")
-    if mode != "nearest":
-        raise Unsupported(f'mode "{mode}": only "nearest" is supported')
+    if mode not in ("nearest", "linear"):
+        raise Unsupported(f'mode "{mode}": only "nearest" and "linear" (bilinear) are supported')
+    coordinates = a.get("coordinate_transformation_mode", "half_pixel" if imp.opset >= 11 else "asymmetric")
     if node.op_type == "Resize" and imp.opset >= 11:
-        modes = (a.get("coordinate_transformation_mode", "half_pixel"), a.get("nearest_mode", "round_prefer_floor"))
-        if modes not in NEAREST_FLOOR:
-            raise Unsupported(f"coordinate_transformation_mode {modes[0]!r} with nearest_mode {modes[1]!r} is not "
-                              "supported; use asymmetric with floor, or half_pixel")
-        if "axes" in a:
-            raise Unsupported("the axes attribute is not supported")
+        if "axes" in a or a.get("antialias", 0):
+            raise Unsupported("the axes and antialias attributes are not supported")
     x = imp.data(node)
     if len(imp.shapes[x]) != 3:
         raise Unsupported(f"{node.op_type} needs an image input (N,C,H,W), got {fmt_shape(imp.shapes[x])}")
@@ -273,52 +277,155 @@ def resize(imp, node):
         scales, sizes = imp.value(node, 1, "scales"), None
     else:
         scales, sizes = imp.value(node, 2, "scales", optional=True), imp.value(node, 3, "sizes", optional=True)
+    c, h, w = imp.shapes[x]
     if scales is not None and scales.size:
         factors = [float(s) for s in scales.reshape(-1)]
+        size = [math.floor(n * f) for n, f in zip((h, w), factors[2:])]
+        exact = len(factors) == 4 and all(n * f == s for n, f, s in zip((h, w), factors[2:], size))
     elif sizes is not None and sizes.size == 4:
-        factors = [1.0] + [float(s) / n for s, n in zip(sizes.reshape(-1)[1:], imp.shapes[x])]
+        size = [int(v) for v in sizes.reshape(-1)[2:]]
+        factors, exact = [1.0, float(sizes.reshape(-1)[1]) / c, *(s / n for s, n in zip(size, (h, w)))], True
     else:
         raise Unsupported("needs constant scales or sizes for N, C, H and W")
-    if len(factors) != 4 or factors[:2] != [1, 1] or any(f < 1 or f != int(f) for f in factors[2:]):
-        raise Unsupported(f"scales {[round(f, 4) for f in factors]}: only whole factors >= 1 in H and W (and 1 in N "
-                          f"and C) are supported")
-    imp.add_layer(node, {"op": "upsample2d", "scale_factor": compact(factors[2:])}, [x])
+    if len(factors) != 4 or factors[:2] != [1, 1] or not exact or min(size) < 1:
+        raise Unsupported(f"scales {[round(f, 4) for f in factors]}: only resizing H and W to whole sizes (scale 1 in N and C) is supported")
+    whole = all(f >= 1 and f == int(f) for f in factors[2:])
+    layer = {"op": "upsample2d"}
+    layer.update({"scale_factor": compact(factors[2:])} if whole else {"size": size})
+    if mode == "linear":
+        if coordinates not in LINEAR_MODES or (coordinates == "half_pixel" and 1 in size):
+            raise Unsupported(f"linear resize with coordinate_transformation_mode {coordinates!r} is not supported; "
+                              "use align_corners or pytorch_half_pixel (PyTorch's bilinear)")
+        layer.update(mode="bilinear", align_corners=LINEAR_MODES[coordinates])
+    elif node.op_type == "Resize" and imp.opset >= 11:
+        modes = (coordinates, a.get("nearest_mode", "round_prefer_floor"))
+        if modes != ("asymmetric", "floor") and not (whole and modes in NEAREST_FLOOR):
+            raise Unsupported(f"coordinate_transformation_mode {modes[0]!r} with nearest_mode {modes[1]!r} is not "
+                              "supported; use asymmetric with floor, or half_pixel for whole factors")
+    imp.add_layer(node, layer, [x])
+
+
+def source_table(size: int, out: int, mode: str, align_corners: bool) -> np.ndarray:
+    """Per output index along one axis: (first source index, second, weight of the second), as
+    PyTorch computes them in float32 (upsample_nearest2d: floor(i * in / out); upsample_bilinear2d:
+    its area_pixel_compute_source_index)."""
+    i = np.arange(out, dtype=np.float32)
+    if mode == "nearest":
+        first = np.minimum(np.floor(i * np.float32(size / out)), size - 1)
+        return np.stack([first, first, np.zeros_like(first)], axis=1)
+    if align_corners:
+        source = i * np.float32((size - 1) / (out - 1) if out > 1 else 0.0)
+    else:
+        source = np.maximum((i + np.float32(0.5)) * np.float32(size / out) - np.float32(0.5), 0)
+    first = np.floor(source)
+    second = np.minimum(first + 1, size - 1)
+    return np.stack([first, second, source - first], axis=1).astype(np.float32)
 
 
 class Upsample2d(Layer):
+    """`F.interpolate` of an image by whole factors (`scale_factor`) or to a `size`: "nearest" (the
+    pixel floor(i * in / out)) or "bilinear" (PyTorch's, with `align_corners`)."""
     op: Literal["upsample2d"]
-    scale_factor: PositiveInt | Pair
-    mode: Literal["nearest"] = "nearest"
+    scale_factor: PositiveInt | Pair | None = None
+    size: Pair | None = Field(None, description="The output [H, W], instead of a scale_factor.")
+    mode: Literal["nearest", "bilinear"] = "nearest"
+    align_corners: bool = Field(False, description="bilinear only: sample the corner pixels' centres exactly.")
     onnx_converters = {"Resize": resize, "Upsample": resize}
-    examples = (Example({"scale_factor": 2}), Example({"scale_factor": [3, 1]}, inputs=((2, 3, 4),)))
+    examples = (Example({"scale_factor": 2}), Example({"scale_factor": [3, 1]}, inputs=((2, 3, 4),)),
+                Example({"size": [7, 5]}, inputs=((2, 3, 4),), note="nearest to a size"),
+                Example({"scale_factor": 2, "mode": "bilinear"}),
+                Example({"size": [9, 4], "mode": "bilinear", "align_corners": True}, inputs=((2, 4, 6),),
+                        note="up in H, down in W"),
+                Example({"size": [5, 13], "mode": "bilinear"}, inputs=((3, 4, 5),)))
+
+    @model_validator(mode="after")
+    def _check(self):
+        if (self.scale_factor is None) == (self.size is None):
+            raise invalid("give exactly one of scale_factor and size", field="scale_factor")
+        if self.align_corners and self.mode != "bilinear":
+            raise invalid('align_corners applies to mode "bilinear" only', field="align_corners")
+        return self
+
+    def output_size(self, h: int, w: int) -> tuple[int, int]:
+        if self.size is not None:
+            return pair(self.size)
+        sh, sw = pair(self.scale_factor)
+        return h * sh, w * sw
+
+    def whole_factors(self, h: int, w: int) -> tuple[int, int] | None:
+        """Nearest by whole factors (sh, sw): the integer fast path; None otherwise."""
+        p, q = self.output_size(h, w)
+        if self.mode == "nearest" and p % h == 0 and q % w == 0:
+            return p // h, q // w
+        return None
 
     def lower(self, low):
-        sh, sw = pair(self.scale_factor)
         n, c, h, w = low.in_shapes[0]
-        return low.simple(f"upsample{sh}x{sw}_{low.sample_dims()}", T.upsample_nearest, n=n, c=c, h=h, w=w, sh=sh,
-                          sw=sw)
+        p, q = low.shape[2:]
+        if factors := self.whole_factors(h, w):
+            return low.simple(f"upsample{factors[0]}x{factors[1]}_{low.sample_dims()}", T.upsample_nearest, n=n, c=c,
+                              h=h, w=w, sh=factors[0], sw=factors[1])
+        tables = [low.const(axis, source_table(size, out, self.mode, self.align_corners))
+                  for axis, size, out in (("rows", h, p), ("cols", w, q))]
+        corners = "_corners" if self.align_corners else ""
+        return low.simple(f"resize_{self.mode}{corners}_{low.sample_dims()}", T.resample, tables, planes=n * c,
+                          h=h, w=w, p=p, q=q, mode=self.mode)
 
     def to_onnx(self, ex, xs, out, shape):
-        # asymmetric + floor picks input pixel floor(i / scale): upsample2d's nearest
-        scales = ex.const(f"{self.name}:scales", [1, 1, *pair(self.scale_factor)])
-        ex.node(self.name, "Resize", [*xs, "", scales], out, shape, mode="nearest",
-                coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+        c, p, q = shape
+        if self.scale_factor is not None:
+            resize_to = ["", ex.const(f"{self.name}:scales", [1, 1, *pair(self.scale_factor)])]
+        else:
+            resize_to = ["", "", ex.const(f"{self.name}:sizes", [0, c, p, q], "int64")]
+        if self.size is not None:  # the batch size is only known at compile time: give it as Shape(x)[0]
+            batch = ex.node(self.name, "Shape", xs, f"{self.name}:batch", (), name=f"{self.name}:batch", start=0, end=1)
+            ex.shapes.pop(batch)
+            rest = ex.const(f"{self.name}:chw", [c, p, q], "int64")
+            sizes = ex.node(self.name, "Concat", [batch, rest], f"{self.name}:sizes_n", (), name=f"{self.name}:sizes_n",
+                            axis=0)
+            ex.shapes.pop(sizes)
+            resize_to = ["", "", sizes]
+        if self.mode == "nearest":  # asymmetric + floor picks input pixel floor(i * in / out)
+            attrs = dict(mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+        else:
+            attrs = dict(mode="linear", coordinate_transformation_mode="align_corners" if self.align_corners
+                         else "pytorch_half_pixel")
+        ex.node(self.name, "Resize", [*xs, *resize_to], out, shape, **attrs)
 
     def torch_reference(self, xs, weights):
         import torch.nn.functional as F
-        return F.interpolate(xs[0], scale_factor=pair(self.scale_factor), mode="nearest")
+        size = self.output_size(*xs[0].shape[2:])
+        corners = self.align_corners if self.mode == "bilinear" else None
+        return F.interpolate(xs[0], size=size, mode=self.mode, align_corners=corners)
 
     def infer_shape(self, in_shapes):
         self.expect_image(in_shapes[0])
         c, h, w = in_shapes[0]
-        sh, sw = pair(self.scale_factor)
-        return (c, h * sh, w * sw)
+        return (c, *self.output_size(h, w))
 
     def flops(self, in_shapes, out_shape):
-        return 0
+        return 0 if self.mode == "nearest" else 8 * int(np.prod(out_shape))
+
+    def prepare(self, weights, in_shapes):
+        c, h, w = in_shapes[0]
+        p, q = self.output_size(h, w)
+        return {"rows": source_table(h, p, self.mode, self.align_corners),
+                "cols": source_table(w, q, self.mode, self.align_corners)}
 
     def run_numpy(self, xs, params, scratch, out):
-        sh, sw = pair(self.scale_factor)
-        n, h, w, c = xs[0].shape
-        out.reshape(n, h, sh, w, sw, c)[...] = xs[0][:, :, None, :, None, :]
+        x = xs[0]
+        n, h, w, c = x.shape
+        if factors := self.whole_factors(h, w):
+            sh, sw = factors
+            out.reshape(n, h, sh, w, sw, c)[...] = x[:, :, None, :, None, :]
+            return out
+        rows, cols = params["rows"], params["cols"]
+        y0, y1, x0, x1 = (table[:, i].astype(np.intp) for table in (rows, cols) for i in (0, 1))
+        if self.mode == "nearest":
+            out[...] = x[:, y0][:, :, x0]
+            return out
+        ly, lx = rows[:, 2][None, :, None, None], cols[:, 2][None, None, :, None]
+        top, bottom = x[:, y0], x[:, y1]
+        np.copyto(out, (1 - ly) * ((1 - lx) * top[:, :, x0] + lx * top[:, :, x1])
+                  + ly * ((1 - lx) * bottom[:, :, x0] + lx * bottom[:, :, x1]))
         return out

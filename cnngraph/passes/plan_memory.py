@@ -4,7 +4,8 @@ one arena, so backends allocate once and steady-state runs allocate nothing.
 Liveness over the execution order: a tensor lives from the step that writes it to the last step
 that reads it (network outputs to the end). Tensors whose lifetimes overlap never share memory;
 a node's output never overlaps its own inputs, since both are live at its step. Placement is
-greedy best-fit, largest tensors first, which is close to optimal on CNN chains.
+greedy best-fit, largest tensors first (optimal on the CNN chains of the examples), or largest
+size x lifetime first where that packs tighter (DenseNet's concatenations).
 
 A flatten of a (N, C, 1, 1) tensor is an alias: it shares its input's storage (`alias_of`) and
 needs no copy. An elementwise node (batch norm, add, activation, dropout) whose input is read by
@@ -83,23 +84,31 @@ def plan_memory(g: nx.DiGraph) -> nx.DiGraph:
     for name in g.graph["outputs"]:
         tensors[storage[name]][1] = end
     sizes = {name: int(np.prod(g.nodes[name]["shape"])) for name in tensors}
+    # largest first suits chains; largest size x lifetime first suits dense concatenations: keep the better
+    by_size = lambda n: (-sizes[n], tensors[n][0], n)  # noqa: E731
+    by_area = lambda n: (-sizes[n] * (tensors[n][1] - tensors[n][0] + 1), tensors[n][0], n)  # noqa: E731
+    offsets, arena = min((_place(tensors, sizes, order) for order in (by_size, by_area)), key=lambda p: p[1])
+    for name, root in storage.items():
+        g.nodes[name]["offset"], g.nodes[name]["size"] = offsets[root], sizes[root]
+    g.graph["order"] = order
+    g.graph["arena_size"] = arena
+    every_tensor = [int(np.prod(g.nodes[n]["shape"])) for n in storage]  # each in its own buffer
+    g.graph["unplanned_size"] = sum(-(-s // ALIGN) * ALIGN for s in every_tensor)
+    return g
 
+
+def _place(tensors: dict, sizes: dict, order) -> tuple[dict[str, int], int]:
+    """Greedy best-fit of every tensor, taken in `order` (a sort key): (offsets, arena size)."""
     placed: list[tuple[int, int, int, int]] = []  # (offset, size, first, last)
     offsets = {}
-    for name in sorted(tensors, key=lambda n: (-sizes[n], tensors[n][0], n)):
+    for name in sorted(tensors, key=order):
         first, last = tensors[name]
         size = -(-sizes[name] // ALIGN) * ALIGN
         busy = sorted((o, s) for o, s, f, l in placed if f <= last and first <= l)
         offset, best = _best_fit(busy, size)
         offsets[name] = offset if best is not None else max((o + s for o, s in busy), default=0)
         placed.append((offsets[name], size, first, last))
-    for name, root in storage.items():
-        g.nodes[name]["offset"], g.nodes[name]["size"] = offsets[root], sizes[root]
-    g.graph["order"] = order
-    g.graph["arena_size"] = max((o + s for o, s, _, _ in placed), default=0)
-    every_tensor = [int(np.prod(g.nodes[n]["shape"])) for n in storage]  # each in its own buffer
-    g.graph["unplanned_size"] = sum(-(-s // ALIGN) * ALIGN for s in every_tensor)
-    return g
+    return offsets, max((o + s for o, s, _, _ in placed), default=0)
 
 
 def _best_fit(busy: list[tuple[int, int]], size: int) -> tuple[int, int | None]:

@@ -4,15 +4,15 @@ arithmetic and unrolls. Each template returns (body, grid, block).
 
   gemm           implicit-GEMM convolution (and linear), split-K reduction, depthwise convolution
   elementwise    one thread per element computing an expression (activations, adds, batch norm)
-  reductions     windowed pooling; reductions along an axis (global average pool, softmax)
-  data_movement  concatenation, nearest upsampling
+  reductions     windowed pooling; reductions along an axis (global average pool, softmax, layer norm)
+  data_movement  concatenation, channel slices and shuffles, padding, upsampling
 """
 
 from .common import THREADS
-from .data_movement import concat, upsample_nearest
+from .data_movement import channel_gather, concat, pad2d, resample, upsample_nearest
 from .elementwise import pointwise
 from .gemm import FusedPool, conv_gemm, depthwise, split_reduce
-from .reductions import pool, reduce_rows
+from .reductions import layer_norm, pool, reduce_rows
 
-__all__ = ["THREADS", "concat", "upsample_nearest", "pointwise", "FusedPool", "conv_gemm", "depthwise",
-           "split_reduce", "pool", "reduce_rows"]
+__all__ = ["THREADS", "channel_gather", "concat", "pad2d", "resample", "upsample_nearest", "pointwise", "FusedPool", "conv_gemm", "depthwise",
+           "split_reduce", "layer_norm", "pool", "reduce_rows"]

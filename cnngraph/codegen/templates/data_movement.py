@@ -43,3 +43,72 @@ def upsample_nearest(name: str, *, n, c, h, w, sh, sw) -> tuple[str, tuple, tupl
 }}
 """
     return (body, *one_thread_each(total))
+
+
+def channel_gather(name: str, *, n: int, c_in: int, c_out: int, spatial: int, source: str) -> tuple[str, tuple, tuple]:
+    """y[nb, k, pix] = x[nb, source(k), pix], one thread per output element: a channel slice
+    (source = k + start) or a channel shuffle (a permutation of the channels)."""
+    total = n * c_out * spatial
+    body = f"""KERNEL void {name}({ptr("x")}, {ptr("y", const=False)})
+{{
+    const int idx = BLOCK_X * {THREADS} + THREAD_X;
+    if (idx >= {total}) return;
+    const int pix = idx % {spatial};
+    const int k = (idx / {spatial}) % {c_out};
+    const int nb = idx / {c_out * spatial};
+    y[idx] = x[(nb * {c_in} + ({source})) * {spatial} + pix];
+}}
+"""
+    return (body, *one_thread_each(total))
+
+
+def pad2d(name: str, *, planes: int, h: int, w: int, top: int, left: int, p: int, q: int, mode: str,
+          value: float) -> tuple[str, tuple, tuple]:
+    """Padding of each (h, w) plane to (p, q), `top` rows and `left` columns before it: with a
+    constant, by reflection about the edge (excluding it), or by replicating the edge."""
+    total = planes * p * q
+    if mode == "constant":
+        read = (f"(iy >= 0 && iy < {h} && ix >= 0 && ix < {w}) ? xc[iy * {w} + ix] : {float(value)!r}f")
+    else:
+        fold = {"reflect": ("iy = iy < 0 ? -iy : iy; iy = iy >= {h} ? 2 * {h} - 2 - iy : iy;"
+                            "ix = ix < 0 ? -ix : ix; ix = ix >= {w} ? 2 * {w} - 2 - ix : ix;"),
+                "replicate": "iy = min(max(iy, 0), {h} - 1); ix = min(max(ix, 0), {w} - 1);"}[mode]
+        read = f"xc[iy * {w} + ix]"
+    remap = "" if mode == "constant" else "\n    " + fold.format(h=h, w=w)
+    body = f"""KERNEL void {name}({ptr("x")}, {ptr("y", const=False)})
+{{
+    const int idx = BLOCK_X * {THREADS} + THREAD_X;
+    if (idx >= {total}) return;
+    int iy = (idx / {q}) % {p} - {top};
+    int ix = idx % {q} - {left};
+    GLOBAL const float* xc = x + (idx / {p * q}) * {h * w};{remap}
+    y[idx] = {read};
+}}
+"""
+    return (body, *one_thread_each(total))
+
+
+def resample(name: str, *, planes: int, h: int, w: int, p: int, q: int, mode: str) -> tuple[str, tuple, tuple]:
+    """Resize each (h, w) plane to (p, q) from per-axis tables: `rows` holds (y0, y1, weight of y1)
+    for each output row, `cols` the same for each column. "nearest" reads (y0, x0); "bilinear" blends
+    the four neighbours as PyTorch does. The tables are computed once, on the host, by the op."""
+    total = planes * p * q
+    if mode == "nearest":
+        value = "xc[y0 * %d + x0]" % w
+    else:
+        value = (f"(1.0f - ly) * ((1.0f - lx) * xc[y0 * {w} + x0] + lx * xc[y0 * {w} + x1])"
+                 f" + ly * ((1.0f - lx) * xc[y1 * {w} + x0] + lx * xc[y1 * {w} + x1])")
+    body = f"""KERNEL void {name}({ptr("x")}, {ptr("rows")}, {ptr("cols")}, {ptr("y", const=False)})
+{{
+    const int idx = BLOCK_X * {THREADS} + THREAD_X;
+    if (idx >= {total}) return;
+    const int ox = idx % {q};
+    const int oy = (idx / {q}) % {p};
+    GLOBAL const float* xc = x + (idx / {p * q}) * {h * w};
+    const int y0 = (int)rows[3 * oy], y1 = (int)rows[3 * oy + 1];
+    const int x0 = (int)cols[3 * ox], x1 = (int)cols[3 * ox + 1];
+    const float ly = rows[3 * oy + 2], lx = cols[3 * ox + 2];
+    y[idx] = {value};
+}}
+"""
+    return (body, *one_thread_each(total))

@@ -67,3 +67,33 @@ def reduce_rows(name: str, *, kind: str, outer: int, length: int, inner: int) ->
 }}
 """
     return (head + code, *one_thread_each(total))
+
+
+def layer_norm(name: str, *, outer: int, length: int, inner: int, eps: float, affine: bool) -> tuple[str, tuple, tuple]:
+    """Normalise each row of `length` values at stride `inner` (the channels of one pixel) to zero
+    mean and unit variance, then scale and shift per position in the row. One thread per row; the
+    variance from the deviations (two passes), as PyTorch computes it."""
+    total = outer * inner
+    args = [ptr("x"), *([ptr("weight"), ptr("bias")] if affine else []), ptr("y", const=False)]
+    scaled = "v * weight[i] + bias[i]" if affine else "v"
+    body = f"""KERNEL void {name}({", ".join(args)})
+{{
+    const int row = BLOCK_X * {THREADS} + THREAD_X;
+    if (row >= {total}) return;
+    const int base = (row / {inner}) * {length * inner} + row % {inner};
+    float mean = 0.0f;
+    for (int i = 0; i < {length}; ++i) mean += x[base + i * {inner}];
+    mean *= {1.0 / length!r}f;
+    float var = 0.0f;
+    for (int i = 0; i < {length}; ++i) {{
+        const float d = x[base + i * {inner}] - mean;
+        var += d * d;
+    }}
+    const float rstd = 1.0f / SQRTF(var * {1.0 / length!r}f + {float(eps)!r}f);
+    for (int i = 0; i < {length}; ++i) {{
+        const float v = (x[base + i * {inner}] - mean) * rstd;
+        y[base + i * {inner}] = {scaled};
+    }}
+}}
+"""
+    return (body, *one_thread_each(total))
