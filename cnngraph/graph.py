@@ -35,11 +35,14 @@ class PoolStep:
 @dataclass(frozen=True)
 class Compute:
     """What a node computes: its base op (the spec model it started as; its `activation` field
-    included), then the layers folded into its weights, its epilogue steps and a fused pool."""
+    included), then the layers folded into its weights, its epilogue steps and a fused pool. A
+    `gated` node first multiplies its input by a per-(sample, channel) gate, its second input: a
+    squeeze-excitation `mul` applied as the conv reads its input, so the gated tensor is never stored."""
     spec: Layer
     folded: tuple[str, ...] = ()   # ops folded into the weights ("batch_norm2d")
     epilogue: Epilogue = ()
     pool: PoolStep | None = None
+    gated: bool = False
 
     @property
     def op(self) -> str:
@@ -55,13 +58,13 @@ class Compute:
 
     @property
     def label(self) -> str:
-        """The display op: "conv2d+batch_norm2d+relu"."""
-        return "+".join([self.op, *self.steps])
+        """The display op: "conv2d+batch_norm2d+relu" ("mul+conv2d" when gated)."""
+        return "+".join([*(["mul"] if self.gated else []), self.op, *self.steps])
 
     @property
     def is_plain(self) -> bool:
         """Nothing fused into it yet."""
-        return not self.steps
+        return not self.steps and not self.gated
 
     def has(self, trait: str) -> bool:
         return self.spec.has(trait)

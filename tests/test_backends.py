@@ -19,7 +19,14 @@ from cnngraph.codegen.lower import lower
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 # per-sample input sizes small enough for PoCL; every example's structure is kept
 REDUCED = {"lenet5": None, "cifar_vgg": None, "unet_small": [3, 40, 24], "resnet18": [3, 64, 64],
-           "mobilenet_v2": [3, 64, 64], "squeezenet1_1": [3, 67, 67]}
+           "mobilenet_v2": [3, 64, 64], "squeezenet1_1": [3, 67, 67], "mobilenet_v3_large": [3, 64, 64],
+           "efficientnet_b0": [3, 64, 64], "shufflenet_v2": [3, 64, 64], "densenet121": [3, 64, 64],
+           "convnext_tiny": [3, 64, 64]}
+
+# hundreds of kernels each: minutes of PoCL and NVRTC compiling on 2 cores, so `-m slow` runs them
+# (their ops run on every backend through the registry tests and the smaller zoo examples)
+SLOW = {"densenet121", "efficientnet_b0", "convnext_tiny"}
+REDUCED_EXAMPLES = [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name for name in sorted(REDUCED)]
 
 CUDA_REASON = cuda_unavailable_reason()
 
@@ -69,7 +76,7 @@ def example(name: str) -> dict:
 
 
 @pytest.mark.parametrize("device", BACKENDS)
-@pytest.mark.parametrize("name", sorted(REDUCED))
+@pytest.mark.parametrize("name", REDUCED_EXAMPLES)
 def test_example_networks(name, device):
     check_against_numpy(example(name), device, batch=3 if name in ("lenet5", "squeezenet1_1") else 2)
 
@@ -117,6 +124,13 @@ SINGLE_OPS = {
     "conv_maxpool_fused": net([{**CONV, "padding": 1, "activation": "relu"}, {"op": "max_pool2d", "kernel_size": 2}],
                               shape=(5, 12, 15)),
     "conv_avgpool_fused": net([{**CONV, "padding": 1}, {"op": "avg_pool2d", "kernel_size": [1, 2]}], shape=(5, 9, 14)),
+    "se_gate_conv": net([{**CONV, "out_channels": 8, "padding": 1, "name": "c", "activation": "silu"},
+                         {"op": "global_avg_pool2d"}, {**CONV, "kernel_size": 1, "out_channels": 8},
+                         {"op": "hardsigmoid", "name": "s"}, {"op": "mul", "inputs": ["s", "c"]},
+                         {**CONV, "kernel_size": 1, "out_channels": 6}], shape=(5, 9, 11)),
+    "se_gate_split_k": net([{"op": "global_avg_pool2d", "inputs": ["x"]}, {"op": "sigmoid", "name": "s"},
+                            {"op": "mul", "inputs": ["x", "s"]}, {**CONV, "out_channels": 64, "padding": 1}],
+                           shape=(64, 7, 9)),
     "conv_split_k_residual": net([{**CONV, "out_channels": 64, "padding": 1, "name": "c"},
                                   {"op": "batch_norm2d", "name": "bn"}, {"op": "add", "inputs": ["bn", "x"]},
                                   {"op": "relu"}], shape=(64, 7, 9)),
@@ -130,7 +144,7 @@ def test_single_ops(case, device):
 
 
 @pytest.mark.skipif(OPENCL_REASON is not None, reason=str(OPENCL_REASON))
-@pytest.mark.parametrize("name", ["lenet5", "conv_split_k_residual", "linear"])
+@pytest.mark.parametrize("name", ["lenet5", "conv_split_k_residual", "linear", "se_gate_split_k"])
 def test_every_autotuning_schedule_computes_the_same(name):
     """Each candidate schedule an autotuner may pick (tiles, deeper BK, split-K variants) is correct."""
     from cnngraph.backends.opencl_backend import OpenCLBackend
@@ -198,7 +212,7 @@ NVRTC_REASON = _nvrtc_reason()
 @pytest.mark.skipif(NVRTC_REASON is not None, reason=str(NVRTC_REASON))
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("batch", [1, 8])
-@pytest.mark.parametrize("name", sorted(REDUCED))
+@pytest.mark.parametrize("name", REDUCED_EXAMPLES)
 def test_nvrtc_compiles_without_local_memory(name, batch, arch):
     from cnngraph.codegen.nvrtc import compile_cuda
 

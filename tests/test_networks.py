@@ -20,7 +20,12 @@ TOL = 1e-4
 BATCH = 2
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 EXAMPLES = sorted(p.stem for p in EXAMPLES_DIR.glob("*.json"))
-EXPECTED_EXAMPLES = {"lenet5", "cifar_vgg", "resnet18", "mobilenet_v2", "squeezenet1_1", "unet_small"}
+EXPECTED_EXAMPLES = {"lenet5", "cifar_vgg", "resnet18", "mobilenet_v2", "squeezenet1_1", "unet_small",
+                     "mobilenet_v3_large", "efficientnet_b0", "shufflenet_v2", "densenet121", "convnext_tiny"}
+# With the seeded default weights the batch norms do not normalise: MobileNetV3's activations reach
+# ~1e3 and its hardsigmoid gates saturate, magnifying float32 rounding (3e-6 with trained-like
+# weights, tests/test_zoo.py)
+DEFAULT_WEIGHTS_TOL = {"mobilenet_v3_large": 3e-4}
 WITH_BATCH_NORM = ["resnet18", "mobilenet_v2", "cifar_vgg", "unet_small"]
 
 
@@ -70,7 +75,7 @@ def test_examples_present():
     assert EXPECTED_EXAMPLES <= set(EXAMPLES)
 
 
-def compare(model, name: str, source: str) -> None:
+def compare(model, name: str, source: str, tol: float = TOL) -> None:
     xs = inputs(name, seed=1)
     out = call(model, xs)
     ref = reference(name, source)
@@ -82,7 +87,7 @@ def compare(model, name: str, source: str) -> None:
         assert np.isfinite(got).all(), key
         assert model.graph.nodes[key]["shape"] == want.shape, key
         err = rel_err(got, want)
-        assert err < TOL, f"{name} output {key}: relative error {err:.3g}"
+        assert err < tol, f"{name} output {key}: relative error {err:.3g}"
 
 
 @pytest.mark.parametrize("optimize", [False, True], ids=["raw", "optimized"])
@@ -94,7 +99,7 @@ def test_example_default_weights(name, optimize):
     assert {k: tuple(v.shape) for k, v in model.weights.items()} == weight_shapes(load(name))
     for key, value in default_weights(name).items():  # deterministic, and the same whether optimized or not
         np.testing.assert_array_equal(model.weights[key], value)
-    compare(model, name, "default")
+    compare(model, name, "default", DEFAULT_WEIGHTS_TOL.get(name, TOL))
 
 
 @pytest.mark.parametrize("optimize", [False, True], ids=["raw", "optimized"])

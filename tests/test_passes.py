@@ -18,6 +18,7 @@ from cnngraph.passes.eliminate_dead_code import eliminate_dead_code
 from cnngraph.passes.fold_batch_norm import fold_batch_norm
 from cnngraph.passes.fuse_activation import fuse_activation
 from cnngraph.passes.fuse_batch_norm_epilogue import fuse_batch_norm_epilogue
+from cnngraph.passes.fuse_gate import fuse_gate
 from cnngraph.passes.fuse_pool import fuse_pool
 from cnngraph.passes.fuse_residual_add import fuse_residual_add
 from cnngraph.passes.pipeline import PIPELINE, check_invariants, optimize_graph
@@ -149,6 +150,61 @@ def test_dropout_right_after_the_network_input():
     assert set(g) == {"x", "c"}
     assert g.nodes["c"]["inputs"] == ["x"]
     assert_well_formed(g, before)  # the dropout layer is still accounted for (by the input node)
+
+
+# --- fold_batch_norm: other per-channel affine layers ---------------------------------------------
+
+def test_fold_layer_scale_into_conv():
+    """ConvNeXt's layer scale after a conv folds into its weights, as a batch norm does."""
+    g = raw(net([conv("c"), {"op": "scale", "name": "gamma"}]))
+    w, b, gamma = (g.nodes["c"]["weights"]["weight"], g.nodes["c"]["weights"]["bias"],
+                   g.nodes["gamma"]["weights"][""].reshape(-1))
+    assert run_passes(g, fold_batch_norm) == ["folded gamma into c"]
+    assert nodes(g) == {"x": N("input", [], []), "gamma": N("conv2d+scale", ["c", "gamma"], ["x"])}
+    np.testing.assert_allclose(g.nodes["gamma"]["weights"]["weight"], w * gamma[:, None, None, None], rtol=1e-6)
+    np.testing.assert_allclose(g.nodes["gamma"]["weights"]["bias"], b * gamma, rtol=1e-6)
+
+
+# --- fuse_gate ------------------------------------------------------------------------------------
+
+SE = [conv("c0", out=8), {"op": "global_avg_pool2d", "name": "gap"}, conv("fc", out=8, k=1, pad=0),
+      {"op": "sigmoid", "name": "s"}, {"op": "mul", "name": "se", "inputs": ["c0", "s"]}]
+
+
+@pytest.mark.parametrize("order", ["x_first", "gate_first"])
+def test_fuse_gate_into_the_conv_reading_it(order):
+    se = dict(SE[-1], inputs=["c0", "s"] if order == "x_first" else ["s", "c0"])
+    g = raw(net([*SE[:-1], se, conv("proj", out=5, k=1, pad=0, bias=False), {"op": "relu", "name": "r"}]))
+    assert run_passes(g, fuse_gate) == ["fused se into proj as an input gate"]
+    assert nodes(g)["proj"] == N("mul+conv2d", ["se", "proj"], ["c0", "s"])
+    assert "se" not in g and {u: i for u, _, i in g.in_edges("proj", data="index")} == {"c0": 0, "s": 1}
+    assert report(g) == [("mul+conv2d", ["se", "proj"], True, None)]
+
+
+@pytest.mark.parametrize("reader, reason", [
+    (conv("dw", out=8, groups=8), "depthwise"),
+    ({"op": "max_pool2d", "name": "p", "kernel_size": 2}, None),
+])
+def test_fuse_gate_leaves_other_readers(reader, reason):
+    """A depthwise conv has no GEMM prologue; a pool is no conv: the mul stays its own kernel."""
+    g = raw(net([*SE, reader]))
+    assert run_passes(g, fuse_gate) == []
+    assert nodes(g)["se"] == N("mul", ["se"], ["c0", "s"])
+    assert report(g) == ([("mul+conv2d", ["se", "dw"], False, "depthwise")] if reason else [])
+
+
+def test_fuse_gate_keeps_a_gated_tensor_read_twice():
+    g = raw(net([*SE, conv("a", k=1, pad=0), conv("b", k=1, pad=0, inputs=["se"]),
+                 {"op": "add", "name": "sum", "inputs": ["a", "b"]}]))
+    assert run_passes(g, fuse_gate) == []
+    assert report(g) == [("mul+conv2d", ["se", "a"], False, "multiple_consumers")]
+
+
+def test_fuse_gate_not_for_a_full_size_operand():
+    """x * y of two (C, H, W) tensors is no gate: nothing to fold into a load."""
+    g = raw(net([conv("a", out=8), conv("b", out=8, inputs=["x"]), {"op": "mul", "name": "m", "inputs": ["a", "b"]},
+                 conv("c", k=1, pad=0)]))
+    assert run_passes(g, fuse_gate) == [] and report(g) == []
 
 
 # --- fold_batch_norm ---------------------------------------------------------------------------

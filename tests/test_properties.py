@@ -67,11 +67,8 @@ def int_or_pair(draw, lo, hi):
 
 
 def activation_params(draw, op):
-    if op == "leaky_relu" and draw(st.booleans()):
-        return {"negative_slope": draw(st.sampled_from([0.2, 0.01, 1.5]))}
-    if op == "gelu" and draw(st.booleans()):
-        return {"approximate": draw(st.sampled_from(["none", "tanh"]))}
-    return {}
+    """One of the parameter sets the activation itself declares (its registry `variants`)."""
+    return dict(draw(st.sampled_from(cnngraph.ops.ACTIVATIONS[op].variants)))
 
 
 def activation_field(draw, none_prob=2):

@@ -142,7 +142,8 @@ def _registry_reference(name, srcs, layer, xs, param):
         raise ValueError(f"{name}: unknown op {layer['op']!r}")
     model = OPS[layer["op"]].model_validate({**layer, "name": name, "inputs": srcs})
     shapes = model.weight_shapes([tuple(int(d) for d in x.shape[1:]) for x in xs])
-    return model.torch_reference(xs, {k: param(f"{name}.{k}", shape) for k, shape in shapes.items()})
+    # a weight without a suffix is keyed by the layer's name (a module's own parameter, as a layer scale)
+    return model.torch_reference(xs, {k: param(f"{name}.{k}" if k else name, shape) for k, shape in shapes.items()})
 
 
 def weight_shapes(spec: dict) -> dict[str, tuple]:

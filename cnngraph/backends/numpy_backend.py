@@ -45,6 +45,7 @@ class NumpyBackend(Backend):
         computes = [(n, g.nodes[n]["compute"]) for n in g.graph["order"]]
         largest = max((math.prod(c.result_shape(g.nodes[n]["shape"])) for n, c in computes), default=0)
         own = max((c.spec.numpy_scratch_bytes(own_in_shapes(g, n), c.result_shape(g.nodes[n]["shape"]))
+                   + (4 * math.prod(g.nodes[g.nodes[n]["inputs"][0]]["shape"]) if c.gated else 0)  # x * gate
                    for n, c in computes), default=0)
         return own + 3 * 4 * largest
 
@@ -79,6 +80,8 @@ class NumpyBackend(Backend):
             start = time.perf_counter()
             compute = g.nodes[node]["compute"]
             xs = [views[src] for src in g.nodes[node]["inputs"]]
+            if compute.gated:  # x * gate, (N, H, W, C) * (N, 1, 1, C), in scratch instead of the arena
+                xs = [np.multiply(xs[0], xs[1], out=self.scratch.get("gated", xs[0].shape)), *xs[2:]]
             own = len(xs) - compute.residuals  # the op's own inputs; the rest are residuals
             pool = compute.pool  # a fused pool: the conv result lives in scratch, not the arena
             target = self.scratch.get("fused_conv", backend_shape(pool.conv_shape)) if pool else views[node]

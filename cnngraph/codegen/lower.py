@@ -179,15 +179,17 @@ class NodeLowering:
             name += f"_{pool.kind}pool{pool.kh}x{pool.kw}"
         options = schedules(m, kg, geo.reduction, geo.groups, rows_multiple=pool.size if pool else 1)
         chosen = options[self.pick]
-        own, out = self.own_inputs, self.output
+        own, out, gated = self.own_inputs, self.output, self.compute.gated  # gated: own = [x, gate]
+        if gated:
+            name = "gated_" + name
         if chosen.splits == 1:
             launches = [self.launch(name, [*own, w_ref, *b_refs, *epilogue.args, out], T.conv_gemm, geo=geo,
                                     extra_args=[_param(b) for b in b_refs] + epilogue.params,
-                                    epilogue=epilogue.code, tile=chosen.tile, pool=pool)]
+                                    epilogue=epilogue.code, tile=chosen.tile, pool=pool, gated=gated)]
         else:  # split-K: partial sums into the workspace, then one pass that adds them and applies the epilogue
             partial = self.launch(f"{name}_split{chosen.splits}", [*own, w_ref, ("workspace", "")], T.conv_gemm,
                                   geo=geo, extra_args=[], epilogue="", tile=chosen.tile, splits=chosen.splits,
-                                  chunk=chosen.chunk)
+                                  chunk=chosen.chunk, gated=gated)
             partial.workspace = chosen.splits * m * kg
             reduce = self.launch(f"{name}_reduce", [("workspace", ""), *b_refs, *epilogue.args, out], T.split_reduce,
                                  n=geo.n, k=kg, pq=geo.pixels, splits=chosen.splits,

@@ -1,37 +1,86 @@
 """`from_onnx`: an ONNX model as a cnngraph spec and its weights.
 
 The graph is read node by node, in its (topological) order. A node becomes a layer, an alias
-(Identity), or a constant: initializers, Constant nodes and the shape arithmetic PyTorch emits for
-`x.view(x.size(0), -1)` are evaluated here, with the batch size kept as the symbol "N". A few
-multi-node patterns are matched first and become one layer each: x*sigmoid(x) (silu), the erf
-formula of GELU, MatMul followed by a bias Add (linear).
+(Identity), or a constant: initializers, Constant nodes and every node whose inputs are all
+constants (the shape arithmetic PyTorch emits for `x.view(x.size(0), -1)` and the like) are
+evaluated here with NumPy (onnx_nodes.FOLDERS), before any layer converter is tried, with the batch
+size kept as the symbol "N". A few multi-node patterns are matched first and become one layer each:
+x*sigmoid(x) (silu), the erf formula of GELU, MatMul followed by a bias Add (linear), ...
+
+Each node is checked against its ONNX schema (input and output counts, required attributes and
+their types) before it is converted, so a converter sees a well-formed node: a converter that then
+fails with anything but `Unsupported` is a bug in cnngraph (an InternalError), not the file's fault.
 
 Shapes are inferred while the layers are made, with cnngraph's own shape rules, so a problem is
 reported at the ONNX node that caused it, and are checked against the shapes the file declares.
-Every node that cannot be expressed is collected, so one error lists them all.
+Every node that cannot be expressed is collected, so one error lists them all, summarised by op
+type. A node that reads the output of a node already reported is skipped when it has a converter
+or is shape arithmetic (its failure would be noise); an op with no converter is reported even then.
 """
 
 from __future__ import annotations
 
+import re
 import unicodedata
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 from pydantic import ValidationError
 
-from ..errors import CnnGraphError, ShapeError, SpecError, quote
+from ..errors import CnnGraphError, InternalError, ShapeError, SpecError, quote, shorten
 from ..ops import ACTIVATION, ACTIVATIONS, GEMM, OPS, fmt_shape, ops_with
-from ..ops.onnx_mapping import Unsupported
+from ..ops.base import weight_key
+from ..ops.onnx_mapping import BATCH, Unsupported
 from ..spec import NetworkSpec, parse_spec
-from .onnx_nodes import NON_LAYER_CONVERTERS, constant_value
+from . import onnx_nodes
+from .onnx_nodes import (DYNAMIC_HINT, FOLDERS, NON_LAYER_CONVERTERS, SHAPE_READERS, DataShape, constant_value,
+                         constants_only, fold)
 
 ONNX_DOMAINS = ("", "ai.onnx")
 MAX_PROBLEMS_SHOWN = 20  # nodes listed in the error; the rest are counted
+MAX_KINDS_SHOWN = 12     # op types in the error's summary
+
+# what to do instead, for ops no converter takes (shown after "unsupported op")
+UNSUPPORTED_HINTS = {
+    **dict.fromkeys(("If", "Loop", "Scan"), "control flow; export a traced model (torch.onnx.export with "
+                                            "dynamo=False traces), with fixed sizes but the batch"),
+    **dict.fromkeys(("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+                     "ConvInteger", "MatMulInteger"), "a quantized model; export the float32 model"),
+    **dict.fromkeys(("RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Bernoulli"),
+                    "randomness; export the model in eval mode (model.eval())"),
+    "ReduceMean": "a mean over H and W is a global average pool: export with nn.AdaptiveAvgPool2d(1)",
+    "ATen": "a PyTorch op the exporter could not translate; it has no ONNX form",
+    "NonZero": f"its output size depends on the data; {DYNAMIC_HINT}",
+}
 
 
 class FollowsProblem(Exception):
     """A node reads the output of a node already reported: it is skipped, not reported again."""
+
+
+def unsupported(op: str) -> str:
+    hint = UNSUPPORTED_HINTS.get(op)
+    return f"unsupported op ({hint})" if hint else "unsupported op"
+
+
+def finite(value: np.ndarray) -> bool:
+    """False for a floating-point constant holding NaN or an infinity."""
+    return value.dtype.kind != "f" or bool(np.isfinite(value).all())
+
+
+def node_schema(node, opset: int):
+    """The ONNX schema `node` follows, or None (another domain, an opset or op this onnx package does
+    not know, a deprecated op)."""
+    from onnx import defs
+
+    if node.domain not in ONNX_DOMAINS:
+        return None
+    try:
+        schema = defs.get_schema(node.op_type, opset, "")
+    except defs.SchemaError:
+        return None
+    return None if schema.deprecated else schema
 
 
 def require_onnx():
@@ -139,13 +188,17 @@ class Importer:
         self.opset = next((o.version for o in model.opset_import if o.domain in ONNX_DOMAINS), None)
         if self.opset is None:
             raise SpecError("the model declares no ai.onnx opset (truncated or corrupt file?)", file=file)
+        from onnx import IR_VERSION
+
+        self.ir_version = min(model.ir_version, IR_VERSION) if model.ir_version > 0 else IR_VERSION  # for the checker
         self.consts: dict[str, np.ndarray] = {}      # tensor -> value known now (initializers, shape arithmetic)
         self.source: dict[str, str] = {}             # tensor -> the layer or network input computing it
         self.shapes: dict[str, tuple] = {}           # tensor -> per-sample shape
         self.poisoned: set[str] = set()              # outputs of nodes that could not be converted
+        self.poisoned_shapes: set[str] = set()       # those of them that would have been constants
         self.layers: list[dict] = []
         self.weights: dict[str, np.ndarray] = {}
-        self.problems: list[str] = []
+        self.problems: list[tuple[str, str]] = []    # (op type, or "graph output"; the message)
         self.taken: set[str] = set()
         self.outputs = [o.name for o in self.graph.output]
         self.declared = {v.name: declared_dims(v) for v in [*self.graph.value_info, *self.graph.output]}
@@ -156,6 +209,9 @@ class Importer:
             for t in node.input:
                 self.consumers[t].append(node)
         self._read_initializers()
+        file_elements = sum(v.size for v in self.consts.values())
+        self.fold_budget = max(onnx_nodes.MIN_FOLD_BUDGET, 4 * file_elements)  # elements folding may make in all
+        self.folded = 0
 
     def _read_initializers(self) -> None:
         from onnx import numpy_helper
@@ -176,32 +232,10 @@ class Importer:
         inputs = self._network_inputs()
         deferred, skipped = match_patterns(self)
         for node in self.nodes:
-            if id(node) in skipped:
-                continue
-            convert = deferred.get(id(node)) or (CONVERTERS.get(node.op_type) if node.domain in ONNX_DOMAINS else None)
-            if convert is None:
-                op = node.op_type if node.domain in ONNX_DOMAINS else f"{node.domain}.{node.op_type}"
-                self._problem(node, "unsupported op", op)
-                continue
-            try:
-                if not node.output:
-                    raise Unsupported("has no output (corrupt file?)")
-                if any(t in self.poisoned for t in node.input):
-                    raise FollowsProblem
-                convert(self, node)
-            except Unsupported as why:
-                self._problem(node, str(why))
-            except FollowsProblem:
-                self.poisoned.update(node.output)
-            except (TypeError, ValueError, IndexError, KeyError, AttributeError) as err:  # a hand-made or corrupt node
-                self._problem(node, f"malformed attributes or inputs ({type(err).__name__}: {err})")
+            self._visit(node, deferred.get(id(node)), id(node) in skipped)
         outputs = self._network_outputs()
         if self.problems:
-            shown = self.problems[:MAX_PROBLEMS_SHOWN]
-            more = len(self.problems) - len(shown)
-            raise SpecError(f"{len(self.problems)} ONNX node(s) cannot be expressed in cnngraph: {'; '.join(shown)}"
-                            + (f"; and {more} more" if more else "")
-                            + f" (supported ops: {', '.join(SUPPORTED_OPS)})", file=self.file)
+            raise SpecError(self._problems_message(), file=self.file)
         layers = fuse_activations(self.layers, outputs)
         name = self.graph.name if self.graph.name not in ("", "main_graph") else Path(self.file).stem  # torch names every graph main_graph
         spec = {"format_version": 1, "name": clean_name(name) or "network", "inputs": inputs, "layers": layers,
@@ -211,9 +245,134 @@ class Importer:
         except CnnGraphError as err:  # every layer was validated on the way: this would be a bug here
             raise SpecError(f"the imported network is not a valid spec: {err}", file=self.file) from None
 
-    def _problem(self, node, why: str, op: str | None = None) -> None:
-        self.problems.append(f"{node_label(node)} ({op or node.op_type}): {why}")
-        self.poisoned.update(node.output)
+    def _visit(self, node, pattern, skipped: bool) -> None:
+        """Fold, convert or report one node. `pattern`: the converter of the pattern `node` ends;
+        `skipped`: `node` is another member of one (only checked here)."""
+        standard = node.domain in ONNX_DOMAINS
+        op = node.op_type if standard else f"{node.domain}.{node.op_type}"
+        if skipped:
+            self._attempt(node, lambda: self._validate(node))
+            return
+        convert = pattern or (CONVERTERS.get(node.op_type) if standard else None)
+        folder = FOLDERS.get(node.op_type) if standard and pattern is None else None
+        if convert is None and folder is None:
+            self._problem(node, unsupported(op), op)
+            return
+        foldable = folder is not None and self._foldable(node)
+        if any(t in self.poisoned for t in node.input):
+            # its own failure would be noise, unless nothing could convert it anyway
+            if foldable or (convert is not None and not hasattr(convert, "pattern_only")):
+                self._poison(node, foldable)
+            else:
+                self._problem(node, getattr(convert, "pattern_only", None) or constants_only(node))
+            return
+        if foldable:
+            self._attempt(node, lambda: self._fold(node), shape=True)
+        elif convert is not None:
+            self._attempt(node, lambda: (self._validate(node), convert(self, node)))
+        else:
+            self._attempt(node, lambda: (self._validate(node), self._computed_inputs(node)), why=constants_only(node))
+
+    def _attempt(self, node, step, shape: bool = False, why: str | None = None) -> None:
+        """Run `step` for `node`, recording Unsupported (or `why`, when it returns) as a problem; a
+        converter that fails otherwise on a node that passed `_validate` is a bug here."""
+        try:
+            step()
+            if why is not None:
+                raise Unsupported(why)
+        except Unsupported as reason:
+            self._problem(node, str(reason), shape=shape)
+        except FollowsProblem:
+            self._poison(node, shape)
+        except CnnGraphError:
+            raise
+        except Exception as err:  # noqa: BLE001 - any other exception is a converter's bug, not bad input
+            bad = next((t for t in node.input if t in self.consts and not finite(self.consts[t])), None)
+            if bad is not None and isinstance(err, (ValueError, OverflowError, FloatingPointError)):
+                self._problem(node, f"its constant input {quote(bad)} holds NaN or infinite values (corrupt file?)",
+                              shape=shape)
+                return
+            raise InternalError(f"{self.file}: ONNX node {node_label(node)} ({node.op_type}): importing it failed "
+                                f"with {type(err).__name__}: {shorten(str(err), 300)}; the node is well formed, so "
+                                "this is a bug in cnngraph: please report it") from err
+
+    def _foldable(self, node) -> bool:
+        """Whether `node` is shape arithmetic: each input a constant (or one that a reported node would
+        have made), or the shape of a tensor for Shape and Size."""
+        if node.op_type in SHAPE_READERS:
+            return bool(node.input) and bool(node.input[0])
+        return all(not t or t in self.consts or t in self.poisoned_shapes for t in node.input)
+
+    def _fold(self, node) -> None:
+        self._validate(node)
+        xs = []
+        for t in node.input:
+            if not t:
+                xs.append(None)
+            elif t in self.consts:
+                xs.append(self.consts[t])
+            else:  # Shape or Size of a tensor the network computes
+                xs.append(DataShape((BATCH, *self.shapes[self.tensor(t)])))
+        values = fold(node, self.opset, xs)
+        made = sum(v.size for v in values if not any(isinstance(x, np.ndarray) and np.may_share_memory(v, x)
+                                                     for x in xs))
+        if node.op_type != "Constant" and made:  # a Constant's value is the file's own
+            if self.folded + made > self.fold_budget:
+                raise Unsupported(f"the constants evaluated at import would hold more than {self.fold_budget:,} "
+                                  "elements in all (corrupt or hostile file?)")
+            self.folded += made
+        for name, value in zip(node.output, values):
+            if name:
+                self.consts[name] = value
+
+    def _computed_inputs(self, node) -> None:
+        """Each input that is no constant, checked to be defined (a corrupt file otherwise)."""
+        for t in node.input:
+            if t and t not in self.consts:
+                self._defined(t)
+
+    def _validate(self, node) -> None:
+        """`node` checked against its ONNX schema: input and output counts, required attributes and the
+        types of all of them. Unsupported (naming the problem) when it fails. A node of an opset this
+        onnx package does not know, or of a deprecated op (Upsample), is taken as it is."""
+        if not node.output:
+            raise Unsupported("has no output (corrupt file?)")
+        schema = node_schema(node, self.opset)
+        if schema is None:
+            return
+        if not node.input and schema.min_input > 0:
+            raise Unsupported("lacks a data input (corrupt file?)")
+        from onnx import checker
+
+        context = checker.C.CheckerContext()
+        context.ir_version, context.opset_imports = self.ir_version, dict.fromkeys(ONNX_DOMAINS, self.opset)
+        try:
+            checker.C.check_node(node.SerializeToString(), context, checker.C.LexicalScopeContext())
+        except Exception as err:  # noqa: BLE001 - ValidationError, or whatever else the checker makes of the node
+            lines = str(err).strip().splitlines() or [type(err).__name__]
+            message = re.sub(r"Node ?(\(.*?\))?( with schema\(.*?\))?", "the node", lines[0])  # named already
+            if node.name:
+                message = message.replace(f"'{node.name} : ", "'")
+            raise Unsupported(f"malformed node (corrupt file?): {shorten(message, 300)}") from None
+
+    def _problem(self, node, why: str, op: str | None = None, shape: bool = False) -> None:
+        self.problems.append((op or node.op_type, f"{node_label(node)} ({op or node.op_type}): {why}"))
+        self._poison(node, shape)
+
+    def _poison(self, node, shape: bool) -> None:
+        self.poisoned.update(t for t in node.output if t)
+        if shape:
+            self.poisoned_shapes.update(t for t in node.output if t)
+
+    def _problems_message(self) -> str:
+        kinds = Counter(kind for kind, _ in self.problems).most_common()
+        summary = ", ".join(f"{kind} x{count}" for kind, count in kinds[:MAX_KINDS_SHOWN])
+        if len(kinds) > MAX_KINDS_SHOWN:
+            summary += f", {len(kinds) - MAX_KINDS_SHOWN} more op types"
+        shown = [text for _, text in self.problems[:MAX_PROBLEMS_SHOWN]]
+        more = len(self.problems) - len(shown)
+        return (f"{len(self.problems)} ONNX node(s) cannot be expressed in cnngraph ({summary}): {'; '.join(shown)}"
+                + (f"; and {more} more" if more else "") + f" (supported ops: {', '.join(SUPPORTED_OPS)})")
 
     def _network_inputs(self) -> list[dict]:
         """Graph inputs that are not initializers (old exporters list weights as inputs too): their
@@ -228,7 +387,10 @@ class Importer:
             dims = declared_dims(value)
             if dims is None or len(dims) not in (2, 4) or not all(isinstance(d, int) and d > 0 for d in dims[1:]):
                 shown = "no shape" if dims is None else fmt_dims(dims)
-                raise SpecError(f"{where} must have a known shape (N, C, H, W) or (N, F), got {shown}", file=self.file)
+                hint = (f"; {DYNAMIC_HINT} (export with dynamic_axes naming axis 0 only)"
+                        if dims is not None and len(dims) in (2, 4) else "")
+                raise SpecError(f"{where} must have a known shape (N, C, H, W) or (N, F), got {shown}{hint}",
+                                file=self.file)
             shape, name = tuple(dims[1:]), self._unique(clean_name(value.name) or "input")
             self.source[value.name], self.shapes[value.name] = name, shape
             self.taken.add(name)
@@ -245,9 +407,11 @@ class Importer:
                 continue
             layer = self.source.get(name)
             if layer is None or name in self.consts or any(name == i.name for i in self.graph.input):
-                self.problems.append(f"output {quote(name)}: not computed by a layer (a constant or a network input)")
+                self.problems.append(("graph output", f"output {quote(name)}: not computed by a layer (a constant or "
+                                                      "a network input)"))
             elif layer in outputs:
-                self.problems.append(f"output {quote(name)}: the same tensor as output {quote(outputs[layer])}")
+                self.problems.append(("graph output", f"output {quote(name)}: the same tensor as output "
+                                                      f"{quote(outputs[layer])}"))
             else:
                 outputs[layer] = name
         return list(outputs)
@@ -264,6 +428,13 @@ class Importer:
             self._defined(name)
             raise Unsupported(f"its {what} must be a constant (an initializer), not computed by the network")
         return self.consts[name]
+
+    def numbers(self, node, index: int, what: str, optional: bool = False) -> np.ndarray | None:
+        """Input `index` of `node` as a constant of numbers (int, float or bool), without the batch
+        symbol N: for axes, starts, sizes, scales. Unsupported (saying N is only known at compile time)
+        when shape arithmetic put N in it; None when absent and optional."""
+        value = self.value(node, index, what, optional)
+        return None if value is None else onnx_nodes.numeric(None, value, what)
 
     def data(self, node, index: int = 0) -> str:
         """Input `index` of `node`: a tensor the network computes (a layer or a network input)."""
@@ -317,7 +488,7 @@ class Importer:
         self.source[out], self.shapes[out] = name, shape
         self.layers.append(layer)
         for suffix, array in weights.items():
-            self.weights[f"{name}.{suffix}"] = np.ascontiguousarray(array, dtype=np.float32)
+            self.weights[weight_key(name, suffix)] = np.ascontiguousarray(array, dtype=np.float32)
 
     def alias(self, node, tensor: str) -> None:
         """`node`'s output is `tensor` under another name (Identity)."""

@@ -124,13 +124,13 @@ def clip(imp, node):
         low = scalar(imp.value(node, 1, "min", optional=True), -math.inf)
         high = scalar(imp.value(node, 2, "max", optional=True), math.inf)
     ops = {(0.0, 6.0): {"op": "relu6"}, (0.0, math.inf): {"op": "relu"}}
-    layer = ops.get((low, high)) or {"op": "hardtanh", "min_val": nice(low), "max_val": nice(high)}
-    imp.add_layer(node, layer, [imp.data(node)])
+    bounds = {"min": nice(low)} if low > -math.inf else {}
+    bounds.update({"max": nice(high)} if high < math.inf else {})
+    imp.add_layer(node, ops.get((low, high)) or {"op": "clamp", **bounds}, [imp.data(node)])
 
 
 class Relu6(Activation):
     op: Literal["relu6"]
-    onnx_converters = {"Clip": clip}
 
     def apply(self, x):
         return np.clip(x, 0, 6, out=x)
@@ -314,10 +314,20 @@ class Silu(Activation):
         ex.node(layer, "Mul", [xs[0], gate], out, shape, name=name)
 
 
+def match_hardswish(imp, gate):
+    """x * HardSigmoid(x): PyTorch's export of Hardswish before opset 14 (no HardSwish op yet)."""
+    x = gate.input[0]
+    mul = imp.only_consumer(gate.output[0], "Mul")
+    if mul is None or sorted(mul.input) != sorted([x, gate.output[0]]) or not is_pytorch_hardsigmoid(gate):
+        return None
+    return [gate, mul], lambda imp, node: imp.add_layer(node, {"op": "hardswish"}, [imp.tensor(x)])
+
+
 class Hardswish(Activation):
     op: Literal["hardswish"]
     onnx_op = "HardSwish"
     onnx_converters = {"HardSwish": plain("hardswish")}
+    onnx_patterns = {"HardSigmoid": match_hardswish}
 
     def apply(self, x):
         return x * np.clip(x + 3, 0, 6) * np.float32(1 / 6)
@@ -329,10 +339,15 @@ class Hardswish(Activation):
         return _torch()[1].hardswish(x)
 
 
+def is_pytorch_hardsigmoid(node) -> bool:
+    a = attributes(node)
+    return is_close(np.float32(a.get("alpha", 0.2)), 1 / 6) and is_close(np.float32(a.get("beta", 0.5)), 0.5)
+
+
 def hardsigmoid(imp, node):
     a = attributes(node)
     alpha, beta = a.get("alpha", 0.2), a.get("beta", 0.5)
-    if not (is_close(np.float32(alpha), 1 / 6) and is_close(np.float32(beta), 0.5)):
+    if not is_pytorch_hardsigmoid(node):
         raise Unsupported(f"HardSigmoid(alpha={alpha:g}, beta={beta:g}) has no cnngraph layer; hardsigmoid is "
                           "PyTorch's, alpha=1/6 and beta=0.5")
     imp.add_layer(node, {"op": "hardsigmoid"}, [imp.data(node)])
@@ -360,7 +375,7 @@ class Hardsigmoid(Activation):
 
 
 class Hardtanh(Activation):
-    """Clamp to [min_val, max_val]: ONNX's Clip with other bounds than relu's and relu6's."""
+    """Clamp to [min_val, max_val], by default [-1, 1] (nn.Hardtanh)."""
     op: Literal["hardtanh"]
     min_val: Float32 = -1.0
     max_val: Float32 = 1.0
@@ -383,6 +398,41 @@ class Hardtanh(Activation):
 
     def export_onnx(self, ex, xs, out, shape, layer, name):
         bounds = [ex.const(f"{name}:min", self.min_val), ex.const(f"{name}:max", self.max_val)]
+        ex.node(layer, "Clip", [*xs, *bounds], out, shape, name=name)
+
+
+class Clamp(Activation):
+    """`torch.clamp(x, min, max)`, either bound optional: ONNX's Clip with other bounds than relu's
+    and relu6's."""
+    op: Literal["clamp"]
+    min: Float32 | None = None
+    max: Float32 | None = None
+    onnx_converters = {"Clip": clip}
+    variants = ({"min": -0.5, "max": 1.5}, {"min": -0.5}, {"max": 0.25})
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.min is None and self.max is None:
+            raise invalid("give min, max or both", field="min")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise invalid(f"min {self.min:g} must not exceed max {self.max:g}", field="min")
+        return self
+
+    def apply(self, x):
+        return np.clip(x, None if self.min is None else np.float32(self.min),
+                       None if self.max is None else np.float32(self.max), out=x)
+
+    def c_expr(self, v):
+        if self.min is not None:
+            v = f"max_nan({v}, {float(self.min)!r}f)"
+        return v if self.max is None else f"min_nan({v}, {float(self.max)!r}f)"
+
+    def torch(self, x):
+        return _torch()[0].clamp(x, self.min, self.max)
+
+    def export_onnx(self, ex, xs, out, shape, layer, name):
+        bounds = [ex.const(f"{name}:min", self.min) if self.min is not None else "",
+                  ex.const(f"{name}:max", self.max) if self.max is not None else ""]
         ex.node(layer, "Clip", [*xs, *bounds], out, shape, name=name)
 
 

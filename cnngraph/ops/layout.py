@@ -25,7 +25,7 @@ def split(imp, node):
     if a.get("axis", 0) % rank != 1:
         raise Unsupported(f"axis {a.get('axis', 0)}: only splitting along channels (axis 1) is supported")
     channels = imp.shapes[x][0]
-    sizes = imp.value(node, 1, "split", optional=True) if imp.opset >= 13 else np.asarray(a.get("split", []))
+    sizes = imp.numbers(node, 1, "split", optional=True) if imp.opset >= 13 else np.asarray(a.get("split", []))
     if sizes is None or sizes.size == 0:
         parts = len(node.output)
         sizes = [math.ceil(channels / parts)] * (parts - 1)
@@ -47,13 +47,13 @@ def slice_(imp, node):
         a = attributes(node)
         starts, ends, axes, steps = (np.asarray(a.get(k, [])) for k in ("starts", "ends", "axes", "steps"))
     else:
-        starts, ends = imp.value(node, 1, "starts"), imp.value(node, 2, "ends")
-        axes = imp.value(node, 3, "axes", optional=True)
-        steps = imp.value(node, 4, "steps", optional=True)
+        starts, ends = imp.numbers(node, 1, "starts"), imp.numbers(node, 2, "ends")
+        axes = imp.numbers(node, 3, "axes", optional=True)
+        steps = imp.numbers(node, 4, "steps", optional=True)
     rank = len(imp.shapes[x]) + 1
     axes = list(range(len(starts.reshape(-1)))) if axes is None or axes.size == 0 else [int(v) % rank for v in axes.reshape(-1)]
     steps = [1] * len(axes) if steps is None or steps.size == 0 else [int(v) for v in steps.reshape(-1)]
-    if axes != [1] or steps != [1] or any(v is BATCH for v in [*starts.reshape(-1), *ends.reshape(-1)]):
+    if axes != [1] or steps != [1] or starts.size != 1 or ends.size != 1:
         raise Unsupported(f"only a slice along channels (axis 1) with step 1 is supported, got axes {axes} "
                           f"and steps {steps}")
     start, end = int(starts.reshape(-1)[0]), int(ends.reshape(-1)[0])
@@ -189,7 +189,7 @@ def pad(imp, node):
     if imp.opset < 11:
         pads, value = list(a.get("pads", [])), a.get("value", 0.0)
     else:
-        pads = [int(v) for v in imp.value(node, 1, "pads").reshape(-1)]
+        pads = [int(v) for v in imp.numbers(node, 1, "pads").reshape(-1)]
         value = scalar(imp.value(node, 2, "constant_value", optional=True), 0.0)
         if imp.value(node, 3, "axes", optional=True) is not None:
             raise Unsupported("the axes input is not supported")

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from ..codegen import templates as T
 from .base import ELEMENTWISE, Example, Float32, Layer, fmt_shape
-from .onnx_mapping import Unsupported, attributes, float_weight, nice, writing
+from .onnx_mapping import Unsupported, attributes, float_weight, is_close, nice, other_input, writing
 
 KEYS = ("weight", "bias", "running_mean", "running_var")  # its weights, in PyTorch's and ONNX's order
 
@@ -81,6 +81,64 @@ class BatchNorm2d(Layer):
                             weights["bias"], training=False, eps=self.eps)
 
 
+def _reader(imp, tensor: str, op_type: str):
+    """The one reader of `tensor` when it is an `op_type` (and `tensor` no network output), else None."""
+    return imp.only_consumer(tensor, op_type)
+
+
+def match_layer_norm_formula(imp, mean):
+    """PyTorch's export of layer_norm before opset 17 (no LayerNormalization op): over the last axis,
+    d = x - ReduceMean(x); d / Sqrt(ReduceMean(d ** 2) + eps) [* weight + bias]. Between
+    Transpose(0, 2, 3, 1) and Transpose(0, 3, 1, 2) it normalises an image's channels."""
+    if list(attributes(mean).get("axes", [])) != [-1]:
+        return None
+    x = mean.input[0]
+    center = _reader(imp, mean.output[0], "Sub")
+    if center is None or list(center.input) != [x, mean.output[0]]:
+        return None
+    d = center.output[0]
+    readers = {n.op_type: n for n in imp.consumers.get(d, [])}
+    square, divide = readers.get("Pow"), readers.get("Div")
+    if len(imp.consumers.get(d, [])) != 2 or square is None or divide is None or list(divide.input)[0] != d \
+            or not is_close(imp.consts.get(square.input[1]), 2.0):
+        return None
+    variance = _reader(imp, square.output[0], "ReduceMean")
+    plus_eps = _reader(imp, variance.output[0], "Add") if variance is not None else None
+    eps = imp.consts.get(other_input(plus_eps, variance.output[0]) or "") if plus_eps is not None else None
+    root = _reader(imp, plus_eps.output[0], "Sqrt") if eps is not None and eps.size == 1 else None
+    if root is None or list(divide.input) != [d, root.output[0]] or \
+            list(attributes(variance).get("axes", [])) != [-1]:
+        return None
+    members, out, weights = [mean, center, square, variance, plus_eps, root, divide], divide.output[0], {}
+    for op_type, key in (("Mul", "weight"), ("Add", "bias")):
+        step = _reader(imp, out, op_type)
+        value = imp.consts.get(other_input(step, out) or "") if step is not None else None
+        if value is None:
+            break
+        members.append(step)
+        weights[key], out = value, step.output[0]
+    before, after = imp.producer.get(x), _reader(imp, out, "Transpose")
+    image = (before is not None and before.op_type == "Transpose" and after is not None
+             and list(attributes(before).get("perm", [])) == [0, 2, 3, 1]
+             and list(attributes(after).get("perm", [])) == [0, 3, 1, 2]
+             and {n.op_type for n in imp.consumers.get(x, [])} == {"ReduceMean", "Sub"})
+    if image:
+        members += [before, after]
+
+    def convert(imp, node):
+        source = imp.data(before) if image else imp.tensor(x)
+        shape = imp.shapes[source]
+        if len(shape) != (3 if image else 1):
+            raise Unsupported(f"layer norm over the last axis of {fmt_shape(shape)}: only over a vector's features "
+                              "or, between transposes, an image's channels is supported")
+        c = shape[0]
+        affine = {key: float_weight(np.broadcast_to(value, (c,)), key).copy() for key, value in weights.items()}
+        affine.setdefault("weight", np.ones(c, np.float32))
+        affine.setdefault("bias", np.zeros(c, np.float32))
+        imp.add_layer(node, {"op": "layer_norm", "eps": nice(float(eps.reshape(())))}, [source], affine)
+    return members, convert
+
+
 def _layer_norm_layer(imp, node, x: str, axis: int) -> None:
     """LayerNormalization over the last axis of a (N, F) tensor, or of the channels-last view of an
     image (`axis` is that last axis): a layer_norm layer of `x`."""
@@ -133,7 +191,7 @@ class LayerNorm(Layer):
     eps: Float32 = Field(1e-5, gt=0)
     elementwise_affine: bool = True
     onnx_converters = {"LayerNormalization": layer_normalization}
-    onnx_patterns = {"Transpose": match_channels_last_layer_norm}
+    onnx_patterns = {"Transpose": match_channels_last_layer_norm, "ReduceMean": match_layer_norm_formula}
     examples = (Example({}), Example({"eps": 1e-6, "elementwise_affine": False}, inputs=((8, 3, 2),)),
                 Example({}, inputs=((12,),)))
 

@@ -210,7 +210,7 @@ def reduce_mean(imp, node):
     """ReduceMean over H and W: `x.mean((2, 3), keepdim=...)`."""
     x = imp.data(node)
     a = attributes(node)
-    axes = imp.value(node, 1, "axes", optional=True) if imp.opset >= 18 else np.asarray(a.get("axes", []))
+    axes = imp.numbers(node, 1, "axes", optional=True) if imp.opset >= 18 else np.asarray(a.get("axes", []))
     rank = len(imp.shapes[x]) + 1
     axes = sorted(int(v) % rank for v in np.asarray(axes).reshape(-1)) if axes is not None else []
     if rank != 4 or axes != [2, 3]:

@@ -274,9 +274,11 @@ def resize(imp, node):
     if node.op_type == "Upsample" and imp.opset < 9:
         scales, sizes = np.asarray(a.get("scales", [])), None
     elif node.op_type == "Upsample" or imp.opset < 11:
-        scales, sizes = imp.value(node, 1, "scales"), None
+        scales, sizes = imp.numbers(node, 1, "scales"), None
     else:
-        scales, sizes = imp.value(node, 2, "scales", optional=True), imp.value(node, 3, "sizes", optional=True)
+        scales, sizes = imp.numbers(node, 2, "scales", optional=True), imp.value(node, 3, "sizes", optional=True)
+        if sizes is not None and any(v is BATCH for v in sizes.reshape(-1)[1:]):
+            raise Unsupported("its sizes for C, H and W depend on the batch size N")
     c, h, w = imp.shapes[x]
     if scales is not None and scales.size:
         factors = [float(s) for s in scales.reshape(-1)]

@@ -10,6 +10,7 @@ from .eliminate_dead_code import eliminate_dead_code
 from .fold_batch_norm import fold_batch_norm
 from .fuse_activation import fuse_activation
 from .fuse_batch_norm_epilogue import fuse_batch_norm_epilogue
+from .fuse_gate import fuse_gate
 from .fuse_pool import fuse_pool
 from .fuse_residual_add import fuse_residual_add
 from .remove_dropout import remove_dropout
@@ -22,6 +23,7 @@ PIPELINE = [
     fuse_activation,      # conv/linear/elementwise -> activation: into the activation field or the epilogue
     fuse_batch_norm_epilogue,  # conv -> relu -> batch_norm: the BN's scale + shift joins the epilogue
     fuse_pool,            # conv -> non-overlapping pool: the conv result never goes to memory
+    fuse_gate,            # x * se_gate -> conv: the conv scales its input as it loads it
 ]
 
 

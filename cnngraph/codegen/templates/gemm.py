@@ -32,7 +32,7 @@ class FusedPool:
 
 
 def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: str, tile: Tile, splits: int = 1,
-              chunk: int = 0, pool: FusedPool | None = None) -> tuple[str, tuple, tuple]:
+              chunk: int = 0, pool: FusedPool | None = None, gated: bool = False) -> tuple[str, tuple, tuple]:
     """Implicit-GEMM convolution (also linear: h = w = kh = kw = 1). GEMM M = N*P*Q output pixels,
     N = K/groups output channels, reduction R = C/groups*KH*KW; the group is blockIdx.z.
     x (N, C, H, W), w (groups, R, K/groups), y (N, K, P, Q).
@@ -40,7 +40,9 @@ def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
     With splits > 1 (groups == 1), blockIdx.z is the split: the kernel writes raw partial sums to
     ws (splits, K, M) and `split_reduce` adds them and applies the epilogue.
     With `pool`, only the conv pixels inside pooling windows are computed, a thread owns whole
-    windows, and it stores the pooled value: y is then (N, K, PH, PW)."""
+    windows, and it stores the pooled value: y is then (N, K, PH, PW).
+    With `gated`, a second input gate (N, C) scales each input value by its sample's channel gate
+    as it is loaded (a squeeze-excitation `x * s` the conv reads without it being stored)."""
     n, c, h, w, k, q, sh, sw, pt, pl, groups = (geo.n, geo.c, geo.h, geo.w, geo.k, geo.q, geo.sh, geo.sw, geo.pt,
                                                  geo.pl, geo.groups)
     cg, kg, r_total, pq = geo.cg, geo.kg, geo.reduction, geo.pixels
@@ -50,6 +52,8 @@ def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
     assert nt % t.bm == 0 and (t.bk * t.bn) % nt == 0
     assert not pool or (t.tm % pool.size == 0 and splits == 1)
     split = splits > 1
+    # the gates of this thread's sample and group: the input value of channel ci is scaled by gg[ci]
+    gate_row = f"\n    GLOBAL const float* gg = gate + a_n * {c} + {'0' if split else 'g'} * {cg};" if gated else ""
     r_begin = f"g * {chunk}" if split else "0"
     rows_per = t.bm // t.tm
     # a thread's i-th row: interleaved (coalesced stores), or contiguous when it must own whole windows
@@ -71,15 +75,16 @@ def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
         decode = f"""const int a_n = am / {pq};
     const int a_p = (am % {pq}) / {q};
     const int a_q = am % {q};"""
+    inputs = [ptr("x"), *([ptr("gate")] if gated else []), ptr("w")]
     if split:
         assert groups == 1
-        args = ", ".join([ptr("x"), ptr("w"), ptr("ws", const=False)])
+        args = ", ".join([*inputs, ptr("ws", const=False)])
         finish = _plain_epilogue(t, row, m_total, pq, kg, "kl", "", f"ws[(g * {k} + k) * {m_total} + m] = v;")
     elif pool:
-        args = ", ".join([ptr("x"), ptr("w"), *extra_args, ptr("y", const=False)])
+        args = ", ".join([*inputs, *extra_args, ptr("y", const=False)])
         finish = _pool_epilogue(t, pool, m_total, geo.p, q, k, kg, epilogue)
     else:
-        args = ", ".join([ptr("x"), ptr("w"), *extra_args, ptr("y", const=False)])
+        args = ", ".join([*inputs, *extra_args, ptr("y", const=False)])
         finish = _plain_epilogue(t, row, m_total, pq, kg, f"g * {kg} + kl", epilogue, "y[idx] = v;", k)
     body = f"""KERNEL void {name}({args})
 {{
@@ -96,7 +101,7 @@ def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
     {decode}
     const int ih0 = a_p * {sh} - {pt};
     const int iw0 = a_q * {sw} - {pl};
-    GLOBAL const float* xg = x + (a_n * {c} + {"0" if split else "g"} * {cg}) * {h * w};
+    GLOBAL const float* xg = x + (a_n * {c} + {"0" if split else "g"} * {cg}) * {h * w};{gate_row}
     GLOBAL const float* wg = w + {"0" if split else "g"} * {r_total * kg};
     const int r_end = {f"min({r_begin} + {chunk}, {r_total})" if split else r_total};
     float acc[{t.tm}][{t.tn}];
@@ -107,13 +112,13 @@ def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
 
     for (int k0 = {r_begin}; k0 < r_end; k0 += {t.bk}) {{
         if (k0 == {r_begin}) {{
-{_load_tiles("k0", t, geo, m_total, spaces=12)}
+{_load_tiles("k0", t, geo, m_total, gated, spaces=12)}
         }}
         UNROLL for (int i = 0; i < {a_per}; ++i) As[tid / {t.bm} + i * {a_step}][tid % {t.bm}] = a_reg[i];
         UNROLL for (int i = 0; i < {b_per}; ++i) Bs[(tid + i * {nt}) / {t.bn}][(tid + i * {nt}) % {t.bn}] = b_reg[i];
         BARRIER();
         if (k0 + {t.bk} < r_end) {{  /* prefetch the next slice while this one is multiplied */
-{_load_tiles(f"k0 + {t.bk}", t, geo, m_total, spaces=12)}
+{_load_tiles(f"k0 + {t.bk}", t, geo, m_total, gated, spaces=12)}
         }}
         UNROLL for (int kk = 0; kk < {t.bk}; ++kk) {{
             float a[{t.tm}];
@@ -195,9 +200,9 @@ UNROLL for (int s = 0; s < {splits}; ++s) v += ws[(s * {k} + k) * {m_total} + m]
     return pointwise(name, total=n * k * pq, inputs=["ws"], extra_args=extra_args, expr=expr, channels=k, spatial=pq)
 
 
-def _load_tiles(kbase: str, t: Tile, geo: ConvGeometry, m_total: int, spaces: int) -> str:
-    """Registers a_reg/b_reg <- the input-window slice and weight slice starting at reduction index
-    kbase (up to the kernel's `r_end`)."""
+def _load_tiles(kbase: str, t: Tile, geo: ConvGeometry, m_total: int, gated: bool, spaces: int) -> str:
+    """Registers a_reg/b_reg <- the input-window slice (times its channel's gate when `gated`) and
+    the weight slice starting at reduction index kbase (up to the kernel's `r_end`)."""
     a_per, a_step, b_per = t.bm * t.bk // t.threads, t.threads // t.bm, t.bk * t.bn // t.threads
     r_total, khw, kw, h, w, dh, dw, kg = "r_end", geo.taps, geo.kw, geo.h, geo.w, geo.dh, geo.dw, geo.kg
     code = f"""UNROLL for (int i = 0; i < {a_per}; ++i) {{
@@ -208,7 +213,7 @@ def _load_tiles(kbase: str, t: Tile, geo: ConvGeometry, m_total: int, spaces: in
         const int rs = r - ci * {khw};
         const int ih = ih0 + (rs / {kw}) * {dh};
         const int iw = iw0 + (rs % {kw}) * {dw};
-        if (ih >= 0 && ih < {h} && iw >= 0 && iw < {w}) v = xg[(ci * {h} + ih) * {w} + iw];
+        if (ih >= 0 && ih < {h} && iw >= 0 && iw < {w}) v = xg[(ci * {h} + ih) * {w} + iw]{" * gg[ci]" if gated else ""};
     }}
     a_reg[i] = v;
 }}
