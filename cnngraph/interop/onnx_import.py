@@ -196,6 +196,7 @@ class Importer:
         self.shapes: dict[str, tuple] = {}           # tensor -> per-sample shape
         self.poisoned: set[str] = set()              # outputs of nodes that could not be converted
         self.poisoned_shapes: set[str] = set()       # those of them that would have been constants
+        self.channels_last: set[str] = set()         # tensors that are (N, H, W, C) views of images (is_channels_last)
         self.layers: list[dict] = []
         self.weights: dict[str, np.ndarray] = {}
         self.problems: list[tuple[str, str]] = []    # (op type, or "graph output"; the message)
@@ -312,7 +313,8 @@ class Importer:
             elif t in self.consts:
                 xs.append(self.consts[t])
             else:  # Shape or Size of a tensor the network computes
-                xs.append(DataShape((BATCH, *self.shapes[self.tensor(t)])))
+                shape = self.shapes[self.tensor(t)]
+                xs.append(DataShape((BATCH, *shape[1:], shape[0]) if self.is_channels_last(t) else (BATCH, *shape)))
         values = fold(node, self.opset, xs)
         made = sum(v.size for v in values if not any(isinstance(x, np.ndarray) and np.may_share_memory(v, x)
                                                      for x in xs))
@@ -470,8 +472,12 @@ class Importer:
         name = node.output[index] if index < len(node.output) else ""
         return not name or (not self.consumers.get(name) and name not in self.outputs)
 
-    def add_layer(self, node, layer: dict, inputs: list[str], weights: dict | None = None) -> None:
-        """A layer computing `node`'s first output from the tensors `inputs`; checked and shaped now."""
+    def add_layer(self, node, layer: dict, inputs: list[str], weights: dict | None = None,
+                  channels_last: bool = False) -> None:
+        """A layer computing `node`'s first output from the tensors `inputs`; checked and shaped now.
+        `channels_last`: the converter read its input as the channels-last view it is and made the
+        layer that computes the same per pixel; the output is such a view too."""
+        view = self._keeps_view(layer["op"], inputs, channels_last)
         name = self._unique(layer_name(node))
         layer = {"op": layer["op"], "name": name, "inputs": [self.source[t] for t in inputs],
                  **{k: v for k, v in layer.items() if k != "op"}}
@@ -483,19 +489,44 @@ class Importer:
                 raise Unsupported(f"its {suffix} has shape {list(weights[suffix].shape)}; "
                                   f"for input {fmt_shape(in_shapes[0])} it must be {list(expected)}")
         out = node.output[0]
-        self._check_declared(node, out, shape)
+        self._check_declared(node, out, shape, view)
         self.taken.add(name)
         self.source[out], self.shapes[out] = name, shape
+        if view:
+            self.channels_last.add(out)
         self.layers.append(layer)
         for suffix, array in weights.items():
             self.weights[weight_key(name, suffix)] = np.ascontiguousarray(array, dtype=np.float32)
 
-    def alias(self, node, tensor: str) -> None:
-        """`node`'s output is `tensor` under another name (Identity)."""
+    def alias(self, node, tensor: str, channels_last: bool | None = None) -> None:
+        """`node`'s output is `tensor` under another name (Identity), or, with `channels_last`, its
+        channels-last view (Transpose(0, 2, 3, 1)) or back (False)."""
         out = node.output[0]
-        self._check_declared(node, out, self.shapes[tensor])
+        view = self.is_channels_last(tensor) if channels_last is None else channels_last
+        self._check_declared(node, out, self.shapes[tensor], view)
         self.source[out], self.shapes[out] = self.source[tensor], self.shapes[tensor]
+        if view:
+            self.channels_last.add(out)
 
+    def is_channels_last(self, tensor: str) -> bool:
+        """Whether `tensor` is the (N, H, W, C) transpose of an image the network computes; its layer
+        and `shapes` entry are the image's own, (C, H, W)."""
+        return tensor in self.channels_last
+
+    def _keeps_view(self, op: str, inputs: list[str], converted: bool) -> bool:
+        """Whether a layer of `op` reading `inputs` computes a channels-last view. A layer may read a
+        view if its converter said it handled one, or if it computes the same in any layout: an
+        activation, a dropout, or arithmetic of equal-shaped views."""
+        views = [self.is_channels_last(t) for t in inputs]
+        if converted or not any(views):
+            return converted
+        elementwise = op in ops_with(ACTIVATION) or op == "dropout" or (
+            op in ("add", "mul", "sub", "div") and all(views) and len({self.shapes[t] for t in inputs}) == 1)
+        if not elementwise:
+            raise Unsupported(f"it reads the channels-last view of an image (a Transpose(0, 2, 3, 1)); on such a "
+                              "view only elementwise ops, LayerNormalization over the last axis, MatMul by a "
+                              f"constant and Mul by a constant are supported, not {op}")
+        return True
     def constant(self, node, value: np.ndarray) -> None:
         self.consts[node.output[0]] = value
 
@@ -506,10 +537,12 @@ class Importer:
             name = f"{base}_{k}"
         return name
 
-    def _check_declared(self, node, tensor: str, shape: tuple) -> None:
+    def _check_declared(self, node, tensor: str, shape: tuple, channels_last: bool = False) -> None:
         dims = self.declared.get(tensor)
         if dims is None:
             return
+        if channels_last:
+            shape = (*shape[1:], shape[0])
         if len(dims) != len(shape) + 1 or any(isinstance(d, int) and d != s for d, s in zip(dims[1:], shape)):
             raise ShapeError(f"node {node_label(node)} ({node.op_type}): the model declares shape {fmt_dims(dims)} "
                              f'for "{tensor}", but cnngraph computes {fmt_shape(shape)}', file=self.file)

@@ -94,8 +94,22 @@ def cast(imp, node):
     imp.alias(node, imp.data(node))
 
 
+def transpose(imp, node):
+    """Transpose of an image to channels last, (N, H, W, C), or back: no layer. The view is kept
+    symbolically (`imp.is_channels_last`): the ops after it that compute per pixel over the channels
+    (LayerNorm, a Linear, elementwise ops: ConvNeXt's block) become layers of the image itself."""
+    x = imp.data(node)
+    perm = [int(p) for p in attributes(node).get("perm", [])]
+    view = imp.is_channels_last(x)
+    if len(imp.shapes[x]) == 3 and perm == ([0, 3, 1, 2] if view else [0, 2, 3, 1]):
+        imp.alias(node, x, channels_last=not view)
+        return
+    raise Unsupported(f"Transpose(perm={perm}) of a tensor the network computes: only an image's to channels last "
+                      "(0, 2, 3, 1) and back (0, 3, 1, 2) are supported")
+
+
 NON_LAYER_CONVERTERS = {
-    "Identity": identity, "Constant": constant, "Shape": shape_arithmetic_only, "Gather": shape_arithmetic_only,
+    "Identity": identity, "Constant": constant, "Transpose": transpose, "Shape": shape_arithmetic_only, "Gather": shape_arithmetic_only,
     "Unsqueeze": shape_arithmetic_only, "Squeeze": shape_arithmetic_only, "Cast": cast,
     # ops that are layers only inside a pattern (an op that converts them on their own replaces these)
     "Mul": pattern_only("Mul is supported only in x * sigmoid(x) (silu) and the erf formula of GELU"),

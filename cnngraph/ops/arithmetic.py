@@ -97,18 +97,22 @@ def binary(imp, node):
         raise Unsupported(f"{node.op_type} with a constant operand has no cnngraph layer (only multiplying or "
                           "dividing a tensor by a constant is)")
     factor = 1 / value.astype(np.float64) if op == "div" else value
-    imp.add_layer(node, {"op": "scale"}, [x], {"": channel_factor(factor, imp.shapes[x])})
+    view = imp.is_channels_last(x)
+    imp.add_layer(node, {"op": "scale"}, [x], {"": channel_factor(factor, imp.shapes[x], view)}, channels_last=view)
 
 
-def channel_factor(value: np.ndarray, shape: Shape) -> np.ndarray:
+def channel_factor(value: np.ndarray, shape: Shape, channels_last: bool = False) -> np.ndarray:
     """A constant that multiplies a tensor of per-sample `shape` (ONNX broadcasting: aligned to the
-    right of (N, *shape)) as a `scale` weight, one value per channel; or Unsupported."""
+    right of (N, *shape), or of (N, H, W, C) for a channels-last view) as a `scale` weight, one value
+    per channel; or Unsupported."""
     per_channel = (shape[0],) + (1,) * (len(shape) - 1)
     rank = len(shape) + 1
     if value.ndim <= rank:
         aligned = value.reshape((1,) * (rank - value.ndim) + value.shape)
         if aligned.size == 1:
             return np.full(per_channel, float(aligned.reshape(())), np.float32)
+        if channels_last:
+            aligned = np.moveaxis(aligned, -1, 1)  # (1, H, W, C) -> (1, C, H, W)
         if aligned.shape[1:] == per_channel and aligned.shape[0] == 1:
             return aligned[0].astype(np.float32)
     raise Unsupported(f"multiplying {fmt_shape(shape)} by a constant of shape {list(value.shape)} has no cnngraph "

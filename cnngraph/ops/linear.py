@@ -46,6 +46,11 @@ def matmul_layer(imp, matmul, last, bias: np.ndarray | None) -> None:
     weights = {"weight": w.T}
     if bias is not None:
         weights["bias"] = linear_bias(bias, w.shape[1])
+    if imp.is_channels_last(x):  # a Linear over the channels of each pixel (ConvNeXt's): a 1x1 conv
+        weights["weight"] = w.T[:, :, None, None]
+        layer = {"op": "conv2d", "out_channels": int(w.shape[1]), "kernel_size": 1, "bias": bias is not None}
+        imp.add_layer(last, layer, [x], weights, channels_last=True)
+        return
     imp.add_layer(last, {"op": "linear", "out_features": int(w.shape[1]), "bias": bias is not None}, [x], weights)
 
 

@@ -127,19 +127,20 @@ def match_layer_norm_formula(imp, mean):
 
     def convert(imp, node):
         source = imp.data(before) if image else imp.tensor(x)
+        view = not image and imp.is_channels_last(source)  # after a Transpose(0, 2, 3, 1) converted alone
         shape = imp.shapes[source]
-        if len(shape) != (3 if image else 1):
+        if len(shape) != (3 if image or view else 1):
             raise Unsupported(f"layer norm over the last axis of {fmt_shape(shape)}: only over a vector's features "
                               "or, between transposes, an image's channels is supported")
         c = shape[0]
         affine = {key: float_weight(np.broadcast_to(value, (c,)), key).copy() for key, value in weights.items()}
         affine.setdefault("weight", np.ones(c, np.float32))
         affine.setdefault("bias", np.zeros(c, np.float32))
-        imp.add_layer(node, {"op": "layer_norm", "eps": nice(float(eps.reshape(())))}, [source], affine)
+        imp.add_layer(node, {"op": "layer_norm", "eps": nice(float(eps.reshape(())))}, [source], affine, view)
     return members, convert
 
 
-def _layer_norm_layer(imp, node, x: str, axis: int) -> None:
+def _layer_norm_layer(imp, node, x: str, axis: int, channels_last: bool = False) -> None:
     """LayerNormalization over the last axis of a (N, F) tensor, or of the channels-last view of an
     image (`axis` is that last axis): a layer_norm layer of `x`."""
     a = attributes(node)
@@ -152,11 +153,14 @@ def _layer_norm_layer(imp, node, x: str, axis: int) -> None:
     weights = {"weight": float_weight(imp.value(node, 1, "scale"), "scale").reshape(-1)}
     bias = imp.value(node, 2, "bias", optional=True)
     weights["bias"] = np.zeros(channels, np.float32) if bias is None else float_weight(bias, "bias").reshape(-1)
-    imp.add_layer(node, {"op": "layer_norm", "eps": nice(a.get("epsilon", 1e-5))}, [x], weights)
+    imp.add_layer(node, {"op": "layer_norm", "eps": nice(a.get("epsilon", 1e-5))}, [x], weights, channels_last)
 
 
 def layer_normalization(imp, node):
     x = imp.data(node)
+    if imp.is_channels_last(x):  # behind a Transpose(0, 2, 3, 1): over the image's channels
+        _layer_norm_layer(imp, node, x, 3, channels_last=True)
+        return
     if len(imp.shapes[x]) != 1:
         raise Unsupported(f"LayerNormalization of {fmt_shape(imp.shapes[x])}: only over a vector's features, or "
                           "over an image's channels between Transpose(0, 2, 3, 1) and Transpose(0, 3, 1, 2), is "
