@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT / "tests"))  # the PyTorch oracle doubles as the PyT
 
 import cnngraph  # noqa: E402
 
-DEFAULT_CASES = "lenet5:256,cifar_vgg:64,resnet18:1,resnet18:8,mobilenet_v2:8"
+DEFAULT_CASES = ("lenet5:256,cifar_vgg:64,resnet18:1,resnet18:8,mobilenet_v2:8,"
+                 "efficientnet_b0:2,mobilenet_v3_large:2,convnext_tiny:2,shufflenet_v2:2,densenet121:2")
 BLOCK = 3  # calls in a row per runner before switching to the next
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import json
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +30,7 @@ import cnngraph  # noqa: E402
 from test_cli import run_main  # noqa: E402
 from cnngraph.interop import SUPPORTED_OPS  # noqa: E402
 from torch_oracle import TorchNet, random_weights, run_spec  # noqa: E402
+from zoo_torch import Fn, torch_export  # noqa: E402
 
 TOL = 1e-4
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,16 +50,6 @@ def randn(*shape, seed=0) -> np.ndarray:
 @functools.lru_cache(maxsize=None)
 def example(name: str) -> dict:
     return json.loads((ROOT / "examples" / f"{name}.json").read_text())
-
-
-def torch_export(module, x: np.ndarray, path: Path, opset: int = 17, dynamic: bool = True) -> Path:
-    """The TorchScript exporter (`dynamo=False`: the dynamo one needs onnxscript), batch axis named N."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (torch.from_numpy(x),), str(path), dynamo=False, opset_version=opset,
-                          input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "N"}, "y": {0: "N"}} if dynamic else None)
-    return path
 
 
 def run_ort(path: Path, x: np.ndarray) -> np.ndarray:
@@ -90,19 +80,6 @@ def test_example_from_torch(name, tmp_path):
 
 
 # --- one model per op or pattern, from PyTorch -----------------------------------------------------------
-
-class Fn(nn.Module):
-    """forward = fn(self, x), with the given child modules (their names become layer names)."""
-
-    def __init__(self, fn, **children):
-        super().__init__()
-        self.fn = fn
-        for name, child in children.items():
-            self.add_module(name, child)
-
-    def forward(self, x):
-        return self.fn(self, x)
-
 
 def batch_norm(channels: int) -> nn.BatchNorm2d:
     bn = nn.BatchNorm2d(channels)

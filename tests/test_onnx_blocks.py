@@ -13,7 +13,6 @@ Every export and import is made once and shared by the devices; shapes are tiny 
 from __future__ import annotations
 
 import functools
-import warnings
 
 import numpy as np
 import pytest
@@ -26,6 +25,7 @@ from torch.nn import functional as F  # noqa: E402
 
 import cnngraph  # noqa: E402
 from test_backends import OPENCL_REASON  # noqa: E402
+from zoo_torch import Fn, Permute, max_rel_err, torch_export  # noqa: E402
 
 TOL = 1e-4
 BATCH = 2
@@ -37,32 +37,11 @@ DEVICES = ["cpu", pytest.param("opencl", marks=pytest.mark.skipif(OPENCL_REASON 
 EXPORTS = [("opset13", 13, True), ("opset17", 17, True), ("opset17_static", 17, False)]
 
 
-def max_rel_err(out, ref) -> float:
-    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
-    assert out.shape == ref.shape, (out.shape, ref.shape)
-    scale = np.abs(ref).max()
-    assert scale > 0
-    return float(np.abs(out - ref).max() / scale)
-
-
 def randn(shape, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
 # --- building blocks, written as torchvision writes them ------------------------------------------------
-
-class Fn(nn.Module):
-    """forward = fn(self, x), with the given child modules (their names become layer names)."""
-
-    def __init__(self, fn, **children):
-        super().__init__()
-        self.fn = fn
-        for name, child in children.items():
-            self.add_module(name, child)
-
-    def forward(self, x):
-        return self.fn(self, x)
-
 
 def bn(channels: int) -> nn.BatchNorm2d:
     """A batch norm with random statistics and affine parameters (not the defaults 0 and 1)."""
@@ -204,15 +183,6 @@ class LayerScale(nn.Module):
 
     def forward(self, x):
         return self.layer_scale * self.conv(x) + x
-
-
-class Permute(nn.Module):
-    def __init__(self, dims):
-        super().__init__()
-        self.dims = dims
-
-    def forward(self, x):
-        return x.permute(*self.dims)
 
 
 class CNBlock(nn.Module):
@@ -387,15 +357,6 @@ def block(name: str) -> nn.Module:
     return BY_NAME[name][1]().eval()
 
 
-def export(module: nn.Module, x: np.ndarray, path, opset: int = 17, dynamic: bool = True):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(module.eval(), (torch.from_numpy(x),), str(path), dynamo=False, opset_version=opset,
-                          input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": {0: "N"}, "y": {0: "N"}} if dynamic else None)
-    return path
-
-
 @pytest.fixture(scope="module")
 def imported(tmp_path_factory):
     """(spec, weights) of a block exported one way, made once for every device."""
@@ -404,7 +365,7 @@ def imported(tmp_path_factory):
     @functools.lru_cache(maxsize=None)
     def get(name: str, export_id: str):
         (opset, dynamic), = [(o, d) for i, o, d in EXPORTS if i == export_id]
-        path = export(block(name), randn(SHAPE, seed=1), folder / f"{name}_{export_id}.onnx", opset,
+        path = torch_export(block(name), randn(SHAPE, seed=1), folder / f"{name}_{export_id}.onnx", opset,
                       dynamic)
         return cnngraph.from_onnx(path)
 
@@ -501,7 +462,7 @@ def test_unsupported_block_is_one_line(case, export_id, tmp_path):
     name, factory, phrases = case
     (opset, dynamic), = [(o, d) for i, o, d in EXPORTS if i == export_id]
     torch.manual_seed(0)
-    path = export(factory(), randn(SHAPE, seed=1), tmp_path / f"{name}.onnx", opset, dynamic)
+    path = torch_export(factory(), randn(SHAPE, seed=1), tmp_path / f"{name}.onnx", opset, dynamic)
     with pytest.raises(cnngraph.SpecError) as excinfo:
         cnngraph.from_onnx(path)
     text = str(excinfo.value)

@@ -34,6 +34,7 @@ from cnngraph.interop.onnx_import import Importer, load_model  # noqa: E402
 from cnngraph.interop.onnx_nodes import MAX_FOLDED_ELEMENTS, pattern_only  # noqa: E402
 from cnngraph.ops.onnx_mapping import BATCH  # noqa: E402
 from test_cli import run_main  # noqa: E402
+from zoo_torch import Fn  # noqa: E402
 
 X = [("x", ["N", 3, 4, 4])]
 RELU = helper.make_node("Relu", ["x"], ["y"], name="relu")  # the network the constants sit beside
@@ -354,17 +355,6 @@ def test_inconsistent_constants_are_one_line(node, inits, reason, tmp_path):
 
 
 # --- PyTorch exports ----------------------------------------------------------------------------------------
-
-class Fn(nn.Module):
-    def __init__(self, fn, **children):
-        super().__init__()
-        self.fn = fn
-        for name, child in children.items():
-            self.add_module(name, child)
-
-    def forward(self, x):
-        return self.fn(self, x)
-
 
 def torch_export(module, x: np.ndarray, path: Path, opset: int) -> Path:
     with warnings.catch_warnings():

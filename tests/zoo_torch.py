@@ -1,4 +1,5 @@
-"""Plain-PyTorch mirrors of five torchvision classifiers, for tests/test_zoo.py.
+"""Plain-PyTorch mirrors of five torchvision classifiers, for tests/test_zoo.py, and the small modules
+the ONNX tests build blocks from (`Fn`, `Permute`).
 
 torchvision itself cannot be imported in the test environment, so these modules rebuild
 MobileNetV3-Large, EfficientNet-B0, ShuffleNetV2 x1.0, DenseNet-121 and ConvNeXt-Tiny with the same
@@ -11,6 +12,7 @@ and dropout are left out or kept as the identity they are in eval mode.
 """
 from __future__ import annotations
 
+import warnings
 from collections import OrderedDict
 
 import numpy as np
@@ -217,6 +219,40 @@ class DenseNet(nn.Module):
     def forward(self, x):
         x = F.adaptive_avg_pool2d(F.relu(self.features(x)), 1)
         return self.classifier(torch.flatten(x, 1))
+
+
+# --- small modules for writing blocks inline --------------------------------------------------
+
+class Fn(nn.Module):
+    """forward = fn(self, x), with the given child modules (their names become layer names)."""
+
+    def __init__(self, fn, **children):
+        super().__init__()
+        self.fn = fn
+        for name, child in children.items():
+            self.add_module(name, child)
+
+    def forward(self, x):
+        return self.fn(self, x)
+
+
+def torch_export(module, x: np.ndarray, path, opset: int = 17, dynamic: bool = True):
+    """The TorchScript exporter (`dynamo=False`: the dynamo one needs onnxscript), batch axis named N."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), (torch.from_numpy(x),), str(path), dynamo=False, opset_version=opset,
+                          input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "N"}, "y": {0: "N"}} if dynamic else None)
+    return path
+
+
+def max_rel_err(out, ref) -> float:
+    """max |out - ref| / max |ref|."""
+    out, ref = np.asarray(out, np.float64), np.asarray(ref, np.float64)
+    assert out.shape == ref.shape, (out.shape, ref.shape)
+    scale = np.abs(ref).max()
+    assert scale > 0
+    return float(np.abs(out - ref).max() / scale)
 
 
 # --- ConvNeXt-Tiny -------------------------------------------------------------------------------
