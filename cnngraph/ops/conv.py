@@ -74,6 +74,7 @@ class Conv2d(Layer):
         Example({"out_channels": 5, "kernel_size": 4, "padding": "same", "dilation": 2, "activation": "silu"},
                 inputs=((2, 8, 7),), note="same padding, even kernel"),
         Example({"out_channels": 8, "kernel_size": 1, "stride": 2}, note="1x1, strided"),
+        Example({"out_channels": 6, "kernel_size": 1, "groups": 3}, note="1x1, grouped"),
     )
     out_channels: PositiveInt
     kernel_size: PositiveInt | Pair
@@ -181,10 +182,17 @@ class Conv2d(Layer):
     # --- NumPy ----------------------------------------------------------------------------------
     def numpy_scratch_bytes(self, in_shapes, out_shape):
         """The im2col buffer: the whole column matrix, or a cache-sized chunk of it (at least one
-        output row) when larger."""
-        n, _, ho, wo = out_shape
-        taps = math.prod(self.weight_shapes(in_shapes)["weight"][1:])
-        return min(4 * n * ho * wo * taps, max(CACHE_CHUNK, 4 * wo * taps))
+        output row) when larger; with groups, the columns of every group and the batched GEMM's
+        (groups, rows, K/groups) product of a chunk."""
+        n, k, ho, wo = out_shape
+        c, g = in_shapes[0][0], self.groups
+        if self.is_depthwise(c):  # a cache-sized block of output rows (_depthwise)
+            return max(CACHE_CHUNK // 8, 4 * wo * c)
+        if pair(self.kernel_size) == (1, 1):  # no columns; grouped: each group's channels gathered, and the product
+            return 4 * n * ho * wo * (c + k) if g > 1 else 0
+        row = 4 * wo * math.prod(self.weight_shapes(in_shapes)["weight"][1:]) * g  # one output row's columns
+        cols = min(n * ho * row, max(CACHE_CHUNK, row))
+        return cols + (cols // row * 4 * wo * k if g > 1 else 0)
 
     def is_depthwise(self, in_channels: int) -> bool:
         return self.groups == in_channels == self.out_channels and self.groups > 1
@@ -213,7 +221,8 @@ class Conv2d(Layer):
         xp = _padded(x, self.pads(), scratch)
         if (kh, kw) == (1, 1):
             xs_ = xp[:, ::sh, ::sw][:, :ho, :wo] if (sh, sw) != (1, 1) else xp
-            _gemm_groups(np.ascontiguousarray(xs_).reshape(-1, c), params["taps"], out.reshape(-1, self.out_channels))
+            _gemm_groups(np.ascontiguousarray(xs_).reshape(-1, c), params["taps"], out.reshape(-1, self.out_channels),
+                         scratch)
         else:
             _im2col_gemm(xp, params["taps"], (kh, kw), (sh, sw), (dh, dw), out, scratch)
         return self._bias_and_activation(out, params)
@@ -239,14 +248,25 @@ def _padded(x: np.ndarray, pads: tuple[int, int, int, int], scratch: Scratch) ->
     return xp
 
 
-def _gemm_groups(cols: np.ndarray, taps: np.ndarray, out: np.ndarray) -> None:
-    """out (M, K) = cols (M, g*R) @ block-diagonal taps (g, R, K/g)."""
+def _gemm_groups(cols: np.ndarray, taps: np.ndarray, out: np.ndarray, scratch: Scratch) -> None:
+    """out (M, K) = cols (M, g*R) @ block-diagonal taps (g, R, K/g): one GEMM, or one batched GEMM
+    over the groups (each group's columns gathered into a contiguous (M, R) matrix first)."""
     g, r, kg = taps.shape
+    m = cols.shape[0]
     if g == 1:
         np.matmul(cols, taps[0], out=out)
         return
-    for i in range(g):
-        out[:, i * kg:(i + 1) * kg] = cols[:, i * r:(i + 1) * r] @ taps[i]
+    grouped = scratch.get("group_cols", (g, m, r))
+    np.copyto(grouped, cols.reshape(m, g, r).transpose(1, 0, 2))
+    _batched_group_gemm(grouped, taps, out, scratch)
+
+
+def _batched_group_gemm(grouped: np.ndarray, taps: np.ndarray, out: np.ndarray, scratch: Scratch) -> None:
+    """out (M, g*K/g) = per group, grouped (g, M, R) @ taps (g, R, K/g), as one batched matmul."""
+    g, m, _ = grouped.shape
+    product = scratch.get("group_out", (g, m, taps.shape[2]))
+    np.matmul(grouped, taps, out=product)
+    np.copyto(out.reshape(m, g, -1), product.transpose(1, 0, 2))
 
 
 def _im2col_gemm(xp, taps, kernel, stride, dilation, out, scratch: Scratch) -> None:
@@ -260,7 +280,7 @@ def _im2col_gemm(xp, taps, kernel, stride, dilation, out, scratch: Scratch) -> N
     # (N, Ho, Wo, C, kh, kw) window view, transposed so each copied run is a channel vector
     win = sliding_window_view(xp, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(1, 2))
     win = win[:, ::sh, ::sw, :, ::dh, ::dw][:, :ho, :wo].transpose(0, 1, 2, 4, 5, 3)
-    row_bytes = wo * r * 4
+    row_bytes = wo * r * g * 4  # the columns of every group
     target = min(Scratch.budget, CACHE_CHUNK)
     if ho * row_bytes <= target:
         step = max(1, target // (ho * row_bytes))
@@ -269,14 +289,17 @@ def _im2col_gemm(xp, taps, kernel, stride, dilation, out, scratch: Scratch) -> N
         step = max(1, target // row_bytes)
         chunks = [(b, b + 1, y, min(ho, y + step)) for b in range(n) for y in range(0, ho, step)]
     for b0, b1, y0, y1 in chunks:
-        cols = scratch.get("cols", (b1 - b0, y1 - y0, wo, kh, kw, cg))
         dst = out[b0:b1, y0:y1].reshape(-1, k)  # a view: chunks are whole samples or rows of one
-        for i in range(g):
-            np.copyto(cols, win[b0:b1, y0:y1, :, :, :, i * cg:(i + 1) * cg])
-            if g == 1:
-                np.matmul(cols.reshape(-1, r), taps[0], out=dst)
-            else:
-                dst[:, i * kg:(i + 1) * kg] = cols.reshape(-1, r) @ taps[i]
+        if g == 1:
+            cols = scratch.get("cols", (b1 - b0, y1 - y0, wo, kh, kw, cg))
+            np.copyto(cols, win[b0:b1, y0:y1])
+            np.matmul(cols.reshape(-1, r), taps[0], out=dst)
+            continue
+        # the columns of every group at once, group-major: (g, rows, kh*kw*C/g), then one batched GEMM
+        part = win[b0:b1, y0:y1]
+        cols = scratch.get("cols", (g, b1 - b0, y1 - y0, wo, kh, kw, cg))
+        np.copyto(cols, part.reshape(*part.shape[:5], g, cg).transpose(5, 0, 1, 2, 3, 4, 6))
+        _batched_group_gemm(cols.reshape(g, -1, r), taps, dst, scratch)
 
 
 def _padded_phases(x, pads, stride, scratch: Scratch) -> dict[tuple[int, int], np.ndarray]:

@@ -245,6 +245,7 @@ class LayerNorm(Layer):
 
     def torch_reference(self, xs, weights):
         import torch.nn.functional as F
-        x = xs[0].movedim(1, -1)  # channels last: F.layer_norm normalises the trailing axes
+        image = xs[0].dim() == 4
+        x = xs[0].permute(0, 2, 3, 1) if image else xs[0]  # channels last: F.layer_norm normalises the last axis
         y = F.layer_norm(x, x.shape[-1:], weights.get("weight"), weights.get("bias"), self.eps)
-        return y.movedim(-1, 1)
+        return y.permute(0, 3, 1, 2) if image else y
