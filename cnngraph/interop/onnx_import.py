@@ -197,6 +197,7 @@ class Importer:
         self.poisoned: set[str] = set()              # outputs of nodes that could not be converted
         self.poisoned_shapes: set[str] = set()       # those of them that would have been constants
         self.channels_last: set[str] = set()         # tensors that are (N, H, W, C) views of images (is_channels_last)
+        self.parameters = {i.name for i in self.graph.initializer if i.name and not set(i.name) & set("/: ")}
         self.layers: list[dict] = []
         self.weights: dict[str, np.ndarray] = {}
         self.problems: list[tuple[str, str]] = []    # (op type, or "graph output"; the message)
@@ -507,6 +508,11 @@ class Importer:
         self.source[out], self.shapes[out] = self.source[tensor], self.shapes[tensor]
         if view:
             self.channels_last.add(out)
+
+    def is_parameter(self, tensor: str) -> bool:
+        """Whether `tensor` is an initializer named as a module parameter ("features.1.0.layer_scale"),
+        not a constant PyTorch named after a node ("onnx::Mul_12", "/Constant_output_0")."""
+        return tensor in self.parameters
 
     def is_channels_last(self, tensor: str) -> bool:
         """Whether `tensor` is the (N, H, W, C) transpose of an image the network computes; its layer

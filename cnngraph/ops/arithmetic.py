@@ -14,7 +14,7 @@ from typing import Callable, ClassVar, Literal
 import numpy as np
 
 from .base import ELEMENTWISE, Example, Layer, Shape, fmt_shape
-from .onnx_mapping import Unsupported, float_weight
+from .onnx_mapping import Unsupported, float_weight, writing
 
 def broadcast_shape(shapes: list[Shape]) -> Shape | None:
     """NumPy's broadcast of per-sample shapes of equal rank (each dim equal, or 1), or None."""
@@ -92,12 +92,15 @@ def binary(imp, node):
         imp.add_layer(node, {"op": op}, [imp.data(node, 0), imp.data(node, 1)])
         return
     constant_first = imp.is_const(a)
-    x, value = imp.tensor(b if constant_first else a), float_weight(imp.consts[a if constant_first else b], "operand")
+    operand = a if constant_first else b
+    x, value = imp.tensor(b if constant_first else a), float_weight(imp.consts[operand], "operand")
     if op == "sub" or (op == "div" and constant_first):
         raise Unsupported(f"{node.op_type} with a constant operand has no cnngraph layer (only multiplying or "
                           "dividing a tensor by a constant is)")
     factor = 1 / value.astype(np.float64) if op == "div" else value
     view = imp.is_channels_last(x)
+    if op == "mul" and imp.is_parameter(operand):  # `self.layer_scale * x`: the layer takes the parameter's name,
+        node = writing(node, node.output[0], name=operand)  # so its weight keeps its state_dict key
     imp.add_layer(node, {"op": "scale"}, [x], {"": channel_factor(factor, imp.shapes[x], view)}, channels_last=view)
 
 
