@@ -300,6 +300,9 @@ BLOCKS = [
     ("convnext_layer_norm2d", lambda: layer_norm2d(8), {"layer_norm"}),
     # the whole block: LayerNorm and two Linears on the channels-last view become layer_norm and 1x1 convs
     ("convnext_cnblock", CNBlock, {"layer_norm", "conv2d", "scale", "add"}),
+    # SE-Net's Linear gate, viewed back as (N, C, 1, 1): a Reshape, or an Unsqueeze, of a computed vector
+    ("se_linear_view", lambda: LinearSE(8, 4, "view"), {"linear", "reshape", "mul"}),
+    ("se_linear_none_index", lambda: LinearSE(8, 4, "index"), {"linear", "reshape", "mul"}),
     ("convnext_layer_norm2d_after_dwconv", lambda: nn.Sequential(nn.Conv2d(8, 8, 7, padding=3, groups=8),
                                                                  layer_norm2d(8)), {"layer_norm"}),
     ("layer_norm_vector", lambda: nn.Sequential(nn.Flatten(), nn.LayerNorm(512)), {"layer_norm"}),
@@ -450,9 +453,6 @@ UNSUPPORTED = [
     # a channels-last view read by an op that does not compute per pixel over the channels
     ("channels_last_flatten", lambda: Fn(lambda m, x: m.fc(x.permute(0, 2, 3, 1).flatten(1)), fc=nn.Linear(512, 3)),
      ["(Flatten)", "channels-last view", "not flatten"]),
-    # SE-Net's Linear gate, viewed back as (N, C, 1, 1): a Reshape, or an Unsqueeze, of a computed vector
-    ("se_linear_view", lambda: LinearSE(8, 4, "view"), ['"/Reshape" (Reshape)']),
-    ("se_linear_none_index", lambda: LinearSE(8, 4, "index"), ['"/Unsqueeze" (Unsqueeze)']),
 ]
 
 

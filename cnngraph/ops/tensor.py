@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
 from ..codegen import templates as T
-from .base import ELEMENTWISE, Example, Int64, Layer, Pair, PositiveInt, fmt_shape, invalid, pair
+from .base import INT64_MAX, ELEMENTWISE, Example, Int64, Layer, Pair, PositiveInt, fmt_shape, invalid, pair
 from .onnx_mapping import BATCH, Unsupported, attributes, compact, nice, scalar
 
 
@@ -22,19 +22,68 @@ def flatten(imp, node):
 
 
 def reshape(imp, node):
-    """A reshape to (N, -1), written by PyTorch as `x.view(x.size(0), -1)`: a flatten."""
+    """A reshape that keeps the batch: to (N, -1) (PyTorch's `x.view(x.size(0), -1)`) a flatten, to
+    another (N, F) or (N, C, H, W) shape (`s.view(b, c, 1, 1)`) a reshape layer."""
     x = imp.data(node)
     target = [t if t is BATCH else int(t) for t in imp.value(node, 1, "shape").reshape(-1)]
-    features = int(np.prod(imp.shapes[x]))
-    n, f = target if len(target) == 2 else (None, None)
-    keeps_batch = (n is BATCH or (n == 0 and not attributes(node).get("allowzero", 0))  # 0 copies the dim
-                   or (n == -1 and f == features)
+    copies = not attributes(node).get("allowzero", 0)  # 0 copies the input's dim
+    shape = imp.shapes[x]
+    rest = [shape[i - 1] if t == 0 and copies and i <= len(shape) else t for i, t in enumerate(target) if i > 0]
+    features, n = math.prod(shape), target[0] if target else None
+    keeps_batch = (n is BATCH or (n == 0 and copies) or (n == -1 and -1 not in rest and math.prod(rest) == features)
                    or (isinstance(n, int) and n > 0))  # a batch size fixed at export, taken on trust
-    if not (keeps_batch and f in (-1, features)):
+    if not keeps_batch or len(rest) not in (1, 3) or BATCH in rest:
         shown = "[" + ", ".join(str(t) for t in target) + "]"
-        raise Unsupported(f"only a reshape to (N, -1), a flatten, is supported; got target shape {shown} "
-                          f"for input {fmt_shape(imp.shapes[x])}")
-    imp.add_layer(node, {"op": "flatten"}, [x])
+        raise Unsupported(f"only a reshape that keeps the batch, to (N, F) or (N, C, H, W), is supported; got "
+                          f"target shape {shown} for input {fmt_shape(shape)}")
+    if rest in ([-1], [features]):
+        imp.add_layer(node, {"op": "flatten"}, [x])
+    else:
+        imp.add_layer(node, {"op": "reshape", "shape": rest}, [x])
+
+
+def _squeezed(imp, node, shape: list) -> list:
+    """`shape` (batch first) after one Unsqueeze or Squeeze node."""
+    axes = imp.numbers(node, 1, "axes", optional=True) if imp.opset >= 13 else attributes(node).get("axes")
+    axes = None if axes is None else [int(a) for a in np.asarray(axes).reshape(-1)]
+    if node.op_type == "Unsqueeze":
+        rank = len(shape) + len(axes or [])
+        for axis in sorted(a % rank for a in axes or []):
+            shape.insert(axis, 1)
+        return shape
+    drop = {a % len(shape) for a in axes} if axes else {i for i, d in enumerate(shape) if d == 1}
+    return [d for i, d in enumerate(shape) if i not in drop]
+
+
+def unsqueeze_squeeze(imp, node, chain=None):
+    """Unsqueeze or Squeeze of a tensor the network computes, or a chain of them, keeping the batch:
+    a reshape (`s[:, :, None, None]` is two Unsqueezes, `x.squeeze(-1).squeeze(-1)` two Squeezes)."""
+    chain = chain or [node]
+    if imp.is_const(chain[0].input[0]):  # a chain in shape arithmetic, matched before it was evaluated
+        value = imp.consts[chain[0].input[0]]
+        for step in chain:
+            value = value.reshape(_squeezed(imp, step, list(value.shape)))
+        imp.constant(node, value)
+        return
+    x = imp.data(chain[0])
+    shape = [BATCH, *imp.shapes[x]]
+    for step in chain:
+        shape = _squeezed(imp, step, shape)
+    if not shape or shape[0] is not BATCH or len(shape) - 1 not in (1, 3):
+        raise Unsupported(f"{node.op_type} of {fmt_shape(imp.shapes[x])} to a shape of rank {len(shape)}: only "
+                          "(N, F) and (N, C, H, W) results that keep the batch are supported")
+    imp.add_layer(node, {"op": "reshape", "shape": shape[1:]}, [x])
+
+
+def match_squeeze_chain(imp, first):
+    """Unsqueeze/Squeeze nodes in a row, each the only reader of the one before: one reshape."""
+    chain = [first]
+    while (nxt := next((imp.only_consumer(chain[-1].output[0], t) for t in ("Unsqueeze", "Squeeze")
+                        if imp.only_consumer(chain[-1].output[0], t)), None)) is not None:
+        chain.append(nxt)
+    if len(chain) < 2:
+        return None
+    return chain, lambda imp, node: unsqueeze_squeeze(imp, node, chain)
 
 
 class Flatten(Layer):
@@ -77,6 +126,53 @@ def dropout(imp, node):
     if not imp.unused(node, 1):
         raise Unsupported("its second output (the mask) is not supported")
     imp.add_layer(node, {"op": "dropout", "p": nice(ratio)}, [imp.data(node)])
+
+
+class Reshape(Layer):
+    """`x.reshape(N, *shape)`: the same elements of each sample, in (C, H, W) order, in another shape
+    of rank 1 or 3; one entry may be -1. A squeeze-excitation gate computed as a vector becomes
+    (C, 1, 1) this way (`s.view(b, c, 1, 1)`)."""
+    op: Literal["reshape"]
+    shape: list[Annotated[int, Field(ge=-1, le=INT64_MAX)]] = Field(..., description="(F,) or (C, H, W); -1 once.")
+    onnx_converters = {"Unsqueeze": unsqueeze_squeeze, "Squeeze": unsqueeze_squeeze}
+    onnx_patterns = {"Unsqueeze": match_squeeze_chain, "Squeeze": match_squeeze_chain}
+    examples = (Example({"shape": [6, 1, 1]}, inputs=((6,),), note="a gate vector as (C, 1, 1)"),
+                Example({"shape": [-1]}, inputs=((3, 2, 2),)),
+                Example({"shape": [6, 2, -1]}, inputs=((3, 4, 5),), note="an image regrouped"))
+
+    @model_validator(mode="after")
+    def _check(self):
+        if len(self.shape) not in (1, 3):
+            raise invalid(f"shape {self.shape} must have 1 (F) or 3 (C, H, W) entries", field="shape")
+        if self.shape.count(-1) > 1 or 0 in self.shape:
+            raise invalid(f"shape {self.shape}: sizes must be positive, with at most one -1", field="shape")
+        return self
+
+    def infer_shape(self, in_shapes):
+        total = math.prod(in_shapes[0])
+        known = math.prod(d for d in self.shape if d != -1)
+        if (total % known if -1 in self.shape else total != known):
+            raise self.shape_error(f"cannot reshape {fmt_shape(in_shapes[0])} ({total} elements per sample) to "
+                                   f"{fmt_shape(tuple(self.shape))}", field="shape")
+        return tuple(total // known if d == -1 else d for d in self.shape)
+
+    def flops(self, in_shapes, out_shape):
+        return 0
+
+    def run_numpy(self, xs, params, scratch, out):
+        x = xs[0].transpose(0, 3, 1, 2) if xs[0].ndim == 4 else xs[0]  # (C, H, W) order
+        y = x.reshape(len(x), *(out.shape[3:] + out.shape[1:3] if out.ndim == 4 else out.shape[1:]))
+        np.copyto(out, y.transpose(0, 2, 3, 1) if out.ndim == 4 else y)
+        return out
+
+    def lower(self, low):
+        return low.elementwise("reshape", "v = x0[idx];")  # NCHW: the same flat order
+
+    def to_onnx(self, ex, xs, out, shape):
+        ex.node(self.name, "Reshape", [*xs, ex.const(f"{self.name}:shape", [0, *shape], "int64")], out, shape)
+
+    def torch_reference(self, xs, weights):
+        return xs[0].reshape(xs[0].shape[0], *self.shape)
 
 
 class Dropout(Layer):

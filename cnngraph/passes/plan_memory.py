@@ -7,9 +7,10 @@ a node's output never overlaps its own inputs, since both are live at its step. 
 greedy best-fit, largest tensors first (optimal on the CNN chains of the examples), or largest
 size x lifetime first where that packs tighter (DenseNet's concatenations).
 
-A flatten of a (N, C, 1, 1) tensor is an alias: it shares its input's storage (`alias_of`) and
-needs no copy. An elementwise node (batch norm, add, activation, dropout) whose input is read by
-nothing after it writes over that input in place (`in_place_of`). Runs last, on the final graph. Sets node attributes `offset` and `size` (float32
+A flatten or reshape of a (N, C, 1, 1) or (N, F) tensor to another such is an alias: it shares
+its input's storage (`alias_of`) and needs no copy. An elementwise node (batch norm, add,
+activation, dropout) whose input is read by nothing after it writes over that input in place
+(`in_place_of`). Runs last, on the final graph. Sets node attributes `offset` and `size` (float32
 elements) and graph attributes `order` (the nodes to execute), `arena_size` and `unplanned_size`.
 """
 
@@ -32,13 +33,13 @@ def execution_order(g: nx.DiGraph) -> list[str]:
 
 
 def is_free_reshape(g: nx.DiGraph, node: str) -> bool:
-    """A flatten whose input has no spatial extent, (N, C, 1, 1) or (N, F): its bytes are the same
-    in every layout, so it is an alias of its input (no copy, no kernel)."""
+    """A flatten or reshape between tensors without spatial extent, (N, C, 1, 1) or (N, F): their
+    bytes are the same in every layout, so it is an alias of its input (no copy, no kernel)."""
     compute = compute_of(g, node)
-    if compute is None or compute.op != "flatten":
+    if compute is None or compute.op not in ("flatten", "reshape"):
         return False
     (src,) = g.nodes[node]["inputs"]
-    return all(d == 1 for d in g.nodes[src]["shape"][2:])
+    return all(d == 1 for shape in (g.nodes[src]["shape"], g.nodes[node]["shape"]) for d in shape[2:])
 
 
 def _dying_input(g: nx.DiGraph, node: str, storage: dict, storage_last: dict, now: int) -> str | None:
