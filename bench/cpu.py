@@ -96,8 +96,8 @@ def profile(name: str, batch: int, repeats: int = 5) -> None:
     by_op: dict[str, float] = {}
     for node, t in totals.items():
         op = g.nodes[node]["op"]
-        if op.startswith("conv2d"):
-            spec = g.nodes[node]["spec"]
+        if g.nodes[node]["compute"].op == "conv2d":
+            spec = g.nodes[node]["compute"].spec
             k = spec.kernel_size if isinstance(spec.kernel_size, int) else "x".join(map(str, spec.kernel_size))
             op = f"conv {k}x{k} {'depthwise' if spec.groups > 1 else 'dense'}" if isinstance(k, int) else f"conv {k}"
         by_op[op] = by_op.get(op, 0) + t

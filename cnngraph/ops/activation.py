@@ -20,11 +20,75 @@ from .onnx_mapping import Unsupported, attributes, is_close, nice, other_input, 
 ACTIVATIONS: dict[str, type["Activation"]] = {}  # op -> parameter model, in definition order
 
 
-def _erf(x: np.ndarray) -> np.ndarray:
-    """erf in float64 (NumPy has none): Abramowitz & Stegun 7.1.26, |error| < 1.5e-7."""
-    t = 1.0 / (1.0 + 0.3275911 * np.abs(x))
-    poly = t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027 + t * 1.061405429))))
-    return np.sign(x) * (1.0 - poly * np.exp(-x * x))
+BLOCK = 1 << 15  # elements per pass of a multi-step activation: its temporaries stay in cache, and small
+
+# Abramowitz & Stegun 7.1.26: erf(z) = 1 - t * poly(t) * exp(-z^2), t = 1 / (1 + p z) for z >= 0, |error| < 1.5e-7
+ERF_P, ERF_POLY = 0.3275911, (1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592)
+
+
+def _in_blocks(x: np.ndarray, step, temporaries: int) -> np.ndarray:
+    """Apply `step(v, *buffers)` in place to cache-sized blocks of x (contiguous float32), with
+    `temporaries` reusable float32 buffers of a block's size: no temporary as large as x."""
+    flat = x.reshape(-1)
+    buffers = [np.empty(min(BLOCK, flat.size), np.float32) for _ in range(temporaries)]
+    for start in range(0, flat.size, BLOCK):
+        v = flat[start:start + BLOCK]
+        step(v, *(b[:len(v)] for b in buffers))
+    return x
+
+
+def _contiguous(x: np.ndarray) -> np.ndarray:
+    """x itself when contiguous (worked on in place), else a contiguous copy (apply_activation
+    writes the result back)."""
+    return x if x.flags.c_contiguous else np.ascontiguousarray(x)
+
+
+def _silu(v: np.ndarray, t: np.ndarray) -> None:
+    """v <- v * sigmoid(v)."""
+    np.copyto(t, v)
+    v *= _sigmoid(t)
+
+
+def _hardswish(v: np.ndarray, t: np.ndarray) -> None:
+    """v <- v * relu6(v + 3) / 6."""
+    np.add(v, 3, out=t)
+    np.clip(t, 0, 6, out=t)
+    t *= np.float32(1 / 6)
+    v *= t
+
+
+def _gelu_erf(v: np.ndarray, t: np.ndarray, q: np.ndarray) -> None:
+    """v <- 0.5 v (1 + erf(v / sqrt 2)), in float32."""
+    np.abs(v, out=t)
+    t *= np.float32(1 / math.sqrt(2))                         # z = |v| / sqrt 2
+    np.multiply(t, t, out=q)
+    np.negative(q, out=q)
+    np.exp(q, out=q)                                           # exp(-z^2)
+    t *= np.float32(ERF_P)
+    t += 1
+    np.reciprocal(t, out=t)                                    # t = 1 / (1 + p z)
+    poly = np.full_like(t, ERF_POLY[0])
+    for c in ERF_POLY[1:]:
+        poly *= t
+        poly += np.float32(c)
+    poly *= t
+    q *= poly                                                  # 1 - erf(z)
+    np.subtract(2, q, out=q, where=v >= 0)                     # 1 + erf(v / sqrt 2)
+    v *= q
+    v *= np.float32(0.5)
+
+
+def _gelu_tanh(v: np.ndarray, t: np.ndarray) -> None:
+    """v <- 0.5 v (1 + tanh(sqrt(2 / pi) (v + 0.044715 v^3))), in float32."""
+    np.multiply(v, v, out=t)
+    t *= np.float32(0.044715)
+    t += 1
+    t *= v
+    t *= np.float32(math.sqrt(2 / math.pi))
+    np.tanh(t, out=t)
+    t += 1
+    v *= t
+    v *= np.float32(0.5)
 
 
 class Activation(Strict):
@@ -264,11 +328,9 @@ class Gelu(Activation):
     variants = ({}, {"approximate": "none"}, {"approximate": "tanh"})
 
     def apply(self, x):
-        x64 = x.astype(np.float64)
-        if self.approximate == "tanh":
-            inner = np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64**3)
-            return (0.5 * x64 * (1 + np.tanh(inner))).astype(np.float32)
-        return (0.5 * x64 * (1 + _erf(x64 / np.sqrt(2)))).astype(np.float32)
+        with np.errstate(all="ignore"):  # overflow in the tails saturates, as it should
+            step, temporaries = (_gelu_tanh, 1) if self.approximate == "tanh" else (_gelu_erf, 2)
+            return _in_blocks(_contiguous(x), step, temporaries)
 
     @property
     def label(self):
@@ -301,7 +363,7 @@ class Silu(Activation):
     onnx_patterns = {"Sigmoid": match_silu}
 
     def apply(self, x):
-        return x * _sigmoid(x.copy())
+        return _in_blocks(_contiguous(x), _silu, 1)
 
     def c_expr(self, v):
         return f"({v} / (1.0f + EXPF(-{v})))"
@@ -330,7 +392,7 @@ class Hardswish(Activation):
     onnx_patterns = {"HardSigmoid": match_hardswish}
 
     def apply(self, x):
-        return x * np.clip(x + 3, 0, 6) * np.float32(1 / 6)
+        return _in_blocks(_contiguous(x), _hardswish, 1)
 
     def c_expr(self, v):
         return f"({v} * min_nan(max_nan({v} + 3.0f, 0.0f), 6.0f) * (1.0f / 6.0f))"
