@@ -61,6 +61,8 @@ def _gelu_erf(v: np.ndarray, t: np.ndarray, q: np.ndarray) -> None:
     """v <- 0.5 v (1 + erf(v / sqrt 2)), in float32."""
     np.abs(v, out=t)
     t *= np.float32(1 / math.sqrt(2))                         # z = |v| / sqrt 2
+    saturated = t >= 9  # erf(z) is 1 in float32 there; exp(-z^2) would be denormal, which is slow
+    np.minimum(t, 9, out=t)
     np.multiply(t, t, out=q)
     np.negative(q, out=q)
     np.exp(q, out=q)                                           # exp(-z^2)
@@ -73,6 +75,7 @@ def _gelu_erf(v: np.ndarray, t: np.ndarray, q: np.ndarray) -> None:
         poly += np.float32(c)
     poly *= t
     q *= poly                                                  # 1 - erf(z)
+    q[saturated] = 0
     np.subtract(2, q, out=q, where=v >= 0)                     # 1 + erf(v / sqrt 2)
     v *= q
     v *= np.float32(0.5)
