@@ -81,11 +81,6 @@ class BatchNorm2d(Layer):
                             weights["bias"], training=False, eps=self.eps)
 
 
-def _reader(imp, tensor: str, op_type: str):
-    """The one reader of `tensor` when it is an `op_type` (and `tensor` no network output), else None."""
-    return imp.only_consumer(tensor, op_type)
-
-
 def match_layer_norm_formula(imp, mean):
     """PyTorch's export of layer_norm before opset 17 (no LayerNormalization op): over the last axis,
     d = x - ReduceMean(x); d / Sqrt(ReduceMean(d ** 2) + eps) [* weight + bias]. Between
@@ -93,7 +88,7 @@ def match_layer_norm_formula(imp, mean):
     if list(attributes(mean).get("axes", [])) != [-1]:
         return None
     x = mean.input[0]
-    center = _reader(imp, mean.output[0], "Sub")
+    center = imp.only_consumer(mean.output[0], "Sub")
     if center is None or list(center.input) != [x, mean.output[0]]:
         return None
     d = center.output[0]
@@ -102,22 +97,22 @@ def match_layer_norm_formula(imp, mean):
     if len(imp.consumers.get(d, [])) != 2 or square is None or divide is None or list(divide.input)[0] != d \
             or not is_close(imp.consts.get(square.input[1]), 2.0):
         return None
-    variance = _reader(imp, square.output[0], "ReduceMean")
-    plus_eps = _reader(imp, variance.output[0], "Add") if variance is not None else None
+    variance = imp.only_consumer(square.output[0], "ReduceMean")
+    plus_eps = imp.only_consumer(variance.output[0], "Add") if variance is not None else None
     eps = imp.consts.get(other_input(plus_eps, variance.output[0]) or "") if plus_eps is not None else None
-    root = _reader(imp, plus_eps.output[0], "Sqrt") if eps is not None and eps.size == 1 else None
+    root = imp.only_consumer(plus_eps.output[0], "Sqrt") if eps is not None and eps.size == 1 else None
     if root is None or list(divide.input) != [d, root.output[0]] or \
             list(attributes(variance).get("axes", [])) != [-1]:
         return None
     members, out, weights = [mean, center, square, variance, plus_eps, root, divide], divide.output[0], {}
     for op_type, key in (("Mul", "weight"), ("Add", "bias")):
-        step = _reader(imp, out, op_type)
+        step = imp.only_consumer(out, op_type)
         value = imp.consts.get(other_input(step, out) or "") if step is not None else None
         if value is None:
             break
         members.append(step)
         weights[key], out = value, step.output[0]
-    before, after = imp.producer.get(x), _reader(imp, out, "Transpose")
+    before, after = imp.producer.get(x), imp.only_consumer(out, "Transpose")
     image = (before is not None and before.op_type == "Transpose" and after is not None
              and list(attributes(before).get("perm", [])) == [0, 2, 3, 1]
              and list(attributes(after).get("perm", [])) == [0, 3, 1, 2]
@@ -133,7 +128,10 @@ def match_layer_norm_formula(imp, mean):
             raise Unsupported(f"layer norm over the last axis of {fmt_shape(shape)}: only over a vector's features "
                               "or, between transposes, an image's channels is supported")
         c = shape[0]
-        affine = {key: float_weight(np.broadcast_to(value, (c,)), key).copy() for key, value in weights.items()}
+        if any(value.size not in (1, c) for value in weights.values()):
+            raise Unsupported(f"its weight and bias must hold one value per channel ({c}) or a single value")
+        affine = {key: float_weight(np.broadcast_to(value.reshape(-1), (c,)), key).copy()
+                  for key, value in weights.items()}
         affine.setdefault("weight", np.ones(c, np.float32))
         affine.setdefault("bias", np.zeros(c, np.float32))
         imp.add_layer(node, {"op": "layer_norm", "eps": nice(float(eps.reshape(())))}, [source], affine, view)
@@ -144,7 +142,7 @@ def _layer_norm_layer(imp, node, x: str, axis: int, channels_last: bool = False)
     """LayerNormalization over the last axis of a (N, F) tensor, or of the channels-last view of an
     image (`axis` is that last axis): a layer_norm layer of `x`."""
     a = attributes(node)
-    if attributes(node).get("stash_type", 1) != 1 or not all(imp.unused(node, i) for i in range(1, len(node.output))):
+    if a.get("stash_type", 1) != 1 or not all(imp.unused(node, i) for i in range(1, len(node.output))):
         raise Unsupported("only float32 statistics and one output (no saved mean or inverse std) are supported")
     if a.get("axis", -1) % (axis + 1) != axis:
         raise Unsupported(f"axis {a.get('axis', -1)}: only normalising over the channels (the last axis of the "
