@@ -81,7 +81,7 @@ def match_squeeze_chain(imp, first):
     while (nxt := next((imp.only_consumer(chain[-1].output[0], t) for t in ("Unsqueeze", "Squeeze")
                         if imp.only_consumer(chain[-1].output[0], t)), None)) is not None:
         chain.append(nxt)
-    if len(chain) < 2:
+    if len(chain) < 2 or imp.is_const(first.input[0]):  # constants are folded node by node
         return None
     return chain, lambda imp, node: unsqueeze_squeeze(imp, node, chain)
 
