@@ -52,6 +52,9 @@ REASONS = {  # every reason code a pass records, in words
     "ceil_mode_partial_window": "ceil_mode leaves partial windows at the border",
     "pool_window_too_large": "a window of more than 8 outputs does not fit one thread's register block",
     "depthwise_conv": "the depthwise kernel has no pooling epilogue",
+    "depthwise_no_gate": "the depthwise kernel does not scale its loads by a gate (the implicit GEMM does); "
+                         "the mul runs as its own kernel",
+    "not_zero_padding": "only zero padding folds into a conv; reflect, replicate or another value stays a pad kernel",
 }
 
 

@@ -411,8 +411,8 @@ def test_block(name, export_id, device, imported):
 
 # (id, ONNX pads [top, left, bottom, right], kernel, stride, the layer ops expected)
 ASYMMETRIC = [
-    ("tf_same_stride2", [0, 0, 1, 1], 3, 2, ["pad", "conv2d"]),  # TensorFlow's "SAME" on an even size at stride 2
-    ("begin_heavy", [2, 0, 1, 1], 3, 1, ["pad", "conv2d"]),
+    ("tf_same_stride2", [0, 0, 1, 1], 3, 2, ["conv2d"]),  # TensorFlow's "SAME" on an even size at stride 2
+    ("begin_heavy", [2, 0, 1, 1], 3, 1, ["conv2d"]),
     # "SAME" for an even kernel (the extra row and column at the end) is PyTorch's padding="same"
     ("same_even_kernel", [1, 1, 2, 2], 4, 1, ["conv2d"]),
 ]

@@ -16,6 +16,7 @@ import cnngraph
 from cnngraph.ops import Residual, ScaleShift, batch_norm_scale_shift
 from cnngraph.passes.eliminate_dead_code import eliminate_dead_code
 from cnngraph.passes.fold_batch_norm import fold_batch_norm
+from cnngraph.passes.fold_pad import fold_pad
 from cnngraph.passes.fuse_activation import fuse_activation
 from cnngraph.passes.fuse_batch_norm_epilogue import fuse_batch_norm_epilogue
 from cnngraph.passes.fuse_gate import fuse_gate
@@ -165,6 +166,32 @@ def test_fold_layer_scale_into_conv():
     np.testing.assert_allclose(g.nodes["gamma"]["weights"]["bias"], b * gamma, rtol=1e-6)
 
 
+# --- fold_pad ---------------------------------------------------------------------------------------
+
+def test_fold_zero_pad_into_the_conv():
+    """TensorFlow's SAME before a stride-2 conv: the conv's own padding becomes asymmetric."""
+    g = raw(net([{"op": "pad", "name": "p", "padding": [0, 1, 2, 1]}, conv("c", stride=2, padding=[1, 2])]))
+    assert run_passes(g, fold_pad) == ["folded p into the padding of c"]
+    assert nodes(g) == {"x": N("input", [], []), "c": N("conv2d", ["p", "c"], ["x"])}
+    assert g.nodes["c"]["compute"].spec.padding == [1 + 2, 2 + 0, 1 + 1, 2 + 1]  # [top, left, bottom, right]
+    assert report(g) == [("pad+conv2d", ["p", "c"], True, None)]
+
+
+@pytest.mark.parametrize("pad, reason", [({"mode": "reflect"}, "not_zero_padding"),
+                                         ({"value": 1.5}, "not_zero_padding")])
+def test_fold_pad_keeps_other_padding(pad, reason):
+    g = raw(net([{"op": "pad", "name": "p", "padding": 1, **pad}, conv("c")]))
+    assert run_passes(g, fold_pad) == []
+    assert report(g) == [("pad+conv2d", ["p", "c"], False, reason)]
+
+
+def test_fold_pad_keeps_a_pad_read_twice():
+    g = raw(net([{"op": "pad", "name": "p", "padding": 1}, conv("a"), conv("b", inputs=["p"]),
+                 {"op": "add", "name": "s", "inputs": ["a", "b"]}]))
+    assert run_passes(g, fold_pad) == []
+    assert report(g) == [("pad+conv2d", ["p", "a"], False, "multiple_consumers")]
+
+
 # --- fuse_gate ------------------------------------------------------------------------------------
 
 SE = [conv("c0", out=8), {"op": "global_avg_pool2d", "name": "gap"}, conv("fc", out=8, k=1, pad=0),
@@ -182,7 +209,7 @@ def test_fuse_gate_into_the_conv_reading_it(order):
 
 
 @pytest.mark.parametrize("reader, reason", [
-    (conv("dw", out=8, groups=8), "depthwise"),
+    (conv("dw", out=8, groups=8), "depthwise_no_gate"),
     ({"op": "max_pool2d", "name": "p", "kernel_size": 2}, None),
 ])
 def test_fuse_gate_leaves_other_readers(reader, reason):
@@ -190,7 +217,7 @@ def test_fuse_gate_leaves_other_readers(reader, reason):
     g = raw(net([*SE, reader]))
     assert run_passes(g, fuse_gate) == []
     assert nodes(g)["se"] == N("mul", ["se"], ["c0", "s"])
-    assert report(g) == ([("mul+conv2d", ["se", "dw"], False, "depthwise")] if reason else [])
+    assert report(g) == ([("mul+conv2d", ["se", "dw"], False, reason)] if reason else [])
 
 
 def test_fuse_gate_keeps_a_gated_tensor_read_twice():

@@ -79,6 +79,8 @@ def _forward(spec: dict, env: dict, param) -> dict:
             b = param(f"{name}.bias", (out,)) if get("bias", True) else None
             pad = get("padding", 0)
             pad = 0 if pad == "valid" else _t(pad)
+            if isinstance(pad, tuple) and len(pad) == 4:  # [top, left, bottom, right]: F.pad first
+                x, pad = F.pad(x, (pad[1], pad[3], pad[0], pad[2])), 0
             y = F.conv2d(x, w, b, _t(get("stride", 1)), pad, _t(get("dilation", 1)), groups)
             y = _activate(y, get("activation"))
         elif op == "linear":

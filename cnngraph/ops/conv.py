@@ -1,5 +1,6 @@
 """conv2d: PyTorch's `F.conv2d` semantics (padding int/pair/"same"/"valid", stride, dilation, groups),
-plus an optional fused activation.
+plus an optional fused activation, and asymmetric padding [top, left, bottom, right] (ONNX's and
+TensorFlow's "SAME" at stride 2, which PyTorch writes as an F.pad before the conv).
 
 NumPy implementation (channels last): dense convs are im2col + one GEMM per batch chunk, with the
 columns ordered (kh, kw, C) so each copied run is a contiguous channel vector; 1x1 convs skip
@@ -9,7 +10,7 @@ im2col; depthwise convs accumulate one strided tap at a time, never building col
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
@@ -20,7 +21,9 @@ from ..geometry import ConvGeometry, cdiv, conv_out_size, same_pad
 from .activation import ActivationField, apply_activation
 from .base import (GEMM, Example, Layer, NonNegativeInt, NonNegativePair, Pair, PositiveInt, Scratch, fmt_shape, he_init,
                    invalid, pair)
-from .onnx_mapping import Unsupported, attributes, compact, float_weight, spatial_pads, symmetric_pad, writing
+
+FourPads = Annotated[list[NonNegativeInt], Field(min_length=4, max_length=4)]  # [top, left, bottom, right]
+from .onnx_mapping import Unsupported, attributes, compact, float_weight, spatial_pads, symmetric_pad
 
 CACHE_CHUNK = 8 * 2**20  # bytes of im2col columns per GEMM: the GEMM reads them while still in cache
 
@@ -44,16 +47,12 @@ def conv(imp, node):
     is_same = stride == [1, 1] and pads == [same_pad(kk, d) for kk, d in zip((kh, kw), dilation)]
     if is_same and (None in padding or a.get("auto_pad", "NOTSET").startswith("SAME")):
         padding = "same"
-    elif None in padding:  # asymmetric (TensorFlow's SAME at stride 2): a pad layer, then the conv unpadded
-        from ..interop.onnx_import import layer_name
-
+    elif None in padding:  # asymmetric (TensorFlow's SAME at stride 2)
         (top, bottom), (left, right) = pads
-        padded = f"{node.output[0]}:pad"
-        imp.add_layer(writing(node, padded, name=f"{layer_name(node)}.pad"),
-                      {"op": "pad", "padding": [left, right, top, bottom]}, [x])
-        x, padding = padded, [0, 0]
+        padding = [top, left, bottom, right]
     layer = {"op": "conv2d", "out_channels": int(k), "kernel_size": compact([kh, kw]), "stride": compact(stride),
-             "padding": padding if padding == "same" else compact(padding), "dilation": compact(dilation),
+             "padding": padding if padding == "same" or len(padding) == 4 else compact(padding),
+             "dilation": compact(dilation),
              "groups": int(a.get("group", 1)), "bias": bias is not None}
     weights = {"weight": w} if bias is None else {"weight": w, "bias": float_weight(bias, "bias").reshape(-1)}
     imp.add_layer(node, layer, [x], weights)
@@ -74,12 +73,16 @@ class Conv2d(Layer):
         Example({"out_channels": 5, "kernel_size": 4, "padding": "same", "dilation": 2, "activation": "silu"},
                 inputs=((2, 8, 7),), note="same padding, even kernel"),
         Example({"out_channels": 8, "kernel_size": 1, "stride": 2}, note="1x1, strided"),
+        Example({"out_channels": 4, "kernel_size": 3, "stride": 2, "padding": [0, 0, 1, 1]}, inputs=((3, 10, 9),),
+                note="TensorFlow SAME at stride 2"),
+        Example({"out_channels": 3, "kernel_size": [3, 5], "padding": [2, 0, 1, 3], "groups": 3}, note="depthwise, asymmetric"),
         Example({"out_channels": 6, "kernel_size": 1, "groups": 3}, note="1x1, grouped"),
     )
     out_channels: PositiveInt
     kernel_size: PositiveInt | Pair
     stride: PositiveInt | Pair = 1
-    padding: NonNegativeInt | NonNegativePair | Literal["same", "valid"] = 0
+    padding: NonNegativeInt | NonNegativePair | FourPads | Literal["same", "valid"] = Field(
+        0, description='int, [h, w], [top, left, bottom, right], "same" or "valid"')
     dilation: PositiveInt | Pair = 1
     groups: PositiveInt = 1
     bias: bool = True
@@ -101,6 +104,9 @@ class Conv2d(Layer):
             return (0, 0, 0, 0)
         if self.padding == "same":
             (top, bottom), (left, right) = (same_pad(k, d) for k, d in zip(pair(self.kernel_size), pair(self.dilation)))
+            return (top, bottom, left, right)
+        if isinstance(self.padding, list) and len(self.padding) == 4:
+            top, left, bottom, right = self.padding
             return (top, bottom, left, right)
         ph, pw = pair(self.padding)
         return (ph, ph, pw, pw)
@@ -174,8 +180,13 @@ class Conv2d(Layer):
 
     def torch_reference(self, xs, weights):
         import torch.nn.functional as F
-        padding = self.padding if isinstance(self.padding, str) else pair(self.padding)
-        y = F.conv2d(xs[0], weights["weight"], weights.get("bias"), pair(self.stride), padding, pair(self.dilation),
+        x = xs[0]
+        if isinstance(self.padding, str):
+            padding = self.padding
+        else:
+            top, bottom, left, right = self.pads()
+            x, padding = F.pad(x, (left, right, top, bottom)), 0
+        y = F.conv2d(x, weights["weight"], weights.get("bias"), pair(self.stride), padding, pair(self.dilation),
                      self.groups)
         return self.activation.torch(y) if self.activation else y
 

@@ -33,8 +33,8 @@ def fuse_gate(g: nx.DiGraph) -> list[str]:
         if not convs:
             continue  # not read by a conv (a gate before a pool or an add stays its own kernel)
         conv, host = convs[0], compute_of(g, convs[0])
-        reason = fusion_blocker(g, mul, conv) or ("depthwise" if host.spec.is_depthwise(g.nodes[x]["shape"][1])
-                                                  else None)
+        depthwise = host.spec.is_depthwise(g.nodes[x]["shape"][1])
+        reason = fusion_blocker(g, mul, conv) or ("depthwise_no_gate" if depthwise else None)
         record(g, f"mul+{host.label}", mul, conv, reason)
         if reason:
             continue

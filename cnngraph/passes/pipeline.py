@@ -8,6 +8,7 @@ import networkx as nx
 from ..errors import InternalError
 from .eliminate_dead_code import eliminate_dead_code
 from .fold_batch_norm import fold_batch_norm
+from .fold_pad import fold_pad
 from .fuse_activation import fuse_activation
 from .fuse_batch_norm_epilogue import fuse_batch_norm_epilogue
 from .fuse_gate import fuse_gate
@@ -18,6 +19,7 @@ from .remove_dropout import remove_dropout
 PIPELINE = [
     eliminate_dead_code,  # layers no output depends on
     remove_dropout,       # identity at inference
+    fold_pad,             # zero pad -> conv: the conv pads its own input (asymmetrically if need be)
     fold_batch_norm,      # conv -> batch_norm becomes one conv with adjusted weight and bias
     fuse_residual_add,    # conv -> add(., residual): the add moves into the conv's epilogue
     fuse_activation,      # conv/linear/elementwise -> activation: into the activation field or the epilogue
