@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -22,12 +23,12 @@ from .model import DEVICES
 from .codegen.dialects import DIALECTS, Dialect
 from .codegen.lower import Program
 from .errors import CnnGraphError, CnnGraphWarning, InputError, WeightsError, one_line
-from .files import atomic_write, atomic_write_folder, require_folder
+from .files import atomic_write, atomic_write_folder, refuse_overwriting, require_folder
 from .html_report import html_page
 from .interop import export_onnx, from_onnx
 from .report import inspect_data, inspect_text, to_dot
 from .spec import json_schema, load_spec, spec_json
-from .weights import load_weights, save_weights
+from .weights import NPY_HEADER_READERS, load_weights, save_weights
 
 EXIT_USAGE = 2
 
@@ -151,6 +152,8 @@ INSPECT_FORMATS = {"table": inspect_text, "json": lambda g: json.dumps(inspect_d
 
 
 def _inspect(args) -> None:
+    if args.output:
+        refuse_overwriting(args.output, args.spec)
     spec = load_spec(args.spec)
     if args.format == "html":  # the page holds both graphs and switches between them
         graphs = {kind: _inspected_graph(spec, args.batch, kind == "optimized") for kind in ("optimized", "raw")}
@@ -167,6 +170,7 @@ def _inspected_graph(spec, batch: int, optimize: bool):
 
 def _codegen(args) -> None:
     target = Path(args.output)
+    refuse_overwriting(target, args.spec, args.weights)
     _check_folder_target(target, args.force)  # refuse before compiling, not after
     planned = plan(load_spec(args.spec), args.batch, weights=args.weights)
     try:
@@ -217,6 +221,7 @@ def _import_onnx(args) -> None:
         raise CnnGraphError("the spec and the weights would be the same file; name the spec .json or give "
                             "--weights-out", file=str(spec_path))
     for target in (spec_path, weights_path):  # refuse before converting, and before writing either file
+        refuse_overwriting(target, args.model)
         require_folder(target)
     spec, weights = from_onnx(args.model)
     save_weights(weights, weights_path)
@@ -228,6 +233,7 @@ def _import_onnx(args) -> None:
 
 
 def _export_onnx(args) -> None:
+    refuse_overwriting(args.output, args.spec, args.weights)
     spec = load_spec(args.spec)
     model = export_onnx(spec, args.output, weights=args.weights, annotate=args.annotate)
     opset = model.opset_import[0].version
@@ -250,6 +256,8 @@ def _emit(text: str, output: str | None) -> None:
 
 
 def _run(args) -> None:
+    if args.output:
+        refuse_overwriting(args.output, args.spec, args.input, args.weights)
     spec = load_spec(args.spec)
     given = _read_inputs(args.input, spec) if args.input else None
     batch = args.batch or (next(iter(given.values())).shape[0] if given else 1)
@@ -312,12 +320,38 @@ def _read_inputs(path: str, spec) -> dict[str, np.ndarray]:
 
 
 def _read_npy(path: str) -> np.ndarray:
-    """The header is checked before the data is read (memory-mapped), so a file that claims more
-    than it holds is refused, not allocated."""
+    """The header is checked before the data is read (memory-mapped), so a file that is no .npy, or
+    that claims more than it holds, is refused, not allocated."""
     try:
+        with open(path, "rb") as f:
+            _check_npy_header(f)
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as err:
         raise InputError(f"cannot read a .npy array: {getattr(err, 'strerror', None) or err}", file=path) from None
+
+
+NPY_MAGIC = b"\x93NUMPY"
+
+
+def _check_npy_header(f) -> None:
+    """A ValueError saying why `f` is not a .npy array cnngraph can read: not the format at all (NumPy
+    would advise unpickling it), Python objects, a negative dimension, or more data than the file holds."""
+    if f.read(len(NPY_MAGIC)) != NPY_MAGIC:
+        raise ValueError("not a .npy file (it does not begin as np.save writes one); give a .npy array, or a .npz "
+                         "with one array per input name")
+    f.seek(0)
+    read_header = NPY_HEADER_READERS.get(np.lib.format.read_magic(f))
+    if read_header is None:
+        raise ValueError("unsupported .npy format version")
+    shape, _, dtype = read_header(f)
+    if dtype.hasobject:
+        raise ValueError("it holds Python objects, which cnngraph never unpickles; save a float32 array")
+    if any(n < 0 for n in shape):
+        raise ValueError(f"its header declares shape {shape}, with a negative dimension (corrupt file?)")
+    declared, held = dtype.itemsize * math.prod(shape), os.fstat(f.fileno()).st_size - f.tell()
+    if declared > held:
+        raise ValueError(f"its header declares shape {shape} ({declared:,} bytes) but the file holds {held:,} "
+                         f"(truncated?)")
 
 
 def _samples(x, inp, path: str) -> np.ndarray:

@@ -23,6 +23,38 @@ def _reported(path: Path):
         raise CnnGraphError(f"cannot write: {err.strerror or err}", file=str(path)) from None
 
 
+def given_path(value: object, expected: str, error: type[CnnGraphError] = CnnGraphError) -> Path:
+    """`value`, a path a caller passed, as a Path. Anything else (None, a number, bytes, a path with a
+    NUL character) is `error`: "<expected>, got <what>", not the TypeError or ValueError of `open`."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        raise error(f"{expected}, got {type(value).__name__}")
+    if "\0" in value:  # no file name can hold one; the OS would refuse it with a ValueError
+        raise error(f"{expected}, got a path with a NUL character", file=value)
+    return Path(value)
+
+
+def refuse_overwriting(output: str | Path, *inputs: str | Path | None) -> None:
+    """Refuse, before any work, an output that is one of the command's inputs: the same path, or the
+    same file by another name (a hard link, a symlink). A folder output must not hold an input either,
+    since it is replaced whole."""
+    out = Path(output)
+    for given in filter(None, inputs):
+        source = Path(given)
+        inside = out.is_dir() and source.resolve().is_relative_to(out.resolve())
+        if inside or _same_file(out, source):
+            raise CnnGraphError(f"would overwrite the input {given}{' (it is inside)' if inside else ''}; "
+                                f"write to another {'folder' if inside else 'file'}", file=str(output))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)  # by device and inode: hard links and symlinks included
+    except OSError:  # one of them does not exist (yet): the same file only by name
+        return a.resolve() == b.resolve()
+
+
 def require_folder(path: str | Path) -> None:
     """Refuse, before any work, a destination whose folder does not exist."""
     if not Path(path).parent.is_dir():
@@ -31,7 +63,7 @@ def require_folder(path: str | Path) -> None:
 
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     """Call `write` on a temporary file beside `path`, then rename it into place."""
-    path = Path(path)
+    path = given_path(path, "the file to write must be a path")
     with _reported(path):
         tmp = _temporary_name(path)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as to any new file

@@ -3,6 +3,7 @@ callable `CompiledModel` it returns."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -13,7 +14,7 @@ import numpy as np
 
 from .backends import BACKENDS, Backend
 from .codegen.lower import Program, lower
-from .errors import DeviceError, InputError, SpecError, WeightsError
+from .errors import DeviceError, InputError, SpecError, quote, shorten
 from .graph import build_graph, in_shapes, layer_nodes
 from .ops.base import weight_key
 from .passes.infer_shapes import infer_shapes
@@ -28,11 +29,22 @@ DEVICES = ("auto", *BACKENDS)
 
 
 def as_spec(spec: NetworkSpec | str | Path | Mapping[str, Any]) -> NetworkSpec:
+    """A spec as every entry point takes it: parsed, a file's path, or a dict of its JSON data."""
     if isinstance(spec, NetworkSpec):
         return spec
-    if isinstance(spec, (str, Path)):
+    if isinstance(spec, Mapping):
+        return parse_spec(dict(spec))
+    if isinstance(spec, (str, os.PathLike)):
         return load_spec(spec)
-    return parse_spec(dict(spec))
+    raise SpecError(f"a spec must be a NetworkSpec, a file path or a dict of its JSON data, got {type(spec).__name__}"
+                    + (" (decode the bytes, or pass json.loads(...))" if isinstance(spec, (bytes, bytearray)) else ""))
+
+
+def require_flag(name: str, value) -> None:
+    """A flag is a bool: an array or a string given instead would be taken by its truth value (or
+    fail deep inside), and `optimize="no"` would mean yes."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise SpecError(f"{name} must be True or False, got {type(value).__name__}")
 
 
 def build(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1) -> nx.DiGraph:
@@ -71,10 +83,7 @@ def plan(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1,
     hold), checked before any weight is read or made."""
     spec = as_spec(spec)
     g = build(spec, batch_size)
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise SpecError(f"seed must be a non-negative integer, got {seed!r}")
-    if weights is not None and not isinstance(weights, (str, Path, Mapping)):
-        raise WeightsError(f"weights must be a file path or a dict of arrays, got {type(weights).__name__}")
+    require_flag("optimize", optimize)
     expected = expected_shapes(g)
     if limit is not None:
         size, source, copies = limit
@@ -83,7 +92,7 @@ def plan(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1,
         bound, random_weights = init_weights(g, seed), True
     else:
         file = None if isinstance(weights, Mapping) else str(weights)
-        bound, random_weights = check_weights(load_weights(weights), expected, file), False
+        bound, random_weights = check_weights(load_weights(weights, expected), expected, file), False
     for node in layer_nodes(g):  # each node takes the keys its op declares
         suffixes = g.nodes[node]["compute"].spec.weight_shapes(in_shapes(g, node))
         g.nodes[node]["weights"] = {suffix: bound[weight_key(node, suffix)] for suffix in suffixes}
@@ -95,6 +104,8 @@ def bind(p: Plan, device: str = "auto", max_memory: int | str | None = None, **o
     """The callable model of plan `p` on `device` ("auto", "cpu", "cuda", "opencl"); `options` go to
     the backend (cuda_graph, autotune). The memory the plan needs on that backend is checked
     against `max_memory` (default: the backend's) before anything is allocated."""
+    if not isinstance(p, Plan):
+        raise SpecError(f"bind takes a Plan (what cnngraph.plan returns), got {type(p).__name__}")
     backend_class, note = resolve_backend(device)
     size, source = memory_limit(backend_class, max_memory)
     need = planned_need(p.graph, p.expected, backend_class.weight_copies, backend_class.scratch_bytes(p))
@@ -117,6 +128,8 @@ def compile(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1, devic
     over it raises ResourceError before anything is allocated."""
     spec = as_spec(spec)
     build(spec, batch_size)  # a bad spec or batch size is reported before the device is looked at
+    require_flag("cuda_graph", cuda_graph)
+    require_flag("autotune", autotune)
     backend_class, _ = resolve_backend(device)
     size, source = memory_limit(backend_class, max_memory)
     p = plan(spec, batch_size, weights, seed, optimize, limit=(size, source, backend_class.weight_copies))
@@ -125,8 +138,8 @@ def compile(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1, devic
 
 def resolve_backend(device: str) -> tuple[type[Backend], str | None]:
     """The backend class for `device`, and a note on why "auto" chose it."""
-    if device not in DEVICES:
-        raise DeviceError(f'unknown device "{device}"; valid: {", ".join(DEVICES)}')
+    if not isinstance(device, str) or device not in DEVICES:  # `in` would compare an array elementwise
+        raise DeviceError(f'unknown device {quote(device)}; valid: {", ".join(DEVICES)}')
     if device == "auto":
         reason = BACKENDS["cuda"].unavailable()
         return (BACKENDS["cuda"], "CUDA GPU found") if reason is None else (BACKENDS["cpu"], f"NumPy backend: {reason}")
@@ -177,7 +190,7 @@ class CompiledModel:
         missing = set(self.input_shapes) - set(given)
         if unknown or missing:
             raise InputError(f"inputs must be exactly {', '.join(self.input_shapes)}; "
-                             f"got {', '.join(given) or 'none'}")
+                             f"got {', '.join(map(shorten, given)) or 'none'}")  # keys of any type
         arrays = {name: self._check_input(name, value) for name, value in given.items()}
         outputs = self.backend.run(arrays)
         if not any(_on_gpu(x) for x in arrays.values()):  # NumPy in, NumPy out

@@ -10,13 +10,14 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from .errors import ResourceError, SpecError
+from .errors import ResourceError, SpecError, shorten
 from .graph import layer_nodes
 from .ops import fmt_shape
 
 RAM_FRACTION = 0.8   # of the machine's RAM, for the NumPy and OpenCL backends
 UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 10**3, "kib": 2**10, "m": 2**20, "mb": 10**6, "mib": 2**20,
          "g": 2**30, "gb": 10**9, "gib": 2**30, "t": 2**40, "tb": 10**12, "tib": 2**40}
+MAX_SIZE = 2**64  # bytes: more than any machine holds, so a larger max_memory is a mistake
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,35 @@ def machine_memory() -> tuple[int | None, str]:
             continue
         if text.isdigit() and (total is None or int(text) < total):  # "max" or a huge number: no limit
             total, what = int(text), "this container's memory limit"
+    left = address_space_left()
+    if left is not None and (total is None or left < total):
+        total, what = left, "the address space `ulimit -v` leaves this process"
     return total, what
+
+
+def address_space_left() -> int | None:
+    """What RLIMIT_AS (`ulimit -v`) leaves this process: its soft limit less the address space
+    already mapped (the interpreter, NumPy, BLAS buffers); None when there is no such limit."""
+    try:
+        import resource
+        soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    except (ImportError, ValueError, OSError):  # no `resource` module on Windows
+        return None
+    if soft == resource.RLIM_INFINITY:
+        return None
+    return max(0, soft - _mapped_bytes())
+
+
+def _mapped_bytes() -> int:
+    """The address space this process has mapped (Linux's VmSize), 0 where unknown."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def parse_size(text: str | int) -> int:
@@ -108,11 +137,14 @@ def parse_size(text: str | int) -> int:
     else:
         match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text) if isinstance(text, str) else None
         if not match or match.group(2).lower() not in UNITS:
-            raise SpecError(f'max_memory must be a number of bytes or a size like "512MiB" or "8GB", got {text!r}')
-        size = int(float(match.group(1)) * UNITS[match.group(2).lower()])
+            raise SpecError(f'max_memory must be a number of bytes or a size like "512MiB" or "8GB", '
+                            f"got {shorten(repr(text))}")
+        size = float(match.group(1)) * UNITS[match.group(2).lower()]  # inf for 400 digits: refused below
+    if size > MAX_SIZE:  # not shown: an int of 5000 digits has no repr
+        raise SpecError("max_memory must be at most 2**64 bytes (16 EiB), more than any machine holds")
     if size < 1:
         raise SpecError(f"max_memory must be at least 1 byte, got {text!r}")
-    return size
+    return int(size)
 
 
 def fmt_bytes(n: int) -> str:

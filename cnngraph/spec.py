@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from .errors import NAME_LIMIT, SpecError, quote
+from .files import given_path
 from .ops import ACTIVATIONS, LAYER_TYPES, OPS, Layer
 from .ops.base import Name, PositiveInt, Strict
 
@@ -177,18 +178,30 @@ def _layer_name(data: dict, index: int) -> str:
 
 def load_spec(path: str | Path) -> NetworkSpec:
     """Read and validate a spec file. Raises SpecError (with file, line and column for bad JSON)."""
+    path = given_path(path, "a spec file must be a path", SpecError)
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise SpecError(f"cannot read the spec: {getattr(err, 'strerror', None) or err}", file=source) from None
     try:
-        data = json.loads(text, parse_constant=_reject_constant)
+        data = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as err:
         raise SpecError(f"invalid JSON: {err.msg}", file=f"{source}:{err.lineno}:{err.colno}") from None
     except (ValueError, RecursionError) as err:
         raise SpecError(f"invalid JSON: {err}", file=source) from None
     return parse_spec(data, source)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object whose keys are all different: with a key given twice, JSON's last-wins rule
+    would silently drop the first value, hiding the mistake."""
+    data = {}
+    for key, value in pairs:
+        if key in data:
+            raise ValueError(f"key {quote(key)} appears twice in one object; give each field once")
+        data[key] = value
+    return data
 
 
 def _reject_constant(name: str):

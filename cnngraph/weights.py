@@ -18,8 +18,8 @@ from typing import BinaryIO, Mapping
 import networkx as nx
 import numpy as np
 
-from .errors import CnnGraphWarning, WeightsError
-from .files import atomic_write
+from .errors import CnnGraphWarning, SpecError, WeightsError, shorten
+from .files import atomic_write, given_path
 from .graph import in_shapes, layer_nodes
 from .ops.base import weight_key
 
@@ -43,6 +43,8 @@ def expected_shapes(g: nx.DiGraph) -> dict[str, tuple[tuple[int, ...], str]]:
 def init_weights(g: nx.DiGraph, seed: int = 0) -> dict[str, np.ndarray]:
     """Deterministic weights, each layer seeded by (seed, its name) so editing one layer leaves the
     others unchanged. He-normal for conv/linear, PyTorch-style uniform biases."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise SpecError(f"seed must be a non-negative integer, got {shorten(repr(seed))}")
     weights = {}
     for node in layer_nodes(g):
         spec = g.nodes[node]["compute"].spec
@@ -60,26 +62,14 @@ def check_weights(weights: Mapping[str, np.ndarray], expected, file: str | None 
     kernel computes in float32, float16 widens exactly and float64 rounds to the nearest float32
     (refused when a value is beyond float32's range, where it would become infinite)."""
     where = {"file": file}
-    for key, (shape, layer) in expected.items():
-        if key not in weights:
-            raise WeightsError(f'missing key "{key}" (expected shape {shape})', layer=layer, **where)
+    check_keys(weights, expected, file)
     checked, converted = {}, {}
     for key, value in weights.items():
         if key.endswith(IGNORED_SUFFIXES):
             continue
-        if key not in expected:
-            layer_keys = sorted(k for k in expected if k.rsplit(".", 1)[0] == key.rsplit(".", 1)[0])
-            hint = f"; that layer has {', '.join(layer_keys)}" if layer_keys else "; no layer of that name has weights"
-            raise WeightsError(f'unexpected key "{key}"{hint}', **where)
-        shape, layer = expected[key]
         value = np.asarray(value)
-        if value.dtype.kind != "f":
-            raise WeightsError(f'key "{key}" has dtype {value.dtype}; weights must be floating point',
-                               layer=layer, **where)
-        if value.shape != shape and shape[:value.ndim] == value.shape and all(d == 1 for d in shape[value.ndim:]):
-            value = value.reshape(shape)  # trailing 1s omitted: nn.Linear's (K, C) weight in a 1x1 conv2d
-        if value.shape != shape:
-            raise WeightsError(f'key "{key}" has shape {value.shape}, expected {shape}', layer=layer, **where)
+        value = value.reshape(check_declared(key, value.shape, value.dtype, expected, file))
+        layer = expected[key][1]
         if not np.isfinite(value).all():
             bad = np.argwhere(~np.isfinite(value))
             raise WeightsError(f'key "{key}" contains {len(bad)} NaN or infinite values (the first at index '
@@ -97,19 +87,81 @@ def check_weights(weights: Mapping[str, np.ndarray], expected, file: str | None 
     return checked
 
 
+def check_keys(keys, expected, file: str | None = None) -> None:
+    """Every key the network needs is among `keys` (a list or dict), and every other key is one it ignores."""
+    present = set(keys)
+    for key, (shape, layer) in expected.items():
+        if key not in present:
+            raise WeightsError(f'missing key "{key}" (expected shape {shape})', layer=layer, file=file)
+    for key in keys:
+        if key not in expected and not key.endswith(IGNORED_SUFFIXES):
+            layer_keys = sorted(k for k in expected if k.rsplit(".", 1)[0] == key.rsplit(".", 1)[0])
+            hint = f"; that layer has {', '.join(layer_keys)}" if layer_keys else "; no layer of that name has weights"
+            raise WeightsError(f'unexpected key "{key}"{hint}', file=file)
+
+
+def check_declared(key: str, shape: tuple[int, ...], dtype: np.dtype, expected, file: str | None = None):
+    """The shape to give the array of a key the network uses, declared with `shape` and `dtype` (by an
+    array, or by a file's header before its data is read), or a WeightsError."""
+    want, layer = expected[key]
+    if dtype.kind != "f":
+        raise WeightsError(f'key "{key}" has dtype {dtype}; weights must be floating point', layer=layer, file=file)
+    if shape != want and want[:len(shape)] == shape and all(d == 1 for d in want[len(shape):]):
+        return want  # trailing 1s omitted: nn.Linear's (K, C) weight in a 1x1 conv2d
+    if shape != want:
+        raise WeightsError(f'key "{key}" has shape {shape}, expected {want}', layer=layer, file=file)
+    return want
+
+
+def as_arrays(weights: object, what: str = "weights") -> dict[str, np.ndarray]:
+    """A mapping a caller gave (a dict of arrays, a PyTorch state_dict) as NumPy arrays by string key,
+    or a WeightsError naming the first key that is not a string or whose value is not numbers."""
+    if not isinstance(weights, Mapping):
+        raise WeightsError(f"{what} must be a mapping (a dict of arrays by key), got {type(weights).__name__}")
+    arrays = {}
+    for key, value in weights.items():
+        if not isinstance(key, str):
+            raise WeightsError(f"{what} keys must be strings (PyTorch's state_dict keys), got {shorten(repr(key))}")
+        arrays[key] = _as_array(key, value)
+    return arrays
+
+
+def _as_array(key: str, value) -> np.ndarray:
+    """A torch tensor (recognised by `.detach()`: any device, any float dtype, a parameter that requires
+    grad) or anything NumPy reads as numbers. An object array (a ragged list, None) is refused: it
+    would be pickled into a file, and no kernel can compute with it."""
+    try:
+        if hasattr(value, "detach"):
+            value = value.detach().cpu()
+            if value.is_floating_point() and value.element_size() < 4:
+                value = value.float()  # bfloat16 has no NumPy dtype; widening it (and half) is exact
+            return value.numpy()
+        array = np.asarray(value)
+    except (ValueError, TypeError, RuntimeError) as err:  # NumPy's for ragged lists, torch's for odd tensors
+        raise WeightsError(f'key "{key}" is not an array of numbers: {shorten(str(err), 160)}') from None
+    if array.dtype.hasobject:
+        raise WeightsError(f'key "{key}" holds Python objects, not numbers; cnngraph never pickles, give numeric '
+                           f"arrays")
+    return array
+
+
 # --- files -------------------------------------------------------------------------------------
 
-def load_weights(source: str | Path | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def load_weights(source: str | Path | Mapping[str, np.ndarray], expected=None) -> dict[str, np.ndarray]:
     """Arrays by key from a `.npz` or `.safetensors` file, or a dict given as is. Every header is
-    checked against the file's size before any data is read, and nothing is ever unpickled."""
+    checked against the file's size before any data is read, and nothing is ever unpickled.
+    With `expected` (a network's keys and shapes, from `expected_shapes`), the file's keys are
+    compared with the network's before any data is read, each entry's shape and dtype before its
+    data, and keys the network ignores are never read: an unused entry costs nothing."""
     if isinstance(source, Mapping):
-        return dict(source)
-    path = Path(source)
+        return as_arrays(source)
+    path = given_path(source, "weights must be a file path or a dict of arrays", WeightsError)
     if path.suffix not in (".npz", ".safetensors"):
         raise WeightsError("unknown weights format; use a .npz or .safetensors file", file=str(path))
     try:
         with open(path, "rb") as f:
-            return _read_npz(f, str(path)) if path.suffix == ".npz" else _read_safetensors(f, str(path))
+            read = _read_npz if path.suffix == ".npz" else _read_safetensors
+            return read(f, str(path), expected)
     except WeightsError:
         raise
     except Exception as err:  # zipfile alone raises a dozen types (BadZipFile, RuntimeError, NotImplementedError, ...)
@@ -120,8 +172,8 @@ def load_weights(source: str | Path | Mapping[str, np.ndarray]) -> dict[str, np.
 def save_weights(weights: Mapping[str, np.ndarray], path: str | Path) -> None:
     """Write `.npz` or `.safetensors` (chosen by the suffix) through a temporary file and a rename,
     so a crash never leaves a half-written file."""
-    path = Path(path)
-    arrays = {key: np.asarray(value, order="C") for key, value in weights.items()}  # 0-d stays 0-d
+    path = given_path(path, "the weights file must be a path", WeightsError)
+    arrays = {key: np.asarray(value, order="C") for key, value in as_arrays(weights).items()}  # 0-d stays 0-d
     if path.suffix == ".npz":
         write = lambda f: np.savez(f, **arrays)  # noqa: E731
     elif path.suffix == ".safetensors":
@@ -134,15 +186,21 @@ def save_weights(weights: Mapping[str, np.ndarray], path: str | Path) -> None:
 NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
-def _read_npz(f: BinaryIO, name: str) -> dict[str, np.ndarray]:
-    """A zip of .npy arrays (what np.savez writes). Each member's header is read first: object
-    arrays (pickles) are refused, and a shape the member's size cannot hold is never allocated."""
+def _read_npz(f: BinaryIO, name: str, expected=None) -> dict[str, np.ndarray]:
+    """A zip of .npy arrays (what np.savez writes). The archive's directory is checked first (every
+    entry a name and bytes of its own), then its keys (with `expected`), then each member's header:
+    object arrays (pickles) are refused, and a shape the member's size cannot hold is never allocated."""
     if not zipfile.is_zipfile(f):
         raise WeightsError("not a .npz file (a zip archive of .npy arrays)", file=name)
     file_size, out = os.fstat(f.fileno()).st_size, {}
     with zipfile.ZipFile(f) as archive:
-        for info in archive.infolist():
-            key = info.filename.removesuffix(".npy")
+        infos = archive.infolist()
+        _check_members_apart(infos, archive.start_dir, name)
+        keys = [info.filename.removesuffix(".npy") for info in infos]
+        wanted = _keys_to_read(keys, expected, name)
+        for key, info in zip(keys, infos):
+            if key not in wanted:
+                continue
             with archive.open(info) as member:
                 try:
                     version = np.lib.format.read_magic(member)
@@ -155,14 +213,45 @@ def _read_npz(f: BinaryIO, name: str) -> dict[str, np.ndarray]:
                 if dtype.hasobject:
                     raise WeightsError(f'entry "{key}" holds Python objects; cnngraph never unpickles, '
                                        f"save plain numeric arrays", file=name)
+                if expected is not None:
+                    check_declared(key, shape, dtype, expected, name)
                 nbytes = dtype.itemsize * math.prod(shape)
                 can_hold = min(info.file_size, MAX_DEFLATE_RATIO * info.compress_size) - member.tell()
                 if nbytes > can_hold or info.compress_size > file_size:
                     raise WeightsError(f'entry "{key}" declares shape {shape} ({nbytes:,} bytes), more than it can '
                                        f"hold (truncated or corrupt?)", file=name)
                 value = np.frombuffer(_read_exactly(member, nbytes, key, name), dtype)
-                out[key] = value.reshape(shape, order="F" if fortran else "C").copy()
+                out[key] = value.reshape(shape, order="F" if fortran else "C")
     return out
+
+
+def _keys_to_read(keys: list[str], expected, file: str) -> set[str]:
+    """Every key of a file; or, given the network's `expected` keys, the ones it uses, once all
+    have been compared with the network's."""
+    if expected is None:
+        return set(keys)
+    check_keys(keys, expected, file)
+    return {key for key in keys if not key.endswith(IGNORED_SUFFIXES)}
+
+
+ZIP_LOCAL_HEADER = 30  # bytes before an entry's name, extra field and data
+
+
+def _check_members_apart(infos: list[zipfile.ZipInfo], directory_start: int, name: str) -> None:
+    """Every entry of the archive has a name and bytes of its own, before the central directory.
+    Duplicated or overlapping records (a zip bomb's way to make one compressed blob decompress
+    many times) are refused in one pass over the entries in file order."""
+    seen = set()
+    for info in infos:
+        if info.filename in seen:
+            raise WeightsError(f'entry "{info.filename}" appears twice in the archive (corrupt or forged?)', file=name)
+        seen.add(info.filename)
+    spans = sorted((info.header_offset, info.header_offset + ZIP_LOCAL_HEADER + info.compress_size, info.filename)
+                   for info in infos)  # each entry's bytes, at least
+    for (_, end, entry), (next_start, _, next_entry) in zip(spans, [*spans[1:], (directory_start, 0, None)]):
+        if end > next_start:
+            other = f'entry "{next_entry}"' if next_entry is not None else "the archive's directory"
+            raise WeightsError(f'entry "{entry}" overlaps {other} (corrupt or forged?)', file=name)
 
 
 MAX_DEFLATE_RATIO = 1100  # deflate expands at most ~1032x: a zip cannot honestly hold more than this
@@ -184,9 +273,10 @@ def _read_exactly(member, nbytes: int, key: str, name: str) -> bytearray:
 MAX_SAFETENSORS_HEADER = 100 * 2**20  # the reference reader's cap: a larger header is corrupt
 
 
-def _read_safetensors(f: BinaryIO, name: str) -> dict[str, np.ndarray]:
+def _read_safetensors(f: BinaryIO, name: str, expected=None) -> dict[str, np.ndarray]:
     """The 8-byte header length, the JSON header, then the data: every entry is validated against
-    the file's size before a byte of data is read."""
+    the file's size and the others (with `expected`, against the network's keys too) before a byte
+    of data is read, and then only the entries wanted are read."""
     def bad(why: str) -> WeightsError:
         return WeightsError(f"not a valid safetensors file: {why}", file=name)
 
@@ -215,23 +305,47 @@ def _read_safetensors(f: BinaryIO, name: str) -> dict[str, np.ndarray]:
             raise bad(f'entry "{key}" has a malformed dtype, shape or data_offsets')
         if dtype not in _ST_DTYPES and dtype != "BF16":
             raise bad(f'entry "{key}" has unsupported dtype {dtype}')
-        if not 0 <= begin <= end <= data_size:
+        if begin > end:
+            raise bad(f'entry "{key}" has data_offsets [{begin}, {end}] that run backwards')
+        if end > data_size:
             raise bad(f'entry "{key}" points past the end of the data (truncated?)')
         itemsize = 2 if dtype == "BF16" else np.dtype(_ST_DTYPES[dtype]).itemsize
         if end - begin != itemsize * math.prod(shape):
             raise bad(f'entry "{key}" holds {end - begin} bytes, its shape {list(shape)} of {dtype} needs '
                       f"{itemsize * math.prod(shape)}")
-        entries.append((key, dtype, shape, begin, end))
-    data = memoryview(f.read(data_size))
+        entries.append((begin, end, key, dtype, shape))
+    entries.sort()
+    _check_back_to_back(entries, data_size, bad)
+    wanted = _keys_to_read([key for _, _, key, _, _ in entries], expected, name)
+    if expected is not None:
+        for _, _, key, dtype, shape in entries:
+            if key in wanted:
+                as_read = np.dtype(_ST_DTYPES.get(dtype, "<f4"))  # BF16 is read as float32
+                check_declared(key, shape, as_read, expected, name)
     out = {}
-    for key, dtype, shape, begin, end in entries:
-        raw = data[begin:end]
-        if dtype == "BF16":  # bfloat16 is the top half of a float32
-            value = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
-        else:
-            value = np.frombuffer(raw, _ST_DTYPES[dtype])
-        out[key] = value.reshape(shape).copy()
+    for begin, end, key, dtype, shape in entries:
+        if key in wanted:
+            f.seek(8 + header_len + begin)
+            raw = bytearray(end - begin)
+            if f.readinto(raw) != len(raw):
+                raise bad(f'entry "{key}" ends early (the file changed while read?)')
+            if dtype == "BF16":  # bfloat16 is the top half of a float32
+                value = (np.frombuffer(raw, "<u2").astype(np.uint32) << 16).view(np.float32)
+            else:
+                value = np.frombuffer(raw, _ST_DTYPES[dtype])
+            out[key] = value.reshape(shape)
     return out
+
+
+def _check_back_to_back(entries: list[tuple], data_size: int, bad) -> None:
+    """The reference reader's rule: the data is the entries (sorted by offset) back to back, no
+    gap, no overlap, no byte left over. So no two keys share bytes, and what is read is at most
+    the file: a 4 MB file cannot declare 8 GB of tensors."""
+    for (_, end, key, *_), (begin, _, next_key, *_) in zip(entries, entries[1:]):
+        if end != begin:
+            raise bad(f'entries "{key}" and "{next_key}" {"overlap" if end > begin else "leave a gap between them"}')
+    if ((entries[0][0], entries[-1][1]) if entries else (0, 0)) != (0, data_size):
+        raise bad(f"the entries do not cover the {data_size:,} bytes of data exactly")
 
 
 def _is_count(n) -> bool:

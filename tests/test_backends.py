@@ -234,3 +234,69 @@ def test_nvrtc_reports_template_errors_with_the_log():
 
     with pytest.raises(NvrtcError, match=r"broken\.cu.*\n.*error"):
         compile_cuda(CUDA.render('KERNEL void k(float* y) { y[0] = undefined_name; }'), name="broken.cu")
+
+
+# --- add and concat of more inputs than one kernel's parameters can hold ----------------------------
+
+def wide_join(op: str, count: int) -> dict:
+    """An `op` named "join" of `count` inputs: first one read by nothing else (an add may write over
+    it), then the input and two activations of it in turn; the add followed by a relu (fused into
+    its last kernel)."""
+    sources = ["x", "a", "b"]
+    layers = [{"op": "relu", "name": "a", "inputs": ["x"]}, {"op": "sigmoid", "name": "b", "inputs": ["x"]},
+              {"op": "tanh", "name": "first", "inputs": ["x"]},
+              {"op": op, "name": "join", "inputs": ["first", *(sources[i % 3] for i in range(count - 1))]}]
+    return {"format_version": 1, "name": f"{op}{count}", "inputs": [{"name": "x", "shape": [2, 3, 3]}],
+            "layers": layers + ([{"op": "relu", "name": "act"}] if op == "add" else [])}
+
+
+WIDE = 5000  # past 4,100 inputs one CUDA kernel's parameter space (32 KiB) overflows
+
+
+@pytest.mark.skipif(NVRTC_REASON is not None, reason=str(NVRTC_REASON))
+@pytest.mark.parametrize("op", ["add", "concat"])
+def test_nvrtc_compiles_an_add_or_concat_of_5000_inputs(op):
+    from cnngraph.codegen.nvrtc import compile_cuda
+    from cnngraph.codegen.templates import MAX_KERNEL_INPUTS
+
+    program = cnngraph.plan(wide_join(op, WIDE), batch_size=2).program
+    joins = [launch for launch in program.launches if "join" in launch.layers]
+    assert len(joins) == -(-WIDE // MAX_KERNEL_INPUTS)  # a chain of kernels of bounded arity
+    assert all(sum(kind == "tensor" for kind, _ in launch.args) <= MAX_KERNEL_INPUTS + 2 for launch in joins)
+    reports = compile_cuda(program.source(CUDA), "sm_90", name=f"{op}{WIDE}.cu")
+    assert set(reports) == {launch.kernel for launch in program.launches}
+
+
+@pytest.mark.parametrize("device", BACKENDS)
+@pytest.mark.parametrize("count", [300, pytest.param(WIDE, marks=pytest.mark.slow)])  # PoCL: a minute at 5,000
+@pytest.mark.parametrize("op", ["add", "concat"])
+def test_add_and_concat_of_many_inputs_agree_with_numpy(op, count, device):
+    model = check_against_numpy(wide_join(op, count), device, tol=1e-6)
+    if op == "add":  # the add and relu fused: the kernels write over the add's first input, read before
+        assert model.graph.nodes["act"]["in_place_of"] == "first"
+
+
+@pytest.mark.skipif(NVRTC_REASON is not None, reason=str(NVRTC_REASON))
+def test_nvrtc_failure_is_an_internal_error_naming_the_kernel():
+    from cnngraph.codegen.nvrtc import NvrtcError, compile_cuda
+
+    params = ", ".join(f"const float* x{i}" for i in range(WIDE))  # what one kernel of a 5,000-input add once took
+    source = CUDA.render(f"KERNEL void fine(float* y) {{ y[0] = 1.0f; }}\nKERNEL void wide({params}, float* y) {{ }}")
+    with pytest.raises(NvrtcError) as info:
+        compile_cuda(source, name="wide.cu")
+    assert isinstance(info.value, cnngraph.errors.InternalError) and not isinstance(info.value, cnngraph.CnnGraphError)
+    message = str(info.value)
+    assert message.startswith("NVRTC failed to compile kernel wide of wide.cu (sm_90)")
+    assert "Formal parameter space overflowed" in message  # the log
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(CUDA_REASON is not None, reason=str(CUDA_REASON))
+def test_cuda_module_that_fails_to_compile_is_an_internal_error_naming_the_kernel():
+    from cnngraph.codegen.nvrtc import NvrtcError
+
+    plan = cnngraph.plan(wide_join("concat", 3))
+    broken = plan.program.launches[-1]
+    broken.body = broken.body.replace("float v = 0.0f;", "float v = undefined_name;")
+    with pytest.raises(NvrtcError, match=rf"kernel {broken.kernel} of the CUDA module of concat3.*\n.*undefined_name"):
+        cnngraph.bind(plan, device="cuda")

@@ -243,6 +243,20 @@ def test_api_bad_json_has_line_and_column(tmp_path):
     assert f"{path}:3:" in str(info.value)
 
 
+@pytest.mark.parametrize("text, key", [
+    ('{"format_version": 1, "format_version": 1, "inputs": [{"name": "x", "shape": [4]}], "layers": [{"op": "relu"}]}',
+     "format_version"),
+    ('{"format_version": 1, "inputs": [{"name": "x", "shape": [4]}], '
+     '"layers": [{"op": "linear", "out_features": 3, "out_features": 5}]}', "out_features"),
+], ids=["top_level", "in_a_layer"])
+def test_a_key_given_twice_is_an_error_naming_it(tmp_path, text, key):
+    """JSON's last-wins rule would silently drop the first value: the mistake is reported instead."""
+    path = tmp_path / "dup.json"
+    path.write_text(text)
+    with pytest.raises(cnngraph.SpecError, match=f'key "{key}" appears twice'):
+        cnngraph.load_spec(path)
+
+
 def test_api_model_validator_error_names_field():
     with pytest.raises(cnngraph.SpecError) as info:
         cnngraph.parse_spec(net([conv(groups=3)]))

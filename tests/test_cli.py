@@ -240,15 +240,31 @@ def test_run_bad_inputs_subprocess(tmp_path):
      ("cannot read",)),
     (lambda p: np.save(p, np.zeros((0, 1, 32, 32), np.float32)), ("no samples",)),
     (lambda p: np.save(p, np.array([object()], dtype=object), allow_pickle=True), ("cannot read",)),
-    (lambda p: p.write_bytes(b"not numpy"), ("cannot read",)),
+    (lambda p: p.write_bytes(b"not numpy"), ("cannot read", "not a .npy file")),
     (lambda p: None, ("No such file",)),
-], ids=["wrong_shape", "int32", "truncated", "empty", "object_array", "garbage", "missing"])
+    (lambda p: p.write_bytes(negative_dimension_npy()), ("negative dimension", "(-1, 32, 32)")),
+    (lambda p: np.savez(open(p, "wb"), x=np.zeros((1, 1, 32, 32), np.float32)), ("not a .npy file",)),
+], ids=["wrong_shape", "int32", "truncated", "empty", "object_array", "garbage", "missing", "negative_dim", "npz_named_npy"])
 def test_run_bad_input_in_process(capsys, tmp_path, make, phrases):
     path = tmp_path / "x.npy"
     make(path)
     code, out, err = run_main(capsys, "run", LENET, "--input", path)
     assert_one_line_error(code, out, err, "x.npy", *phrases)
+    assert "allow_pickle" not in err  # NumPy's advice to unpickle is never passed on
     assert out == ""  # refused before anything ran
+
+
+def negative_dimension_npy() -> bytes:
+    """A .npy file whose header declares shape (-1, 32, 32), padded as np.save pads it."""
+    header = "{'descr': '<f4', 'fortran_order': False, 'shape': (-1, 32, 32), }"
+    header += " " * (-(10 + len(header) + 1) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + bytes(4096)
+
+
+def test_run_input_that_is_not_npy(capsys, tmp_path):
+    (tmp_path / "x.txt").write_text("1 2 3\n")
+    code, out, err = run_main(capsys, "run", LENET, "--input", tmp_path / "x.txt")
+    assert_one_line_error(code, out, err, "x.txt", "not a .npy file", ".npz")
 
 
 def test_run_batch_disagrees_with_input(capsys, tmp_path):
@@ -270,7 +286,10 @@ def test_run_bad_device_subprocess():
     (["--weights", "weights.pt"], ("weights.pt", ".npz or .safetensors")),
     (["--output", "y.txt"], ("y.txt", ".npz", ".npy")),
     (["--output", "missing-folder/y.npy"], ("y.npy", "cannot write")),
-], ids=["device", "batch", "weights_missing", "weights_format", "output_suffix", "output_folder"])
+    (["--max-memory", "1" * 320], ("max_memory", "at most 2**64 bytes")),
+    (["--max-memory", "1.5.3GiB"], ("max_memory", "a size like")),
+], ids=["device", "batch", "weights_missing", "weights_format", "output_suffix", "output_folder", "memory_digits",
+        "memory_format"])
 def test_run_bad_options(capsys, tmp_path, monkeypatch, args, phrases):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "weights.pt").write_bytes(b"\x80\x02")
@@ -352,3 +371,32 @@ def test_example_has_schema_and_validates(capsys, path):
     code, out, err = run_main(capsys, "validate", path)
     assert code == 0, err
     assert out.startswith(f"ok: {path}: {data['name']}, {len(data['layers'])} layers; output ")
+
+
+# --- no command overwrites its own input ------------------------------------------------------------
+
+@pytest.mark.parametrize("command", [
+    ["inspect", "net.json", "-o", "{out}"], ["export-onnx", "net.json", "-o", "{out}"],
+    ["run", "net.json", "--output", "{out}"], ["import-onnx", "m.onnx", "-o", "{out}"]], ids=lambda c: c[0])
+@pytest.mark.parametrize("alias", ["same", "symlink", "hardlink"])
+def test_an_output_that_is_the_input_is_refused(capsys, tmp_path, monkeypatch, command, alias):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "net.json").write_bytes(LENET.read_bytes())
+    (tmp_path / "m.onnx").write_bytes(b"not an ONNX model, but an input all the same")
+    source = command[1]
+    out = {"same": source, "symlink": "alias", "hardlink": "alias"}[alias]
+    if alias == "symlink":
+        os.symlink(source, "alias")
+    elif alias == "hardlink":
+        os.link(source, "alias")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    code, out_text, err = run_main(capsys, *[part.format(out=out) for part in command])
+    assert_one_line_error(code, out_text, err, "would overwrite the input", source)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing written, nothing left
+
+
+def test_codegen_into_the_folder_of_its_spec_is_refused(capsys, tmp_path):
+    (tmp_path / "net.json").write_bytes(LENET.read_bytes())
+    code, out, err = run_main(capsys, "codegen", tmp_path / "net.json", "-o", tmp_path, "--force")
+    assert_one_line_error(code, out, err, "would overwrite the input", "inside", "another folder")
+    assert [p.name for p in tmp_path.iterdir()] == ["net.json"]

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import json
 import struct
+import time
+import tracemalloc
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -380,3 +384,147 @@ def test_layer_weights_do_not_change_when_a_layer_is_added():
         assert set(before) < set(after)
         for key, value in before.items():
             np.testing.assert_array_equal(after[key], value, err_msg=key)
+
+
+# --- hostile files: nothing read twice, nothing read unused ----------------------------------------
+
+def within_budget(call, seconds=2.0, peak_bytes=40 * 2**20):
+    """What `call` returns (or the WeightsError it raises), checked to take under `seconds` and
+    `peak_bytes` of Python memory: far less than the hostile file would cost if it were obeyed."""
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        try:
+            result = call()
+        except cnngraph.WeightsError as err:
+            result = err
+        elapsed, (_, peak) = time.perf_counter() - start, tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert elapsed < seconds and peak < peak_bytes, f"{elapsed:.1f} s, {peak / 2**20:.0f} MiB"
+    return result
+
+
+def refused(call) -> str:
+    err = within_budget(call)
+    assert isinstance(err, cnngraph.WeightsError), err
+    assert "\n" not in str(err)
+    return str(err)
+
+
+ENTRY = 2**20  # bytes: one entry of the hostile files
+
+
+@pytest.mark.parametrize("offsets, why", [
+    ([[0, ENTRY]] * 200, 'entries "k0" and "k1" overlap'),  # 200 keys on the same megabyte: 200 MB if obeyed
+    ([[0, ENTRY], [ENTRY // 2, ENTRY * 3 // 2]], "overlap"),
+    ([[0, ENTRY], [ENTRY + 8, 2 * ENTRY + 8]], "leave a gap between them"),
+    ([[8, ENTRY + 8]], "do not cover"),  # a gap before the first entry
+    ([[0, ENTRY - 8]], "do not cover"),  # bytes left over after the last
+    ([[ENTRY, 0]], "run backwards"),
+], ids=["same_bytes_200x", "overlap", "gap", "gap_first", "bytes_left_over", "backwards"])
+def test_safetensors_entries_must_lie_back_to_back(tmp_path, offsets, why):
+    header = {f"k{i}": {"dtype": "U8", "shape": [abs(end - begin)], "data_offsets": [begin, end]}
+              for i, (begin, end) in enumerate(offsets)}
+    data_size = max(max(pair) for pair in offsets) + (8 if why == "do not cover" and offsets[0][0] == 0 else 0)
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(safetensors_blob(header, bytes(data_size)))
+    message = refused(lambda: cnngraph.load_weights(path))
+    assert why in message and message.startswith(str(path))
+
+
+def test_safetensors_keys_are_checked_before_any_data_is_read(tmp_path, x):
+    """An unused entry costs nothing: an unknown key is refused, and an ignored one skipped, unread
+    (each here a 256 MiB sparse entry: reading it would show in the memory budget)."""
+    weights = trained_weights()
+    for extra, dtype in (("head.weight", "F32"), ("bn.num_batches_tracked", "I64")):
+        path = tmp_path / f"{extra}.safetensors"
+        cnngraph.save_weights(weights, path)
+        blob = path.read_bytes()
+        (header_len,) = struct.unpack("<Q", blob[:8])
+        header, data = json.loads(blob[8:8 + header_len]), blob[8 + header_len:]
+        size = 256 * 2**20
+        header[extra] = {"dtype": dtype, "shape": [size // 8, 2] if dtype == "F32" else [size // 8],
+                         "data_offsets": [len(data), len(data) + size]}
+        path.write_bytes(safetensors_blob(header, data))
+        with open(path, "r+b") as f:
+            f.truncate(path.stat().st_size + size)  # sparse: no disk, but there to read
+        result = within_budget(lambda: cnngraph.compile(SPEC, batch_size=2, device="cpu", weights=path))
+        if extra == "head.weight":
+            assert isinstance(result, cnngraph.WeightsError) and 'unexpected key "head.weight"' in str(result)
+        else:
+            np.testing.assert_array_equal(result(x), run(weights, x))
+
+
+def npz_bomb(path, bomb_key: str, bomb_bytes: int = 64 * 2**20, arrays=None) -> None:
+    """An .npz of `arrays` plus an entry `bomb_key` of zeros that deflate to a thousandth of their size."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for key, value in (arrays or {}).items():
+            with z.open(key + ".npy", "w") as member:
+                np.lib.format.write_array(member, value)
+        with z.open(bomb_key + ".npy", "w") as member:
+            np.lib.format.write_array_header_1_0(member, {"descr": "<f4", "fortran_order": False,
+                                                          "shape": (bomb_bytes // 4,)})
+            for _ in range(bomb_bytes // ENTRY):
+                member.write(bytes(ENTRY))
+
+
+def test_npz_keys_are_checked_before_any_entry_is_decompressed(tmp_path, x):
+    weights = trained_weights()
+    for extra in ("head.weight", "bn.num_batches_tracked"):
+        path = tmp_path / f"{extra}.npz"
+        npz_bomb(path, extra, arrays=weights)
+        assert path.stat().st_size < 2**20  # a 64 MiB entry in a file of a few hundred KiB
+        result = within_budget(lambda: cnngraph.compile(SPEC, batch_size=2, device="cpu", weights=path))
+        if extra == "head.weight":
+            assert isinstance(result, cnngraph.WeightsError) and 'unexpected key "head.weight"' in str(result)
+        else:
+            np.testing.assert_array_equal(result(x), run(weights, x))
+
+
+def test_npz_entry_of_the_wrong_shape_is_refused_before_its_data(tmp_path):
+    path = tmp_path / "w.npz"
+    weights = trained_weights()
+    del weights["fc.weight"]
+    npz_bomb(path, "fc.weight", arrays=weights)  # (16M,) where the network wants (5, 64)
+    message = refused(lambda: cnngraph.compile(SPEC, device="cpu", weights=path))
+    assert '"fc.weight" has shape (16777216,), expected (5, 64)' in message
+
+
+def with_repeated_records(blob: bytes, copies: int, renamed: bool) -> bytes:
+    """A one-entry zip whose central-directory record is repeated `copies` times: all naming the
+    entry (duplicates), or each its own name of the same length (overlaps: one blob, many entries)."""
+    end = blob.rfind(b"PK\x05\x06")
+    directory_size, directory_at = struct.unpack("<II", blob[end + 12:end + 20])
+    record = blob[directory_at:directory_at + directory_size]
+    name_length = struct.unpack("<H", record[28:30])[0]
+    records = []
+    for i in range(copies):
+        name = record[46:46 + name_length]
+        if renamed:
+            name = name[:-8] + b"%04d" % i + name[-4:]  # "xxxx0001.npy"
+        records.append(record[:46] + name + record[46 + name_length:])
+    directory = b"".join(records)
+    tail = struct.pack("<4s4H2IH", b"PK\x05\x06", 0, 0, copies, copies, len(directory), directory_at, 0)
+    return blob[:directory_at] + directory + tail
+
+
+@pytest.mark.parametrize("renamed", [False, True], ids=["duplicated", "overlapping"])
+def test_npz_with_repeated_directory_records_is_refused_at_once(tmp_path, renamed):
+    # 20 such records once cost 42 s: each decompressed the same blob again
+    path = tmp_path / "w.npz"
+    npz_bomb(path, "bombbomb")
+    path.write_bytes(with_repeated_records(path.read_bytes(), 20, renamed))
+    message = refused(lambda: cnngraph.load_weights(path))
+    assert ("overlaps" if renamed else "appears twice") in message and message.startswith(str(path))
+
+
+def test_npz_entries_written_twice_under_one_name_are_refused(tmp_path):
+    path = tmp_path / "w.npz"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate name, and writes it
+        with zipfile.ZipFile(path, "w") as z:
+            for value in (np.zeros(4, np.float32), np.ones(4, np.float32)):
+                with z.open("bn.bias.npy", "w") as member:
+                    np.lib.format.write_array(member, value)
+    assert 'entry "bn.bias.npy" appears twice' in refused(lambda: cnngraph.load_weights(path))

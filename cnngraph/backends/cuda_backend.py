@@ -9,7 +9,7 @@ import numpy as np
 from ..codegen.autotune import autotune
 from ..codegen.dialects import CUDA
 from ..codegen.lower import lower
-from ..codegen.nvrtc import COMPILE_OPTIONS
+from ..codegen.nvrtc import COMPILE_OPTIONS, NvrtcError
 from ..errors import DeviceError
 from ..resources import fmt_bytes
 from .program_backend import ProgramBackend
@@ -68,19 +68,30 @@ class CudaBackend(ProgramBackend):
             self.tuning, self.schedules = autotune(g, self._gpu_identity(), COMPILE_OPTIONS, self._time_candidates)
         program = lower(g, {node: pick for node, (pick, _, _) in self.tuning.items()}) if self.tuning else plan.program
         super().__init__(plan, options, program)
-        self.module = cp.RawModule(code=program.source(CUDA), options=COMPILE_OPTIONS)
+        functions = self._compile(program.source(CUDA), [launch.kernel for launch in program.launches],
+                                  f"the CUDA module of {plan.spec.name}")
         self.constants = {key: cp.asarray(value) for key, value in program.constants.items()}
         self.workspace = cp.empty(max(1, program.workspace_size), cp.float32)
         buffers = {"tensor": self.views, "const": self.constants, "workspace": {"": self.workspace}}
         self.launches = []
-        for launch in program.launches:
-            fn = self.module.get_function(launch.kernel)
+        for launch, fn in zip(program.launches, functions):
             args = tuple(buffers[kind][ref] for kind, ref in launch.args)
             self.launches.append((fn, launch.grid, launch.block, args))
         self.stream = cp.cuda.Stream(non_blocking=True)
         self.use_graph = options.get("cuda_graph", True)
         self.graph = None
         self.calls = 0
+
+    def _compile(self, source: str, kernels: list[str], what: str) -> list:
+        """The kernels of `source` (`what` it is, in words), compiled by NVRTC into one module (CuPy
+        compiles on the first lookup). A failure is a bug in the generated code: an InternalError
+        naming the kernels, with the log."""
+        cp = self.cp
+        try:
+            module = cp.RawModule(code=source, options=COMPILE_OPTIONS)
+            return [module.get_function(kernel) for kernel in kernels]
+        except cp.cuda.compiler.CompileException as err:
+            raise NvrtcError.from_log(source, str(err), what) from err
 
     def poison(self) -> None:
         with self.stream:
@@ -90,14 +101,15 @@ class CudaBackend(ProgramBackend):
     def _time_candidates(self, candidates: list, repeats: int = 5) -> dict[str, tuple[int, float, float]]:
         """node -> (fastest pick, its ms, the default pick's ms)."""
         cp = self.cp
-        module = cp.RawModule(code=CUDA.render("\n".join(l.body for c in candidates for l in c[2])),
-                              options=COMPILE_OPTIONS)
+        kernels = [l.kernel for c in candidates for l in c[2]]
+        source = CUDA.render("\n".join(l.body for c in candidates for l in c[2]))
+        functions = dict(zip(kernels, self._compile(source, kernels, "the autotuning candidates")))
         workspace = cp.empty(max(1, max(l.workspace for c in candidates for l in c[2])), cp.float32)
         timings: dict[str, list[tuple[float, int]]] = {}
         for node, pick, launches, constants in candidates:
             buffers = {"tensor": self.views, "workspace": {"": workspace},
                        "const": {k: cp.asarray(v) for k, v in constants.items()}}
-            calls = [(module.get_function(l.kernel), l.grid, l.block,
+            calls = [(functions[l.kernel], l.grid, l.block,
                       tuple(buffers[kind][ref] for kind, ref in l.args)) for l in launches]
 
             def run():

@@ -43,7 +43,8 @@ class NumpyBackend(Backend):
         a fused conv's pre-pool output of the largest tensor."""
         g = plan.graph
         computes = [(n, g.nodes[n]["compute"]) for n in g.graph["order"]]
-        largest = max((math.prod(c.result_shape(g.nodes[n]["shape"])) for n, c in computes), default=0)
+        inputs = [math.prod(g.nodes[src]["shape"]) for n, _ in computes for src in g.nodes[n]["inputs"]]  # padded copies
+        largest = max([*(math.prod(c.result_shape(g.nodes[n]["shape"])) for n, c in computes), *inputs], default=0)
         own = max((c.spec.numpy_scratch_bytes(own_in_shapes(g, n), c.result_shape(g.nodes[n]["shape"]))
                    + (4 * math.prod(g.nodes[g.nodes[n]["inputs"][0]]["shape"]) if c.gated else 0)  # x * gate
                    for n, c in computes), default=0)

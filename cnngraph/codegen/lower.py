@@ -140,16 +140,21 @@ class NodeLowering:
         return [self.const(f"{name}{j}", array) for j, step in enumerate(scale_shifts(self.compute.epilogue))
                 for name, array in (("s", step.scale), ("t", step.shift))]
 
-    def elementwise(self, kind: str, expr: str, consts: list = (), inputs: int = 1) -> list[Launch]:
+    def elementwise(self, kind: str, expr: str, consts: list = (), inputs: int = 1, reads: list | None = None,
+                    epilogue: bool = True) -> list[Launch]:
         """One pointwise kernel: `expr` sets `v` from x0[idx], x1[idx], ... (and `k`, the channel of
-        idx), then the node's epilogue; named `<kind>[_<epilogue>]_<CxHxW>`."""
-        steps = self.compute.epilogue
-        consts = [*consts, *self._norm_constants()]
+        idx), then the node's epilogue; named `<kind>[_<epilogue>]_<CxHxW>`. x0, x1, ... are the
+        node's first `inputs` inputs, or `reads`: the tensors one launch of several reads (of an add
+        of more inputs than one kernel takes); only the last applies the `epilogue`."""
+        steps = self.compute.epilogue if epilogue else []
+        consts = [*consts, *(self._norm_constants() if epilogue else [])]
+        reads = self.inputs[:inputs] if reads is None else reads
         then = "".join("\n" + line for line in to_c(steps, []))
         suffix = "_" + label(steps).replace("+", "_") if steps else ""
-        return self.simple(f"{kind}{suffix}_{self.sample_dims()}", T.pointwise, consts, total=_numel(self.shape),
-                           inputs=[f"x{i}" for i in range(inputs)], extra_args=[_param(c) for c in consts],
-                           expr=expr + then, channels=self.shape[1], spatial=_numel(self.shape[2:]))
+        return [self.launch(f"{kind}{suffix}_{self.sample_dims()}", [*reads, *consts, self.output], T.pointwise,
+                            total=_numel(self.shape), inputs=[f"x{i}" for i in range(len(reads))],
+                            extra_args=[_param(c) for c in consts], expr=expr + then, channels=self.shape[1],
+                            spatial=_numel(self.shape[2:]))]
 
     def gemm_epilogue(self, bias: np.ndarray | None, activation) -> EpilogueCode:
         """A conv/linear's epilogue: its bias, its `activation` field, then the fused steps."""

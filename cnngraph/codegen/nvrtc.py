@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..errors import DeviceError
+from ..errors import DeviceError, InternalError
 
 
 @dataclass
@@ -21,8 +21,29 @@ class KernelReport:
 COMPILE_OPTIONS = ("-std=c++11", "-diag-suppress=177")  # 177: an epilogue may leave `idx` unused
 
 
-class NvrtcError(Exception):
-    """A kernel failed to compile; the message holds the NVRTC log."""
+class NvrtcError(InternalError):
+    """Generated code failed to compile: a bug in cnngraph. The message names the kernels the log
+    blames and holds the log."""
+
+    @classmethod
+    def from_log(cls, source: str, log: str, what: str) -> "NvrtcError":
+        blamed = failing_kernels(source, log)
+        kernels = f"kernel {', '.join(blamed)} of " if blamed else ""
+        return cls(f"NVRTC failed to compile {kernels}{what} (a bug in cnngraph's code generation, please "
+                   f"report it):\n{log}")
+
+
+def failing_kernels(source: str, log: str) -> list[str]:
+    """The kernels of `source` that the compiler's `log` blames: those it names, and those holding
+    the lines it reports errors on ("k.cu(120): error ...")."""
+    starts = [(source.count("\n", 0, m.start()) + 1, m.group(1))
+              for m in re.finditer(r"\bvoid\s+(\w+)\s*\(", source)]  # (line, kernel), in order
+    blamed = {name for _, name in starts if re.search(rf"\b{name}\b", log)}
+    for line in (int(n) for n in re.findall(r"\((\d+)\): (?:error|Error)", log)):
+        before = [name for start, name in starts if start <= line]
+        if before:
+            blamed.add(before[-1])
+    return [name for _, name in starts if name in blamed]
 
 
 def compile_cuda(source: str, arch: str = "sm_90", name: str = "kernel.cu") -> dict[str, KernelReport]:
@@ -41,7 +62,7 @@ def compile_cuda(source: str, arch: str = "sm_90", name: str = "kernel.cu") -> d
         nvrtc.nvrtcGetProgramLog(prog, log)
         log = log.decode(errors="replace").rstrip("\x00 \n")
         if result != nvrtc.nvrtcResult.NVRTC_SUCCESS:
-            raise NvrtcError(f"NVRTC failed for {name} ({arch}):\n{log}")
+            raise NvrtcError.from_log(source, log, f"{name} ({arch})")
         return parse_ptxas_log(log)
     finally:
         nvrtc.nvrtcDestroyProgram(prog)

@@ -22,18 +22,21 @@ from __future__ import annotations
 
 import re
 import unicodedata
+import warnings
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 from pydantic import ValidationError
 
-from ..errors import CnnGraphError, InternalError, ShapeError, SpecError, quote, shorten
+from ..errors import CnnGraphError, CnnGraphWarning, InternalError, ShapeError, SpecError, quote, shorten
+from ..files import given_path
 from ..ops import ACTIVATION, ACTIVATIONS, GEMM, OPS, fmt_shape, ops_with
 from ..ops.base import weight_key
-from ..ops.onnx_mapping import BATCH, Unsupported
+from ..ops.onnx_mapping import BATCH, Unsupported, as_float32
 from ..spec import NetworkSpec, parse_spec
 from . import onnx_nodes
+from .onnx_external import inline_external_data
 from .onnx_nodes import (DYNAMIC_HINT, FOLDERS, NON_LAYER_CONVERTERS, SHAPE_READERS, DataShape, constant_value,
                          constants_only, fold)
 
@@ -106,11 +109,11 @@ def load_model(path: str | Path):
     """The parsed ModelProto, external data included, or a one-line error for a bad file."""
     onnx = require_onnx()
     from google.protobuf.message import DecodeError
-    from onnx.external_data_helper import load_external_data_for_model, uses_external_data
 
+    path = given_path(path, "an ONNX model must be a file path", SpecError)
     file = str(path)
     try:
-        data = Path(path).read_bytes()
+        data = path.read_bytes()
     except OSError as err:
         raise SpecError(f"cannot read the ONNX model: {err.strerror or err}", file=file) from None
     try:
@@ -120,12 +123,7 @@ def load_model(path: str | Path):
     if not model.HasField("graph") or not model.graph.output:
         raise SpecError("not a valid ONNX model (truncated or corrupt file?): it holds no graph with outputs",
                         file=file)
-    if any(uses_external_data(t) for t in model.graph.initializer):
-        try:
-            load_external_data_for_model(model, str(Path(path).parent))
-        except (OSError, ValueError, onnx.checker.ValidationError) as err:  # the checker's: a data file missing
-            raise SpecError(f"cannot read the model's external data: {getattr(err, 'strerror', None) or err}",
-                            file=file) from None
+    inline_external_data(model, file)  # not onnx's loader: it reads some locations from the working directory
     return model
 
 
@@ -219,6 +217,9 @@ class Importer:
         from onnx import numpy_helper
 
         for init in self.graph.initializer:
+            if init.name in self.consts:  # which one a runtime would take is anyone's guess
+                raise SpecError(f"initializer {quote(init.name)} is given twice; each initializer needs a "
+                                f"name of its own (corrupt file?)", file=self.file)
             try:
                 self.consts[init.name] = numpy_helper.to_array(init)
             except (ValueError, TypeError) as err:
@@ -238,6 +239,7 @@ class Importer:
         outputs = self._network_outputs()
         if self.problems:
             raise SpecError(self._problems_message(), file=self.file)
+        self._note_non_finite_weights()
         layers = fuse_activations(self.layers, outputs)
         name = self.graph.name if self.graph.name not in ("", "main_graph") else Path(self.file).stem  # torch names every graph main_graph
         spec = {"format_version": 1, "name": clean_name(name) or "network", "inputs": inputs, "layers": layers,
@@ -246,6 +248,15 @@ class Importer:
             return parse_spec(spec), self.weights
         except CnnGraphError as err:  # every layer was validated on the way: this would be a bug here
             raise SpecError(f"the imported network is not a valid spec: {err}", file=self.file) from None
+
+    def _note_non_finite_weights(self) -> None:
+        """NaN or infinite weights are imported as the file has them, with a note: compile refuses them."""
+        bad = {key: int(np.count_nonzero(~np.isfinite(v))) for key, v in self.weights.items() if not np.isfinite(v).all()}
+        if bad:
+            first, count = next(iter(bad.items()))
+            others = f" and {len(bad) - 1} more weight tensor(s)" if len(bad) > 1 else ""
+            warnings.warn(f"{self.file}: weight {quote(first)} holds {count} NaN or infinite value(s){others}; imported "
+                          f"as the file has them, but compile refuses non-finite weights", CnnGraphWarning, stacklevel=4)
 
     def _visit(self, node, pattern, skipped: bool) -> None:
         """Fold, convert or report one node. `pattern`: the converter of the pattern `node` ends;
@@ -489,6 +500,7 @@ class Importer:
             if suffix in weights and tuple(weights[suffix].shape) != tuple(expected):
                 raise Unsupported(f"its {suffix} has shape {list(weights[suffix].shape)}; "
                                   f"for input {fmt_shape(in_shapes[0])} it must be {list(expected)}")
+        weights = {suffix: np.ascontiguousarray(as_float32(array, suffix)) for suffix, array in weights.items()}
         out = node.output[0]
         self._check_declared(node, out, shape, view)
         self.taken.add(name)
@@ -497,7 +509,7 @@ class Importer:
             self.channels_last.add(out)
         self.layers.append(layer)
         for suffix, array in weights.items():
-            self.weights[weight_key(name, suffix)] = np.ascontiguousarray(array, dtype=np.float32)
+            self.weights[weight_key(name, suffix)] = array
 
     def alias(self, node, tensor: str, channels_last: bool | None = None) -> None:
         """`node`'s output is `tensor` under another name (Identity), or, with `channels_last`, its

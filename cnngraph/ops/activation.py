@@ -241,9 +241,11 @@ class LeakyRelu(Activation):
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
-    """In place. 1/(1+exp(-x)) overflows for x << 0; 0.5*(tanh(x/2)+1) is the same and stable."""
-    np.tanh(np.multiply(x, 0.5, out=x), out=x)
-    return np.multiply(np.add(x, 1, out=x), 0.5, out=x)
+    """In place, 1 / (1 + exp(-x)). Below x = -88 exp overflows to inf and 1 / inf is the right 0;
+    the tanh form, 0.5 (tanh(x/2) + 1), would cancel to nothing from x = -17 on (silu off by 44%)."""
+    with np.errstate(over="ignore"):
+        np.exp(np.negative(x, out=x), out=x)
+    return np.reciprocal(np.add(x, 1, out=x), out=x)
 
 
 class Sigmoid(Activation):
@@ -344,7 +346,10 @@ class Gelu(Activation):
 
     def c_expr(self, v):
         if self.approximate == "tanh":
-            return f"(0.5f * {v} * (1.0f + TANHF(0.7978845608028654f * ({v} + 0.044715f * {v} * {v} * {v}))))"
+            # 0.5 x (1 + tanh u) written as x sigmoid(2u) = x / (1 + exp(-2u)): exact at the tails in every
+            # dialect (x / inf is -0 far left, NaN at -inf, as PyTorch), where a tanh that stops short of
+            # -1 would leave 1 + tanh u at 6e-8, times x
+            return f"({v} / (1.0f + EXPF(-1.5957691216057308f * ({v} + 0.044715f * {v} * {v} * {v}))))"
         return f"(0.5f * {v} * (1.0f + ERFF({v} * 0.7071067811865476f)))"
 
     def torch(self, x):

@@ -76,6 +76,16 @@ def is_close(array: np.ndarray | None, target: float) -> bool:
 def float_weight(array: np.ndarray, what: str) -> np.ndarray:
     if array.dtype.kind != "f":
         raise Unsupported(f"its {what} has dtype {array.dtype}; cnngraph weights are floating point")
+    return as_float32(array, what)
+
+
+def as_float32(array: np.ndarray, what: str) -> np.ndarray:
+    """`array` as float32, the precision cnngraph computes in. A float64 value beyond float32's range
+    would silently become infinite, so it cannot be expressed."""
+    array = np.asarray(array)
+    if array.dtype == np.float64 and np.abs(array[np.isfinite(array)]).max(initial=0) > np.finfo(np.float32).max:
+        raise Unsupported(f"its {what} holds float64 values beyond float32's range (|x| > 3.4e38), "
+                          f"which cnngraph computes in")
     return array.astype(np.float32)
 
 

@@ -97,6 +97,14 @@ class Pool2d(Layer):
             attrs["count_include_pad"] = int(self.count_include_pad)
         ex.node(self.name, "MaxPool" if self.op == "max_pool2d" else "AveragePool", xs, out, shape, **attrs)
 
+    def numpy_scratch_bytes(self, in_shapes, out_shape):
+        """`_window_sweep`'s padded copy of the input (when a window leaves it) and its rows."""
+        (c, h, w), (n, _, ho, wo) = in_shapes[0], out_shape
+        (kh, kw), (sh, sw), (ph, pw) = self.geometry()
+        hn, wn = (ho - 1) * sh + kh, (wo - 1) * sw + kw
+        padded = 0 if (ph, pw) == (0, 0) and hn <= h and wn <= w else n * hn * wn * c
+        return 4 * (padded + n * hn * wo * c)
+
     def _window_sweep(self, x: np.ndarray, fill: float, combine, scratch: Scratch, out: np.ndarray) -> np.ndarray:
         """Combine the kh*kw strided taps of x (N, H, W, C), padded with `fill`, into out (N, Ho, Wo, C)."""
         n, h, w, c = x.shape

@@ -220,9 +220,16 @@ class Add(Layer):
     examples = (Example({}, inputs=((3, 5, 4), (3, 5, 4))), Example({}, inputs=((6,), (6,), (6,))))
 
     def lower(self, low):
-        count = len(low.inputs)
-        return low.elementwise(f"add{count}", "v = " + " + ".join(f"x{i}[idx]" for i in range(count)) + ";",
-                               inputs=count)
+        """One kernel; past T.MAX_KERNEL_INPUTS inputs, a chain of kernels that each add a group of
+        them to the running sum in the output: the sum in the same order, rounded the same."""
+        groups = T.kernel_groups(low.inputs)
+        launches = []
+        for i, group in enumerate(groups):
+            reads = group if i == 0 else [low.output, *group]
+            part = f"_part{i + 1}" if len(groups) > 1 else ""
+            launches += low.elementwise(f"add{len(low.inputs)}{part}", _sum_expr(len(reads)), reads=reads,
+                                        epilogue=i == len(groups) - 1)
+        return launches
 
     def to_onnx(self, ex, xs, out, shape):
         ex.node(self.name, "Add" if len(xs) == 2 else "Sum", xs, out, shape)
@@ -244,6 +251,10 @@ class Add(Layer):
         for x in xs[2:]:
             out += x
         return out
+
+
+def _sum_expr(count: int) -> str:
+    return "v = " + " + ".join(f"x{i}[idx]" for i in range(count)) + ";"
 
 
 def concat(imp, node):
@@ -269,8 +280,18 @@ class Concat(Layer):
     examples = (Example({}, inputs=((3, 5, 4), (2, 5, 4))), Example({}, inputs=((2,), (5,), (1,))))
 
     def lower(self, low):
-        return low.simple(f"concat{len(low.in_shapes)}_{low.sample_dims()}", T.concat, n=low.shape[0],
-                          channels=[s[1] for s in low.in_shapes], spatial=int(math.prod(low.shape[2:])))
+        """One kernel; past T.MAX_KERNEL_INPUTS inputs, one per group of them, each writing its channels."""
+        groups = T.kernel_groups(list(zip(low.inputs, low.in_shapes)))
+        launches, first = [], 0
+        for i, group in enumerate(groups):
+            channels = [shape[1] for _, shape in group]
+            part = f"_part{i + 1}" if len(groups) > 1 else ""
+            launches.append(low.launch(f"concat{len(low.inputs)}{part}_{low.sample_dims()}",
+                                       [*(x for x, _ in group), low.output], T.concat, n=low.shape[0],
+                                       channels=channels, spatial=int(math.prod(low.shape[2:])), first=first,
+                                       out_channels=low.shape[1]))
+            first += sum(channels)
+        return launches
 
     def to_onnx(self, ex, xs, out, shape):
         ex.node(self.name, "Concat", xs, out, shape, axis=1)
@@ -296,7 +317,10 @@ class Concat(Layer):
 def softmax(imp, node):
     x = imp.data(node)
     rank = len(imp.shapes[x]) + 1
-    axis = attributes(node).get("axis", 1 if imp.opset < 13 else -1) % rank
+    axis = attributes(node).get("axis", 1 if imp.opset < 13 else -1)
+    if not -rank <= axis < rank:  # ONNX Runtime refuses it too; wrapping it would pick an axis the file never named
+        raise Unsupported(f"axis {axis} is out of range for a tensor of rank {rank}; valid: {-rank}..{rank - 1}")
+    axis %= rank
     if imp.opset < 13 and axis != rank - 1:  # before opset 13 Softmax normalised over every axis from `axis` on
         raise Unsupported(f"before opset 13 Softmax(axis={axis}) normalises over all axes from {axis} on; "
                           f"only the last axis ({rank - 1}) is supported")
@@ -378,6 +402,8 @@ def resize(imp, node):
     c, h, w = imp.shapes[x]
     if scales is not None and scales.size:
         factors = [float(s) for s in scales.reshape(-1)]
+        if not all(math.isfinite(f) for f in factors):
+            raise Unsupported(f"scales {factors} are not all finite (corrupt file?)")
         size = [math.floor(n * f) for n, f in zip((h, w), factors[2:])]
         exact = len(factors) == 4 and all(n * f == s for n, f, s in zip((h, w), factors[2:], size))
     elif sizes is not None and sizes.size == 4:
@@ -519,11 +545,25 @@ class Upsample2d(Layer):
             return out
         rows, cols = params["rows"], params["cols"]
         y0, y1, x0, x1 = (table[:, i].astype(np.intp) for table in (rows, cols) for i in (0, 1))
+        p, q = out.shape[1:3]
         if self.mode == "nearest":
-            out[...] = x[:, y0][:, :, x0]
+            np.take(np.take(x, y0, axis=1, out=scratch.get("resize_rows", (n, p, w, c))), x0, axis=2, out=out)
             return out
+        # in the scratch numpy_scratch_bytes counts: along W first, then H, as the kernel blends:
+        # (1 - ly) * ((1 - lx) * x[y0, x0] + lx * x[y0, x1]) + ly * ((1 - lx) * x[y1, x0] + lx * x[y1, x1])
         ly, lx = rows[:, 2][None, :, None, None], cols[:, 2][None, None, :, None]
-        top, bottom = x[:, y0], x[:, y1]
-        np.copyto(out, (1 - ly) * ((1 - lx) * top[:, :, x0] + lx * top[:, :, x1])
-                  + ly * ((1 - lx) * bottom[:, :, x0] + lx * bottom[:, :, x1]))
+        across, term = scratch.get("resize_across", (n, h, q, c)), scratch.get("resize_term", (n, h, q, c))
+        np.multiply(np.take(x, x0, axis=2, out=across), 1 - lx, out=across)
+        across += np.multiply(np.take(x, x1, axis=2, out=term), lx, out=term)
+        down = scratch.get("resize_down", (n, p, q, c))
+        np.multiply(np.take(across, y0, axis=1, out=out), 1 - ly, out=out)
+        out += np.multiply(np.take(across, y1, axis=1, out=down), ly, out=down)
         return out
+
+    def numpy_scratch_bytes(self, in_shapes, out_shape):
+        """run_numpy's buffers: nearest to a size, its rows; bilinear, the blend along W, a term of it,
+        and a term of the blend along H."""
+        (c, h, w), (n, _, p, q) = in_shapes[0], out_shape
+        if self.whole_factors(h, w):
+            return 0
+        return 4 * (n * p * w * c if self.mode == "nearest" else 2 * n * h * q * c + n * p * q * c)

@@ -16,6 +16,9 @@ elements) and graph attributes `order` (the nodes to execute), `arena_size` and 
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
+from collections import Counter
+
 import networkx as nx
 import numpy as np
 
@@ -27,8 +30,12 @@ ALIGN = 64  # elements: 256-byte aligned tensors (coalescing, vector loads, Open
 
 def execution_order(g: nx.DiGraph) -> list[str]:
     """The layer nodes some output depends on, in dependency order."""
-    outputs = g.graph["outputs"]
-    needed = set(outputs).union(*(nx.ancestors(g, o) for o in outputs))
+    needed, todo = set(g.graph["outputs"]), list(g.graph["outputs"])
+    while todo:  # one walk back from all outputs together: linear, however many outputs there are
+        for src in g.predecessors(todo.pop()):
+            if src not in needed:
+                needed.add(src)
+                todo.append(src)
     return [n for n in layer_nodes(g) if n in needed]
 
 
@@ -43,14 +50,19 @@ def is_free_reshape(g: nx.DiGraph, node: str) -> bool:
 
 
 def _dying_input(g: nx.DiGraph, node: str, storage: dict, storage_last: dict, now: int) -> str | None:
-    """An input whose storage an elementwise node may overwrite: same size, read by nothing later."""
+    """An input whose storage an elementwise node may overwrite: same size, read by nothing later.
+    A node of one or two inputs is computed in one pass (each element read, then written), so either
+    will do; an add of more is computed in several (out = x0 + x1, then out += x2, ...; in codegen,
+    a chain of kernels past MAX_KERNEL_INPUTS), which read every input but the first after the
+    output was written: it may overwrite only its first."""
     if not compute_of(g, node).has(ELEMENTWISE):
         return None
     size = int(np.prod(g.nodes[node]["shape"]))
     inputs = g.nodes[node]["inputs"]
-    for src in inputs:
+    reads = Counter(storage[src] for src in inputs)
+    for src in inputs if len(inputs) <= 2 else inputs[:1]:
         if (storage_last[storage[src]] == now and int(np.prod(g.nodes[src]["shape"])) == size
-                and sum(storage[i] == storage[src] for i in inputs) == 1):  # add(a, b, a) must read a twice
+                and reads[storage[src]] == 1):  # add(a, b, a) must read a twice
             return src
     return None
 
@@ -99,25 +111,121 @@ def plan_memory(g: nx.DiGraph) -> nx.DiGraph:
 
 
 def _place(tensors: dict, sizes: dict, order) -> tuple[dict[str, int], int]:
-    """Greedy best-fit of every tensor, taken in `order` (a sort key): (offsets, arena size)."""
-    placed: list[tuple[int, int, int, int]] = []  # (offset, size, first, last)
+    """Greedy best-fit of every tensor, taken in `order` (a sort key): (offsets, arena size).
+
+    A tensor goes into the smallest gap between the placed tensors whose lifetimes overlap its own
+    (its rivals), or on top of them. Past BEST_FIT_RIVALS rivals it goes on top at once: so many
+    tensors live together are packed anyway (an `add` of 5,000 inputs), and looking for gaps among
+    them would make planning quadratic."""
+    lifetimes, skyline = _Lifetimes(tensors), _Skyline(tensors)
     offsets = {}
     for name in sorted(tensors, key=order):
         first, last = tensors[name]
-        size = -(-sizes[name] // ALIGN) * ALIGN
-        busy = sorted((o, s) for o, s, f, l in placed if f <= last and first <= l)
-        offset, best = _best_fit(busy, size)
-        offsets[name] = offset if best is not None else max((o + s for o, s in busy), default=0)
-        placed.append((offsets[name], size, first, last))
-    return offsets, max((o + s for o, s, _, _ in placed), default=0)
+        size = _aligned(sizes[name])
+        gap = None
+        if lifetimes.count(first, last) <= BEST_FIT_RIVALS:
+            busy = sorted((offsets[r], _aligned(sizes[r])) for r in lifetimes.overlapping(first, last) if r in offsets)
+            gap = _best_fit(busy, size)
+        offsets[name] = skyline.top(first, last) if gap is None else gap
+        skyline.raise_to(first, last, offsets[name] + size)
+    return offsets, skyline.top(-1, skyline.last_step)
 
 
-def _best_fit(busy: list[tuple[int, int]], size: int) -> tuple[int, int | None]:
-    """The smallest gap between busy ranges that holds `size` (offset, gap), or (0, None)."""
-    best_offset, best_gap, cursor = 0, None, 0
+BEST_FIT_RIVALS = 64  # well above the examples' (at most 21: U-Net), low enough to keep planning linear
+
+
+def _aligned(size: int) -> int:
+    return -(-size // ALIGN) * ALIGN
+
+
+def _best_fit(busy: list[tuple[int, int]], size: int) -> int | None:
+    """The offset of the smallest gap between busy ranges (sorted) that holds `size`, or None."""
+    best_offset, best_gap, cursor = None, None, 0
     for offset, length in busy:
         gap = offset - cursor
         if gap >= size and (best_gap is None or gap < best_gap):
             best_offset, best_gap = cursor, gap
         cursor = max(cursor, offset + length)
-    return best_offset, best_gap
+    return best_offset
+
+
+class _Lifetimes:
+    """Every tensor's lifetime [first, last], indexed so that the tensors overlapping an interval are
+    counted in O(log n) and listed in O(log n) each."""
+
+    def __init__(self, tensors: dict):
+        self.names = sorted(tensors, key=lambda n: tensors[n][0])
+        self.firsts = [tensors[n][0] for n in self.names]
+        self.sorted_lasts = sorted(last for _, last in tensors.values())
+        # a max-tree over the lasts, in the order of the firsts: leaf i is self.names[i]
+        self.width = 1 << max(0, len(self.names) - 1).bit_length()
+        self.max_last = [-2] * (2 * self.width)  # -2: before any step, for the leaves past the last tensor
+        self.max_last[self.width:self.width + len(self.names)] = [tensors[n][1] for n in self.names]
+        for node in range(self.width - 1, 0, -1):
+            self.max_last[node] = max(self.max_last[2 * node], self.max_last[2 * node + 1])
+
+    def count(self, first: int, last: int) -> int:
+        """How many lifetimes overlap [first, last]: those begun by `last`, less those over before `first`
+        (every one of which began before `first`)."""
+        return bisect_right(self.firsts, last) - bisect_left(self.sorted_lasts, first)
+
+    def overlapping(self, first: int, last: int):
+        """The tensors whose lifetimes overlap [first, last]: begun by `last` (a prefix of the leaves),
+        still live at `first` (found by descending only where the max-tree reaches `first`)."""
+        begun = bisect_right(self.firsts, last)
+        todo = [(1, 0, self.width)]  # (tree node, its leaves lo:hi)
+        while todo:
+            node, lo, hi = todo.pop()
+            if lo >= begun or self.max_last[node] < first:
+                continue
+            if node >= self.width:
+                yield self.names[lo]
+            else:
+                mid = (lo + hi) // 2
+                todo += [(2 * node, lo, mid), (2 * node + 1, mid, hi)]
+
+
+class _Skyline:
+    """Per step, the top of the arena the tensors placed so far use: raised over a range of steps
+    and read (its highest point over a range) in O(log steps) each, by a segment tree whose nodes
+    hold `floor` (a height raised over all their steps at once) and `peak` (their highest step)."""
+
+    def __init__(self, tensors: dict):
+        self.last_step = max([0, *(last for _, last in tensors.values())])
+        self.width = 1 << (self.last_step + 1).bit_length()  # steps -1 .. last_step as leaves 0 ..
+        self.floor = [0] * (2 * self.width)
+        self.peak = [0] * (2 * self.width)
+
+    def _ranges(self, first: int, last: int):
+        """The tree nodes that tile steps [first, last], and the leaves at its two ends."""
+        lo, hi = first + 1 + self.width, last + 2 + self.width
+        ends, tiles = (lo, hi - 1), []
+        while lo < hi:
+            if lo & 1:
+                tiles.append(lo)
+                lo += 1
+            if hi & 1:
+                hi -= 1
+                tiles.append(hi)
+            lo, hi = lo // 2, hi // 2
+        return tiles, ends
+
+    def _ancestors(self, leaves):
+        """Every node above the two end leaves: these hold every tile's ancestors."""
+        for leaf in leaves:
+            leaf //= 2
+            while leaf:
+                yield leaf
+                leaf //= 2
+
+    def raise_to(self, first: int, last: int, height: int) -> None:
+        tiles, ends = self._ranges(first, last)
+        for node in tiles:
+            self.floor[node] = max(self.floor[node], height)
+            self.peak[node] = max(self.peak[node], height)
+        for node in self._ancestors(ends):  # each holds a raised step
+            self.peak[node] = max(self.peak[node], height)
+
+    def top(self, first: int, last: int) -> int:
+        tiles, ends = self._ranges(first, last)
+        return max(max(self.peak[node] for node in tiles), max(self.floor[node] for node in self._ancestors(ends)))

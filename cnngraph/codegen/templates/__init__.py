@@ -8,11 +8,11 @@ arithmetic and unrolls. Each template returns (body, grid, block).
   data_movement  concatenation, channel slices and shuffles, padding, upsampling
 """
 
-from .common import THREADS
+from .common import MAX_KERNEL_INPUTS, THREADS, kernel_groups
 from .data_movement import channel_gather, concat, pad2d, resample, upsample_nearest
 from .elementwise import pointwise
 from .gemm import FusedPool, conv_gemm, depthwise, split_reduce
 from .reductions import layer_norm, pool, reduce_rows
 
-__all__ = ["THREADS", "channel_gather", "concat", "pad2d", "resample", "upsample_nearest", "pointwise", "FusedPool", "conv_gemm", "depthwise",
+__all__ = ["MAX_KERNEL_INPUTS", "THREADS", "kernel_groups", "channel_gather", "concat", "pad2d", "resample", "upsample_nearest", "pointwise", "FusedPool", "conv_gemm", "depthwise",
            "split_reduce", "layer_norm", "pool", "reduce_rows"]

@@ -6,6 +6,8 @@ from __future__ import annotations
 from ...geometry import cdiv
 
 THREADS = 256  # block size of the one-thread-per-output kernels
+MAX_KERNEL_INPUTS = 64  # tensors one kernel reads: 64 pointers fit the smallest parameter space
+# OpenCL allows (1 KiB) beside an epilogue's constants; CUDA's is 4 KiB (32 KiB from Volta, CUDA 12.1)
 
 
 def ptr(name: str, const: bool = True, restrict: bool = True) -> str:
@@ -21,3 +23,9 @@ def one_thread_each(total: int) -> tuple[tuple, tuple]:
 def indent(code: str, spaces: int) -> str:
     pad = " " * spaces
     return "\n".join(pad + line if line.strip() else line for line in code.splitlines())
+
+
+def kernel_groups(items: list, size: int = MAX_KERNEL_INPUTS) -> list[list]:
+    """`items` in order, cut into groups of at most `size`: the inputs of a node that reads more
+    tensors than one kernel may (an add or concat of thousands), one group per launch."""
+    return [items[i:i + size] for i in range(0, len(items), size)]

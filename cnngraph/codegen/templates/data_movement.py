@@ -5,9 +5,13 @@ from __future__ import annotations
 from .common import THREADS, one_thread_each, ptr
 
 
-def concat(name: str, *, n: int, channels: list[int], spatial: int) -> tuple[str, tuple, tuple]:
-    """Channel concatenation of len(channels) inputs, one thread per output element."""
+def concat(name: str, *, n: int, channels: list[int], spatial: int, first: int = 0,
+           out_channels: int | None = None) -> tuple[str, tuple, tuple]:
+    """Channel concatenation of len(channels) inputs into channels first.. of y (of `out_channels`,
+    by default just theirs), one thread per element written. Many inputs take several launches
+    (a kernel's parameters are bounded), each writing its own range of channels."""
     ctot = sum(channels)
+    out_channels = ctot if out_channels is None else out_channels
     total = n * ctot * spatial
     args = ", ".join([*(ptr(f"x{i}") for i in range(len(channels))), ptr("y", const=False)])
     lines, start = [], 0
@@ -15,6 +19,7 @@ def concat(name: str, *, n: int, channels: list[int], spatial: int) -> tuple[str
         cond = "if" if i == 0 else "else if"
         lines.append(f"    {cond} (k < {start + ch}) v = x{i}[(nb * {ch} + k - {start}) * {spatial} + pix];")
         start += ch
+    write = "idx" if out_channels == ctot else f"(nb * {out_channels} + {first} + k) * {spatial} + pix"
     body = f"""KERNEL void {name}({args})
 {{
     const int idx = BLOCK_X * {THREADS} + THREAD_X;
@@ -24,7 +29,7 @@ def concat(name: str, *, n: int, channels: list[int], spatial: int) -> tuple[str
     const int nb = idx / {ctot * spatial};
     float v = 0.0f;
 {chr(10).join(lines)}
-    y[idx] = v;
+    y[{write}] = v;
 }}
 """
     return (body, *one_thread_each(total))
