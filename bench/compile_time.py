@@ -12,10 +12,7 @@ factors) and writes bench/results/compile-time-<date>.json.
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
-import json
-import os
 import platform
 import sys
 import time
@@ -25,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import cnngraph  # noqa: E402
+from results_file import run_record, save  # noqa: E402
 
 
 def chain(n: int) -> dict:
@@ -70,13 +68,9 @@ def main() -> None:
             results.append(r)
             print(f"{shape:9s} {r['layers']:7d} {r['validate_s']:11.2f} {r['compile_s']:10.2f} "
                   f"{r['compile_us_per_layer']:9.0f}", flush=True)
-    record = {"date": datetime.date.today().isoformat(), "machine": platform.machine(),
-              "cpus": os.cpu_count(), "python": platform.python_version(), "results": results}
+    record = run_record(python=platform.python_version(), results=results)
     if not args.no_save:
-        out = ROOT / "bench" / "results" / f"compile-time-{record['date']}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(record, indent=2) + "\n")
-        print(f"wrote {out.relative_to(ROOT)}")
+        save(record, "compile-time")
 
 
 if __name__ == "__main__":

@@ -10,11 +10,9 @@ faster) and writes bench/results/cpu-<date>.json. `--profile` prints a per-node 
 from __future__ import annotations
 
 import argparse
-import datetime
 import io
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -27,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the PyTorch oracle doubles as the PyTorch model
 
 import cnngraph  # noqa: E402
+from results_file import run_record, save  # noqa: E402
 
 DEFAULT_CASES = ("lenet5:256,cifar_vgg:64,resnet18:1,resnet18:8,mobilenet_v2:8,"
                  "efficientnet_b0:2,mobilenet_v3_large:2,convnext_tiny:2,shufflenet_v2:2,densenet121:2")
@@ -146,16 +145,11 @@ def main() -> None:
               f"{m['onnxruntime']:9.2f} {r['ratio_vs_pytorch']:10.2f} {r['ratio_vs_onnxruntime']:7.2f} "
               f"{r['rel_err_vs_pytorch']:8.1e}")
     print("ratio = cnngraph median / other median (below 1: cnngraph is faster)")
-    record = {"date": datetime.date.today().isoformat(), "machine": platform.machine(),
-              "cpus": os.cpu_count(), "threads": args.threads, "repeats": args.repeats,
-              "numpy": np.__version__, "blas": _blas(),
-              "env": {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ},
-              "results": results}
+    record = run_record(threads=args.threads, repeats=args.repeats, numpy=np.__version__, blas=_blas(),
+                        env={k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ},
+                        results=results)
     if not args.no_save:
-        out = ROOT / "bench" / "results" / f"cpu-{record['date']}.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(record, indent=2) + "\n")
-        print(f"wrote {out.relative_to(ROOT)}")
+        save(record, "cpu")
 
 
 if __name__ == "__main__":
