@@ -2,10 +2,11 @@
 
     python bench/gpu.py [--repeats 50] [--out DIR]
 
-For each case: median latency by CUDA events for cnngraph (CUDA graph on), PyTorch FP32 with
-TF32 off, and PyTorch with TF32 allowed; images/s and ratios; the relative error against
-PyTorch FP32; the achieved TFLOP/s of the three largest conv kernels against the card's FP32
-peak; and batch-1 latency with and without the CUDA graph. Prints a table last and writes
+For each case: median latency by CUDA events for cnngraph (CUDA graph on) at each precision
+(fp32, tf32), PyTorch FP32 with TF32 off, and PyTorch with TF32 allowed (NCHW and channels_last);
+images/s and ratios; the relative error against PyTorch FP32; the achieved TFLOP/s of the three
+largest conv kernels against the card's peak at that precision; and batch-1 latency with and
+without the CUDA graph. Prints a table last and writes
 bench/results/gpu-<date>-<card>.json (and a copy into --out, if given).
 """
 
@@ -29,11 +30,12 @@ import cnngraph  # noqa: E402
 
 CASES = [("resnet18", 1), ("resnet18", 64), ("cifar_vgg", 256), ("mobilenet_v2", 64)]
 TUNED = {("resnet18", 1), ("resnet18", 64), ("cifar_vgg", 256)}  # also measured with autotune=True
-FP32_PEAK_TFLOPS = {"H100": 66.9, "H200": 66.9, "A100": 19.5, "L4": 30.3, "A10": 31.2}  # CUDA-core FP32, SXM
+PEAK_TFLOPS = {"fp32": {"H100": 66.9, "H200": 66.9, "A100": 19.5, "L4": 30.3, "A10": 31.2},  # CUDA cores, SXM
+               "tf32": {"H100": 494.7, "H200": 494.7, "A100": 156.0, "L4": 60.0, "A10": 62.5}}  # dense tensor cores
 
 
-def peak_for(card: str) -> float | None:
-    return next((v for k, v in FP32_PEAK_TFLOPS.items() if k in card), None)
+def peak_for(card: str, precision: str = "fp32") -> float | None:
+    return next((v for k, v in PEAK_TFLOPS[precision].items() if k in card), None)
 
 
 def time_ms(fn, repeats: int, warmup: int = 5) -> float:
@@ -73,7 +75,7 @@ def kernel_times(model, repeats: int) -> list[dict]:
     return sorted(rows, key=lambda r: -r["gflop"])
 
 
-def bench_case(name: str, batch: int, repeats: int, peak: float | None) -> dict:
+def bench_case(name: str, batch: int, repeats: int, card: str, precisions: list[str], tune: bool) -> dict:
     import cupy as cp
     import torch
     from torch_oracle import TorchNet
@@ -101,6 +103,11 @@ def bench_case(name: str, batch: int, repeats: int, peak: float | None) -> dict:
     result["pytorch_fp32_ms"] = time_ms(run_torch, repeats)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     result["pytorch_tf32_ms"] = time_ms(run_torch, repeats)
+    nchw = net.tensors, x_t
+    net.tensors = {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v for k, v in nchw[0].items()}
+    x_t = x_t.contiguous(memory_format=torch.channels_last)
+    result["pytorch_tf32_channels_last_ms"] = time_ms(run_torch, repeats)
+    net.tensors, x_t = nchw
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     result["speed_vs_pytorch_fp32"] = result["pytorch_fp32_ms"] / result["cnngraph_ms"]  # above 1: cnngraph faster
     result["speed_vs_pytorch_tf32"] = result["pytorch_tf32_ms"] / result["cnngraph_ms"]
@@ -109,7 +116,16 @@ def bench_case(name: str, batch: int, repeats: int, peak: float | None) -> dict:
     if batch == 1:
         plain = cnngraph.compile(spec, batch_size=1, device="cuda", cuda_graph=False, weights=model.weights)
         result["cnngraph_no_graph_ms"] = time_ms(lambda: plain(x_cp), repeats)
-    if (name, batch) in TUNED:
+    best_torch_tf32 = min(result["pytorch_tf32_ms"], result["pytorch_tf32_channels_last_ms"])
+    for precision in precisions:
+        if precision == "fp32":
+            continue
+        reduced = cnngraph.compile(spec, batch_size=batch, device="cuda", weights=model.weights, precision=precision)
+        result[f"rel_err_{precision}_vs_pytorch_fp32"] = float(np.linalg.norm(reduced(x_np) - ref) / np.linalg.norm(ref))
+        result[f"cnngraph_{precision}_ms"] = time_ms(lambda: reduced(x_cp), repeats)
+        result[f"speed_{precision}_vs_best_pytorch_tf32"] = best_torch_tf32 / result[f"cnngraph_{precision}_ms"]
+        result[f"{precision}_kernels"] = kernel_rows(reduced, repeats, peak_for(card, precision))
+    if tune and (name, batch) in TUNED:
         start = time.perf_counter()
         tuned = cnngraph.compile(spec, batch_size=batch, device="cuda", weights=model.weights, autotune=True)
         result["autotune_s"] = time.perf_counter() - start
@@ -121,12 +137,18 @@ def bench_case(name: str, batch: int, repeats: int, peak: float | None) -> dict:
         result["tuned_schedules"] = {"grouped_rows": sum(s.tile.grouped for s in chosen),
                                      "bk16": sum(s.tile.bk == 16 for s in chosen),
                                      "split_k": sum(s.splits > 1 for s in chosen), "layers": len(chosen)}
-    kernels = kernel_times(model, max(10, repeats // 5))
-    result["top_conv_kernels"] = [{**k, "fraction_of_peak": k["tflops"] / peak if peak else None} for k in kernels[:3]]
-    result["conv_kernels_total_ms"] = sum(k["ms"] for k in kernels)
-    result["conv_kernels_tflops"] = sum(k["gflop"] for k in kernels) / result["conv_kernels_total_ms"]
-    result["conv_kernels"] = kernels  # every conv/linear kernel, for the per-layer fraction of peak
+    result["fp32_kernels"] = kernel_rows(model, repeats, peak_for(card))
     return result
+
+
+def kernel_rows(model, repeats: int, peak: float | None) -> dict:
+    """The conv/linear kernels' times: the three largest against the precision's peak, the total,
+    and every kernel (for the per-layer fraction of peak)."""
+    kernels = kernel_times(model, max(10, repeats // 5))
+    total = sum(k["ms"] for k in kernels)
+    return {"top": [{**k, "fraction_of_peak": k["tflops"] / peak if peak else None} for k in kernels[:3]],
+            "total_ms": total, "tflops": sum(k["gflop"] for k in kernels) / total, "peak_tflops": peak,
+            "all": kernels}
 
 
 def main() -> None:
@@ -135,30 +157,36 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--cases", help="network:batch,... (default: the four standard cases)")
+    p.add_argument("--precisions", default="fp32,tf32", help="cnngraph precisions to measure (default: fp32,tf32)")
+    p.add_argument("--no-tune", dest="tune", action="store_false", help="skip the autotuned runs")
     p.add_argument("--out", help="also write the JSON into this folder")
     args = p.parse_args()
     cases = [(c.split(":")[0], int(c.split(":")[1])) for c in args.cases.split(",")] if args.cases else CASES
+    precisions = args.precisions.split(",")
     card = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
-    peak = peak_for(card)
     results = []
     for name, batch in cases:
-        results.append(bench_case(name, batch, args.repeats, peak))
-        print(json.dumps(results[-1]), flush=True)
-    print(f"\n{card}: FP32 peak {peak} TFLOP/s; x = speed vs PyTorch = PyTorch time / cnngraph time (above 1: cnngraph faster)")
-    print(f"{'network':13s} {'batch':>5s} {'cnngraph ms':>11s} {'torch fp32':>10s} {'torch tf32':>10s} "
-          f"{'x fp32':>7s} {'x tf32':>7s} {'img/s':>9s} {'rel err':>8s}  top conv kernels (TFLOP/s)")
+        results.append(bench_case(name, batch, args.repeats, card, precisions, args.tune))
+        print(json.dumps({k: v for k, v in results[-1].items() if not k.endswith("_kernels")}), flush=True)
+    print(f"\n{card}: peaks {', '.join(f'{p} {peak_for(card, p)}' for p in PEAK_TFLOPS)} TFLOP/s; "
+          "x = PyTorch time / cnngraph time (above 1: cnngraph faster)")
+    print(f"{'network':13s} {'batch':>5s} {'ours fp32':>9s} {'ours tf32':>9s} {'torch fp32':>10s} {'torch tf32':>10s} "
+          f"{'tf32 NHWC':>9s} {'x fp32':>7s} {'x tf32':>7s} {'err tf32':>8s}  top conv kernels tf32 (TFLOP/s)")
     for r in results:
-        tops = ", ".join(f"{k['tflops']:.1f}" for k in r["top_conv_kernels"])
-        print(f"{r['network']:13s} {r['batch']:5d} {r['cnngraph_ms']:11.3f} {r['pytorch_fp32_ms']:10.3f} "
-              f"{r['pytorch_tf32_ms']:10.3f} {r['speed_vs_pytorch_fp32']:7.2f} {r['speed_vs_pytorch_tf32']:7.2f} "
-              f"{r['images_per_s']['cnngraph']:9.0f} {r['rel_err_vs_pytorch_fp32']:8.1e}  {tops}")
+        tf32 = r.get("cnngraph_tf32_ms", float("nan"))
+        tops = ", ".join(f"{k['tflops']:.1f}" for k in r.get("tf32_kernels", r["fp32_kernels"])["top"])
+        print(f"{r['network']:13s} {r['batch']:5d} {r['cnngraph_ms']:9.3f} {tf32:9.3f} {r['pytorch_fp32_ms']:10.3f} "
+              f"{r['pytorch_tf32_ms']:10.3f} {r['pytorch_tf32_channels_last_ms']:9.3f} "
+              f"{r['speed_vs_pytorch_fp32']:7.2f} {r.get('speed_tf32_vs_best_pytorch_tf32', float('nan')):7.2f} "
+              f"{r.get('rel_err_tf32_vs_pytorch_fp32', float('nan')):8.1e}  {tops}")
         if "cnngraph_no_graph_ms" in r:
             print(f"{'':13s} batch-1 latency without the CUDA graph: {r['cnngraph_no_graph_ms']:.3f} ms")
         if "cnngraph_tuned_ms" in r:
-            print(f"{'':13s} autotuned: {r['cnngraph_tuned_ms']:.3f} ms, x fp32 {r['speed_tuned_vs_pytorch_fp32']:.2f} "
+            print(f"{'':13s} autotuned fp32: {r['cnngraph_tuned_ms']:.3f} ms, x fp32 {r['speed_tuned_vs_pytorch_fp32']:.2f} "
                   f"({r['tuned_layers']} layers changed schedule, tuning took {r['autotune_s']:.0f} s; "
                   f"chosen: {r['tuned_schedules']})")
-    record = {"date": datetime.date.today().isoformat(), "card": card, "fp32_peak_tflops": peak,
+    record = {"date": datetime.date.today().isoformat(), "card": card, "peak_tflops": {
+              p: peak_for(card, p) for p in PEAK_TFLOPS},
               "cupy": cp.__version__, "results": results}
     slug = re.sub(r"[^A-Za-z0-9]+", "-", card).strip("-").lower()
     path = ROOT / "bench" / "results" / f"gpu-{record['date']}-{slug}.json"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The one GPU check, for a CUDA machine with no network: the GPU tests, then bench/gpu.py
+# The one GPU check, for a CUDA machine with no network: the GPU tests, compute-sanitizer's racecheck
+# and memcheck on a small network at each precision (when the tool is there), then bench/gpu.py
 # (cnngraph's CUDA backend against PyTorch cuDNN). Arguments go to bench/gpu.py (e.g. --out DIR).
 # Wheels in .whl/ (pydantic and its dependencies, when the machine lacks them) are installed first.
 set -uo pipefail
@@ -11,9 +12,16 @@ if compgen -G ".whl/*.whl" > /dev/null; then
     export PYTHONPATH="/tmp/cnngraph-site:$PYTHONPATH"
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
-python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_backends.py tests/test_reliability.py tests/test_files.py
+python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_backends.py tests/test_reliability.py tests/test_files.py \
+    tests/test_precision.py
 tests=$?
+sanitized=0
+if command -v compute-sanitizer > /dev/null; then
+    for tool in racecheck memcheck; do
+        compute-sanitizer --tool "$tool" --error-exitcode 3 python3 bench/sanitize.py || sanitized=1
+    done
+fi
 python3 bench/gpu.py "$@"
 bench=$?
-echo "gpu tests exit $tests, benchmark exit $bench"
-exit $(( tests || bench ))
+echo "gpu tests exit $tests, compute-sanitizer exit $sanitized, benchmark exit $bench"
+exit $(( tests || sanitized || bench ))

@@ -80,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--batch", type=_positive, default=1)
     i.add_argument("--format", choices=("table", "json", "dot", "html"), default="table")
     i.add_argument("-o", "--output", help="write to this file instead of stdout")
+    _precision_argument(i)
     i.set_defaults(handler=_inspect)
 
     c = sub.add_parser("codegen", help="write the generated kernels, one file each, and a manifest")
@@ -89,6 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--dialect", choices=sorted(DIALECTS), default="cuda")
     c.add_argument("--weights", help=".npz or .safetensors to check against the network (default: seeded random)")
     c.add_argument("--force", action="store_true", help="replace DIR even if it is not empty")
+    _precision_argument(c)
     c.set_defaults(handler=_codegen)
 
     r = sub.add_parser("run", help="compile and run a network on random or given input")
@@ -101,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--output", help="save the output: .npy (one output) or .npz")
     r.add_argument("--seed", type=_non_negative, default=0, help="seed of the random weights and input")
     r.add_argument("--no-optimize", dest="optimize", action="store_false")
+    _precision_argument(r)
     r.add_argument("--max-memory", metavar="SIZE", help="refuse a network that needs more (weights, activations, "
                    "scratch), e.g. 2GiB (default: 80%% of the RAM, 90%% of the GPU's memory)")
     r.set_defaults(handler=_run)
@@ -156,34 +159,42 @@ def _inspect(args) -> None:
         refuse_overwriting(args.output, args.spec)
     spec = load_spec(args.spec)
     if args.format == "html":  # the page holds both graphs and switches between them
-        graphs = {kind: _inspected_graph(spec, args.batch, kind == "optimized") for kind in ("optimized", "raw")}
+        graphs = {kind: _inspected_graph(spec, args.batch, kind == "optimized", args.precision)
+                  for kind in ("optimized", "raw")}
         text = html_page(spec, graphs, initial="raw" if args.raw else "optimized")
     else:
-        text = INSPECT_FORMATS[args.format](_inspected_graph(spec, args.batch, not args.raw))
+        text = INSPECT_FORMATS[args.format](_inspected_graph(spec, args.batch, not args.raw, args.precision))
     _emit(text, args.output)
 
 
-def _inspected_graph(spec, batch: int, optimize: bool):
+def _precision_argument(parser) -> None:
+    parser.add_argument("--precision", default="fp32", metavar="P",
+                        help="of the conv/linear products: fp32 (default) or tf32 (tensor cores, sm_80+; "
+                             "the CPU backends round the same way)")
+
+
+def _inspected_graph(spec, batch: int, optimize: bool, precision: str):
     """The planned graph: seeded weights (parameter counts, bytes) and planned memory; no device."""
-    return plan(spec, batch, optimize=optimize).graph
+    return plan(spec, batch, optimize=optimize, precision=precision).graph
 
 
 def _codegen(args) -> None:
     target = Path(args.output)
     refuse_overwriting(target, args.spec, args.weights)
     _check_folder_target(target, args.force)  # refuse before compiling, not after
-    planned = plan(load_spec(args.spec), args.batch, weights=args.weights)
+    planned = plan(load_spec(args.spec), args.batch, weights=args.weights, precision=args.precision)
     try:
         program, dialect = planned.program, DIALECTS[args.dialect]
     except NotImplementedError as err:  # an op without a kernel yet
         raise CnnGraphError(f"cannot generate kernels: {err}", file=args.spec) from None
     files = {f"{launch.kernel}{dialect.suffix}": program.source(dialect, launch) for launch in program.launches}
-    files["manifest.json"] = json.dumps(codegen_manifest(program, dialect, args.batch), indent=2) + "\n"
+    files["manifest.json"] = json.dumps(codegen_manifest(program, dialect, args.batch, planned.precision),
+                                        indent=2) + "\n"
     atomic_write_folder(target, files)
     print(f"wrote {len(program.launches)} {dialect.name} kernels and manifest.json to {target}")
 
 
-def codegen_manifest(program: Program, dialect: Dialect, batch: int) -> dict:
+def codegen_manifest(program: Program, dialect: Dialect, batch: int, precision: str = "fp32") -> dict:
     """What `cnngraph codegen` writes as manifest.json. Sizes and offsets are float32 elements."""
     def arg(kind: str, ref: str) -> dict:
         if kind == "tensor":
@@ -196,7 +207,8 @@ def codegen_manifest(program: Program, dialect: Dialect, batch: int) -> dict:
     launches = [{"kernel": l.kernel, "file": f"{l.kernel}{dialect.suffix}", "grid": list(l.grid),
                  "block": list(l.block), "args": [arg(kind, ref) for kind, ref in l.args], "node": l.node,
                  "layers": list(l.layers), "flops": l.flops} for l in program.launches]
-    return {"name": program.name, "dialect": dialect.name, "batch": batch, "unit": "float32 elements",
+    return {"name": program.name, "dialect": dialect.name, "batch": batch, "precision": precision,
+            "unit": "float32 elements",
             "arena_size": program.arena_size, "workspace_size": program.workspace_size,
             "inputs": {n: arg("tensor", n) for n in program.inputs},
             "outputs": {n: arg("tensor", n) for n in program.outputs}, "launches": launches}
@@ -266,14 +278,15 @@ def _run(args) -> None:
             batch_from = "--batch is" if args.batch else "the first input holds"
             raise InputError(f'input "{name}" holds {x.shape[0]} samples but {batch_from} {batch}', file=args.input)
     model = compile(spec, batch_size=batch, device=args.device, weights=args.weights, seed=args.seed,
-                    optimize=args.optimize, max_memory=args.max_memory)
+                    optimize=args.optimize, max_memory=args.max_memory, precision=args.precision)
     if args.output:  # refuse a bad output name before running, not after
         _check_output_path(args.output, len(model.output_names))
     if given is None:
         rng = np.random.default_rng(args.seed)
         given = {i.name: rng.standard_normal((batch, *i.shape)).astype(np.float32) for i in spec.inputs}
     print(f"network: {spec.name} ({len(spec.layers)} layers -> {len(model.graph) - len(spec.inputs)} nodes), "
-          f"batch {batch}, device {model.device}" + (f" ({model.device_note})" if model.device_note else ""))
+          f"batch {batch}, device {model.device}" + (f" ({model.device_note})" if model.device_note else "")
+          + f", precision {model.precision}")
     if model.random_weights:
         print(f"weights: seeded random initialisation (seed {args.seed}); pass --weights for trained ones")
     if not args.input:

@@ -43,6 +43,7 @@ class Compute:
     epilogue: Epilogue = ()
     pool: PoolStep | None = None
     gated: bool = False
+    precision: str = "fp32"        # of its matrix products (cnngraph/precision.py): "tf32" on tensor cores
 
     @property
     def op(self) -> str:

@@ -17,9 +17,11 @@ from .codegen.lower import Program, lower
 from .errors import DeviceError, InputError, SpecError, quote, shorten
 from .graph import build_graph, in_shapes, layer_nodes
 from .ops.base import weight_key
+from .passes.assign_precision import assign_precision
 from .passes.infer_shapes import infer_shapes
 from .passes.pipeline import optimize_graph
 from .passes.plan_memory import plan_memory
+from .precision import check_precision
 from .report import summary_table
 from .resources import MemoryNeed, check_memory, least_need, parse_size, planned_need
 from .spec import NetworkSpec, load_spec, parse_spec
@@ -74,16 +76,22 @@ class Plan:
     def batch_size(self) -> int:
         return self.graph.graph["batch_size"]
 
+    @property
+    def precision(self) -> str:
+        return self.graph.graph["precision"]
+
 
 def plan(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1,
          weights: str | Path | Mapping[str, np.ndarray] | None = None, seed: int = 0, optimize: bool = True,
-         limit: tuple[float, str, int] | None = None) -> Plan:
+         limit: tuple[float, str, int] | None = None, precision: str = "fp32") -> Plan:
     """Validate, build, shape-check, bind the weights, optimize and plan the memory of a network.
     Touches no device. `limit`: (bytes, where the limit comes from, weight copies the backend will
-    hold), checked before any weight is read or made."""
+    hold), checked before any weight is read or made. `precision`: of the conv/linear products,
+    "fp32" or "tf32" (cnngraph/precision.py)."""
     spec = as_spec(spec)
     g = build(spec, batch_size)
     require_flag("optimize", optimize)
+    check_precision(precision)  # refused before any weight is read
     expected = expected_shapes(g)
     if limit is not None:
         size, source, copies = limit
@@ -96,7 +104,9 @@ def plan(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1,
     for node in layer_nodes(g):  # each node takes the keys its op declares
         suffixes = g.nodes[node]["compute"].spec.weight_shapes(in_shapes(g, node))
         g.nodes[node]["weights"] = {suffix: bound[weight_key(node, suffix)] for suffix in suffixes}
-    g = plan_memory(optimize_graph(g) if optimize else g.copy())
+    g = optimize_graph(g) if optimize else g.copy()
+    assign_precision(g, precision)  # on the final nodes
+    g = plan_memory(g)
     return Plan(spec, g, bound, random_weights, expected)
 
 
@@ -107,6 +117,8 @@ def bind(p: Plan, device: str = "auto", max_memory: int | str | None = None, **o
     if not isinstance(p, Plan):
         raise SpecError(f"bind takes a Plan (what cnngraph.plan returns), got {type(p).__name__}")
     backend_class, note = resolve_backend(device)
+    if reason := backend_class.unsupported_precision(p.precision):
+        raise DeviceError(reason)
     size, source = memory_limit(backend_class, max_memory)
     need = planned_need(p.graph, p.expected, backend_class.weight_copies, backend_class.scratch_bytes(p))
     check_memory(p.graph, need, p.expected, size, source)  # the final plan, still before allocating it
@@ -116,7 +128,7 @@ def bind(p: Plan, device: str = "auto", max_memory: int | str | None = None, **o
 def compile(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1, device: str = "auto",
             weights: str | Path | Mapping[str, np.ndarray] | None = None, seed: int = 0,
             optimize: bool = True, cuda_graph: bool = True, autotune: bool = False,
-            max_memory: int | str | None = None) -> "CompiledModel":
+            max_memory: int | str | None = None, precision: str = "fp32") -> "CompiledModel":
     """`plan` then `bind`: validate, build, shape-check and optimize a network, and bind it to a backend.
 
     device: "auto" (CUDA when CuPy sees a GPU, else NumPy), "cpu", "cuda" or "opencl".
@@ -125,14 +137,20 @@ def compile(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1, devic
     GPU while compiling and keep the fastest (slower to compile; ignored by other backends).
     max_memory: bytes (or a size like "8GiB") the network may hold: weights + activations +
     scratch. Default: 80% of the machine's RAM, or 90% of the GPU's memory on CUDA. A network
-    over it raises ResourceError before anything is allocated."""
+    over it raises ResourceError before anything is allocated.
+    precision: "fp32" (default) or "tf32": conv/linear products of TF32-rounded operands on the
+    tensor cores (sm_80+), accumulated in float32; the CPU backends round the same way."""
     spec = as_spec(spec)
     build(spec, batch_size)  # a bad spec or batch size is reported before the device is looked at
     require_flag("cuda_graph", cuda_graph)
     require_flag("autotune", autotune)
+    check_precision(precision)  # an unknown precision, before the device is looked at
     backend_class, _ = resolve_backend(device)
+    if reason := backend_class.unsupported_precision(precision):
+        raise DeviceError(reason)
     size, source = memory_limit(backend_class, max_memory)
-    p = plan(spec, batch_size, weights, seed, optimize, limit=(size, source, backend_class.weight_copies))
+    p = plan(spec, batch_size, weights, seed, optimize, limit=(size, source, backend_class.weight_copies),
+             precision=precision)
     return bind(p, device, max_memory, cuda_graph=cuda_graph, autotune=autotune)
 
 
@@ -170,6 +188,7 @@ class CompiledModel:
         self.device_note = device_note  # why device="auto" chose this backend
         self.memory = memory  # the bytes it holds: weights, arena, scratch (bound)
         self.batch_size = plan.batch_size
+        self.precision = plan.precision
         self.input_shapes = {i.name: (self.batch_size, *i.shape) for i in self.spec.inputs}
         self.output_names = list(self.graph.graph["outputs"])
 
@@ -214,4 +233,4 @@ class CompiledModel:
         return summary_table(self.graph)
 
     def __repr__(self) -> str:
-        return f"<CompiledModel {self.spec.name} batch={self.batch_size} device={self.device}>"
+        return f"<CompiledModel {self.spec.name} batch={self.batch_size} device={self.device} precision={self.precision}>"

@@ -71,6 +71,7 @@ def node_rows(g: nx.DiGraph) -> list[dict]:
             "node": node,
             "layers": list(a["layers"]),
             "op": op_label(g, node),
+            "precision": a["compute"].precision if a["compute"] is not None else None,
             "path": a["path"],
             "inputs": list(a["inputs"]),
             "shape": list(a["shape"]),
@@ -129,22 +130,24 @@ def fused(g: nx.DiGraph, node: str) -> bool:
 def summary_table(g: nx.DiGraph) -> str:
     """One row per node (layers, op, shape, params, FLOPs, bytes read and written, arena offset) and totals."""
     rows = node_rows(g)
-    header = ("layer", "op", "output shape", "params", "FLOPs", "read", "written", "arena offset")
-    table = [(",".join(r["layers"]) or r["node"], r["op"], "x".join(map(str, r["shape"])), f"{r['params']:,}",
+    header = ("layer", "op", "precision", "output shape", "params", "FLOPs", "read", "written", "arena offset")
+    table = [(",".join(r["layers"]) or r["node"], r["op"], r["precision"] or "", "x".join(map(str, r["shape"])),
+              f"{r['params']:,}",
               _si(r["flops"]), _si(r["bytes_read"], "B"), _si(r["bytes_written"], "B"),
               "-" if r["offset_bytes"] is None else f"{r['offset_bytes']:,}") for r in rows]
     t = totals(rows)
-    total = ("total", f"{t['nodes']} nodes", "", f"{t['params']:,}", _si(t["flops"]), _si(t["bytes_read"], "B"),
+    total = ("total", f"{t['nodes']} nodes", "", "", f"{t['params']:,}", _si(t["flops"]), _si(t["bytes_read"], "B"),
              _si(t["bytes_written"], "B"), "")
     widths = [max(len(str(row[i])) for row in [header, *table, total]) for i in range(len(header))]
     widths[0] = min(widths[0], 48)
 
     def line(row):
         cells = [str(c) if len(str(c)) <= widths[i] else str(c)[:widths[i] - 1] + "…" for i, c in enumerate(row)]
-        return "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     rule = "  ".join("-" * w for w in widths)
-    title = f"{g.graph['name']}  (batch {g.graph['batch_size']}, {'optimized' if is_optimized(g) else 'raw'} graph)"
+    title = (f"{g.graph['name']}  (batch {g.graph['batch_size']}, {'optimized' if is_optimized(g) else 'raw'} graph, "
+             f"precision {g.graph.get('precision', 'fp32')})")
     return "\n".join([title, line(header), rule, *map(line, table), rule, line(total)])
 
 

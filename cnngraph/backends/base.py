@@ -30,6 +30,11 @@ class Backend:
         return None
 
     @classmethod
+    def unsupported_precision(cls, precision: str) -> str | None:
+        """None when this backend runs `precision` here, else why not (one line)."""
+        return None
+
+    @classmethod
     def memory_limit(cls) -> tuple[int | None, str]:
         """The default limit in bytes (None: unknown) and where it comes from, in words."""
         raise NotImplementedError

@@ -11,6 +11,7 @@ from ..codegen.dialects import CUDA
 from ..codegen.lower import lower
 from ..codegen.nvrtc import COMPILE_OPTIONS, NvrtcError
 from ..errors import DeviceError
+from ..precision import TENSOR_CORE_ARCH
 from ..resources import fmt_bytes
 from .program_backend import ProgramBackend
 
@@ -42,6 +43,21 @@ class CudaBackend(ProgramBackend):
     @classmethod
     def unavailable(cls) -> str | None:
         return cuda_unavailable_reason()
+
+    @classmethod
+    def unsupported_precision(cls, precision: str) -> str | None:
+        if precision not in TENSOR_CORE_ARCH:
+            return None
+        import cupy as cp
+        device = cp.cuda.Device()
+        major, minor = divmod(int(device.compute_capability), 10)
+        if (major, minor) >= TENSOR_CORE_ARCH[precision]:
+            return None
+        props = cp.cuda.runtime.getDeviceProperties(device.id)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        need = "sm_{}{}".format(*TENSOR_CORE_ARCH[precision])
+        return (f'precision "{precision}" needs tensor cores of {need} or newer; this GPU, {name}, is '
+                f'sm_{major}{minor}: it runs precision "fp32"')
 
     @classmethod
     def memory_limit(cls) -> tuple[int | None, str]:

@@ -4,6 +4,9 @@ layer outputs (fresh allocations cost page faults that rival the arithmetic).
 
 Images are (N, H, W, C) inside, so every conv reduces over contiguous channels; they are
 converted from (N, C, H, W) at the inputs and back at the outputs. Weights are rearranged once.
+
+At tf32 a GEMM node's weight and input are rounded to TF32 as the GPU rounds them (the input into
+scratch), so the float32 products are exactly the tensor cores' products.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import numpy as np
 from ..graph import own_in_shapes
 from ..ops import Scratch
 from ..ops.epilogue import apply_numpy
+from ..precision import round_tf32
 from ..resources import ram_limit
 from .base import Backend
 
@@ -40,13 +44,15 @@ class NumpyBackend(Backend):
     @classmethod
     def scratch_bytes(cls, plan) -> int:
         """The largest op scratch (im2col columns) plus room for a padded copy, the stride phases and
-        a fused conv's pre-pool output of the largest tensor."""
+        a fused conv's pre-pool output of the largest tensor; at tf32 the rounded input of a GEMM
+        node and the masks of its rounding (4 + 3 bytes an element)."""
         g = plan.graph
         computes = [(n, g.nodes[n]["compute"]) for n in g.graph["order"]]
         inputs = [math.prod(g.nodes[src]["shape"]) for n, _ in computes for src in g.nodes[n]["inputs"]]  # padded copies
         largest = max([*(math.prod(c.result_shape(g.nodes[n]["shape"])) for n, c in computes), *inputs], default=0)
         own = max((c.spec.numpy_scratch_bytes(own_in_shapes(g, n), c.result_shape(g.nodes[n]["shape"]))
                    + (4 * math.prod(g.nodes[g.nodes[n]["inputs"][0]]["shape"]) if c.gated else 0)  # x * gate
+                   + (7 * math.prod(g.nodes[g.nodes[n]["inputs"][0]]["shape"]) if c.precision == "tf32" else 0)
                    for n, c in computes), default=0)
         return own + 3 * 4 * largest
 
@@ -60,7 +66,10 @@ class NumpyBackend(Backend):
         self.arena = arena
         self.params = {}
         for n in self.order:
-            self.params[n] = g.nodes[n]["compute"].spec.prepare(g.nodes[n].get("weights", {}), own_in_shapes(g, n))
+            weights = g.nodes[n].get("weights", {})
+            if g.nodes[n]["compute"].precision == "tf32":  # conv and linear: their "weight" is the GEMM operand
+                weights = {**weights, "weight": round_tf32(weights["weight"])}
+            self.params[n] = g.nodes[n]["compute"].spec.prepare(weights, own_in_shapes(g, n))
         self.scratch = Scratch()
 
     def poison(self) -> None:
@@ -83,6 +92,8 @@ class NumpyBackend(Backend):
             xs = [views[src] for src in g.nodes[node]["inputs"]]
             if compute.gated:  # x * gate, (N, H, W, C) * (N, 1, 1, C), in scratch instead of the arena
                 xs = [np.multiply(xs[0], xs[1], out=self.scratch.get("gated", xs[0].shape)), *xs[2:]]
+            if compute.precision == "tf32":
+                xs = [round_tf32(xs[0], out=self.scratch.get("tf32", xs[0].shape)), *xs[1:]]
             own = len(xs) - compute.residuals  # the op's own inputs; the rest are residuals
             pool = compute.pool  # a fused pool: the conv result lives in scratch, not the arena
             target = self.scratch.get("fused_conv", backend_shape(pool.conv_shape)) if pool else views[node]

@@ -16,9 +16,10 @@ import numpy as np
 
 from ..geometry import ConvGeometry
 from ..ops.epilogue import label, scale_shifts, to_c
+from ..precision import round_tf32
 from . import templates as T
 from .dialects import Dialect
-from .schedules import Schedule, schedules
+from .schedules import MmaTile, Schedule, schedules
 
 
 @dataclass
@@ -173,8 +174,11 @@ class NodeLowering:
     def gemm(self, name: str, geo: ConvGeometry, matrix: np.ndarray, bias: np.ndarray | None,
              epilogue: EpilogueCode) -> list[Launch]:
         """A conv/linear as an implicit GEMM over `matrix` (groups, C/g*KH*KW, K/g), with the node's
-        epilogue and fused pool; split-K when its schedule says so."""
-        w_ref = self.const("w", matrix)
+        epilogue and fused pool; split-K when its schedule says so. At tf32 the weights are rounded
+        here, once, and the kernel rounds its inputs: on the tensor cores (`conv_mma`) unless a
+        fused pool needs the CUDA-core kernel, which then multiplies the same rounded operands."""
+        tf32 = self.compute.precision == "tf32"
+        w_ref = self.const("w", round_tf32(matrix) if tf32 else matrix)
         b_refs = [self.const("b", bias)] if bias is not None else []
         m, kg = geo.n * geo.pixels, geo.kg
         pool = _fused_pool(self.compute.pool, self.shape)
@@ -182,19 +186,26 @@ class NodeLowering:
             geo = dataclasses.replace(geo, p=self.compute.pool.conv_shape[2], q=self.compute.pool.conv_shape[3])
             m = geo.n * pool.ph * pool.pw * pool.size
             name += f"_{pool.kind}pool{pool.kh}x{pool.kw}"
-        options = schedules(m, kg, geo.reduction, geo.groups, rows_multiple=pool.size if pool else 1)
+        options = schedules(m, kg, geo.reduction, geo.groups, rows_multiple=pool.size if pool else 1,
+                            tensor_cores=tf32)
         chosen = options[self.pick]
         own, out, gated = self.own_inputs, self.output, self.compute.gated  # gated: own = [x, gate]
         if gated:
             name = "gated_" + name
+        if tf32:
+            name += "_tf32"
+        if isinstance(chosen.tile, MmaTile):
+            template, variant = T.conv_mma, {}
+        else:
+            template, variant = T.conv_gemm, {"pool": pool, "tf32": tf32}
         if chosen.splits == 1:
-            launches = [self.launch(name, [*own, w_ref, *b_refs, *epilogue.args, out], T.conv_gemm, geo=geo,
+            launches = [self.launch(name, [*own, w_ref, *b_refs, *epilogue.args, out], template, geo=geo,
                                     extra_args=[_param(b) for b in b_refs] + epilogue.params,
-                                    epilogue=epilogue.code, tile=chosen.tile, pool=pool, gated=gated)]
+                                    epilogue=epilogue.code, tile=chosen.tile, gated=gated, **variant)]
         else:  # split-K: partial sums into the workspace, then one pass that adds them and applies the epilogue
-            partial = self.launch(f"{name}_split{chosen.splits}", [*own, w_ref, ("workspace", "")], T.conv_gemm,
+            partial = self.launch(f"{name}_split{chosen.splits}", [*own, w_ref, ("workspace", "")], template,
                                   geo=geo, extra_args=[], epilogue="", tile=chosen.tile, splits=chosen.splits,
-                                  chunk=chosen.chunk, gated=gated)
+                                  chunk=chosen.chunk, gated=gated, **variant)
             partial.workspace = chosen.splits * m * kg
             reduce = self.launch(f"{name}_reduce", [("workspace", ""), *b_refs, *epilogue.args, out], T.split_reduce,
                                  n=geo.n, k=kg, pq=geo.pixels, splits=chosen.splits,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..errors import DeviceError, InternalError
 
@@ -46,8 +47,10 @@ def failing_kernels(source: str, log: str) -> list[str]:
     return [name for _, name in starts if name in blamed]
 
 
-def compile_cuda(source: str, arch: str = "sm_90", name: str = "kernel.cu") -> dict[str, KernelReport]:
-    """Compile `source` for `arch`; returns ptxas's report per kernel, or raises NvrtcError with the log."""
+def compile_cuda(source: str, arch: str = "sm_90", name: str = "kernel.cu", cubin: list | None = None
+                 ) -> dict[str, KernelReport]:
+    """Compile `source` for `arch`; returns ptxas's report per kernel, or raises NvrtcError with the log.
+    With a `cubin` list, the compiled cubin's bytes are appended to it (for `sass`)."""
     try:
         from cuda.bindings import nvrtc
     except ImportError as err:
@@ -63,9 +66,42 @@ def compile_cuda(source: str, arch: str = "sm_90", name: str = "kernel.cu") -> d
         log = log.decode(errors="replace").rstrip("\x00 \n")
         if result != nvrtc.nvrtcResult.NVRTC_SUCCESS:
             raise NvrtcError.from_log(source, log, f"{name} ({arch})")
+        if cubin is not None:
+            _, size = nvrtc.nvrtcGetCUBINSize(prog)
+            binary = b" " * size
+            nvrtc.nvrtcGetCUBIN(prog, binary)
+            cubin.append(binary)
         return parse_ptxas_log(log)
     finally:
         nvrtc.nvrtcDestroyProgram(prog)
+
+
+def sass(source: str, arch: str = "sm_90") -> dict[str, list[str]]:
+    """The SASS opcodes of each kernel of `source` compiled for `arch` (nvdisasm reads the cubin; no
+    GPU needed): kernel -> opcodes in program order ("HMMA.1688.F32.TF32", "LDS", ...)."""
+    import shutil
+    import subprocess
+    import sysconfig
+    import tempfile
+
+    tool = shutil.which("nvdisasm") or next(
+        (str(p) for p in Path(sysconfig.get_paths()["purelib"]).glob("nvidia/*/bin/nvdisasm")), None)
+    if tool is None:
+        raise DeviceError("nvdisasm is not available (pip install nvidia-cuda-nvdisasm)")
+    binary: list = []
+    compile_cuda(source, arch, cubin=binary)
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(binary[0])
+        f.flush()
+        listing = subprocess.run([tool, "-c", f.name], capture_output=True, text=True, check=True).stdout
+    opcodes: dict[str, list[str]] = {}
+    current = None
+    for line in listing.splitlines():
+        if m := re.match(r"\s*\.text\.(\w+):", line):
+            current = opcodes.setdefault(m.group(1), [])
+        elif current is not None and (m := re.search(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", line)):
+            current.append(m.group(1))
+    return opcodes
 
 
 def parse_ptxas_log(log: str) -> dict[str, KernelReport]:

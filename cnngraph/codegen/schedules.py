@@ -26,6 +26,30 @@ class Tile:
         return (self.bm // self.tm) * (self.bn // self.tn)
 
 
+@dataclass(frozen=True)
+class MmaTile:
+    """Tensor-core tiling: a block computes BM pixels x BN channels, reducing BK at a time through
+    double-buffered shared memory; its warps split the block tile into WM x WN warp tiles, each a
+    grid of m16n8k8 products (WM/16 x WN/8 accumulator fragments of 4 values per lane)."""
+    bm: int
+    bn: int
+    bk: int
+    wm: int
+    wn: int
+
+    @property
+    def warps(self) -> int:
+        return (self.bm // self.wm) * (self.bn // self.wn)
+
+    @property
+    def threads(self) -> int:
+        return 32 * self.warps
+
+
+MMA_TILES = {"mma_large": MmaTile(128, 128, 16, 64, 32), "mma_wide": MmaTile(128, 64, 16, 64, 32),
+             "mma_small": MmaTile(64, 64, 16, 32, 32), "mma_narrow": MmaTile(64, 32, 16, 32, 16)}
+MMA_DEEP_TILES = {"mma_large32": MmaTile(128, 128, 32, 64, 32), "mma_wide32": MmaTile(128, 64, 32, 64, 32)}
+
 TILES = {"large": Tile(128, 128, 8, 8, 8), "wide": Tile(128, 64, 8, 8, 8), "small": Tile(64, 64, 8, 4, 8),
          "narrow": Tile(64, 32, 8, 4, 4)}
 DEEP_TILES = {"large16": Tile(128, 128, 16, 8, 8), "wide16": Tile(128, 64, 16, 8, 8),  # autotuning candidates
@@ -35,22 +59,29 @@ DEEP_TILES = {"large16": Tile(128, 128, 16, 8, 8), "wide16": Tile(128, 64, 16, 8
 @dataclass(frozen=True)
 class Schedule:
     """How one conv/linear GEMM runs: its tile, and how many slices its reduction is split into."""
-    tile: Tile
+    tile: Tile | MmaTile
     splits: int = 1
     chunk: int = 0  # reduction values per split (a multiple of the tile's BK)
 
 
-def schedules(m: int, k: int, r: int, groups: int, rows_multiple: int = 1) -> list[Schedule]:
+def schedules(m: int, k: int, r: int, groups: int, rows_multiple: int = 1, tensor_cores: bool = False
+              ) -> list[Schedule]:
     """The default schedule first (a heuristic, good without measuring), then the few alternatives
-    an autotuner may time on the device: other tiles, a deeper BK, half or twice the splits."""
-    def make(tile: Tile, splits: int | None = None) -> Schedule:
+    an autotuner may time on the device: other tiles, a deeper BK, half or twice the splits.
+    `tensor_cores`: the tiles of the mma kernel (a fused pool, whose windows a thread must own,
+    keeps the CUDA-core tiles)."""
+    def make(tile: Tile | MmaTile, splits: int | None = None) -> Schedule:
         if rows_multiple != 1 or groups != 1:  # fused pools and grouped convs do not split
             return Schedule(tile)
         return _split(tile, r, default_splits(m, k, r, tile) if splits is None else splits)
 
-    found = [make(choose_tile(m, k, rows_multiple))]
-    alternatives = [make(t) for t in (TILES["large"], TILES["wide"], *DEEP_TILES.values(), TILES["small"])
-                    if t.tm % rows_multiple == 0 and t.bn <= 2 * k]
+    if tensor_cores and rows_multiple == 1:
+        found = [make(choose_mma_tile(m, k))]
+        alternatives = [make(t) for t in (*MMA_TILES.values(), *MMA_DEEP_TILES.values()) if t.bn <= 2 * k]
+    else:
+        found = [make(choose_tile(m, k, rows_multiple))]
+        alternatives = [make(t) for t in (TILES["large"], TILES["wide"], *DEEP_TILES.values(), TILES["small"])
+                        if t.tm % rows_multiple == 0 and t.bn <= 2 * k]
     if found[0].splits > 1:
         alternatives += [make(found[0].tile, s) for s in (1, found[0].splits // 2, 2 * found[0].splits)
                          if r // s >= 2 * found[0].tile.bk]
@@ -60,7 +91,7 @@ def schedules(m: int, k: int, r: int, groups: int, rows_multiple: int = 1) -> li
     return found
 
 
-def _split(tile: Tile, r: int, splits: int) -> Schedule:
+def _split(tile: Tile | MmaTile, r: int, splits: int) -> Schedule:
     """The reduction of r values in at most `splits` slices, each a whole number of BK steps."""
     chunk = cdiv(cdiv(r, splits), tile.bk) * tile.bk
     return Schedule(tile, cdiv(r, chunk), chunk) if cdiv(r, chunk) > 1 else Schedule(tile)
@@ -80,7 +111,16 @@ def choose_tile(m: int, k: int, rows_multiple: int = 1) -> Tile:
     raise ValueError(f"no tile holds windows of {rows_multiple} rows")
 
 
-def default_splits(m: int, k: int, r: int, tile: Tile) -> int:
+def choose_mma_tile(m: int, k: int) -> MmaTile:
+    """As `choose_tile`, among the tensor-core tiles."""
+    for name in ("mma_large", "mma_wide", "mma_small"):
+        t = MMA_TILES[name]
+        if k >= t.bn and cdiv(m, t.bm) * cdiv(k, t.bn) >= 264:
+            return t
+    return MMA_TILES["mma_narrow" if k <= 32 else "mma_small"]
+
+
+def default_splits(m: int, k: int, r: int, tile: Tile | MmaTile) -> int:
     """Split the reduction when the output alone gives too few blocks to fill the GPU (batch 1,
     late layers): aim at about 2 blocks per SM on 132 SMs, each slice at least 128 values."""
     blocks = cdiv(m, tile.bm) * cdiv(k, tile.bn)

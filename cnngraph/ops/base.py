@@ -148,6 +148,11 @@ class Layer(Strict):
     def has(cls, trait: str) -> bool:
         return trait in cls.traits
 
+    def runs_as_gemm(self, in_shapes: list[Shape]) -> bool:
+        """Whether its products are a matrix multiplication that a reduced precision (tf32, on the
+        tensor cores) applies to: conv/linear, but not a depthwise conv."""
+        return self.has(GEMM)
+
     # --- shape rule ---------------------------------------------------------------------------
     def infer_shape(self, in_shapes: list[Shape]) -> Shape:
         """Output shape (per sample) from input shapes, or a ShapeError naming what was expected."""

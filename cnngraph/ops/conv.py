@@ -208,6 +208,9 @@ class Conv2d(Layer):
     def is_depthwise(self, in_channels: int) -> bool:
         return self.groups == in_channels == self.out_channels and self.groups > 1
 
+    def runs_as_gemm(self, in_shapes):
+        return not self.is_depthwise(in_shapes[0][0])
+
     def prepare(self, weights, in_shapes):
         w = weights["weight"]  # (K, C/g, kh, kw)
         k, cg, kh, kw = w.shape

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...geometry import ConvGeometry, cdiv
-from ..schedules import Tile
+from ..schedules import MmaTile, Tile
 from .common import THREADS, indent, one_thread_each, ptr
 from .elementwise import pointwise
 
@@ -32,7 +32,8 @@ class FusedPool:
 
 
 def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: str, tile: Tile, splits: int = 1,
-              chunk: int = 0, pool: FusedPool | None = None, gated: bool = False) -> tuple[str, tuple, tuple]:
+              chunk: int = 0, pool: FusedPool | None = None, gated: bool = False, tf32: bool = False
+              ) -> tuple[str, tuple, tuple]:
     """Implicit-GEMM convolution (also linear: h = w = kh = kw = 1). GEMM M = N*P*Q output pixels,
     N = K/groups output channels, reduction R = C/groups*KH*KW; the group is blockIdx.z.
     x (N, C, H, W), w (groups, R, K/groups), y (N, K, P, Q).
@@ -42,18 +43,17 @@ def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
     With `pool`, only the conv pixels inside pooling windows are computed, a thread owns whole
     windows, and it stores the pooled value: y is then (N, K, PH, PW).
     With `gated`, a second input gate (N, C) scales each input value by its sample's channel gate
-    as it is loaded (a squeeze-excitation `x * s` the conv reads without it being stored)."""
-    n, c, h, w, k, q, sh, sw, pt, pl, groups = (geo.n, geo.c, geo.h, geo.w, geo.k, geo.q, geo.sh, geo.sw, geo.pt,
-                                                 geo.pl, geo.groups)
-    cg, kg, r_total, pq = geo.cg, geo.kg, geo.reduction, geo.pixels
+    as it is loaded (a squeeze-excitation `x * s` the conv reads without it being stored).
+    With `tf32`, input values are rounded to TF32 as they enter shared memory (the weights come
+    rounded): the products are those of the tensor-core kernel, `conv_mma`, for the pooled convs
+    it does not handle."""
+    n, k, groups, kg, pq = geo.n, geo.k, geo.groups, geo.kg, geo.pixels
     m_total = n * pool.ph * pool.pw * pool.size if pool else n * pq
     t = tile
     nt, a_per, a_step, b_per = t.threads, t.bm * t.bk // t.threads, t.threads // t.bm, t.bk * t.bn // t.threads
     assert nt % t.bm == 0 and (t.bk * t.bn) % nt == 0
     assert not pool or (t.tm % pool.size == 0 and splits == 1)
     split = splits > 1
-    # the gates of this thread's sample and group: the input value of channel ci is scaled by gg[ci]
-    gate_row = f"\n    GLOBAL const float* gg = gate + a_n * {c} + {'0' if split else 'g'} * {cg};" if gated else ""
     r_begin = f"g * {chunk}" if split else "0"
     rows_per = t.bm // t.tm
     # a thread's i-th row: interleaved (coalesced stores), or contiguous when it must own whole windows
@@ -64,17 +64,6 @@ def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
         assert t.tm in (4, 8)
     else:
         row = f"ty + i * {rows_per}"
-    if pool:
-        cells = pool.ph * pool.pw
-        decode = f"""const int a_n = am / {cells * pool.size};
-    const int a_cell = (am / {pool.size}) % {cells};  /* pooled pixel */
-    const int a_win = am % {pool.size};                /* position inside its window */
-    const int a_p = (a_cell / {pool.pw}) * {pool.kh} + a_win / {pool.kw};
-    const int a_q = (a_cell % {pool.pw}) * {pool.kw} + a_win % {pool.kw};"""
-    else:
-        decode = f"""const int a_n = am / {pq};
-    const int a_p = (am % {pq}) / {q};
-    const int a_q = am % {q};"""
     inputs = [ptr("x"), *([ptr("gate")] if gated else []), ptr("w")]
     if split:
         assert groups == 1
@@ -82,7 +71,7 @@ def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
         finish = _plain_epilogue(t, row, m_total, pq, kg, "kl", "", f"ws[(g * {k} + k) * {m_total} + m] = v;")
     elif pool:
         args = ", ".join([*inputs, *extra_args, ptr("y", const=False)])
-        finish = _pool_epilogue(t, pool, m_total, geo.p, q, k, kg, epilogue)
+        finish = _pool_epilogue(t, pool, m_total, geo.p, geo.q, k, kg, epilogue)
     else:
         args = ", ".join([*inputs, *extra_args, ptr("y", const=False)])
         finish = _plain_epilogue(t, row, m_total, pq, kg, f"g * {kg} + kl", epilogue, "y[idx] = v;", k)
@@ -96,14 +85,7 @@ def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
     const int n0 = BLOCK_Y * {t.bn};
     const int ty = tid % {rows_per};  /* row i of this thread: m0 + {row} */
     const int tx = tid / {rows_per};  /* columns n0 + tx*{t.tn} + j */
-    /* the output pixel whose input window this thread loads stays the same for the whole reduction */
-    const int am = m0 + tid % {t.bm};
-    {decode}
-    const int ih0 = a_p * {sh} - {pt};
-    const int iw0 = a_q * {sw} - {pl};
-    GLOBAL const float* xg = x + (a_n * {c} + {"0" if split else "g"} * {cg}) * {h * w};{gate_row}
-    GLOBAL const float* wg = w + {"0" if split else "g"} * {r_total * kg};
-    const int r_end = {f"min({r_begin} + {chunk}, {r_total})" if split else r_total};
+{_window(geo, t.bm, pool, splits, chunk, gated)}
     float acc[{t.tm}][{t.tn}];
     float a_reg[{a_per}];
     float b_reg[{b_per}];
@@ -114,7 +96,7 @@ def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
         if (k0 == {r_begin}) {{
 {_load_tiles("k0", t, geo, m_total, gated, spaces=12)}
         }}
-        UNROLL for (int i = 0; i < {a_per}; ++i) As[tid / {t.bm} + i * {a_step}][tid % {t.bm}] = a_reg[i];
+        UNROLL for (int i = 0; i < {a_per}; ++i) As[tid / {t.bm} + i * {a_step}][tid % {t.bm}] = {"TF32(a_reg[i])" if tf32 else "a_reg[i]"};
         UNROLL for (int i = 0; i < {b_per}; ++i) Bs[(tid + i * {nt}) / {t.bn}][(tid + i * {nt}) % {t.bn}] = b_reg[i];
         BARRIER();
         if (k0 + {t.bk} < r_end) {{  /* prefetch the next slice while this one is multiplied */
@@ -136,6 +118,141 @@ def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
 """
     grid = (cdiv(m_total, t.bm), cdiv(kg, t.bn), splits if split else groups)
     return body, grid, (nt, 1, 1)
+
+
+def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: str, tile: MmaTile, splits: int = 1,
+             chunk: int = 0, gated: bool = False) -> tuple[str, tuple, tuple]:
+    """The implicit GEMM of `conv_gemm` (same arguments, layouts, split-K and gate; no fused pool)
+    on the tensor cores: TF32 m16n8k8 products with float32 accumulators.
+
+    Each slice of BK reduction values is loaded to registers (the next one while the current one is
+    multiplied), rounded to TF32 into one of two shared buffers (one barrier per slice), and each
+    warp multiplies its WM x WN warp tile out of it. Shared rows are padded by 8 floats, so the
+    fragment reads of a warp (rows t and t+4, columns g) fall in 32 distinct banks. The epilogue
+    runs on the accumulator fragments in registers: lane (g, t) holds pixels g and g+8 of each
+    16-row fragment, channels 2t and 2t+1 of each 8-column one."""
+    t, split = tile, splits > 1
+    nt, mi, ni = t.threads, t.wm // 16, t.wn // 8
+    a_per, a_step, b_per = t.bm * t.bk // nt, nt // t.bm, t.bk * t.bn // nt
+    assert nt % t.bm == 0 and (t.bk * t.bn) % nt == 0 and t.bk % 8 == 0 and t.wm % 16 == 0 and t.wn % 8 == 0
+    assert not split or geo.groups == 1
+    m_total, kg, pq = geo.n * geo.pixels, geo.kg, geo.pixels
+    r_begin = f"g * {chunk}" if split else "0"
+    inputs = [ptr("x"), *([ptr("gate")] if gated else []), ptr("w")]
+    if split:
+        args = ", ".join([*inputs, ptr("ws", const=False)])
+        channel, code, store, k_total = "kl", "", f"ws[(g * {geo.k} + k) * {m_total} + m] = v;", geo.k
+    else:
+        args = ", ".join([*inputs, *extra_args, ptr("y", const=False)])
+        channel, code, store, k_total = f"g * {kg} + kl", epilogue, "y[idx] = v;", geo.k
+
+    def store_slice(buf: str) -> str:
+        return f"""UNROLL for (int i = 0; i < {a_per}; ++i) As[{buf}][tid / {t.bm} + i * {a_step}][tid % {t.bm}] = TF32(a_reg[i]);
+UNROLL for (int i = 0; i < {b_per}; ++i) Bs[{buf}][(tid + i * {nt}) / {t.bn}][(tid + i * {nt}) % {t.bn}] = b_reg[i];"""
+
+    body = f"""KERNEL void {name}({args})
+{{
+    SHARED float As[2][{t.bk}][{t.bm + 8}] ALIGNED16;  /* [buffer][reduction][pixel] */
+    SHARED float Bs[2][{t.bk}][{t.bn + 8}] ALIGNED16;  /* [buffer][reduction][channel] */
+    MMA_SCRATCH({t.warps});
+    const int tid = THREAD_X;
+    const int fg = (tid % 32) / 4;  /* the lane's fragment row (PTX's g) */
+    const int ft = tid % 4;         /* and column (t) */
+    const int wm0 = (tid / 32) % {t.bm // t.wm} * {t.wm};  /* this warp's tile in the block's */
+    const int wn0 = (tid / 32) / {t.bm // t.wm} * {t.wn};
+    const int g = BLOCK_Z;
+    const int m0 = BLOCK_X * {t.bm};
+    const int n0 = BLOCK_Y * {t.bn};
+{_window(geo, t.bm, None, splits, chunk, gated)}
+    float acc[{mi}][{ni}][4];
+    float a_reg[{a_per}];
+    float b_reg[{b_per}];
+    UNROLL for (int i = 0; i < {mi}; ++i)
+        UNROLL for (int j = 0; j < {ni}; ++j)
+            UNROLL for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+{_load_tiles(r_begin, t, geo, m_total, gated, spaces=4)}
+{indent(store_slice("0"), 4)}
+    BARRIER();
+    int buf = 0;
+    for (int k0 = {r_begin}; k0 < r_end; k0 += {t.bk}) {{
+        const int more = k0 + {t.bk} < r_end;
+        if (more) {{  /* the next slice's global loads are in flight while this one is multiplied */
+{_load_tiles(f"k0 + {t.bk}", t, geo, m_total, gated, spaces=12)}
+        }}
+        UNROLL for (int kk = 0; kk < {t.bk}; kk += 8) {{
+            float a[{mi}][4];
+            float b[{ni}][2];
+            UNROLL for (int i = 0; i < {mi}; ++i) {{
+                const int row = wm0 + i * 16 + fg;
+                a[i][0] = As[buf][kk + ft][row];
+                a[i][1] = As[buf][kk + ft][row + 8];
+                a[i][2] = As[buf][kk + ft + 4][row];
+                a[i][3] = As[buf][kk + ft + 4][row + 8];
+            }}
+            UNROLL for (int j = 0; j < {ni}; ++j) {{
+                const int col = wn0 + j * 8 + fg;
+                b[j][0] = Bs[buf][kk + ft][col];
+                b[j][1] = Bs[buf][kk + ft + 4][col];
+            }}
+            UNROLL for (int i = 0; i < {mi}; ++i)
+                UNROLL for (int j = 0; j < {ni}; ++j) MMA_TF32(acc[i][j], a[i], b[j]);
+        }}
+        if (more) {{
+{indent(store_slice("buf ^ 1"), 12)}
+        }}
+        buf ^= 1;
+        BARRIER();
+    }}
+
+    UNROLL for (int i = 0; i < {mi}; ++i)
+        UNROLL for (int j = 0; j < {ni}; ++j)
+            UNROLL for (int e = 0; e < 4; ++e) {{
+                const int m = m0 + wm0 + i * 16 + fg + 8 * (e / 2);
+                const int kl = n0 + wn0 + j * 8 + 2 * ft + e % 2;
+                if (m < {m_total} && kl < {kg}) {{
+                    const int nb = m / {pq};
+                    const int pix = m - nb * {pq};
+                    const int k = {channel};
+                    const int idx = (nb * {k_total} + k) * {pq} + pix;
+                    float v = acc[i][j][e];
+{indent(code, 20)}
+                    {store}
+                }}
+            }}
+}}
+"""
+    grid = (cdiv(m_total, t.bm), cdiv(kg, t.bn), splits if split else geo.groups)
+    return body, grid, (nt, 1, 1)
+
+
+def _window(geo: ConvGeometry, bm: int, pool: FusedPool | None, splits: int, chunk: int, gated: bool) -> str:
+    """The per-thread setup of an implicit GEMM's input loads (`_load_tiles`): the output pixel `am`
+    whose input window this thread loads (the same for the whole reduction), the window's corner,
+    the thread's sample and group in x (and its gates), its weights, and the reduction range."""
+    split = splits > 1
+    group = "0" if split else "g"  # blockIdx.z is the split when there is one, else the group
+    if pool:
+        cells = pool.ph * pool.pw
+        decode = f"""const int a_n = am / {cells * pool.size};
+const int a_cell = (am / {pool.size}) % {cells};  /* pooled pixel */
+const int a_win = am % {pool.size};                /* position inside its window */
+const int a_p = (a_cell / {pool.pw}) * {pool.kh} + a_win / {pool.kw};
+const int a_q = (a_cell % {pool.pw}) * {pool.kw} + a_win % {pool.kw};"""
+    else:
+        decode = f"""const int a_n = am / {geo.pixels};
+const int a_p = (am % {geo.pixels}) / {geo.q};
+const int a_q = am % {geo.q};"""
+    # the gates of this thread's sample and group: the input value of channel ci is scaled by gg[ci]
+    gates = f"\nGLOBAL const float* gg = gate + a_n * {geo.c} + {group} * {geo.cg};" if gated else ""
+    r_end = f"min(g * {chunk} + {chunk}, {geo.reduction})" if split else geo.reduction
+    return indent(f"""/* the output pixel whose input window this thread loads stays the same for the whole reduction */
+const int am = m0 + tid % {bm};
+{decode}
+const int ih0 = a_p * {geo.sh} - {geo.pt};
+const int iw0 = a_q * {geo.sw} - {geo.pl};
+GLOBAL const float* xg = x + (a_n * {geo.c} + {group} * {geo.cg}) * {geo.h * geo.w};{gates}
+GLOBAL const float* wg = w + {group} * {geo.reduction * geo.kg};
+const int r_end = {r_end};""", 4)
 
 
 def _plain_epilogue(t: Tile, row: str, m_total, pq, kg, channel: str, epilogue: str, store: str, k=None) -> str:

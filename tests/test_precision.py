@@ -1,0 +1,265 @@
+"""precision="tf32": TF32 rounding as the GPU rounds, the NumPy backend's emulation against
+float64 PyTorch, the tensor-core kernel (`conv_mma`) on PoCL through the exact mma emulation
+against the NumPy backend, planted mistakes the emulation must catch, the NVRTC/SASS checks
+(HMMA in every tensor-core kernel, no stack), and on a GPU the same comparisons on CUDA."""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import cnngraph
+from cnngraph.backends.opencl_backend import OpenCLBackend
+from cnngraph.codegen.dialects import CUDA
+from cnngraph.errors import DeviceError, SpecError
+from cnngraph.precision import round_tf32
+from test_backends import CUDA_REASON, EXAMPLES, OPENCL_REASON, REDUCED, rel_err
+
+needs_opencl = pytest.mark.skipif(OPENCL_REASON is not None, reason=str(OPENCL_REASON))
+needs_cuda = [pytest.mark.gpu, pytest.mark.skipif(CUDA_REASON is not None, reason=str(CUDA_REASON))]
+
+
+def tf32_reference(x: np.ndarray) -> np.ndarray:
+    """Round to 11 significant bits, half away from zero, in float64 arithmetic (frexp), as an
+    independent check of the bit-twiddling `round_tf32`."""
+    x64 = x.astype(np.float64)
+    mantissa, exponent = np.frexp(x64)  # |mantissa| in [0.5, 1)
+    scaled = np.abs(mantissa) * 2.0 ** 11
+    rounded = np.copysign(np.floor(scaled + 0.5) / 2.0 ** 11, mantissa)
+    return np.where(np.isfinite(x64), np.ldexp(rounded, exponent), x64).astype(np.float32)
+
+
+def test_round_tf32_matches_an_independent_rounding():
+    rng = np.random.default_rng(0)
+    x = np.concatenate([(rng.standard_normal(20000) * 10.0 ** rng.integers(-6, 6, 20000)).astype(np.float32),
+                        np.array([np.inf, -np.inf, np.nan, 0.0, -0.0], np.float32)])
+    ties = (1.0 + np.arange(1, 200, 2) * 2.0 ** -11).astype(np.float32)  # exactly halfway between TF32 values
+    x = np.concatenate([x, ties, -ties])
+    got, want = round_tf32(x), tf32_reference(x)
+    assert np.array_equal(got.view(np.uint32)[np.isfinite(x)], want.view(np.uint32)[np.isfinite(x)])
+    assert np.isnan(got[np.isnan(x)]).all() and np.array_equal(got[np.isinf(x)], x[np.isinf(x)])
+    assert (got.view(np.uint32) & 0x1FFF == 0)[np.isfinite(x)].all()  # 13 low mantissa bits cleared
+    assert np.array_equal(np.abs(round_tf32(ties)), np.abs(ties) + 2.0 ** -11)  # ties away from zero
+    out = np.empty_like(x)
+    assert round_tf32(x, out=out) is out and np.array_equal(out.view(np.uint32), got.view(np.uint32))
+
+
+def net(layers, shape, inputs=None):
+    return {"format_version": 1, "name": "t", "inputs": inputs or [{"name": "x", "shape": list(shape)}],
+            "layers": layers}
+
+
+# single conv/linear layers covering the kernel's variants: each goes through `conv_mma`
+LAYERS = {
+    "conv3x3_pad": (net([{"op": "conv2d", "out_channels": 16, "kernel_size": 3, "padding": 1, "activation": "relu"}],
+                        (8, 10, 10)), 2),
+    "conv_stride2_ragged": (net([{"op": "conv2d", "out_channels": 70, "kernel_size": 3, "stride": 2,
+                                  "padding": [1, 0, 2, 1]}], (13, 11, 9)), 3),
+    "conv1x1_many_channels": (net([{"op": "conv2d", "out_channels": 130, "kernel_size": 1}], (40, 12, 12)), 2),
+    "grouped_dilated": (net([{"op": "conv2d", "out_channels": 24, "kernel_size": 3, "groups": 4, "dilation": 2,
+                              "padding": 2}], (16, 9, 9)), 2),
+    "split_k": (net([{"op": "conv2d", "out_channels": 64, "kernel_size": 3, "padding": 1}], (256, 4, 4)), 1),
+    "linear": (net([{"op": "flatten"}, {"op": "linear", "out_features": 9, "activation": "tanh"}], (8, 3, 3)), 3),
+    "residual_epilogue": (net([{"op": "conv2d", "name": "a", "out_channels": 8, "kernel_size": 3, "padding": 1},
+                               {"op": "conv2d", "name": "b", "out_channels": 8, "kernel_size": 3, "padding": 1},
+                               {"op": "add", "inputs": ["a", "b"]}, {"op": "relu"}], (8, 6, 6)), 2),
+    "pooled_conv": (net([{"op": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1},
+                         {"op": "max_pool2d", "kernel_size": 2}], (4, 8, 8)), 2),  # CUDA-core kernel, rounded
+}
+
+
+def inputs_for(model, seed=0):
+    rng = np.random.default_rng(seed)
+    return {name: rng.standard_normal(shape).astype(np.float32) for name, shape in model.input_shapes.items()}
+
+
+def run_poisoned(model, xs):
+    model.backend.poison()
+    return model(xs)
+
+
+@pytest.mark.parametrize("case", sorted(LAYERS))
+def test_numpy_tf32_is_rounded_and_close_to_float64(case):
+    """The NumPy emulation differs from fp32 (it rounds) and stays within TF32's error of float64."""
+    from torch_oracle import run_spec
+
+    spec, batch = LAYERS[case]
+    fp32 = cnngraph.compile(spec, batch_size=batch, device="cpu")
+    tf32 = cnngraph.compile(spec, batch_size=batch, device="cpu", weights=fp32.weights, precision="tf32")
+    xs = inputs_for(fp32)
+    want = run_spec(spec, {k: v.astype(np.float64) for k, v in fp32.weights.items()},
+                    {k: v.astype(np.float64) for k, v in xs.items()})
+    want = next(iter(want.values()))
+    assert rel_err(tf32(xs), want) <= 5e-3
+    assert rel_err(tf32(xs), want) > 10 * rel_err(fp32(xs), want)  # the rounding really happens
+
+
+@needs_opencl
+@pytest.mark.parametrize("case", sorted(LAYERS))
+def test_tensor_core_kernel_on_pocl_matches_numpy_tf32(case):
+    spec, batch = LAYERS[case]
+    ref = cnngraph.compile(spec, batch_size=batch, device="cpu", precision="tf32")
+    model = cnngraph.compile(spec, batch_size=batch, device="opencl", weights=ref.weights, precision="tf32")
+    xs = inputs_for(ref)
+    assert rel_err(run_poisoned(model, xs), ref(xs)) <= 1e-5
+    gemms = [l for l in model.backend.program.launches if l.kernel.startswith(("conv", "linear"))
+             and not l.kernel.endswith("_reduce")]
+    assert gemms and all("_tf32" in l.kernel for l in gemms)
+    assert all("MMA_TF32(" in l.body for l in gemms) == (case != "pooled_conv")
+
+
+def planted(spec, batch, old: str, new: str):
+    """The OpenCL model of `spec` at tf32 with one mistake planted in its tensor-core kernels."""
+    p = cnngraph.plan(spec, batch, precision="tf32")
+    program = copy.deepcopy(p.program)
+    for launch in program.launches:
+        if "MMA_TF32(" in launch.body:
+            assert old in launch.body
+            launch.body = launch.body.replace(old, new)
+    return p, OpenCLBackend(p, program=program)
+
+
+@needs_opencl
+@pytest.mark.parametrize("old, new", [
+    ("a[i][1] = As[buf][kk + ft][row + 8];", "a[i][1] = As[buf][kk + ft][row];"),  # a wrong fragment row
+    ("b[j][1] = Bs[buf][kk + ft + 4][col];", "b[j][1] = Bs[buf][kk + ft][col];"),  # a wrong fragment k
+    ("= TF32(a_reg[i]);", "= a_reg[i];"),  # inputs never rounded: the tensor cores truncate them
+    ("const int kl = n0 + wn0 + j * 8 + 2 * ft + e % 2;", "const int kl = n0 + wn0 + j * 8 + ft + e % 2;"),
+], ids=["fragment_row", "fragment_k", "unrounded_input", "accumulator_column"])
+def test_emulation_catches_planted_mistakes(old, new):
+    spec, batch = LAYERS["conv3x3_pad"]
+    p, backend = planted(spec, batch, old, new)
+    ref = cnngraph.compile(spec, batch_size=batch, device="cpu", precision="tf32")
+    xs = inputs_for(ref)
+    backend.poison()
+    got = backend.run(xs)
+    assert not (np.isfinite(got["conv2d_0"]).all() and rel_err(got["conv2d_0"], ref(xs)) <= 1e-5)
+
+
+@pytest.mark.parametrize("case", sorted(LAYERS))
+def test_kernel_names_and_summary_show_the_precision(case):
+    spec, batch = LAYERS[case]
+    p = cnngraph.plan(spec, batch, precision="tf32")
+    model = cnngraph.bind(p, "cpu")
+    assert model.precision == "tf32" and "precision=tf32" in repr(model)
+    assert "tf32" in model.summary()
+    gemm_nodes = [n for n in p.graph.graph["order"] if p.graph.nodes[n]["compute"].spec.runs_as_gemm(
+        [p.graph.nodes[i]["shape"][1:] for i in p.graph.nodes[n]["inputs"]])]
+    assert gemm_nodes and all(p.graph.nodes[n]["compute"].precision == "tf32" for n in gemm_nodes)
+
+
+def test_depthwise_stays_fp32():
+    spec = net([{"op": "conv2d", "out_channels": 8, "kernel_size": 3, "groups": 8, "padding": 1},
+                {"op": "conv2d", "out_channels": 4, "kernel_size": 1}], (8, 5, 5))
+    p = cnngraph.plan(spec, 1, precision="tf32")
+    precisions = {n: p.graph.nodes[n]["compute"].precision for n in p.graph.graph["order"]}
+    assert precisions == {"conv2d_0": "fp32", "conv2d_1": "tf32"}
+
+
+@pytest.mark.parametrize("bad", ["fp64", "TF32", "", None, 32, ["tf32"]])
+def test_unknown_precision_is_one_clear_error(bad):
+    spec, _ = LAYERS["linear"]
+    for call in (lambda: cnngraph.compile(spec, device="cpu", precision=bad),
+                 lambda: cnngraph.plan(spec, precision=bad)):
+        with pytest.raises(SpecError, match="precision .*valid: fp32, tf32"):
+            call()
+
+
+def test_cli_precision(tmp_path):
+    spec, _ = LAYERS["conv3x3_pad"]
+    path = tmp_path / "net.json"
+    path.write_text(json.dumps(spec))
+    cli = [sys.executable, "-m", "cnngraph.cli"]
+    run = subprocess.run([*cli, "run", str(path), "--device", "cpu", "--precision", "tf32"], capture_output=True,
+                         text=True)
+    assert run.returncode == 0, run.stderr
+    inspect = subprocess.run([*cli, "inspect", str(path), "--precision", "tf32"], capture_output=True, text=True)
+    assert inspect.returncode == 0 and "tf32" in inspect.stdout
+    out = tmp_path / "kernels"
+    codegen = subprocess.run([*cli, "codegen", str(path), "-o", str(out), "--precision", "tf32"], capture_output=True,
+                             text=True)
+    assert codegen.returncode == 0, codegen.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["precision"] == "tf32"
+    assert any(f.name.endswith("_tf32.cu") for f in out.iterdir())
+    bad = subprocess.run([*cli, "run", str(path), "--device", "cpu", "--precision", "fp64"], capture_output=True,
+                         text=True)
+    assert bad.returncode != 0 and "Traceback" not in bad.stderr and "fp32, tf32" in bad.stderr
+
+
+# --- NVRTC and SASS (no GPU needed) ---------------------------------------------------------------
+
+def _nvrtc_reason():
+    try:
+        from cnngraph.codegen.nvrtc import compile_cuda
+        compile_cuda('extern "C" __global__ void k() {}')
+    except Exception as err:
+        return f"NVRTC unavailable: {err}"
+    return None
+
+
+NVRTC_REASON = _nvrtc_reason()
+
+
+@pytest.mark.skipif(NVRTC_REASON is not None, reason=str(NVRTC_REASON))
+@pytest.mark.parametrize("example, batch", [("resnet18", 64), ("resnet18", 1), ("mobilenet_v2", 8)])
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_tensor_core_kernels_compile_to_hmma_without_stack(example, batch, arch):
+    from cnngraph.codegen.nvrtc import compile_cuda, sass
+
+    try:
+        sass('extern "C" __global__ void k() {}', arch)
+    except DeviceError as err:
+        pytest.skip(str(err))
+    p = cnngraph.plan(EXAMPLES / f"{example}.json", batch, precision="tf32")
+    source = p.program.source(CUDA)
+    reports, opcodes = compile_cuda(source, arch), sass(source, arch)
+    mma = [l.kernel for l in p.program.launches if "MMA_TF32(" in l.body]
+    assert mma
+    for kernel in mma:
+        r = reports[kernel]
+        assert (r.stack_bytes, r.spill_stores, r.spill_loads) == (0, 0, 0), r
+        assert r.registers * 256 <= 65536, r  # 8 warps of the largest tile fit one SM's registers
+        assert any(op.startswith("HMMA.1688.F32.TF32") for op in opcodes[kernel]), kernel
+    rounding = [l.kernel for l in p.program.launches if "TF32(" in l.body]
+    assert all(any(op.startswith("F2FP") or op.startswith("FRND") or "TF32" in op for op in opcodes[k])
+               for k in rounding)
+
+
+# --- on a GPU ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("case", sorted(LAYERS))
+@pytest.mark.parametrize("_", [pytest.param(None, marks=needs_cuda)])
+def test_cuda_tf32_layers_match_numpy_tf32(case, _):
+    spec, batch = LAYERS[case]
+    ref = cnngraph.compile(spec, batch_size=batch, device="cpu", precision="tf32")
+    model = cnngraph.compile(spec, batch_size=batch, device="cuda", weights=ref.weights, precision="tf32")
+    xs = inputs_for(ref)
+    for _ in range(3):  # plain, captured, replayed
+        assert rel_err(run_poisoned(model, xs), ref(xs)) <= 1e-5
+
+
+@pytest.mark.parametrize("example", ["resnet18", "mobilenet_v2", "cifar_vgg", "shufflenet_v2"])
+@pytest.mark.parametrize("_", [pytest.param(None, marks=needs_cuda)])
+def test_cuda_tf32_examples(example, _):
+    """Whole networks: against the NumPy tf32 emulation (rounding flips cascade through layers, so
+    not bit-close) and against float64 PyTorch within TF32's budget."""
+    from torch_oracle import run_spec
+
+    spec = json.loads((EXAMPLES / f"{example}.json").read_text())
+    if REDUCED.get(example):
+        spec["inputs"][0]["shape"] = REDUCED[example]
+    ref = cnngraph.compile(spec, batch_size=2, device="cpu", precision="tf32")
+    model = cnngraph.compile(spec, batch_size=2, device="cuda", weights=ref.weights, precision="tf32")
+    xs = inputs_for(ref)
+    want = next(iter(run_spec(spec, {k: v.astype(np.float64) for k, v in ref.weights.items()},
+                              {k: v.astype(np.float64) for k, v in xs.items()}).values()))
+    got = run_poisoned(model, xs)
+    assert rel_err(got, ref(xs)) <= 2e-3
+    assert rel_err(got, want) <= 5e-3
