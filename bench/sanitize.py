@@ -1,6 +1,7 @@
 """One small network run once on CUDA at each precision, for `compute-sanitizer` (bench/gpu_check.sh):
 a conv with padding, a split-K conv, a residual epilogue and a linear layer, all tensor-core kernels
-at tf32. Exits non-zero when a result disagrees with the NumPy backend."""
+at tf32. Exits non-zero when a result disagrees with the NumPy backend (at tf32 a value summed in
+another order may round to the neighbouring TF32 value in the next layer: a looser bound)."""
 
 from __future__ import annotations
 
@@ -19,12 +20,12 @@ SPEC = {"format_version": 1, "name": "sanitize", "inputs": [{"name": "x", "shape
 
 if __name__ == "__main__":
     x = np.random.default_rng(0).standard_normal((2, 16, 12, 12)).astype(np.float32)
-    worst = 0.0
-    for precision in ("fp32", "tf32"):
+    failed = False
+    for precision, bound in (("fp32", 1e-5), ("tf32", 1e-3)):
         ref = cnngraph.compile(SPEC, batch_size=2, device="cpu", precision=precision)
         gpu = cnngraph.compile(SPEC, batch_size=2, device="cuda", weights=ref.weights, precision=precision,
                                cuda_graph=False)
         err = float(np.linalg.norm(gpu(x) - ref(x)) / np.linalg.norm(ref(x)))
         print(f"{precision}: relative error against NumPy {err:.2e}")
-        worst = max(worst, err)
-    sys.exit(0 if worst <= 1e-5 else 1)
+        failed |= not err <= bound
+    sys.exit(1 if failed else 0)

@@ -4,6 +4,7 @@ callable `CompiledModel` it returns."""
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -191,6 +192,7 @@ class CompiledModel:
         self.precision = plan.precision
         self.input_shapes = {i.name: (self.batch_size, *i.shape) for i in self.spec.inputs}
         self.output_names = list(self.graph.graph["outputs"])
+        self._calls = threading.Lock()  # one call at a time: every backend reuses one arena (and CUDA its stream)
 
     @property
     def device(self) -> str:
@@ -198,7 +200,8 @@ class CompiledModel:
 
     def __call__(self, x):
         """`x`: one array, or a dict by input name when the network has several inputs. Returns one
-        array, or a dict by output name when it has several outputs."""
+        array, or a dict by output name when it has several outputs. Safe from several threads:
+        calls run one after another (each result is its own array)."""
         if isinstance(x, Mapping):
             given = dict(x)
         elif len(self.input_shapes) == 1:
@@ -211,7 +214,8 @@ class CompiledModel:
             raise InputError(f"inputs must be exactly {', '.join(self.input_shapes)}; "
                              f"got {', '.join(map(shorten, given)) or 'none'}")  # keys of any type
         arrays = {name: self._check_input(name, value) for name, value in given.items()}
-        outputs = self.backend.run(arrays)
+        with self._calls:
+            outputs = self.backend.run(arrays)
         if not any(_on_gpu(x) for x in arrays.values()):  # NumPy in, NumPy out
             outputs = {k: v.get() if _on_gpu(v) else v for k, v in outputs.items()}
         return outputs[self.output_names[0]] if len(self.output_names) == 1 else outputs

@@ -9,7 +9,6 @@ import copy
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -245,21 +244,39 @@ def test_cuda_tf32_layers_match_numpy_tf32(case, _):
         assert rel_err(run_poisoned(model, xs), ref(xs)) <= 1e-5
 
 
-@pytest.mark.parametrize("example", ["resnet18", "mobilenet_v2", "cifar_vgg", "shufflenet_v2"])
-@pytest.mark.parametrize("_", [pytest.param(None, marks=needs_cuda)])
-def test_cuda_tf32_examples(example, _):
-    """Whole networks: against the NumPy tf32 emulation (rounding flips cascade through layers, so
-    not bit-close) and against float64 PyTorch within TF32's budget."""
+# Whole networks with their seeded random weights. TF32 error grows with a network's sensitivity,
+# which its fp32 error shows: the examples below are within 1e-3 of float64 at tf32 (fp32: <= 2e-6).
+# The two MobileNets amplify rounding about 20x more (fp32 6.5e-6 and 5.3e-5 of float64; tf32 1.7e-2
+# and 8e-2, the same on every backend), so they are checked per layer, not against the budget.
+WELL_CONDITIONED = ["cifar_vgg", "lenet5", "resnet18", "shufflenet_v2", "squeezenet1_1", "unet_small"]
+
+
+def example_against_float64(example, device):
+    """(output at tf32 on `device`, the NumPy backend's at tf32, float64 PyTorch's), reduced size."""
     from torch_oracle import run_spec
 
     spec = json.loads((EXAMPLES / f"{example}.json").read_text())
     if REDUCED.get(example):
         spec["inputs"][0]["shape"] = REDUCED[example]
     ref = cnngraph.compile(spec, batch_size=2, device="cpu", precision="tf32")
-    model = cnngraph.compile(spec, batch_size=2, device="cuda", weights=ref.weights, precision="tf32")
+    model = cnngraph.compile(spec, batch_size=2, device=device, weights=ref.weights, precision="tf32")
     xs = inputs_for(ref)
     want = next(iter(run_spec(spec, {k: v.astype(np.float64) for k, v in ref.weights.items()},
                               {k: v.astype(np.float64) for k, v in xs.items()}).values()))
-    got = run_poisoned(model, xs)
-    assert rel_err(got, ref(xs)) <= 2e-3
+    return run_poisoned(model, xs), ref(xs), want
+
+
+@pytest.mark.parametrize("example", WELL_CONDITIONED)
+def test_numpy_tf32_examples_within_the_budget(example):
+    got, _, want = example_against_float64(example, "cpu")
     assert rel_err(got, want) <= 5e-3
+
+
+@pytest.mark.parametrize("example", ["resnet18", "cifar_vgg", "shufflenet_v2", "squeezenet1_1"])
+@pytest.mark.parametrize("_", [pytest.param(None, marks=needs_cuda)])
+def test_cuda_tf32_examples(example, _):
+    """Against float64 within TF32's budget, and near the NumPy emulation (not bit-close: a value
+    summed in another order can round to the neighbouring TF32 value in the next layer)."""
+    got, emulated, want = example_against_float64(example, "cuda")
+    assert rel_err(got, want) <= 5e-3
+    assert rel_err(got, emulated) <= 2e-3

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..codegen.autotune import autotune
+from ..codegen.autotune import autotune, choose
 from ..codegen.dialects import CUDA
 from ..codegen.lower import lower
 from ..codegen.nvrtc import COMPILE_OPTIONS, NvrtcError
@@ -114,33 +114,36 @@ class CudaBackend(ProgramBackend):
             self.arena.fill(np.nan)
         self.stream.synchronize()
 
-    def _time_candidates(self, candidates: list, repeats: int = 5) -> dict[str, tuple[int, float, float]]:
-        """node -> (fastest pick, its ms, the default pick's ms)."""
+    def _time_candidates(self, candidates: list, rounds: int = 5, repeats: int = 3
+                         ) -> dict[str, tuple[int, float, float]]:
+        """node -> (chosen pick, its ms, the default pick's ms), by `choose` from `rounds` timings of
+        each candidate (each the mean of `repeats` runs), the rounds interleaved across candidates
+        so a drift in clocks affects them alike."""
         cp = self.cp
         kernels = [l.kernel for c in candidates for l in c[2]]
         source = CUDA.render("\n".join(l.body for c in candidates for l in c[2]))
         functions = dict(zip(kernels, self._compile(source, kernels, "the autotuning candidates")))
         workspace = cp.empty(max(1, max(l.workspace for c in candidates for l in c[2])), cp.float32)
-        timings: dict[str, list[tuple[float, int]]] = {}
+        runs = []
         for node, pick, launches, constants in candidates:
             buffers = {"tensor": self.views, "workspace": {"": workspace},
                        "const": {k: cp.asarray(v) for k, v in constants.items()}}
             calls = [(functions[l.kernel], l.grid, l.block,
                       tuple(buffers[kind][ref] for kind, ref in l.args)) for l in launches]
-
-            def run():
-                for fn, grid, block, args in calls:
-                    fn(grid, block, args)
-
-            run()  # warm: loads the kernel
-            start, end = cp.cuda.Event(), cp.cuda.Event()
-            start.record()
-            for _ in range(repeats):
-                run()
-            end.record()
-            end.synchronize()
-            timings.setdefault(node, []).append((cp.cuda.get_elapsed_time(start, end) / repeats, pick))
-        return {node: (min(t)[1], min(t)[0], next(ms for ms, p in t if p == 0)) for node, t in timings.items()}
+            runs.append((node, pick, calls, buffers))
+            _launch(calls)  # warm: loads the kernel
+        samples: dict[str, dict[int, list[float]]] = {}
+        start, end = cp.cuda.Event(), cp.cuda.Event()
+        for _ in range(rounds):
+            for node, pick, calls, _ in runs:
+                start.record()
+                for _ in range(repeats):
+                    _launch(calls)
+                end.record()
+                end.synchronize()
+                samples.setdefault(node, {}).setdefault(pick, []).append(
+                    cp.cuda.get_elapsed_time(start, end) / repeats)
+        return {node: choose(by_pick) for node, by_pick in samples.items()}
 
     def _gpu_identity(self) -> str:
         cp = self.cp
@@ -166,9 +169,12 @@ class CudaBackend(ProgramBackend):
                 self.graph.launch(self.stream)
             elif self.use_graph and self.calls > 1:  # kernels are loaded and warm: capture once, replay after
                 self.stream.begin_capture()
-                for fn, grid, block, args in self.launches:
-                    fn(grid, block, args)
-                self.graph = self.stream.end_capture()
+                try:
+                    for fn, grid, block, args in self.launches:
+                        fn(grid, block, args)
+                finally:  # a launch that fails must not leave the stream capturing
+                    graph = self.stream.end_capture()
+                self.graph = graph
                 self.graph.launch(self.stream)
             else:
                 for fn, grid, block, args in self.launches:
@@ -182,3 +188,8 @@ class CudaBackend(ProgramBackend):
         outputs = super().run(inputs)
         self.stream.synchronize()
         return outputs
+
+
+def _launch(calls) -> None:
+    for fn, grid, block, args in calls:
+        fn(grid, block, args)

@@ -5,6 +5,7 @@ in the kernel cache by (device, candidate kernels), so a layer tuned before is n
 from __future__ import annotations
 
 import json
+import statistics
 from typing import Callable
 
 import networkx as nx
@@ -60,3 +61,16 @@ def cached_choice(entry: bytes | None, count: int) -> tuple[int, float, float] |
         return None
     valid = (type(pick) is int and 0 <= pick < count and all(type(t) is float for t in (ms, default_ms)))
     return (pick, ms, default_ms) if valid else None
+
+
+def choose(samples: dict[int, list[float]]) -> tuple[int, float, float]:
+    """(pick, its median ms, the default's median ms) from each candidate pick's timings: the
+    fastest median, but only when it beats the default's (pick 0) by more than the noise of both
+    (the spread of their samples); else the default. So two tuning runs agree: a candidate within
+    the noise of the default never wins by chance."""
+    median = {pick: statistics.median(times) for pick, times in samples.items()}
+    spread = {pick: max(times) - min(times) for pick, times in samples.items()}
+    best = min(median, key=lambda pick: (median[pick], pick))
+    if best != 0 and median[0] - median[best] > spread[0] + spread[best]:
+        return best, median[best], median[0]
+    return 0, median[0], median[0]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import networkx as nx
 import numpy as np
 
+from ..errors import ResourceError
 from ..geometry import ConvGeometry
 from ..ops.epilogue import label, scale_shifts, to_c
 from ..precision import round_tf32
@@ -120,6 +121,7 @@ class NodeLowering:
 
     def launch(self, kernel: str, args: list, template, **params) -> Launch:
         body, grid, block = template(kernel, **params)
+        check_grid(grid, self.node)
         return Launch(kernel, body, grid, block, args, self.node, list(self.attrs["layers"]),
                       int(self.attrs.get("flops", 0)))
 
@@ -188,6 +190,8 @@ class NodeLowering:
             name += f"_{pool.kind}pool{pool.kh}x{pool.kw}"
         options = schedules(m, kg, geo.reduction, geo.groups, rows_multiple=pool.size if pool else 1,
                             tensor_cores=tf32)
+        table = T.tap_table(geo)  # read by the kernel after the weights (int32 bits in a float32 constant)
+        w_refs = [w_ref, *([self.const("taps", table.view(np.float32))] if table is not None else [])]
         chosen = options[self.pick]
         own, out, gated = self.own_inputs, self.output, self.compute.gated  # gated: own = [x, gate]
         if gated:
@@ -199,11 +203,11 @@ class NodeLowering:
         else:
             template, variant = T.conv_gemm, {"pool": pool, "tf32": tf32}
         if chosen.splits == 1:
-            launches = [self.launch(name, [*own, w_ref, *b_refs, *epilogue.args, out], template, geo=geo,
+            launches = [self.launch(name, [*own, *w_refs, *b_refs, *epilogue.args, out], template, geo=geo,
                                     extra_args=[_param(b) for b in b_refs] + epilogue.params,
                                     epilogue=epilogue.code, tile=chosen.tile, gated=gated, **variant)]
         else:  # split-K: partial sums into the workspace, then one pass that adds them and applies the epilogue
-            partial = self.launch(f"{name}_split{chosen.splits}", [*own, w_ref, ("workspace", "")], template,
+            partial = self.launch(f"{name}_split{chosen.splits}", [*own, *w_refs, ("workspace", "")], template,
                                   geo=geo, extra_args=[], epilogue="", tile=chosen.tile, splits=chosen.splits,
                                   chunk=chosen.chunk, gated=gated, **variant)
             partial.workspace = chosen.splits * m * kg
@@ -215,6 +219,19 @@ class NodeLowering:
         for launch in launches:
             launch.schedules, launch.schedule = len(options), chosen
         return launches
+
+
+MAX_GRID = (2 ** 31 - 1, 65535, 65535)  # blocks per launch in x, y, z (CUDA; OpenCL devices allow as many)
+
+
+def check_grid(grid: tuple[int, int, int], node: str) -> None:
+    """A launch must fit the device's grid: a conv with more than 65535 groups (blockIdx.z) or output
+    channel tiles (blockIdx.y) is refused here, when its kernels are made, not by the driver."""
+    for axis, blocks, limit in zip("xyz", grid, MAX_GRID):
+        if blocks > limit:
+            why = {"x": "output elements", "y": "output channel tiles", "z": "groups or reduction splits"}[axis]
+            raise ResourceError(f"needs {blocks:,} blocks in grid {axis} ({why}) in one launch; CUDA allows "
+                                f"{limit:,}: split the layer", layer=node)
 
 
 def _param(ref: tuple[str, str]) -> str:

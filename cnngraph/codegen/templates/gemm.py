@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from ...geometry import ConvGeometry, cdiv
 from ..schedules import MmaTile, Tile
 from .common import THREADS, indent, one_thread_each, ptr
@@ -64,7 +66,7 @@ def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
         assert t.tm in (4, 8)
     else:
         row = f"ty + i * {rows_per}"
-    inputs = [ptr("x"), *([ptr("gate")] if gated else []), ptr("w")]
+    inputs = [ptr("x"), *([ptr("gate")] if gated else []), ptr("w"), *([table_param()] if geo.taps > 1 else [])]
     if split:
         assert groups == 1
         args = ", ".join([*inputs, ptr("ws", const=False)])
@@ -85,7 +87,7 @@ def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
     const int n0 = BLOCK_Y * {t.bn};
     const int ty = tid % {rows_per};  /* row i of this thread: m0 + {row} */
     const int tx = tid / {rows_per};  /* columns n0 + tx*{t.tn} + j */
-{_window(geo, t.bm, pool, splits, chunk, gated)}
+{_window(geo, t.bm, t.bn, pool, splits, chunk, gated)}
     float acc[{t.tm}][{t.tn}];
     float a_reg[{a_per}];
     float b_reg[{b_per}];
@@ -138,7 +140,7 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     assert not split or geo.groups == 1
     m_total, kg, pq = geo.n * geo.pixels, geo.kg, geo.pixels
     r_begin = f"g * {chunk}" if split else "0"
-    inputs = [ptr("x"), *([ptr("gate")] if gated else []), ptr("w")]
+    inputs = [ptr("x"), *([ptr("gate")] if gated else []), ptr("w"), *([table_param()] if geo.taps > 1 else [])]
     if split:
         args = ", ".join([*inputs, ptr("ws", const=False)])
         channel, code, store, k_total = "kl", "", f"ws[(g * {geo.k} + k) * {m_total} + m] = v;", geo.k
@@ -163,7 +165,7 @@ UNROLL for (int i = 0; i < {b_per}; ++i) Bs[{buf}][(tid + i * {nt}) / {t.bn}][(t
     const int g = BLOCK_Z;
     const int m0 = BLOCK_X * {t.bm};
     const int n0 = BLOCK_Y * {t.bn};
-{_window(geo, t.bm, None, splits, chunk, gated)}
+{_window(geo, t.bm, t.bn, None, splits, chunk, gated)}
     float acc[{mi}][{ni}][4];
     float a_reg[{a_per}];
     float b_reg[{b_per}];
@@ -225,7 +227,8 @@ UNROLL for (int i = 0; i < {b_per}; ++i) Bs[{buf}][(tid + i * {nt}) / {t.bn}][(t
     return body, grid, (nt, 1, 1)
 
 
-def _window(geo: ConvGeometry, bm: int, pool: FusedPool | None, splits: int, chunk: int, gated: bool) -> str:
+def _window(geo: ConvGeometry, bm: int, bn: int, pool: FusedPool | None, splits: int, chunk: int, gated: bool
+            ) -> str:
     """The per-thread setup of an implicit GEMM's input loads (`_load_tiles`): the output pixel `am`
     whose input window this thread loads (the same for the whole reduction), the window's corner,
     the thread's sample and group in x (and its gates), its weights, and the reduction range."""
@@ -252,7 +255,12 @@ const int ih0 = a_p * {geo.sh} - {geo.pt};
 const int iw0 = a_q * {geo.sw} - {geo.pl};
 GLOBAL const float* xg = x + (a_n * {geo.c} + {group} * {geo.cg}) * {geo.h * geo.w};{gates}
 GLOBAL const float* wg = w + {group} * {geo.reduction * geo.kg};
-const int r_end = {r_end};""", 4)
+const int r_end = {r_end};
+/* loads address from the window's corner (channel 0), and from this thread's weight column */
+GLOBAL const float* xw = xg + ih0 * {geo.w} + iw0;
+const bool in_image = (unsigned)ih0 < {geo.h}u && (unsigned)iw0 < {geo.w}u;
+const int b_col = n0 + tid % {bn};
+GLOBAL const float* wb = wg + (tid / {bn}) * {geo.kg} + b_col;""", 4)
 
 
 def _plain_epilogue(t: Tile, row: str, m_total, pq, kg, channel: str, epilogue: str, store: str, k=None) -> str:
@@ -317,30 +325,48 @@ UNROLL for (int s = 0; s < {splits}; ++s) v += ws[(s * {k} + k) * {m_total} + m]
     return pointwise(name, total=n * k * pq, inputs=["ws"], extra_args=extra_args, expr=expr, channels=k, spatial=pq)
 
 
-def _load_tiles(kbase: str, t: Tile, geo: ConvGeometry, m_total: int, gated: bool, spaces: int) -> str:
+def _load_tiles(kbase: str, t: Tile | MmaTile, geo: ConvGeometry, m_total: int, gated: bool, spaces: int) -> str:
     """Registers a_reg/b_reg <- the input-window slice (times its channel's gate when `gated`) and
-    the weight slice starting at reduction index kbase (up to the kernel's `r_end`)."""
+    the weight slice starting at reduction index kbase (up to the kernel's `r_end`). A kernel with
+    more than one tap reads where each reduction index points from `taps` (see `tap_table`): no
+    division per element."""
     a_per, a_step, b_per = t.bm * t.bk // t.threads, t.threads // t.bm, t.bk * t.bn // t.threads
-    r_total, khw, kw, h, w, dh, dw, kg = "r_end", geo.taps, geo.kw, geo.h, geo.w, geo.dh, geo.dw, geo.kg
+    h, w, kg = geo.h, geo.w, geo.kg
+    if geo.taps > 1:
+        element = f"""const int4 e = taps[r];  /* offset in the window, dy, dx, channel */
+        if ((unsigned)(ih0 + e.y) < {h}u && (unsigned)(iw0 + e.z) < {w}u) v = xw[e.x]{" * gg[e.w]" if gated else ""};"""
+    else:  # reduction index = channel
+        element = f"""if (in_image) v = xw[r * {h * w}]{" * gg[r]" if gated else ""};"""
+    assert t.threads % t.bn == 0
     code = f"""UNROLL for (int i = 0; i < {a_per}; ++i) {{
     const int r = {kbase} + tid / {t.bm} + i * {a_step};
     float v = 0.0f;
-    if (am < {m_total} && r < {r_total}) {{
-        const int ci = r / {khw};
-        const int rs = r - ci * {khw};
-        const int ih = ih0 + (rs / {kw}) * {dh};
-        const int iw = iw0 + (rs % {kw}) * {dw};
-        if (ih >= 0 && ih < {h} && iw >= 0 && iw < {w}) v = xg[(ci * {h} + ih) * {w} + iw]{" * gg[ci]" if gated else ""};
+    if (am < {m_total} && r < r_end) {{
+        {element}
     }}
     a_reg[i] = v;
 }}
-UNROLL for (int i = 0; i < {b_per}; ++i) {{
-    const int e = tid + i * {t.threads};
-    const int r = {kbase} + e / {t.bn};
-    const int kl = n0 + e % {t.bn};
-    b_reg[i] = (r < {r_total} && kl < {kg}) ? wg[r * {kg} + kl] : 0.0f;
+UNROLL for (int i = 0; i < {b_per}; ++i) {{  /* rows tid / BN + i * (threads / BN) of the slice, column b_col */
+    const int r = {kbase} + tid / {t.bn} + i * {t.threads // t.bn};
+    b_reg[i] = (r < r_end && b_col < {kg}) ? wb[({kbase} + i * {t.threads // t.bn}) * {kg}] : 0.0f;
 }}"""
     return indent(code, spaces)
+
+
+def tap_table(geo: ConvGeometry) -> np.ndarray | None:
+    """Where each reduction index r = (channel, ky, kx) of a group reads, as int32 rows (offset from
+    the window's corner in x, dy, dx, channel): a kernel's input loads look it up instead of
+    dividing r. None for one tap, where r is the channel."""
+    if geo.taps == 1:
+        return None
+    ci, ky, kx = np.meshgrid(np.arange(geo.cg), np.arange(geo.kh), np.arange(geo.kw), indexing="ij")
+    dy, dx = ky * geo.dh, kx * geo.dw
+    table = np.stack([ci * geo.h * geo.w + dy * geo.w + dx, dy, dx, ci], axis=-1).reshape(-1, 4)
+    return np.ascontiguousarray(table, np.int32)
+
+
+def table_param() -> str:
+    return "GLOBAL const int4* RESTRICT taps"
 
 
 def depthwise(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: str) -> tuple[str, tuple, tuple]:
