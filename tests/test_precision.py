@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 import sys
 
@@ -68,6 +69,10 @@ LAYERS = {
     "residual_epilogue": (net([{"op": "conv2d", "name": "a", "out_channels": 8, "kernel_size": 3, "padding": 1},
                                {"op": "conv2d", "name": "b", "out_channels": 8, "kernel_size": 3, "padding": 1},
                                {"op": "add", "inputs": ["a", "b"]}, {"op": "relu"}], (8, 6, 6)), 2),
+    "gated": (net([{"op": "global_avg_pool2d", "name": "sq", "inputs": ["x"]},  # registers, not cp.async
+                   {"op": "conv2d", "name": "ex", "out_channels": 8, "kernel_size": 1, "activation": "sigmoid"},
+                   {"op": "mul", "name": "gated", "inputs": ["x", "ex"]},
+                   {"op": "conv2d", "name": "c", "out_channels": 16, "kernel_size": 3, "padding": 1}], (8, 6, 6)), 2),
     "pooled_conv": (net([{"op": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1},
                          {"op": "max_pool2d", "kernel_size": 2}], (4, 8, 8)), 2),  # CUDA-core kernel, rounded
 }
@@ -111,28 +116,33 @@ def test_tensor_core_kernel_on_pocl_matches_numpy_tf32(case):
              and not l.kernel.endswith("_reduce")]
     assert gemms and all("_tf32" in l.kernel for l in gemms)
     assert all("MMA_TF32(" in l.body for l in gemms) == (case != "pooled_conv")
+    assert any("CP_ASYNC4(" in l.body for l in gemms) == (case != "pooled_conv")
 
 
-def planted(spec, batch, old: str, new: str):
-    """The OpenCL model of `spec` at tf32 with one mistake planted in its tensor-core kernels."""
+def planted(spec, batch, old, new):
+    """The OpenCL model of `spec` at tf32 with one mistake planted in its tensor-core kernels: `old`
+    (a string, or a compiled pattern) replaced by `new`."""
     p = cnngraph.plan(spec, batch, precision="tf32")
     program = copy.deepcopy(p.program)
     for launch in program.launches:
         if "MMA_TF32(" in launch.body:
-            assert old in launch.body
-            launch.body = launch.body.replace(old, new)
+            pattern = old if isinstance(old, re.Pattern) else re.compile(re.escape(old))
+            launch.body, count = pattern.subn(new, launch.body)
+            assert count
     return p, OpenCLBackend(p, program=program)
 
 
 @needs_opencl
 @pytest.mark.parametrize("old, new", [
-    ("a[i][1] = As[buf][kk + ft][row + 8];", "a[i][1] = As[buf][kk + ft][row];"),  # a wrong fragment row
-    ("b[j][1] = Bs[buf][kk + ft + 4][col];", "b[j][1] = Bs[buf][kk + ft][col];"),  # a wrong fragment k
-    ("= TF32(a_reg[i]);", "= a_reg[i];"),  # inputs never rounded: the tensor cores truncate them
+    (re.compile(r"(a\[i\]\[1\] = .*?\[row) \+ 8\]"), r"\1]"),  # a1 read from row g instead of g + 8
+    (re.compile(r"(b\[j\]\[1\] = Bs\[[^]]*\]\[kk \+ ft) \+ 4\]"), r"\1]"),  # b1 read from k t instead of t + 4
+    ("a[i][0] = TF32(As[", "a[i][0] = (As["),  # inputs not rounded: the tensor cores truncate them
     ("const int kl = n0 + wn0 + j * 8 + 2 * ft + e % 2;", "const int kl = n0 + wn0 + j * 8 + ft + e % 2;"),
-], ids=["fragment_row", "fragment_k", "unrounded_input", "accumulator_column"])
+    (re.compile(r"CP_ASYNC_WAIT\((\d+)\)"), lambda m: f"CP_ASYNC_WAIT({int(m[1]) + 1})"),  # a wait too weak
+    ("CP_ASYNC_COMMIT();  /* every", "/* every"),  # copies never committed: their wait never completes them
+], ids=["fragment_row", "fragment_k", "unrounded_input", "accumulator_column", "weak_wait", "missing_commit"])
 def test_emulation_catches_planted_mistakes(old, new):
-    spec, batch = LAYERS["conv3x3_pad"]
+    spec, batch = LAYERS["conv_stride2_ragged"]  # three stages, several slices
     p, backend = planted(spec, batch, old, new)
     ref = cnngraph.compile(spec, batch_size=batch, device="cpu", precision="tf32")
     xs = inputs_for(ref)
@@ -226,6 +236,7 @@ def test_tensor_core_kernels_compile_to_hmma_without_stack(example, batch, arch)
         assert (r.stack_bytes, r.spill_stores, r.spill_loads) == (0, 0, 0), r
         assert r.registers * 256 <= 65536, r  # 8 warps of the largest tile fit one SM's registers
         assert any(op.startswith("HMMA.1688.F32.TF32") for op in opcodes[kernel]), kernel
+        assert any(op.startswith("LDGSTS") for op in opcodes[kernel]), kernel  # cp.async
     rounding = [l.kernel for l in p.program.launches if "TF32(" in l.body]
     assert all(any(op.startswith("F2FP") or op.startswith("FRND") or "TF32" in op for op in opcodes[k])
                for k in rounding)

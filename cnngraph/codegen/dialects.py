@@ -2,10 +2,13 @@
 using the words in `WORDS`; a dialect is just the table of how to spell each word, rendered as a
 block of #defines at the top of every kernel (so each file compiles on its own).
 
-Tensor-core words (`TF32`, `MMA_TF32`, `MMA_SCRATCH`) are spelled as inline PTX in CUDA and as an
+Tensor-core words (`TF32`, `MMA_TF32`, `MMA_SCRATCH`) and asynchronous copies (`CP_ASYNC4`,
+`CP_ASYNC_COMMIT`, `CP_ASYNC_WAIT`, `CP_ASYNC_STATE`) are spelled as inline PTX in CUDA and as an
 exact emulation in OpenCL: `MMA_TF32` there computes, for each lane, exactly the accumulator
 elements the PTX ISA assigns to it from the fragment registers the lanes hold, so a kernel's
-fragment index math is what runs on PoCL (see `TENSOR_CORE_HELPERS`)."""
+fragment index math is what runs on PoCL; an async copy writes NaN into its destination when it is
+issued and the data only at the `CP_ASYNC_WAIT` that completes its group, so a wait that is too
+weak, or a copy never committed, shows up as NaN (see `TENSOR_CORE_HELPERS`)."""
 
 from __future__ import annotations
 
@@ -13,7 +16,8 @@ from dataclasses import dataclass
 
 WORDS = ("KERNEL", "GLOBAL", "SHARED", "RESTRICT", "BARRIER()", "BLOCK_X", "BLOCK_Y", "BLOCK_Z", "THREAD_X",
          "UNROLL", "ALIGNED16", "INLINE", "NEG_INF",
-         "EXPF(x)", "TANHF(x)", "ERFF(x)", "SQRTF(x)", "TF32(x)", "MMA_TF32(d, a, b)", "MMA_SCRATCH(warps)")
+         "EXPF(x)", "TANHF(x)", "ERFF(x)", "SQRTF(x)", "TF32(x)", "MMA_TF32(d, a, b)", "MMA_SCRATCH(warps)",
+         "CP_ASYNC_STATE(n)", "CP_ASYNC4(dst, src, pred)", "CP_ASYNC_COMMIT()", "CP_ASYNC_WAIT(n)")
 
 # max and min that return NaN when either side is NaN, as PyTorch's relu, clamp and max pooling do
 # (C's fmaxf/fminf return the other operand, which would turn a NaN input into 0 or 6)
@@ -38,6 +42,11 @@ INLINE void mma_tf32(float* d, const float* a, const float* b) {
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(__float_as_uint(a[0])), "r"(__float_as_uint(a[1])), "r"(__float_as_uint(a[2])),
                    "r"(__float_as_uint(a[3])), "r"(__float_as_uint(b[0])), "r"(__float_as_uint(b[1])));
+}
+/* 4 bytes global -> shared, bypassing registers; pred false: zero-fill, the source is not read */
+INLINE void cp_async4(float* dst, const float* src, bool pred) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" :: "r"((unsigned)__cvta_generic_to_shared(dst)),
+                 "l"(src), "r"(pred ? 4 : 0));
 }
 """,
     # Each lane publishes its fragment registers to its warp's slice of local memory; after a barrier
@@ -69,6 +78,22 @@ INLINE void mma_tf32(float* d, const float* a, const float* b, __local float* sa
     }
     barrier(CLK_LOCAL_MEM_FENCE);  /* before the next product overwrites the published fragments */
 }
+/* This work-item's pending async copies (destination, value, group) complete when their group is
+   older than `done_below`; the rest stay pending. */
+INLINE void cp_async_wait(__local float** dst, float* value, int* group, int* count, int done_below) {
+    int kept = 0;
+    for (int i = 0; i < *count; ++i) {
+        if (group[i] < done_below) {
+            *dst[i] = value[i];
+        } else {
+            dst[kept] = dst[i];
+            value[kept] = value[i];
+            group[kept] = group[i];
+            ++kept;
+        }
+    }
+    *count = kept;
+}
 """,
 }
 
@@ -98,6 +123,9 @@ CUDA = Dialect("cuda", ".cu", {
     "THREAD_X": "((int)threadIdx.x)", "EXPF(x)": "expf(x)", "TANHF(x)": "tanhf(x)", "ERFF(x)": "erff(x)",
     "SQRTF(x)": "sqrtf(x)", "INLINE": "__device__ __forceinline__", "NEG_INF": "(-__int_as_float(0x7f800000))",
     "TF32(x)": "tf32_round(x)", "MMA_TF32(d, a, b)": "mma_tf32(d, a, b)", "MMA_SCRATCH(warps)": "",
+    "CP_ASYNC_STATE(n)": "", "CP_ASYNC4(dst, src, pred)": "cp_async4(dst, src, pred)",
+    "CP_ASYNC_COMMIT()": 'asm volatile("cp.async.commit_group;")',
+    "CP_ASYNC_WAIT(n)": 'asm volatile("cp.async.wait_group %0;" :: "n"(n))',
 })
 
 OPENCL = Dialect("opencl", ".cl", {
@@ -108,6 +136,14 @@ OPENCL = Dialect("opencl", ".cl", {
     "TANHF(x)": "tanh(x)", "ERFF(x)": "erf(x)", "SQRTF(x)": "sqrt(x)", "INLINE": "static inline",
     "NEG_INF": "(-INFINITY)", "TF32(x)": "tf32_round(x)", "MMA_TF32(d, a, b)": "mma_tf32(d, a, b, mma_a, mma_b)",
     "MMA_SCRATCH(warps)": "__local float mma_a[(warps) * 128]; __local float mma_b[(warps) * 64]",
+    "CP_ASYNC_STATE(n)": "__local float* cpq_dst[n]; float cpq_value[n]; int cpq_group[n]; int cpq_count = 0; "
+                         "int cpq_groups = 0; const int cpq_capacity = n",
+    # a copy beyond the queue's capacity (a kernel that waits too little) never lands: NaN stays
+    "CP_ASYNC4(dst, src, pred)": "do { const bool p_ = (pred); const float v_ = p_ ? *(src) : 0.0f; "
+                                 "*(dst) = NAN; if (cpq_count < cpq_capacity) { cpq_dst[cpq_count] = (dst); "
+                                 "cpq_value[cpq_count] = v_; cpq_group[cpq_count++] = cpq_groups; } } while (0)",
+    "CP_ASYNC_COMMIT()": "++cpq_groups",
+    "CP_ASYNC_WAIT(n)": "cp_async_wait(cpq_dst, cpq_value, cpq_group, &cpq_count, cpq_groups - (n))",
 })
 
 DIALECTS = {d.name: d for d in (CUDA, OPENCL)}

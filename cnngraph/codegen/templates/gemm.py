@@ -127,35 +127,121 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     """The implicit GEMM of `conv_gemm` (same arguments, layouts, split-K and gate; no fused pool)
     on the tensor cores: TF32 m16n8k8 products with float32 accumulators.
 
-    Each slice of BK reduction values is loaded to registers (the next one while the current one is
-    multiplied), rounded to TF32 into one of two shared buffers (one barrier per slice), and each
-    warp multiplies its WM x WN warp tile out of it. Shared rows are padded by 8 floats, so the
-    fragment reads of a warp (rows t and t+4, columns g) fall in 32 distinct banks. The epilogue
-    runs on the accumulator fragments in registers: lane (g, t) holds pixels g and g+8 of each
-    16-row fragment, channels 2t and 2t+1 of each 8-column one."""
-    t, split = tile, splits > 1
+    Slices of BK reduction values flow through `tile.stages` shared-memory buffers: each thread
+    copies its elements of a slice with 4-byte `cp.async` (zero-filled where the window leaves the
+    image), `stages - 1` slices ahead of the one being multiplied, one barrier per slice. A gated
+    conv scales each input value by its gate on the way, so it loads through registers instead
+    (the next slice while this one is multiplied, two buffers). Inputs are rounded to TF32 where
+    they leave shared memory (registers: where they enter it); the weights come rounded.
+
+    Each warp multiplies its WM x WN warp tile. Shared rows are padded by 8 floats, so a warp's
+    fragment reads (rows t and t+4, columns g) fall in 32 distinct banks. The epilogue runs on the
+    accumulator fragments in registers: lane (g, t) holds pixels g and g+8 of each 16-row
+    fragment, channels 2t and 2t+1 of each 8-column one."""
+    t, split, copies = tile, splits > 1, not gated
     nt, mi, ni = t.threads, t.wm // 16, t.wn // 8
-    a_per, a_step, b_per = t.bm * t.bk // nt, nt // t.bm, t.bk * t.bn // nt
-    assert nt % t.bm == 0 and (t.bk * t.bn) % nt == 0 and t.bk % 8 == 0 and t.wm % 16 == 0 and t.wn % 8 == 0
+    stages = t.stages if copies else 2
+    a_per, a_step, b_per, b_step = t.bm * t.bk // nt, nt // t.bm, t.bk * t.bn // nt, nt // t.bn
+    assert nt % t.bm == 0 and nt % t.bn == 0 and t.bk % 8 == 0 and t.wm % 16 == 0 and t.wn % 8 == 0
     assert not split or geo.groups == 1
     m_total, kg, pq = geo.n * geo.pixels, geo.kg, geo.pixels
     r_begin = f"g * {chunk}" if split else "0"
     inputs = [ptr("x"), *([ptr("gate")] if gated else []), ptr("w"), *([table_param()] if geo.taps > 1 else [])]
     if split:
         args = ", ".join([*inputs, ptr("ws", const=False)])
-        channel, code, store, k_total = "kl", "", f"ws[(g * {geo.k} + k) * {m_total} + m] = v;", geo.k
+        channel, code, store = "kl", "", f"ws[(g * {geo.k} + k) * {m_total} + m] = v;"
     else:
         args = ", ".join([*inputs, *extra_args, ptr("y", const=False)])
-        channel, code, store, k_total = f"g * {kg} + kl", epilogue, "y[idx] = v;", geo.k
+        channel, code, store = f"g * {kg} + kl", epilogue, "y[idx] = v;"
 
-    def store_slice(buf: str) -> str:
-        return f"""UNROLL for (int i = 0; i < {a_per}; ++i) As[{buf}][tid / {t.bm} + i * {a_step}][tid % {t.bm}] = TF32(a_reg[i]);
-UNROLL for (int i = 0; i < {b_per}; ++i) Bs[{buf}][(tid + i * {nt}) / {t.bn}][(tid + i * {nt}) % {t.bn}] = b_reg[i];"""
+    def products(buf: str) -> str:
+        """The warp tile's products over the BK values of shared buffer `buf`."""
+        a = "TF32(As[{}][{}][{}])" if copies else "As[{}][{}][{}]"
+        return f"""UNROLL for (int kk = 0; kk < {t.bk}; kk += 8) {{
+    float a[{mi}][4];
+    float b[{ni}][2];
+    UNROLL for (int i = 0; i < {mi}; ++i) {{
+        const int row = wm0 + i * 16 + fg;
+        a[i][0] = {a.format(buf, "kk + ft", "row")};
+        a[i][1] = {a.format(buf, "kk + ft", "row + 8")};
+        a[i][2] = {a.format(buf, "kk + ft + 4", "row")};
+        a[i][3] = {a.format(buf, "kk + ft + 4", "row + 8")};
+    }}
+    UNROLL for (int j = 0; j < {ni}; ++j) {{
+        const int col = wn0 + j * 8 + fg;
+        b[j][0] = Bs[{buf}][kk + ft][col];
+        b[j][1] = Bs[{buf}][kk + ft + 4][col];
+    }}
+    UNROLL for (int i = 0; i < {mi}; ++i)
+        UNROLL for (int j = 0; j < {ni}; ++j) MMA_TF32(acc[i][j], a[i], b[j]);
+}}"""
+
+    if copies:
+        if geo.taps > 1:
+            a_source = f"""const int4 e = taps[r < r_end ? r : 0];  /* offset in the window, dy, dx, channel */
+    const bool ok = am < {m_total} && r < r_end && (unsigned)(ih0 + e.y) < {geo.h}u && (unsigned)(iw0 + e.z) < {geo.w}u;
+    GLOBAL const float* src = xw + e.x;"""
+        else:  # reduction index = channel
+            a_source = f"""const bool ok = in_image && am < {m_total} && r < r_end;
+    GLOBAL const float* src = xw + r * {geo.h * geo.w};"""
+
+        def issue(kbase: str, buf: str) -> str:
+            return f"""UNROLL for (int i = 0; i < {a_per}; ++i) {{
+    const int r = {kbase} + tid / {t.bm} + i * {a_step};
+    {a_source}
+    CP_ASYNC4(&As[{buf}][tid / {t.bm} + i * {a_step}][tid % {t.bm}], src, ok);
+}}
+UNROLL for (int i = 0; i < {b_per}; ++i) {{
+    const int r = {kbase} + tid / {t.bn} + i * {b_step};
+    CP_ASYNC4(&Bs[{buf}][tid / {t.bn} + i * {b_step}][tid % {t.bn}], wb + ({kbase} + i * {b_step}) * {kg},
+              r < r_end && b_col < {kg});
+}}"""
+
+        main = f"""    CP_ASYNC_STATE({stages * (a_per + b_per)});  /* (OpenCL's emulation: the copies in flight) */
+    const int slices = (r_end - {r_begin} + {t.bk - 1}) / {t.bk};
+    UNROLL for (int s = 0; s < {stages - 1}; ++s) {{  /* the first stages - 1 slices in flight */
+        if (s < slices) {{
+{indent(issue(f"{r_begin} + s * {t.bk}", "s"), 12)}
+        }}
+        CP_ASYNC_COMMIT();
+    }}
+    for (int it = 0; it < slices; ++it) {{
+        CP_ASYNC_WAIT({stages - 2});  /* this thread's copies of slice it have landed */
+        BARRIER();                    /* everyone's; and everyone is done with the buffer refilled next */
+        if (it + {stages - 1} < slices) {{
+{indent(issue(f"{r_begin} + (it + {stages - 1}) * {t.bk}", f"(it + {stages - 1}) % {stages}"), 12)}
+        }}
+        CP_ASYNC_COMMIT();  /* every iteration commits a group (maybe empty): the wait counts groups */
+{indent(products(f"it % {stages}"), 8)}
+    }}"""
+    else:
+        def store_slice(buf: str) -> str:
+            return f"""UNROLL for (int i = 0; i < {a_per}; ++i) As[{buf}][tid / {t.bm} + i * {a_step}][tid % {t.bm}] = TF32(a_reg[i]);
+UNROLL for (int i = 0; i < {b_per}; ++i) Bs[{buf}][tid / {t.bn} + i * {b_step}][tid % {t.bn}] = b_reg[i];"""
+
+        main = f"""    float a_reg[{a_per}];
+    float b_reg[{b_per}];
+{_load_tiles(r_begin, t, geo, m_total, gated, spaces=4)}
+{indent(store_slice("0"), 4)}
+    BARRIER();
+    int buf = 0;
+    for (int k0 = {r_begin}; k0 < r_end; k0 += {t.bk}) {{
+        const int more = k0 + {t.bk} < r_end;
+        if (more) {{  /* the next slice's global loads are in flight while this one is multiplied */
+{_load_tiles(f"k0 + {t.bk}", t, geo, m_total, gated, spaces=12)}
+        }}
+{indent(products("buf"), 8)}
+        if (more) {{
+{indent(store_slice("buf ^ 1"), 12)}
+        }}
+        buf ^= 1;
+        BARRIER();
+    }}"""
 
     body = f"""KERNEL void {name}({args})
 {{
-    SHARED float As[2][{t.bk}][{t.bm + 8}] ALIGNED16;  /* [buffer][reduction][pixel] */
-    SHARED float Bs[2][{t.bk}][{t.bn + 8}] ALIGNED16;  /* [buffer][reduction][channel] */
+    SHARED float As[{stages}][{t.bk}][{t.bm + 8}] ALIGNED16;  /* [buffer][reduction][pixel] */
+    SHARED float Bs[{stages}][{t.bk}][{t.bn + 8}] ALIGNED16;  /* [buffer][reduction][channel] */
     MMA_SCRATCH({t.warps});
     const int tid = THREAD_X;
     const int fg = (tid % 32) / 4;  /* the lane's fragment row (PTX's g) */
@@ -167,44 +253,10 @@ UNROLL for (int i = 0; i < {b_per}; ++i) Bs[{buf}][(tid + i * {nt}) / {t.bn}][(t
     const int n0 = BLOCK_Y * {t.bn};
 {_window(geo, t.bm, t.bn, None, splits, chunk, gated)}
     float acc[{mi}][{ni}][4];
-    float a_reg[{a_per}];
-    float b_reg[{b_per}];
     UNROLL for (int i = 0; i < {mi}; ++i)
         UNROLL for (int j = 0; j < {ni}; ++j)
             UNROLL for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
-{_load_tiles(r_begin, t, geo, m_total, gated, spaces=4)}
-{indent(store_slice("0"), 4)}
-    BARRIER();
-    int buf = 0;
-    for (int k0 = {r_begin}; k0 < r_end; k0 += {t.bk}) {{
-        const int more = k0 + {t.bk} < r_end;
-        if (more) {{  /* the next slice's global loads are in flight while this one is multiplied */
-{_load_tiles(f"k0 + {t.bk}", t, geo, m_total, gated, spaces=12)}
-        }}
-        UNROLL for (int kk = 0; kk < {t.bk}; kk += 8) {{
-            float a[{mi}][4];
-            float b[{ni}][2];
-            UNROLL for (int i = 0; i < {mi}; ++i) {{
-                const int row = wm0 + i * 16 + fg;
-                a[i][0] = As[buf][kk + ft][row];
-                a[i][1] = As[buf][kk + ft][row + 8];
-                a[i][2] = As[buf][kk + ft + 4][row];
-                a[i][3] = As[buf][kk + ft + 4][row + 8];
-            }}
-            UNROLL for (int j = 0; j < {ni}; ++j) {{
-                const int col = wn0 + j * 8 + fg;
-                b[j][0] = Bs[buf][kk + ft][col];
-                b[j][1] = Bs[buf][kk + ft + 4][col];
-            }}
-            UNROLL for (int i = 0; i < {mi}; ++i)
-                UNROLL for (int j = 0; j < {ni}; ++j) MMA_TF32(acc[i][j], a[i], b[j]);
-        }}
-        if (more) {{
-{indent(store_slice("buf ^ 1"), 12)}
-        }}
-        buf ^= 1;
-        BARRIER();
-    }}
+{main}
 
     UNROLL for (int i = 0; i < {mi}; ++i)
         UNROLL for (int j = 0; j < {ni}; ++j)
@@ -215,7 +267,7 @@ UNROLL for (int i = 0; i < {b_per}; ++i) Bs[{buf}][(tid + i * {nt}) / {t.bn}][(t
                     const int nb = m / {pq};
                     const int pix = m - nb * {pq};
                     const int k = {channel};
-                    const int idx = (nb * {k_total} + k) * {pq} + pix;
+                    const int idx = (nb * {geo.k} + k) * {pq} + pix;
                     float v = acc[i][j][e];
 {indent(code, 20)}
                     {store}
