@@ -1,4 +1,4 @@
-"""The `cnngraph` command: validate, inspect, run, codegen, import-onnx, export-onnx, schema.
+"""The `cnngraph` command: validate, inspect, run, predict, codegen, import-onnx, export-onnx, schema.
 
 Every error a user can cause ends with one line on stderr and exit status 2, never a traceback;
 files (and `codegen`'s folder) are written under a temporary name and renamed into place, so
@@ -107,6 +107,20 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--max-memory", metavar="SIZE", help="refuse a network that needs more (weights, activations, "
                    "scratch), e.g. 2GiB (default: 80%% of the RAM, 90%% of the GPU's memory)")
     r.set_defaults(handler=_run)
+
+    d = sub.add_parser("predict", help="run the network over images or arrays; a table of results")
+    d.add_argument("spec")
+    d.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (searched recursively), globs, "
+                                                              ".npy/.npz arrays")
+    d.add_argument("--weights", help=".npz or .safetensors (default: seeded random weights)")
+    d.add_argument("--batch", type=_positive, default=8)
+    d.add_argument("--device", default="auto", choices=DEVICES)
+    d.add_argument("--top", type=_positive, default=5, help="classes per row (default 5)")
+    d.add_argument("-o", "--output", default="predictions.csv", help=".csv (default predictions.csv), .jsonl or .parquet")
+    d.add_argument("--resume", action="store_true", help="skip the inputs the output (or its .partial) already has")
+    d.add_argument("--workers", type=_positive, default=4, help="threads decoding images ahead (default 4)")
+    _precision_argument(d)
+    d.set_defaults(handler=_predict)
 
     m = sub.add_parser("import-onnx", help="an ONNX model as a spec and a weights file")
     m.add_argument("model", help="the .onnx file")
@@ -311,6 +325,93 @@ def _run(args) -> None:
     if args.output:
         _save_output(outputs, args.output)
         print(f"saved {args.output}")
+
+
+EXIT_SOME_INPUTS_FAILED = 3
+
+
+def _predict(args) -> int:
+    """Rows stream into OUTPUT.partial (JSON lines) as batches finish, so an interrupted run keeps
+    them for --resume; the table is written whole at the end and the .partial removed."""
+    from .predict import TABLE_SUFFIXES, flat_row, predict, read_table, write_table
+
+    out = Path(args.output)
+    if out.suffix not in TABLE_SUFFIXES:
+        raise CnnGraphError(f"the output must end in {', '.join(TABLE_SUFFIXES)}", file=args.output)
+    refuse_overwriting(out, args.spec, args.weights, *args.inputs)
+    require_folder(out.parent)
+    partial = out.with_name(out.name + ".partial")
+    earlier = []
+    if args.resume:
+        earlier = (read_table(out) if out.exists() else []) + (_partial_rows(partial) if partial.exists() else [])
+        earlier = list({row["input"]: row for row in earlier}.values())
+    spec = load_spec(args.spec)
+    outputs = out.with_name(out.stem + "_outputs")  # the arrays of a network that is not a classifier
+    failed, fresh = 0, []
+    with open(partial, "a" if args.resume else "w", encoding="utf-8") as log, _progress_bar() as bar:
+        for index, row in enumerate(predict(spec, args.inputs, weights=args.weights, batch_size=args.batch,
+                                            device=args.device, top=args.top, workers=args.workers,
+                                            precision=args.precision, skip=[r["input"] for r in earlier],
+                                            progress=bar.update)):
+            if row["error"]:
+                failed += 1
+                bar.write(f"error: {row['input']}: {row['error']}", file=sys.stderr)
+            if "output" in row:
+                row["output"] = _save_sample_output(outputs, len(earlier) + index, row["output"])
+            fresh.append(flat_row(row, args.top))
+            log.write(json.dumps(fresh[-1]) + "\n")
+            log.flush()
+    rows = earlier + fresh
+    write_table(out, rows)
+    partial.unlink()
+    print(f"wrote {len(rows)} rows to {out}" + (f" ({failed} inputs failed)" if failed else ""))
+    return EXIT_SOME_INPUTS_FAILED if failed else 0
+
+
+def _partial_rows(path: Path) -> list[dict]:
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            break  # the last line of an interrupted run may be cut short
+    return rows
+
+
+def _save_sample_output(folder: Path, index: int, value) -> str:
+    """One sample's output as `folder/<index>.npy` (an .npz when there are several); its path."""
+    require_folder(folder) if folder.exists() else folder.mkdir()
+    if isinstance(value, dict):
+        path = folder / f"{index:06d}.npz"
+        atomic_write(path, lambda f: np.savez(f, **value))
+    else:
+        path = folder / f"{index:06d}.npy"
+        atomic_write(path, lambda f: np.save(f, value))
+    return str(path)
+
+
+def _progress_bar():
+    """tqdm's bar (images/s, ETA) on a terminal; a silent stand-in otherwise or without tqdm."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        tqdm = None
+    if tqdm is not None and sys.stderr.isatty():
+        return tqdm(unit="input", file=sys.stderr)
+
+    class Silent:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n):
+            pass
+
+        def write(self, text, file=None):
+            print(text, file=file or sys.stderr)
+    return Silent()
 
 
 def _read_inputs(path: str, spec) -> dict[str, np.ndarray]:

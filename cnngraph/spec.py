@@ -18,6 +18,7 @@ from .errors import NAME_LIMIT, SpecError, quote
 from .files import given_path
 from .ops import ACTIVATIONS, LAYER_TYPES, OPS, Layer
 from .ops.base import Name, PositiveInt, Strict
+from .preprocess import Preprocess
 
 LayerSpec = Annotated[Union[tuple(LAYER_TYPES)], Field(discriminator="op")]
 
@@ -46,6 +47,11 @@ class NetworkSpec(Strict):
     layers: list[LayerSpec] = Field(min_length=1)
     outputs: list[str] | None = Field(None, min_length=1, description="Layers whose results are returned; "
                                                                       "default: the last layer.")
+    preprocess: Preprocess | None = Field(None, description="How an image file becomes the (one) input: "
+                                                            "what `cnngraph predict` does to each image.")
+    labels: list[str] | str | None = Field(None, description="Class names of the output, in order: a list, or "
+                                                             "the path of a text file (one name a line) relative "
+                                                             "to the spec's folder.")
     _source: str | None = PrivateAttr(None)  # the file it was loaded from, for error messages
 
     @field_validator("layers")
@@ -79,6 +85,21 @@ class NetworkSpec(Strict):
     @property
     def output_names(self) -> list[str]:
         return list(self.outputs) if self.outputs else [self.layers[-1].name]
+
+    def label_names(self) -> list[str] | None:
+        """The class names, read from the labels file (next to the spec) when `labels` names one."""
+        if not isinstance(self.labels, str):
+            return self.labels
+        path = Path(self.source).parent / self.labels if self.source else Path(self.labels)
+        try:
+            names = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as err:
+            raise SpecError(f"cannot read the labels file {path}: {getattr(err, 'strerror', None) or err}",
+                            file=self.source, field="labels") from None
+        names = [name.strip() for name in names]
+        while names and not names[-1]:  # a final newline, or a few
+            names.pop()
+        return names
 
 
 def json_schema() -> dict:
@@ -122,6 +143,17 @@ def _check_references(spec: NetworkSpec) -> None:
                             f'{_clip(", ".join(layer_names))}', field="outputs", path="/outputs")
 
 
+def _check_preprocess(spec: NetworkSpec) -> None:
+    """A preprocess block must make exactly the network's one input."""
+    if spec.preprocess is None:
+        return
+    if len(spec.inputs) != 1:
+        raise SpecError(f"preprocess makes one input; this network has {len(spec.inputs)}", path="/preprocess")
+    problem = spec.preprocess.problem_with(tuple(spec.inputs[0].shape))
+    if problem:
+        raise SpecError(problem[1], path="/preprocess", field=problem[0])
+
+
 def parse_spec(data: Any, source: str | None = None) -> NetworkSpec:
     """A validated NetworkSpec from parsed JSON data, or a one-line SpecError."""
     if not isinstance(data, dict):
@@ -136,6 +168,7 @@ def parse_spec(data: Any, source: str | None = None) -> NetworkSpec:
     spec._source = source
     try:
         _check_references(spec)
+        _check_preprocess(spec)
     except SpecError as err:
         raise err.located(source) from None
     return spec

@@ -18,15 +18,23 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 INPUT = {"name": "image", "shape": [3, 224, 224]}
 CLASSES = 1000
+# torchvision's ImageNet transform of the weights these mirror (resize, crop, interpolation differ per model)
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def imagenet_preprocess(resize: int = 256, interpolation: str = "bilinear") -> dict:
+    return {"resize": resize, "center_crop": 224, "interpolation": interpolation, "mean": IMAGENET_MEAN,
+            "std": IMAGENET_STD}
 
 
 class Net:
     """Collects layers in order. A layer reads the previous one unless `x` names another."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, preprocess: dict | None = None):
         self.name = name
         self.layers: list[dict] = []
         self.prev = INPUT["name"]
+        self.preprocess = preprocess or imagenet_preprocess()
 
     def add(self, op: str, name: str, x: str | list[str] | None = None, **params) -> str:
         layer = {"op": op, "name": name, **params}
@@ -39,7 +47,7 @@ class Net:
 
     def write(self) -> Path:
         head = {"$schema": "../schemas/network.schema.json", "format_version": 1, "name": self.name,
-                "inputs": [INPUT]}
+                "inputs": [INPUT], "preprocess": self.preprocess, "labels": "imagenet_classes.txt"}
         lines = [f"  {json.dumps(k)}: {json.dumps(v)}," for k, v in head.items()]
         body = ",\n".join(f"    {json.dumps(layer)}" for layer in self.layers)
         text = "{\n" + "\n".join(lines) + '\n  "layers": [\n' + body + "\n  ],\n"
@@ -125,7 +133,7 @@ EFFICIENTNET_B0 = [(1, 3, 1, 32, 16, 1), (6, 3, 2, 16, 24, 2), (6, 5, 2, 24, 40,
 
 
 def efficientnet_b0() -> Net:
-    net = Net("efficientnet_b0")  # plain BatchNorm2d (eps 1e-5) up to B4; only B5-B7 use eps 1e-3
+    net = Net("efficientnet_b0", imagenet_preprocess(256, "bicubic"))  # plain BatchNorm2d (eps 1e-5) up to B4; only B5-B7 use eps 1e-3
     x = conv_norm_act(net, "image", "features.0", 32, 3, stride=2, act="silu")
     for s, (ratio, k, stride, cin, cout, blocks) in enumerate(EFFICIENTNET_B0, start=1):
         for b in range(blocks):
@@ -226,7 +234,7 @@ def densenet121(growth: int = 32, bn_size: int = 4, blocks=(6, 12, 24, 16)) -> N
 # --- ConvNeXt-Tiny (torchvision/models/convnext.py) ----------------------------------------------
 
 def convnext_tiny(dims=(96, 192, 384, 768), depths=(3, 3, 9, 3), eps: float = 1e-6) -> Net:
-    net = Net("convnext_tiny")
+    net = Net("convnext_tiny", imagenet_preprocess(236))
     net.add("conv2d", "features.0.0", out_channels=dims[0], kernel_size=4, stride=4)  # patchify stem
     x = net.add("layer_norm", "features.0.1", eps=eps)  # LayerNorm2d: over channels at each pixel
     for s, (dim, depth) in enumerate(zip(dims, depths)):

@@ -19,7 +19,8 @@ from cnngraph.backends.opencl_backend import OpenCLBackend
 from cnngraph.codegen.dialects import CUDA
 from cnngraph.errors import DeviceError, SpecError
 from cnngraph.precision import round_tf32
-from test_backends import CUDA_REASON, EXAMPLES, OPENCL_REASON, REDUCED, rel_err
+from test_backends import CUDA_REASON, EXAMPLES, OPENCL_REASON, rel_err
+from test_backends import example as reduced_example
 
 needs_opencl = pytest.mark.skipif(OPENCL_REASON is not None, reason=str(OPENCL_REASON))
 needs_cuda = [pytest.mark.gpu, pytest.mark.skipif(CUDA_REASON is not None, reason=str(CUDA_REASON))]
@@ -266,9 +267,7 @@ def example_against_float64(example, device):
     """(output at tf32 on `device`, the NumPy backend's at tf32, float64 PyTorch's), reduced size."""
     from torch_oracle import run_spec
 
-    spec = json.loads((EXAMPLES / f"{example}.json").read_text())
-    if REDUCED.get(example):
-        spec["inputs"][0]["shape"] = REDUCED[example]
+    spec = reduced_example(example)
     ref = cnngraph.compile(spec, batch_size=2, device="cpu", precision="tf32")
     model = cnngraph.compile(spec, batch_size=2, device=device, weights=ref.weights, precision="tf32")
     xs = inputs_for(ref)
