@@ -11,6 +11,7 @@ from .errors import (CnnGraphError, CnnGraphWarning, DeviceError, InputError, Re
                      WeightsError)
 from .interop import export_onnx, from_onnx, weights_from_torch
 from .model import CompiledModel, Plan, bind, build, compile, plan
+from .predict import predict
 from .spec import NetworkSpec, load_spec, parse_spec
 from .weights import load_weights, save_weights
 
@@ -19,4 +20,4 @@ __version__ = "0.1.0"
 __all__ = ["CnnGraphError", "SpecError", "ShapeError", "WeightsError", "InputError", "DeviceError", "ResourceError",
            "CnnGraphWarning",
            "CompiledModel", "Plan", "NetworkSpec", "build", "compile", "plan", "bind", "load_spec", "parse_spec", "load_weights",
-           "save_weights", "from_onnx", "export_onnx", "weights_from_torch", "__version__"]
+           "save_weights", "predict", "from_onnx", "export_onnx", "weights_from_torch", "__version__"]

@@ -1,4 +1,4 @@
-"""The `cnngraph` command: validate, inspect, run, predict, codegen, import-onnx, export-onnx, schema.
+"""The `cnngraph` command: validate, inspect, run, predict, check, codegen, import-onnx, export-onnx, schema.
 
 Every error a user can cause ends with one line on stderr and exit status 2, never a traceback;
 files (and `codegen`'s folder) are written under a temporary name and renamed into place, so
@@ -121,6 +121,17 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--workers", type=_positive, default=4, help="threads decoding images ahead (default 4)")
     _precision_argument(d)
     d.set_defaults(handler=_predict)
+
+    k = sub.add_parser("check", help="compare every fused node with a float64 reference of the raw network")
+    k.add_argument("spec")
+    k.add_argument("--weights", help=".npz or .safetensors (default: seeded random weights)")
+    k.add_argument("--input", help=".npy/.npz input (default: seeded random normal data)")
+    k.add_argument("--batch", type=_positive, help="batch size (default: the input's, else 1)")
+    k.add_argument("--device", default="auto", choices=DEVICES)
+    k.add_argument("--tolerance", type=float, help="relative error allowed per node (default 1e-4; 1e-2 at tf32)")
+    k.add_argument("--seed", type=_non_negative, default=0)
+    _precision_argument(k)
+    k.set_defaults(handler=_check)
 
     m = sub.add_parser("import-onnx", help="an ONNX model as a spec and a weights file")
     m.add_argument("model", help="the .onnx file")
@@ -328,6 +339,30 @@ def _run(args) -> None:
 
 
 EXIT_SOME_INPUTS_FAILED = 3
+EXIT_CHECK_FAILED = 1
+
+
+def _check(args) -> int:
+    """The table of every node's error against the float64 reference; exit 1 when one is over."""
+    from .check import check
+
+    if args.tolerance is not None and not args.tolerance >= 0:
+        raise CnnGraphError(f"--tolerance must be a number >= 0, got {args.tolerance}")
+    spec = load_spec(args.spec)
+    given = _read_inputs(args.input, spec) if args.input else None
+    batch = args.batch or (next(iter(given.values())).shape[0] if given else 1)
+    model = compile(spec, batch_size=batch, device=args.device, weights=args.weights, seed=args.seed,
+                    precision=args.precision)
+    if given is None:
+        rng = np.random.default_rng(args.seed)
+        given = {i.name: rng.standard_normal((batch, *i.shape)).astype(np.float32) for i in spec.inputs}
+    for name, x in given.items():
+        model._check_input(name, x)
+    report = check(model, given, args.tolerance)
+    print(f"{spec.name}: device {model.device}, precision {model.precision}, batch {batch}; every node against "
+          "float64 PyTorch of the raw network")
+    print(report.table())
+    return EXIT_CHECK_FAILED if report.first_failure else 0
 
 
 def _predict(args) -> int:

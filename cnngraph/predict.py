@@ -20,8 +20,8 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from .errors import CnnGraphError, InputError, SpecError
-from .model import as_spec, compile
+from .errors import CnnGraphError, InputError, SpecError, shorten
+from .model import CompiledModel, as_spec, compile
 from .preprocess import IMAGE_SUFFIXES, decode_image
 
 ARRAY_SUFFIXES = (".npy", ".npz")
@@ -100,16 +100,29 @@ def _array_items(path: Path, spec) -> list[Item]:
 def predict(spec, inputs: Iterable[str | os.PathLike], weights=None, batch_size: int = 8, device: str = "auto",
             top: int = 5, workers: int = 4, precision: str = "fp32", skip: Iterable[str] = (),
             progress: Callable[[int], None] | None = None) -> Iterator[dict]:
-    """Rows, in input order: {"input", "error"} plus, for a classifier (one (N, K) output),
+    """`spec`: a network as `compile` takes it, or a CompiledModel (then `weights`, `batch_size`,
+    `device` and `precision` are its own). Rows, in input order: {"input", "error"} plus, for a
+    classifier (one (N, K) output),
     "classes", "labels" (None without the spec's `labels`) and "probabilities" of the top `top`,
     or else "output" (the sample's output array, by output name when there are several).
     `skip`: inputs (their `input` values) already done; `progress(n)` is called as n more finish."""
-    spec = as_spec(spec)
+    model = spec if isinstance(spec, CompiledModel) else None
+    spec = model.spec if model else as_spec(spec)
     if len(spec.inputs) != 1:
         raise SpecError(f"predict feeds one input; this network has {len(spec.inputs)}", file=spec.source)
-    if not isinstance(top, int) or top < 1:
-        raise SpecError(f"top must be a positive integer, got {top!r}")
-    model = compile(spec, batch_size=batch_size, device=device, weights=weights, precision=precision)
+    inputs = [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs
+    if not isinstance(inputs, (list, tuple)) or not all(isinstance(i, (str, os.PathLike)) for i in inputs):
+        raise InputError(f"inputs must be a path or a list of paths, got {shorten(inputs)}")
+    for name, value in (("top", top), ("workers", workers)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise SpecError(f"{name} must be a positive integer, got {shorten(value)}")
+    if progress is not None and not callable(progress):
+        raise SpecError(f"progress must be a function of the number of inputs done, got {shorten(progress)}")
+    skip = list(skip) if isinstance(skip, (list, tuple, set, frozenset)) else None
+    if skip is None or not all(isinstance(s, str) for s in skip):
+        raise SpecError("skip must be a list of input names (the `input` of rows already done)")
+    model = model or compile(spec, batch_size=batch_size, device=device, weights=weights, precision=precision)
+    batch_size = model.batch_size
     shape, labels = tuple(spec.inputs[0].shape), spec.label_names()
     outputs = model.output_names
     classifier = len(outputs) == 1 and len(model.graph.nodes[outputs[0]]["shape"]) == 2

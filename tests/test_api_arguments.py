@@ -156,7 +156,8 @@ ENTRY_POINTS = {  # name -> (call with keyword arguments, the arguments a valid 
     "build": (cnngraph.build, {"spec": TINY, "batch_size": 1}),
     "plan": (cnngraph.plan, {"spec": TINY, "batch_size": 1, "weights": None, "seed": 0, "optimize": True}),
     "compile": (cnngraph.compile, {"spec": TINY, "batch_size": 1, "device": "cpu", "weights": None, "seed": 0,
-                                   "optimize": True, "cuda_graph": True, "autotune": False, "max_memory": None}),
+                                   "optimize": True, "cuda_graph": True, "autotune": False, "max_memory": None,
+                                   "precision": "fp32"}),
     "bind": (lambda p, device, max_memory: cnngraph.bind(cnngraph.plan(TINY) if p is A_PLAN else p, device, max_memory),
              {"p": A_PLAN, "device": "cpu", "max_memory": None}),
     "call": (lambda x: cnngraph.compile(TINY, device="cpu")(x), {"x": X}),
@@ -165,6 +166,9 @@ ENTRY_POINTS = {  # name -> (call with keyword arguments, the arguments a valid 
     "weights_from_torch": (cnngraph.weights_from_torch, {"state_dict": {}}),
     "from_onnx": (cnngraph.from_onnx, {"path": "../m.onnx"}),
     "export_onnx": (cnngraph.export_onnx, {"spec": TINY, "path": "out.onnx", "weights": None, "seed": 0}),
+    "predict": (lambda **kw: list(cnngraph.predict(**kw)),
+                {"spec": TINY, "inputs": ["../x.npy"], "weights": None, "batch_size": 2, "device": "cpu", "top": 3,
+                 "workers": 2, "precision": "fp32", "skip": ()}),
 }
 CALLS = [(name, arg) for name, (_, args) in ENTRY_POINTS.items() for arg in args]
 
@@ -179,6 +183,7 @@ def files(tmp_path_factory, weights) -> Path:
     cnngraph.save_weights(weights, folder / "w.npz")
     cnngraph.save_weights(weights, folder / "w.safetensors")
     cnngraph.export_onnx(TINY, folder / "m.onnx")
+    np.save(folder / "x.npy", X)
     return folder
 
 

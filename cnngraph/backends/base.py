@@ -52,5 +52,11 @@ class Backend:
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
+    def run_observed(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Every computed node's output (NCHW, a fresh array) by node, captured as soon as the node
+        is done, before the memory plan lets a later node reuse its place (for `cnngraph check`).
+        Aliases (free reshapes) are left out: they show their input's values."""
+        raise NotImplementedError
+
     def poison(self) -> None:
         raise NotImplementedError

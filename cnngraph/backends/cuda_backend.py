@@ -180,6 +180,11 @@ class CudaBackend(ProgramBackend):
                 for fn, grid, block, args in self.launches:
                     fn(grid, block, args)
 
+    def _launch_one(self, index: int) -> None:
+        with self.stream:
+            fn, grid, block, args = self.launches[index]
+            fn(grid, block, args)
+
     def _download(self, name):
         with self.stream:
             return self.views[name].reshape(self.tensor_shape(name)).copy()

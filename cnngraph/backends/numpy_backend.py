@@ -75,12 +75,19 @@ class NumpyBackend(Backend):
     def poison(self) -> None:
         self.arena.fill(np.nan)
 
-    def run(self, inputs: dict[str, np.ndarray], timings: dict[str, float] | None = None) -> dict[str, np.ndarray]:
-        """Outputs by name; with `timings`, adds each node's seconds to it (for profiling)."""
+    def run(self, inputs: dict[str, np.ndarray], timings: dict[str, float] | None = None,
+            observed: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+        """Outputs by name; with `timings`, adds each node's seconds to it (for profiling); with
+        `observed`, puts a copy of each node's output in it (see `run_observed`)."""
         with np.errstate(all="ignore"):  # NaN and Inf propagate silently, as on every other backend and in PyTorch
-            return self._run(inputs, timings)
+            return self._run(inputs, timings, observed)
 
-    def _run(self, inputs, timings):
+    def run_observed(self, inputs):
+        observed: dict[str, np.ndarray] = {}
+        self.run(inputs, observed=observed)
+        return observed
+
+    def _run(self, inputs, timings, observed=None):
         g, views = self.graph, self.views
         for name, x in inputs.items():
             np.copyto(views[name], x.transpose(0, 2, 3, 1) if x.ndim == 4 else x)
@@ -104,4 +111,6 @@ class NumpyBackend(Backend):
                 pool.spec.run_numpy([out], {}, self.scratch, views[node])
             if timings is not None:
                 timings[node] = timings.get(node, 0.0) + time.perf_counter() - start
+            if observed is not None:
+                observed[node] = from_backend_layout(views[node])
         return {name: from_backend_layout(views[name]) for name in g.graph["outputs"]}

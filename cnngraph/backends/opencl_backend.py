@@ -87,8 +87,12 @@ class OpenCLBackend(ProgramBackend):
         self.cl.enqueue_copy(self.queue, self.views[name], np.ascontiguousarray(x, np.float32))
 
     def _launch_all(self):
-        for kernel, global_size, local_size in self.kernels:
-            self.cl.enqueue_nd_range_kernel(self.queue, kernel, global_size, local_size)
+        for index in range(len(self.kernels)):
+            self._launch_one(index)
+
+    def _launch_one(self, index: int) -> None:
+        kernel, global_size, local_size = self.kernels[index]
+        self.cl.enqueue_nd_range_kernel(self.queue, kernel, global_size, local_size)
 
     def _download(self, name):
         out = np.empty(self.tensor_shape(name), np.float32)
