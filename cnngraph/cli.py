@@ -1,4 +1,5 @@
-"""The `cnngraph` command: validate, inspect, run, predict, check, codegen, import-onnx, export-onnx, schema.
+"""The `cnngraph` command: validate, inspect, run, predict, check, profile, codegen, import-onnx,
+export-onnx, schema.
 
 Every error a user can cause ends with one line on stderr and exit status 2, never a traceback;
 files (and `codegen`'s folder) are written under a temporary name and renamed into place, so
@@ -132,6 +133,16 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--seed", type=_non_negative, default=0)
     _precision_argument(k)
     k.set_defaults(handler=_check)
+
+    f = sub.add_parser("profile", help="time every kernel of the compiled model on its device")
+    f.add_argument("spec")
+    f.add_argument("--weights", help=".npz or .safetensors (default: seeded random weights)")
+    f.add_argument("--batch", type=_positive, default=1)
+    f.add_argument("--device", default="auto", choices=DEVICES)
+    f.add_argument("--repeats", type=_positive, default=10, help="timed calls; medians are shown (default 10)")
+    f.add_argument("--format", choices=("table", "json"), default="table")
+    _precision_argument(f)
+    f.set_defaults(handler=_profile)
 
     m = sub.add_parser("import-onnx", help="an ONNX model as a spec and a weights file")
     m.add_argument("model", help="the .onnx file")
@@ -336,6 +347,23 @@ def _run(args) -> None:
     if args.output:
         _save_output(outputs, args.output)
         print(f"saved {args.output}")
+
+
+def _profile(args) -> None:
+    from .profile import profile, profile_table
+
+    spec = load_spec(args.spec)
+    model = compile(spec, batch_size=args.batch, device=args.device, weights=args.weights, precision=args.precision)
+    rng = np.random.default_rng(0)
+    given = {i.name: rng.standard_normal((args.batch, *i.shape)).astype(np.float32) for i in spec.inputs}
+    times = profile(model, given, args.repeats)
+    if args.format == "json":
+        print(json.dumps({"network": spec.name, "device": model.device, "precision": model.precision,
+                          "batch": args.batch, "kernels": [{**t.__dict__, "gflops": t.gflops,
+                                                            "gbytes_per_s": t.gbytes_per_s} for t in times]},
+                         indent=2))
+    else:
+        print(profile_table(model, times))
 
 
 EXIT_SOME_INPUTS_FAILED = 3

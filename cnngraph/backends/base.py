@@ -58,5 +58,10 @@ class Backend:
         Aliases (free reshapes) are left out: they show their input's values."""
         raise NotImplementedError
 
+    def time_launches(self, inputs: dict[str, np.ndarray]) -> list[tuple[tuple[str, str], float]]:
+        """One call, each kernel (NumPy: each node) timed on the device: ((kernel, node), seconds)
+        in execution order (for `cnngraph profile`)."""
+        raise NotImplementedError
+
     def poison(self) -> None:
         raise NotImplementedError

@@ -1,0 +1,44 @@
+"""`cnngraph profile`: every kernel (every node on NumPy) timed on its device, with its FLOPs and
+bytes, in the table and the JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import cnngraph
+from cnngraph.profile import profile, profile_table
+from test_backends import BACKENDS
+
+SPEC = {"format_version": 1, "name": "small", "inputs": [{"name": "x", "shape": [3, 16, 16]}], "layers": [
+    {"op": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1, "activation": "relu"},
+    {"op": "max_pool2d", "kernel_size": 2}, {"op": "flatten"}, {"op": "linear", "out_features": 4}]}
+
+
+@pytest.mark.parametrize("device", ["cpu", *BACKENDS])
+def test_every_kernel_is_timed_with_its_costs(device):
+    model = cnngraph.compile(SPEC, batch_size=2, device=device)
+    x = {"x": np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)}
+    times = profile(model, x, repeats=3)
+    expected = ([l.kernel for l in model.backend.program.launches] if device != "cpu"
+                else [n for n in model.graph.graph["order"]])
+    assert [t.kernel for t in times] == expected
+    assert all(t.ms > 0 for t in times)
+    conv = next(t for t in times if t.op.startswith("conv2d"))
+    assert conv.flops == model.graph.nodes[conv.node]["flops"] and conv.bytes > 2 * 3 * 16 * 16 * 4
+    table = profile_table(model, times)
+    assert conv.kernel in table and "batch 2" in table and "images/s" in table
+
+
+def test_cli_profile_json(tmp_path):
+    path = tmp_path / "net.json"
+    path.write_text(json.dumps(SPEC))
+    done = subprocess.run([sys.executable, "-m", "cnngraph.cli", "profile", str(path), "--device", "cpu", "--repeats",
+                           "2", "--format", "json"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["device"] == "cpu" and data["kernels"] and all(k["ms"] > 0 for k in data["kernels"])
