@@ -94,7 +94,7 @@ def test_inspect_table_has_rows_and_total(capsys):
     assert code == 0 and err == ""
     lines = out.splitlines()
     assert lines[0].startswith("lenet5")
-    assert re.match(r"layer\s+op\s+output shape\s+params\s+FLOPs", lines[1])
+    assert re.match(r"layer\s+op\s+precision\s+output shape\s+params\s+FLOPs", lines[1])
     for layer in ("c1", "s2", "c3", "s4", "flat", "f5", "f6", "logits", "prob"):
         assert any(layer in line.split()[0].split(",") for line in lines[2:] if line.split()), layer
     total_line = next(line for line in lines if line.startswith("total "))  # memory and fusion follow it

@@ -60,8 +60,9 @@ params = pytest.mark.parametrize("name, mode", [(n, m) for n in NETWORKS for m i
 def test_table_rows_totals_memory_fusion(name, mode):
     out, g = inspect_output(name, mode, "table"), graph(name, mode)
     lines = out.splitlines()
-    assert lines[0].startswith(f"{name}  (batch 1, {mode} graph)")
-    assert re.match(r"layer\s+op\s+output shape\s+params\s+FLOPs\s+read\s+written\s+arena offset$", lines[1])
+    assert lines[0] == f"{name}  (batch 1, {mode} graph, precision fp32)"
+    assert re.match(r"layer\s+op\s+precision\s+output shape\s+params\s+FLOPs\s+read\s+written\s+arena offset$",
+                    lines[1])
     total = next(line for line in lines if line.startswith("total "))
     assert total.split()[1:3] == [str(len(g)), "nodes"]
     rows = lines[3:lines.index(total) - 1]
