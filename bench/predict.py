@@ -2,9 +2,11 @@
 spec's preprocessing, batching) against calling the compiled model on ready arrays, same network,
 batch and device, alternating in one process.
 
-    python bench/predict.py [--network resnet18] [--images 96] [--batch 16] [--device cpu] [--repeats 3]
+    python bench/predict.py [--network resnet18] [--images 96] [--batch 16] [--device cpu] [--repeats 3] [--ray]
 
-Writes bench/results/predict-<date>.json. The aim (issue 14): predict >= 0.9x the ready-array rate.
+With --ray, also `predict --ray` on a local Ray instance with 1 and 2 inference actors (each
+compiles the network once: part of its time). Writes bench/results/predict-<date>.json. The aim
+(issue 14): predict >= 0.9x the ready-array rate.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--ray", action="store_true", help="also on a local Ray instance, 1 and 2 actors")
     args = p.parse_args()
     spec = ROOT / "examples" / f"{args.network}.json"
     model = cnngraph.compile(spec, batch_size=args.batch, device=args.device)
@@ -59,12 +62,23 @@ def main() -> None:
             start = time.perf_counter()
             rows = list(cnngraph.predict(model, [folder], workers=args.workers))
             predicted.append(len(rows) / (time.perf_counter() - start))
+        on_ray = {}
+        if args.ray:
+            import ray
+            ray.init(include_dashboard=False, log_to_driver=False)
+            for actors in (1, 2):
+                start = time.perf_counter()
+                rows = list(cnngraph.predict(spec, [folder], batch_size=args.batch, device=args.device,
+                                             weights=model.weights, workers=actors, ray="auto"))
+                on_ray[f"ray_{actors}_actors_images_per_s"] = len(rows) / (time.perf_counter() - start)
+            ray.shutdown()
     record = run_record(network=args.network, images=args.images, batch=args.batch, device=args.device,
                         workers=args.workers, ready_images_per_s=statistics.median(ready),
                         predict_images_per_s=statistics.median(predicted),
-                        ratio=statistics.median(predicted) / statistics.median(ready))
+                        ratio=statistics.median(predicted) / statistics.median(ready), **on_ray)
     print(f"{args.network} batch {args.batch} on {args.device}: ready arrays {record['ready_images_per_s']:.1f} img/s, "
-          f"predict over JPEGs {record['predict_images_per_s']:.1f} img/s, ratio {record['ratio']:.2f}")
+          f"predict over JPEGs {record['predict_images_per_s']:.1f} img/s, ratio {record['ratio']:.2f}"
+          + "".join(f", {k}: {v:.1f}" for k, v in on_ray.items()))
     save(record, "predict")
 
 

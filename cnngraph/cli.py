@@ -119,7 +119,10 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--top", type=_positive, default=5, help="classes per row (default 5)")
     d.add_argument("-o", "--output", default="predictions.csv", help=".csv (default predictions.csv), .jsonl or .parquet")
     d.add_argument("--resume", action="store_true", help="skip the inputs the output (or its .partial) already has")
-    d.add_argument("--workers", type=_positive, default=4, help="threads decoding images ahead (default 4)")
+    d.add_argument("--workers", type=_positive, default=4, help="threads decoding images ahead (default 4); with "
+                                                                  "--ray, inference actors")
+    d.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run on a Ray cluster: auto, ray://host:10001, or none for a new local one")
     _precision_argument(d)
     d.set_defaults(handler=_predict)
 
@@ -415,7 +418,7 @@ def _predict(args) -> int:
         for index, row in enumerate(predict(spec, args.inputs, weights=args.weights, batch_size=args.batch,
                                             device=args.device, top=args.top, workers=args.workers,
                                             precision=args.precision, skip=[r["input"] for r in earlier],
-                                            progress=bar.update)):
+                                            progress=bar.update, ray=args.ray)):
             if row["error"]:
                 failed += 1
                 bar.write(f"error: {row['input']}: {row['error']}", file=sys.stderr)

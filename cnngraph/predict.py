@@ -99,13 +99,14 @@ def _array_items(path: Path, spec) -> list[Item]:
 
 def predict(spec, inputs: Iterable[str | os.PathLike], weights=None, batch_size: int = 8, device: str = "auto",
             top: int = 5, workers: int = 4, precision: str = "fp32", skip: Iterable[str] = (),
-            progress: Callable[[int], None] | None = None) -> Iterator[dict]:
+            progress: Callable[[int], None] | None = None, ray: str | None = None) -> Iterator[dict]:
     """`spec`: a network as `compile` takes it, or a CompiledModel (then `weights`, `batch_size`,
     `device` and `precision` are its own). Rows, in input order: {"input", "error"} plus, for a
-    classifier (one (N, K) output),
-    "classes", "labels" (None without the spec's `labels`) and "probabilities" of the top `top`,
-    or else "output" (the sample's output array, by output name when there are several).
-    `skip`: inputs (their `input` values) already done; `progress(n)` is called as n more finish."""
+    classifier (one (N, K) output), "classes", "labels" (None without the spec's `labels`) and
+    "probabilities" of the top `top`, or else "output" (the sample's output array, by output name
+    when there are several). `skip`: inputs (their `input` values) already done; `progress(n)` is
+    called as n more finish. `ray`: run on a Ray cluster instead ("local" starts one here, "auto"
+    or "ray://host:10001" joins one; see cnngraph/ray.py), `workers` actors each compiling once."""
     model = spec if isinstance(spec, CompiledModel) else None
     spec = model.spec if model else as_spec(spec)
     if len(spec.inputs) != 1:
@@ -121,39 +122,64 @@ def predict(spec, inputs: Iterable[str | os.PathLike], weights=None, batch_size:
     skip = list(skip) if isinstance(skip, (list, tuple, set, frozenset)) else None
     if skip is None or not all(isinstance(s, str) for s in skip):
         raise SpecError("skip must be a list of input names (the `input` of rows already done)")
-    model = model or compile(spec, batch_size=batch_size, device=device, weights=weights, precision=precision)
-    batch_size = model.batch_size
-    shape, labels = tuple(spec.inputs[0].shape), spec.label_names()
-    outputs = model.output_names
-    classifier = len(outputs) == 1 and len(model.graph.nodes[outputs[0]]["shape"]) == 2
-    if classifier and labels is not None and len(labels) != model.graph.nodes[outputs[0]]["shape"][1]:
-        raise SpecError(f"has {len(labels)} names but the output has {model.graph.nodes[outputs[0]]['shape'][1]} "
-                        "classes", file=spec.source, field="labels")
-    probabilities = model.graph.nodes[outputs[0]]["compute"].op == "softmax" if classifier else False
     done = set(skip)
     items = [item for item in expand_inputs(inputs, spec) if item.source not in done]
+    if ray is not None:
+        from .ray import predict_on_ray
+        yield from predict_on_ray(spec, items, ray, weights=model.weights if model else weights,
+                                  batch_size=model.batch_size if model else batch_size,
+                                  device=model.device if model else device, top=top, workers=workers,
+                                  precision=model.precision if model else precision, progress=progress)
+        return
+    rows = Rows(model or compile(spec, batch_size=batch_size, device=device, weights=weights, precision=precision),
+                top)
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        for batch in _decoded_batches(pool, items, batch_size, shape):
-            good = [(item, x) for item, x in batch if not isinstance(x, Exception)]
-            results = {}
-            if good:
-                xs = np.zeros((batch_size, *shape), np.float32)  # the last batch padded with zeros
-                xs[:len(good)] = [x for _, x in good]
-                y = model(xs)
-                ys = y if isinstance(y, dict) else {outputs[0]: y}
-                for row, (item, _) in enumerate(good):
-                    results[item.source] = {name: value[row] for name, value in ys.items()}
-            for item, x in batch:
-                if isinstance(x, Exception):
-                    yield {"input": item.source, "error": getattr(x, "message", None) or str(x)}
-                elif classifier:
-                    yield {"input": item.source, "error": None,
-                           **_top_classes(results[item.source][outputs[0]], top, labels, probabilities)}
-                else:
-                    out = results[item.source]
-                    yield {"input": item.source, "error": None, "output": out[outputs[0]] if len(out) == 1 else out}
+        for batch in _decoded_batches(pool, items, rows.model.batch_size, rows.shape):
+            yield from rows.of([(item.source, x) for item, x in batch])
             if progress:
                 progress(len(batch))
+
+
+class Rows:
+    """Turns decoded inputs into result rows with one compiled model: batches of (source, array or
+    the error reading it) -> a row each. The local path and each Ray actor hold one."""
+
+    def __init__(self, model: CompiledModel, top: int):
+        self.model, self.top = model, top
+        spec, g = model.spec, model.graph
+        self.shape, self.labels, self.outputs = tuple(spec.inputs[0].shape), spec.label_names(), model.output_names
+        out = self.outputs[0]
+        self.classifier = len(self.outputs) == 1 and len(g.nodes[out]["shape"]) == 2
+        if self.classifier and self.labels is not None and len(self.labels) != g.nodes[out]["shape"][1]:
+            raise SpecError(f"has {len(self.labels)} names but the output has {g.nodes[out]['shape'][1]} classes",
+                            file=spec.source, field="labels")
+        self.probabilities = self.classifier and g.nodes[out]["compute"].op == "softmax"
+
+    def of(self, batch: list[tuple[str, object]]) -> list[dict]:
+        size = self.model.batch_size
+        return [row for start in range(0, len(batch), size) for row in self._rows(batch[start:start + size])]
+
+    def _rows(self, batch: list[tuple[str, object]]) -> list[dict]:
+        good = [(source, x) for source, x in batch if not isinstance(x, Exception)]
+        results = {}
+        if good:
+            xs = np.zeros((self.model.batch_size, *self.shape), np.float32)  # a short batch padded with zeros
+            xs[:len(good)] = [x for _, x in good]
+            y = self.model(xs)
+            ys = y if isinstance(y, dict) else {self.outputs[0]: y}
+            results = {source: {name: value[i] for name, value in ys.items()} for i, (source, _) in enumerate(good)}
+        rows = []
+        for source, x in batch:
+            if isinstance(x, Exception):
+                rows.append({"input": source, "error": getattr(x, "message", None) or str(x)})
+            elif self.classifier:
+                rows.append({"input": source, "error": None,
+                             **_top_classes(results[source][self.outputs[0]], self.top, self.labels,
+                                            self.probabilities)})
+            else:
+                out = results[source]
+                rows.append({"input": source, "error": None, "output": out[self.outputs[0]] if len(out) == 1 else out})
+        return rows
 
 
 def _decoded_batches(pool, items: list[Item], size: int, shape) -> Iterator[list[tuple[Item, object]]]:
