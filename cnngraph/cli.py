@@ -12,7 +12,9 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -42,6 +44,8 @@ class _Parser(argparse.ArgumentParser):
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminated)  # unwinds like Ctrl-C: no temporary file is left behind
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always", CnnGraphWarning)
@@ -53,9 +57,20 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
     except BrokenPipeError:  # `cnngraph inspect ... | head`: the reader left, which is not an error
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is, so `finally` and cleanup handlers run."""
+
+
+def _terminated(signum, frame):
+    raise Terminated()
 
 
 def _show_note(message, category, filename, lineno, file=None, line=None) -> None:

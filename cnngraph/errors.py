@@ -9,13 +9,22 @@ NAME_LIMIT = 80  # characters of a user-given name shown in a message; the rest 
 # Unicode categories of the characters that would break the one line (newlines, U+2028), drive
 # the terminal (escapes) or fail to print (lone surrogates)
 UNPRINTABLE = ("Cc", "Cs", "Zl", "Zp")
+# bidirectional embeddings, overrides and isolates: they reorder what a terminal or an editor shows
+# (a name could display as another name), so they are escaped and refused like control characters
+BIDI_CONTROLS = frozenset(map(chr, [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]))
+
+
+def unprintable(c: str) -> bool:
+    """A character that must not reach a message or a name as it is."""
+    return unicodedata.category(c) in UNPRINTABLE or c in BIDI_CONTROLS
 
 
 def one_line(text: str) -> str:
     """`text` with control, surrogate and line-breaking characters escaped (\\n, \\x1b, \\u2028)."""
     if text.isprintable():
         return text
-    return "".join(repr(c)[1:-1] if unicodedata.category(c) in UNPRINTABLE else c for c in text)
+    return "".join((repr(c)[1:-1] if c not in BIDI_CONTROLS else f"\\u{ord(c):04x}") if unprintable(c) else c
+                   for c in text)
 
 
 def shorten(name: object, limit: int = NAME_LIMIT) -> str:

@@ -87,7 +87,7 @@ def atomic_write_folder(target: str | Path, files: dict[str, str]) -> None:
         try:
             for name, text in files.items():
                 (tmp / name).write_text(text)
-            if target.exists():
+            if target.exists() or target.is_symlink():
                 aside = _temporary_name(target, ".old")
                 os.replace(target, aside)
             os.replace(tmp, target)
@@ -96,7 +96,9 @@ def atomic_write_folder(target: str | Path, files: dict[str, str]) -> None:
             if aside is not None and not target.exists():
                 os.replace(aside, target)  # put the old folder back
             raise
-    if aside is not None:
+    if aside is not None and aside.is_symlink():  # the link itself replaced, never what it points to
+        aside.unlink()
+    elif aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
 
 

@@ -107,6 +107,34 @@ def test_interrupted_save_cleans_up_its_temporary_file(tmp_path):
     assert status != 0 and list(tmp_path.iterdir()) == []  # KeyboardInterrupt: the temporary file is removed
 
 
+def test_terminated_command_cleans_up_its_temporary_file(tmp_path):
+    """SIGTERM (what `kill` and a job scheduler send) unwinds like Ctrl-C: the command's temporary
+    file is removed and it exits with 128 + 15."""
+    spec, out = tmp_path / "small.json", tmp_path / "out"
+    spec.write_text(json.dumps(SMALL))
+    out.mkdir()
+    status = kill_while_writing(f"""
+        import sys
+        from cnngraph.cli import main
+        sys.exit(main(["run", {str(spec)!r}, "--device", "cpu", "--output", {str(out / "y.npy")!r}]))
+    """, sig=signal.SIGTERM)
+    assert status == 143 and list(out.iterdir()) == []
+
+
+def test_codegen_force_onto_a_symlink_replaces_the_link_and_leaves_nothing_behind(tmp_path):
+    spec = tmp_path / "small.json"
+    spec.write_text(json.dumps(SMALL))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("not codegen's")
+    link = tmp_path / "kernels"
+    link.symlink_to(elsewhere, target_is_directory=True)
+    assert cli_main(["codegen", str(spec), "-o", str(link), "--force"]) == 0
+    assert link.is_dir() and not link.is_symlink() and (link / "manifest.json").exists()
+    assert (elsewhere / "keep.txt").read_text() == "not codegen's"  # what the link pointed to is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere", "kernels", "small.json"]  # no .old left
+
+
 def test_codegen_killed_midway_leaves_no_folder_and_keeps_an_old_one(tmp_path):
     spec = tmp_path / "small.json"
     spec.write_text(json.dumps(SMALL))

@@ -634,7 +634,12 @@ REGRESSIONS = [
     Regression("control_character_in_op", small_net([{**CONV, "op": "\x1f"}]), cnngraph.SpecError,
                ('layer "c1"', 'unknown op "\\x1f"')),
     Regression("newline_in_layer_name", small_net([{**CONV, "name": "a\nb"}]), cnngraph.SpecError,
-               ('layer "a\\nb"', 'field "name"', "control characters or line breaks")),
+               ('layer "a\\nb"', 'field "name"', "control characters, line breaks")),
+    # a right-to-left override made a name display as another one
+    Regression("bidi_override_in_layer_name", small_net([{**CONV, "name": "ab\u202ecd"}]), cnngraph.SpecError,
+               ('layer "ab\\u202ecd"', 'field "name"', "bidirectional overrides")),
+    Regression("bidi_isolate_in_input_name", {**small_net([CONV]), "inputs": [{"name": "x\u2066", "shape": [3, 8, 8]}]},
+               cnngraph.SpecError, ("/inputs/0/name", "bidirectional overrides")),
     Regression("escape_in_network_name", {**small_net([CONV]), "name": "\x1b[2J"}, cnngraph.SpecError,
                ("/name", "control characters")),
     # a 100000-character name made a 100 KB message

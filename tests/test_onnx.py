@@ -646,3 +646,55 @@ def test_supported_ops_are_documented():
                                                           "Cast", "Mul", "Div", "Erf")]
     for op in documented:
         assert f"`{op}`" in readme, op
+
+
+# --- names the exporter makes up never collide with the user's -------------------------------------
+
+def _image_net(layers, input_name="x"):
+    return {"format_version": 1, "name": "names", "inputs": [{"name": input_name, "shape": [3, 6, 6]}],
+            "layers": layers}
+
+
+COLLISIONS = {
+    "layer_named_like_a_weight": _image_net([
+        {"op": "conv2d", "name": "c", "out_channels": 4, "kernel_size": 3, "padding": 1},
+        {"op": "relu", "name": "c.weight"}]),
+    "layer_named_like_a_fused_activation_tensor": _image_net([
+        {"op": "conv2d", "name": "c", "out_channels": 4, "kernel_size": 3, "padding": 1, "activation": "relu"},
+        {"op": "sigmoid", "name": "c:conv2d"}]),
+    "input_named_like_a_bias": _image_net([
+        {"op": "conv2d", "name": "c", "out_channels": 4, "kernel_size": 3, "padding": 1}], input_name="c.bias"),
+    "layer_named_like_a_constant": _image_net([
+        {"op": "relu6", "name": "r"}, {"op": "conv2d", "name": "r:max", "out_channels": 2, "kernel_size": 1},
+        {"op": "hardswish", "name": "r:min"}]),
+    "activation_field_named_like_the_next_layer": _image_net([
+        {"op": "conv2d", "name": "a", "out_channels": 4, "kernel_size": 1, "activation": "silu"},
+        {"op": "conv2d", "name": "a:silu", "out_channels": 4, "kernel_size": 1},
+        {"op": "conv2d", "name": "a:sigmoid", "out_channels": 4, "kernel_size": 1, "activation": "relu6"}]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(COLLISIONS))
+def test_exported_names_never_collide_and_the_model_runs(tmp_path, case):
+    import onnx
+
+    spec = COLLISIONS[case]
+    path = tmp_path / "m.onnx"
+    cnngraph.export_onnx(spec, path)
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    produced = [o for n in model.graph.node for o in n.output] + [i.name for i in model.graph.initializer] + \
+        [i.name for i in model.graph.input]
+    assert len(produced) == len(set(produced)), sorted(n for n in produced if produced.count(n) > 1)
+    x = np.random.default_rng(0).standard_normal((1, 3, 6, 6)).astype(np.float32)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {spec["inputs"][0]["name"]: x})[0]
+    want = cnngraph.compile(spec, device="cpu")(x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("annotate", [np.ones(2), "yes", None, 1])
+def test_export_annotate_must_be_a_flag(tmp_path, annotate):
+    with pytest.raises(cnngraph.SpecError, match="annotate must be True or False"):
+        cnngraph.export_onnx(COLLISIONS["input_named_like_a_bias"], tmp_path / "m.onnx", annotate=annotate)
+    assert not (tmp_path / "m.onnx").exists()

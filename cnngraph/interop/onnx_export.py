@@ -19,7 +19,7 @@ from typing import Mapping
 import numpy as np
 
 from ..files import atomic_write
-from ..model import as_spec, build, plan
+from ..model import as_spec, build, plan, require_flag
 from ..ops.base import weight_key
 from ..spec import NetworkSpec
 from ..weights import check_weights, expected_shapes, init_weights, load_weights
@@ -46,15 +46,18 @@ def to_onnx(spec, weights=None, annotate: bool = True, seed: int = 0):
     from onnx import helper
 
     spec = as_spec(spec)
+    require_flag("annotate", annotate)
     g = build(spec, 1)
+    expected = expected_shapes(g)
     if weights is None:
         bound = init_weights(g, seed)
-    else:
-        bound = check_weights(load_weights(weights), expected_shapes(g),
+    else:  # the keys checked before any array is read, as compile does
+        bound = check_weights(load_weights(weights, expected), expected,
                               None if isinstance(weights, Mapping) else str(weights))
     uses_gelu = any(layer.op == "gelu" or getattr(getattr(layer, "activation", None), "op", None) == "gelu"
                     for layer in spec.layers)
-    ex = Exporter(bound, GELU_OPSET if uses_gelu else OPSET)
+    ex = Exporter(bound, GELU_OPSET if uses_gelu else OPSET,
+                  taken=[i.name for i in spec.inputs] + [layer.name for layer in spec.layers])
     for layer in spec.layers:
         ex.layer(layer, g.nodes[layer.name]["shape"][1:])
     if annotate:
@@ -74,39 +77,73 @@ def to_onnx(spec, weights=None, annotate: bool = True, seed: int = 0):
 
 
 class Exporter:
-    """Collects nodes, initializers and tensor shapes, layer by layer."""
+    """Collects nodes, initializers and tensor shapes, layer by layer.
 
-    def __init__(self, weights: dict[str, np.ndarray], opset: int = OPSET):
+    A layer's output tensor is named after the layer and a network input after itself; every name
+    the exporter makes up (weights "c.weight", constants "c:min", intermediate tensors "c:conv2d")
+    that a user's name already holds, or that was made before, gets a suffix "~1", "~2", ... so
+    the graph never has two tensors of one name (`unique`); node names likewise. Ops use the names
+    these calls return."""
+
+    def __init__(self, weights: dict[str, np.ndarray], opset: int = OPSET, taken: list[str] = ()):
         self.weights, self.opset = weights, opset  # opset: ops export their inputs and attributes for it
         self.nodes, self.initializers, self.shapes = [], {}, {}
         self.by_layer: dict[str, list] = {}  # layer -> its ONNX nodes, for the annotation
+        self.user_names = set(taken)         # the spec's input and layer names: the tensors they name
+        self.made: set[str] = set()
+        self.reserved: set[str] = set()      # made by `unique` for a node output not written yet
+        self.node_names: set[str] = set()    # node names are a namespace of their own, unique too
+
+    def unique(self, name: str) -> str:
+        """`name`, or `name~k` for the smallest k that no tensor has yet; recorded as taken."""
+        candidate, k = name, 0
+        while candidate in self.user_names or candidate in self.made:
+            k += 1
+            candidate = f"{name}~{k}"
+        self.made.add(candidate)
+        return candidate
 
     def node(self, layer: str, op_type: str, inputs: list[str], output: str, shape, name: str | None = None, **attrs):
         from onnx import helper
 
-        made = helper.make_node(op_type, inputs, [output], name=name or layer, **attrs)
+        if output in self.reserved:
+            self.reserved.discard(output)
+        elif output != layer:  # a layer's own tensor keeps its name; made-up ones are made unique
+            output = self.unique(output)
+        node_name, k = name or layer, 0
+        while node_name in self.node_names:
+            k += 1
+            node_name = f"{name or layer}~{k}"
+        self.node_names.add(node_name)
+        made = helper.make_node(op_type, inputs, [output], name=node_name, **attrs)
         self.nodes.append(made)
         self.by_layer.setdefault(layer, []).append(made)
         self.shapes[output] = tuple(shape)
         return output
 
     def const(self, name: str, value, dtype: str = "float32") -> str:
+        name = self.unique(name)
         self.initializers[name] = np.asarray(value, dtype=dtype)
         return name
 
     def weight_inputs(self, layer, suffixes) -> list[str]:
-        """Initializer names of the layer's weights that exist, in `suffixes` order."""
-        names = [weight_key(layer.name, s) for s in suffixes]
-        for key in names:
+        """Initializer names of the layer's weights that exist, in `suffixes` order (their keys,
+        unless a tensor already has that name)."""
+        names = []
+        for key in (weight_key(layer.name, s) for s in suffixes):
             if key in self.weights:
-                self.initializers[key] = self.weights[key]
-        return [key for key in names if key in self.weights]
+                names.append(self.unique(key))
+                self.initializers[names[-1]] = self.weights[key]
+        return names
 
     def layer(self, layer, shape: tuple) -> None:
         """The nodes of one layer, as its op exports itself; a fused `activation` field adds its own."""
         name, xs = layer.name, list(layer.inputs)
         act = getattr(layer, "activation", None)
-        out = f"{name}:{layer.op}" if act is not None else name  # the activation node writes the layer's tensor
+        out = name
+        if act is not None:  # the activation node writes the layer's tensor
+            out = self.unique(f"{name}:{layer.op}")
+            self.reserved.add(out)
         layer.to_onnx(self, xs, out, shape)
         if act is not None:
             act.export_onnx(self, [out], name, shape, layer=name, name=f"{name}:{act.op}")

@@ -11,7 +11,6 @@ implementations work on batched arrays in the NumPy backend's layout: (N, H, W, 
 from __future__ import annotations
 
 import math
-import unicodedata
 from dataclasses import dataclass
 from typing import Annotated, Any, Callable, ClassVar, get_args
 
@@ -19,7 +18,7 @@ import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
-from ..errors import UNPRINTABLE, ShapeError
+from ..errors import ShapeError, unprintable
 
 Shape = tuple[int, ...]
 # Every integer in a spec fits in 64 bits, as ONNX and PyTorch attributes do: a far larger one is a
@@ -44,9 +43,10 @@ Float32 = Annotated[float, Field(allow_inf_nan=False), AfterValidator(_float32_r
 
 def _printable(name: str) -> str:
     """Names appear in messages, tables and file keys: a newline or a terminal escape in one is a mistake."""
-    bad = next((c for c in name if unicodedata.category(c) in UNPRINTABLE), None)
+    bad = next((c for c in name if unprintable(c)), None)
     if bad is not None:
-        raise ValueError(f"must not contain control characters or line breaks, found {bad!r}")
+        raise ValueError(f"must not contain control characters, line breaks or bidirectional overrides, found "
+                         f"{ascii(bad)}")
     return name
 
 
