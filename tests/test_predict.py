@@ -235,3 +235,16 @@ def test_examples_carry_imagenet_preprocessing_and_labels():
         spec = cnngraph.load_spec(EXAMPLES / f"{name}.json")
         assert spec.preprocess.center_crop == 224 and spec.preprocess.mean == MEAN, name
         assert spec.label_names() == names, name
+
+
+def test_cli_predict_parquet(tmp_path):
+    pq = pytest.importorskip("pyarrow.parquet")
+    spec = tmp_path / "tiny.json"
+    spec.write_text(json.dumps(TINY))
+    images(tmp_path / "imgs", 2)
+    done = run_cli("predict", spec, tmp_path / "imgs", "--device", "cpu", "-o", "p.parquet", "--top", "1",
+                   cwd=tmp_path)
+    assert done.returncode == 3, done.stderr
+    rows = pq.read_table(tmp_path / "p.parquet").to_pylist()
+    assert len(rows) == 4 and sum(r["error"] is not None for r in rows) == 2
+    assert {r["label_1"] for r in rows if r["error"] is None} <= set(TINY["labels"])
