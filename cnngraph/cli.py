@@ -97,6 +97,8 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--format", choices=("table", "json", "dot", "html"), default="table")
     i.add_argument("-o", "--output", help="write to this file instead of stdout")
     _precision_argument(i)
+    i.add_argument("--profile", metavar="DEVICE", nargs="?", const="auto", choices=DEVICES,
+                   help="html: also run the model on DEVICE (default auto) and show each node's time")
     i.set_defaults(handler=_inspect)
 
     c = sub.add_parser("codegen", help="write the generated kernels, one file each, and a manifest")
@@ -215,10 +217,26 @@ def _inspect(args) -> None:
     if args.format == "html":  # the page holds both graphs and switches between them
         graphs = {kind: _inspected_graph(spec, args.batch, kind == "optimized", args.precision)
                   for kind in ("optimized", "raw")}
-        text = html_page(spec, graphs, initial="raw" if args.raw else "optimized")
+        times = _node_times(spec, args.batch, args.profile, args.precision) if args.profile else None
+        text = html_page(spec, graphs, initial="raw" if args.raw else "optimized", times=times)
+    elif args.profile:
+        raise CnnGraphError("--profile shows times on the html page: add --format html (or use cnngraph profile)")
     else:
         text = INSPECT_FORMATS[args.format](_inspected_graph(spec, args.batch, not args.raw, args.precision))
     _emit(text, args.output)
+
+
+def _node_times(spec, batch: int, device: str, precision: str) -> dict:
+    """node -> its kernels' time, ms (medians of 10 calls), and the device, for `inspect --profile`."""
+    from .profile import profile
+
+    model = compile(spec, batch_size=batch, device=device, precision=precision)
+    rng = np.random.default_rng(0)
+    times = profile(model, {i.name: rng.standard_normal((batch, *i.shape)).astype(np.float32) for i in spec.inputs})
+    by_node: dict[str, float] = {}
+    for t in times:
+        by_node[t.node] = by_node.get(t.node, 0.0) + t.ms
+    return {"device": model.device, "ms": by_node}
 
 
 def _precision_argument(parser) -> None:

@@ -34,11 +34,13 @@ NODE_MIN_W, NODE_MAX_W = 150, 360
 ROW_GAP, COL_GAP, LANE_GAP, MARGIN = 56, 24, 12, 24
 
 
-def html_page(spec: NetworkSpec, graphs: dict[str, nx.DiGraph], initial: str) -> str:
-    """The page for `graphs` (e.g. {"optimized": g, "raw": g_raw}), showing `initial` first."""
+def html_page(spec: NetworkSpec, graphs: dict[str, nx.DiGraph], initial: str, times: dict | None = None) -> str:
+    """The page for `graphs` (e.g. {"optimized": g, "raw": g_raw}), showing `initial` first.
+    `times`: {"device", "ms": node -> ms} measured on the optimized graph (`inspect --profile`)."""
     data = {"name": spec.name, "initial": initial, "reasons": REASONS,
             "style": {"char": CHAR_W, "line": LINE_H, "chip": CHIP_H, "pad": PAD},
-            "graphs": {kind: graph_data(spec, g) for kind, g in graphs.items()}}
+            "graphs": {kind: graph_data(spec, g, times if kind == "optimized" else None)
+                       for kind, g in graphs.items()}}
     return (PAGE.replace("__TITLE__", html.escape(f"{spec.name}: cnngraph"))
                 .replace("__DATA__", script_json(data))
                 .replace("__SCRIPT__", SCRIPT))
@@ -49,8 +51,10 @@ def script_json(data) -> str:
     return json.dumps(data).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def graph_data(spec: NetworkSpec, g: nx.DiGraph) -> dict:
-    """Everything the page shows about one graph: its report, node boxes placed, edges, kernels."""
+def graph_data(spec: NetworkSpec, g: nx.DiGraph, times: dict | None = None) -> dict:
+    """Everything the page shows about one graph: its report, node boxes placed, edges, kernels,
+    and each node's measured time and share of the total when `times` is given."""
+    total = sum(times["ms"].values()) if times else 0.0
     report = inspect_data(g)
     models = {layer.name: layer for layer in [*spec.inputs, *spec.layers]}
     layout = layered_layout(g, {n: box_size(g, n, models) for n in g})
@@ -64,7 +68,9 @@ def graph_data(spec: NetworkSpec, g: nx.DiGraph) -> dict:
                       "params_by_layer": {name: models[name].model_dump(mode="json") for name in layers
                                           if name in models},
                       "fusion": [e for e in report["fusion"] if set(e["layers"]) & set(layers)],
-                      "kernels": kernels.get(node, [])})
+                      "kernels": kernels.get(node, []),
+                      "time": ({"ms": times["ms"][node], "share": times["ms"][node] / total if total else 0.0,
+                                "device": times["device"]} if times and node in times["ms"] else None)})
     edges = [{"from": src, "to": dst, "label": "x".join(map(str, g.nodes[src]["shape"])), **route}
              for (src, dst), route in zip(g.edges, layout.route_edges(g.edges))]
     width = max([layout.width, *(e["label_x"] + CHAR_W * len(e["label"]) + MARGIN for e in edges)])

@@ -42,3 +42,23 @@ def test_cli_profile_json(tmp_path):
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
     assert data["device"] == "cpu" and data["kernels"] and all(k["ms"] > 0 for k in data["kernels"])
+
+
+def test_inspect_html_profile_puts_each_nodes_time_on_the_page(tmp_path):
+    import re
+
+    path = tmp_path / "net.json"
+    path.write_text(json.dumps(SPEC))
+    page = tmp_path / "page.html"
+    done = subprocess.run([sys.executable, "-m", "cnngraph.cli", "inspect", str(path), "--format", "html",
+                           "--profile", "cpu", "-o", str(page)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    data = json.loads(re.search(r'<script type="application/json" id="cnngraph-data">(.*?)</script>', page.read_text(),
+                                re.S).group(1))
+    timed = [n for n in data["graphs"]["optimized"]["nodes"] if n["time"]]
+    assert timed and all(n["time"]["ms"] > 0 and n["time"]["device"] == "cpu" for n in timed)
+    assert abs(sum(n["time"]["share"] for n in timed) - 1) < 1e-6
+    assert all(n["time"] is None for n in data["graphs"]["raw"]["nodes"])
+    table = subprocess.run([sys.executable, "-m", "cnngraph.cli", "inspect", str(path), "--profile"],
+                           capture_output=True, text=True)
+    assert table.returncode == 2 and "add --format html" in table.stderr

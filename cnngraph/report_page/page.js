@@ -59,7 +59,8 @@ function drawNode(n) {
     line(n.node, "name");
     line(n.op, "");
   }
-  line(n.shape.join("x"), "dim");
+  line(n.shape.join("x") + (n.time ? ` \u00b7 ${n.time.ms.toFixed(3)} ms (${(100 * n.time.share).toFixed(0)}%)` : ""),
+       "dim");
   g.addEventListener("click", () => select(n.node));
   g.addEventListener("keydown", (e) => { if (e.key === "Enter") select(n.node); });
   return g;
@@ -118,7 +119,9 @@ function details(n) {
                         ["inputs", n.inputs.join(", ") || "-"], ["output shape", n.shape.join(" x ")],
                         ["params", n.params.toLocaleString()], ["FLOPs", n.flops.toLocaleString()],
                         ["bytes read", n.bytes_read.toLocaleString()],
-                        ["bytes written", n.bytes_written.toLocaleString()], ["arena offset", offset]])
+                        ["bytes written", n.bytes_written.toLocaleString()], ["arena offset", offset],
+                        ...(n.time ? [["time", `${n.time.ms.toFixed(3)} ms on ${n.time.device}, ` +
+                                               `${(100 * n.time.share).toFixed(1)}% of the total`]] : [])])
     facts.append(make("dt", {}, k), make("dd", {}, v));
   out.push(facts, make("h3", {}, "Parameters (spec)"));
   for (const [layer, params] of Object.entries(n.params_by_layer))
