@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the PyTorch oracle doubles as the PyTorch model
 
 import cnngraph  # noqa: E402
+from cnngraph.progress import progress_bar  # noqa: E402
 from results_file import run_record, save  # noqa: E402
 
 DEFAULT_CASES = ("lenet5:256,cifar_vgg:64,resnet18:1,resnet18:8,mobilenet_v2:8,"
@@ -130,13 +131,16 @@ def main() -> None:
         profile(name, int(batch))
         return
     results = []
-    for case in args.cases.split(","):
-        name, batch = case.split(":")
-        results.append(bench_case(name, int(batch), args.repeats, args.threads))
-        r = results[-1]
-        print(f"{name} b{batch}: cnngraph {r['median_ms']['cnngraph']:.1f} ms, "
-              f"pytorch {r['median_ms']['pytorch']:.1f} ms, onnxruntime {r['median_ms']['onnxruntime']:.1f} ms",
-              file=sys.stderr)
+    cases = args.cases.split(",")
+    with progress_bar(len(cases), "cases", "case") as bar:
+        for case in cases:
+            name, batch = case.split(":")
+            results.append(bench_case(name, int(batch), args.repeats, args.threads))
+            r = results[-1]
+            bar.write(f"{name} b{batch}: cnngraph {r['median_ms']['cnngraph']:.1f} ms, "
+                      f"pytorch {r['median_ms']['pytorch']:.1f} ms, onnxruntime {r['median_ms']['onnxruntime']:.1f} ms",
+                      file=sys.stderr)
+            bar.update(1)
     print(f"\n{'network':14s} {'batch':>5s} {'cnngraph ms':>12s} {'pytorch ms':>11s} {'ort ms':>9s} "
           f"{'vs pytorch':>10s} {'vs ort':>7s} {'rel err':>8s}")
     for r in results:

@@ -27,15 +27,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import cnngraph  # noqa: E402
+from cnngraph.profile import gpu_peaks  # noqa: E402
+from cnngraph.progress import progress_bar  # noqa: E402
 
 CASES = [("resnet18", 1), ("resnet18", 64), ("cifar_vgg", 256), ("mobilenet_v2", 64)]
 TUNED = {("resnet18", 1), ("resnet18", 64), ("cifar_vgg", 256)}  # also measured with autotune=True
-PEAK_TFLOPS = {"fp32": {"H100": 66.9, "H200": 66.9, "A100": 19.5, "L4": 30.3, "A10": 31.2},  # CUDA cores, SXM
-               "tf32": {"H100": 494.7, "H200": 494.7, "A100": 156.0, "L4": 60.0, "A10": 62.5}}  # dense tensor cores
+PEAK_TFLOPS = ("fp32", "tf32")  # the precisions whose peaks cnngraph.profile knows
 
 
 def peak_for(card: str, precision: str = "fp32") -> float | None:
-    return next((v for k, v in PEAK_TFLOPS[precision].items() if k in card), None)
+    peaks = gpu_peaks(card)
+    return peaks[precision] if peaks else None
 
 
 def time_ms(fn, repeats: int, warmup: int = 5) -> float:
@@ -176,9 +178,11 @@ def main() -> None:
     precisions = args.precisions.split(",")
     card = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
     results = []
-    for name, batch in cases:
-        results.append(bench_case(name, batch, args.repeats, card, precisions, args.tune))
-        print(json.dumps({k: v for k, v in results[-1].items() if not k.endswith("_kernels")}), flush=True)
+    with progress_bar(len(cases), "cases", "case") as bar:
+        for name, batch in cases:
+            results.append(bench_case(name, batch, args.repeats, card, precisions, args.tune))
+            print(json.dumps({k: v for k, v in results[-1].items() if not k.endswith("_kernels")}), flush=True)
+            bar.update(1)
     print(f"\n{card}: peaks {', '.join(f'{p} {peak_for(card, p)}' for p in PEAK_TFLOPS)} TFLOP/s; "
           "x = PyTorch time / cnngraph time (above 1: cnngraph faster)")
     print(f"{'network':13s} {'batch':>5s} {'ours fp32':>9s} {'ours tf32':>9s} {'torch fp32':>10s} {'torch tf32':>10s} "

@@ -28,6 +28,7 @@ from .codegen.lower import Program
 from .errors import CnnGraphError, CnnGraphWarning, InputError, WeightsError, one_line
 from .files import atomic_write, atomic_write_folder, refuse_overwriting, require_folder
 from .html_report import html_page
+from .progress import progress_bar
 from .interop import export_onnx, from_onnx
 from .report import inspect_data, inspect_text, to_dot
 from .spec import json_schema, load_spec, spec_json
@@ -447,7 +448,8 @@ def _predict(args) -> int:
     spec = load_spec(args.spec)
     outputs = out.with_name(out.stem + "_outputs")  # the arrays of a network that is not a classifier
     failed, fresh = 0, []
-    with open(partial, "a" if args.resume else "w", encoding="utf-8") as log, _progress_bar() as bar:
+    with open(partial, "a" if args.resume else "w", encoding="utf-8") as log, \
+            progress_bar(desc="predict", unit="input") as bar:
         for index, row in enumerate(predict(spec, args.inputs, weights=args.weights, batch_size=args.batch,
                                             device=args.device, top=args.top, workers=args.workers,
                                             precision=args.precision, skip=[r["input"] for r in earlier],
@@ -487,30 +489,6 @@ def _save_sample_output(folder: Path, index: int, value) -> str:
         path = folder / f"{index:06d}.npy"
         atomic_write(path, lambda f: np.save(f, value))
     return str(path)
-
-
-def _progress_bar():
-    """tqdm's bar (images/s, ETA) on a terminal; a silent stand-in otherwise or without tqdm."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        tqdm = None
-    if tqdm is not None and sys.stderr.isatty():
-        return tqdm(unit="input", file=sys.stderr)
-
-    class Silent:
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return False
-
-        def update(self, n):
-            pass
-
-        def write(self, text, file=None):
-            print(text, file=file or sys.stderr)
-    return Silent()
 
 
 def _read_inputs(path: str, spec) -> dict[str, np.ndarray]:

@@ -12,6 +12,24 @@ import numpy as np
 
 from .model import CompiledModel
 
+# Dense peaks of the GPUs whose figures are known (SXM parts): TFLOP/s per precision, memory TB/s.
+# Matched by name in the CUDA device's name; elsewhere no fraction of peak is shown.
+GPU_PEAKS = {"H200": {"fp32": 66.9, "tf32": 494.7, "memory": 4.8}, "H100": {"fp32": 66.9, "tf32": 494.7, "memory": 3.35},
+             "A100": {"fp32": 19.5, "tf32": 156.0, "memory": 2.0}, "L4": {"fp32": 30.3, "tf32": 60.0, "memory": 0.3},
+             "A10": {"fp32": 31.2, "tf32": 62.5, "memory": 0.6}}
+
+
+def gpu_peaks(card: str) -> dict | None:
+    return next((peaks for name, peaks in GPU_PEAKS.items() if name in card), None)
+
+
+def device_peaks(model: CompiledModel) -> tuple[float, float] | None:
+    """(TFLOP/s at the model's precision, memory TB/s) of the model's GPU, or None when unknown."""
+    if model.device != "cuda":
+        return None
+    peaks = gpu_peaks(model.backend._gpu_identity())
+    return (peaks[model.precision], peaks["memory"]) if peaks else None
+
 
 @dataclass
 class KernelTime:
@@ -72,9 +90,11 @@ def _node_costs(g) -> dict[str, tuple[int, int]]:
 
 def profile_table(model: CompiledModel, times: list[KernelTime]) -> str:
     total = sum(t.ms for t in times)
-    header = ("kernel", "op", "ms", "share", "GFLOP/s", "GB/s")
+    peaks = device_peaks(model)
+    header = ("kernel", "op", "ms", "share", "GFLOP/s", "GB/s", *(("% peak FLOP/s", "% peak GB/s") if peaks else ()))
     rows = [(t.kernel, t.op, f"{t.ms:.4f}", f"{t.ms / total:.1%}" if total else "-", f"{t.gflops:.1f}",
-             f"{t.gbytes_per_s:.1f}") for t in sorted(times, key=lambda t: -t.ms)]
+             f"{t.gbytes_per_s:.1f}", *((f"{t.gflops / (10 * peaks[0]):.1f}", f"{t.gbytes_per_s / (10 * peaks[1]):.1f}")
+                                       if peaks else ())) for t in sorted(times, key=lambda t: -t.ms)]
     widths = [min(60, max(len(r[i]) for r in [header, *rows])) for i in range(len(header))]
 
     def line(row):

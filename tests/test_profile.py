@@ -62,3 +62,21 @@ def test_inspect_html_profile_puts_each_nodes_time_on_the_page(tmp_path):
     table = subprocess.run([sys.executable, "-m", "cnngraph.cli", "inspect", str(path), "--profile"],
                            capture_output=True, text=True)
     assert table.returncode == 2 and "add --format html" in table.stderr
+
+
+def test_known_gpu_peaks_and_none_elsewhere():
+    from cnngraph.profile import gpu_peaks
+
+    assert gpu_peaks("NVIDIA H200") == {"fp32": 66.9, "tf32": 494.7, "memory": 4.8}
+    assert gpu_peaks("NVIDIA A100-SXM4-80GB")["tf32"] == 156.0 and gpu_peaks("Radeon VII") is None
+    model = cnngraph.compile(SPEC, device="cpu")
+    table = profile_table(model, profile(model, {"x": np.ones((1, 3, 16, 16), np.float32)}, repeats=1))
+    assert "% peak" not in table  # the CPU's peak is not known
+
+
+def test_progress_bars_stay_silent_off_a_terminal(capsys):
+    from cnngraph.progress import progress_bar
+
+    with progress_bar(3, "work") as bar:
+        bar.update(3)
+    assert capsys.readouterr().err == ""

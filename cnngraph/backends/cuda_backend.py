@@ -12,6 +12,7 @@ from ..codegen.lower import lower
 from ..codegen.nvrtc import COMPILE_OPTIONS, NvrtcError
 from ..errors import DeviceError
 from ..precision import TENSOR_CORE_ARCH
+from ..progress import progress_bar
 from ..resources import fmt_bytes
 from .program_backend import ProgramBackend
 
@@ -134,15 +135,17 @@ class CudaBackend(ProgramBackend):
             _launch(calls)  # warm: loads the kernel
         samples: dict[str, dict[int, list[float]]] = {}
         start, end = cp.cuda.Event(), cp.cuda.Event()
-        for _ in range(rounds):
-            for node, pick, calls, _ in runs:
-                start.record()
-                for _ in range(repeats):
-                    _launch(calls)
-                end.record()
-                end.synchronize()
-                samples.setdefault(node, {}).setdefault(pick, []).append(
-                    cp.cuda.get_elapsed_time(start, end) / repeats)
+        with progress_bar(rounds * len(runs), "autotuning", "timing") as bar:
+            for _ in range(rounds):
+                for node, pick, calls, _ in runs:
+                    start.record()
+                    for _ in range(repeats):
+                        _launch(calls)
+                    end.record()
+                    end.synchronize()
+                    samples.setdefault(node, {}).setdefault(pick, []).append(
+                        cp.cuda.get_elapsed_time(start, end) / repeats)
+                    bar.update(1)
         return {node: choose(by_pick) for node, by_pick in samples.items()}
 
     def _gpu_identity(self) -> str:
