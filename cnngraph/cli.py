@@ -231,13 +231,29 @@ def _node_times(spec, batch: int, device: str, precision: str) -> dict:
     """node -> its kernels' time, ms (medians of 10 calls), and the device, for `inspect --profile`."""
     from .profile import profile
 
-    model = compile(spec, batch_size=batch, device=device, precision=precision)
+    model = _compile(spec, batch_size=batch, device=device, precision=precision)
     rng = np.random.default_rng(0)
     times = profile(model, {i.name: rng.standard_normal((batch, *i.shape)).astype(np.float32) for i in spec.inputs})
     by_node: dict[str, float] = {}
     for t in times:
         by_node[t.node] = by_node.get(t.node, 0.0) + t.ms
     return {"device": model.device, "ms": by_node}
+
+
+def _compile(spec, **options):
+    """`compile`, saying on a terminal what is being compiled and how long it took (building
+    the kernels of a large network for OpenCL or CUDA takes a while)."""
+    if not sys.stderr.isatty():
+        return compile(spec, **options)
+    print(f"compiling {spec.name} ({len(spec.layers)} layers) for device {options.get('device', 'auto')}...",
+          end="", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    try:
+        model = compile(spec, **options)
+    finally:
+        print("\r\033[K", end="", file=sys.stderr, flush=True)  # the line cleared, done or not
+    print(f"compiled {spec.name} for {model.device} in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    return model
 
 
 def _precision_argument(parser) -> None:
@@ -350,7 +366,7 @@ def _run(args) -> None:
         if x.shape[0] != batch:
             batch_from = "--batch is" if args.batch else "the first input holds"
             raise InputError(f'input "{name}" holds {x.shape[0]} samples but {batch_from} {batch}', file=args.input)
-    model = compile(spec, batch_size=batch, device=args.device, weights=args.weights, seed=args.seed,
+    model = _compile(spec, batch_size=batch, device=args.device, weights=args.weights, seed=args.seed,
                     optimize=args.optimize, max_memory=args.max_memory, precision=args.precision)
     if args.output:  # refuse a bad output name before running, not after
         _check_output_path(args.output, len(model.output_names))
@@ -390,7 +406,7 @@ def _profile(args) -> None:
     from .profile import profile, profile_table
 
     spec = load_spec(args.spec)
-    model = compile(spec, batch_size=args.batch, device=args.device, weights=args.weights, precision=args.precision)
+    model = _compile(spec, batch_size=args.batch, device=args.device, weights=args.weights, precision=args.precision)
     rng = np.random.default_rng(0)
     given = {i.name: rng.standard_normal((args.batch, *i.shape)).astype(np.float32) for i in spec.inputs}
     times = profile(model, given, args.repeats)
@@ -416,7 +432,7 @@ def _check(args) -> int:
     spec = load_spec(args.spec)
     given = _read_inputs(args.input, spec) if args.input else None
     batch = args.batch or (next(iter(given.values())).shape[0] if given else 1)
-    model = compile(spec, batch_size=batch, device=args.device, weights=args.weights, seed=args.seed,
+    model = _compile(spec, batch_size=batch, device=args.device, weights=args.weights, seed=args.seed,
                     precision=args.precision)
     if given is None:
         rng = np.random.default_rng(args.seed)
