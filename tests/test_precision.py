@@ -19,7 +19,7 @@ from cnngraph.backends.opencl_backend import OpenCLBackend
 from cnngraph.codegen.dialects import CUDA
 from cnngraph.errors import DeviceError, SpecError
 from cnngraph.precision import round_tf32
-from test_backends import CUDA_REASON, EXAMPLES, OPENCL_REASON, rel_err
+from test_backends import CUDA_REASON, EXAMPLES, NVRTC_REASON, OPENCL_REASON, rel_err
 from test_backends import example as reduced_example
 
 needs_opencl = pytest.mark.skipif(OPENCL_REASON is not None, reason=str(OPENCL_REASON))
@@ -205,16 +205,6 @@ def test_cli_precision(tmp_path):
 
 # --- NVRTC and SASS (no GPU needed) ---------------------------------------------------------------
 
-def _nvrtc_reason():
-    try:
-        from cnngraph.codegen.nvrtc import compile_cuda
-        compile_cuda('extern "C" __global__ void k() {}')
-    except Exception as err:
-        return f"NVRTC unavailable: {err}"
-    return None
-
-
-NVRTC_REASON = _nvrtc_reason()
 
 
 @pytest.mark.skipif(NVRTC_REASON is not None, reason=str(NVRTC_REASON))
