@@ -27,3 +27,21 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
     for folder in _OWN_CACHE:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def every_memory_plan_is_checked(monkeypatch):
+    """Every plan any test makes goes through the independent safety check of plan_safety.py."""
+    import cnngraph.model
+    from plan_safety import assert_plan_safe
+
+    planned = cnngraph.model.plan_memory
+
+    def checked(g):
+        g = planned(g)
+        assert_plan_safe(g)
+        return g
+    monkeypatch.setattr(cnngraph.model, "plan_memory", checked)

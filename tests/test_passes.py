@@ -812,3 +812,37 @@ def test_memory_plan_flatten_of_a_pooled_tensor_is_an_alias():
     assert "f" not in live and live["gap"][1] == g.graph["order"].index("l")
     check_memory_plan(g)
 
+
+
+def test_the_plan_safety_check_catches_an_unsafe_in_place_update(monkeypatch):
+    """A planted bug: an elementwise node may overwrite an input that is read again later. The
+    plan's own attributes look consistent (in_place_of is set, the storage is shared), so only a
+    check that replays the order from the graph catches it (plan_safety.py, run on every plan)."""
+    from plan_safety import UnsafePlan, assert_plan_safe
+    import cnngraph.passes.plan_memory as pm
+
+    spec = net([conv("a"), {"op": "sigmoid", "name": "s"}, {"op": "add", "name": "sum", "inputs": ["s", "a"]}])
+    g = raw(spec)
+    assert_plan_safe(plan_memory(g.copy()))  # the real planner: safe
+    careless = lambda g, node, storage, storage_last, now: (  # noqa: E731
+        g.nodes[node]["inputs"][0] if pm.compute_of(g, node).has(pm.ELEMENTWISE) else None)
+    monkeypatch.setattr(pm, "_dying_input", careless)
+    unsafe = plan_memory(g.copy())
+    assert unsafe.nodes["s"].get("in_place_of") == "a"  # s writes over a, which `sum` still reads
+    with pytest.raises(UnsafePlan, match="s \\(step 1\\) overwrites a, still read at step 2"):
+        assert_plan_safe(unsafe)
+    with pytest.raises(UnsafePlan):
+        raw(spec)  # and every plan a test makes goes through the check (conftest.py)
+
+
+def test_eliminate_dead_code_keeps_independent_outputs_on_separate_branches():
+    """Two outputs with no common ancestor but the input: keeping only the first output's
+    ancestors would drop the second branch."""
+    spec = net([conv("left"), {"op": "relu", "name": "l2"}, conv("right", inputs=["x"]),
+                {"op": "sigmoid", "name": "r2"}, {"op": "tanh", "name": "dead", "inputs": ["right"]}],
+               outputs=["l2", "r2"])
+    g = raw(spec)
+    before = all_layers(g)
+    assert run_passes(g, eliminate_dead_code) == ["removed dead: no output depends on it"]
+    assert set(nodes(g)) == {"x", "left", "l2", "right", "r2"}
+    assert_well_formed(g, before)

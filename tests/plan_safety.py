@@ -1,0 +1,49 @@
+"""An independent check that a memory plan is safe, applied to every plan the tests make (see
+conftest.py): when a node runs, every tensor still to be read holds its value. It knows nothing
+of how plan_memory decides; it only replays the order: a kernel (not an alias) writes its output's
+bytes at its step, and those bytes may overlap another tensor only if that tensor is dead by then,
+or is read last by this very node (an in-place update of a dying input)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+CHECKED_UP_TO = 3000  # nodes: the check is quadratic; the compile-time tests plan far larger chains
+
+
+class UnsafePlan(AssertionError):
+    pass
+
+
+def assert_plan_safe(g) -> None:
+    order = g.graph["order"]
+    if len(order) > CHECKED_UP_TO:
+        return
+    step = {name: i for i, name in enumerate(order)}
+    end = len(order)
+    tensors = [*g.graph["inputs"], *order]
+    span = {t: (g.nodes[t]["offset"], g.nodes[t]["offset"] + g.nodes[t]["size"]) for t in tensors}
+    for t in tensors:
+        start, stop = span[t]
+        assert stop - start == int(np.prod(g.nodes[t]["shape"])), f"{t}: planned size is not its element count"
+        assert start >= 0 and stop <= g.graph["arena_size"], f"{t}: outside the arena"
+    born = {t: step.get(t, -1) for t in tensors}
+    last = {t: max([step[r] for r in g.successors(t) if r in step], default=born[t]) for t in tensors}
+    for out in g.graph["outputs"]:
+        last[out] = end
+    for writer in order:
+        if "alias_of" in g.nodes[writer]:
+            continue  # no kernel: it writes nothing
+        j, (lo, hi) = step[writer], span[writer]
+        for t in tensors:
+            if t == writer or not born[t] < j <= last[t]:
+                continue  # t does not exist yet, or is dead
+            if span[t][0] >= hi or lo >= span[t][1]:
+                continue  # no shared bytes
+            if j == last[t] and t in g.nodes[writer]["inputs"] and _same_bytes(span, t, writer):
+                continue  # the writer reads t last and updates it in place
+            raise UnsafePlan(f"{writer} (step {j}) overwrites {t}, still read at step {last[t]}")
+
+
+def _same_bytes(span, a, b) -> bool:
+    return span[a] == span[b]
