@@ -210,8 +210,9 @@ class LayerNorm(Layer):
 
     def run_numpy(self, xs, params, scratch, out):
         x = xs[0]  # (N, H, W, C) or (N, F): the channels are the last axis
-        mean = x.mean(axis=-1, keepdims=True)
-        np.subtract(x, mean, out=out)
+        # shifted by each row's first value, so a large common offset cancels before the sums
+        np.subtract(x, x[..., :1], out=out)
+        out -= out.mean(axis=-1, keepdims=True)
         var = np.mean(np.square(out), axis=-1, keepdims=True)
         out *= 1 / np.sqrt(var + np.float32(self.eps))
         if self.elementwise_affine:

@@ -182,6 +182,14 @@ class AvgPool2d(Pool2d):
         return out
 
 
+def spatial_mean_numpy(x: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """The mean over H and W of an (N, H, W, C) tensor into `out` (any shape of N x C values),
+    summed in float64: the float32 sum of large values (a mean of 3e37s) would overflow to inf
+    where the mean itself is finite. The temporaries are N x C values."""
+    np.copyto(out, np.mean(x, axis=(1, 2), dtype=np.float64).reshape(out.shape), casting="same_kind")
+    return out
+
+
 def spatial_mean(low):
     """The kernel of a mean over H and W: one thread per (sample, channel)."""
     n, c, h, w = low.in_shapes[0]
@@ -211,7 +219,7 @@ class GlobalAvgPool2d(Layer):
         return int(np.prod(in_shapes[0]))
 
     def run_numpy(self, xs, params, scratch, out):
-        return np.mean(xs[0], axis=(1, 2), keepdims=True, dtype=np.float32, out=out)
+        return spatial_mean_numpy(xs[0], out)
 
 
 def reduce_mean(imp, node):
@@ -252,7 +260,7 @@ class Mean(Layer):
         return int(np.prod(in_shapes[0]))
 
     def run_numpy(self, xs, params, scratch, out):
-        return np.mean(xs[0], axis=(1, 2), dtype=np.float32, out=out.reshape(len(xs[0]), -1)).reshape(out.shape)
+        return spatial_mean_numpy(xs[0], out)
 
     def lower(self, low):
         return spatial_mean(low)

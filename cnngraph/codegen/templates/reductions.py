@@ -52,9 +52,9 @@ def reduce_rows(name: str, *, kind: str, outer: int, length: int, inner: int) ->
     const int base = (row / {inner}) * {length * inner} + row % {inner};
 """
     if kind == "mean":
-        code = f"""    float s = 0.0f;
-    for (int i = 0; i < {length}; ++i) s += x[base + i * {inner}];
-    y[row] = s * {1.0 / length!r}f;
+        code = f"""    float s = 0.0f;  /* each value scaled first: a float32 sum of large values would overflow */
+    for (int i = 0; i < {length}; ++i) s += x[base + i * {inner}] * {1.0 / length!r}f;
+    y[row] = s;
 }}
 """
     else:
@@ -72,7 +72,8 @@ def reduce_rows(name: str, *, kind: str, outer: int, length: int, inner: int) ->
 def layer_norm(name: str, *, outer: int, length: int, inner: int, eps: float, affine: bool) -> tuple[str, tuple, tuple]:
     """Normalise each row of `length` values at stride `inner` (the channels of one pixel) to zero
     mean and unit variance, then scale and shift per position in the row. One thread per row; the
-    variance from the deviations (two passes), as PyTorch computes it."""
+    variance from the deviations (two passes), as PyTorch computes it, of values shifted by the
+    row's first one."""
     total = outer * inner
     args = [ptr("x"), *([ptr("weight"), ptr("bias")] if affine else []), ptr("y", const=False)]
     scaled = "v * weight[i] + bias[i]" if affine else "v"
@@ -81,17 +82,18 @@ def layer_norm(name: str, *, outer: int, length: int, inner: int, eps: float, af
     const int row = BLOCK_X * {THREADS} + THREAD_X;
     if (row >= {total}) return;
     const int base = (row / {inner}) * {length * inner} + row % {inner};
-    float mean = 0.0f;
-    for (int i = 0; i < {length}; ++i) mean += x[base + i * {inner}];
+    const float shift = x[base];  /* a large common offset cancels before the sums */
+    float mean = 0.0f;            /* of the shifted values */
+    for (int i = 0; i < {length}; ++i) mean += x[base + i * {inner}] - shift;
     mean *= {1.0 / length!r}f;
     float var = 0.0f;
     for (int i = 0; i < {length}; ++i) {{
-        const float d = x[base + i * {inner}] - mean;
+        const float d = (x[base + i * {inner}] - shift) - mean;
         var += d * d;
     }}
     const float rstd = 1.0f / SQRTF(var * {1.0 / length!r}f + {float(eps)!r}f);
     for (int i = 0; i < {length}; ++i) {{
-        const float v = (x[base + i * {inner}] - mean) * rstd;
+        const float v = ((x[base + i * {inner}] - shift) - mean) * rstd;
         y[base + i * {inner}] = {scaled};
     }}
 }}
