@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-CHECKED_UP_TO = 3000  # nodes: the check is quadratic; the compile-time tests plan far larger chains
+CHECKED_UP_TO = 3000  # nodes: the check is quadratic (vectorised); the compile-time tests plan far larger chains
 
 
 class UnsafePlan(AssertionError):
@@ -27,22 +27,23 @@ def assert_plan_safe(g) -> None:
         start, stop = span[t]
         assert stop - start == int(np.prod(g.nodes[t]["shape"])), f"{t}: planned size is not its element count"
         assert start >= 0 and stop <= g.graph["arena_size"], f"{t}: outside the arena"
-    born = {t: step.get(t, -1) for t in tensors}
-    last = {t: max([step[r] for r in g.successors(t) if r in step], default=born[t]) for t in tensors}
-    for out in g.graph["outputs"]:
-        last[out] = end
+    born = np.array([step.get(t, -1) for t in tensors])
+    last = np.array([max([step[r] for r in g.successors(t) if r in step], default=born[i])
+                     for i, t in enumerate(tensors)])
+    last[[tensors.index(out) for out in g.graph["outputs"]]] = end
+    lo, hi = (np.array([span[t][k] for t in tensors]) for k in (0, 1))
+    index = {t: i for i, t in enumerate(tensors)}
     for writer in order:
         if "alias_of" in g.nodes[writer]:
             continue  # no kernel: it writes nothing
-        j, (lo, hi) = step[writer], span[writer]
-        for t in tensors:
-            if t == writer or not born[t] < j <= last[t]:
-                continue  # t does not exist yet, or is dead
-            if span[t][0] >= hi or lo >= span[t][1]:
-                continue  # no shared bytes
-            if j == last[t] and t in g.nodes[writer]["inputs"] and _same_bytes(span, t, writer):
+        j, w = step[writer], index[writer]
+        clash = (born < j) & (j <= last) & (lo < hi[w]) & (lo[w] < hi)  # alive, and sharing bytes
+        clash[w] = False
+        for i in np.flatnonzero(clash):
+            t = tensors[i]
+            if j == last[i] and t in g.nodes[writer]["inputs"] and _same_bytes(span, t, writer):
                 continue  # the writer reads t last and updates it in place
-            raise UnsafePlan(f"{writer} (step {j}) overwrites {t}, still read at step {last[t]}")
+            raise UnsafePlan(f"{writer} (step {j}) overwrites {t}, still read at step {last[i]}")
 
 
 def _same_bytes(span, a, b) -> bool:
