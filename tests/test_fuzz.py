@@ -508,10 +508,29 @@ def validate(case: FuzzCase, path: Path):
         assert peak < MAX_BUILD_MEMORY, f"{case.label}: validation traced {peak / 2**20:.0f} MiB"
 
 
+FUZZ_RTOL = 1e-3  # float32 against float64 on random, possibly ill-conditioned mutated networks
+
+
 def compile_and_run(spec) -> None:
+    """Compile, run, and check the results, not only that nothing crashed: against the float64
+    PyTorch oracle wherever it is finite (random weights on a mutated network may overflow)."""
+    from torch_oracle import run_spec
+
     model = cnngraph.compile(spec, batch_size=1, device="cpu")
     rng = np.random.default_rng(0)
-    model({name: rng.standard_normal(shape).astype(np.float32) for name, shape in model.input_shapes.items()})
+    xs = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in model.input_shapes.items()}
+    got = model(xs)
+    got = got if isinstance(got, dict) else {model.output_names[0]: got}
+    want = run_spec(spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+                    {k: v.astype(np.float64) for k, v in model.weights.items()},
+                    {k: v.astype(np.float64) for k, v in xs.items()})
+    for name, value in got.items():
+        reference = want[name]
+        assert value.shape == reference.shape, (name, value.shape, reference.shape)
+        if not np.isfinite(reference).all() or np.abs(reference).max(initial=0) > 1e30:
+            continue  # overflowed in float64 already (or nearly): nothing to compare
+        error = np.linalg.norm(value.astype(np.float64) - reference) / max(np.linalg.norm(reference), 1e-30)
+        assert error <= FUZZ_RTOL, f"output {name}: relative error {error:.2e} against float64 PyTorch"
 
 
 def check_case(case: FuzzCase, tmp_path: Path) -> str:
