@@ -190,7 +190,7 @@ def _decoded_batches(pool, items: list[Item], size: int, shape) -> Iterator[list
     def submit(count: int) -> None:
         for item in (next(queue, None) for _ in range(count)):
             if item is not None:
-                pending.append((item, pool.submit(_read, item, shape)))
+                pending.append((item, pool.submit(read_item, item, shape)))
 
     submit(3 * size)
     while pending:
@@ -199,7 +199,9 @@ def _decoded_batches(pool, items: list[Item], size: int, shape) -> Iterator[list
         yield [(item, future.result()) for item, future in batch]
 
 
-def _read(item: Item, shape) -> np.ndarray | Exception:
+def read_item(item: Item, shape) -> np.ndarray | Exception:
+    """The array of `item`, checked against the input `shape`, or the error reading it (a spec
+    error stops the run: it is no fault of the file). Shared by the local path and Ray's decoding."""
     try:
         x = item.read()
     except SpecError:

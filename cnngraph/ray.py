@@ -23,7 +23,7 @@ import numpy as np
 
 from .errors import CnnGraphError
 from .model import compile
-from .predict import Item, Rows
+from .predict import Item, Rows, read_item
 
 ROW_KEYS = ("input", "error", "classes", "labels", "probabilities", "output")
 
@@ -58,11 +58,11 @@ class Predictor:
 
 def decode(batch: dict, shape: tuple[int, ...]) -> dict:
     """The decode stage: a column "item" of inputs (`predict.Item`) -> "input", "x", "error"."""
-    from .predict import _read
+
 
     sources, xs, errors = [], [], []
     for item in batch["item"]:
-        x = _read(item, shape)
+        x = read_item(item, shape)
         sources.append(item.source)
         failed = isinstance(x, Exception)
         xs.append(np.zeros(shape, np.float32) if failed else x)
