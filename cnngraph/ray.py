@@ -58,8 +58,6 @@ class Predictor:
 
 def decode(batch: dict, shape: tuple[int, ...]) -> dict:
     """The decode stage: a column "item" of inputs (`predict.Item`) -> "input", "x", "error"."""
-
-
     sources, xs, errors = [], [], []
     for item in batch["item"]:
         x = read_item(item, shape)
