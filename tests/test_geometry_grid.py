@@ -6,7 +6,15 @@ the horizontal one, say) pass; these do not.
 
 Every case is a layer of its own reading its own input, all in one network per family, so one
 OpenCL build covers a family. Each output is compared with float64 PyTorch (NumPy backend), and
-the OpenCL (PoCL, arena poisoned) and CUDA outputs with the NumPy backend's."""
+the OpenCL (PoCL, arena poisoned) and CUDA outputs with the NumPy backend's.
+
+The grid is driven by the op registry: every op in `OPS` is covered by some family (a test checks
+it, and that every field of every op's schema takes a value other than its default somewhere), so
+a new op fails here until it gets a family. Beyond the window kernels: every activation with each
+of its parameter variants, standalone, on images and vectors; mul/sub/div with every broadcasting
+pattern; add of 2..5 inputs; scale; layer and batch norm; softmax over every axis; mean and the
+global pool; slice, pad, channel shuffle, concat, flatten, reshape, dropout; linear on odd sizes;
+and zero pads folded into the padding of convs (asymmetric)."""
 
 from __future__ import annotations
 
@@ -17,6 +25,8 @@ import numpy as np
 import pytest
 
 import cnngraph
+from cnngraph.ops import ACTIVATION, OPS, ops_with
+from cnngraph.ops.arithmetic import Binary
 from test_backends import BACKENDS, rel_err
 from torch_oracle import run_spec
 
@@ -54,7 +64,7 @@ def conv_family() -> dict:
         c, groups = GROUPINGS[i % len(GROUPINGS)]
         groups = c if groups == "depthwise" else groups
         layers.append({"op": "conv2d", "name": f"conv_{i}", "inputs": [f"x_{i}"], "out_channels": c,
-                       "groups": groups, "activation": "relu", **geometry})
+                       "groups": groups, "activation": "relu", **geometry, **({"bias": False} if i % 3 == 2 else {})})
     return family(layers)
 
 
@@ -86,19 +96,160 @@ def fused_pool_family() -> dict:
     return spec
 
 
-FAMILIES = {"conv": conv_family, "pool": pool_family, "upsample": upsample_family, "fused_pool": fused_pool_family}
+def cases_family(cases: list[tuple[dict, list[tuple]]]) -> dict:
+    """One network of (layer fields, per-sample input shapes) cases: case i reads its own network
+    inputs x{i}_0, x{i}_1, ...; every layer is an output, so none fuses with another."""
+    inputs, layers = [], []
+    for i, (fields, shapes) in enumerate(cases):
+        names = [f"x{i}_{j}" for j in range(len(shapes))]
+        inputs += [{"name": n, "shape": list(shape)} for n, shape in zip(names, shapes)]
+        layers.append({**fields, "name": f"{fields['op']}_{i}", "inputs": names})
+    return {"format_version": 1, "name": "grid", "inputs": inputs, "layers": layers,
+            "outputs": [layer["name"] for layer in layers]}
 
 
-def inputs_of(model, seed=0):
+IMAGE = (7, 11, 13)  # odd in every dimension: divides no tile or vector width
+
+
+def activation_family() -> dict:
+    """Every activation op of the registry, each of its parameter variants on an odd image, and
+    the first one on a vector and on a 1x1 image; standalone layers (read from network inputs, so
+    nothing to fuse into). Inputs are scaled by 4 (`INPUT_SCALE`) to reach relu6's and the hard
+    activations' corners (+-3, 6)."""
+    cases = []
+    for op in ops_with(ACTIVATION):
+        variants = OPS[op].variants
+        cases += [({"op": op, **v}, [IMAGE]) for v in variants]
+        cases += [({"op": op, **variants[0]}, [(13,)]), ({"op": op, **variants[-1]}, [(5, 1, 1)])]
+    return cases_family(cases)
+
+
+BROADCASTS = [(IMAGE, IMAGE), (IMAGE, (7, 1, 1)), ((1, 1, 1), IMAGE), ((1, 11, 1), (7, 1, 13)),
+              ((7, 1, 13), (1, 11, 1)), ((7, 11, 1), (1, 1, 13)), ((1, 11, 13), (7, 11, 1)), ((13,), (1,)),
+              ((1,), (13,)), ((13,), (13,))]
+
+
+def elementwise_family() -> dict:
+    """Every two-operand op of the registry (mul, sub, div) with every broadcasting pattern (per
+    channel, scalar first, both operands broadcast, vectors); add of 2, 3 and 5 inputs; scale."""
+    binary = [op for op, cls in OPS.items() if issubclass(cls, Binary)]
+    cases = [({"op": op}, list(shapes)) for op in binary for shapes in BROADCASTS]
+    cases += [({"op": "add"}, [IMAGE] * 2), ({"op": "add"}, [(3, 5, 9)] * 3), ({"op": "add"}, [(17,)] * 5),
+              ({"op": "add"}, [(1, 1, 1)] * 2)]
+    cases += [({"op": "scale"}, [IMAGE]), ({"op": "scale"}, [(13,)]), ({"op": "scale"}, [(1, 11, 13)]),
+              ({"op": "scale"}, [(9, 1, 1)])]
+    return cases_family(cases)
+
+
+def norm_family() -> dict:
+    """layer_norm over the channels of an image (ConvNeXt's) and over the features of a vector,
+    with and without the affine, down to one channel (the mean is the value: the output is the
+    bias); batch_norm2d unfused (it reads a network input), odd shapes, two eps."""
+    return cases_family([
+        ({"op": "layer_norm"}, [IMAGE]), ({"op": "layer_norm", "eps": 1e-3}, [(13, 1, 1)]),
+        ({"op": "layer_norm", "elementwise_affine": False}, [(3, 5, 11)]),
+        ({"op": "layer_norm"}, [(1, 11, 13)]), ({"op": "layer_norm"}, [(37,)]),
+        ({"op": "layer_norm", "eps": 1e-6, "elementwise_affine": False}, [(5,)]),
+        ({"op": "batch_norm2d"}, [IMAGE]), ({"op": "batch_norm2d", "eps": 0.1}, [(1, 5, 3)]),
+        ({"op": "batch_norm2d"}, [(13, 1, 1)]), ({"op": "batch_norm2d", "eps": 1e-3}, [(5, 1, 9)])])
+
+
+def reduce_family() -> dict:
+    """softmax over each axis of an image (positive and negative) and of a vector, and over an
+    axis of size 1; mean over H and W written every way, with and without keepdim; the global
+    pool, down to 1x1 and one-row images."""
+    softmax = [({"op": "softmax", "axis": a}, [IMAGE]) for a in (1, 2, 3, -1, -2, -3)]
+    softmax += [({"op": "softmax", "axis": 1}, [(13,)]), ({"op": "softmax", "axis": -1}, [(1,)]),
+                ({"op": "softmax", "axis": 2}, [(5, 1, 7)])]
+    mean = [({"op": "mean", "dim": d, "keepdim": k}, [shape])
+            for (d, k), shape in zip([([2, 3], False), ([-1, -2], True), ([3, -2], False), ([-2, 3], True)],
+                                     [IMAGE, (5, 1, 13), (3, 11, 1), (1, 7, 9)])]
+    gap = [({"op": "global_avg_pool2d"}, [shape]) for shape in (IMAGE, (5, 1, 1), (3, 1, 13), (2, 17, 3))]
+    return cases_family(softmax + mean + gap)
+
+
+def layout_family() -> dict:
+    """Ops that move data: slice of channels (negative starts and ends, ends past the channels,
+    of vectors), pad (asymmetric, constant with a value, reflect, replicate), channel_shuffle
+    (groups 1 to C), concat of 2 to 4 inputs (images and vectors), flatten, reshape (to a vector,
+    to another image, from a vector, with -1 in each place), dropout kept as an output."""
+    slices = [({"op": "slice", **f}, [shape]) for f, shape in [
+        ({"start": 1, "end": 5}, IMAGE), ({"start": -3}, IMAGE), ({"start": 2, "end": -1}, IMAGE),
+        ({"start": -6, "end": -2}, IMAGE), ({"end": 1}, IMAGE), ({"start": 5, "end": 100}, IMAGE),
+        ({"start": 3, "end": 10}, (13,)), ({"start": -20, "end": 2}, (13,)), ({"start": -1}, (5, 1, 1))]]
+    pads = [({"op": "pad", **f}, [shape]) for f, shape in [
+        ({"padding": [1, 2, 0, 3]}, IMAGE), ({"padding": [0, 0, 2, 1], "value": -1.5}, IMAGE),
+        ({"padding": 1, "value": 0.25}, (3, 1, 1)),
+        ({"padding": [2, 1, 3, 0], "mode": "reflect"}, IMAGE), ({"padding": [12, 0, 0, 10], "mode": "reflect"}, IMAGE),
+        ({"padding": 2, "mode": "replicate"}, IMAGE), ({"padding": [0, 4, 1, 0], "mode": "replicate"}, (3, 1, 5))]]
+    shuffles = [({"op": "channel_shuffle", "groups": g}, [shape]) for g, shape in [
+        (2, (6, 11, 13)), (3, (6, 11, 13)), (5, (15, 7, 5)), (3, (15, 7, 5)), (15, (15, 3, 1)), (1, (4, 3, 5)),
+        (4, (12, 1, 13))]]
+    concats = [({"op": "concat"}, shapes) for shapes in [
+        [(3, 11, 13), (4, 11, 13)], [(1, 5, 7), (4, 5, 7), (2, 5, 7)], [(2, 3, 1)] * 4, [(2,), (5,), (1,)],
+        [(7, 1, 1), (1, 1, 1)]]]
+    reshapes = [({"op": "reshape", "shape": s}, [shape]) for s, shape in [
+        ([-1], IMAGE), ([13, 7, 11], IMAGE), ([1, -1, 13], IMAGE), ([7, 11, 13], (1001,)), ([3, -1, 1], (12,)),
+        ([5, 1, 1], (5,))]]
+    others = [({"op": "flatten"}, [IMAGE]), ({"op": "flatten"}, [(7, 1, 1)]), ({"op": "flatten"}, [(13,)]),
+              ({"op": "dropout", "p": 0.3}, [IMAGE]), ({"op": "dropout"}, [(13,)])]
+    return cases_family(slices + pads + shuffles + concats + reshapes + others)
+
+
+def linear_family() -> dict:
+    """linear on odd sizes, around and across the GEMM tiles, with and without bias, with an
+    activation field."""
+    return cases_family([({"op": "linear", **f}, [(features,)]) for f, features in [
+        ({"out_features": 7}, 13), ({"out_features": 1}, 1), ({"out_features": 19, "bias": False}, 37),
+        ({"out_features": 31, "activation": {"op": "leaky_relu", "negative_slope": 0.2}}, 5),
+        ({"out_features": 67}, 130), ({"out_features": 3, "activation": {"op": "gelu", "approximate": "tanh"}}, 129),
+        ({"out_features": 65, "bias": False, "activation": "hardswish"}, 65)]])
+
+
+FOLDED_PADS = [  # (pad, conv): zero pads fold into the conv's padding, asymmetric; the others stay
+    ({"padding": [0, 1, 2, 1]}, dict(out_channels=5, kernel_size=[3, 2], stride=[2, 1])),
+    ({"padding": [3, 0, 0, 1]}, dict(out_channels=7, kernel_size=[2, 3], stride=[1, 2], groups=7)),  # depthwise
+    ({"padding": [1, 2, 0, 0]}, dict(out_channels=4, kernel_size=3, padding=[1, 0], dilation=[1, 2])),
+    ({"padding": [2, 0, 1, 1]}, dict(out_channels=7, kernel_size=[1, 3], stride=[3, 2], padding=[0, 0, 2, 1],
+                                     groups=7)),
+    ({"padding": [1, 1, 2, 0], "mode": "reflect"}, dict(out_channels=3, kernel_size=[3, 2])),
+    ({"padding": [0, 2, 1, 0], "value": 0.5}, dict(out_channels=5, kernel_size=[2, 2], stride=[1, 2])),
+]
+
+
+def folded_pad_family() -> dict:
+    """pad -> conv pairs: a zero pad folds into the conv's own padding, which becomes asymmetric
+    ([top, left, bottom, right]), plain and depthwise, on top of a conv's own padding; a reflect pad
+    and a pad with a value do not fold (and must still be right)."""
+    layers = []
+    for i, (pad, conv) in enumerate(FOLDED_PADS):
+        layers += [{"op": "pad", "name": f"p_{i}", "inputs": [f"x_{i}"], **pad},
+                   {"op": "conv2d", "name": f"c_{i}", "inputs": [f"p_{i}"], **conv}]
+    spec = family(layers, shape=IMAGE)
+    spec["inputs"] = spec["inputs"][:len(FOLDED_PADS)]
+    spec["outputs"] = [f"c_{i}" for i in range(len(FOLDED_PADS))]
+    return spec
+
+
+FAMILIES = {"conv": conv_family, "pool": pool_family, "upsample": upsample_family, "fused_pool": fused_pool_family,
+            "activation": activation_family, "elementwise": elementwise_family, "norm": norm_family,
+            "reduce": reduce_family, "layout": layout_family, "linear": linear_family, "folded_pad": folded_pad_family}
+INPUT_SCALE = {"activation": 4.0}  # standard normal inputs times this
+# ops of the registry no family needs to cover, each with the reason (none at present: dropout, an
+# identity, is covered as a network output, which keeps it as a copy kernel)
+EXCLUDED: dict[str, str] = {}
+
+
+def inputs_of(model, seed=0, scale=1.0):
     rng = np.random.default_rng(seed)
-    return {name: rng.standard_normal(shape).astype(np.float32) for name, shape in model.input_shapes.items()}
+    return {name: (rng.standard_normal(shape) * scale).astype(np.float32) for name, shape in model.input_shapes.items()}
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_grid_on_numpy_matches_pytorch_float64(name):
     spec = FAMILIES[name]()
     model = cnngraph.compile(spec, batch_size=2, device="cpu")
-    xs = inputs_of(model)
+    xs = inputs_of(model, scale=INPUT_SCALE.get(name, 1.0))
     got = model(xs)
     want = run_spec(spec, {k: v.astype(np.float64) for k, v in model.weights.items()},
                     {k: v.astype(np.float64) for k, v in xs.items()})
@@ -113,7 +264,7 @@ def test_grid_kernels_match_numpy(name, device):
     spec = FAMILIES[name]()
     ref = cnngraph.compile(spec, batch_size=2, device="cpu")
     model = cnngraph.compile(spec, batch_size=2, device=device, weights=ref.weights)
-    xs = inputs_of(ref)
+    xs = inputs_of(ref, scale=INPUT_SCALE.get(name, 1.0))
     want = ref(xs)
     for _ in range(2):
         model.backend.poison()
@@ -130,3 +281,46 @@ def test_the_grid_is_rectangular_and_fuses_only_non_overlapping_pools():
     g = cnngraph.plan(fused_pool_family(), 1).graph
     fused = {layer for n in g.graph["order"] for layer in g.nodes[n]["layers"] if g.nodes[n]["compute"].pool}
     assert fused == {"c_0", "p_0", "c_1", "p_1", "c_2", "p_2"}  # the overlapping and padded pools stay separate
+
+
+def test_every_op_of_the_registry_is_in_the_grid():
+    """A new op fails here until a family covers it (or EXCLUDED says why not)."""
+    covered = {layer["op"] for build in FAMILIES.values() for layer in build()["layers"]}
+    assert not set(EXCLUDED) & covered, "an excluded op is covered after all: drop it from EXCLUDED"
+    assert set(OPS) - set(EXCLUDED) <= covered, f"ops in no family: {sorted(set(OPS) - set(EXCLUDED) - covered)}"
+    assert set(ops_with(ACTIVATION)) - covered == set()
+
+
+def test_every_field_of_every_op_takes_a_value_other_than_its_default():
+    """Each parameter an op's schema offers is exercised away from its default somewhere in the
+    grid (an ignored `bias: false` or `keepdim: true` would otherwise pass unnoticed)."""
+    given: dict[str, set[str]] = {op: set() for op in OPS}
+    for build in FAMILIES.values():
+        for layer in build()["layers"]:
+            fields = OPS[layer["op"]].model_fields
+            given[layer["op"]] |= {k for k, v in layer.items()
+                                   if k not in ("op", "name", "inputs") and (fields[k].is_required() or v != fields[k].default)}
+    missing = {op: sorted(set(OPS[op].model_fields) - {"op", "name", "inputs"} - given[op])
+               for op in OPS if op not in EXCLUDED}
+    assert not {op: m for op, m in missing.items() if m}
+
+
+@pytest.mark.parametrize("name", ["activation", "elementwise", "norm", "reduce", "layout", "linear"])
+def test_the_new_families_run_every_layer_as_its_own_kernel(name):
+    """Every layer is an output, so no pass merges it away: each op runs standalone as it is
+    written (a batch norm unfolded, an activation not fused into a producer)."""
+    spec = FAMILIES[name]()
+    g = cnngraph.plan(spec, 1).graph
+    layers = {layer["name"]: layer["op"] for layer in spec["layers"]}
+    assert {n: (g.nodes[n]["compute"].op, g.nodes[n]["layers"]) for n in g.graph["order"]} == \
+        {n: (op, [n]) for n, op in layers.items()}
+
+
+def test_zero_pads_fold_into_the_convs_and_the_others_do_not():
+    g = cnngraph.plan(folded_pad_family(), 1).graph
+    merged = {n: g.nodes[n]["layers"] for n in g.graph["order"]}
+    folded = [i for i, (pad, _) in enumerate(FOLDED_PADS) if pad.get("mode", "constant") == "constant"
+              and not pad.get("value")]
+    assert folded == [0, 1, 2, 3]
+    assert merged == {**{f"c_{i}": [f"p_{i}", f"c_{i}"] for i in folded},
+                      **{n: [n] for i in range(len(FOLDED_PADS)) if i not in folded for n in (f"p_{i}", f"c_{i}")}}
