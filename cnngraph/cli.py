@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import sys
@@ -25,14 +24,14 @@ from . import build, compile, plan
 from .model import DEVICES
 from .codegen.dialects import DIALECTS, Dialect
 from .codegen.lower import Program
-from .errors import CnnGraphError, CnnGraphWarning, InputError, WeightsError, one_line
+from .errors import CnnGraphError, CnnGraphWarning, InputError, WeightsError, one_line, quote
 from .files import atomic_write, atomic_write_folder, refuse_overwriting, require_folder
 from .html_report import html_page
 from .progress import progress_bar
 from .interop import export_onnx, from_onnx
 from .report import inspect_data, inspect_text, to_dot
 from .spec import json_schema, load_spec, spec_json
-from .weights import NPY_HEADER_READERS, load_weights, save_weights
+from .weights import read_arrays, read_npy, save_weights
 
 EXIT_USAGE = 2
 
@@ -361,11 +360,7 @@ def _run(args) -> None:
         refuse_overwriting(args.output, args.spec, args.input, args.weights)
     spec = load_spec(args.spec)
     given = _read_inputs(args.input, spec) if args.input else None
-    batch = args.batch or (next(iter(given.values())).shape[0] if given else 1)
-    for name, x in (given or {}).items():
-        if x.shape[0] != batch:
-            batch_from = "--batch is" if args.batch else "the first input holds"
-            raise InputError(f'input "{name}" holds {x.shape[0]} samples but {batch_from} {batch}', file=args.input)
+    batch = _input_batch(given, args.batch, args.input)
     model = _compile(spec, batch_size=batch, device=args.device, weights=args.weights, seed=args.seed,
                     optimize=args.optimize, max_memory=args.max_memory, precision=args.precision)
     if args.output:  # refuse a bad output name before running, not after
@@ -431,7 +426,7 @@ def _check(args) -> int:
         raise CnnGraphError(f"--tolerance must be a number >= 0, got {args.tolerance}")
     spec = load_spec(args.spec)
     given = _read_inputs(args.input, spec) if args.input else None
-    batch = args.batch or (next(iter(given.values())).shape[0] if given else 1)
+    batch = _input_batch(given, args.batch, args.input)
     model = _compile(spec, batch_size=batch, device=args.device, weights=args.weights, seed=args.seed,
                     precision=args.precision)
     if given is None:
@@ -509,75 +504,60 @@ def _save_sample_output(folder: Path, index: int, value) -> str:
 
 def _read_inputs(path: str, spec) -> dict[str, np.ndarray]:
     """Input arrays by name: a .npy for a network with one input, a .npz with one array per input
-    name for any network. A single sample may leave out the batch dimension."""
+    name for any network (its names checked before any data is read: a missing input, or an array
+    that is no input, is refused by name). A single sample may leave out the batch dimension."""
     names = [i.name for i in spec.inputs]
     if Path(path).suffix == ".npz":
-        try:
-            arrays = load_weights(path)  # the same safe reader: headers checked first, no pickle
+        def check_names(keys: list[str]) -> None:
+            valid = f"the network's inputs are {', '.join(map(quote, names))}"
+            missing, extra = [n for n in names if n not in keys], [k for k in keys if k not in names]
+            if missing:
+                holds = f"; the file holds {', '.join(map(quote, keys))}" if keys else "; the file holds no arrays"
+                raise InputError(f"missing array {quote(missing[0])} ({valid}{holds})", file=path)
+            if extra:
+                raise InputError(f"unexpected array {quote(extra[0])}: a .npz holds one array per network input, "
+                                 f"and {valid}", file=path)
+        try:  # the same safe reader as weights: headers checked first, no pickle
+            arrays = read_arrays(Path(path), what="the input", on_keys=check_names)
         except WeightsError as err:
             raise InputError(err.message, file=path) from None
-        if sorted(arrays) != sorted(names):
-            raise InputError(f"must hold one array per network input ({', '.join(names)}), holds "
-                             f"{', '.join(arrays) or 'none'}", file=path)
-    elif len(names) > 1:
+        return {i.name: _samples(arrays[i.name], i, path, f"array {quote(i.name)} ") for i in spec.inputs}
+    if len(names) > 1:
         raise InputError(f"the network has inputs {', '.join(names)}: give a .npz with one array per name", file=path)
-    else:
-        arrays = {names[0]: _read_npy(path)}
-    return {i.name: _samples(arrays[i.name], i, path) for i in spec.inputs}
+    return {names[0]: _samples(read_npy(path, mmap=True), spec.inputs[0], path)}
 
 
-def _read_npy(path: str) -> np.ndarray:
-    """The header is checked before the data is read (memory-mapped), so a file that is no .npy, or
-    that claims more than it holds, is refused, not allocated."""
-    try:
-        with open(path, "rb") as f:
-            _check_npy_header(f)
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError) as err:
-        raise InputError(f"cannot read a .npy array: {getattr(err, 'strerror', None) or err}", file=path) from None
+def _input_batch(given: dict[str, np.ndarray] | None, batch: int | None, path: str | None) -> int:
+    """The batch size: --batch, else the first input's; every input must hold that many samples."""
+    if not given:
+        return batch or 1
+    want = batch or next(iter(given.values())).shape[0]
+    for name, x in given.items():
+        if x.shape[0] != want:
+            batch_from = "--batch is" if batch else "the first input holds"
+            raise InputError(f"input {quote(name)} holds {x.shape[0]} samples but {batch_from} {want}", file=path)
+    return want
 
 
-NPY_MAGIC = b"\x93NUMPY"
-
-
-def _check_npy_header(f) -> None:
-    """A ValueError saying why `f` is not a .npy array cnngraph can read: not the format at all (NumPy
-    would advise unpickling it), Python objects, a negative dimension, or more data than the file holds."""
-    if f.read(len(NPY_MAGIC)) != NPY_MAGIC:
-        raise ValueError("not a .npy file (it does not begin as np.save writes one); give a .npy array, or a .npz "
-                         "with one array per input name")
-    f.seek(0)
-    read_header = NPY_HEADER_READERS.get(np.lib.format.read_magic(f))
-    if read_header is None:
-        raise ValueError("unsupported .npy format version")
-    shape, _, dtype = read_header(f)
-    if dtype.hasobject:
-        raise ValueError("it holds Python objects, which cnngraph never unpickles; save a float32 array")
-    if any(n < 0 for n in shape):
-        raise ValueError(f"its header declares shape {shape}, with a negative dimension (corrupt file?)")
-    declared, held = dtype.itemsize * math.prod(shape), os.fstat(f.fileno()).st_size - f.tell()
-    if declared > held:
-        raise ValueError(f"its header declares shape {shape} ({declared:,} bytes) but the file holds {held:,} "
-                         f"(truncated?)")
-
-
-def _samples(x, inp, path: str) -> np.ndarray:
-    """`x` checked against network input `inp`, as contiguous float32 samples. NaN and Inf are
-    kept, with a note: they propagate through the network as in PyTorch."""
+def _samples(x, inp, path: str, subject: str = "") -> np.ndarray:
+    """`x` checked against network input `inp`, as contiguous float32 samples; `subject` names the
+    array in the file ('array "x" ') when it holds several. NaN and Inf are kept, with a note: they
+    propagate through the network as in PyTorch."""
     if not isinstance(x, np.ndarray) or x.dtype.kind != "f":
-        raise InputError(f"must hold a floating-point array, got {getattr(x, 'dtype', type(x).__name__)}", file=path)
+        raise InputError(f"{subject}must hold floating-point numbers (float32; float16 and float64 are converted), "
+                         f"got {getattr(x, 'dtype', type(x).__name__)}", file=path)
     if x.ndim == len(inp.shape):
         x = x[None]  # one sample
     if x.ndim == 0 or x.shape[0] == 0:
-        raise InputError(f"holds no samples (shape {x.shape})", file=path)
+        raise InputError(f"{subject}holds no samples (shape {x.shape})", file=path)
     if x.shape[1:] != tuple(inp.shape):
-        raise InputError(f'has per-sample shape {x.shape[1:]}, the network\'s input "{inp.name}" needs '
+        raise InputError(f'{subject}has per-sample shape {x.shape[1:]}, the network\'s input {quote(inp.name)} needs '
                          f"{tuple(inp.shape)}", file=path)
     x = np.ascontiguousarray(x, dtype=np.float32)
     nan, inf = int(np.isnan(x).sum()), int(np.isinf(x).sum())
     if nan or inf:
-        warnings.warn(f"{path}: holds {nan} NaN and {inf} infinite values; they propagate through the network "
-                      f"as in PyTorch", CnnGraphWarning)
+        warnings.warn(f"{path}: {subject}holds {nan} NaN and {inf} infinite values; they propagate through the "
+                      f"network as in PyTorch", CnnGraphWarning)
     return x
 
 

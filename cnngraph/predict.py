@@ -67,34 +67,40 @@ def _image_item(path: Path, spec) -> Item:
 
 
 def _array_items(path: Path, spec) -> list[Item]:
-    """One item per sample of a .npy (C, H, W) or (N, C, H, W) array, or of each array of a .npz;
-    an unreadable file is one item whose reading fails."""
-    from .weights import load_weights
+    """One item per sample of a .npy (C, H, W) or (N, C, H, W) array, or of each array of a .npz,
+    read by the same safe readers as `run --input` (headers checked first, nothing unpickled); an
+    unreadable file is one item whose reading fails, and so is an array that is not floating point
+    (integers, booleans, complex numbers: never cast silently) or not of the input's shape."""
+    from .weights import read_arrays, read_npy
     try:
         if path.suffix.lower() == ".npz":
-            arrays = {f"{path}:{key}": value for key, value in load_weights(path).items()}
+            arrays = {f"{path}:{key}": value for key, value in read_arrays(path, what="the arrays").items()}
         else:
-            arrays = {str(path): np.load(path, allow_pickle=False)}
-    except (CnnGraphError, OSError, ValueError) as err:
-        message = getattr(err, "message", None) or str(err)
-
-        def fail(message=message):
-            raise InputError(f"not a readable array file: {message}", file=str(path))
-        return [Item(str(path), fail)]
+            arrays = {str(path): read_npy(path)}
+    except CnnGraphError as err:
+        return [Item(str(path), _failing(err.message, str(path)))]
     shape = tuple(spec.inputs[0].shape)
     items = []
     for name, array in arrays.items():
-        if array.shape == shape:
+        if array.dtype.kind != "f":
+            items.append(Item(name, _failing(f"must hold floating-point numbers (float32; float16 and float64 "
+                                             f"are converted), got {array.dtype}", name)))
+        elif array.shape == shape:
             items.append(Item(name, lambda a=array: np.asarray(a, np.float32)))
         elif array.ndim == len(shape) + 1 and array.shape[1:] == shape:
             items += [Item(f"{name}[{i}]", lambda a=array, i=i: np.asarray(a[i], np.float32))
                       for i in range(array.shape[0])]
         else:
-            def wrong(name=name, got=array.shape):
-                raise InputError(f"has shape {got}; the network's input needs {shape} or (N, *{shape})",
-                                 file=name)
-            items.append(Item(name, wrong))
+            items.append(Item(name, _failing(f"has shape {array.shape}; the network's input needs {shape} or "
+                                             f"(N, *{shape})", name)))
     return items
+
+
+def _failing(message: str, source: str) -> Callable[[], np.ndarray]:
+    """An item's `read` that fails with `message`: the file could not be read, or holds no input."""
+    def fail() -> np.ndarray:
+        raise InputError(message, file=source)
+    return fail
 
 
 def predict(spec, inputs: Iterable[str | os.PathLike], weights=None, batch_size: int = 8, device: str = "auto",

@@ -12,13 +12,14 @@ import struct
 import warnings
 import zipfile
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Mapping
+from typing import BinaryIO, Callable, Mapping
 
 import networkx as nx
 import numpy as np
 
-from .errors import CnnGraphWarning, SpecError, WeightsError, shorten
+from .errors import CnnGraphError, CnnGraphWarning, InputError, SpecError, WeightsError, quote, shorten
 from .files import atomic_write, given_path
 from .graph import in_shapes, layer_nodes
 from .ops.base import weight_key
@@ -158,15 +159,24 @@ def load_weights(source: str | Path | Mapping[str, np.ndarray], expected=None) -
     path = given_path(source, "weights must be a file path or a dict of arrays", WeightsError)
     if path.suffix not in (".npz", ".safetensors"):
         raise WeightsError("unknown weights format; use a .npz or .safetensors file", file=str(path))
+    return read_arrays(path, expected=expected)
+
+
+def read_arrays(path: Path, what: str = "weights", expected=None,
+                on_keys: Callable[[list[str]], None] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of a `.npz` or `.safetensors` file (by its suffix), read as `load_weights` reads
+    them. `on_keys(keys)` is called with the file's keys before any data is read, and may raise (an
+    input file's names are checked so). Every failure is a CnnGraphError naming the file; one this
+    reader cannot say more of is "cannot read <what>: ...". """
     try:
         with open(path, "rb") as f:
-            read = _read_npz if path.suffix == ".npz" else _read_safetensors
-            return read(f, str(path), expected)
-    except WeightsError:
+            read = _read_npz if path.suffix.lower() == ".npz" else _read_safetensors
+            return read(f, str(path), expected, on_keys)
+    except CnnGraphError:  # its own reason, whatever the type: never the generic one below
         raise
     except Exception as err:  # zipfile alone raises a dozen types (BadZipFile, RuntimeError, NotImplementedError, ...)
         why = getattr(err, "strerror", None) or str(err) or type(err).__name__
-        raise WeightsError(f"cannot read weights: {why}", file=str(path)) from None
+        raise WeightsError(f"cannot read {what}: {why}", file=str(path)) from None
 
 
 def save_weights(weights: Mapping[str, np.ndarray], path: str | Path) -> None:
@@ -184,24 +194,62 @@ def save_weights(weights: Mapping[str, np.ndarray], path: str | Path) -> None:
 
 
 NPY_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+NPY_MAGIC = b"\x93NUMPY"
 
 
-def _read_npz(f: BinaryIO, name: str, expected=None) -> dict[str, np.ndarray]:
+def read_npy(path: str | Path, mmap: bool = False) -> np.ndarray:
+    """An input array from a `.npy` file, or an InputError naming the file and why. The header is
+    checked before the data is read (memory-mapped with `mmap`), so a file that is no .npy, or that
+    claims more than it holds, is refused, not allocated; an object array is never unpickled."""
+    try:
+        with open(path, "rb") as f:
+            _check_npy_header(f)
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as err:
+        raise InputError(f"cannot read a .npy array: {getattr(err, 'strerror', None) or err}", file=str(path)) from None
+
+
+def _check_npy_header(f) -> None:
+    """A ValueError saying why `f` is not a .npy array cnngraph can read: not the format at all (NumPy
+    would advise unpickling it), Python objects, a negative dimension, or more data than the file holds."""
+    if f.read(len(NPY_MAGIC)) != NPY_MAGIC:
+        raise ValueError("not a .npy file (it does not begin as np.save writes one); give a .npy array, or a .npz "
+                         "with one array per input name")
+    f.seek(0)
+    read_header = NPY_HEADER_READERS.get(np.lib.format.read_magic(f))
+    if read_header is None:
+        raise ValueError("unsupported .npy format version")
+    shape, _, dtype = read_header(f)
+    if dtype.hasobject:
+        raise ValueError("it holds Python objects, which cnngraph never unpickles; save a float32 array")
+    if any(n < 0 for n in shape):
+        raise ValueError(f"its header declares shape {shape}, with a negative dimension (corrupt file?)")
+    declared, held = dtype.itemsize * math.prod(shape), os.fstat(f.fileno()).st_size - f.tell()
+    if declared > held:
+        raise ValueError(f"its header declares shape {shape} ({declared:,} bytes) but the file holds {held:,} "
+                         f"(truncated?)")
+
+
+def _read_npz(f: BinaryIO, name: str, expected=None, on_keys=None) -> dict[str, np.ndarray]:
     """A zip of .npy arrays (what np.savez writes). The archive's directory is checked first (every
     entry a name and bytes of its own), then its keys (with `expected`), then each member's header:
     object arrays (pickles) are refused, and a shape the member's size cannot hold is never allocated."""
     if not zipfile.is_zipfile(f):
+        f.seek(0)
+        if f.read(4) == ZIP_MAGIC:  # begins as a zip does, but its directory (at the end) is missing
+            raise WeightsError("not a .npz file it can read: a zip archive cut short or corrupt, without its "
+                               "directory at the end (truncated?)", file=name)
         raise WeightsError("not a .npz file (a zip archive of .npy arrays)", file=name)
     file_size, out = os.fstat(f.fileno()).st_size, {}
     with zipfile.ZipFile(f) as archive:
         infos = archive.infolist()
         _check_members_apart(infos, archive.start_dir, name)
         keys = [info.filename.removesuffix(".npy") for info in infos]
-        wanted = _keys_to_read(keys, expected, name)
+        wanted = _keys_to_read(keys, expected, name, on_keys)
         for key, info in zip(keys, infos):
             if key not in wanted:
                 continue
-            with archive.open(info) as member:
+            with _corrupt_entry(key, name), archive.open(info) as member:
                 try:
                     version = np.lib.format.read_magic(member)
                     read_header = NPY_HEADER_READERS.get(version)
@@ -225,9 +273,11 @@ def _read_npz(f: BinaryIO, name: str, expected=None) -> dict[str, np.ndarray]:
     return out
 
 
-def _keys_to_read(keys: list[str], expected, file: str) -> set[str]:
+def _keys_to_read(keys: list[str], expected, file: str, on_keys=None) -> set[str]:
     """Every key of a file; or, given the network's `expected` keys, the ones it uses, once all
-    have been compared with the network's."""
+    have been compared with the network's. `on_keys(keys)` is called first, before any data is read."""
+    if on_keys is not None:
+        on_keys(keys)
     if expected is None:
         return set(keys)
     check_keys(keys, expected, file)
@@ -235,6 +285,18 @@ def _keys_to_read(keys: list[str], expected, file: str) -> set[str]:
 
 
 ZIP_LOCAL_HEADER = 30  # bytes before an entry's name, extra field and data
+ZIP_MAGIC = b"PK\x03\x04"  # how a zip archive's first entry begins
+
+
+@contextmanager
+def _corrupt_entry(key: str, name: str):
+    """A damaged entry's data (a CRC-32 that does not match, a broken deflate stream) as a
+    WeightsError naming the entry, not the generic "cannot read"."""
+    try:
+        yield
+    except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+        raise WeightsError(f'entry "{key}" is corrupt: {shorten(str(err) or type(err).__name__, 160)}',
+                           file=name) from None
 
 
 def _check_members_apart(infos: list[zipfile.ZipInfo], directory_start: int, name: str) -> None:
@@ -273,7 +335,7 @@ def _read_exactly(member, nbytes: int, key: str, name: str) -> bytearray:
 MAX_SAFETENSORS_HEADER = 100 * 2**20  # the reference reader's cap: a larger header is corrupt
 
 
-def _read_safetensors(f: BinaryIO, name: str, expected=None) -> dict[str, np.ndarray]:
+def _read_safetensors(f: BinaryIO, name: str, expected=None, on_keys=None) -> dict[str, np.ndarray]:
     """The 8-byte header length, the JSON header, then the data: every entry is validated against
     the file's size and the others (with `expected`, against the network's keys too) before a byte
     of data is read, and then only the entries wanted are read."""
@@ -287,15 +349,26 @@ def _read_safetensors(f: BinaryIO, name: str, expected=None) -> dict[str, np.nda
     if header_len > min(size - 8, MAX_SAFETENSORS_HEADER):
         raise bad("the header runs past the end of the file (truncated?)" if header_len > size - 8
                   else f"a {header_len:,}-byte header is over the {MAX_SAFETENSORS_HEADER:,}-byte limit")
+    def no_key_twice(pairs: list[tuple[str, object]]) -> dict:
+        """JSON's last-wins rule would silently drop an entry (or an entry's field) given twice."""
+        seen = {}
+        for key, value in pairs:
+            if key in seen:
+                raise bad(f"key {quote(key)} appears twice in the header (corrupt or forged?)")
+            seen[key] = value
+        return seen
+
     try:
-        header = json.loads(f.read(header_len))
+        header = json.loads(f.read(header_len), object_pairs_hook=no_key_twice)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
         raise bad(f"header is not JSON ({type(err).__name__})") from None
     if not isinstance(header, dict):
         raise bad("header is not a JSON object")
     data_size, entries = size - 8 - header_len, []
     for key, info in header.items():
-        if key == "__metadata__":
+        if key == "__metadata__":  # free text: an object of strings, as the reference writer makes it
+            if not (isinstance(info, dict) and all(isinstance(v, str) for v in info.values())):
+                raise bad("__metadata__ must be a JSON object of strings")
             continue
         try:
             dtype, shape, (begin, end) = info["dtype"], tuple(info["shape"]), info["data_offsets"]
@@ -316,7 +389,7 @@ def _read_safetensors(f: BinaryIO, name: str, expected=None) -> dict[str, np.nda
         entries.append((begin, end, key, dtype, shape))
     entries.sort()
     _check_back_to_back(entries, data_size, bad)
-    wanted = _keys_to_read([key for _, _, key, _, _ in entries], expected, name)
+    wanted = _keys_to_read([key for _, _, key, _, _ in entries], expected, name, on_keys)
     if expected is not None:
         for _, _, key, dtype, shape in entries:
             if key in wanted:

@@ -365,7 +365,7 @@ def test_run_feeds_every_input_of_a_network(tmp_path, capsys):
     assert status == 2 and "a.npy: the network has inputs a, b: give a .npz" in err
     np.savez(tmp_path / "only_a.npz", a=a)
     status, _, err = run_main(capsys, "run", spec, "--device", "cpu", "--input", tmp_path / "only_a.npz")
-    assert status == 2 and "must hold one array per network input (a, b), holds a" in err
+    assert status == 2 and 'only_a.npz: missing array "b" (the network\'s inputs are "a", "b"; the file holds "a")' in err
 
 
 @pytest.mark.parametrize("layer, field", [({"op": "leaky_relu", "name": "l", "negative_slope": 1e308}, "negative_slope"),

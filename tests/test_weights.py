@@ -234,27 +234,40 @@ def safetensors_blob(header: dict, data: bytes = b"") -> bytes:
     return struct.pack("<Q", len(text)) + text + data
 
 
-@pytest.mark.parametrize("blob", [
-    safetensors_blob({"a": {"dtype": "F32", "shape": ["4"], "data_offsets": [0, 16]}}, bytes(16)),
-    safetensors_blob({"a": {"dtype": "F32", "shape": [4], "data_offsets": ["0", 16]}}, bytes(16)),
-    safetensors_blob({"a": {"dtype": ["F32"], "shape": [4], "data_offsets": [0, 16]}}, bytes(16)),
-    safetensors_blob({"a": {"dtype": "F32", "shape": [4.0], "data_offsets": [0, 16]}}, bytes(16)),
-    safetensors_blob({"a": {"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]}}, bytes(16)),
-    safetensors_blob({"a": {"dtype": "F32", "shape": [5], "data_offsets": [0, 16]}}, bytes(16)),
-    safetensors_blob({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 15]}}, bytes(16)),
-    safetensors_blob({"a": {"dtype": "C64", "shape": [2], "data_offsets": [0, 16]}}, bytes(16)),
-    safetensors_blob({"a": "F32"}),
-    safetensors_blob(["a"]),
-    struct.pack("<Q", 4) + b"{\xff}x",
-    struct.pack("<Q", 2**63) + b"{}",
+MALFORMED = 'entry "a" has a malformed dtype, shape or data_offsets'
+
+
+@pytest.mark.parametrize("blob, why", [
+    (safetensors_blob({"a": {"dtype": "F32", "shape": ["4"], "data_offsets": [0, 16]}}, bytes(16)), MALFORMED),
+    (safetensors_blob({"a": {"dtype": "F32", "shape": [4], "data_offsets": ["0", 16]}}, bytes(16)), MALFORMED),
+    (safetensors_blob({"a": {"dtype": ["F32"], "shape": [4], "data_offsets": [0, 16]}}, bytes(16)), MALFORMED),
+    (safetensors_blob({"a": {"dtype": "F32", "shape": [4.0], "data_offsets": [0, 16]}}, bytes(16)), MALFORMED),
+    (safetensors_blob({"a": {"dtype": "F32", "shape": [-4], "data_offsets": [0, 16]}}, bytes(16)), MALFORMED),
+    (safetensors_blob({"a": {"dtype": "F32", "shape": [5], "data_offsets": [0, 16]}}, bytes(16)),
+     'entry "a" holds 16 bytes, its shape [5] of F32 needs 20'),
+    (safetensors_blob({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 15]}}, bytes(16)),
+     'entry "a" holds 15 bytes, its shape [4] of F32 needs 16'),
+    (safetensors_blob({"a": {"dtype": "C64", "shape": [2], "data_offsets": [0, 16]}}, bytes(16)),
+     'entry "a" has unsupported dtype C64'),
+    (safetensors_blob({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 32]}}, bytes(16)),
+     'entry "a" points past the end of the data (truncated?)'),
+    (safetensors_blob({"a": {"dtype": "F32", "shape": [4]}}, bytes(16)), 'entry "a" lacks dtype, shape or data_offsets'),
+    (safetensors_blob({"a": "F32"}), 'entry "a" lacks dtype, shape or data_offsets'),
+    (safetensors_blob(["a"]), "header is not a JSON object"),
+    (struct.pack("<Q", 4) + b"{\xff}x", "header is not JSON (UnicodeDecodeError)"),
+    (struct.pack("<Q", 6) + b"{'a':}", "header is not JSON (JSONDecodeError)"),
+    (struct.pack("<Q", 2**63) + b"{}", "the header runs past the end of the file (truncated?)"),
+    (b"\x08\x00", "shorter than its 8-byte header length"),
 ], ids=["shape_str", "offset_str", "dtype_list", "shape_float", "shape_negative", "size_mismatch",
-        "odd_bytes", "complex", "entry_str", "header_list", "header_bytes", "header_huge"])
-def test_malformed_safetensors(tmp_path, blob):
+        "odd_bytes", "complex", "past_the_data", "no_offsets", "entry_str", "header_list", "header_bytes",
+        "header_not_json", "header_huge", "shorter_than_8"])
+def test_malformed_safetensors(tmp_path, blob, why):
     path = tmp_path / "w.safetensors"
     path.write_bytes(blob)
     with pytest.raises(cnngraph.WeightsError) as info:
         cnngraph.load_weights(path)
     assert str(info.value).startswith(str(path)) and "\n" not in str(info.value)
+    assert f"not a valid safetensors file: {why}" in str(info.value)  # its own reason, not a generic one
 
 
 class _Marker:
@@ -274,21 +287,25 @@ def test_npz_with_object_array_is_refused_without_unpickling(tmp_path):
     np.savez(path, **weights, evil=np.array([_Marker(marker)], dtype=object))
     with pytest.raises(cnngraph.WeightsError) as info:
         cnngraph.load_weights(path)
-    assert str(path) in str(info.value)
+    assert str(path) in str(info.value) and 'entry "evil" holds Python objects' in str(info.value)
     assert not marker.exists(), "the .npz was unpickled"
     with pytest.raises(cnngraph.WeightsError):
         cnngraph.compile(SPEC, device="cpu", weights=path)
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 not really a zip", b"\x80\x04 pickle", b"plain text"],
-                         ids=["empty", "bad_zip", "pickle", "text"])
-def test_corrupt_npz(tmp_path, content):
+@pytest.mark.parametrize("content, why", [
+    (b"", "not a .npz file (a zip archive of .npy arrays)"),
+    (b"PK\x03\x04 not really a zip", "a zip archive cut short or corrupt, without its directory at the end"),
+    (b"\x80\x04 pickle", "not a .npz file (a zip archive of .npy arrays)"),
+    (b"plain text", "not a .npz file (a zip archive of .npy arrays)")], ids=["empty", "bad_zip", "pickle", "text"])
+def test_corrupt_npz(tmp_path, content, why):
     path = tmp_path / "w.npz"
     path.write_bytes(content)
     with pytest.raises(cnngraph.WeightsError) as info:
         cnngraph.load_weights(path)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
+    assert why in str(info.value)
 
 
 def test_missing_file(tmp_path):
