@@ -1,11 +1,18 @@
 """The OpenCL backend (PyOpenCL): runs the OpenCL rendering of the Program. Without a GPU it runs
-on PoCL (OpenCL on the CPU), which is how the generated kernels are tested in CI."""
+on PoCL (OpenCL on the CPU), which is how the generated kernels are tested in CI.
+
+Option `race_check` (or the environment variable CNNGRAPH_RACE_CHECK=1) runs the race-check
+rendering instead (`OPENCL_RACE_CHECK` in codegen/dialects.py): a missing barrier between shared
+memory accesses of different threads turns values into NaN, and `run` raises a DeviceError that
+names the kernels and counts the conflicting accesses."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
-from ..codegen.dialects import OPENCL
+from ..codegen.dialects import OPENCL, OPENCL_RACE_CHECK, race_checked
 from ..codegen.lower import Program
 from ..errors import DeviceError
 from ..kernel_cache import cache_key, entry_path, read_entry, write_entry
@@ -34,7 +41,8 @@ class OpenCLBackend(ProgramBackend):
         return 4 * plan.program.workspace_size
 
     def __init__(self, plan, options: dict | None = None, program: Program | None = None):
-        super().__init__(plan, options or {}, program)
+        options = options or {}
+        super().__init__(plan, options, program)
         program = self.program
         cl = self.cl = _opencl()
         try:
@@ -42,7 +50,8 @@ class OpenCLBackend(ProgramBackend):
         except cl.Error as err:
             raise DeviceError(f"no OpenCL device: {err}") from None
         self.queue = cl.CommandQueue(self.context)
-        self.compiled = self._build(program.source(OPENCL))
+        race_check = options.get("race_check", os.environ.get("CNNGRAPH_RACE_CHECK", "0") not in ("", "0"))
+        self.compiled = self._build(program.source(OPENCL_RACE_CHECK if race_check else OPENCL))
         mf = cl.mem_flags
         self.arena = cl.Buffer(self.context, mf.READ_WRITE, size=max(4, program.arena_size * 4))
         self.views = {name: self.arena.get_sub_region(offset * 4, max(4, size * 4))
@@ -53,9 +62,15 @@ class OpenCLBackend(ProgramBackend):
         self.workspace = cl.Buffer(self.context, mf.READ_WRITE, size=max(4, program.workspace_size * 4))
         buffers = {"tensor": self.views, "const": consts, "workspace": {"": self.workspace}}
         self.kernels = []
-        for launch in program.launches:
+        self.race_counters = {}  # launch index -> its kernel's count of conflicting accesses (race check)
+        for index, launch in enumerate(program.launches):
             kernel = cl.Kernel(self.compiled, launch.kernel)
-            kernel.set_args(*[buffers[kind][ref] for kind, ref in launch.args])
+            args = [buffers[kind][ref] for kind, ref in launch.args]
+            if race_check and race_checked(launch.body):
+                self.race_counters[index] = cl.Buffer(self.context, mf.READ_WRITE | mf.COPY_HOST_PTR,
+                                                      hostbuf=np.zeros(1, np.int32))
+                args.append(self.race_counters[index])
+            kernel.set_args(*args)
             global_size = tuple(g * b for g, b in zip(launch.grid, launch.block))
             self.kernels.append((kernel, global_size, launch.block))
 
@@ -82,6 +97,27 @@ class OpenCLBackend(ProgramBackend):
         """Fill the arena with NaN, so an element no kernel writes shows up in the results."""
         nan = np.full(self.program.arena_size, np.nan, np.float32)
         self.cl.enqueue_copy(self.queue, self.arena, nan)
+
+    def run(self, inputs):
+        for counter in self.race_counters.values():
+            self.cl.enqueue_copy(self.queue, counter, np.zeros(1, np.int32))
+        outputs = super().run(inputs)
+        if races := self.races():
+            raise DeviceError("race check: shared memory accessed by several threads with no barrier between "
+                              "(conflicting accesses per kernel): "
+                              + ", ".join(f"{kernel} {count}" for kernel, count in races.items()))
+        return outputs
+
+    def races(self) -> dict[str, int]:
+        """Race check: the conflicting shared-memory accesses each kernel counted (since `run` last
+        began), for the kernels that counted any."""
+        found = {}
+        for index, counter in self.race_counters.items():
+            count = np.zeros(1, np.int32)
+            self.cl.enqueue_copy(self.queue, count, counter)
+            if count[0]:
+                found[self.program.launches[index].kernel] = int(count[0])
+        return found
 
     def _upload(self, name, x):
         self.cl.enqueue_copy(self.queue, self.views[name], np.ascontiguousarray(x, np.float32))

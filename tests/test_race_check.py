@@ -1,0 +1,170 @@
+"""The race-check rendering of OpenCL (`OPENCL_RACE_CHECK`, option `race_check` or
+CNNGRAPH_RACE_CHECK=1): every shared float carries the epoch (BARRIER()s passed) and thread of its
+last write and read, and an access that meets another thread's access of the same epoch reads or
+stores NaN and is counted. Correct kernels pass it and still match NumPy; a barrier deleted from a
+generated kernel is caught by it, where the plain rendering on PoCL gives right answers (PoCL runs
+a work-group's items one after another between barriers and adds barriers around loops that hold
+one, and the mma emulation has barriers of its own)."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+import cnngraph
+from cnngraph.backends.opencl_backend import OpenCLBackend
+from cnngraph.codegen.dialects import CUDA, OPENCL, OPENCL_RACE_CHECK, race_checked
+from cnngraph.errors import DeviceError
+from test_backends import OPENCL_REASON, rel_err
+
+needs_opencl = pytest.mark.skipif(OPENCL_REASON is not None, reason=str(OPENCL_REASON))
+
+
+def net(layers, shape, **extra):
+    return {"format_version": 1, "name": "t", "inputs": [{"name": "x", "shape": list(shape)}], "layers": layers,
+            **extra}
+
+
+GATED = [{"op": "global_avg_pool2d", "name": "sq", "inputs": ["x"]},  # the conv_mma that loads through registers
+         {"op": "conv2d", "name": "ex", "out_channels": 8, "kernel_size": 1, "activation": "sigmoid"},
+         {"op": "mul", "name": "gated", "inputs": ["x", "ex"]},
+         {"op": "conv2d", "name": "c", "out_channels": 16, "kernel_size": 3, "padding": 1}]
+CONV = [{"op": "conv2d", "out_channels": 70, "kernel_size": 3, "stride": 2, "padding": [1, 0, 2, 1]}]
+# spec, batch, precision
+NETWORKS = {
+    "conv_gemm_fp32": (net(CONV, (13, 11, 9)), 3, "fp32"),
+    "conv_mma_cp_async_tf32": (net(CONV, (13, 11, 9)), 3, "tf32"),
+    "conv_mma_gated_tf32": (net(GATED, (8, 6, 6)), 2, "tf32"),
+    "conv_fused_pool_tf32": (net([{"op": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1},
+                                  {"op": "max_pool2d", "kernel_size": 2}], (4, 8, 8)), 2, "tf32"),
+    # pools, layer norm and softmax use no shared memory: the race check leaves their kernels alone
+    "pools_norm_softmax": (net([{"op": "conv2d", "name": "c", "out_channels": 6, "kernel_size": 3},
+                                {"op": "avg_pool2d", "name": "p", "kernel_size": 3, "stride": 1, "padding": 1},
+                                {"op": "max_pool2d", "kernel_size": 3, "stride": 2},
+                                {"op": "layer_norm"}, {"op": "flatten"},
+                                {"op": "linear", "out_features": 10}, {"op": "softmax"}], (3, 9, 9)), 2, "fp32"),
+}
+
+
+def inputs_for(model, seed=0):
+    rng = np.random.default_rng(seed)
+    return {name: rng.standard_normal(shape).astype(np.float32) for name, shape in model.input_shapes.items()}
+
+
+def test_race_check_is_opt_in_and_instruments_only_shared_memory():
+    spec, batch, precision = NETWORKS["pools_norm_softmax"]
+    program = cnngraph.plan(spec, batch, precision=precision).program
+    for dialect in (CUDA, OPENCL):
+        assert "rc_" not in program.source(dialect)
+    shared = [l for l in program.launches if race_checked(l.body)]
+    assert shared and len(shared) < len(program.launches)
+    for launch in program.launches:
+        checked = OPENCL_RACE_CHECK.render(launch.body)
+        plain = OPENCL.render(launch.body)
+        if launch in shared:
+            assert "GLOBAL int* rc_races)" in checked and "rc_read(rc_at(&As[" in checked
+            assert "As[" not in checked.replace("rc_at(&As[", "").replace("&As_rc[", "").replace("float As[", "")
+        else:  # the same kernel text after the (longer) prelude
+            assert checked.endswith(launch.body) and plain.endswith(launch.body)
+
+
+# each thread doubles its value and adds its right neighbour's, in place in shared memory
+NEIGHBOURS = """KERNEL void neighbours(GLOBAL const float* RESTRICT x, GLOBAL float* RESTRICT y)
+{{
+    SHARED float s[64];
+    const int tid = THREAD_X;
+    s[tid] = x[tid];
+    const float own = s[tid] * 2.0f;  /* its own write: no barrier needed */
+    BARRIER();
+    const float next = s[(tid + 1) % 64];
+{barrier}
+    s[tid] = own + next;
+    y[tid] = s[tid];
+}}
+"""
+
+
+@needs_opencl
+@pytest.mark.parametrize("barrier", ["    BARRIER();", ""], ids=["correct", "missing_barrier"])
+def test_own_writes_need_no_barrier_other_threads_writes_do(barrier):
+    """A thread reads back what it wrote without a barrier. Overwriting s[tid] while thread tid - 1
+    may not have read it yet needs one: without it the check counts the conflict whichever of the
+    two threads runs first, and NaN takes the value's place."""
+    import pyopencl as cl
+
+    context = cl.create_some_context(interactive=False)
+    queue = cl.CommandQueue(context)
+    kernel = cl.Program(context, OPENCL_RACE_CHECK.render(NEIGHBOURS.format(barrier=barrier))).build().neighbours
+    x = np.arange(64, dtype=np.float32)
+    mf = cl.mem_flags
+    xb = cl.Buffer(context, mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=x)
+    yb = cl.Buffer(context, mf.WRITE_ONLY, size=x.nbytes)
+    races = cl.Buffer(context, mf.READ_WRITE | mf.COPY_HOST_PTR, hostbuf=np.zeros(1, np.int32))
+    kernel(queue, (64,), (64,), xb, yb, races)
+    y, count = np.empty_like(x), np.zeros(1, np.int32)
+    cl.enqueue_copy(queue, y, yb)
+    cl.enqueue_copy(queue, count, races)
+    if barrier:
+        assert count[0] == 0 and np.array_equal(y, 2 * x + np.roll(x, -1))
+    else:
+        assert count[0] > 0 and np.isnan(y).any()
+
+
+@needs_opencl
+@pytest.mark.parametrize("case", sorted(NETWORKS))
+def test_generated_kernels_pass_the_race_check(case, monkeypatch):
+    spec, batch, precision = NETWORKS[case]
+    ref = cnngraph.compile(spec, batch_size=batch, device="cpu", precision=precision)
+    monkeypatch.setenv("CNNGRAPH_RACE_CHECK", "1")
+    model = cnngraph.compile(spec, batch_size=batch, device="opencl", weights=ref.weights, precision=precision)
+    assert model.backend.race_counters  # every case has a GEMM in shared memory
+    xs = inputs_for(ref)
+    model.backend.poison()
+    assert rel_err(model(xs), ref(xs)) <= 1e-5
+    assert model.backend.races() == {}
+
+
+def drop_barrier(body: str, which: int) -> str:
+    """`body` without its `which`-th BARRIER()."""
+    parts = body.split("BARRIER();")
+    assert len(parts) == 3, "the kernels below have two barriers"
+    return "BARRIER();".join(parts[:which + 1]) + "/* planted: no barrier */" + "BARRIER();".join(parts[which + 1:])
+
+
+# the barriers whose absence the plain rendering on PoCL hides: kernel prefix, which barrier
+PLANTED = {
+    # conv_gemm's second barrier: all threads are done multiplying the tile before it is overwritten
+    "conv_gemm_after_multiplying": ("conv_gemm_fp32", "conv3x3", 1),
+    # the gated conv_mma: the first slice stored before it is multiplied (the mma emulation's barriers hide it)
+    "conv_mma_after_storing_first_tile": ("conv_mma_gated_tf32", "gated_conv", 0),
+    # the gated conv_mma's slice loop: the next slice is stored and the last one multiplied
+    "conv_mma_end_of_slice": ("conv_mma_gated_tf32", "gated_conv", 1),
+}
+
+
+@needs_opencl
+@pytest.mark.parametrize("case", sorted(PLANTED))
+def test_race_check_catches_a_planted_missing_barrier(case):
+    network, prefix, which = PLANTED[case]
+    spec, batch, precision = NETWORKS[network]
+    p = cnngraph.plan(spec, batch, precision=precision)
+    program = copy.deepcopy(p.program)
+    planted = [l for l in program.launches if l.kernel.startswith(prefix)]
+    assert len(planted) == 1
+    planted[0].body = drop_barrier(planted[0].body, which)
+    ref = cnngraph.compile(spec, batch_size=batch, device="cpu", precision=precision, weights=p.weights)
+    xs = inputs_for(ref)
+    output = program.outputs[0]
+
+    plain = OpenCLBackend(p, program=program)  # PoCL hides the missing barrier
+    plain.poison()
+    assert rel_err(plain.run(xs)[output], ref(xs)) <= 1e-5
+
+    checked = OpenCLBackend(p, {"race_check": True}, program=program)
+    checked.poison()
+    with pytest.raises(DeviceError, match=f"race check: .*{planted[0].kernel} [0-9]+"):
+        checked.run(xs)
+    assert list(checked.races()) == [planted[0].kernel]
+    assert np.isnan(checked._download(output)).any()
