@@ -84,7 +84,9 @@ def fused_pool_family() -> dict:
              dict(op="avg_pool2d", kernel_size=[1, 2]),
              dict(op="max_pool2d", kernel_size=[2, 3], stride=[2, 2]),  # overlaps in W only
              dict(op="avg_pool2d", kernel_size=[3, 3], stride=[3, 2]),  # overlaps in W only
-             dict(op="max_pool2d", kernel_size=[2, 2], padding=[1, 0])]
+             dict(op="max_pool2d", kernel_size=[2, 2], padding=[1, 0]),
+             dict(op="max_pool2d", kernel_size=[2, 2], stride=[2, 1]),  # overlaps in W only, a window that fits
+             dict(op="avg_pool2d", kernel_size=[2, 4], stride=[1, 4])]  # overlaps in H only
     layers = []
     for i, pool in enumerate(pools):
         layers += [{"op": "conv2d", "name": f"c_{i}", "inputs": [f"x_{i}"], "out_channels": 6,

@@ -203,7 +203,11 @@ def test_fuse_gate_into_the_conv_reading_it(order):
     se = dict(SE[-1], inputs=["c0", "s"] if order == "x_first" else ["s", "c0"])
     g = raw(net([*SE[:-1], se, conv("proj", out=5, k=1, pad=0, bias=False), {"op": "relu", "name": "r"}]))
     assert run_passes(g, fuse_gate) == ["fused se into proj as an input gate"]
-    assert nodes(g)["proj"] == N("mul+conv2d", ["se", "proj"], ["c0", "s"])
+    # the gate's own chain and the relu after the conv are left as they were
+    assert nodes(g) == {"x": N("input", [], []), "c0": N("conv2d", ["c0"], ["x"]),
+                        "gap": N("global_avg_pool2d", ["gap"], ["c0"]), "fc": N("conv2d", ["fc"], ["gap"]),
+                        "s": N("sigmoid", ["s"], ["fc"]), "proj": N("mul+conv2d", ["se", "proj"], ["c0", "s"]),
+                        "r": N("relu", ["r"], ["proj"])}
     assert "se" not in g and {u: i for u, _, i in g.in_edges("proj", data="index")} == {"c0": 0, "s": 1}
     assert report(g) == [("mul+conv2d", ["se", "proj"], True, None)]
 
@@ -345,8 +349,11 @@ def test_batch_norm_after_a_relu_with_two_readers_stays_a_node():
     g = raw(net([conv("c"), {"op": "relu", "name": "r"}, {"op": "batch_norm2d", "name": "bn"},
                  {"op": "add", "name": "a", "inputs": ["bn", "r"]}]))
     run_passes(g, fold_batch_norm, fuse_activation, fuse_batch_norm_epilogue)
-    assert g.nodes["bn"]["op"] == "batch_norm2d"
-    assert report(g)[-1] == ("conv2d+relu+batch_norm2d", ["c", "r", "bn"], False, "multiple_consumers")
+    # the relu still joins the conv; the BN and the add stay nodes of their own
+    assert nodes(g) == {"x": N("input", [], []), "r": N("conv2d+relu", ["c", "r"], ["x"]),
+                        "bn": N("batch_norm2d", ["bn"], ["r"]), "a": N("add", ["a"], ["bn", "r"])}
+    assert report(g) == [("conv2d+relu", ["c", "r"], True, None),
+                         ("conv2d+relu+batch_norm2d", ["c", "r", "bn"], False, "multiple_consumers")]
 
 
 def test_batch_norm_on_the_network_input_is_not_folded():
@@ -522,7 +529,8 @@ def test_fuse_activation_with_parameters_into_linear():
                  {"op": "leaky_relu", "name": "r", "negative_slope": 0.3}]))
     before = all_layers(g)
     assert run_passes(g, fuse_activation) == ["fused r into l"]
-    assert nodes(g)["r"] == N("linear+leaky_relu", ["l", "r"], ["f"])
+    assert nodes(g) == {"x": N("input", [], []), "f": N("flatten", ["f"], ["x"]),
+                        "r": N("linear+leaky_relu", ["l", "r"], ["f"])}
     act = g.nodes["r"]["compute"].spec.activation
     assert (act.op, act.negative_slope) == ("leaky_relu", 0.3)
     assert_well_formed(g, before)
