@@ -127,12 +127,17 @@ def test_replicate_pad_is_not_folded():
     assert_same_as_unoptimized(spec)
 
 
-@pytest.mark.xfail(strict=True, reason="fold_pad takes only a conv with nothing fused yet (`host.is_plain`), and a "
-                                       "conv2d's own `activation` field counts as a fused step: the zero pad stays a "
-                                       "kernel of its own, and the fusion report does not mention it")
 def test_zero_pad_folds_into_a_conv_that_has_an_activation_field():
-    spec = net([{"op": "pad", "name": "p", "padding": [0, 1, 0, 1]}, conv("c", pad=0, activation="relu")])
+    """A conv's own `activation` field is no fused step that blocks the fold: the ONNX importer
+    writes Conv + Relu that way, so TensorFlow's Pad -> Conv -> Relu arrives as exactly this (the
+    pass once took only a conv with nothing fused, `is_plain`, which counts the activation field)."""
+    spec = net([{"op": "pad", "name": "p", "padding": [0, 1, 0, 1]}, conv("c", pad=0, stride=2, activation="relu")])
+    g = raw(spec)
+    assert run_passes(g, fold_pad) == ["folded p into the padding of c"]
+    assert nodes(g) == {"x": N("input", [], []), "c": N("conv2d+relu", ["p", "c"], ["x"])}
+    assert report(g) == [("pad+conv2d+relu", ["p", "c"], True, None)]
     assert kernels(spec) == {"c": ["p", "c"]}
+    assert_same_as_unoptimized(spec)
 
 
 # --- fuse_activation ------------------------------------------------------------------------------

@@ -209,8 +209,9 @@ def linear_family() -> dict:
 
 
 FOLDED_PADS = [  # (pad, conv): zero pads fold into the conv's padding, asymmetric; the others stay
-    ({"padding": [0, 1, 2, 1]}, dict(out_channels=5, kernel_size=[3, 2], stride=[2, 1])),
-    ({"padding": [3, 0, 0, 1]}, dict(out_channels=7, kernel_size=[2, 3], stride=[1, 2], groups=7)),  # depthwise
+    ({"padding": [0, 1, 2, 1]}, dict(out_channels=5, kernel_size=[3, 2], stride=[2, 1], activation="relu6")),
+    ({"padding": [3, 0, 0, 1]}, dict(out_channels=7, kernel_size=[2, 3], stride=[1, 2], groups=7,  # depthwise
+                                     activation={"op": "leaky_relu", "negative_slope": 0.2})),
     ({"padding": [1, 2, 0, 0]}, dict(out_channels=4, kernel_size=3, padding=[1, 0], dilation=[1, 2])),
     ({"padding": [2, 0, 1, 1]}, dict(out_channels=7, kernel_size=[1, 3], stride=[3, 2], padding=[0, 0, 2, 1],
                                      groups=7)),
@@ -221,8 +222,8 @@ FOLDED_PADS = [  # (pad, conv): zero pads fold into the conv's padding, asymmetr
 
 def folded_pad_family() -> dict:
     """pad -> conv pairs: a zero pad folds into the conv's own padding, which becomes asymmetric
-    ([top, left, bottom, right]), plain and depthwise, on top of a conv's own padding; a reflect pad
-    and a pad with a value do not fold (and must still be right)."""
+    ([top, left, bottom, right]), plain and depthwise, with an activation field or not, on top of a
+    conv's own padding; a reflect pad and a pad with a value do not fold (and must still be right)."""
     layers = []
     for i, (pad, conv) in enumerate(FOLDED_PADS):
         layers += [{"op": "pad", "name": f"p_{i}", "inputs": [f"x_{i}"], **pad},

@@ -17,7 +17,9 @@ def fold_pad(g: nx.DiGraph) -> list[str]:
         readers = list(g.successors(pad))
         conv = readers[0] if readers else None
         host = compute_of(g, conv) if conv else None
-        if host is None or host.op != "conv2d" or not host.is_plain or g.nodes[conv]["inputs"][0] != pad:
+        # the conv's own activation field applies after it, whatever its padding: only fused steps block
+        if host is None or host.op != "conv2d" or host.folded or host.epilogue or host.pool or host.gated \
+                or g.nodes[conv]["inputs"][0] != pad:
             continue
         zeros = spec.mode == "constant" and spec.value == 0
         reason = fusion_blocker(g, pad, conv) or (None if zeros else "not_zero_padding")
