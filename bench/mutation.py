@@ -1,0 +1,128 @@
+"""Mutation testing helpers for bench/mutation.sh (run from the repository root).
+
+`sample N`: N mutant names per area (passes, ops, templates), drawn with a fixed seed from the
+mutants mutmut generated, for a measured estimate when the full run (over 10,000 mutants, days on
+2 cores) does not fit. `report`: counts every mutant of passes, ops and kernel templates by outcome, gives the score per area and
+per file (killed or timed out, over the mutants that were tested), and lists each survivor with
+its diff, marked equivalent where bench/mutation_equivalent.txt explains why no test can tell it
+apart (`<mutant name>  <reason>` per line; mutmut numbers mutants by position within a function,
+so the list is checked again after the mutated code changes).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import random
+from pathlib import Path
+
+from mutmut.configuration import config
+from mutmut.mutation.data import SourceFileMutationData
+from mutmut.mutation.diff_apply import get_diff_for_mutant
+from mutmut.stats import status_by_exit_code
+from mutmut.utils.file_utils import walk_mutatable_files
+
+EQUIVALENT_FILE = Path(__file__).with_name("mutation_equivalent.txt")
+AREAS = {"cnngraph/passes": "passes", "cnngraph/ops": "ops", "cnngraph/codegen/templates": "templates"}
+
+
+def area_of(path: str) -> str:
+    return next(name for prefix, name in AREAS.items() if path.startswith(prefix))
+
+
+def read_equivalents() -> dict[str, str]:
+    if not EQUIVALENT_FILE.exists():
+        return {}
+    lines = (line.strip() for line in EQUIVALENT_FILE.read_text().splitlines())
+    return dict(line.split(None, 1) for line in lines if line and not line.startswith("#"))
+
+
+def score(counts: collections.Counter) -> str:
+    tested = counts["killed"] + counts["timeout"] + counts["survived"] + counts["no tests"] + counts["suspicious"]
+    if not tested:
+        return "-"
+    return f"{100 * (counts['killed'] + counts['timeout']) / tested:.1f}%"
+
+
+def mutants_by_file() -> dict[str, dict[str, int | None]]:
+    """Every generated mutant of each mutated file, with mutmut's exit code (None: not run)."""
+    config()  # reads [tool.mutmut] so walk_mutatable_files knows what was mutated
+    result = {}
+    for path in sorted(map(str, walk_mutatable_files())):
+        data = SourceFileMutationData(path=path)
+        data.load()
+        result[path] = data.exit_code_by_key
+    return result
+
+
+def sample(per_area: int, seed: int) -> None:
+    names_by_area = collections.defaultdict(list)
+    for path, exit_codes in mutants_by_file().items():
+        names_by_area[area_of(path)] += sorted(exit_codes)
+    rng = random.Random(seed)
+    for names in names_by_area.values():
+        print("\n".join(rng.sample(names, min(per_area, len(names)))))
+
+
+def report(output: Path) -> None:
+    equivalents = read_equivalents()
+
+    by_file: dict[str, collections.Counter] = {}
+    survivors: list[tuple[str, str, str]] = []  # (path, mutant, status)
+    for path, exit_codes in mutants_by_file().items():
+        counts = by_file.setdefault(path, collections.Counter())
+        for mutant, exit_code in exit_codes.items():
+            status = status_by_exit_code[exit_code]
+            if status in ("survived", "no tests", "suspicious") and mutant in equivalents:
+                status = "equivalent"
+            counts[status] += 1
+            if status in ("survived", "no tests", "suspicious", "equivalent"):
+                survivors.append((path, mutant, status))
+
+    by_area: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for path, counts in by_file.items():
+        by_area[area_of(path)] += counts
+    total = sum(by_area.values(), collections.Counter())
+
+    columns = ["killed", "timeout", "survived", "no tests", "equivalent", "not checked"]
+    lines = ["# Mutation score", "",
+             "`bash bench/mutation.sh` (mutmut, configuration in pyproject.toml `[tool.mutmut]`). Score: "
+             "killed or timed out over tested; equivalent mutants are left out of the count; "
+             "'not checked' mutants were not run.", "",
+             "| area | " + " | ".join(columns) + " | score |", "|---" * (len(columns) + 2) + "|"]
+    for name, counts in [*sorted(by_area.items()), ("all", total)]:
+        lines.append(f"| {name} | " + " | ".join(str(counts[c]) for c in columns) + f" | {score(counts)} |")
+    lines += ["", "## Per file", "", "| file | " + " | ".join(columns) + " | score |",
+              "|---" * (len(columns) + 2) + "|"]
+    for path, counts in by_file.items():
+        if sum(counts.values()):
+            lines.append(f"| {path} | " + " | ".join(str(counts[c]) for c in columns) + f" | {score(counts)} |")
+    lines += ["", "## Survivors", ""]
+    for path, mutant, status in survivors:
+        reason = f": {equivalents[mutant]}" if status == "equivalent" else ""
+        lines += [f"### {mutant} ({status}{reason})", "", "```diff",
+                  get_diff_for_mutant(mutant, path=path).strip(), "```", ""]
+    output.write_text("\n".join(lines) + "\n")
+    output.with_suffix(".json").write_text(json.dumps(
+        {"areas": {k: dict(v) for k, v in by_area.items()}, "files": {k: dict(v) for k, v in by_file.items()},
+         "survivors": [{"file": p, "mutant": m, "status": s} for p, m, s in survivors]}, indent=1) + "\n")
+    print("\n".join(lines[:len(by_area) + 8]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    sample_args = commands.add_parser("sample", help="print a seeded random sample of mutant names")
+    sample_args.add_argument("per_area", type=int)
+    sample_args.add_argument("--seed", type=int, default=0)
+    report_args = commands.add_parser("report", help="write the markdown report (and a .json beside it)")
+    report_args.add_argument("--output", type=Path, required=True)
+    args = parser.parse_args()
+    if args.command == "sample":
+        sample(args.per_area, args.seed)
+    else:
+        report(args.output)
+
+
+if __name__ == "__main__":
+    main()
