@@ -1,24 +1,35 @@
-"""Mutation testing helpers for bench/mutation.sh (run from the repository root).
+"""Mutation testing helpers for bench/mutation.sh, run from the repository root.
 
-`sample N`: N mutant names per area (passes, ops, templates), drawn with a fixed seed from the
-mutants mutmut generated, for a measured estimate when the full run (over 10,000 mutants, days on
-2 cores) does not fit. `report`: counts every mutant of passes, ops and kernel templates by outcome, gives the score per area and
-per file (killed or timed out, over the mutants that were tested), and lists each survivor with
-its diff, marked equivalent where bench/mutation_equivalent.txt explains why no test can tell it
-apart (`<mutant name>  <reason>` per line; mutmut numbers mutants by position within a function,
-so the list is checked again after the mutated code changes).
+- `sample N`: N mutant names per area (passes, ops, templates), drawn with a fixed seed from the
+  mutants mutmut generated: a measured estimate when the full run (over 10,000 mutants, days on
+  2 cores) does not fit.
+- `recheck`: mutmut charges the calls a module makes while it is imported (the ONNX converters
+  that factories such as `plain("relu")` build for the op registry) to the first test it runs, so
+  a mutant of such a function meets that one test only; this reruns their survivors against the
+  whole test selection and records the verdicts in mutmut's results.
+- `retry`: marks every survivor as not run, so the next bench/mutation.sh tries them again against
+  the tests written since.
+- `report`: counts the mutants of each area and file by outcome, gives the score (killed or timed
+  out, over those tested) and lists each survivor with its diff, marked equivalent where
+  bench/mutation_equivalent.txt says why no test can tell it apart (`<mutant name>  <reason>` per
+  line; mutmut numbers mutants by position within a function, so the list is reviewed when the
+  mutated code changes).
 """
 from __future__ import annotations
 
 import argparse
 import collections
 import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 from mutmut.configuration import config
 from mutmut.mutation.data import SourceFileMutationData
 from mutmut.mutation.diff_apply import get_diff_for_mutant
+from mutmut.mutation.trampoline import mangled_name_from_mutant_name
 from mutmut.stats import status_by_exit_code
 from mutmut.utils.file_utils import walk_mutatable_files
 
@@ -62,6 +73,52 @@ def sample(per_area: int, seed: int) -> None:
     rng = random.Random(seed)
     for names in names_by_area.values():
         print("\n".join(rng.sample(names, min(per_area, len(names)))))
+
+
+def import_time_functions() -> set[str]:
+    """The mutated functions the package calls while being imported, in mutmut's naming."""
+    probe = ("import importlib, json, pkgutil, cnngraph\n"
+             "from mutmut.state import state\n"
+             "for m in pkgutil.walk_packages(cnngraph.__path__, 'cnngraph.'):\n"
+             "    try: importlib.import_module(m.name)\n"
+             "    except ImportError: pass\n"
+             "print(json.dumps(sorted(state()._stats)))")
+    env = {**os.environ, "MUTANT_UNDER_TEST": "stats"}
+    out = subprocess.run([sys.executable, "-c", probe], cwd="mutants", env=env, check=True,
+                         capture_output=True, text=True).stdout
+    return set(json.loads(out.splitlines()[-1]))
+
+
+def recheck(timeout_s: float) -> None:
+    cfg = config()
+    pytest_args = ["-x", "-q", *cfg.pytest_add_cli_args, *cfg.pytest_add_cli_args_test_selection]
+    imported = import_time_functions()
+    for path in sorted(map(str, walk_mutatable_files())):
+        data = SourceFileMutationData(path=path)
+        data.load()
+        suspects = [name for name, code in data.exit_code_by_key.items()
+                    if status_by_exit_code[code] in ("survived", "no tests")
+                    and f"{name.rsplit('.', 1)[0]}.{mangled_name_from_mutant_name(name.rsplit('.', 1)[1])}" in imported]
+        for name in suspects:
+            env = {**os.environ, "MUTANT_UNDER_TEST": name}
+            try:
+                code = subprocess.run([sys.executable, "-m", "pytest", *pytest_args], cwd="mutants", env=env,
+                                      capture_output=True, timeout=timeout_s).returncode
+            except subprocess.TimeoutExpired:
+                code = 36  # mutmut's "timeout"
+            data.exit_code_by_key[name] = code
+            data.save()
+            print(f"{name}: {status_by_exit_code[code]}", flush=True)
+
+
+def retry() -> None:
+    for path in sorted(map(str, walk_mutatable_files())):
+        data = SourceFileMutationData(path=path)
+        data.load()
+        for name, code in data.exit_code_by_key.items():
+            if status_by_exit_code[code] in ("survived", "no tests", "suspicious"):
+                data.exit_code_by_key[name] = None
+        data.save()
 
 
 def report(output: Path) -> None:
@@ -115,11 +172,18 @@ def main() -> None:
     sample_args = commands.add_parser("sample", help="print a seeded random sample of mutant names")
     sample_args.add_argument("per_area", type=int)
     sample_args.add_argument("--seed", type=int, default=0)
+    recheck_args = commands.add_parser("recheck", help="rerun survivors of import-time functions on every test")
+    recheck_args.add_argument("--timeout", type=float, default=900, help="seconds per mutant")
+    commands.add_parser("retry", help="mark every survivor as not run")
     report_args = commands.add_parser("report", help="write the markdown report (and a .json beside it)")
     report_args.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
     if args.command == "sample":
         sample(args.per_area, args.seed)
+    elif args.command == "retry":
+        retry()
+    elif args.command == "recheck":
+        recheck(args.timeout)
     else:
         report(args.output)
 

@@ -10,6 +10,7 @@
 #   MUTATION_SAMPLE=200 bash bench/mutation.sh   # 200 random mutants per area (seeded): an estimate
 #   bash bench/mutation.sh "cnngraph.passes.*"   # one area (mutmut's mutant-name globs)
 #   MUTMUT_CHILDREN=1 bash bench/mutation.sh     # fewer parallel test processes (default 2)
+#   python bench/mutation.py retry               # after adding tests: survivors are tried again
 set -euo pipefail
 cd "$(dirname "$0")/.."
 children=(--max-children "${MUTMUT_CHILDREN:-2}")
@@ -21,4 +22,5 @@ if [[ -n "${MUTATION_SAMPLE:-}" ]]; then
 else
     mutmut run "${children[@]}" "$@" || true
 fi
+python bench/mutation.py recheck   # survivors of functions run at import time, on every test
 python bench/mutation.py report --output "bench/results/mutation-$(date +%F).md"
