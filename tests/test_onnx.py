@@ -272,6 +272,16 @@ HAND_CASES = {
          helper.make_node("Mul", ["hx", "p"], ["y"], name="g")],
         X, [("y", ["N", 3, 9, 9])],
         [("half", np.float32(0.5)), ("rsqrt2", np.float32(2 ** -0.5)), ("one", np.float32(1))]), ["gelu"]),
+    # a parameter times a tensor (`self.gamma * x`): the constant comes first
+    "mul_constant_first": (onnx_model([helper.make_node("Mul", ["g", "x"], ["y"], name="gamma")], X,
+                                      [("y", ["N", 3, 9, 9])], [("g", randn(3, 1, 1, seed=9))]), ["scale"]),
+    "slice_negative_axis": (onnx_model([helper.make_node("Slice", ["x", "s", "e", "a"], ["y"], name="sl")], X,
+                                       [("y", ["N", 2, 9, 9])], [("s", np.array([1], np.int64)),
+                                                                 ("e", np.array([3], np.int64)),
+                                                                 ("a", np.array([-3], np.int64))]), ["slice"]),
+    # before opset 11 the pads and the value are attributes
+    "pad_opset10": (onnx_model([helper.make_node("Pad", ["x"], ["y"], name="pad", pads=[0, 0, 1, 2, 0, 0, 2, 1],
+                                                 value=0.5)], X, [("y", ["N", 3, 12, 12])], opset=10), ["pad"]),
 }
 
 
@@ -282,6 +292,17 @@ def test_hand_written_model(name, tmp_path):
     x = randn(2, 3, 9, 9, seed=8)
     spec, _, y = run_imported(path, x)
     assert [layer.op for layer in spec.layers] == ops
+    assert rel_err(y, run_ort(path, x)) < TOL
+
+
+def test_reshape_to_the_batch_size_fixed_at_export(tmp_path):
+    """`x.view(1, -1)` traced at batch 1 writes the batch as the number 1: taken to be the batch."""
+    model = onnx_model([helper.make_node("Reshape", ["x", "s"], ["y"], name="rs")], X, [("y", [1, 243])],
+                       [("s", np.array([1, 243], np.int64))])
+    path = save(model, tmp_path / "view1.onnx")
+    x = randn(1, 3, 9, 9, seed=10)
+    spec, _, y = run_imported(path, x)
+    assert [layer.op for layer in spec.layers] == ["flatten"]
     assert rel_err(y, run_ort(path, x)) < TOL
 
 
@@ -467,6 +488,27 @@ BAD_NODES = {
     "resize_batch_scale": (onnx_model([helper.make_node("Resize", ["x", "", "s"], ["y"], name="up", mode="nearest")],
                                       X, [("y", ["N", 3, 18, 18])], [("s", np.array([2, 1, 2, 2], np.float32))]),
                            ["to whole sizes", "1 in N"]),
+    "slice_two_axes": (onnx_model([helper.make_node("Slice", ["x", "s", "e", "a"], ["y"], name="sl")], X,
+                                  [("y", ["N", 2, 2, 9])], [("s", np.array([1, 1], np.int64)),
+                                                            ("e", np.array([3, 3], np.int64)),
+                                                            ("a", np.array([1, 2], np.int64))]),
+                       ['"sl" (Slice)', "only a slice along channels", "axes [1, 2]"]),
+    "slice_step2": (onnx_model([helper.make_node("Slice", ["x", "s", "e", "a", "t"], ["y"], name="sl")], X,
+                               [("y", ["N", 1, 9, 9])], [("s", np.array([0], np.int64)), ("e", np.array([3], np.int64)),
+                                                         ("a", np.array([1], np.int64)),
+                                                         ("t", np.array([2], np.int64))]),
+                    ['"sl" (Slice)', "steps [2]"]),
+    # allowzero=1: a 0 is a zero-sized dimension, not "the input's", so this asks for an empty batch
+    "reshape_allowzero": (onnx_model([helper.make_node("Reshape", ["x", "s"], ["y"], name="rs", allowzero=1)], X,
+                                     [("y", [0, 27, 3, 3])], [("s", np.array([0, 27, 3, 3], np.int64))]),
+                          ['"rs" (Reshape)', "only a reshape that keeps the batch", "[0, 27, 3, 3]"]),
+    # GELU's formula cut short (no multiplication by x / 2): not a GELU, and Erf alone has no layer
+    "erf_without_gelu": (onnx_model([helper.make_node("Mul", ["x", "rsqrt2"], ["s"], name="g/scale"),
+                                     helper.make_node("Erf", ["s"], ["e"], name="g/erf"),
+                                     helper.make_node("Add", ["one", "e"], ["y"], name="g/plus")], X,
+                                    [("y", ["N", 3, 9, 9])], [("rsqrt2", np.float32(2 ** -0.5)),
+                                                              ("one", np.float32(1))]),
+                         ['"g/erf" (Erf)', "Erf is supported only in the formula of GELU"]),
     "corrupt_constant": (onnx_model([helper.make_node("Constant", [], ["lo"], name="k", value=_corrupt_tensor()),
                                      helper.make_node("Clip", ["x", "lo"], ["y"], name="clip")], X,
                                     [("y", ["N", 3, 9, 9])]), ['"k" (Constant)', "corrupt"]),
