@@ -144,6 +144,15 @@ def test_dropout_that_is_an_output_is_kept():
     np.testing.assert_allclose(got["d"], ref["d"], rtol=1e-5, atol=1e-6)
 
 
+def test_dropout_after_a_kept_output_dropout_is_removed():
+    g = raw(net([conv("c"), {"op": "dropout", "name": "d"}, {"op": "dropout", "name": "d2"},
+                 {"op": "relu", "name": "r"}], outputs=["d", "r"]))
+    before = all_layers(g)
+    assert remove_dropout(g) == ["removed dropout d2"]  # the kept output does not end the walk
+    assert set(g) == {"x", "c", "d", "r"} and g.nodes["r"]["inputs"] == ["d"]
+    assert_well_formed(g, before)
+
+
 def test_dropout_right_after_the_network_input():
     g = raw(net([{"op": "dropout", "name": "d"}, conv("c")]))
     before = all_layers(g)

@@ -41,6 +41,7 @@ def test_every_op_declares_what_the_registry_promises():
         assert cls.lower is not cnngraph.ops.Layer.lower, f"{op} has no kernel lowering"
         assert cls.to_onnx is not cnngraph.ops.Layer.to_onnx, f"{op} has no ONNX export"
         assert cls.torch_reference is not cnngraph.ops.Layer.torch_reference, f"{op} has no PyTorch reference"
+        assert cls.__dict__.get("__doc__"), f"{op} has no docstring (its description in the JSON schema)"
     assert set(ACTIVATIONS) <= set(OPS)  # every activation is a layer too
 
 

@@ -123,12 +123,14 @@ def channel_factor(value: np.ndarray, shape: Shape, channels_last: bool = False)
 
 
 class Mul(Binary):
+    """Elementwise product of two inputs, broadcast NumPy-style (a squeeze-excitation gate, say)."""
     op: Literal["mul"]
     onnx_converters = {"Mul": binary}
     ufunc, operation = staticmethod(np.multiply), staticmethod(operator.mul)
 
 
 class Sub(Binary):
+    """Elementwise difference of two inputs, the first minus the second, broadcast NumPy-style."""
     op: Literal["sub"]
     symbol, onnx_op = "-", "Sub"
     onnx_converters = {"Sub": binary}
@@ -136,6 +138,7 @@ class Sub(Binary):
 
 
 class Div(Binary):
+    """Elementwise quotient of two inputs, the first over the second, broadcast NumPy-style."""
     op: Literal["div"]
     symbol, onnx_op = "/", "Div"
     onnx_converters = {"Div": binary}

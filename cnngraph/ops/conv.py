@@ -61,6 +61,7 @@ def conv(imp, node):
 
 
 class Conv2d(Layer):
+    """`nn.Conv2d`: a 2-D convolution, grouped or depthwise, with an optional fused activation."""
     op: Literal["conv2d"]
     traits = frozenset({GEMM})
     onnx_converters = {"Conv": conv}

@@ -68,6 +68,7 @@ def match_linear_bias(imp, matmul):
 
 
 class Linear(Layer):
+    """`nn.Linear` on a (N, F) input: x @ W.T + b, with an optional fused activation."""
     op: Literal["linear"]
     traits = frozenset({GEMM})
     onnx_converters = {"Gemm": gemm, "MatMul": matmul}

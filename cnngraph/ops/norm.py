@@ -33,6 +33,7 @@ def batch_norm(imp, node):
 
 
 class BatchNorm2d(Layer):
+    """`nn.BatchNorm2d` at inference: (x - running_mean) / sqrt(running_var + eps) * weight + bias."""
     op: Literal["batch_norm2d"]
     eps: Float32 = Field(1e-5, gt=0)
     traits = frozenset({ELEMENTWISE})

@@ -138,6 +138,7 @@ POOL_EXAMPLES = (
 
 
 class MaxPool2d(Pool2d):
+    """`nn.MaxPool2d`: the maximum of each window (NaN wins, as in PyTorch)."""
     op: Literal["max_pool2d"]
     onnx_converters = {"MaxPool": pool("max_pool2d")}
     examples = POOL_EXAMPLES
@@ -152,6 +153,7 @@ class MaxPool2d(Pool2d):
 
 
 class AvgPool2d(Pool2d):
+    """`nn.AvgPool2d`: the mean of each window; `count_include_pad` says whether padding counts in the divisor."""
     op: Literal["avg_pool2d"]
     count_include_pad: bool = True
     onnx_converters = {"AveragePool": pool("avg_pool2d")}
@@ -197,6 +199,7 @@ def spatial_mean(low):
 
 
 class GlobalAvgPool2d(Layer):
+    """The mean over H and W of each channel, (N, C, H, W) -> (N, C, 1, 1) (`nn.AdaptiveAvgPool2d(1)`)."""
     op: Literal["global_avg_pool2d"]
     onnx_converters = {"GlobalAveragePool": plain("global_avg_pool2d")}
     examples = (Example({}),)

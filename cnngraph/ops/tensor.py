@@ -328,6 +328,7 @@ def softmax(imp, node):
 
 
 class Softmax(Layer):
+    """`torch.softmax(x, axis)`: exponentials normalised to sum to 1 along one axis."""
     op: Literal["softmax"]
     axis: Int64 = Field(1, description="Axis of the (N, C, H, W) or (N, F) tensor; 1 is the channels.")
     onnx_converters = {"Softmax": softmax}
