@@ -33,8 +33,8 @@ class FusedPool:
         return self.kh * self.kw
 
 
-def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: str, tile: Tile, splits: int = 1,
-              chunk: int = 0, pool: FusedPool | None = None, gated: bool = False, tf32: bool = False
+def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: str, tile: Tile, gated: bool,
+              tf32: bool, pool: FusedPool | None = None, splits: int = 1, chunk: int = 0
               ) -> tuple[str, tuple, tuple]:
     """Implicit-GEMM convolution (also linear: h = w = kh = kw = 1). GEMM M = N*P*Q output pixels,
     N = K/groups output channels, reduction R = C/groups*KH*KW; the group is blockIdx.z.
@@ -122,8 +122,8 @@ def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
     return body, grid, (nt, 1, 1)
 
 
-def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: str, tile: MmaTile, splits: int = 1,
-             chunk: int = 0, gated: bool = False) -> tuple[str, tuple, tuple]:
+def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: str, tile: MmaTile, gated: bool,
+             splits: int = 1, chunk: int = 0) -> tuple[str, tuple, tuple]:
     """The implicit GEMM of `conv_gemm` (same arguments, layouts, split-K and gate; no fused pool)
     on the tensor cores: TF32 m16n8k8 products with float32 accumulators.
 
