@@ -85,6 +85,11 @@ CASES = [
          ('layer "c1"', 'field "kernel_size"', "at most 2")),
     Case("padding_unknown_word", net([conv(padding="samee")]), ('layer "c1"', 'field "padding"', "'same'")),
     Case("padding_negative", net([conv(padding=-1)]), ('layer "c1"', 'field "padding"', "got -1")),
+    # reflect padding as large as the side (PyTorch's limit), in H and then in W
+    *(Case(f"reflect_pad_{side}", net([{"op": "pad", "name": "p", "mode": "reflect", "padding": padding}],
+                                      [{"name": "image", "shape": [3, 4, 6]}]),
+           ('layer "p"', 'field "padding"', "reflect padding must be smaller than the input 4x6"))
+      for side, padding in (("height", [0, 0, 4, 0]), ("width", [0, 6, 0, 0]))),
     Case("dropout_p_one", net([{"op": "dropout", "name": "drop", "p": 1.0}]), ('layer "drop"', 'field "p"', "less than 1")),
     # --- references ------------------------------------------------------------------------------
     Case("unknown_input_ref", net([conv(inputs=["imag"])]),
