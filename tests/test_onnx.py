@@ -279,6 +279,16 @@ HAND_CASES = {
                                        [("y", ["N", 2, 9, 9])], [("s", np.array([1], np.int64)),
                                                                  ("e", np.array([3], np.int64)),
                                                                  ("a", np.array([-3], np.int64))]), ["slice"]),
+    # from opset 13 a Softmax without an axis is over the last axis (W here), before it over all but N
+    "softmax_opset13_default_axis": (onnx_model([helper.make_node("Softmax", ["x"], ["y"], name="sm")], X,
+                                                [("y", ["N", 3, 9, 9])], opset=13), ["softmax"]),
+    # torchvision's channel_shuffle with the group size left to Reshape (-1)
+    "channel_shuffle_inferred_group_size": (onnx_model(
+        [helper.make_node("Reshape", ["x", "split"], ["r"], name="cs/split"),
+         helper.make_node("Transpose", ["r"], ["t"], name="cs/swap", perm=[0, 2, 1, 3, 4]),
+         helper.make_node("Reshape", ["t", "merge"], ["y"], name="cs/merge")], X, [("y", ["N", 3, 9, 9])],
+        [("split", np.array([0, 3, -1, 9, 9], np.int64)), ("merge", np.array([0, -1, 9, 9], np.int64))]),
+        ["channel_shuffle"]),
     # before opset 11 the pads and the value are attributes
     "pad_opset10": (onnx_model([helper.make_node("Pad", ["x"], ["y"], name="pad", pads=[0, 0, 1, 2, 0, 0, 2, 1],
                                                  value=0.5)], X, [("y", ["N", 3, 12, 12])], opset=10), ["pad"]),
@@ -509,6 +519,13 @@ BAD_NODES = {
                                     [("y", ["N", 3, 9, 9])], [("rsqrt2", np.float32(2 ** -0.5)),
                                                               ("one", np.float32(1))]),
                          ['"g/erf" (Erf)', "Erf is supported only in the formula of GELU"]),
+    # the first reshape and the transpose of a shuffle, but the second reshape does not merge the channels back
+    "reshape_transpose_not_a_shuffle": (onnx_model(
+        [helper.make_node("Reshape", ["x", "split"], ["r"], name="cs/split"),
+         helper.make_node("Transpose", ["r"], ["t"], name="cs/swap", perm=[0, 2, 1, 3, 4]),
+         helper.make_node("Reshape", ["t", "merge"], ["y"], name="cs/merge")], X, [("y", ["N", 3, 81, 1])],
+        [("split", np.array([0, 3, 1, 9, 9], np.int64)), ("merge", np.array([0, 3, 81, 1], np.int64))]),
+        ["not a channel shuffle of (N,3,9,9)"]),
     "corrupt_constant": (onnx_model([helper.make_node("Constant", [], ["lo"], name="k", value=_corrupt_tensor()),
                                      helper.make_node("Clip", ["x", "lo"], ["y"], name="clip")], X,
                                     [("y", ["N", 3, 9, 9])]), ['"k" (Constant)', "corrupt"]),
