@@ -84,7 +84,9 @@ def test_op_example_onnx_round_trip(op, index, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     spec = spec_of(op, index)
     model = cnngraph.compile(spec, batch_size=2, device="cpu", seed=index)
-    cnngraph.export_onnx(spec, tmp_path / "m.onnx", weights=model.weights)
+    exported = cnngraph.export_onnx(spec, tmp_path / "m.onnx", weights=model.weights)
+    names = [node.name for node in exported.graph.node]
+    assert all(names) and len(set(names)) == len(names), names  # each node named once: tools and errors cite them
     xs = inputs_of(spec, 2, seed=index + 20)
     want = model(xs if len(xs) > 1 else next(iter(xs.values())))
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
