@@ -35,6 +35,8 @@ from mutmut.utils.file_utils import walk_mutatable_files
 
 EQUIVALENT_FILE = Path(__file__).with_name("mutation_equivalent.txt")
 AREAS = {"cnngraph/passes": "passes", "cnngraph/ops": "ops", "cnngraph/codegen/templates": "templates"}
+DETECTED = ("killed", "timeout", "segfault")  # the tests failed, ran past their time, or crashed
+UNDETECTED = ("survived", "no tests", "suspicious")
 
 
 def area_of(path: str) -> str:
@@ -49,10 +51,9 @@ def read_equivalents() -> dict[str, str]:
 
 
 def score(counts: collections.Counter) -> str:
-    tested = counts["killed"] + counts["timeout"] + counts["survived"] + counts["no tests"] + counts["suspicious"]
-    if not tested:
-        return "-"
-    return f"{100 * (counts['killed'] + counts['timeout']) / tested:.1f}%"
+    detected = sum(counts[s] for s in DETECTED)
+    tested = detected + sum(counts[s] for s in UNDETECTED)
+    return f"{100 * detected / tested:.1f}%" if tested else "-"
 
 
 def mutants_by_file() -> dict[str, dict[str, int | None]]:
@@ -97,7 +98,7 @@ def recheck(timeout_s: float) -> None:
         data = SourceFileMutationData(path=path)
         data.load()
         suspects = [name for name, code in data.exit_code_by_key.items()
-                    if status_by_exit_code[code] in ("survived", "no tests")
+                    if status_by_exit_code[code] in UNDETECTED
                     and f"{name.rsplit('.', 1)[0]}.{mangled_name_from_mutant_name(name.rsplit('.', 1)[1])}" in imported]
         for name in suspects:
             env = {**os.environ, "MUTANT_UNDER_TEST": name}
@@ -116,7 +117,7 @@ def retry() -> None:
         data = SourceFileMutationData(path=path)
         data.load()
         for name, code in data.exit_code_by_key.items():
-            if status_by_exit_code[code] in ("survived", "no tests", "suspicious"):
+            if status_by_exit_code[code] in UNDETECTED:
                 data.exit_code_by_key[name] = None
         data.save()
 
@@ -130,10 +131,10 @@ def report(output: Path) -> None:
         counts = by_file.setdefault(path, collections.Counter())
         for mutant, exit_code in exit_codes.items():
             status = status_by_exit_code[exit_code]
-            if status in ("survived", "no tests", "suspicious") and mutant in equivalents:
+            if status in UNDETECTED and mutant in equivalents:
                 status = "equivalent"
             counts[status] += 1
-            if status in ("survived", "no tests", "suspicious", "equivalent"):
+            if status in (*UNDETECTED, "equivalent"):
                 survivors.append((path, mutant, status))
 
     by_area: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
@@ -141,11 +142,11 @@ def report(output: Path) -> None:
         by_area[area_of(path)] += counts
     total = sum(by_area.values(), collections.Counter())
 
-    columns = ["killed", "timeout", "survived", "no tests", "equivalent", "not checked"]
+    columns = [*DETECTED, *UNDETECTED, "equivalent", "not checked"]
     lines = ["# Mutation score", "",
              "`bash bench/mutation.sh` (mutmut, configuration in pyproject.toml `[tool.mutmut]`). Score: "
-             "killed or timed out over tested; equivalent mutants are left out of the count; "
-             "'not checked' mutants were not run.", "",
+             "mutants the tests detected (failed, timed out or crashed) over those tested; equivalent mutants "
+             "(bench/mutation_equivalent.txt) are left out; 'not checked' ones were not run.", "",
              "| area | " + " | ".join(columns) + " | score |", "|---" * (len(columns) + 2) + "|"]
     for name, counts in [*sorted(by_area.items()), ("all", total)]:
         lines.append(f"| {name} | " + " | ".join(str(counts[c]) for c in columns) + f" | {score(counts)} |")
