@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from . import build, compile, plan
-from .model import DEVICES
+from .model import DEVICE_FORMS, parse_device
 from .codegen.dialects import DIALECTS, Dialect
 from .codegen.lower import Program
-from .errors import CnnGraphError, CnnGraphWarning, InputError, WeightsError, one_line, quote
+from .errors import CnnGraphError, CnnGraphWarning, DeviceError, InputError, WeightsError, one_line, quote
 from .files import atomic_write, atomic_write_folder, refuse_overwriting, require_folder
 from .html_report import html_page
 from .progress import progress_bar
@@ -97,7 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--format", choices=("table", "json", "dot", "html"), default="table")
     i.add_argument("-o", "--output", help="write to this file instead of stdout")
     _precision_argument(i)
-    i.add_argument("--profile", metavar="DEVICE", nargs="?", const="auto", choices=DEVICES,
+    i.add_argument("--profile", metavar="DEVICE", nargs="?", const="auto", type=_device,
                    help="html: also run the model on DEVICE (default auto) and show each node's time")
     i.set_defaults(handler=_inspect)
 
@@ -116,8 +116,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--weights", help=".npz or .safetensors (default: seeded random weights)")
     r.add_argument("--input", help=".npy input, (N, C, H, W) or one sample (C, H, W); default: seeded random")
     r.add_argument("--batch", type=_positive, help="batch size (default: the input's, else 1)")
-    r.add_argument("--device", default="auto", choices=DEVICES, help="auto (default: CUDA if a GPU is usable, "
-                   "else NumPy), cpu, cuda or opencl")
+    r.add_argument("--device", default="auto", type=_device, help="auto (default: CUDA if a GPU is usable, "
+                   "else NumPy), cpu, cuda, cuda:N (GPU N) or opencl")
     r.add_argument("--output", help="save the output: .npy (one output) or .npz")
     r.add_argument("--seed", type=_non_negative, default=0, help="seed of the random weights and input")
     r.add_argument("--no-optimize", dest="optimize", action="store_false")
@@ -132,7 +132,7 @@ def _parser() -> argparse.ArgumentParser:
                                                               ".npy/.npz arrays")
     d.add_argument("--weights", help=".npz or .safetensors (default: seeded random weights)")
     d.add_argument("--batch", type=_positive, default=8)
-    d.add_argument("--device", default="auto", choices=DEVICES)
+    d.add_argument("--device", default="auto", type=_device, help=DEVICE_FORMS)
     d.add_argument("--top", type=_positive, default=5, help="classes per row (default 5)")
     d.add_argument("-o", "--output", default="predictions.csv", help=".csv (default predictions.csv), .jsonl or .parquet")
     d.add_argument("--resume", action="store_true", help="skip the inputs the output (or its .partial) already has")
@@ -148,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--weights", help=".npz or .safetensors (default: seeded random weights)")
     k.add_argument("--input", help=".npy/.npz input (default: seeded random normal data)")
     k.add_argument("--batch", type=_positive, help="batch size (default: the input's, else 1)")
-    k.add_argument("--device", default="auto", choices=DEVICES)
+    k.add_argument("--device", default="auto", type=_device, help=DEVICE_FORMS)
     k.add_argument("--tolerance", type=float, help="relative error allowed per node (default 1e-4; 1e-2 at tf32)")
     k.add_argument("--seed", type=_non_negative, default=0)
     _precision_argument(k)
@@ -158,7 +158,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("spec")
     f.add_argument("--weights", help=".npz or .safetensors (default: seeded random weights)")
     f.add_argument("--batch", type=_positive, default=1)
-    f.add_argument("--device", default="auto", choices=DEVICES)
+    f.add_argument("--device", default="auto", type=_device, help=DEVICE_FORMS)
     f.add_argument("--repeats", type=_positive, default=10, help="timed calls; medians are shown (default 10)")
     f.add_argument("--format", choices=("table", "json"), default="table")
     _precision_argument(f)
@@ -198,6 +198,14 @@ def _at_least(low: int, what: str):
 
 
 _positive, _non_negative = _at_least(1, "positive"), _at_least(0, "non-negative")
+
+
+def _device(text: str) -> str:
+    try:
+        parse_device(text)
+    except DeviceError:
+        raise argparse.ArgumentTypeError(f"expected one of {DEVICE_FORMS}; got {text!r}") from None
+    return text
 
 
 def _validate(args) -> None:

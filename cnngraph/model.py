@@ -28,7 +28,18 @@ from .resources import MemoryNeed, check_memory, least_need, parse_size, planned
 from .spec import NetworkSpec, load_spec, parse_spec
 from .weights import check_weights, expected_shapes, init_weights, load_weights
 
-DEVICES = ("auto", *BACKENDS)
+DEVICES = ("auto", *BACKENDS)  # "cuda:N" picks one GPU too
+DEVICE_FORMS = "auto, cpu, cuda, cuda:N (GPU N, from 0), opencl"
+
+
+def parse_device(device: str) -> tuple[str, int | None]:
+    """("cuda", 1) for "cuda:1", ("cpu", None) for "cpu"; a DeviceError naming the valid forms."""
+    kind, colon, index = device.partition(":") if isinstance(device, str) else ("", "", "")
+    if kind in DEVICES and not colon:
+        return kind, None
+    if kind == "cuda" and index.isdigit() and index.isascii():
+        return kind, int(index)
+    raise DeviceError(f"unknown device {quote(device)}; valid: {DEVICE_FORMS}")
 
 
 def as_spec(spec: NetworkSpec | str | Path | Mapping[str, Any]) -> NetworkSpec:
@@ -112,18 +123,19 @@ def plan(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1,
 
 
 def bind(p: Plan, device: str = "auto", max_memory: int | str | None = None, **options) -> "CompiledModel":
-    """The callable model of plan `p` on `device` ("auto", "cpu", "cuda", "opencl"); `options` go to
+    """The callable model of plan `p` on `device` ("auto", "cpu", "cuda", "cuda:N", "opencl"); `options` go to
     the backend (cuda_graph, autotune). The memory the plan needs on that backend is checked
     against `max_memory` (default: the backend's) before anything is allocated."""
     if not isinstance(p, Plan):
         raise SpecError(f"bind takes a Plan (what cnngraph.plan returns), got {type(p).__name__}")
-    backend_class, note = resolve_backend(device)
-    if reason := backend_class.unsupported_precision(p.precision):
-        raise DeviceError(reason)
-    size, source = memory_limit(backend_class, max_memory)
-    need = planned_need(p.graph, p.expected, backend_class.weight_copies, backend_class.scratch_bytes(p))
-    check_memory(p.graph, need, p.expected, size, source)  # the final plan, still before allocating it
-    return CompiledModel(p, backend_class(p, options), device_note=note, memory=need)
+    backend_class, index, note = resolve_backend(device)
+    with backend_class.selecting(index):  # the queries and the allocations are about that device
+        if reason := backend_class.unsupported_precision(p.precision):
+            raise DeviceError(reason)
+        size, source = memory_limit(backend_class, max_memory)
+        need = planned_need(p.graph, p.expected, backend_class.weight_copies, backend_class.scratch_bytes(p))
+        check_memory(p.graph, need, p.expected, size, source)  # the final plan, still before allocating it
+        return CompiledModel(p, backend_class(p, options), device_note=note, memory=need)
 
 
 def compile(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1, device: str = "auto",
@@ -132,7 +144,8 @@ def compile(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1, devic
             max_memory: int | str | None = None, precision: str = "fp32") -> "CompiledModel":
     """`plan` then `bind`: validate, build, shape-check and optimize a network, and bind it to a backend.
 
-    device: "auto" (CUDA when CuPy sees a GPU, else NumPy), "cpu", "cuda" or "opencl".
+    device: "auto" (CUDA when CuPy sees a GPU, else NumPy), "cpu", "cuda" (the current GPU),
+    "cuda:N" (GPU N: every allocation, launch and graph capture of the model is on it) or "opencl".
     cuda_graph: on CUDA, capture the whole network as a CUDA graph after the first call.
     autotune: on CUDA, time each conv/linear layer's candidate schedules (tiles, split-K) on the
     GPU while compiling and keep the fastest (slower to compile; ignored by other backends).
@@ -146,26 +159,28 @@ def compile(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1, devic
     require_flag("cuda_graph", cuda_graph)
     require_flag("autotune", autotune)
     check_precision(precision)  # an unknown precision, before the device is looked at
-    backend_class, _ = resolve_backend(device)
-    if reason := backend_class.unsupported_precision(precision):
-        raise DeviceError(reason)
-    size, source = memory_limit(backend_class, max_memory)
+    backend_class, index, _ = resolve_backend(device)
+    with backend_class.selecting(index):
+        if reason := backend_class.unsupported_precision(precision):
+            raise DeviceError(reason)
+        size, source = memory_limit(backend_class, max_memory)
     p = plan(spec, batch_size, weights, seed, optimize, limit=(size, source, backend_class.weight_copies),
              precision=precision)
     return bind(p, device, max_memory, cuda_graph=cuda_graph, autotune=autotune)
 
 
-def resolve_backend(device: str) -> tuple[type[Backend], str | None]:
-    """The backend class for `device`, and a note on why "auto" chose it."""
-    if not isinstance(device, str) or device not in DEVICES:  # `in` would compare an array elementwise
-        raise DeviceError(f'unknown device {quote(device)}; valid: {", ".join(DEVICES)}')
-    if device == "auto":
+def resolve_backend(device: str) -> tuple[type[Backend], int | None, str | None]:
+    """The backend class for `device`, the device index it names ("cuda:1"), and a note on why
+    "auto" chose the class."""
+    kind, index = parse_device(device)
+    if kind == "auto":
         reason = BACKENDS["cuda"].unavailable()
-        return (BACKENDS["cuda"], "CUDA GPU found") if reason is None else (BACKENDS["cpu"], f"NumPy backend: {reason}")
-    reason = BACKENDS[device].unavailable()
-    if reason:
+        if reason is None:
+            return BACKENDS["cuda"], None, "CUDA GPU found"
+        return BACKENDS["cpu"], None, f"NumPy backend: {reason}"
+    if reason := BACKENDS[kind].unavailable():
         raise DeviceError(f'device "{device}" is not usable: {reason}')
-    return BACKENDS[device], None
+    return BACKENDS[kind], index, None
 
 
 def memory_limit(backend_class: type[Backend], max_memory: int | str | None) -> tuple[float, str]:
@@ -196,7 +211,9 @@ class CompiledModel:
 
     @property
     def device(self) -> str:
-        return self.backend.device
+        """Where it runs, as `compile(device=...)` takes it: "cpu", "opencl", or "cuda:N" (the GPU
+        it is pinned to)."""
+        return self.backend.device_name
 
     def __call__(self, x):
         """`x`: one array, or a dict by input name when the network has several inputs. Returns one
@@ -221,8 +238,12 @@ class CompiledModel:
         return outputs[self.output_names[0]] if len(self.output_names) == 1 else outputs
 
     def _check_input(self, name: str, x):
-        if _on_gpu(x) and self.device != "cuda":
+        if _on_gpu(x) and self.backend.device != "cuda":
             raise InputError(f'input "{name}" is a GPU array but the model runs on {self.device}; pass a numpy array')
+        where = getattr(getattr(x, "device", None), "id", None)  # a CuPy array's GPU
+        if _on_gpu(x) and where is not None and f"cuda:{where}" != self.device:
+            raise InputError(f'input "{name}" is on cuda:{where} but the model runs on {self.device}; '
+                             "copy it there (under cupy.cuda.Device) or pass a numpy array")
         if not isinstance(x, np.ndarray) and not _on_gpu(x):
             raise InputError(f'input "{name}" must be a numpy (or, on CUDA, cupy) array, got {type(x).__name__}')
         if x.dtype != np.float32:

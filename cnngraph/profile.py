@@ -25,7 +25,7 @@ def gpu_peaks(card: str) -> dict | None:
 
 def device_peaks(model: CompiledModel) -> tuple[float, float] | None:
     """(TFLOP/s at the model's precision, memory TB/s) of the model's GPU, or None when unknown."""
-    if model.device != "cuda":
+    if model.backend.device != "cuda":
         return None
     peaks = gpu_peaks(model.backend._gpu_identity())
     return (peaks[model.precision], peaks["memory"]) if peaks else None
@@ -104,5 +104,5 @@ def profile_table(model: CompiledModel, times: list[KernelTime]) -> str:
     summary = (f"total {total:.3f} ms per call of batch {model.batch_size} ({model.batch_size / (total * 1e-3):.1f} "
                f"images/s, {flops / (total * 1e6):.1f} GFLOP/s) on {model.device}, precision {model.precision}"
                + ("; kernels timed one by one (the CUDA graph replays them with less overhead)"
-                  if model.device == "cuda" else "")) if total else "no kernels"
+                  if model.backend.device == "cuda" else "")) if total else "no kernels"
     return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows), "", summary])

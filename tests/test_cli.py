@@ -276,12 +276,12 @@ def test_run_batch_disagrees_with_input(capsys, tmp_path):
 
 def test_run_bad_device_subprocess():
     result = cli("run", "examples/lenet5.json", "--device", "bogus")
-    assert_one_line_error(result.returncode, "", result.stderr, "invalid choice: 'bogus'", "'cpu'")
+    assert_one_line_error(result.returncode, "", result.stderr, "argument --device", "'bogus'", "cuda:N")
     assert result.stdout == ""
 
 
 @pytest.mark.parametrize("args, phrases", [
-    (["--device", "bogus"], ("invalid choice: 'bogus'", "'auto', 'cpu', 'cuda', 'opencl'")),
+    (["--device", "bogus"], ("argument --device: expected one of auto, cpu, cuda, cuda:N", "'bogus'")),
     (["--batch", "0"], ("--batch", "positive integer")),
     (["--weights", "nope.npz"], ("nope.npz", "cannot read weights")),
     (["--weights", "weights.pt"], ("weights.pt", ".npz or .safetensors")),

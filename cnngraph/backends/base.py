@@ -8,6 +8,7 @@ memory with NaN so the tests see any element no kernel writes."""
 
 from __future__ import annotations
 
+import contextlib
 from typing import ClassVar
 
 import numpy as np
@@ -30,6 +31,12 @@ class Backend:
         return None
 
     @classmethod
+    def selecting(cls, index: int | None) -> contextlib.AbstractContextManager:
+        """A context in which the class's queries and a new instance use device `index` of this
+        kind (`device="cuda:1"`); only a backend with several devices takes an index."""
+        return contextlib.nullcontext()
+
+    @classmethod
     def unsupported_precision(cls, precision: str) -> str | None:
         """None when this backend runs `precision` here, else why not (one line)."""
         return None
@@ -48,6 +55,11 @@ class Backend:
         """Build for `plan` (allocate, compile kernels); `options`: compile's backend options
         (cuda_graph, autotune), each backend taking those it knows."""
         self.plan = plan
+
+    @property
+    def device_name(self) -> str:
+        """The device this instance runs on, as compile's `device` takes it."""
+        return self.device
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError

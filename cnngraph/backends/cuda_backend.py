@@ -46,6 +46,17 @@ class CudaBackend(ProgramBackend):
         return cuda_unavailable_reason()
 
     @classmethod
+    def selecting(cls, index: int | None):
+        import cupy as cp
+        if index is None:
+            return cp.cuda.Device()  # the current one
+        count = cp.cuda.runtime.getDeviceCount()
+        if index >= count:
+            raise DeviceError(f'device "cuda:{index}" does not exist: CuPy sees {count} GPU(s), '
+                              f"cuda:0 to cuda:{count - 1}")
+        return cp.cuda.Device(index)
+
+    @classmethod
     def unsupported_precision(cls, precision: str) -> str | None:
         if precision not in TENSOR_CORE_ARCH:
             return None
@@ -76,6 +87,7 @@ class CudaBackend(ProgramBackend):
             raise DeviceError(f'device "cuda" is not usable: {reason}')
         import cupy as cp
         self.cp = cp
+        self.gpu_id = cp.cuda.Device().id  # bind made the chosen GPU current: pinned for every later call
         g = plan.graph
         self.arena = cp.empty(max(1, g.graph["arena_size"]), cp.float32)
         self.views = {n: self.arena[g.nodes[n]["offset"]:g.nodes[n]["offset"] + g.nodes[n]["size"]]
@@ -110,10 +122,19 @@ class CudaBackend(ProgramBackend):
         except cp.cuda.compiler.CompileException as err:
             raise NvrtcError.from_log(source, str(err), what) from err
 
+    @property
+    def device_name(self) -> str:
+        return f"cuda:{self.gpu_id}"
+
+    def _pinned(self):
+        """Makes the model's GPU current for a block (a fresh context object per use: CuPy's keeps
+        the device to restore in itself, so one shared object is not safe across threads)."""
+        return self.cp.cuda.Device(self.gpu_id)
+
     def poison(self) -> None:
-        with self.stream:
+        with self._pinned(), self.stream:
             self.arena.fill(np.nan)
-        self.stream.synchronize()
+            self.stream.synchronize()
 
     def _time_candidates(self, candidates: list, rounds: int = 5, repeats: int = 3
                          ) -> dict[str, tuple[int, float, float]]:
@@ -150,7 +171,7 @@ class CudaBackend(ProgramBackend):
 
     def _gpu_identity(self) -> str:
         cp = self.cp
-        props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+        props = cp.cuda.runtime.getDeviceProperties(self.gpu_id)
         name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
         return (f"{name} sm_{props['major']}{props['minor']} driver {cp.cuda.runtime.driverGetVersion()} "
                 f"cupy {cp.__version__}")
@@ -190,6 +211,10 @@ class CudaBackend(ProgramBackend):
 
     def time_launches(self, inputs):
         """Each launch between two CUDA events on the model's stream."""
+        with self._pinned():
+            return self._time_launches(inputs)
+
+    def _time_launches(self, inputs):
         cp = self.cp
         for name, x in inputs.items():
             self._upload(name, x)
@@ -208,9 +233,14 @@ class CudaBackend(ProgramBackend):
             return self.views[name].reshape(self.tensor_shape(name)).copy()
 
     def run(self, inputs):
-        outputs = super().run(inputs)
-        self.stream.synchronize()
+        with self._pinned():
+            outputs = super().run(inputs)
+            self.stream.synchronize()
         return outputs
+
+    def run_observed(self, inputs):
+        with self._pinned():
+            return super().run_observed(inputs)
 
 
 def _launch(calls) -> None:
