@@ -289,6 +289,13 @@ HAND_CASES = {
          helper.make_node("Reshape", ["t", "merge"], ["y"], name="cs/merge")], X, [("y", ["N", 3, 9, 9])],
         [("split", np.array([0, 3, -1, 9, 9], np.int64)), ("merge", np.array([0, -1, 9, 9], np.int64))]),
         ["channel_shuffle"]),
+    # PyTorch's Hardswish before opset 14: x * HardSigmoid(x) with alpha 1/6
+    "hardswish_opset13": (onnx_model([helper.make_node("HardSigmoid", ["x"], ["hs"], name="hs", alpha=1 / 6),
+                                      helper.make_node("Mul", ["x", "hs"], ["y"], name="hsw")], X,
+                                     [("y", ["N", 3, 9, 9])], opset=13), ["hardswish"]),
+    # before opset 10 Slice's starts, ends and axes are attributes
+    "slice_opset9": (onnx_model([helper.make_node("Slice", ["x"], ["y"], name="sl", starts=[1], ends=[3], axes=[1])],
+                                X, [("y", ["N", 2, 9, 9])], opset=9), ["slice"]),
     # before opset 11 the pads and the value are attributes
     "pad_opset10": (onnx_model([helper.make_node("Pad", ["x"], ["y"], name="pad", pads=[0, 0, 1, 2, 0, 0, 2, 1],
                                                  value=0.5)], X, [("y", ["N", 3, 12, 12])], opset=10), ["pad"]),
@@ -526,6 +533,13 @@ BAD_NODES = {
          helper.make_node("Reshape", ["t", "merge"], ["y"], name="cs/merge")], X, [("y", ["N", 3, 81, 1])],
         [("split", np.array([0, 3, 1, 9, 9], np.int64)), ("merge", np.array([0, 3, 81, 1], np.int64))]),
         ["not a channel shuffle of (N,3,9,9)"]),
+    "split_default_axis": (onnx_model([helper.make_node("Split", ["x"], ["a", "b"], name="sp")], X,
+                                      [("a", [1, 3, 9, 9]), ("b", [1, 3, 9, 9])]),
+                           ['"sp" (Split)', "axis 0: only splitting along channels"]),
+    "matmul_integer_weight": (onnx_model([helper.make_node("Flatten", ["x"], ["f"], name="flat"),
+                                          helper.make_node("MatMul", ["f", "w"], ["y"], name="mm")], X,
+                                         [("y", ["N", 4])], [("w", np.ones((243, 4), np.int64))]),
+                              ['"mm" (MatMul)', "its weight has dtype int64"]),
     "corrupt_constant": (onnx_model([helper.make_node("Constant", [], ["lo"], name="k", value=_corrupt_tensor()),
                                      helper.make_node("Clip", ["x", "lo"], ["y"], name="clip")], X,
                                     [("y", ["N", 3, 9, 9])]), ['"k" (Constant)', "corrupt"]),

@@ -45,6 +45,14 @@ def test_every_op_declares_what_the_registry_promises():
     assert set(ACTIVATIONS) <= set(OPS)  # every activation is a layer too
 
 
+def test_ops_are_listed_family_by_family_convolutions_first():
+    """The order of the JSON Schema's op list and of the messages that name the valid ops."""
+    modules = [cls.__module__.rsplit(".", 1)[-1] for cls in OPS.values()]
+    families = list(dict.fromkeys(modules))
+    assert families[:6] == ["conv", "linear", "norm", "activation", "pool", "tensor"]
+    assert modules == sorted(modules, key=families.index)  # each family's ops together
+
+
 @pytest.mark.parametrize("op, index", CASES)
 def test_op_example_against_its_pytorch_reference(op, index):
     spec = spec_of(op, index)
