@@ -173,7 +173,7 @@ def _layer_of(act: type[Activation]) -> type[BaseModel]:
 class Relu(Activation):
     op: Literal["relu"]
     onnx_op = "Relu"
-    onnx_converters = {"Relu": plain("relu")}
+    onnx_converters = {"Relu": functools.partial(plain, "relu")}
 
     def apply(self, x):
         return np.maximum(x, 0, out=x)
@@ -251,7 +251,7 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 class Sigmoid(Activation):
     op: Literal["sigmoid"]
     onnx_op = "Sigmoid"
-    onnx_converters = {"Sigmoid": plain("sigmoid")}
+    onnx_converters = {"Sigmoid": functools.partial(plain, "sigmoid")}
 
     def apply(self, x):
         return _sigmoid(x)
@@ -266,7 +266,7 @@ class Sigmoid(Activation):
 class Tanh(Activation):
     op: Literal["tanh"]
     onnx_op = "Tanh"
-    onnx_converters = {"Tanh": plain("tanh")}
+    onnx_converters = {"Tanh": functools.partial(plain, "tanh")}
 
     def apply(self, x):
         return np.tanh(x, out=x)
@@ -399,7 +399,7 @@ def match_hardswish(imp, gate):
 class Hardswish(Activation):
     op: Literal["hardswish"]
     onnx_op = "HardSwish"
-    onnx_converters = {"HardSwish": plain("hardswish")}
+    onnx_converters = {"HardSwish": functools.partial(plain, "hardswish")}
     onnx_patterns = {"HardSigmoid": match_hardswish}
 
     def apply(self, x):

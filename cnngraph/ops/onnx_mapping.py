@@ -144,8 +144,7 @@ def writing(node, output: str, name: str | None = None):
     return copy
 
 
-def plain(op: str):
-    """The converter of a node with one data input and no attributes that matter (Relu, Sigmoid, ...)."""
-    def convert(imp, node) -> None:
-        imp.add_layer(node, {"op": op}, [imp.data(node)])
-    return convert
+def plain(op: str, imp, node) -> None:
+    """The converter of a node with one data input and no attributes that matter (Relu, Sigmoid,
+    ...), as the `op` layer; an op binds `op` with functools.partial."""
+    imp.add_layer(node, {"op": op}, [imp.data(node)])

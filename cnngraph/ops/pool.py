@@ -4,6 +4,7 @@ input or the left padding), and avg's count_include_pad divisor."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Literal
 
 import numpy as np
@@ -16,34 +17,33 @@ from .base import (POOL, Example, Layer, NonNegativeInt, NonNegativePair, Pair, 
 from .onnx_mapping import Unsupported, attributes, compact, plain, spatial_pads, symmetric_pad
 
 
-def pool(op: str):
-    def convert(imp, node):
-        a = attributes(node)
-        x = imp.data(node)
-        if len(imp.shapes[x]) != 3:
-            raise Unsupported(f"{node.op_type} needs an image input (N,C,H,W), got {fmt_shape(imp.shapes[x])}")
-        if not imp.unused(node, 1):
-            raise Unsupported("its second output (the indices of the maxima) is not supported")
-        kernel = list(a.get("kernel_shape", []))
-        if len(kernel) != 2:
-            raise Unsupported(f"kernel_shape {kernel} must have 2 values (2-D pooling)")
-        stride, dilation = list(a.get("strides", [1, 1])), list(a.get("dilations", [1, 1]))
-        if dilation != [1, 1]:
-            raise Unsupported(f"dilations {dilation} are not supported (only 1)")
-        ceil = bool(a.get("ceil_mode", 0))
-        size = imp.shapes[x][1:]
-        pads = spatial_pads(a, size, kernel, stride, dilation)
-        padding = [symmetric_pad(b, e, n, k, s, 1, ceil) for (b, e), n, k, s in zip(pads, size, kernel, stride)]
-        if None in padding:
-            flat = [pads[0][0], pads[1][0], pads[0][1], pads[1][1]]
-            raise Unsupported(f"pads {flat} are asymmetric; cnngraph pads both sides of an axis equally")
-        layer = {"op": op, "kernel_size": compact(kernel), "padding": compact(padding), "ceil_mode": ceil}
-        if stride != kernel:  # cnngraph's default stride is the kernel size, as in PyTorch
-            layer["stride"] = compact(stride)
-        if op == "avg_pool2d" and any(padding):  # without padding the divisor is the same either way
-            layer["count_include_pad"] = bool(a.get("count_include_pad", 0))
-        imp.add_layer(node, layer, [x])
-    return convert
+def pool(op: str, imp, node) -> None:
+    """MaxPool or AveragePool as the `op` layer (each op binds `op` with functools.partial)."""
+    a = attributes(node)
+    x = imp.data(node)
+    if len(imp.shapes[x]) != 3:
+        raise Unsupported(f"{node.op_type} needs an image input (N,C,H,W), got {fmt_shape(imp.shapes[x])}")
+    if not imp.unused(node, 1):
+        raise Unsupported("its second output (the indices of the maxima) is not supported")
+    kernel = list(a.get("kernel_shape", []))
+    if len(kernel) != 2:
+        raise Unsupported(f"kernel_shape {kernel} must have 2 values (2-D pooling)")
+    stride, dilation = list(a.get("strides", [1, 1])), list(a.get("dilations", [1, 1]))
+    if dilation != [1, 1]:
+        raise Unsupported(f"dilations {dilation} are not supported (only 1)")
+    ceil = bool(a.get("ceil_mode", 0))
+    size = imp.shapes[x][1:]
+    pads = spatial_pads(a, size, kernel, stride, dilation)
+    padding = [symmetric_pad(b, e, n, k, s, 1, ceil) for (b, e), n, k, s in zip(pads, size, kernel, stride)]
+    if None in padding:
+        flat = [pads[0][0], pads[1][0], pads[0][1], pads[1][1]]
+        raise Unsupported(f"pads {flat} are asymmetric; cnngraph pads both sides of an axis equally")
+    layer = {"op": op, "kernel_size": compact(kernel), "padding": compact(padding), "ceil_mode": ceil}
+    if stride != kernel:  # cnngraph's default stride is the kernel size, as in PyTorch
+        layer["stride"] = compact(stride)
+    if op == "avg_pool2d" and any(padding):  # without padding the divisor is the same either way
+        layer["count_include_pad"] = bool(a.get("count_include_pad", 0))
+    imp.add_layer(node, layer, [x])
 
 
 class Pool2d(Layer):
@@ -140,7 +140,7 @@ POOL_EXAMPLES = (
 class MaxPool2d(Pool2d):
     """`nn.MaxPool2d`: the maximum of each window (NaN wins, as in PyTorch)."""
     op: Literal["max_pool2d"]
-    onnx_converters = {"MaxPool": pool("max_pool2d")}
+    onnx_converters = {"MaxPool": partial(pool, "max_pool2d")}
     examples = POOL_EXAMPLES
 
     def torch_reference(self, xs, weights):
@@ -156,7 +156,7 @@ class AvgPool2d(Pool2d):
     """`nn.AvgPool2d`: the mean of each window; `count_include_pad` says whether padding counts in the divisor."""
     op: Literal["avg_pool2d"]
     count_include_pad: bool = True
-    onnx_converters = {"AveragePool": pool("avg_pool2d")}
+    onnx_converters = {"AveragePool": partial(pool, "avg_pool2d")}
     examples = (*POOL_EXAMPLES, Example({"kernel_size": 3, "stride": 2, "padding": 1, "count_include_pad": False},
                                         inputs=((3, 8, 9),), note="padding not counted"))
 
@@ -201,7 +201,7 @@ def spatial_mean(low):
 class GlobalAvgPool2d(Layer):
     """The mean over H and W of each channel, (N, C, H, W) -> (N, C, 1, 1) (`nn.AdaptiveAvgPool2d(1)`)."""
     op: Literal["global_avg_pool2d"]
-    onnx_converters = {"GlobalAveragePool": plain("global_avg_pool2d")}
+    onnx_converters = {"GlobalAveragePool": partial(plain, "global_avg_pool2d")}
     examples = (Example({}),)
 
     def lower(self, low):
