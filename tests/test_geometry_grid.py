@@ -208,6 +208,21 @@ def linear_family() -> dict:
         ({"out_features": 65, "bias": False, "activation": "hardswish"}, 65)]])
 
 
+def depthwise_family() -> dict:
+    """Depthwise convs whose threads each compute up to 4 outputs of a row from a register window
+    of the input row: widths that leave a partial group (13 = 3 * 4 + 1, 3 < 4), a stride across
+    the window, a 7x7 kernel, and dilations that shrink the group so the window fits 64 registers
+    (2 outputs at DW 31) or do not fit one output (DW 40: taps read where they lie)."""
+    dw = dict(op="conv2d", out_channels=6, groups=6)
+    return cases_family([({**dw, **f}, [shape]) for f, shape in [
+        ({"kernel_size": 3, "padding": 1, "activation": "relu6"}, (6, 11, 13)),
+        ({"kernel_size": 3, "padding": 1, "bias": False}, (6, 5, 3)),
+        ({"kernel_size": [5, 3], "stride": [1, 2], "padding": [2, 1]}, (6, 9, 14)),
+        ({"kernel_size": 7, "padding": 3, "activation": "silu"}, (6, 8, 10)),
+        ({"kernel_size": 3, "dilation": [1, 31], "padding": [1, 31]}, (6, 4, 9)),
+        ({"kernel_size": 3, "dilation": [2, 40], "padding": [2, 40], "bias": False}, (6, 7, 6))]])
+
+
 FOLDED_PADS = [  # (pad, conv): zero pads fold into the conv's padding, asymmetric; the others stay
     ({"padding": [0, 1, 2, 1]}, dict(out_channels=5, kernel_size=[3, 2], stride=[2, 1], activation="relu6")),
     ({"padding": [3, 0, 0, 1]}, dict(out_channels=7, kernel_size=[2, 3], stride=[1, 2], groups=7,  # depthwise
@@ -236,7 +251,8 @@ def folded_pad_family() -> dict:
 
 FAMILIES = {"conv": conv_family, "pool": pool_family, "upsample": upsample_family, "fused_pool": fused_pool_family,
             "activation": activation_family, "elementwise": elementwise_family, "norm": norm_family,
-            "reduce": reduce_family, "layout": layout_family, "linear": linear_family, "folded_pad": folded_pad_family}
+            "reduce": reduce_family, "layout": layout_family, "linear": linear_family, "folded_pad": folded_pad_family,
+            "depthwise": depthwise_family}
 INPUT_SCALE = {"activation": 4.0}  # standard normal inputs times this
 # ops of the registry no family needs to cover, each with the reason (none at present: dropout, an
 # identity, is covered as a network output, which keeps it as a copy kernel)

@@ -421,33 +421,68 @@ def table_param() -> str:
     return "GLOBAL const int4* RESTRICT taps"
 
 
+DEPTHWISE_OUTPUTS = 4  # consecutive outputs of a row per thread, from one register window of its input row
+DEPTHWISE_WINDOW = 64  # at most this many input values in the window (registers); wider: one output per thread
+
+
 def depthwise(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: str) -> tuple[str, tuple, tuple]:
-    """Depthwise convolution (groups == C == K), one thread per output element; w (C, KH*KW)."""
+    """Depthwise convolution (groups == C == K); w (C, KH*KW). Each thread computes `outputs`
+    consecutive outputs of one row: per filter row it loads the input values they cover into a
+    register window once ((outputs-1)*SW + (KW-1)*DW + 1 of them, zero outside the image), then
+    every product reads registers. The sum runs over the taps in the same order as one output per
+    thread would, so the result does not depend on `outputs`."""
     n, c, h, w, p, q, kh, kw = geo.n, geo.c, geo.h, geo.w, geo.p, geo.q, geo.kh, geo.kw
     sh, sw, pt, pl, dh, dw = geo.sh, geo.sw, geo.pt, geo.pl, geo.dh, geo.dw
-    total = n * c * p * q
+    outputs = min(DEPTHWISE_OUTPUTS, q)
+    while outputs > 1 and (outputs - 1) * sw + (kw - 1) * dw + 1 > DEPTHWISE_WINDOW:
+        outputs -= 1
+    span = (outputs - 1) * sw + (kw - 1) * dw + 1
+    runs = cdiv(q, outputs)  # thread groups of `outputs` along a row
+    total = n * c * p * runs
     args = ", ".join([ptr("x"), ptr("w"), *extra_args, ptr("y", const=False)])
+    if span <= DEPTHWISE_WINDOW:
+        row = f"""GLOBAL const float* xrow = xc + iy * {w};
+            float xr[{span}];
+            UNROLL for (int l = 0; l < {span}; ++l) {{
+                const int ix = ix0 + l;
+                xr[l] = (ix >= 0 && ix < {w}) ? xrow[ix] : 0.0f;
+            }}
+            UNROLL for (int j = 0; j < {kw}; ++j) {{
+                const float wv = wc[i * {kw} + j];
+                UNROLL for (int r = 0; r < {outputs}; ++r) acc[r] += xr[r * {sw} + j * {dw}] * wv;
+            }}"""
+    else:  # a window too wide for registers (a large dilated kernel): read each tap where it lies
+        row = f"""UNROLL for (int j = 0; j < {kw}; ++j) {{
+                const int ix = ix0 + j * {dw};
+                if (ix >= 0 && ix < {w}) acc[0] += xc[iy * {w} + ix] * wc[i * {kw} + j];
+            }}"""
     body = f"""KERNEL void {name}({args})
 {{
-    const int idx = BLOCK_X * {THREADS} + THREAD_X;
-    if (idx >= {total}) return;
-    const int ox = idx % {q};
-    const int oy = (idx / {q}) % {p};
-    const int k = (idx / {p * q}) % {c};
-    GLOBAL const float* xc = x + (idx / {p * q}) * {h * w};
+    const int t = BLOCK_X * {THREADS} + THREAD_X;
+    if (t >= {total}) return;
+    const int ox0 = (t % {runs}) * {outputs};
+    const int oy = (t / {runs}) % {p};
+    const int plane = t / {runs * p};  /* n * C + k */
+    const int k = plane % {c};
+    GLOBAL const float* xc = x + plane * {h * w};
     GLOBAL const float* wc = w + k * {kh * kw};
-    float v = 0.0f;
+    const int ix0 = ox0 * {sw} - {pl};
+    float acc[{outputs}];
+    UNROLL for (int r = 0; r < {outputs}; ++r) acc[r] = 0.0f;
     UNROLL for (int i = 0; i < {kh}; ++i) {{
         const int iy = oy * {sh} - {pt} + i * {dh};
         if (iy >= 0 && iy < {h}) {{
-            UNROLL for (int j = 0; j < {kw}; ++j) {{
-                const int ix = ox * {sw} - {pl} + j * {dw};
-                if (ix >= 0 && ix < {w}) v += xc[iy * {w} + ix] * wc[i * {kw} + j];
-            }}
+            {row}
         }}
     }}
-{indent(epilogue, 4)}
-    y[idx] = v;
+    UNROLL for (int r = 0; r < {outputs}; ++r) {{
+        if (ox0 + r < {q}) {{
+            const int idx = (plane * {p} + oy) * {q} + ox0 + r;
+            float v = acc[r];
+{indent(epilogue, 12)}
+            y[idx] = v;
+        }}
+    }}
 }}
 """
     return (body, *one_thread_each(total))
