@@ -3,7 +3,8 @@
     python bench/gpu.py [--repeats 50] [--out DIR]
 
 For each case: median latency by CUDA events for cnngraph (CUDA graph on) at each precision
-(fp32, tf32), PyTorch FP32 with TF32 off, and PyTorch with TF32 allowed (NCHW and channels_last);
+(fp32, tf32), PyTorch FP32 with TF32 off, PyTorch with TF32 allowed (NCHW and channels_last),
+PyTorch FP16 and BF16 (channels_last) and torch.compile (default mode, FP32, TF32 off);
 images/s and ratios; the relative error against PyTorch FP32; the achieved TFLOP/s of the three
 largest conv kernels against the card's peak at that precision; and batch-1 latency with and
 without the CUDA graph. Prints a table last and writes
@@ -32,6 +33,7 @@ from cnngraph.progress import progress_bar  # noqa: E402
 
 CASES = [("resnet18", 1), ("resnet18", 64), ("cifar_vgg", 256), ("mobilenet_v2", 64)]
 TUNED = {("resnet18", 1), ("resnet18", 64), ("cifar_vgg", 256)}  # also measured with autotune=True
+COMPILED = {("resnet18", 64), ("mobilenet_v2", 64)}  # also PyTorch under torch.compile (a minute each to compile)
 PEAK_TFLOPS = ("fp32", "tf32")  # the precisions whose peaks cnngraph.profile knows
 
 
@@ -111,6 +113,7 @@ def bench_case(name: str, batch: int, repeats: int, card: str, precisions: list[
     result["pytorch_tf32_channels_last_ms"] = time_ms(run_torch, repeats)
     net.tensors, x_t = nchw
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    result.update(pytorch_half_and_compiled(spec, model.weights, x_np, ref, repeats, compile=(name, batch) in COMPILED))
     result["speed_vs_pytorch_fp32"] = result["pytorch_fp32_ms"] / result["cnngraph_ms"]  # above 1: cnngraph faster
     result["speed_vs_pytorch_tf32"] = result["pytorch_tf32_ms"] / result["cnngraph_ms"]
     result["images_per_s"] = {k.removesuffix("_ms"): batch / (result[k] * 1e-3)
@@ -154,6 +157,55 @@ def bench_case(name: str, batch: int, repeats: int, card: str, precisions: list[
     return result
 
 
+def pytorch_half_and_compiled(spec: dict, weights: dict, x_np: np.ndarray, ref: np.ndarray, repeats: int,
+                              compile: bool = True, device: str = "cuda", timer=None) -> dict:
+    """PyTorch eager at FP16 and BF16 (weights and input cast, channels_last, as `model.half()`
+    with `memory_format=torch.channels_last` runs), and when `compile`, `torch.compile` (default
+    mode) of the FP32 network: each one's median ms and relative error against `ref`, and the
+    compile's seconds (its first call). `timer(fn, repeats) -> ms` defaults to CUDA events."""
+    import torch
+    from torch_oracle import TorchNet
+
+    timer = timer or time_ms
+    result = {}
+
+    def layout(t):
+        return t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t
+
+    for label, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
+        net = TorchNet(spec, weights, dtype=dtype).eval()
+        net.tensors = {k: layout(v.to(device)) for k, v in net.tensors.items()}
+        x = layout(torch.from_numpy(x_np).to(device, dtype))
+
+        def run(net=net, x=x):
+            with torch.inference_mode():
+                return net(x)
+        got = run().float().cpu().numpy()
+        result[f"rel_err_pytorch_{label}_vs_pytorch_fp32"] = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+        result[f"pytorch_{label}_channels_last_ms"] = timer(run, repeats)
+    if not compile:
+        return result
+    net = TorchNet(spec, weights).eval()
+    net.tensors = {k: v.to(device) for k, v in net.tensors.items()}
+    x = torch.from_numpy(x_np).to(device)
+    try:
+        compiled = torch.compile(net)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            got = compiled(x).float().cpu().numpy()
+        result["torch_compile_s"] = time.perf_counter() - start
+    except Exception as err:  # a backend that cannot compile this network: say why, keep benchmarking
+        result["torch_compile_error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        return result
+    result["rel_err_torch_compile_vs_pytorch_fp32"] = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+
+    def run_compiled():
+        with torch.inference_mode():
+            return compiled(x)
+    result["pytorch_compiled_fp32_ms"] = timer(run_compiled, repeats)
+    return result
+
+
 def kernel_rows(model, repeats: int, peak: float | None) -> dict:
     """The conv/linear kernels' times: the three largest against the precision's peak, the total,
     and every kernel (for the per-layer fraction of peak)."""
@@ -194,6 +246,11 @@ def main() -> None:
               f"{r['pytorch_tf32_ms']:10.3f} {r['pytorch_tf32_channels_last_ms']:9.3f} "
               f"{r['speed_vs_pytorch_fp32']:7.2f} {r.get('speed_tf32_vs_best_pytorch_tf32', float('nan')):7.2f} "
               f"{r.get('rel_err_tf32_vs_pytorch_fp32', float('nan')):8.1e}  {tops}")
+        if "pytorch_fp16_channels_last_ms" in r:
+            compiled = (f"{r['pytorch_compiled_fp32_ms']:.3f} ms (compiled in {r['torch_compile_s']:.0f} s)"
+                        if "pytorch_compiled_fp32_ms" in r else r.get("torch_compile_error", "-"))
+            print(f"{'':13s} PyTorch NHWC fp16 {r['pytorch_fp16_channels_last_ms']:.3f} ms, bf16 "
+                  f"{r['pytorch_bf16_channels_last_ms']:.3f} ms; torch.compile fp32 {compiled}")
         if "cnngraph_no_graph_ms" in r:
             print(f"{'':13s} batch-1 latency without the CUDA graph: {r['cnngraph_no_graph_ms']:.3f} ms")
         if "cnngraph_tf32_tuned_ms" in r:
