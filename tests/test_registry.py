@@ -88,6 +88,19 @@ def test_op_example_cuda_kernels_compile(op, index):
         assert report.stack_bytes == report.spill_stores == report.spill_loads == 0, launch.kernel
 
 
+DATA_MOVEMENT = {"flatten", "reshape", "dropout", "concat", "slice", "channel_shuffle", "pad"}
+
+
+@pytest.mark.parametrize("op, index", CASES)
+def test_op_example_flops_count_arithmetic_only(op, index):
+    """FLOPs (summary, profile's GFLOP/s) count arithmetic: none for ops that only move data."""
+    model = cnngraph.plan(spec_of(op, index), batch_size=2, optimize=False)
+    node = model.graph.nodes["y"]
+    flops = node["compute"].spec.flops(own_in_shapes(model.graph, "y"), node["shape"][1:])
+    nearest = op == "upsample2d" and OPS[op].examples[index].fields.get("mode", "nearest") == "nearest"
+    assert (flops == 0) == (op in DATA_MOVEMENT or nearest), flops
+
+
 @pytest.mark.parametrize("op, index", CASES)
 def test_op_example_numpy_scratch_is_within_its_estimate(op, index):
     """run_numpy's temporaries stay within `numpy_scratch_bytes`, the figure the memory check counts

@@ -128,6 +128,7 @@ class Layer(Strict):
 
     arity: ClassVar[tuple[int, int | None]] = (1, 1)  # (min, max) number of inputs; None: unbounded
     traits: ClassVar[frozenset[str]] = frozenset()     # from TRAITS
+    moves_data_only: ClassVar[bool] = False             # no arithmetic: 0 FLOPs (reshape, concat, pad, ...)
     # ONNX import: op type -> converter(importer, node), and op type of a pattern's first node ->
     # matcher(importer, node) returning (member nodes, converter) or None (see interop/onnx_import.py)
     onnx_converters: ClassVar[dict[str, Callable]] = {}
@@ -181,8 +182,9 @@ class Layer(Strict):
 
     # --- cost ---------------------------------------------------------------------------------
     def flops(self, in_shapes: list[Shape], out_shape: Shape) -> int:
-        """Floating-point operations per sample (a multiply-add counts 2)."""
-        return int(np.prod(out_shape))
+        """Floating-point operations per sample (a multiply-add counts 2); none for an op that only
+        moves data."""
+        return 0 if self.moves_data_only else int(np.prod(out_shape))
 
     # --- NumPy implementation -----------------------------------------------------------------
     def prepare(self, weights: dict[str, np.ndarray], in_shapes: list[Shape]) -> dict:

@@ -63,6 +63,7 @@ def slice_(imp, node):
 class Slice(Layer):
     """A range of channels, `x[:, start:end]` with Python's rules (negative counts from the end,
     `end` null: to the end). A vector's features are its channels."""
+    moves_data_only = True
     op: Literal["slice"]
     start: Int64 = 0
     end: Int64 | None = None
@@ -135,6 +136,7 @@ def match_channel_shuffle(imp, reshape):
 class ChannelShuffle(Layer):
     """ShuffleNet's channel shuffle: channels seen as (groups, C/groups), transposed. Output channel
     i * groups + j is input channel j * (C/groups) + i."""
+    moves_data_only = True
     op: Literal["channel_shuffle"]
     groups: PositiveInt
     onnx_patterns = {"Reshape": match_channel_shuffle}
@@ -207,6 +209,7 @@ def pad(imp, node):
 class Pad(Layer):
     """`F.pad(x, padding, mode, value)` of H and W: `padding` is one int or [left, right, top, bottom]
     (F.pad's and nn.ZeroPad2d's order). TensorFlow's asymmetric "SAME" padding is a pad before a conv."""
+    moves_data_only = True
     op: Literal["pad"]
     padding: NonNegativeInt | list[NonNegativeInt] = Field(..., description="int, or [left, right, top, bottom]")
     mode: Literal["constant", "reflect", "replicate"] = "constant"

@@ -88,6 +88,7 @@ def match_squeeze_chain(imp, first):
 
 class Flatten(Layer):
     """`torch.flatten(x, 1)`: (N, C, H, W) -> (N, C*H*W), in PyTorch's (C, H, W) order."""
+    moves_data_only = True
     op: Literal["flatten"]
     onnx_converters = {"Flatten": flatten, "Reshape": reshape}
     examples = (Example({}),)
@@ -103,9 +104,6 @@ class Flatten(Layer):
 
     def infer_shape(self, in_shapes):
         return (math.prod(in_shapes[0]),)  # exact: np.prod would wrap around past 2**63
-
-    def flops(self, in_shapes, out_shape):
-        return 0
 
     def run_numpy(self, xs, params, scratch, out):
         x = xs[0]
@@ -132,6 +130,7 @@ class Reshape(Layer):
     """`x.reshape(N, *shape)`: the same elements of each sample, in (C, H, W) order, in another shape
     of rank 1 or 3; one entry may be -1. A squeeze-excitation gate computed as a vector becomes
     (C, 1, 1) this way (`s.view(b, c, 1, 1)`)."""
+    moves_data_only = True
     op: Literal["reshape"]
     shape: list[Annotated[int, Field(ge=-1, le=INT64_MAX)]] = Field(..., description="(F,) or (C, H, W); -1 once.")
     onnx_converters = {"Unsqueeze": unsqueeze_squeeze, "Squeeze": unsqueeze_squeeze}
@@ -156,9 +155,6 @@ class Reshape(Layer):
                                    f"{fmt_shape(tuple(self.shape))}", field="shape")
         return tuple(total // known if d == -1 else d for d in self.shape)
 
-    def flops(self, in_shapes, out_shape):
-        return 0
-
     def run_numpy(self, xs, params, scratch, out):
         x = xs[0].transpose(0, 3, 1, 2) if xs[0].ndim == 4 else xs[0]  # (C, H, W) order
         y = x.reshape(len(x), *(out.shape[3:] + out.shape[1:3] if out.ndim == 4 else out.shape[1:]))
@@ -177,6 +173,7 @@ class Reshape(Layer):
 
 class Dropout(Layer):
     """Identity at inference; `p` is kept so specs exported from training code load unchanged."""
+    moves_data_only = True
     op: Literal["dropout"]
     p: float = Field(0.5, ge=0, lt=1, allow_inf_nan=False)
     traits = frozenset({ELEMENTWISE})
@@ -191,9 +188,6 @@ class Dropout(Layer):
 
     def torch_reference(self, xs, weights):
         return xs[0]
-
-    def flops(self, in_shapes, out_shape):
-        return 0
 
     def run_numpy(self, xs, params, scratch, out):
         np.copyto(out, xs[0])
@@ -274,6 +268,7 @@ def concat(imp, node):
 
 class Concat(Layer):
     """Concatenation of 2+ inputs along channels (axis 1)."""
+    moves_data_only = True
     op: Literal["concat"]
     arity = (2, None)
     onnx_converters = {"Concat": concat}
@@ -306,9 +301,6 @@ class Concat(Layer):
             got = " and ".join(fmt_shape(s) for s in in_shapes)
             raise self.shape_error(f"concat needs inputs that differ only in channels, got {got}", field="inputs")
         return (sum(s[0] for s in in_shapes), *in_shapes[0][1:])
-
-    def flops(self, in_shapes, out_shape):
-        return 0
 
     def run_numpy(self, xs, params, scratch, out):
         return np.concatenate(xs, axis=-1, out=out)  # channels are the last axis in the backend (or F for 2-D)
@@ -470,6 +462,9 @@ class Upsample2d(Layer):
         if self.align_corners and self.mode != "bilinear":
             raise invalid('align_corners applies to mode "bilinear" only', field="align_corners")
         return self
+
+    def flops(self, in_shapes, out_shape):
+        return 0 if self.mode == "nearest" else super().flops(in_shapes, out_shape)  # nearest copies
 
     def output_size(self, h: int, w: int) -> tuple[int, int]:
         if self.size is not None:
