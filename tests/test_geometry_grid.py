@@ -223,6 +223,14 @@ def depthwise_family() -> dict:
         ({"kernel_size": 3, "dilation": [2, 40], "padding": [2, 40], "bias": False}, (6, 7, 6))]])
 
 
+def two_tap_family() -> dict:
+    """GEMM convs whose window has exactly 2 taps (1x2, 2x1): the smallest kernel that reads its
+    reduction through the tap table."""
+    return cases_family([({"op": "conv2d", **f}, [(6, 9, 10)]) for f in [
+        {"out_channels": 5, "kernel_size": [1, 2], "padding": [0, 1]},
+        {"out_channels": 6, "kernel_size": [2, 1], "stride": [2, 1], "dilation": [2, 1], "groups": 2}]])
+
+
 FOLDED_PADS = [  # (pad, conv): zero pads fold into the conv's padding, asymmetric; the others stay
     ({"padding": [0, 1, 2, 1]}, dict(out_channels=5, kernel_size=[3, 2], stride=[2, 1], activation="relu6")),
     ({"padding": [3, 0, 0, 1]}, dict(out_channels=7, kernel_size=[2, 3], stride=[1, 2], groups=7,  # depthwise
@@ -252,7 +260,7 @@ def folded_pad_family() -> dict:
 FAMILIES = {"conv": conv_family, "pool": pool_family, "upsample": upsample_family, "fused_pool": fused_pool_family,
             "activation": activation_family, "elementwise": elementwise_family, "norm": norm_family,
             "reduce": reduce_family, "layout": layout_family, "linear": linear_family, "folded_pad": folded_pad_family,
-            "depthwise": depthwise_family}
+            "depthwise": depthwise_family, "two_taps": two_tap_family}
 INPUT_SCALE = {"activation": 4.0}  # standard normal inputs times this
 # ops of the registry no family needs to cover, each with the reason (none at present: dropout, an
 # identity, is covered as a network output, which keeps it as a copy kernel)

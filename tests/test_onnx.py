@@ -296,6 +296,14 @@ HAND_CASES = {
     # before opset 10 Slice's starts, ends and axes are attributes
     "slice_opset9": (onnx_model([helper.make_node("Slice", ["x"], ["y"], name="sl", starts=[1], ends=[3], axes=[1])],
                                 X, [("y", ["N", 2, 9, 9])], opset=9), ["slice"]),
+    # before opset 11 Clip's bounds are attributes; one of them alone is a clamp on that side
+    "clip_opset10_max_only": (onnx_model([helper.make_node("Clip", ["x"], ["y"], name="clip", max=0.5)], X,
+                                         [("y", ["N", 3, 9, 9])], opset=10), ["clamp"]),
+    # Resize from opset 11 without coordinate_transformation_mode: half_pixel (before it: asymmetric)
+    "resize_opset11_default_coordinates": (onnx_model(
+        [helper.make_node("Resize", ["x", "roi", "scales"], ["y"], name="up", mode="linear")], X,
+        [("y", ["N", 3, 18, 18])], [("roi", np.zeros(0, np.float32)), ("scales", np.array([1, 1, 2, 2], np.float32))],
+        opset=11), ["upsample2d"]),
     # before opset 11 the pads and the value are attributes
     "pad_opset10": (onnx_model([helper.make_node("Pad", ["x"], ["y"], name="pad", pads=[0, 0, 1, 2, 0, 0, 2, 1],
                                                  value=0.5)], X, [("y", ["N", 3, 12, 12])], opset=10), ["pad"]),
@@ -310,6 +318,25 @@ def test_hand_written_model(name, tmp_path):
     spec, _, y = run_imported(path, x)
     assert [layer.op for layer in spec.layers] == ops
     assert rel_err(y, run_ort(path, x)) < TOL
+
+
+def test_dropout_ratio_before_opset_12_is_an_attribute(tmp_path):
+    model = onnx_model([helper.make_node("Dropout", ["x"], ["y"], name="drop", ratio=0.3)], X,
+                       [("y", ["N", 3, 9, 9])], opset=10)
+    spec, _ = cnngraph.from_onnx(save(model, tmp_path / "drop.onnx"))
+    assert [(layer.op, layer.p) for layer in spec.layers] == [("dropout", pytest.approx(0.3))]
+
+
+def test_an_add_of_two_exports_as_add_and_of_more_as_sum(tmp_path):
+    """Add, not a two-input Sum: what other tools' fusions (a conv's residual epilogue) look for."""
+    import onnx
+
+    spec = _image_net([{"op": "conv2d", "name": "c", "out_channels": 3, "kernel_size": 1},
+                       {"op": "add", "name": "two", "inputs": ["c", "x"]},
+                       {"op": "add", "name": "three", "inputs": ["two", "c", "x"]}])
+    cnngraph.export_onnx(spec, tmp_path / "adds.onnx")
+    kinds = {node.name: node.op_type for node in onnx.load(str(tmp_path / "adds.onnx")).graph.node}
+    assert kinds["two"] == "Add" and kinds["three"] == "Sum"
 
 
 def test_reshape_to_the_batch_size_fixed_at_export(tmp_path):
@@ -540,6 +567,23 @@ BAD_NODES = {
                                           helper.make_node("MatMul", ["f", "w"], ["y"], name="mm")], X,
                                          [("y", ["N", 4])], [("w", np.ones((243, 4), np.int64))]),
                               ['"mm" (MatMul)', "its weight has dtype int64"]),
+    # a Transpose without perm (all axes reversed) between the Reshapes: not a channel shuffle
+    "reshape_transpose_reversed": (onnx_model(
+        [helper.make_node("Reshape", ["x", "split"], ["r"], name="cs/split"),
+         helper.make_node("Transpose", ["r"], ["t"], name="cs/swap"),
+         helper.make_node("Reshape", ["t", "merge"], ["y"], name="cs/merge")], X, [("y", ["N", 3, 9, 9])],
+        [("split", np.array([0, 3, 1, 9, 9], np.int64)), ("merge", np.array([0, 3, 9, 9], np.int64))]),
+        ['"cs/split" (Reshape)', "target shape [0, 3, 1, 9, 9]"]),
+    "conv_pads_of_3d": (onnx_model([helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1, 1, 1])],
+                                   X, [("y", ["N", 4, 9, 9])], [("w", W3)]),
+                        ['"conv" (Conv)', "pads [1, 1, 1, 1, 1, 1] must have 4 values (2-D only)"]),
+    "resize_axes": (onnx_model([helper.make_node("Resize", ["x", "", "s"], ["y"], name="up", mode="nearest", axes=[2, 3])],
+                               X, [("y", ["N", 3, 18, 18])], [("s", np.array([2, 2], np.float32))], opset=18),
+                    ['"up" (Resize)', "the axes and antialias attributes are not supported"]),
+    "resize_antialias": (onnx_model([helper.make_node("Resize", ["x", "", "s"], ["y"], name="up", mode="linear",
+                                                      antialias=1)], X, [("y", ["N", 3, 18, 18])],
+                                    [("s", np.array([1, 1, 2, 2], np.float32))], opset=18),
+                         ['"up" (Resize)', "the axes and antialias attributes are not supported"]),
     "corrupt_constant": (onnx_model([helper.make_node("Constant", [], ["lo"], name="k", value=_corrupt_tensor()),
                                      helper.make_node("Clip", ["x", "lo"], ["y"], name="clip")], X,
                                     [("y", ["N", 3, 9, 9])]), ['"k" (Constant)', "corrupt"]),

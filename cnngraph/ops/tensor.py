@@ -463,9 +463,6 @@ class Upsample2d(Layer):
             raise invalid('align_corners applies to mode "bilinear" only', field="align_corners")
         return self
 
-    def flops(self, in_shapes, out_shape):
-        return 0 if self.mode == "nearest" else super().flops(in_shapes, out_shape)  # nearest copies
-
     def output_size(self, h: int, w: int) -> tuple[int, int]:
         if self.size is not None:
             return pair(self.size)

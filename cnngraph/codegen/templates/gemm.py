@@ -62,8 +62,8 @@ def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
     if pool:
         row = f"ty * {t.tm} + i"
     elif t.grouped:  # runs of 4 rows, the runs BM/2 apart (TM = 8) so a warp still covers 64 pixels
-        row = f"(i / 4) * {t.bm // 2} + ty * 4 + i % 4" if t.tm == 8 else "ty * 4 + i"
-        assert t.tm in (4, 8)
+        assert t.tm == 8
+        row = f"(i / 4) * {t.bm // 2} + ty * 4 + i % 4"
     else:
         row = f"ty + i * {rows_per}"
     inputs = [ptr("x"), *([ptr("gate")] if gated else []), ptr("w"), *([table_param()] if geo.taps > 1 else [])]
