@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import math
 import os
 import random
 import subprocess
@@ -50,10 +51,40 @@ def read_equivalents() -> dict[str, str]:
     return dict(line.split(None, 1) for line in lines if line and not line.startswith("#"))
 
 
-def score(counts: collections.Counter) -> str:
+def detected_and_tested(counts: collections.Counter) -> tuple[int, int]:
     detected = sum(counts[s] for s in DETECTED)
-    tested = detected + sum(counts[s] for s in UNDETECTED)
+    return detected, detected + sum(counts[s] for s in UNDETECTED)
+
+
+def score(counts: collections.Counter) -> str:
+    detected, tested = detected_and_tested(counts)
     return f"{100 * detected / tested:.1f}%" if tested else "-"
+
+
+def wilson(detected: int, tested: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% interval of a proportion measured on a random sample (Wilson's, good near 100%)."""
+    p, n = detected / tested, tested
+    centre, half = p + z * z / (2 * n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+
+
+def estimate(by_area: dict[str, collections.Counter]) -> list[str]:
+    """When only a sample ran: each area's score with its 95% interval, and the score of all the
+    mutants with the areas weighted by their number of mutants (the sample takes as many from
+    each), its interval the weighted areas' bounds (conservative)."""
+    lines, overall = [], [0.0, 0.0, 0.0]
+    population = sum(sum(c.values()) - c["equivalent"] for c in by_area.values())
+    for name, counts in sorted(by_area.items()):
+        detected, tested = detected_and_tested(counts)
+        if not tested:
+            continue
+        p, (low, high) = detected / tested, wilson(detected, tested)
+        share = (sum(counts.values()) - counts["equivalent"]) / population
+        overall = [overall[0] + share * p, overall[1] + share * low, overall[2] + share * high]
+        lines.append(f"- {name}: {100 * p:.1f}% of {tested} tested (95% interval {100 * low:.1f} to {100 * high:.1f}%)")
+    lines.append(f"- all {population} mutants, the areas weighted by their size: {100 * overall[0]:.1f}% "
+                 f"({100 * overall[1]:.1f} to {100 * overall[2]:.1f}%)")
+    return lines
 
 
 def mutants_by_file() -> dict[str, dict[str, int | None]]:
@@ -150,6 +181,9 @@ def report(output: Path) -> None:
              "| area | " + " | ".join(columns) + " | score |", "|---" * (len(columns) + 2) + "|"]
     for name, counts in [*sorted(by_area.items()), ("all", total)]:
         lines.append(f"| {name} | " + " | ".join(str(counts[c]) for c in columns) + f" | {score(counts)} |")
+    if total["not checked"]:
+        lines += ["", f"A seeded random sample ran ({total['not checked']} mutants not checked): the estimates are", "",
+                  *estimate(by_area)]
     lines += ["", "## Per file", "", "| file | " + " | ".join(columns) + " | score |",
               "|---" * (len(columns) + 2) + "|"]
     for path, counts in by_file.items():
