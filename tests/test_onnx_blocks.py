@@ -199,6 +199,19 @@ class CNBlock(nn.Module):
         return self.layer_scale * self.block(x) + x
 
 
+class ChannelsLastGamma(nn.Module):
+    """The original ConvNeXt block's layer scale: gamma (C,) times the channels-last tensor, before
+    the permute back."""
+
+    def __init__(self, dim=8):
+        super().__init__()
+        self.conv = nn.Conv2d(dim, dim, 3, padding=1)
+        self.gamma = nn.Parameter(torch.rand(dim) + 0.5)
+
+    def forward(self, x):
+        return (self.gamma * self.conv(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
 class DenseLayer(nn.Module):
     """torchvision's DenseNet _DenseLayer: its input is a list of tensors, concatenated first."""
 
@@ -300,6 +313,7 @@ BLOCKS = [
     ("convnext_layer_norm2d", lambda: layer_norm2d(8), {"layer_norm"}),
     # the whole block: LayerNorm and two Linears on the channels-last view become layer_norm and 1x1 convs
     ("convnext_cnblock", CNBlock, {"layer_norm", "conv2d", "scale", "add"}),
+    ("convnext_channels_last_gamma", ChannelsLastGamma, {"conv2d", "scale"}),
     # SE-Net's Linear gate, viewed back as (N, C, 1, 1): a Reshape, or an Unsqueeze, of a computed vector
     ("se_linear_view", lambda: LinearSE(8, 4, "view"), {"linear", "reshape", "mul"}),
     ("se_linear_none_index", lambda: LinearSE(8, 4, "index"), {"linear", "reshape", "mul"}),
