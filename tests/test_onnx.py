@@ -304,6 +304,17 @@ HAND_CASES = {
         [helper.make_node("Resize", ["x", "roi", "scales"], ["y"], name="up", mode="linear")], X,
         [("y", ["N", 3, 18, 18])], [("roi", np.zeros(0, np.float32)), ("scales", np.array([1, 1, 2, 2], np.float32))],
         opset=11), ["upsample2d"]),
+    # LayerNormalization without an axis: the last one (here the features of a vector)
+    "layer_norm_default_axis": (onnx_model([helper.make_node("Flatten", ["x"], ["f"], name="flat"),
+                                            helper.make_node("LayerNormalization", ["f", "g", "b"], ["y"], name="ln")],
+                                           X, [("y", ["N", 243])], [("g", randn(243, seed=11)), ("b", randn(243, seed=12))]),
+                                ["flatten", "layer_norm"]),
+    # shape arithmetic: Unsqueeze then Squeeze of a constant, evaluated at import, is Reshape's target
+    "constant_unsqueeze_squeeze_chain": (onnx_model(
+        [helper.make_node("Unsqueeze", ["target", "axis0"], ["u"], name="u"),
+         helper.make_node("Squeeze", ["u", "axis0"], ["t"], name="s"),
+         helper.make_node("Reshape", ["x", "t"], ["y"], name="rs")], X, [("y", ["N", 243])],
+        [("target", np.array([0, -1], np.int64)), ("axis0", np.array([0], np.int64))]), ["flatten"]),
     # before opset 11 the pads and the value are attributes
     "pad_opset10": (onnx_model([helper.make_node("Pad", ["x"], ["y"], name="pad", pads=[0, 0, 1, 2, 0, 0, 2, 1],
                                                  value=0.5)], X, [("y", ["N", 3, 12, 12])], opset=10), ["pad"]),
@@ -584,6 +595,12 @@ BAD_NODES = {
                                                       antialias=1)], X, [("y", ["N", 3, 18, 18])],
                                     [("s", np.array([1, 1, 2, 2], np.float32))], opset=18),
                          ['"up" (Resize)', "the axes and antialias attributes are not supported"]),
+    # a Transpose without perm reverses every axis, the batch too
+    "transpose_reversed": (onnx_model([helper.make_node("Transpose", ["x"], ["y"], name="tr")], X,
+                                      [("y", [9, 9, 3, "N"])]), ['"tr" (Transpose)']),
+    "pad_of_two_axes": (onnx_model([helper.make_node("Pad", ["x", "p"], ["y"], name="pad")], X,
+                                   [("y", ["N", 3, 11, 11])], [("p", np.array([1, 1, 1, 1], np.int64))]),
+                        ['"pad" (Pad)', "pads [1, 1, 1, 1] must have 8 values"]),
     "corrupt_constant": (onnx_model([helper.make_node("Constant", [], ["lo"], name="k", value=_corrupt_tensor()),
                                      helper.make_node("Clip", ["x", "lo"], ["y"], name="clip")], X,
                                     [("y", ["N", 3, 9, 9])]), ['"k" (Constant)', "corrupt"]),

@@ -195,8 +195,10 @@ def pad(imp, node):
         value = scalar(imp.value(node, 2, "constant_value", optional=True), 0.0)
         if imp.value(node, 3, "axes", optional=True) is not None:
             raise Unsupported("the axes input is not supported")
-    if len(imp.shapes[x]) != 3 or len(pads) != 8:
+    if len(imp.shapes[x]) != 3:
         raise Unsupported(f"only padding an image (N,C,H,W) is supported, got {fmt_shape(imp.shapes[x])}")
+    if len(pads) != 8:
+        raise Unsupported(f"pads {pads} must have 8 values, the begins then the ends of N, C, H and W")
     n0, c0, top, left, n1, c1, bottom, right = pads
     if n0 or c0 or n1 or c1 or min(pads) < 0:
         raise Unsupported(f"pads {pads}: only non-negative padding of H and W is supported")
