@@ -68,21 +68,20 @@ def wilson(detected: int, tested: int, z: float = 1.96) -> tuple[float, float]:
     return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
 
 
-def estimate(by_area: dict[str, collections.Counter]) -> list[str]:
-    """When only a sample ran: each area's score with its 95% interval, and the score of all the
-    mutants with the areas weighted by their number of mutants (the sample takes as many from
-    each), its interval the weighted areas' bounds (conservative)."""
-    lines, overall = [], [0.0, 0.0, 0.0]
-    population = sum(sum(c.values()) - c["equivalent"] for c in by_area.values())
+def estimate(by_area: dict[str, collections.Counter], populations: dict[str, int]) -> list[str]:
+    """For a sample: each area's score with its 95% interval, and the score of all the mutants with
+    the areas weighted by their number of mutants (the sample takes as many from each), its
+    interval the weighted areas' bounds (conservative)."""
+    lines, overall, everyone = [], [0.0, 0.0, 0.0], sum(populations.values())
     for name, counts in sorted(by_area.items()):
         detected, tested = detected_and_tested(counts)
         if not tested:
             continue
-        p, (low, high) = detected / tested, wilson(detected, tested)
-        share = (sum(counts.values()) - counts["equivalent"]) / population
+        p, (low, high), share = detected / tested, wilson(detected, tested), populations[name] / everyone
         overall = [overall[0] + share * p, overall[1] + share * low, overall[2] + share * high]
-        lines.append(f"- {name}: {100 * p:.1f}% of {tested} tested (95% interval {100 * low:.1f} to {100 * high:.1f}%)")
-    lines.append(f"- all {population} mutants, the areas weighted by their size: {100 * overall[0]:.1f}% "
+        lines.append(f"- {name} ({populations[name]} mutants): {100 * p:.1f}% of {tested} tested "
+                     f"(95% interval {100 * low:.1f} to {100 * high:.1f}%)")
+    lines.append(f"- all {everyone} mutants, the areas weighted by their size: {100 * overall[0]:.1f}% "
                  f"({100 * overall[1]:.1f} to {100 * overall[2]:.1f}%)")
     return lines
 
@@ -98,13 +97,16 @@ def mutants_by_file() -> dict[str, dict[str, int | None]]:
     return result
 
 
-def sample(per_area: int, seed: int) -> None:
+def sample(per_area: int, seed: int = 0) -> list[str]:
+    """`per_area` mutant names of each area, the same on every call."""
     names_by_area = collections.defaultdict(list)
     for path, exit_codes in mutants_by_file().items():
         names_by_area[area_of(path)] += sorted(exit_codes)
-    rng = random.Random(seed)
-    for names in names_by_area.values():
-        print("\n".join(rng.sample(names, min(per_area, len(names)))))
+    chosen = []
+    for area, names in sorted(names_by_area.items()):
+        random.Random(f"{seed}:{area}").shuffle(names)  # a fixed order per area: a smaller sample is a prefix
+        chosen += names[:per_area]
+    return chosen
 
 
 def import_time_functions() -> set[str]:
@@ -153,14 +155,21 @@ def retry() -> None:
         data.save()
 
 
-def report(output: Path) -> None:
+def report(output: Path, per_area: int | None) -> None:
+    """The report of every mutant that ran, or with `per_area` of the sample's only (a sample's
+    estimate must not mix in mutants run for other reasons)."""
     equivalents = read_equivalents()
+    chosen = set(sample(per_area)) if per_area else None
 
     by_file: dict[str, collections.Counter] = {}
     survivors: list[tuple[str, str, str]] = []  # (path, mutant, status)
+    populations: collections.Counter = collections.Counter()
     for path, exit_codes in mutants_by_file().items():
+        populations[area_of(path)] += len(exit_codes)
         counts = by_file.setdefault(path, collections.Counter())
         for mutant, exit_code in exit_codes.items():
+            if chosen is not None and mutant not in chosen:
+                continue
             status = status_by_exit_code[exit_code]
             if status in UNDETECTED and mutant in equivalents:
                 status = "equivalent"
@@ -181,9 +190,9 @@ def report(output: Path) -> None:
              "| area | " + " | ".join(columns) + " | score |", "|---" * (len(columns) + 2) + "|"]
     for name, counts in [*sorted(by_area.items()), ("all", total)]:
         lines.append(f"| {name} | " + " | ".join(str(counts[c]) for c in columns) + f" | {score(counts)} |")
-    if total["not checked"]:
-        lines += ["", f"A seeded random sample ran ({total['not checked']} mutants not checked): the estimates are", "",
-                  *estimate(by_area)]
+    if per_area:
+        lines += ["", f"A seeded random sample of {per_area} mutants per area ran: the estimates are", "",
+                  *estimate(by_area, populations)]
     lines += ["", "## Per file", "", "| file | " + " | ".join(columns) + " | score |",
               "|---" * (len(columns) + 2) + "|"]
     for path, counts in by_file.items():
@@ -212,15 +221,16 @@ def main() -> None:
     commands.add_parser("retry", help="mark every survivor as not run")
     report_args = commands.add_parser("report", help="write the markdown report (and a .json beside it)")
     report_args.add_argument("--output", type=Path, required=True)
+    report_args.add_argument("--sample", type=int, help="report on this sample (MUTATION_SAMPLE) only")
     args = parser.parse_args()
     if args.command == "sample":
-        sample(args.per_area, args.seed)
+        print("\n".join(sample(args.per_area, args.seed)))
     elif args.command == "retry":
         retry()
     elif args.command == "recheck":
         recheck(args.timeout)
     else:
-        report(args.output)
+        report(args.output, args.sample)
 
 
 if __name__ == "__main__":

@@ -23,4 +23,4 @@ else
     mutmut run "${children[@]}" "$@" || true
 fi
 python bench/mutation.py recheck   # survivors of functions run at import time, on every test
-python bench/mutation.py report --output "bench/results/mutation-$(date +%F).md"
+python bench/mutation.py report --output "bench/results/mutation-$(date +%F).md" ${MUTATION_SAMPLE:+--sample "$MUTATION_SAMPLE"}
