@@ -1,19 +1,18 @@
 """Mutation testing helpers for bench/mutation.sh, run from the repository root.
 
-- `sample N`: N mutant names per area (passes, ops, templates), drawn with a fixed seed from the
-  mutants mutmut generated: a measured estimate when the full run (over 10,000 mutants, days on
-  2 cores) does not fit.
-- `recheck`: mutmut charges the calls a module makes while it is imported (the ONNX converters
-  that factories such as `plain("relu")` build for the op registry) to the first test it runs, so
-  a mutant of such a function meets that one test only; this reruns their survivors against the
-  whole test selection and records the verdicts in mutmut's results.
+- `sample N`: N mutant names per area (passes, ops, templates) in a fixed random order: a measured
+  estimate when the full run (over 10,000 mutants, days on 2 cores) does not fit.
+- `recheck`: mutmut charges the calls a module makes while it is imported (the activation layer
+  classes made by a function, the op registry's order) to the first test it runs, so a mutant of
+  such a function meets that one test only; this reruns their survivors against the whole test
+  selection and records the verdicts in mutmut's results.
 - `retry`: marks every survivor as not run, so the next bench/mutation.sh tries them again against
   the tests written since.
-- `report`: counts the mutants of each area and file by outcome, gives the score (killed or timed
-  out, over those tested) and lists each survivor with its diff, marked equivalent where
-  bench/mutation_equivalent.txt says why no test can tell it apart (`<mutant name>  <reason>` per
-  line; mutmut numbers mutants by position within a function, so the list is reviewed when the
-  mutated code changes).
+- `report`: counts the mutants of each area and file by outcome, gives the score (detected: the
+  tests failed, timed out or crashed; over those tested) and lists each survivor with its diff,
+  marked equivalent where bench/mutation_equivalent.txt says why no test can tell it apart
+  (`<mutant name>  <reason>` per line; mutmut numbers mutants by position within a function, so
+  the list is reviewed when the mutated code changes).
 """
 from __future__ import annotations
 
