@@ -45,6 +45,8 @@ CASES = {  # name -> (spec, input maker, relative tolerance)
                          with_specials, 1e-6),
     "avg_pool_inf_nan": (net([4, 8, 8], [{"op": "avg_pool2d", "kernel_size": 2}]), with_specials, 1e-6),
     "global_avg_pool_large": (net([8, 7, 7], [{"op": "global_avg_pool2d"}]), offset(3e37, 1e36), 1e-5),
+    # nearest to a size is a copy: an infinite neighbour must not leak into a copied value
+    "upsample_nearest_to_size_inf_nan": (net([3, 5, 6], [{"op": "upsample2d", "size": [7, 9]}]), with_specials, 0.0),
     "conv_relu6_inf_nan": (net([3, 6, 6], [{"op": "conv2d", "out_channels": 4, "kernel_size": 1,
                                             "activation": "relu6"}]), with_specials, 1e-5),
 }
