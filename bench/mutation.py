@@ -35,8 +35,13 @@ from mutmut.utils.file_utils import walk_mutatable_files
 
 EQUIVALENT_FILE = Path(__file__).with_name("mutation_equivalent.txt")
 AREAS = {"cnngraph/passes": "passes", "cnngraph/ops": "ops", "cnngraph/codegen/templates": "templates"}
-DETECTED = ("killed", "timeout", "segfault")  # the tests failed, ran past their time, or crashed
+DETECTED = ("killed", "timeout", "crashed")  # the tests failed, ran past their time, or died of a signal
 UNDETECTED = ("survived", "no tests", "suspicious")
+
+
+def status_of(exit_code: int | None) -> str:
+    """mutmut's verdict, with any death by a signal (PoCL aborts on an out-of-bounds access) a crash."""
+    return "crashed" if exit_code is not None and exit_code < 0 else status_by_exit_code[exit_code]
 
 
 def area_of(path: str) -> str:
@@ -130,7 +135,7 @@ def recheck(timeout_s: float) -> None:
         data = SourceFileMutationData(path=path)
         data.load()
         suspects = [name for name, code in data.exit_code_by_key.items()
-                    if status_by_exit_code[code] in UNDETECTED
+                    if status_of(code) in UNDETECTED
                     and f"{name.rsplit('.', 1)[0]}.{mangled_name_from_mutant_name(name.rsplit('.', 1)[1])}" in imported]
         for name in suspects:
             env = {**os.environ, "MUTANT_UNDER_TEST": name}
@@ -141,7 +146,7 @@ def recheck(timeout_s: float) -> None:
                 code = 36  # mutmut's "timeout"
             data.exit_code_by_key[name] = code
             data.save()
-            print(f"{name}: {status_by_exit_code[code]}", flush=True)
+            print(f"{name}: {status_of(code)}", flush=True)
 
 
 def retry() -> None:
@@ -149,7 +154,7 @@ def retry() -> None:
         data = SourceFileMutationData(path=path)
         data.load()
         for name, code in data.exit_code_by_key.items():
-            if status_by_exit_code[code] in UNDETECTED:
+            if status_of(code) in UNDETECTED:
                 data.exit_code_by_key[name] = None
         data.save()
 
@@ -169,7 +174,7 @@ def report(output: Path, per_area: int | None) -> None:
         for mutant, exit_code in exit_codes.items():
             if chosen is not None and mutant not in chosen:
                 continue
-            status = status_by_exit_code[exit_code]
+            status = status_of(exit_code)
             if status in UNDETECTED and mutant in equivalents:
                 status = "equivalent"
             counts[status] += 1

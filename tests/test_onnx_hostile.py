@@ -265,6 +265,15 @@ def test_what_cannot_be_imported_faithfully_is_one_line(case, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
+def test_float64_weights_up_to_float32s_largest_value_are_imported(tmp_path):
+    """The bound is inclusive: float32's largest value itself converts exactly."""
+    largest = float(np.finfo(np.float32).max)
+    weight = np.full((3, 3, 1, 1), largest) * np.array([1, -1, 0.5]).reshape(3, 1, 1, 1)
+    path = save(hand([conv()], [numpy_helper.from_array(weight, "c.weight")]), tmp_path / "m.onnx")
+    weights = cnngraph.from_onnx(path)[1]
+    assert weights["c.weight"].dtype == np.float32 and np.array_equal(weights["c.weight"], weight.astype(np.float32))
+
+
 @pytest.mark.parametrize("value", [np.nan, np.inf])
 def test_non_finite_weights_are_imported_with_a_note(value, tmp_path, capsys):
     weight = WEIGHT.copy()

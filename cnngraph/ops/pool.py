@@ -134,6 +134,7 @@ POOL_EXAMPLES = (
     Example({"kernel_size": 3, "stride": 2, "padding": 1}, inputs=((3, 10, 11),), note="overlapping, padded"),
     Example({"kernel_size": [3, 2], "stride": [1, 2], "padding": [1, 0], "ceil_mode": True}, inputs=((2, 7, 9),),
             note="rectangular, ceil_mode"),
+    Example({"kernel_size": 3, "padding": 1}, inputs=((2, 9, 9),), note="padded, the last window inside"),
 )
 
 
