@@ -6,6 +6,8 @@
   classes made by a function, the op registry's order) to the first test it runs, so a mutant of
   such a function meets that one test only; this reruns their survivors against the whole test
   selection and records the verdicts in mutmut's results.
+- `quick N TESTS...`: tries the sample's unrun mutants against a few fast test files first;
+  those they catch are recorded, the rest are left for mutmut.
 - `retry`: marks every survivor as not run, so the next bench/mutation.sh tries them again against
   the tests written since.
 - `report`: counts the mutants of each area and file by outcome, gives the score (detected: the
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import json
 import math
 import os
@@ -149,6 +152,32 @@ def recheck(timeout_s: float) -> None:
             print(f"{name}: {status_of(code)}", flush=True)
 
 
+def quick(per_area: int, tests: list[str], workers: int = 2, timeout_s: float = 600) -> None:
+    """Tries each sampled mutant that has not run against `tests` alone (a few fast files of the
+    selection): a mutant they catch is caught by the selection too, so it is recorded as mutmut
+    records it; the rest stay for mutmut (which pays the whole selection's collection per mutant)."""
+    cfg = config()
+    files = {name: path for path, exit_codes in mutants_by_file().items() for name in exit_codes}
+    todo = [name for name in sample(per_area) if mutants_by_file()[files[name]][name] is None]
+
+    def run(name: str) -> tuple[str, int]:
+        env = {**os.environ, "MUTANT_UNDER_TEST": name}
+        try:
+            return name, subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", *cfg.pytest_add_cli_args, *tests],
+                                        cwd="mutants", env=env, capture_output=True, timeout=timeout_s).returncode
+        except subprocess.TimeoutExpired:
+            return name, 36  # mutmut's "timeout"
+
+    with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+        for name, code in pool.map(run, todo):
+            if status_of(code) in DETECTED:
+                data = SourceFileMutationData(path=files[name])
+                data.load()
+                data.exit_code_by_key[name] = code
+                data.save()
+            print(f"{name}: {status_of(code) if status_of(code) in DETECTED else 'left for mutmut'}", flush=True)
+
+
 def retry() -> None:
     for path in sorted(map(str, walk_mutatable_files())):
         data = SourceFileMutationData(path=path)
@@ -222,6 +251,9 @@ def main() -> None:
     sample_args.add_argument("--seed", type=int, default=0)
     recheck_args = commands.add_parser("recheck", help="rerun survivors of import-time functions on every test")
     recheck_args.add_argument("--timeout", type=float, default=900, help="seconds per mutant")
+    quick_args = commands.add_parser("quick", help="try the sample's unrun mutants against a few test files first")
+    quick_args.add_argument("per_area", type=int)
+    quick_args.add_argument("tests", nargs="+")
     commands.add_parser("retry", help="mark every survivor as not run")
     report_args = commands.add_parser("report", help="write the markdown report (and a .json beside it)")
     report_args.add_argument("--output", type=Path, required=True)
@@ -229,6 +261,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.command == "sample":
         print("\n".join(sample(args.per_area, args.seed)))
+    elif args.command == "quick":
+        quick(args.per_area, args.tests)
     elif args.command == "retry":
         retry()
     elif args.command == "recheck":
