@@ -101,6 +101,20 @@ def test_op_example_flops_count_arithmetic_only(op, index):
     assert (flops == 0) == (op in DATA_MOVEMENT or nearest), flops
 
 
+@pytest.mark.parametrize("op, index", [case for case in CASES if case.values[0] in ("conv2d", "linear")])
+def test_gemm_flops_are_pytorchs_count(op, index):
+    """Convolution and linear FLOPs (2 per multiply-add) as PyTorch's FlopCounterMode counts them."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    g = cnngraph.plan(spec_of(op, index), batch_size=1, optimize=False, seed=index).graph
+    node = g.nodes["y"]
+    weights = {k: torch.from_numpy(v.astype(np.float64)) for k, v in node["weights"].items()}
+    xs = [torch.ones((1, *shape), dtype=torch.float64) for shape in OPS[op].examples[index].inputs]
+    with FlopCounterMode(display=False) as counter:
+        node["compute"].spec.torch_reference(xs, weights)
+    assert node["flops"] == counter.get_total_flops()
+
+
 @pytest.mark.parametrize("op, index", CASES)
 def test_op_example_numpy_scratch_is_within_its_estimate(op, index):
     """run_numpy's temporaries stay within `numpy_scratch_bytes`, the figure the memory check counts
