@@ -278,6 +278,26 @@ def test_fold_batch_norm_into_conv(bias):
     assert_well_formed(g, before)
 
 
+def test_a_blocked_batch_norm_does_not_stop_the_next_from_folding():
+    g = raw(net([conv("c1"), {"op": "batch_norm2d", "name": "bn1"}, {"op": "relu", "name": "r", "inputs": ["c1"]},
+                 conv("c2", inputs=["bn1"]), {"op": "batch_norm2d", "name": "bn2"}], outputs=["r", "bn2"]))
+    before = all_layers(g)
+    assert run_passes(g, fold_batch_norm) == ["folded bn2 into c2"]  # c1 has another reader: bn1 stays
+    assert g.nodes["bn1"]["op"] == "batch_norm2d" and g.nodes["bn2"]["op"] == "conv2d+batch_norm2d"
+    assert_well_formed(g, before)
+
+
+def test_fusion_keeps_the_flops_of_what_it_merges():
+    """A fused node's FLOPs are its layers' (summary and profile's GFLOP/s read them)."""
+    spec = net([conv("c"), {"op": "relu", "name": "r"}, {"op": "max_pool2d", "name": "p", "kernel_size": 2},
+                {"op": "sigmoid", "name": "s"}], shape=(4, 8, 8))
+    optimized = cnngraph.plan(spec, batch_size=2).graph
+    plain = cnngraph.plan(spec, batch_size=2, optimize=False).graph
+    assert len(optimized.graph["order"]) < len(plain.graph["order"])
+    assert sum(optimized.nodes[n]["flops"] for n in optimized.graph["order"]) == \
+        sum(plain.nodes[n]["flops"] for n in plain.graph["order"])
+
+
 def test_fold_batch_norm_uses_the_pytorch_formula():
     """The scale and shift against PyTorch's inference-mode batch norm, on non-trivial statistics."""
     torch = pytest.importorskip("torch")
