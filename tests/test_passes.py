@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import cnngraph
+from cnngraph.errors import InternalError
 from cnngraph.ops import Residual, ScaleShift, batch_norm_scale_shift
 from cnngraph.passes.eliminate_dead_code import eliminate_dead_code
 from cnngraph.passes.fold_batch_norm import fold_batch_norm
@@ -268,6 +269,7 @@ def test_fold_batch_norm_into_conv(bias):
     assert nodes(g) == {"x": N("input", [], []), "bn": N("conv2d+batch_norm2d", ["c", "bn"], ["x"]),
                         "r": N("relu", ["r"], ["bn"])}
     assert report(g) == [("conv2d+batch_norm2d", ["c", "bn"], True, None)]
+    assert g.graph["fusion_report"][0]["path"] == "/layers/0"  # where inspect's fusion report points
     assert g.nodes["bn"]["compute"].spec is g0.nodes["c"]["compute"].spec  # the conv's geometry, now with the BN's layer
     w, b = folded_expectation(g0, "c", "bn")
     got = g.nodes["bn"]["weights"]
@@ -285,6 +287,14 @@ def test_a_blocked_batch_norm_does_not_stop_the_next_from_folding():
     assert run_passes(g, fold_batch_norm) == ["folded bn2 into c2"]  # c1 has another reader: bn1 stays
     assert g.nodes["bn1"]["op"] == "batch_norm2d" and g.nodes["bn2"]["op"] == "conv2d+batch_norm2d"
     assert_well_formed(g, before)
+
+
+def test_a_pass_that_breaks_the_graph_is_an_internal_error_naming_it():
+    g = raw(net([conv("c"), {"op": "relu", "name": "r"}]))
+    layers = sorted(all_layers(g))
+    g.nodes["r"]["inputs"] = ["x"]  # disagrees with the edge c -> r
+    with pytest.raises(InternalError, match=r"pass broken broke the graph: node r: inputs \['x'\] disagree"):
+        check_invariants(g, layers, "broken")
 
 
 def test_fusion_keeps_the_flops_of_what_it_merges():
