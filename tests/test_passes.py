@@ -195,6 +195,15 @@ def test_fold_pad_keeps_other_padding(pad, reason):
     assert report(g) == [("pad+conv2d", ["p", "c"], False, reason)]
 
 
+def test_a_pad_that_cannot_fold_does_not_stop_the_next_from_folding():
+    g = raw(net([{"op": "pad", "name": "p1", "padding": 1, "mode": "reflect"}, conv("c1"),
+                 {"op": "pad", "name": "p2", "padding": 1, "inputs": ["x"]}, conv("c2"),
+                 {"op": "pad", "name": "p3", "padding": 1, "inputs": ["x"]}, {"op": "relu", "name": "r"},
+                 {"op": "pad", "name": "p4", "padding": 1, "inputs": ["x"]}, conv("c4")],
+                outputs=["c1", "c2", "r", "c4"]))
+    assert run_passes(g, fold_pad) == ["folded p2 into the padding of c2", "folded p4 into the padding of c4"]
+
+
 def test_fold_pad_keeps_a_pad_read_twice():
     g = raw(net([{"op": "pad", "name": "p", "padding": 1}, conv("a"), conv("b", inputs=["p"]),
                  {"op": "add", "name": "s", "inputs": ["a", "b"]}]))
