@@ -6,7 +6,7 @@ from .common import THREADS, indent, one_thread_each, ptr
 
 
 def pointwise(name: str, *, total: int, inputs: list[str], extra_args: list[str], expr: str,
-              channels: int = 1, spatial: int = 1) -> tuple[str, tuple, tuple]:
+              channels: int, spatial: int) -> tuple[str, tuple, tuple]:
     """y[idx] = expr, one thread per element; `k` is the channel of idx, for per-channel params.
     y may be one of the inputs (an in-place node): no RESTRICT on them."""
     args = ", ".join([*(ptr(i, restrict=False) for i in inputs), *extra_args, ptr("y", const=False, restrict=False)])
