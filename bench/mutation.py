@@ -204,7 +204,7 @@ def report(output: Path, per_area: int | None) -> None:
             if chosen is not None and mutant not in chosen:
                 continue
             status = status_of(exit_code)
-            if status in UNDETECTED and mutant in equivalents:
+            if mutant in equivalents and status not in DETECTED:  # run or not: no test can tell it apart
                 status = "equivalent"
             counts[status] += 1
             if status in (*UNDETECTED, "equivalent"):
