@@ -220,6 +220,18 @@ def save(model, path: Path) -> Path:
 
 W3 = randn(4, 3, 3, 3, seed=5) * 0.3
 X = [("x", ["N", 3, 9, 9])]
+
+
+def reshape_transpose_reshape(split: list[int], merge: list[int], out_shape: list, perm=(0, 2, 1, 3, 4)):
+    """x -> Reshape(split) -> Transpose(perm; none: ONNX's reversal) -> Reshape(merge): the form of
+    torchvision's channel_shuffle, or something that only looks like it."""
+    swap = {"perm": list(perm)} if perm is not None else {}
+    return onnx_model([helper.make_node("Reshape", ["x", "split"], ["r"], name="cs/split"),
+                       helper.make_node("Transpose", ["r"], ["t"], name="cs/swap", **swap),
+                       helper.make_node("Reshape", ["t", "merge"], ["y"], name="cs/merge")], X, [("y", out_shape)],
+                      [("split", np.array(split, np.int64)), ("merge", np.array(merge, np.int64))])
+
+
 HAND_CASES = {
     "dropout_identity_sum": (onnx_model(
         [helper.make_node("Dropout", ["x", "ratio"], ["d"], name="drop"),
@@ -283,11 +295,7 @@ HAND_CASES = {
     "softmax_opset13_default_axis": (onnx_model([helper.make_node("Softmax", ["x"], ["y"], name="sm")], X,
                                                 [("y", ["N", 3, 9, 9])], opset=13), ["softmax"]),
     # torchvision's channel_shuffle with the group size left to Reshape (-1)
-    "channel_shuffle_inferred_group_size": (onnx_model(
-        [helper.make_node("Reshape", ["x", "split"], ["r"], name="cs/split"),
-         helper.make_node("Transpose", ["r"], ["t"], name="cs/swap", perm=[0, 2, 1, 3, 4]),
-         helper.make_node("Reshape", ["t", "merge"], ["y"], name="cs/merge")], X, [("y", ["N", 3, 9, 9])],
-        [("split", np.array([0, 3, -1, 9, 9], np.int64)), ("merge", np.array([0, -1, 9, 9], np.int64))]),
+    "channel_shuffle_inferred_group_size": (reshape_transpose_reshape([0, 3, -1, 9, 9], [0, -1, 9, 9], ["N", 3, 9, 9]),
         ["channel_shuffle"]),
     # PyTorch's Hardswish before opset 14: x * HardSigmoid(x) with alpha 1/6
     "hardswish_opset13": (onnx_model([helper.make_node("HardSigmoid", ["x"], ["hs"], name="hs", alpha=1 / 6),
@@ -571,11 +579,7 @@ BAD_NODES = {
                                                               ("one", np.float32(1))]),
                          ['"g/erf" (Erf)', "Erf is supported only in the formula of GELU"]),
     # the first reshape and the transpose of a shuffle, but the second reshape does not merge the channels back
-    "reshape_transpose_not_a_shuffle": (onnx_model(
-        [helper.make_node("Reshape", ["x", "split"], ["r"], name="cs/split"),
-         helper.make_node("Transpose", ["r"], ["t"], name="cs/swap", perm=[0, 2, 1, 3, 4]),
-         helper.make_node("Reshape", ["t", "merge"], ["y"], name="cs/merge")], X, [("y", ["N", 3, 81, 1])],
-        [("split", np.array([0, 3, 1, 9, 9], np.int64)), ("merge", np.array([0, 3, 81, 1], np.int64))]),
+    "reshape_transpose_not_a_shuffle": (reshape_transpose_reshape([0, 3, 1, 9, 9], [0, 3, 81, 1], ["N", 3, 81, 1]),
         ["not a channel shuffle of (N,3,9,9)"]),
     "split_default_axis": (onnx_model([helper.make_node("Split", ["x"], ["a", "b"], name="sp")], X,
                                       [("a", [1, 3, 9, 9]), ("b", [1, 3, 9, 9])]),
@@ -593,11 +597,7 @@ BAD_NODES = {
                                          [("y", ["N", 4])], [("w", np.ones((243, 4), np.int64))]),
                               ['"mm" (MatMul)', "its weight has dtype int64"]),
     # a Transpose without perm (all axes reversed) between the Reshapes: not a channel shuffle
-    "reshape_transpose_reversed": (onnx_model(
-        [helper.make_node("Reshape", ["x", "split"], ["r"], name="cs/split"),
-         helper.make_node("Transpose", ["r"], ["t"], name="cs/swap"),
-         helper.make_node("Reshape", ["t", "merge"], ["y"], name="cs/merge")], X, [("y", ["N", 3, 9, 9])],
-        [("split", np.array([0, 3, 1, 9, 9], np.int64)), ("merge", np.array([0, 3, 9, 9], np.int64))]),
+    "reshape_transpose_reversed": (reshape_transpose_reshape([0, 3, 1, 9, 9], [0, 3, 9, 9], ["N", 3, 9, 9], perm=None),
         ['"cs/split" (Reshape)', "target shape [0, 3, 1, 9, 9]"]),
     "conv_pads_of_3d": (onnx_model([helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[1, 1, 1, 1, 1, 1])],
                                    X, [("y", ["N", 4, 9, 9])], [("w", W3)]),
@@ -632,11 +632,7 @@ BAD_NODES = {
                                      [("a", ["N", 3, 9, 4]), ("b", ["N", 3, 9, 5])],
                                      [("sizes", np.array([4, 5], np.int64))]),
                           ['"sp" (Split)', "axis 3: only splitting along channels"]),
-    "shuffle_groups_not_dividing": (onnx_model(
-        [helper.make_node("Reshape", ["x", "split"], ["r"], name="cs/split"),
-         helper.make_node("Transpose", ["r"], ["t"], name="cs/swap", perm=[0, 2, 1, 3, 4]),
-         helper.make_node("Reshape", ["t", "merge"], ["y"], name="cs/merge")], X, [("y", ["N", 3, 9, 9])],
-        [("split", np.array([0, 2, 1, 9, 9], np.int64)), ("merge", np.array([0, 3, 9, 9], np.int64))]),
+    "shuffle_groups_not_dividing": (reshape_transpose_reshape([0, 2, 1, 9, 9], [0, 3, 9, 9], ["N", 3, 9, 9]),
         ["not a channel shuffle of (N,3,9,9)"]),
     "layer_norm_stash_type_0": (onnx_model([helper.make_node("Flatten", ["x"], ["f"], name="flat"),
                                             helper.make_node("LayerNormalization", ["f", "g"], ["y"], name="ln",
