@@ -11,6 +11,9 @@
 #   bash bench/mutation.sh "cnngraph.passes.*"   # one area (mutmut's mutant-name globs)
 #   MUTMUT_CHILDREN=1 bash bench/mutation.sh     # fewer parallel test processes (default 2)
 #   python bench/mutation.py retry               # after adding tests: survivors are tried again
+#   python bench/mutation.py quick 100 tests/test_passes.py   # the sample first against fast files
+# mutmut keeps the tests it found reaching each function; after the code moves, delete
+# mutants/mutmut-stats.json so it looks again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 children=(--max-children "${MUTMUT_CHILDREN:-2}")
