@@ -329,6 +329,13 @@ HAND_CASES = {
          helper.make_node("LayerNormalization", ["t", "g", "b"], ["n"], name="ln", axis=3),
          helper.make_node("Transpose", ["n"], ["y"], name="to_nchw", perm=[0, 3, 1, 2])], X, [("y", ["N", 3, 9, 9])],
         [("g", randn(3, seed=13)), ("b", randn(3, seed=14))]), ["layer_norm"]),
+    # the same LayerNormalization followed by a Linear on the channels-last view (ConvNeXt's block)
+    "channels_last_layer_norm_axis3_then_linear": (onnx_model(
+        [helper.make_node("Transpose", ["x"], ["t"], name="to_nhwc", perm=[0, 2, 3, 1]),
+         helper.make_node("LayerNormalization", ["t", "g", "b"], ["n"], name="ln", axis=3),
+         helper.make_node("MatMul", ["n", "w"], ["m"], name="fc"),
+         helper.make_node("Transpose", ["m"], ["y"], name="to_nchw", perm=[0, 3, 1, 2])], X, [("y", ["N", 5, 9, 9])],
+        [("g", randn(3, seed=19)), ("b", randn(3, seed=20)), ("w", randn(3, 5, seed=21))]), ["layer_norm", "conv2d"]),
     # before opset 11 the pads and the value are attributes
     "pad_opset10": (onnx_model([helper.make_node("Pad", ["x"], ["y"], name="pad", pads=[0, 0, 1, 2, 0, 0, 2, 1],
                                                  value=0.5)], X, [("y", ["N", 3, 12, 12])], opset=10), ["pad"]),
