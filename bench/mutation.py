@@ -93,15 +93,29 @@ def estimate(by_area: dict[str, collections.Counter], populations: dict[str, int
     return lines
 
 
+def source_files() -> dict[str, SourceFileMutationData]:
+    """mutmut's results of each mutated file (exit code by mutant; None: not run), loaded."""
+    config()  # reads [tool.mutmut] so walk_mutatable_files knows what was mutated
+    files = {}
+    for path in sorted(map(str, walk_mutatable_files())):
+        files[path] = SourceFileMutationData(path=path)
+        files[path].load()
+    return files
+
+
 def mutants_by_file() -> dict[str, dict[str, int | None]]:
     """Every generated mutant of each mutated file, with mutmut's exit code (None: not run)."""
-    config()  # reads [tool.mutmut] so walk_mutatable_files knows what was mutated
-    result = {}
-    for path in sorted(map(str, walk_mutatable_files())):
-        data = SourceFileMutationData(path=path)
-        data.load()
-        result[path] = data.exit_code_by_key
-    return result
+    return {path: data.exit_code_by_key for path, data in source_files().items()}
+
+
+def run_mutant(name: str, pytest_args: list[str], timeout_s: float) -> int:
+    """pytest's exit status with mutant `name` active, as mutmut runs it (mutmut's 36 past the timeout)."""
+    env = {**os.environ, "MUTANT_UNDER_TEST": name}
+    try:
+        return subprocess.run([sys.executable, "-m", "pytest", *pytest_args], cwd="mutants", env=env,
+                              capture_output=True, timeout=timeout_s).returncode
+    except subprocess.TimeoutExpired:
+        return 36
 
 
 def sample(per_area: int, seed: int = 0) -> list[str]:
@@ -134,20 +148,12 @@ def recheck(timeout_s: float) -> None:
     cfg = config()
     pytest_args = ["-x", "-q", *cfg.pytest_add_cli_args, *cfg.pytest_add_cli_args_test_selection]
     imported = import_time_functions()
-    for path in sorted(map(str, walk_mutatable_files())):
-        data = SourceFileMutationData(path=path)
-        data.load()
+    for data in source_files().values():
         suspects = [name for name, code in data.exit_code_by_key.items()
                     if status_of(code) in UNDETECTED
                     and f"{name.rsplit('.', 1)[0]}.{mangled_name_from_mutant_name(name.rsplit('.', 1)[1])}" in imported]
         for name in suspects:
-            env = {**os.environ, "MUTANT_UNDER_TEST": name}
-            try:
-                code = subprocess.run([sys.executable, "-m", "pytest", *pytest_args], cwd="mutants", env=env,
-                                      capture_output=True, timeout=timeout_s).returncode
-            except subprocess.TimeoutExpired:
-                code = 36  # mutmut's "timeout"
-            data.exit_code_by_key[name] = code
+            data.exit_code_by_key[name] = code = run_mutant(name, pytest_args, timeout_s)
             data.save()
             print(f"{name}: {status_of(code)}", flush=True)
 
@@ -156,32 +162,20 @@ def quick(per_area: int, tests: list[str], workers: int = 2, timeout_s: float = 
     """Tries each sampled mutant that has not run against `tests` alone (a few fast files of the
     selection): a mutant they catch is caught by the selection too, so it is recorded as mutmut
     records it; the rest stay for mutmut (which pays the whole selection's collection per mutant)."""
-    cfg = config()
-    files = {name: path for path, exit_codes in mutants_by_file().items() for name in exit_codes}
-    todo = [name for name in sample(per_area) if mutants_by_file()[files[name]][name] is None]
-
-    def run(name: str) -> tuple[str, int]:
-        env = {**os.environ, "MUTANT_UNDER_TEST": name}
-        try:
-            return name, subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", *cfg.pytest_add_cli_args, *tests],
-                                        cwd="mutants", env=env, capture_output=True, timeout=timeout_s).returncode
-        except subprocess.TimeoutExpired:
-            return name, 36  # mutmut's "timeout"
-
+    pytest_args = ["-x", "-q", *config().pytest_add_cli_args, *tests]
+    files = source_files()
+    owner = {name: data for data in files.values() for name in data.exit_code_by_key}
+    todo = [name for name in sample(per_area) if owner[name].exit_code_by_key[name] is None]
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        for name, code in pool.map(run, todo):
+        for name, code in zip(todo, pool.map(lambda name: run_mutant(name, pytest_args, timeout_s), todo)):
             if status_of(code) in DETECTED:
-                data = SourceFileMutationData(path=files[name])
-                data.load()
-                data.exit_code_by_key[name] = code
-                data.save()
+                owner[name].exit_code_by_key[name] = code
+                owner[name].save()
             print(f"{name}: {status_of(code) if status_of(code) in DETECTED else 'left for mutmut'}", flush=True)
 
 
 def retry() -> None:
-    for path in sorted(map(str, walk_mutatable_files())):
-        data = SourceFileMutationData(path=path)
-        data.load()
+    for data in source_files().values():
         for name, code in data.exit_code_by_key.items():
             if status_of(code) in UNDETECTED:
                 data.exit_code_by_key[name] = None
