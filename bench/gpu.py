@@ -42,6 +42,18 @@ def peak_for(card: str, precision: str = "fp32") -> float | None:
     return peaks[precision] if peaks else None
 
 
+def rel_err(got: np.ndarray, ref: np.ndarray) -> float:
+    """Relative L2 error of `got` against `ref`."""
+    return float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+
+
+def channels_last(t):
+    """A 4-D torch tensor in channels_last memory order; others as they are."""
+    import torch
+
+    return t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t
+
+
 def time_ms(fn, repeats: int, warmup: int = 5) -> float:
     import cupy as cp
 
@@ -101,15 +113,15 @@ def bench_case(name: str, batch: int, repeats: int, card: str, precisions: list[
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     ref = run_torch().float().cpu().numpy()
     ours = model(x_np)
-    err = float(np.linalg.norm(ours - ref) / np.linalg.norm(ref))
+    err = rel_err(ours, ref)
     result = {"network": name, "batch": batch, "rel_err_vs_pytorch_fp32": err}
     result["cnngraph_ms"] = time_ms(lambda: model(x_cp), repeats)
     result["pytorch_fp32_ms"] = time_ms(run_torch, repeats)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     result["pytorch_tf32_ms"] = time_ms(run_torch, repeats)
     nchw = net.tensors, x_t
-    net.tensors = {k: v.contiguous(memory_format=torch.channels_last) if v.ndim == 4 else v for k, v in nchw[0].items()}
-    x_t = x_t.contiguous(memory_format=torch.channels_last)
+    net.tensors = {k: channels_last(v) for k, v in nchw[0].items()}
+    x_t = channels_last(x_t)
     result["pytorch_tf32_channels_last_ms"] = time_ms(run_torch, repeats)
     net.tensors, x_t = nchw
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
@@ -126,7 +138,7 @@ def bench_case(name: str, batch: int, repeats: int, card: str, precisions: list[
         if precision == "fp32":
             continue
         reduced = cnngraph.compile(spec, batch_size=batch, device="cuda", weights=model.weights, precision=precision)
-        result[f"rel_err_{precision}_vs_pytorch_fp32"] = float(np.linalg.norm(reduced(x_np) - ref) / np.linalg.norm(ref))
+        result[f"rel_err_{precision}_vs_pytorch_fp32"] = rel_err(reduced(x_np), ref)
         result[f"cnngraph_{precision}_ms"] = time_ms(lambda: reduced(x_cp), repeats)
         result[f"speed_{precision}_vs_best_pytorch_tf32"] = best_torch_tf32 / result[f"cnngraph_{precision}_ms"]
         result[f"{precision}_kernels"] = kernel_rows(reduced, repeats, peak_for(card, precision))
@@ -136,8 +148,7 @@ def bench_case(name: str, batch: int, repeats: int, card: str, precisions: list[
                                      precision=precision)
             result[f"autotune_{precision}_s"] = time.perf_counter() - start
             result[f"cnngraph_{precision}_tuned_ms"] = time_ms(lambda: tuned(x_cp), repeats)
-            result[f"rel_err_{precision}_tuned_vs_pytorch_fp32"] = float(
-                np.linalg.norm(tuned(x_np) - ref) / np.linalg.norm(ref))
+            result[f"rel_err_{precision}_tuned_vs_pytorch_fp32"] = rel_err(tuned(x_np), ref)
             result[f"{precision}_tuned_tiles"] = sorted(
                 f"{s.tile.bm}x{s.tile.bn}x{s.tile.bk}" + (f"/{s.splits}" if s.splits > 1 else "")
                 for s in tuned.backend.schedules.values())
@@ -145,7 +156,7 @@ def bench_case(name: str, batch: int, repeats: int, card: str, precisions: list[
         start = time.perf_counter()
         tuned = cnngraph.compile(spec, batch_size=batch, device="cuda", weights=model.weights, autotune=True)
         result["autotune_s"] = time.perf_counter() - start
-        result["rel_err_tuned_vs_pytorch_fp32"] = float(np.linalg.norm(tuned(x_np) - ref) / np.linalg.norm(ref))
+        result["rel_err_tuned_vs_pytorch_fp32"] = rel_err(tuned(x_np), ref)
         result["cnngraph_tuned_ms"] = time_ms(lambda: tuned(x_cp), repeats)
         result["speed_tuned_vs_pytorch_fp32"] = result["pytorch_fp32_ms"] / result["cnngraph_tuned_ms"]
         result["tuned_layers"] = sum(1 for pick, _, _ in tuned.backend.tuning.values() if pick)
@@ -169,19 +180,16 @@ def pytorch_half_and_compiled(spec: dict, weights: dict, x_np: np.ndarray, ref: 
     timer = timer or time_ms
     result = {}
 
-    def layout(t):
-        return t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t
-
     for label, dtype in (("fp16", torch.float16), ("bf16", torch.bfloat16)):
         net = TorchNet(spec, weights, dtype=dtype).eval()
-        net.tensors = {k: layout(v.to(device)) for k, v in net.tensors.items()}
-        x = layout(torch.from_numpy(x_np).to(device, dtype))
+        net.tensors = {k: channels_last(v.to(device)) for k, v in net.tensors.items()}
+        x = channels_last(torch.from_numpy(x_np).to(device, dtype))
 
         def run(net=net, x=x):
             with torch.inference_mode():
                 return net(x)
         got = run().float().cpu().numpy()
-        result[f"rel_err_pytorch_{label}_vs_pytorch_fp32"] = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+        result[f"rel_err_pytorch_{label}_vs_pytorch_fp32"] = rel_err(got, ref)
         result[f"pytorch_{label}_channels_last_ms"] = timer(run, repeats)
     if not compile:
         return result
@@ -197,7 +205,7 @@ def pytorch_half_and_compiled(spec: dict, weights: dict, x_np: np.ndarray, ref: 
     except Exception as err:  # a backend that cannot compile this network: say why, keep benchmarking
         result["torch_compile_error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         return result
-    result["rel_err_torch_compile_vs_pytorch_fp32"] = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+    result["rel_err_torch_compile_vs_pytorch_fp32"] = rel_err(got, ref)
 
     def run_compiled():
         with torch.inference_mode():
