@@ -3,7 +3,7 @@
     python bench/gpu.py [--repeats 50] [--out DIR]
 
 For each case: median latency by CUDA events for cnngraph (CUDA graph on) at each precision
-(fp32, tf32), PyTorch FP32 with TF32 off, PyTorch with TF32 allowed (NCHW and channels_last),
+(fp32, tf32, fp16, bf16), PyTorch FP32 with TF32 off, PyTorch with TF32 allowed (NCHW and channels_last),
 PyTorch FP16 and BF16 (channels_last) and torch.compile (default mode, FP32, TF32 off);
 images/s and ratios; the relative error against PyTorch FP32; the achieved TFLOP/s of the three
 largest conv kernels against the card's peak at that precision; and batch-1 latency with and
@@ -34,7 +34,8 @@ from cnngraph.progress import progress_bar  # noqa: E402
 CASES = [("resnet18", 1), ("resnet18", 64), ("cifar_vgg", 256), ("mobilenet_v2", 64)]
 TUNED = {("resnet18", 1), ("resnet18", 64), ("cifar_vgg", 256)}  # also measured with autotune=True
 COMPILED = {("resnet18", 64), ("mobilenet_v2", 64)}  # also PyTorch under torch.compile (a minute each to compile)
-PEAK_TFLOPS = ("fp32", "tf32")  # the precisions whose peaks cnngraph.profile knows
+PEAK_TFLOPS = ("fp32", "tf32", "fp16", "bf16")  # the precisions whose peaks cnngraph.profile knows
+TUNED_PRECISIONS = ("fp32", "tf32", "fp16")  # autotuned too in the TUNED cases (bf16 runs fp16's kernels)
 
 
 def peak_for(card: str, precision: str = "fp32") -> float | None:
@@ -142,7 +143,10 @@ def bench_case(name: str, batch: int, repeats: int, card: str, precisions: list[
         result[f"cnngraph_{precision}_ms"] = time_ms(lambda: reduced(x_cp), repeats)
         result[f"speed_{precision}_vs_best_pytorch_tf32"] = best_torch_tf32 / result[f"cnngraph_{precision}_ms"]
         result[f"{precision}_kernels"] = kernel_rows(reduced, repeats, peak_for(card, precision))
-        if tune and (name, batch) in TUNED:
+        if precision in ("fp16", "bf16"):  # against PyTorch's own half precision, channels_last
+            result[f"speed_{precision}_vs_pytorch_{precision}_channels_last"] = (
+                result[f"pytorch_{precision}_channels_last_ms"] / result[f"cnngraph_{precision}_ms"])
+        if tune and (name, batch) in TUNED and precision in TUNED_PRECISIONS:
             start = time.perf_counter()
             tuned = cnngraph.compile(spec, batch_size=batch, device="cuda", weights=model.weights, autotune=True,
                                      precision=precision)
@@ -224,13 +228,22 @@ def kernel_rows(model, repeats: int, peak: float | None) -> dict:
             "all": kernels}
 
 
+def half_line(r: dict, precision: str) -> str:
+    """One case's result at a 16-bit precision, in words, for the table."""
+    tops = ", ".join(f"{k['tflops']:.0f}" for k in r[f"{precision}_kernels"]["top"])
+    return (f"{precision} {r[f'cnngraph_{precision}_ms']:.3f} ms "
+            f"(x{r[f'speed_{precision}_vs_pytorch_{precision}_channels_last']:.2f} PyTorch {precision} NHWC, "
+            f"err {r[f'rel_err_{precision}_vs_pytorch_fp32']:.1e}, top kernels {tops} TFLOP/s)")
+
+
 def main() -> None:
     import cupy as cp
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--cases", help="network:batch,... (default: the four standard cases)")
-    p.add_argument("--precisions", default="fp32,tf32", help="cnngraph precisions to measure (default: fp32,tf32)")
+    p.add_argument("--precisions", default="fp32,tf32,fp16,bf16",
+                   help="cnngraph precisions to measure (default: fp32,tf32,fp16,bf16)")
     p.add_argument("--no-tune", dest="tune", action="store_false", help="skip the autotuned runs")
     p.add_argument("--out", help="also write the JSON into this folder")
     args = p.parse_args()
@@ -254,6 +267,9 @@ def main() -> None:
               f"{r['pytorch_tf32_ms']:10.3f} {r['pytorch_tf32_channels_last_ms']:9.3f} "
               f"{r['speed_vs_pytorch_fp32']:7.2f} {r.get('speed_tf32_vs_best_pytorch_tf32', float('nan')):7.2f} "
               f"{r.get('rel_err_tf32_vs_pytorch_fp32', float('nan')):8.1e}  {tops}")
+        halves = [half_line(r, p) for p in ("fp16", "bf16") if f"cnngraph_{p}_ms" in r]
+        if halves:
+            print(f"{'':13s} ours " + "; ".join(halves))
         if "pytorch_fp16_channels_last_ms" in r:
             compiled = (f"{r['pytorch_compiled_fp32_ms']:.3f} ms (compiled in {r['torch_compile_s']:.0f} s)"
                         if "pytorch_compiled_fp32_ms" in r else r.get("torch_compile_error", "-"))

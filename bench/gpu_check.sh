@@ -14,7 +14,7 @@ fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_backends.py tests/test_reliability.py tests/test_files.py \
     tests/test_precision.py tests/test_launch_and_calls.py tests/test_extremes.py tests/test_profile.py \
-    tests/test_activation_tails.py tests/test_geometry_grid.py tests/test_devices.py
+    tests/test_activation_tails.py tests/test_geometry_grid.py tests/test_devices.py tests/test_half_precision.py
 tests=$?
 sanitized=0
 if command -v compute-sanitizer > /dev/null; then

@@ -1,7 +1,8 @@
 """One small network run once on CUDA at each precision, for `compute-sanitizer` (bench/gpu_check.sh):
 a conv with padding, a split-K conv, a residual epilogue and a linear layer, all tensor-core kernels
-at tf32. Exits non-zero when a result disagrees with the NumPy backend (at tf32 a value summed in
-another order may round to the neighbouring TF32 value in the next layer: a looser bound)."""
+at tf32, fp16 and bf16. Exits non-zero when a result disagrees with the NumPy backend (at reduced
+precisions a value summed in another order may round to the neighbouring value in the next layer:
+looser bounds)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ SPEC = {"format_version": 1, "name": "sanitize", "inputs": [{"name": "x", "shape
 if __name__ == "__main__":
     x = np.random.default_rng(0).standard_normal((2, 16, 12, 12)).astype(np.float32)
     failed = False
-    for precision, bound in (("fp32", 1e-5), ("tf32", 1e-3)):
+    for precision, bound in (("fp32", 1e-5), ("tf32", 1e-3), ("fp16", 2e-3), ("bf16", 1e-2)):
         ref = cnngraph.compile(SPEC, batch_size=2, device="cpu", precision=precision)
         gpu = cnngraph.compile(SPEC, batch_size=2, device="cuda", weights=ref.weights, precision=precision,
                                cuda_graph=False)

@@ -27,6 +27,7 @@ from .codegen.lower import Program
 from .errors import CnnGraphError, CnnGraphWarning, DeviceError, InputError, WeightsError, one_line, quote
 from .files import atomic_write, atomic_write_folder, refuse_overwriting, require_folder
 from .html_report import html_page
+from .precision import HALF_STORAGE
 from .progress import progress_bar
 from .interop import export_onnx, from_onnx
 from .report import inspect_data, inspect_text, to_dot
@@ -149,7 +150,8 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--input", help=".npy/.npz input (default: seeded random normal data)")
     k.add_argument("--batch", type=_positive, help="batch size (default: the input's, else 1)")
     k.add_argument("--device", default="auto", type=_device, help=DEVICE_FORMS)
-    k.add_argument("--tolerance", type=float, help="relative error allowed per node (default 1e-4; 1e-2 at tf32)")
+    k.add_argument("--tolerance", type=float, help="relative error allowed per node (default 1e-4; 1e-2 at tf32 and "
+                                                         "fp16, 5e-2 at bf16)")
     k.add_argument("--seed", type=_non_negative, default=0)
     _precision_argument(k)
     k.set_defaults(handler=_check)
@@ -265,8 +267,9 @@ def _compile(spec, **options):
 
 def _precision_argument(parser) -> None:
     parser.add_argument("--precision", default="fp32", metavar="P",
-                        help="of the conv/linear products: fp32 (default) or tf32 (tensor cores, sm_80+; "
-                             "the CPU backends round the same way)")
+                        help="fp32 (default); tf32: conv/linear products on the tensor cores; fp16 or bf16: "
+                             "tensors and conv/linear weights stored in 16 bits (sm_80+ on CUDA; the CPU "
+                             "backends round the same way)")
 
 
 def _inspected_graph(spec, batch: int, optimize: bool, precision: str):
@@ -291,21 +294,26 @@ def _codegen(args) -> None:
 
 
 def codegen_manifest(program: Program, dialect: Dialect, batch: int, precision: str = "fp32") -> dict:
-    """What `cnngraph codegen` writes as manifest.json. Sizes and offsets are float32 elements."""
+    """What `cnngraph codegen` writes as manifest.json. Arena sizes and offsets are elements of the
+    precision's storage (float32, or 16-bit at fp16/bf16); the workspace is float32 elements."""
     def arg(kind: str, ref: str) -> dict:
         if kind == "tensor":
             offset, size, shape = program.tensors[ref]
             return {"kind": kind, "node": ref, "offset": offset, "size": size, "shape": list(shape)}
         if kind == "const":
-            return {"kind": kind, "name": ref, "shape": list(program.constants[ref].shape)}
+            value = program.constants[ref]
+            return {"kind": kind, "name": ref, "shape": list(value.shape), "dtype": str(value.dtype)}
+        if kind == "counters":  # int32, zero before and after every launch
+            return {"kind": kind, "size": program.counters_size, "dtype": "int32"}
         return {"kind": kind, "size": program.workspace_size}
 
     launches = [{"kernel": l.kernel, "file": f"{l.kernel}{dialect.suffix}", "grid": list(l.grid),
                  "block": list(l.block), "args": [arg(kind, ref) for kind, ref in l.args], "node": l.node,
                  "layers": list(l.layers), "flops": l.flops} for l in program.launches]
     return {"name": program.name, "dialect": dialect.name, "batch": batch, "precision": precision,
-            "unit": "float32 elements",
+            "unit": f"{precision} elements" if precision in HALF_STORAGE else "float32 elements",
             "arena_size": program.arena_size, "workspace_size": program.workspace_size,
+            "counters_size": program.counters_size,
             "inputs": {n: arg("tensor", n) for n in program.inputs},
             "outputs": {n: arg("tensor", n) for n in program.outputs}, "launches": launches}
 

@@ -22,7 +22,7 @@ from .passes.assign_precision import assign_precision
 from .passes.infer_shapes import infer_shapes
 from .passes.pipeline import optimize_graph
 from .passes.plan_memory import plan_memory
-from .precision import check_precision
+from .precision import check_precision, element_bytes
 from .report import summary_table
 from .resources import MemoryNeed, check_memory, least_need, parse_size, planned_need
 from .spec import NetworkSpec, load_spec, parse_spec
@@ -98,8 +98,8 @@ def plan(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1,
          limit: tuple[float, str, int] | None = None, precision: str = "fp32") -> Plan:
     """Validate, build, shape-check, bind the weights, optimize and plan the memory of a network.
     Touches no device. `limit`: (bytes, where the limit comes from, weight copies the backend will
-    hold), checked before any weight is read or made. `precision`: of the conv/linear products,
-    "fp32" or "tf32" (cnngraph/precision.py)."""
+    hold), checked before any weight is read or made. `precision`: "fp32", "tf32", "fp16" or
+    "bf16" (cnngraph/precision.py)."""
     spec = as_spec(spec)
     g = build(spec, batch_size)
     require_flag("optimize", optimize)
@@ -107,7 +107,8 @@ def plan(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1,
     expected = expected_shapes(g)
     if limit is not None:
         size, source, copies = limit
-        check_memory(g, least_need(g, expected, copies), expected, size, source)  # before any weight exists
+        check_memory(g, least_need(g, expected, copies, element_bytes(precision)), expected, size,
+                     source)  # before any weight exists
     if weights is None:
         bound, random_weights = init_weights(g, seed), True
     else:
@@ -133,7 +134,8 @@ def bind(p: Plan, device: str = "auto", max_memory: int | str | None = None, **o
         if reason := backend_class.unsupported_precision(p.precision):
             raise DeviceError(reason)
         size, source = memory_limit(backend_class, max_memory)
-        need = planned_need(p.graph, p.expected, backend_class.weight_copies, backend_class.scratch_bytes(p))
+        need = planned_need(p.graph, p.expected, backend_class.weight_copies, backend_class.scratch_bytes(p),
+                            backend_class.arena_element_bytes(p.precision))
         check_memory(p.graph, need, p.expected, size, source)  # the final plan, still before allocating it
         return CompiledModel(p, backend_class(p, options), device_note=note, memory=need)
 
@@ -152,8 +154,10 @@ def compile(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1, devic
     max_memory: bytes (or a size like "8GiB") the network may hold: weights + activations +
     scratch. Default: 80% of the machine's RAM, or 90% of the GPU's memory on CUDA. A network
     over it raises ResourceError before anything is allocated.
-    precision: "fp32" (default) or "tf32": conv/linear products of TF32-rounded operands on the
-    tensor cores (sm_80+), accumulated in float32; the CPU backends round the same way."""
+    precision: "fp32" (default); "tf32": conv/linear products of TF32-rounded operands on the
+    tensor cores (sm_80+), accumulated in float32; "fp16" / "bf16": every activation and the
+    conv/linear weights stored in 16 bits, computed and accumulated in float32. The CPU backends
+    round the same way, so they show the accuracy a GPU gives (cnngraph/precision.py)."""
     spec = as_spec(spec)
     build(spec, batch_size)  # a bad spec or batch size is reported before the device is looked at
     require_flag("cuda_graph", cuda_graph)

@@ -14,9 +14,13 @@ from .model import CompiledModel
 
 # Dense peaks of the GPUs whose figures are known (SXM parts): TFLOP/s per precision, memory TB/s.
 # Matched by name in the CUDA device's name; elsewhere no fraction of peak is shown.
-GPU_PEAKS = {"H200": {"fp32": 66.9, "tf32": 494.7, "memory": 4.8}, "H100": {"fp32": 66.9, "tf32": 494.7, "memory": 3.35},
-             "A100": {"fp32": 19.5, "tf32": 156.0, "memory": 2.0}, "L4": {"fp32": 30.3, "tf32": 60.0, "memory": 0.3},
-             "A10": {"fp32": 31.2, "tf32": 62.5, "memory": 0.6}}
+GPU_PEAKS = {
+    "H200": {"fp32": 66.9, "tf32": 494.7, "fp16": 989.4, "bf16": 989.4, "memory": 4.8},
+    "H100": {"fp32": 66.9, "tf32": 494.7, "fp16": 989.4, "bf16": 989.4, "memory": 3.35},
+    "A100": {"fp32": 19.5, "tf32": 156.0, "fp16": 312.0, "bf16": 312.0, "memory": 2.0},
+    "L4": {"fp32": 30.3, "tf32": 60.0, "fp16": 121.0, "bf16": 121.0, "memory": 0.3},
+    "A10": {"fp32": 31.2, "tf32": 62.5, "fp16": 125.0, "bf16": 125.0, "memory": 0.6},
+}
 
 
 def gpu_peaks(card: str) -> dict | None:

@@ -36,8 +36,7 @@ import networkx as nx
 import numpy as np
 
 from .graph import topological_order
-
-FLOAT_BYTES = 4
+from .precision import HALF_STORAGE, element_bytes
 
 # what a fusion report's reason code means, for people
 REASONS = {  # every reason code a pass records, in words
@@ -63,24 +62,27 @@ REASONS = {  # every reason code a pass records, in words
 def node_rows(g: nx.DiGraph) -> list[dict]:
     """One dict per node, in topological order (the "nodes" of the JSON document)."""
     rows = []
+    storage = g.graph.get("precision", "fp32")
+    eb = element_bytes(storage)  # of an activation as the GPU stores it; the weights count as float32
     for node in topological_order(g):
         a = g.nodes[node]
         params = int(sum(w.size for w in a.get("weights", {}).values()))
-        written = _bytes(a["shape"])
+        written = eb * _numel(a["shape"])
+        precision = a["compute"].precision if a["compute"] is not None else None
         rows.append({
             "node": node,
             "layers": list(a["layers"]),
             "op": op_label(g, node),
-            "precision": a["compute"].precision if a["compute"] is not None else None,
+            "precision": storage if precision and storage in HALF_STORAGE else precision,
             "path": a["path"],
             "inputs": list(a["inputs"]),
             "shape": list(a["shape"]),
             "params": params,
             "flops": int(a.get("flops", 0)),
             "output_bytes": written,
-            "bytes_read": sum(_bytes(g.nodes[i]["shape"]) for i in a["inputs"]) + FLOAT_BYTES * params,
+            "bytes_read": sum(eb * _numel(g.nodes[i]["shape"]) for i in a["inputs"]) + 4 * params,
             "bytes_written": written,
-            "offset_bytes": FLOAT_BYTES * a["offset"] if "offset" in a else None,
+            "offset_bytes": eb * a["offset"] if "offset" in a else None,
         })
     return rows
 
@@ -99,8 +101,8 @@ def memory(g: nx.DiGraph) -> dict | None:
     """Peak activation memory with and without memory planning, or None for an unplanned graph."""
     if "arena_size" not in g.graph:
         return None
-    return {"planned_bytes": FLOAT_BYTES * g.graph["arena_size"],
-            "unplanned_bytes": FLOAT_BYTES * g.graph["unplanned_size"]}
+    eb = element_bytes(g.graph.get("precision", "fp32"))
+    return {"planned_bytes": eb * g.graph["arena_size"], "unplanned_bytes": eb * g.graph["unplanned_size"]}
 
 
 def fusion_report(g: nx.DiGraph) -> list[dict]:
@@ -181,8 +183,8 @@ def inspect_text(g: nx.DiGraph) -> str:
     return "\n\n".join([summary_table(g), memory_text(g), fusion_text(g)])
 
 
-def _bytes(shape) -> int:
-    return FLOAT_BYTES * int(np.prod(shape))
+def _numel(shape) -> int:
+    return int(np.prod(shape))
 
 
 def _si(value: float, unit: str = "") -> str:

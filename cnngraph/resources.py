@@ -33,18 +33,19 @@ class MemoryNeed:
         return self.weights + self.arena + self.scratch
 
 
-def planned_need(g: nx.DiGraph, weight_shapes: dict, weight_copies: int, scratch: int) -> MemoryNeed:
+def planned_need(g: nx.DiGraph, weight_shapes: dict, weight_copies: int, scratch: int, element_bytes: int = 4
+                 ) -> MemoryNeed:
     """For a graph that has been through plan_memory; `weight_shapes`: key -> (shape, layer).
-    `weight_copies` and `scratch` are the backend's (see backends/base.py)."""
-    return MemoryNeed(weights=weight_copies * _weight_bytes(weight_shapes), arena=4 * g.graph["arena_size"],
-                      scratch=scratch)
+    `weight_copies`, `scratch` and the arena's `element_bytes` are the backend's (see backends/base.py)."""
+    return MemoryNeed(weights=weight_copies * _weight_bytes(weight_shapes),
+                      arena=element_bytes * g.graph["arena_size"], scratch=scratch)
 
 
-def least_need(g: nx.DiGraph, weight_shapes: dict, weight_copies: int) -> MemoryNeed:
+def least_need(g: nx.DiGraph, weight_shapes: dict, weight_copies: int, element_bytes: int = 4) -> MemoryNeed:
     """What any plan of the graph needs at least: its weights and its largest tensor. Checked
     before the weights exist; the full plan needs the optimized graph, which needs the weights."""
     largest = max(math.prod(g.nodes[n]["shape"]) for n in layer_nodes(g))
-    return MemoryNeed(weights=weight_copies * _weight_bytes(weight_shapes), arena=4 * largest, scratch=0)
+    return MemoryNeed(weights=weight_copies * _weight_bytes(weight_shapes), arena=element_bytes * largest, scratch=0)
 
 
 def _weight_bytes(weight_shapes: dict) -> int:

@@ -1,5 +1,5 @@
 """Write the torchvision zoo examples: MobileNetV3-Large, EfficientNet-B0, ShuffleNetV2 x1.0,
-DenseNet-121 and ConvNeXt-Tiny as cnngraph specs.
+DenseNet-121, ConvNeXt-Tiny and ResNet-50 as cnngraph specs.
 
 Every layer that holds weights is named after its torchvision module path, so a torchvision
 `state_dict()` loads as it is (`cnngraph.weights_from_torch(model.state_dict())`): the keys
@@ -7,7 +7,7 @@ Every layer that holds weights is named after its torchvision module path, so a 
 match one to one. Layers without weights are named after the module they belong to, or after what
 they do inside it (`features.1.0.add`, `stage2.1.shuffle`).
 
-Run from anywhere: `python examples/generate_zoo.py` rewrites the five files next to this script.
+Run from anywhere: `python examples/generate_zoo.py` rewrites the six files next to this script.
 Needs nothing but the standard library.
 """
 from __future__ import annotations
@@ -260,8 +260,40 @@ def convnext_tiny(dims=(96, 192, 384, 768), depths=(3, 3, 9, 3), eps: float = 1e
     return net
 
 
+# --- ResNet-50 (torchvision/models/resnet.py: Bottleneck, the stride on the 3x3 conv, "v1.5") ---------
+
+def resnet50(blocks=(3, 4, 6, 3), widths=(64, 128, 256, 512), expansion: int = 4) -> Net:
+    net = Net("resnet50")
+    net.add("conv2d", "conv1", out_channels=64, kernel_size=7, stride=2, padding=3, bias=False)
+    net.add("batch_norm2d", "bn1")
+    net.add("relu", "relu")
+    x = net.add("max_pool2d", "maxpool", kernel_size=3, stride=2, padding=1)
+    for s, (count, width) in enumerate(zip(blocks, widths), start=1):
+        for b in range(count):
+            block, stride, cout = f"layer{s}.{b}", 2 if b == 0 and s > 1 else 1, width * expansion
+            net.add("conv2d", f"{block}.conv1", x, out_channels=width, kernel_size=1, bias=False)
+            net.add("batch_norm2d", f"{block}.bn1")
+            net.add("relu", f"{block}.relu1")
+            net.add("conv2d", f"{block}.conv2", out_channels=width, kernel_size=3, stride=stride, padding=1, bias=False)
+            net.add("batch_norm2d", f"{block}.bn2")
+            net.add("relu", f"{block}.relu2")
+            net.add("conv2d", f"{block}.conv3", out_channels=cout, kernel_size=1, bias=False)
+            y = net.add("batch_norm2d", f"{block}.bn3")
+            if b == 0:  # the shortcut changes width (and, after the first stage, resolution)
+                conv = {"stride": stride} if stride != 1 else {}
+                net.add("conv2d", f"{block}.downsample.0", x, out_channels=cout, kernel_size=1, **conv, bias=False)
+                x = net.add("batch_norm2d", f"{block}.downsample.1")
+            net.add("add", f"{block}.add", [y, x])
+            x = net.add("relu", f"{block}.relu3")
+    net.add("global_avg_pool2d", "avgpool")
+    net.add("flatten", "flatten")
+    net.add("linear", "fc", out_features=CLASSES)
+    return net
+
+
 NETWORKS = {"mobilenet_v3_large": mobilenet_v3_large, "efficientnet_b0": efficientnet_b0,
-            "shufflenet_v2": shufflenet_v2_x1_0, "densenet121": densenet121, "convnext_tiny": convnext_tiny}
+            "shufflenet_v2": shufflenet_v2_x1_0, "densenet121": densenet121, "convnext_tiny": convnext_tiny,
+            "resnet50": resnet50}
 
 if __name__ == "__main__":
     for make in NETWORKS.values():

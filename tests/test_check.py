@@ -43,8 +43,8 @@ def test_a_bug_planted_in_one_kernel_is_pointed_at():
     p = cnngraph.plan(SPEC, 2)
     program = copy.deepcopy(p.program)
     (victim,) = [l for l in program.launches if l.node == "pool"]
-    assert "v += r0[idx];" in victim.body
-    victim.body = victim.body.replace("v += r0[idx];", "v += 1.001f * r0[idx];")  # the residual add, 0.1% off
+    assert "v += LOAD(r0[idx]);" in victim.body
+    victim.body = victim.body.replace("v += LOAD(r0[idx]);", "v += 1.001f * LOAD(r0[idx]);")  # the residual add, 0.1% off
     report = check(CompiledModel(p, OpenCLBackend(p, program=program)), X)
     assert report.first_failure.node == "pool" and report.first_failure.layers == ["c2", "res", "act2", "pool"]
     assert "first node over the tolerance 0.0001: pool" in report.table()

@@ -59,6 +59,7 @@ def test_one_file_per_launch_and_a_manifest(capsys, tmp_path, dialect, suffix):
                                                            ["manifest.json"])
     assert manifest["dialect"] == dialect and manifest["batch"] == 2 and manifest["name"] == "lenet5"
     assert manifest["arena_size"] == program.arena_size and manifest["workspace_size"] == program.workspace_size
+    assert manifest["counters_size"] == program.counters_size > 0 and manifest["unit"] == "float32 elements"
     assert set(manifest["inputs"]) == {"image"} and set(manifest["outputs"]) == {"prob"}
     assert manifest["inputs"]["image"]["shape"] == [2, 1, 32, 32]
     for entry, launch in zip(manifest["launches"], program.launches):
@@ -72,11 +73,14 @@ def test_one_file_per_launch_and_a_manifest(capsys, tmp_path, dialect, suffix):
                 assert arg == {"kind": "tensor", "node": ref, "offset": offset, "size": size, "shape": list(shape)}
                 assert offset + size <= program.arena_size
             elif kind == "const":
-                assert arg == {"kind": "const", "name": ref, "shape": list(program.constants[ref].shape)}
+                const = program.constants[ref]
+                assert arg == {"kind": "const", "name": ref, "shape": list(const.shape), "dtype": str(const.dtype)}
+            elif kind == "counters":
+                assert arg == {"kind": "counters", "size": program.counters_size, "dtype": "int32"}
             else:
                 assert arg == {"kind": "workspace", "size": program.workspace_size}
         source = (out / entry["file"]).read_text()
-        assert source.startswith(f"/* cnngraph kernel, {dialect} dialect */") and f"void {launch.kernel}(" in source
+        assert source.startswith(f"/* cnngraph kernel, {dialect} dialect, fp32 storage */") and f"void {launch.kernel}(" in source
     assert leftovers(tmp_path) == []
 
 

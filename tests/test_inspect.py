@@ -259,7 +259,7 @@ def test_html_is_self_contained_with_both_graphs(name):
             assert n["fused"] == (len(g.nodes[node]["layers"]) > 1)
             assert 0 <= n["x"] and n["x"] + n["w"] <= shown["width"] and n["y"] + n["h"] <= shown["height"]
             if g.nodes[node]["op"] != "input" and "alias_of" not in g.nodes[node]:  # an alias needs no kernel
-                assert n["kernels"] and all(k["source"].startswith("/* cnngraph kernel, cuda dialect */")
+                assert n["kernels"] and all(k["source"].startswith("/* cnngraph kernel, cuda dialect, fp32 storage */")
                                             for k in n["kernels"])
                 assert set(n["params_by_layer"]) == set(g.nodes[node]["layers"])
         _check_no_overlap(shown["nodes"])

@@ -21,7 +21,8 @@ BATCH = 2
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 EXAMPLES = sorted(p.stem for p in EXAMPLES_DIR.glob("*.json"))
 EXPECTED_EXAMPLES = {"lenet5", "cifar_vgg", "resnet18", "mobilenet_v2", "squeezenet1_1", "unet_small",
-                     "mobilenet_v3_large", "efficientnet_b0", "shufflenet_v2", "densenet121", "convnext_tiny"}
+                     "mobilenet_v3_large", "efficientnet_b0", "shufflenet_v2", "densenet121", "convnext_tiny",
+                     "resnet50"}
 # With the seeded default weights the batch norms do not normalise: MobileNetV3's activations reach
 # ~1e3 and its hardsigmoid gates saturate, magnifying float32 rounding (3e-6 with trained-like
 # weights, tests/test_zoo.py)

@@ -231,7 +231,7 @@ def test_examples_carry_imagenet_preprocessing_and_labels():
     names = (EXAMPLES / "imagenet_classes.txt").read_text().splitlines()
     assert len(names) == 1000 and names[0] == "tench" and names[207] == "golden retriever"
     for name in ("resnet18", "mobilenet_v2", "squeezenet1_1", "mobilenet_v3_large", "efficientnet_b0",
-                 "shufflenet_v2", "densenet121", "convnext_tiny"):
+                 "shufflenet_v2", "densenet121", "convnext_tiny", "resnet50"):
         spec = cnngraph.load_spec(EXAMPLES / f"{name}.json")
         assert spec.preprocess.center_crop == 224 and spec.preprocess.mean == MEAN, name
         assert spec.label_names() == names, name

@@ -65,10 +65,11 @@ def test_inspect_html_profile_puts_each_nodes_time_on_the_page(tmp_path):
 
 
 def test_known_gpu_peaks_and_none_elsewhere():
-    from cnngraph.profile import gpu_peaks
+    from cnngraph.profile import GPU_PEAKS, gpu_peaks
 
-    assert gpu_peaks("NVIDIA H200") == {"fp32": 66.9, "tf32": 494.7, "memory": 4.8}
+    assert gpu_peaks("NVIDIA H200") == {"fp32": 66.9, "tf32": 494.7, "fp16": 989.4, "bf16": 989.4, "memory": 4.8}
     assert gpu_peaks("NVIDIA A100-SXM4-80GB")["tf32"] == 156.0 and gpu_peaks("Radeon VII") is None
+    assert all(set(peaks) == {"fp32", "tf32", "fp16", "bf16", "memory"} for peaks in GPU_PEAKS.values())
     model = cnngraph.compile(SPEC, device="cpu")
     table = profile_table(model, profile(model, {"x": np.ones((1, 3, 16, 16), np.float32)}, repeats=1))
     assert "% peak" not in table  # the CPU's peak is not known

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 import cnngraph
 from cnngraph.passes.pipeline import check_invariants
-from test_backends import OPENCL_REASON
+from test_backends import NODE_TOL, OPENCL_REASON, node_errors
 from test_passes import assert_well_formed, check_memory_plan
 
 ACTIVATIONS = list(cnngraph.ops.ACTIVATIONS)  # every activation the registry knows
@@ -450,6 +450,21 @@ def test_opencl_matches_numpy(request):
     @given(networks(), st.booleans())
     def prop(case, optimize):
         check_opencl_matches_numpy(*case, optimize=optimize)
+
+    prop()
+
+
+@pytest.mark.skipif(OPENCL_REASON is not None, reason=str(OPENCL_REASON))
+def test_opencl_matches_numpy_at_reduced_precisions(request):
+    """Every node of a random network on PoCL against the NumPy backend's rounding emulation, each
+    on the emulation's own inputs (see test_backends.node_errors), at tf32, fp16 or bf16."""
+    @run_settings(n_examples(request, 6))
+    @given(networks(), st.sampled_from(sorted(NODE_TOL)))
+    def prop(case, precision):
+        spec, batch = case
+        errors = node_errors(spec, "opencl", batch, precision)
+        worst = max(errors, key=errors.get)
+        assert errors[worst] <= NODE_TOL[precision], f"{precision} {worst}: relative error {errors[worst]:.2e}"
 
     prop()
 

@@ -1,4 +1,4 @@
-"""Plain-PyTorch mirrors of five torchvision classifiers, for tests/test_zoo.py, and the small modules
+"""Plain-PyTorch mirrors of six torchvision classifiers, for tests/test_zoo.py, and the small modules
 the ONNX tests build blocks from (`Fn`, `Permute`).
 
 torchvision itself cannot be imported in the test environment, so these modules rebuild
@@ -296,12 +296,54 @@ def convnext_tiny(dims=(96, 192, 384, 768), depths=(3, 3, 9, 3), num_classes: in
     return Classifier(nn.Sequential(*features), head, flatten=False)
 
 
+class Bottleneck(nn.Module):
+    """torchvision's ResNet-50 block: 1x1 reduce, 3x3 (the stride), 1x1 expand by 4, the shortcut."""
+
+    def __init__(self, cin: int, width: int, stride: int):
+        super().__init__()
+        cout = 4 * width
+        self.conv1, self.bn1 = nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3, self.bn3 = nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU()
+        self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+                           if stride != 1 or cin != cout else None)
+
+    def forward(self, x):
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return self.relu(y + (self.downsample(x) if self.downsample is not None else x))
+
+
+class ResNet50(nn.Module):
+    def __init__(self, num_classes: int = 1000, blocks=(3, 4, 6, 3)):
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64)
+        self.relu, self.maxpool = nn.ReLU(), nn.MaxPool2d(3, 2, 1)
+        cin = 64
+        for s, (count, width) in enumerate(zip(blocks, (64, 128, 256, 512)), start=1):
+            layers = []
+            for b in range(count):
+                layers.append(Bottleneck(cin, width, 2 if b == 0 and s > 1 else 1))
+                cin = 4 * width
+            setattr(self, f"layer{s}", nn.Sequential(*layers))
+        self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(cin, num_classes)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
 MODELS = {
     "mobilenet_v3_large": mobilenet_v3_large,
     "efficientnet_b0": efficientnet_b0,
     "shufflenet_v2": ShuffleNetV2,
     "densenet121": DenseNet,
     "convnext_tiny": convnext_tiny,
+    "resnet50": ResNet50,
 }
 
 

@@ -13,6 +13,8 @@ from typing import ClassVar
 
 import numpy as np
 
+from ..precision import element_bytes
+
 BACKENDS: dict[str, type["Backend"]] = {}  # device name -> backend class
 
 
@@ -45,6 +47,11 @@ class Backend:
     def memory_limit(cls) -> tuple[int | None, str]:
         """The default limit in bytes (None: unknown) and where it comes from, in words."""
         raise NotImplementedError
+
+    @classmethod
+    def arena_element_bytes(cls, precision: str) -> int:
+        """Bytes of one activation element in this backend's arena at `precision`."""
+        return element_bytes(precision)
 
     @classmethod
     def scratch_bytes(cls, plan) -> int:

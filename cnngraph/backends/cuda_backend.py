@@ -4,14 +4,12 @@ replayed, so small batches are not eaten by launch overhead. CuPy is imported la
 
 from __future__ import annotations
 
-import numpy as np
-
 from ..codegen.autotune import autotune, choose
 from ..codegen.dialects import CUDA
 from ..codegen.lower import lower
 from ..codegen.nvrtc import COMPILE_OPTIONS, NvrtcError
 from ..errors import DeviceError
-from ..precision import TENSOR_CORE_ARCH
+from ..precision import HALF_STORAGE, TENSOR_CORE_ARCH
 from ..progress import progress_bar
 from ..resources import fmt_bytes
 from .program_backend import ProgramBackend
@@ -79,7 +77,8 @@ class CudaBackend(ProgramBackend):
 
     @classmethod
     def scratch_bytes(cls, plan) -> int:
-        return 2 * 4 * plan.program.workspace_size  # an autotuned schedule may split twice as far
+        # an autotuned schedule may split twice as far
+        return 2 * 4 * (plan.program.workspace_size + plan.program.counters_size)
 
     def __init__(self, plan, options: dict):
         reason = cuda_unavailable_reason()
@@ -89,7 +88,7 @@ class CudaBackend(ProgramBackend):
         self.cp = cp
         self.gpu_id = cp.cuda.Device().id  # bind made the chosen GPU current: pinned for every later call
         g = plan.graph
-        self.arena = cp.empty(max(1, g.graph["arena_size"]), cp.float32)
+        self.arena = cp.empty(max(1, g.graph["arena_size"]), cp.uint16 if plan.precision in HALF_STORAGE else cp.float32)
         self.views = {n: self.arena[g.nodes[n]["offset"]:g.nodes[n]["offset"] + g.nodes[n]["size"]]
                       for n in [*g.graph["inputs"], *g.graph["order"]]}
         self.tuning, self.schedules = {}, {}  # node -> (pick, its ms, default's ms); node -> the schedule chosen
@@ -101,7 +100,9 @@ class CudaBackend(ProgramBackend):
                                   f"the CUDA module of {plan.spec.name}")
         self.constants = {key: cp.asarray(value) for key, value in program.constants.items()}
         self.workspace = cp.empty(max(1, program.workspace_size), cp.float32)
-        buffers = {"tensor": self.views, "const": self.constants, "workspace": {"": self.workspace}}
+        self.counters = cp.zeros(max(1, program.counters_size), cp.int32)  # each split-K kernel leaves them 0
+        buffers = {"tensor": self.views, "const": self.constants, "workspace": {"": self.workspace},
+                   "counters": {"": self.counters}}
         self.launches = []
         for launch, fn in zip(program.launches, functions):
             args = tuple(buffers[kind][ref] for kind, ref in launch.args)
@@ -133,7 +134,7 @@ class CudaBackend(ProgramBackend):
 
     def poison(self) -> None:
         with self._pinned(), self.stream:
-            self.arena.fill(np.nan)
+            self.arena.fill(self.poison_value()[0])
             self.stream.synchronize()
 
     def _time_candidates(self, candidates: list, rounds: int = 5, repeats: int = 3
@@ -143,12 +144,13 @@ class CudaBackend(ProgramBackend):
         so a drift in clocks affects them alike."""
         cp = self.cp
         kernels = [l.kernel for c in candidates for l in c[2]]
-        source = CUDA.render("\n".join(l.body for c in candidates for l in c[2]))
+        source = CUDA.render("\n".join(l.body for c in candidates for l in c[2]), storage=self.plan.precision)
         functions = dict(zip(kernels, self._compile(source, kernels, "the autotuning candidates")))
         workspace = cp.empty(max(1, max(l.workspace for c in candidates for l in c[2])), cp.float32)
+        counters = cp.zeros(max(1, max(l.counters for c in candidates for l in c[2])), cp.int32)
         runs = []
         for node, pick, launches, constants in candidates:
-            buffers = {"tensor": self.views, "workspace": {"": workspace},
+            buffers = {"tensor": self.views, "workspace": {"": workspace}, "counters": {"": counters},
                        "const": {k: cp.asarray(v) for k, v in constants.items()}}
             calls = [(functions[l.kernel], l.grid, l.block,
                       tuple(buffers[kind][ref] for kind, ref in l.args)) for l in launches]
@@ -182,9 +184,9 @@ class CudaBackend(ProgramBackend):
             self.stream.wait_event(self.cp.cuda.get_current_stream().record())
         with self.stream:
             if isinstance(x, self.cp.ndarray):
-                view[...] = x.reshape(-1)
+                view[...] = self.stored(x, self.cp).reshape(-1)
             else:
-                view.set(np.ascontiguousarray(x, np.float32).reshape(-1), stream=self.stream)
+                view.set(self.stored(x).reshape(-1), stream=self.stream)
 
     def _launch_all(self):
         self.calls += 1
@@ -230,7 +232,7 @@ class CudaBackend(ProgramBackend):
 
     def _download(self, name):
         with self.stream:
-            return self.views[name].reshape(self.tensor_shape(name)).copy()
+            return self.loaded(self.views[name].reshape(self.tensor_shape(name)), self.cp).copy()
 
     def run(self, inputs):
         with self._pinned():
@@ -241,6 +243,10 @@ class CudaBackend(ProgramBackend):
     def run_observed(self, inputs):
         with self._pinned():
             return super().run_observed(inputs)
+
+    def run_node_by_node(self, values):
+        with self._pinned():
+            return super().run_node_by_node(values)
 
 
 def _launch(calls) -> None:

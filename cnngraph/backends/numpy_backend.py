@@ -6,7 +6,9 @@ Images are (N, H, W, C) inside, so every conv reduces over contiguous channels; 
 converted from (N, C, H, W) at the inputs and back at the outputs. Weights are rearranged once.
 
 At tf32 a GEMM node's weight and input are rounded to TF32 as the GPU rounds them (the input into
-scratch), so the float32 products are exactly the tensor cores' products.
+scratch), so the float32 products are exactly the tensor cores' products. At fp16/bf16 the arena
+stays float32 but every tensor is rounded to the 16-bit values the GPU stores, when it is stored
+(inputs, each node's output), and so are the GEMM weights.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import numpy as np
 from ..graph import own_in_shapes
 from ..ops import Scratch
 from ..ops.epilogue import apply_numpy
-from ..precision import round_tf32
+from ..precision import HALF_STORAGE, round_storage, round_tf32
 from ..resources import ram_limit
 from .base import Backend
 
@@ -42,10 +44,15 @@ class NumpyBackend(Backend):
         return ram_limit()
 
     @classmethod
+    def arena_element_bytes(cls, precision: str) -> int:
+        return 4  # computes in float32 in place; reduced precisions are emulated by rounding
+
+    @classmethod
     def scratch_bytes(cls, plan) -> int:
         """The largest op scratch (im2col columns) plus room for a padded copy, the stride phases and
         a fused conv's pre-pool output of the largest tensor; at tf32 the rounded input of a GEMM
-        node and the masks of its rounding (4 + 3 bytes an element)."""
+        node and the masks of its rounding (4 + 3 bytes an element); at fp16/bf16 the temporaries
+        of rounding the largest tensor (14 bytes an element)."""
         g = plan.graph
         computes = [(n, g.nodes[n]["compute"]) for n in g.graph["order"]]
         inputs = [math.prod(g.nodes[src]["shape"]) for n, _ in computes for src in g.nodes[n]["inputs"]]  # padded copies
@@ -54,7 +61,8 @@ class NumpyBackend(Backend):
                    + (4 * math.prod(g.nodes[g.nodes[n]["inputs"][0]]["shape"]) if c.gated else 0)  # x * gate
                    + (7 * math.prod(g.nodes[g.nodes[n]["inputs"][0]]["shape"]) if c.precision == "tf32" else 0)
                    for n, c in computes), default=0)
-        return own + 3 * 4 * largest
+        rounding = 14 * largest if g.graph.get("precision") in HALF_STORAGE else 0
+        return own + 3 * 4 * largest + rounding
 
     def __init__(self, plan, options: dict | None = None):
         super().__init__(plan, options or {})
@@ -67,10 +75,15 @@ class NumpyBackend(Backend):
         self.params = {}
         for n in self.order:
             weights = g.nodes[n].get("weights", {})
-            if g.nodes[n]["compute"].precision == "tf32":  # conv and linear: their "weight" is the GEMM operand
+            precision = g.nodes[n]["compute"].precision  # conv and linear: their "weight" is the GEMM operand
+            if precision == "tf32":
                 weights = {**weights, "weight": round_tf32(weights["weight"])}
+            elif precision in HALF_STORAGE:  # stored in 16 bits on a GPU
+                weights = {**weights, "weight": weights["weight"].copy()}
+                round_storage(weights["weight"], precision)
             self.params[n] = g.nodes[n]["compute"].spec.prepare(weights, own_in_shapes(g, n))
         self.scratch = Scratch()
+        self.storage = g.graph.get("precision", "fp32")  # what the GPU stores: rounded to it at each store
 
     def poison(self) -> None:
         self.arena.fill(np.nan)
@@ -96,6 +109,7 @@ class NumpyBackend(Backend):
         g, views = self.graph, self.views
         for name, x in inputs.items():
             np.copyto(views[name], x.transpose(0, 2, 3, 1) if x.ndim == 4 else x)
+            round_storage(views[name], self.storage)
         for node in self.order:
             if "alias_of" in g.nodes[node]:
                 continue  # a free reshape: its view already shows its input's bytes
@@ -114,6 +128,7 @@ class NumpyBackend(Backend):
                 apply_numpy(out, compute.epilogue, xs[own:])
             if pool:
                 pool.spec.run_numpy([out], {}, self.scratch, views[node])
+            round_storage(views[node], self.storage)
             if timings is not None:
                 timings[node] = timings.get(node, 0.0) + time.perf_counter() - start
             if observed is not None:

@@ -38,7 +38,7 @@ class OpenCLBackend(ProgramBackend):
 
     @classmethod
     def scratch_bytes(cls, plan) -> int:
-        return 4 * plan.program.workspace_size
+        return 4 * (plan.program.workspace_size + plan.program.counters_size)
 
     def __init__(self, plan, options: dict | None = None, program: Program | None = None):
         options = options or {}
@@ -53,14 +53,18 @@ class OpenCLBackend(ProgramBackend):
         race_check = options.get("race_check", os.environ.get("CNNGRAPH_RACE_CHECK", "0") not in ("", "0"))
         self.compiled = self._build(program.source(OPENCL_RACE_CHECK if race_check else OPENCL))
         mf = cl.mem_flags
-        self.arena = cl.Buffer(self.context, mf.READ_WRITE, size=max(4, program.arena_size * 4))
-        self.views = {name: self.arena.get_sub_region(offset * 4, max(4, size * 4))
+        eb = self.element_bytes
+        self.arena = cl.Buffer(self.context, mf.READ_WRITE, size=max(4, program.arena_size * eb))
+        self.views = {name: self.arena.get_sub_region(offset * eb, max(4, size * eb))
                       for name, (offset, size, _) in program.tensors.items()}
         self.constants = consts = {  # kept alive here: kernels do not hold references to their buffers
             key: cl.Buffer(self.context, mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=value)
                   for key, value in program.constants.items()}
         self.workspace = cl.Buffer(self.context, mf.READ_WRITE, size=max(4, program.workspace_size * 4))
-        buffers = {"tensor": self.views, "const": consts, "workspace": {"": self.workspace}}
+        self.counters = cl.Buffer(self.context, mf.READ_WRITE | mf.COPY_HOST_PTR,  # each split-K kernel leaves them 0
+                                  hostbuf=np.zeros(max(1, program.counters_size), np.int32))
+        buffers = {"tensor": self.views, "const": consts, "workspace": {"": self.workspace},
+                   "counters": {"": self.counters}}
         self.kernels = []
         self.race_counters = {}  # launch index -> its kernel's count of conflicting accesses (race check)
         for index, launch in enumerate(program.launches):
@@ -95,7 +99,7 @@ class OpenCLBackend(ProgramBackend):
 
     def poison(self) -> None:
         """Fill the arena with NaN, so an element no kernel writes shows up in the results."""
-        nan = np.full(self.program.arena_size, np.nan, np.float32)
+        nan = np.resize(self.poison_value(), self.program.arena_size)
         self.cl.enqueue_copy(self.queue, self.arena, nan)
 
     def run(self, inputs):
@@ -120,7 +124,7 @@ class OpenCLBackend(ProgramBackend):
         return found
 
     def _upload(self, name, x):
-        self.cl.enqueue_copy(self.queue, self.views[name], np.ascontiguousarray(x, np.float32))
+        self.cl.enqueue_copy(self.queue, self.views[name], self.stored(x))
 
     def _launch_all(self):
         for index in range(len(self.kernels)):
@@ -144,6 +148,6 @@ class OpenCLBackend(ProgramBackend):
                 for launch, event in zip(self.program.launches, events)]
 
     def _download(self, name):
-        out = np.empty(self.tensor_shape(name), np.float32)
+        out = np.empty(self.tensor_shape(name), np.uint16 if self.half else np.float32)
         self.cl.enqueue_copy(self.queue, out, self.views[name])
-        return out
+        return self.loaded(out)

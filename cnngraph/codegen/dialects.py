@@ -2,13 +2,20 @@
 using the words in `WORDS`; a dialect is just the table of how to spell each word, rendered as a
 block of #defines at the top of every kernel (so each file compiles on its own).
 
-Tensor-core words (`TF32`, `MMA_TF32`, `MMA_SCRATCH`) and asynchronous copies (`CP_ASYNC4`,
+Tensor-core words (`TF32`, `MMA_TF32`, `MMA_SCRATCH`; for 16-bit operands `MMA_F16`, `MMA_BF16`,
+`LDMATRIX_X4_TRANS`, `LDMATRIX_X2_TRANS`) and asynchronous copies (`CP_ASYNC4`,
 `CP_ASYNC_COMMIT`, `CP_ASYNC_WAIT`, `CP_ASYNC_STATE`) are spelled as inline PTX in CUDA and as an
 exact emulation in OpenCL: `MMA_TF32` there computes, for each lane, exactly the accumulator
 elements the PTX ISA assigns to it from the fragment registers the lanes hold, so a kernel's
-fragment index math is what runs on PoCL; an async copy writes NaN into its destination when it is
-issued and the data only at the `CP_ASYNC_WAIT` that completes its group, so a wait that is too
-weak, or a copy never committed, shows up as NaN (see `TENSOR_CORE_HELPERS`).
+fragment index math is what runs on PoCL (`LDMATRIX_*` likewise gives each lane exactly the
+elements of the rows the other lanes point at); an async copy writes NaN into its destination
+when it is issued and the data only at the `CP_ASYNC_WAIT` that completes its group, so a wait
+that is too weak, or a copy never committed, shows up as NaN (see `TENSOR_CORE_HELPERS`).
+
+Stored tensors (activations, and the GEMM weights) are `ACT` elements, read with `LOAD(x)` and
+written with `STORE(v)`: float32 at fp32/tf32, 16-bit patterns converted to and from float32 at
+fp16/bf16 (`STORAGE`; round to nearest even, as PTX `cvt.rn` and NumPy do). Kernels compute in
+float32 whatever the storage; the storage is the program's, given to `render`.
 
 `OPENCL_RACE_CHECK` is an opt-in OpenCL rendering that finds a missing `BARRIER()`, which the
 plain one hides (PoCL runs a work-group's items one after another between barriers, and adds
@@ -22,13 +29,63 @@ from dataclasses import dataclass
 WORDS = ("KERNEL", "GLOBAL", "SHARED", "RESTRICT", "BARRIER()", "BLOCK_X", "BLOCK_Y", "BLOCK_Z", "THREAD_X",
          "UNROLL", "ALIGNED16", "INLINE", "NEG_INF",
          "EXPF(x)", "TANHF(x)", "ERFF(x)", "SQRTF(x)", "TF32(x)", "MMA_TF32(d, a, b)", "MMA_SCRATCH(warps)",
-         "CP_ASYNC_STATE(n)", "CP_ASYNC4(dst, src, pred)", "CP_ASYNC_COMMIT()", "CP_ASYNC_WAIT(n)")
+         "CP_ASYNC_STATE(n)", "CP_ASYNC4(dst, src, pred)", "CP_ASYNC_COMMIT()", "CP_ASYNC_WAIT(n)",
+         "HALF", "AS_FLOAT(u)", "AS_UINT(f)", "MMA_F16(d, a, b)", "MMA_BF16(d, a, b)",
+         "LDMATRIX_X4_TRANS(r, base, offset)", "LDMATRIX_X2_TRANS(r, base, offset)",
+         "THREADFENCE()", "ATOMIC_INC(p)", "LOAD_COHERENT(x)")
+STORAGE_WORDS = ("ACT", "LOAD(x)", "STORE(v)")  # spelled per storage precision (`STORAGE`), not per dialect
 
 # max and min that return NaN when either side is NaN, as PyTorch's relu, clamp and max pooling do
 # (C's fmaxf/fminf return the other operand, which would turn a NaN input into 0 or 6)
 HELPERS = """INLINE float max_nan(float a, float b) { return (a > b || a != a) ? a : b; }
 INLINE float min_nan(float a, float b) { return (a < b || a != a) ? a : b; }
 """
+
+
+# The 16-bit storage conversions. float -> fp16 rounds to nearest even: subnormals kept, from 65520 up
+# infinity, NaN stays NaN; fp16 -> float is exact. bf16 is the high half of a float32, rounded to
+# nearest even (a NaN's quiet bit is set first, so rounding never makes it infinity).
+_BF16 = """INLINE float bf16_to_f32(HALF h) { return AS_FLOAT((unsigned)h << 16); }
+INLINE HALF f32_to_bf16(float f) {
+    const unsigned u = AS_UINT(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (HALF)((u >> 16) | 0x40u);
+    return (HALF)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+"""
+STORAGE_HELPERS = {
+    "cuda": """INLINE float f16_to_f32(HALF h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+INLINE HALF f32_to_f16(float f) {
+    HALF h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+""" + _BF16,
+    "opencl": """INLINE float f16_to_f32(HALF h) {
+    const uint sign = (uint)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0) return as_float(sign | as_uint((float)m * 5.9604644775390625e-8f));  /* subnormal: m * 2^-24 */
+    if (e == 31) return as_float(sign | 0x7f800000u | (m << 13));
+    return as_float(sign | ((e + 112u) << 23) | (m << 13));
+}
+INLINE HALF f32_to_f16(float f) {
+    const uint u = as_uint(f), sign = (u >> 16) & 0x8000u, a = u & 0x7fffffffu;
+    if (a > 0x7f800000u) return (HALF)(sign | 0x7e00u | ((a >> 13) & 0x3ffu));  /* NaN */
+    if (a >= 0x477ff000u) return (HALF)(sign | 0x7c00u);  /* 65520 and up round to infinity */
+    if (a < 0x38800000u) return (HALF)(sign | (uint)rint(as_float(a) * 16777216.0f));  /* below 2^-14: m * 2^-24 */
+    const uint r = a - 0x38000000u;  /* the exponent rebiased; then round off 13 mantissa bits, to even */
+    return (HALF)(sign | ((r + 0xfffu + ((r >> 13) & 1u)) >> 13));
+}
+""" + _BF16,
+}
+STORAGE = {  # storage precision -> how ACT, LOAD and STORE are spelled (HALF: the dialect's 16-bit type)
+    "fp32": {"ACT": "float", "LOAD(x)": "(x)", "STORE(v)": "(v)"},
+    "fp16": {"ACT": "HALF", "LOAD(x)": "f16_to_f32(x)", "STORE(v)": "f32_to_f16(v)"},
+    "bf16": {"ACT": "HALF", "LOAD(x)": "bf16_to_f32(x)", "STORE(v)": "f32_to_bf16(v)"},
+}
+STORAGE["tf32"] = STORAGE["fp32"]
 
 
 # TF32 (round to a 10-bit mantissa, to nearest with ties away from zero, as cvt.rna.tf32.f32 does)
@@ -48,6 +105,31 @@ INLINE void mma_tf32(float* d, const float* a, const float* b) {
                  : "r"(__float_as_uint(a[0])), "r"(__float_as_uint(a[1])), "r"(__float_as_uint(a[2])),
                    "r"(__float_as_uint(a[3])), "r"(__float_as_uint(b[0])), "r"(__float_as_uint(b[1])));
 }
+/* m16n8k16 with 16-bit operands, two per 32-bit register (the lower-indexed one in the low half):
+   a0 (row g, cols 2t, 2t+1), a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..); b0 (rows 2t, 2t+1, col g),
+   b1 (rows 2t+8, 2t+9); d as in m16n8k8 */
+INLINE void mma_f16(float* d, const unsigned* a, const unsigned* b) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+                 "{%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+INLINE void mma_bf16(float* d, const unsigned* a, const unsigned* b) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+                 "{%8, %9}, {%0, %1, %2, %3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+/* Transposed 8x8 16-bit matrices from shared memory: lane l gives the address of row l % 8 of
+   matrix l / 8 (16 contiguous bytes); register j of lane (g, t) gets column g of rows 2t, 2t+1 */
+INLINE void ldmatrix_x4_trans(unsigned* r, const HALF* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"((unsigned)__cvta_generic_to_shared(p)));
+}
+INLINE void ldmatrix_x2_trans(unsigned* r, const HALF* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];"
+                 : "=r"(r[0]), "=r"(r[1]) : "r"((unsigned)__cvta_generic_to_shared(p)));
+}
 /* 4 bytes global -> shared, bypassing registers; pred false: zero-fill, the source is not read */
 INLINE void cp_async4(float* dst, const float* src, bool pred) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" :: "r"((unsigned)__cvta_generic_to_shared(dst)),
@@ -62,26 +144,47 @@ INLINE void cp_async4(float* dst, const float* src, bool pred) {
     return (u & 0x7f800000u) == 0x7f800000u ? x : as_float((u + 0x1000u) & 0xffffe000u);
 }
 INLINE float tf32_bits(float x) { return as_float(as_uint(x) & 0xffffe000u); }
-INLINE void mma_tf32(float* d, const float* a, const float* b, __local float* sa, __local float* sb) {
+INLINE float half_value(uint bits, int bf16) { return bf16 ? bf16_to_f32((HALF)bits) : f16_to_f32((HALF)bits); }
+/* kind 0: m16n8k8 on TF32 operands, one per register; kind 1 (fp16) and 2 (bf16): m16n8k16 on 16-bit
+   operands, two per register (see the CUDA helpers for the fragment layouts). Element kk of a row
+   of A is in register row / 8 + 2 * (kk / (4 * per)) of lane (row % 8) * 4 + kk % (4 * per) / per,
+   in its part kk % per (the low 16 bits first); element kk of a column of B in register kk / (4 * per) of lane col * 4 + ...
+   The products of two 16-bit values are exact in float32. */
+INLINE float mma_operand(uint word, int part, int kind) {
+    return kind == 0 ? tf32_bits(as_float(word)) : half_value((word >> (16 * part)) & 0xffffu, kind == 2);
+}
+INLINE void mma_emulated(float* d, const uint* a, const uint* b, __local uint* sa, __local uint* sb, int kind) {
     const int lane = get_local_id(0) % 32;
-    __local float* wa = sa + (get_local_id(0) / 32) * 128;  /* this warp's 32 lanes x a0..a3 */
-    __local float* wb = sb + (get_local_id(0) / 32) * 64;   /* and x b0, b1 */
+    __local uint* wa = sa + (get_local_id(0) / 32) * 128;  /* this warp's 32 lanes x a0..a3 */
+    __local uint* wb = sb + (get_local_id(0) / 32) * 64;   /* and x b0, b1 */
     for (int i = 0; i < 4; ++i) wa[lane * 4 + i] = a[i];
     wb[lane * 2] = b[0];
     wb[lane * 2 + 1] = b[1];
     barrier(CLK_LOCAL_MEM_FENCE);
-    const int g = lane / 4, t = lane % 4;
+    const int g = lane / 4, t = lane % 4, per = kind == 0 ? 1 : 2;
     for (int i = 0; i < 4; ++i) {
         const int row = g + 8 * (i / 2), col = 2 * t + i % 2;
         float s = 0.0f;
-        for (int kk = 0; kk < 8; ++kk) {
-            const float av = wa[((row % 8) * 4 + kk % 4) * 4 + row / 8 + 2 * (kk / 4)];  /* held by lane (row%8, kk%4) */
-            const float bv = wb[(col * 4 + kk % 4) * 2 + kk / 4];                         /* held by lane (col, kk%4) */
-            s += tf32_bits(av) * tf32_bits(bv);
+        for (int kk = 0; kk < 8 * per; ++kk) {
+            const int at = kk % (4 * per) / per, reg = kk / (4 * per), part = kk % per;
+            s += mma_operand(wa[((row % 8) * 4 + at) * 4 + row / 8 + 2 * reg], part, kind)
+                 * mma_operand(wb[(col * 4 + at) * 2 + reg], part, kind);
         }
         d[i] += s;
     }
     barrier(CLK_LOCAL_MEM_FENCE);  /* before the next product overwrites the published fragments */
+}
+/* ldmatrix .trans of `count` 8x8 matrices: each lane publishes its row's offset from `base`, then
+   takes, from matrix j, column g of the rows lanes 8j + 2t and 8j + 2t + 1 point at */
+INLINE void ldmatrix_trans(uint* r, int count, __local const HALF* base, int offset, __local int* rows) {
+    const int lane = get_local_id(0) % 32;
+    __local int* wr = rows + (get_local_id(0) / 32) * 32;
+    wr[lane] = offset;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    const int g = lane / 4, t = lane % 4;
+    for (int j = 0; j < count; ++j)
+        r[j] = (uint)base[wr[8 * j + 2 * t] + g] | ((uint)base[wr[8 * j + 2 * t + 1] + g] << 16);
+    barrier(CLK_LOCAL_MEM_FENCE);
 }
 /* This work-item's pending async copies (destination, value, group) complete when their group is
    older than `done_below`; the rest stay pending. */
@@ -242,19 +345,24 @@ class Dialect:
     spelling: dict        # word -> how this dialect writes it
     race_check: bool = False  # OpenCL only: instrument shared memory (RACE_CHECK_HELPERS)
 
-    def prelude(self, tensor_cores: bool = False) -> str:
-        lines = [f"/* cnngraph kernel, {self.name} dialect{', race check' if self.race_check else ''} */"]
-        for word in WORDS:
-            lines.append(f"#define {word} {self.spelling[word]}".rstrip())
-        return ("\n".join(lines) + "\n" + HELPERS + (TENSOR_CORE_HELPERS[self.name] if tensor_cores else "")
+    def prelude(self, tensor_cores: bool = False, storage: str = "fp32") -> str:
+        lines = [f"/* cnngraph kernel, {self.name} dialect{', race check' if self.race_check else ''}, "
+                 f"{storage} storage */"]
+        spelling = {**self.spelling, **STORAGE[storage]}
+        for word in (*WORDS, *STORAGE_WORDS):
+            lines.append(f"#define {word} {spelling[word]}".rstrip())
+        conversions = storage in ("fp16", "bf16") or tensor_cores  # the 16-bit mma emulation converts too
+        return ("\n".join(lines) + "\n" + HELPERS + (STORAGE_HELPERS[self.name] if conversions else "")
+                + (TENSOR_CORE_HELPERS[self.name] if tensor_cores else "")
                 + (RACE_CHECK_HELPERS if self.race_check else ""))
 
-    def render(self, body: str) -> str:
-        """The kernels of `body` in this dialect; the tensor-core helpers only where a kernel uses
-        them (their PTX needs sm_80, and a module for an older card must still compile)."""
+    def render(self, body: str, storage: str = "fp32") -> str:
+        """The kernels of `body` in this dialect, their tensors stored at precision `storage`; the
+        tensor-core helpers only where a kernel uses them (their PTX needs sm_80, and a module for
+        an older card must still compile)."""
         if self.race_check:
             body = shadow_shared(body)
-        return self.prelude(tensor_cores="TF32(" in body) + "\n" + body
+        return self.prelude(tensor_cores="TF32(" in body or "MMA_" in body, storage=storage) + "\n" + body
 
 
 CUDA = Dialect("cuda", ".cu", {
@@ -265,6 +373,12 @@ CUDA = Dialect("cuda", ".cu", {
     "SQRTF(x)": "sqrtf(x)", "INLINE": "__device__ __forceinline__", "NEG_INF": "(-__int_as_float(0x7f800000))",
     "TF32(x)": "tf32_round(x)", "MMA_TF32(d, a, b)": "mma_tf32(d, a, b)", "MMA_SCRATCH(warps)": "",
     "CP_ASYNC_STATE(n)": "", "CP_ASYNC4(dst, src, pred)": "cp_async4(dst, src, pred)",
+    "HALF": "unsigned short", "AS_FLOAT(u)": "__uint_as_float(u)", "AS_UINT(f)": "__float_as_uint(f)",
+    "MMA_F16(d, a, b)": "mma_f16(d, a, b)", "MMA_BF16(d, a, b)": "mma_bf16(d, a, b)",
+    # split-K's last block: a device-wide fence, a counter, and loads that skip the (incoherent) L1
+    "THREADFENCE()": "__threadfence()", "ATOMIC_INC(p)": "atomicAdd((p), 1)", "LOAD_COHERENT(x)": "__ldcg(&(x))",
+    "LDMATRIX_X4_TRANS(r, base, offset)": "ldmatrix_x4_trans(r, (base) + (offset))",
+    "LDMATRIX_X2_TRANS(r, base, offset)": "ldmatrix_x2_trans(r, (base) + (offset))",
     "CP_ASYNC_COMMIT()": 'asm volatile("cp.async.commit_group;")',
     "CP_ASYNC_WAIT(n)": 'asm volatile("cp.async.wait_group %0;" :: "n"(n))',
 })
@@ -275,8 +389,14 @@ OPENCL = Dialect("opencl", ".cl", {
     "BLOCK_Y": "((int)get_group_id(1))", "BLOCK_Z": "((int)get_group_id(2))",
     "UNROLL": '_Pragma("unroll")', "ALIGNED16": "__attribute__((aligned(16)))", "THREAD_X": "((int)get_local_id(0))", "EXPF(x)": "exp(x)",
     "TANHF(x)": "tanh(x)", "ERFF(x)": "erf(x)", "SQRTF(x)": "sqrt(x)", "INLINE": "static inline",
-    "NEG_INF": "(-INFINITY)", "TF32(x)": "tf32_round(x)", "MMA_TF32(d, a, b)": "mma_tf32(d, a, b, mma_a, mma_b)",
-    "MMA_SCRATCH(warps)": "__local float mma_a[(warps) * 128]; __local float mma_b[(warps) * 64]",
+    "HALF": "ushort", "AS_FLOAT(u)": "as_float(u)", "AS_UINT(f)": "as_uint(f)",
+    "MMA_F16(d, a, b)": "mma_emulated(d, a, b, mma_a, mma_b, 1)", "MMA_BF16(d, a, b)": "mma_emulated(d, a, b, mma_a, mma_b, 2)",
+    "THREADFENCE()": "mem_fence(CLK_GLOBAL_MEM_FENCE)", "ATOMIC_INC(p)": "atomic_inc(p)", "LOAD_COHERENT(x)": "(x)",
+    "LDMATRIX_X4_TRANS(r, base, offset)": "ldmatrix_trans(r, 4, base, offset, ldmatrix_rows)",
+    "LDMATRIX_X2_TRANS(r, base, offset)": "ldmatrix_trans(r, 2, base, offset, ldmatrix_rows)",
+    "NEG_INF": "(-INFINITY)", "TF32(x)": "tf32_round(x)", "MMA_TF32(d, a, b)": "mma_emulated(d, (const uint*)(a), (const uint*)(b), mma_a, mma_b, 0)",
+    "MMA_SCRATCH(warps)": "__local uint mma_a[(warps) * 128]; __local uint mma_b[(warps) * 64]; "
+                          "__local int ldmatrix_rows[(warps) * 32]",
     "CP_ASYNC_STATE(n)": "__local float* cpq_dst[n]; float cpq_value[n]; int cpq_group[n]; int cpq_count = 0; "
                          "int cpq_groups = 0; const int cpq_capacity = n",
     # a copy beyond the queue's capacity (a kernel that waits too little) never lands: NaN stays

@@ -3,7 +3,8 @@ launches over one arena. Every backend but NumPy executes a Program.
 
 A launch's arguments are tensors (arena ranges, by node) or constants (weights rearranged for the
 kernel, e.g. conv weights as a (groups, C/g*KH*KW, K/g) GEMM operand). Sources are in the
-neutral dialect; `Program.source(dialect)` renders them.
+neutral dialect; `Program.source(dialect)` renders them, their tensors (and GEMM weights) stored
+at the program's precision: 16-bit patterns at fp16/bf16 (see cnngraph/precision.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 from ..errors import ResourceError
 from ..geometry import ConvGeometry
 from ..ops.epilogue import label, scale_shifts, to_c
-from ..precision import round_tf32
+from ..precision import HALF_STORAGE, round_tf32, to_storage
 from . import templates as T
 from .dialects import Dialect
 from .schedules import MmaTile, Schedule, schedules
@@ -29,11 +30,12 @@ class Launch:
     body: str                      # neutral-dialect source of the kernel
     grid: tuple[int, int, int]
     block: tuple[int, int, int]
-    args: list[tuple[str, str]]    # ("tensor", node), ("const", key) or ("workspace", ""), in parameter order
+    args: list[tuple[str, str]]    # ("tensor", node), ("const", key), ("workspace", "") or ("counters", ""), in order
     node: str                      # the graph node it implements
     layers: list[str]              # the spec layers it implements
     flops: int = 0
     workspace: int = 0             # float32 elements of scratch it needs (split-K partial sums)
+    counters: int = 0              # int32 split-K tile counters it needs (zero before and after it runs)
     schedules: int = 1             # candidate schedules of its node, for an autotuner (conv/linear)
     schedule: Schedule | None = None  # the schedule it was generated with (conv/linear)
 
@@ -53,11 +55,13 @@ class Program:
     inputs: list[str]
     outputs: list[str]
     workspace_size: int = 0        # float32 elements, shared by the launches that need scratch
+    counters_size: int = 0         # int32 counters, zero between launches, shared likewise
+    precision: str = "fp32"        # the network's; tensors are 16-bit elements at fp16/bf16
 
     def source(self, dialect: Dialect, launch: Launch | None = None) -> str:
         """One kernel's file, or every kernel of the program in one translation unit."""
         bodies = [launch.body] if launch else [l.body for l in self.launches]
-        return dialect.render("\n".join(bodies))
+        return dialect.render("\n".join(bodies), storage=self.precision)
 
 
 def lower(g: nx.DiGraph, picks: dict[str, int] | None = None) -> Program:
@@ -76,7 +80,8 @@ def lower(g: nx.DiGraph, picks: dict[str, int] | None = None) -> Program:
                for n in [*g.graph["inputs"], *g.graph["order"]]}
     return Program(g.graph["name"], launches, constants, tensors, g.graph["arena_size"],
                    list(g.graph["inputs"]), list(g.graph["outputs"]),
-                   workspace_size=max((l.workspace for l in launches), default=0))
+                   workspace_size=max((l.workspace for l in launches), default=0),
+                   counters_size=max((l.counters for l in launches), default=0), precision=storage_of(g))
 
 
 def lower_node(g: nx.DiGraph, node: str, constants: dict, pick: int = 0) -> list[Launch]:
@@ -108,6 +113,7 @@ class NodeLowering:
         self.shape = tuple(self.attrs["shape"])  # (N, ...), the node's output
         self.weights = self.attrs.get("weights", {})
         self.output = ("tensor", node)
+        self.storage = storage_of(g)
 
     @property
     def own_inputs(self) -> list:
@@ -119,7 +125,18 @@ class NodeLowering:
         self.constants[key] = np.ascontiguousarray(value, dtype=np.float32)
         return ("const", key)
 
+    def stored_const(self, name: str, value: np.ndarray) -> tuple[str, str]:
+        """A constant the kernel reads as a stored tensor (`ACT`, through LOAD): the GEMM weights,
+        16-bit patterns at fp16/bf16."""
+        if self.storage not in HALF_STORAGE:
+            return self.const(name, value)
+        key = f"{self.node}:{name}"
+        self.constants[key] = to_storage(value, self.storage)
+        return ("const", key)
+
     def launch(self, kernel: str, args: list, template, **params) -> Launch:
+        if self.storage in HALF_STORAGE:  # every kernel differs by its storage: the name says which
+            kernel += f"_{self.storage}"
         body, grid, block = template(kernel, **params)
         check_grid(grid, self.node)
         return Launch(kernel, body, grid, block, args, self.node, list(self.attrs["layers"]),
@@ -170,17 +187,19 @@ class NodeLowering:
         tags = (["bias"] if bias is not None else []) + ([activation.label] if activation else []) \
             + ([label(steps).replace("+", "_")] if steps else [])
         return EpilogueCode(code, self.inputs[len(self.own_inputs):] + norms,
-                            [f"GLOBAL const float* RESTRICT {r}" for r in residuals] + [_param(c) for c in norms],
+                            [f"GLOBAL const ACT* RESTRICT {r}" for r in residuals] + [_param(c) for c in norms],
                             "".join(f"_{t}" for t in tags))
 
     def gemm(self, name: str, geo: ConvGeometry, matrix: np.ndarray, bias: np.ndarray | None,
              epilogue: EpilogueCode) -> list[Launch]:
         """A conv/linear as an implicit GEMM over `matrix` (groups, C/g*KH*KW, K/g), with the node's
-        epilogue and fused pool; split-K when its schedule says so. At tf32 the weights are rounded
+        epilogue and fused pool; split-K (inside the kernel) when its schedule says so. At tf32 the weights are rounded
         here, once, and the kernel rounds its inputs: on the tensor cores (`conv_mma`) unless a
-        fused pool needs the CUDA-core kernel, which then multiplies the same rounded operands."""
+        fused pool needs the CUDA-core kernel, which then multiplies the same rounded operands.
+        At fp16/bf16 the weights are stored in 16 bits, as the activations are, and the products
+        run on the tensor cores (`conv_mma16`) but for a fused pool or a gate (`conv_gemm`)."""
         tf32 = self.compute.precision == "tf32"
-        w_ref = self.const("w", round_tf32(matrix) if tf32 else matrix)
+        w_ref = self.stored_const("w", round_tf32(matrix) if tf32 else matrix)
         b_refs = [self.const("b", bias)] if bias is not None else []
         m, kg = geo.n * geo.pixels, geo.kg
         pool = _fused_pool(self.compute.pool, self.shape)
@@ -188,37 +207,35 @@ class NodeLowering:
             geo = dataclasses.replace(geo, p=self.compute.pool.conv_shape[2], q=self.compute.pool.conv_shape[3])
             m = geo.n * pool.ph * pool.pw * pool.size
             name += f"_{pool.kind}pool{pool.kh}x{pool.kw}"
+        half = self.compute.precision in HALF_STORAGE
+        gated = self.compute.gated  # at fp16/bf16 a gate's unrounded products stay on the CUDA cores
         options = schedules(m, kg, geo.reduction, geo.groups, rows_multiple=pool.size if pool else 1,
-                            tensor_cores=tf32)
+                            tensor_cores=tf32 or (half and not gated), register_staged=half or gated)
         table = T.tap_table(geo)  # read by the kernel after the weights (int32 bits in a float32 constant)
         w_refs = [w_ref, *([self.const("taps", table.view(np.float32))] if table is not None else [])]
         chosen = options[self.pick]
-        own, out, gated = self.own_inputs, self.output, self.compute.gated  # gated: own = [x, gate]
+        own, out = self.own_inputs, self.output  # gated: own = [x, gate]
         if gated:
             name = "gated_" + name
         if tf32:
             name += "_tf32"
-        if isinstance(chosen.tile, MmaTile):
+        if isinstance(chosen.tile, MmaTile) and half:
+            template, variant = T.conv_mma16, {"bf16": self.compute.precision == "bf16"}
+        elif isinstance(chosen.tile, MmaTile):
             template, variant = T.conv_mma, {}
         else:
             template, variant = T.conv_gemm, {"pool": pool, "tf32": tf32}
-        if chosen.splits == 1:
-            launches = [self.launch(name, [*own, *w_refs, *b_refs, *epilogue.args, out], template, geo=geo,
-                                    extra_args=[_param(b) for b in b_refs] + epilogue.params,
-                                    epilogue=epilogue.code, tile=chosen.tile, gated=gated, **variant)]
-        else:  # split-K: partial sums into the workspace, then one pass that adds them and applies the epilogue
-            partial = self.launch(f"{name}_split{chosen.splits}", [*own, *w_refs, ("workspace", "")], template,
-                                  geo=geo, extra_args=[], epilogue="", tile=chosen.tile, splits=chosen.splits,
-                                  chunk=chosen.chunk, gated=gated, **variant)
-            partial.workspace = chosen.splits * m * kg
-            reduce = self.launch(f"{name}_reduce", [("workspace", ""), *b_refs, *epilogue.args, out], T.split_reduce,
-                                 n=geo.n, k=kg, pq=geo.pixels, splits=chosen.splits,
-                                 extra_args=[_param(b) for b in b_refs] + epilogue.params, epilogue=epilogue.code)
-            reduce.flops = 0
-            launches = [partial, reduce]
-        for launch in launches:
-            launch.schedules, launch.schedule = len(options), chosen
-        return launches
+        split = chosen.splits > 1  # partial sums in the workspace, counted per output tile
+        if split:
+            name += f"_split{chosen.splits}"
+        scratch = [("workspace", ""), ("counters", "")] if split else []
+        launch = self.launch(name, [*own, *w_refs, *scratch, *b_refs, *epilogue.args, out], template, geo=geo,
+                             extra_args=[_param(b) for b in b_refs] + epilogue.params, epilogue=epilogue.code,
+                             tile=chosen.tile, gated=gated, splits=chosen.splits, chunk=chosen.chunk, **variant)
+        if split:
+            launch.workspace, launch.counters = chosen.splits * m * kg, launch.grid[0] * launch.grid[1]
+        launch.schedules, launch.schedule = len(options), chosen
+        return [launch]
 
 
 MAX_GRID = (2 ** 31 - 1, 65535, 65535)  # blocks per launch in x, y, z (CUDA; OpenCL devices allow as many)
@@ -232,6 +249,11 @@ def check_grid(grid: tuple[int, int, int], node: str) -> None:
             why = {"x": "output elements", "y": "output channel tiles", "z": "groups or reduction splits"}[axis]
             raise ResourceError(f"needs {blocks:,} blocks in grid {axis} ({why}) in one launch; CUDA allows "
                                 f"{limit:,}: split the layer", layer=node)
+
+
+def storage_of(g: nx.DiGraph) -> str:
+    """The precision the graph's tensors are stored at (the network's; fp32 before one is given)."""
+    return g.graph.get("precision", "fp32")
 
 
 def _param(ref: tuple[str, str]) -> str:

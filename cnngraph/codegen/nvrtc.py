@@ -17,6 +17,7 @@ class KernelReport:
     stack_bytes: int
     spill_stores: int
     spill_loads: int
+    shared_bytes: int = 0  # static shared memory per block
 
 
 COMPILE_OPTIONS = ("-std=c++11", "-diag-suppress=177")  # 177: an epilogue may leave `idx` unused
@@ -112,7 +113,8 @@ def parse_ptxas_log(log: str) -> dict[str, KernelReport]:
         elif current and (m := re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)):
             frame = tuple(map(int, m.groups()))
         elif current and frame and (m := re.search(r"Used (\d+) registers", line)):
-            reports[current] = KernelReport(current, int(m.group(1)), *frame)
+            smem = re.search(r"(\d+) bytes smem", line)
+            reports[current] = KernelReport(current, int(m.group(1)), *frame, int(smem.group(1)) if smem else 0)
             current = frame = None
     return reports
 

@@ -3,6 +3,7 @@ split-K heuristic, and the candidate schedules an autotuner may time (see autotu
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from ..geometry import cdiv
@@ -73,13 +74,16 @@ class Schedule:
     chunk: int = 0  # reduction values per split (a multiple of the tile's BK)
 
 
-def schedules(m: int, k: int, r: int, groups: int, rows_multiple: int = 1, tensor_cores: bool = False
-              ) -> list[Schedule]:
+def schedules(m: int, k: int, r: int, groups: int, rows_multiple: int = 1, tensor_cores: bool = False,
+              register_staged: bool = False) -> list[Schedule]:
     """The default schedule first (a heuristic, good without measuring), then the few alternatives
     an autotuner may time on the device: other tiles, a deeper BK, half or twice the splits.
-    `tensor_cores`: the tiles of the mma kernel (a fused pool, whose windows a thread must own,
-    keeps the CUDA-core tiles)."""
+    `tensor_cores`: the tiles of the mma kernels (a fused pool, whose windows a thread must own,
+    keeps the CUDA-core tiles); `register_staged`: the mma kernel stages its loads in registers
+    and two shared buffers, whatever the tile's cp.async stages."""
     def make(tile: Tile | MmaTile, splits: int | None = None) -> Schedule:
+        if register_staged and isinstance(tile, MmaTile):
+            tile = dataclasses.replace(tile, stages=2)
         if rows_multiple != 1 or groups != 1:  # fused pools and grouped convs do not split
             return Schedule(tile)
         return _split(tile, r, default_splits(m, k, r, tile) if splits is None else splits)

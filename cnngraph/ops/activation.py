@@ -149,7 +149,7 @@ class ActivationLayer(Layer):
         return apply_activation(self, out)
 
     def lower(self, low):
-        return low.elementwise(self.label, f"v = x0[idx];\nv = {self.c_expr('v')};")
+        return low.elementwise(self.label, f"v = LOAD(x0[idx]);\nv = {self.c_expr('v')};")
 
     def to_onnx(self, ex, xs, out, shape):
         self.export_onnx(ex, xs, out, shape, layer=self.name, name=self.name)

@@ -72,7 +72,7 @@ class Binary(Layer):
 
     def lower(self, low):
         a, b = (broadcast_index(s, low.shape) for s in low.in_shapes[:2])
-        return low.elementwise(self.op, f"v = x0[{a}] {self.symbol} x1[{b}];", inputs=2)
+        return low.elementwise(self.op, f"v = LOAD(x0[{a}]) {self.symbol} LOAD(x1[{b}]);", inputs=2)
 
     def to_onnx(self, ex, xs, out, shape):
         ex.node(self.name, self.onnx_op, xs, out, shape)
@@ -172,7 +172,7 @@ class Scale(Layer):
         return np.multiply(xs[0], params["factor"], out=out)
 
     def lower(self, low):
-        return low.elementwise("scale", "v = x0[idx] * factor[k];", consts=[low.const("factor", low.weights[""])])
+        return low.elementwise("scale", "v = LOAD(x0[idx]) * factor[k];", consts=[low.const("factor", low.weights[""])])
 
     def to_onnx(self, ex, xs, out, shape):
         # the weight's key is the layer's name, which in ONNX names the layer's output tensor

@@ -31,7 +31,7 @@ class Residual:
             out += residuals[i]
 
     def c_code(self, residual_names: list[str], pair: int) -> str:
-        return "\n".join(f"v += {residual_names[i]}[idx];" for i in self.indices)
+        return "\n".join(f"v += LOAD({residual_names[i]}[idx]);" for i in self.indices)
 
 
 @dataclass(frozen=True)

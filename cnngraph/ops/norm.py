@@ -69,7 +69,7 @@ class BatchNorm2d(Layer):
 
     def lower(self, low):
         scale, shift = batch_norm_scale_shift(low.weights, self.eps)
-        return low.elementwise("batchnorm", "v = x0[idx] * scale[k] + shift[k];",
+        return low.elementwise("batchnorm", "v = LOAD(x0[idx]) * scale[k] + shift[k];",
                                consts=[low.const("scale", scale), low.const("shift", shift)])
 
     def to_onnx(self, ex, xs, out, shape):

@@ -94,7 +94,7 @@ class Flatten(Layer):
     examples = (Example({}),)
 
     def lower(self, low):
-        return low.elementwise("copy", "v = x0[idx];")  # NCHW flatten is a plain copy
+        return low.elementwise("copy", "v = LOAD(x0[idx]);")  # NCHW flatten is a plain copy
 
     def to_onnx(self, ex, xs, out, shape):
         ex.node(self.name, "Flatten", xs, out, shape, axis=1)
@@ -162,7 +162,7 @@ class Reshape(Layer):
         return out
 
     def lower(self, low):
-        return low.elementwise("reshape", "v = x0[idx];")  # NCHW: the same flat order
+        return low.elementwise("reshape", "v = LOAD(x0[idx]);")  # NCHW: the same flat order
 
     def to_onnx(self, ex, xs, out, shape):
         ex.node(self.name, "Reshape", [*xs, ex.const(f"{self.name}:shape", [0, *shape], "int64")], out, shape)
@@ -181,7 +181,7 @@ class Dropout(Layer):
     examples = (Example({"p": 0.2}), Example({}, inputs=((6,),)))
 
     def lower(self, low):
-        return low.elementwise("copy", "v = x0[idx];")
+        return low.elementwise("copy", "v = LOAD(x0[idx]);")
 
     def to_onnx(self, ex, xs, out, shape):
         ex.node(self.name, "Dropout", [*xs, ex.const(f"{self.name}:ratio", self.p)], out, shape)
@@ -248,7 +248,7 @@ class Add(Layer):
 
 
 def _sum_expr(count: int) -> str:
-    return "v = " + " + ".join(f"x{i}[idx]" for i in range(count)) + ";"
+    return "v = " + " + ".join(f"LOAD(x{i}[idx])" for i in range(count)) + ";"
 
 
 def concat(imp, node):

@@ -1,5 +1,8 @@
 """What every template family shares: the block size of the one-thread-per-element kernels, the
-pointer parameter declaration, indentation of generated code."""
+pointer parameter declaration, indentation of generated code.
+
+Templates read stored tensors through `LOAD(...)` and write them through `STORE(...)` (see
+`STORAGE` in codegen/dialects.py); everything between is float32."""
 
 from __future__ import annotations
 
@@ -10,9 +13,11 @@ MAX_KERNEL_INPUTS = 64  # tensors one kernel reads: 64 pointers fit the smallest
 # OpenCL allows (1 KiB) beside an epilogue's constants; CUDA's is 4 KiB (32 KiB from Volta, CUDA 12.1)
 
 
-def ptr(name: str, const: bool = True, restrict: bool = True) -> str:
-    """A kernel's float pointer parameter: read-only and unaliased unless told otherwise."""
-    return f"GLOBAL {'const ' if const else ''}float* {'RESTRICT ' if restrict else ''}{name}"
+def ptr(name: str, const: bool = True, restrict: bool = True, stored: bool = True) -> str:
+    """A kernel's pointer parameter: read-only and unaliased unless told otherwise; to `ACT`
+    elements (a stored tensor, read with LOAD and written with STORE) unless `stored` is False
+    (float32: the per-channel constants and the split-K workspace)."""
+    return f"GLOBAL {'const ' if const else ''}{'ACT' if stored else 'float'}* {'RESTRICT ' if restrict else ''}{name}"
 
 
 def one_thread_each(total: int) -> tuple[tuple, tuple]:

@@ -17,7 +17,7 @@ def concat(name: str, *, n: int, channels: list[int], spatial: int, first: int =
     lines, start = [], 0
     for i, ch in enumerate(channels):
         cond = "if" if i == 0 else "else if"
-        lines.append(f"    {cond} (k < {start + ch}) v = x{i}[(nb * {ch} + k - {start}) * {spatial} + pix];")
+        lines.append(f"    {cond} (k < {start + ch}) v = LOAD(x{i}[(nb * {ch} + k - {start}) * {spatial} + pix]);")
         start += ch
     write = "idx" if out_channels == ctot else f"(nb * {out_channels} + {first} + k) * {spatial} + pix"
     body = f"""KERNEL void {name}({args})
@@ -29,7 +29,7 @@ def concat(name: str, *, n: int, channels: list[int], spatial: int, first: int =
     const int nb = idx / {ctot * spatial};
     float v = 0.0f;
 {chr(10).join(lines)}
-    y[{write}] = v;
+    y[{write}] = STORE(v);
 }}
 """
     return (body, *one_thread_each(total))
@@ -73,12 +73,12 @@ def pad2d(name: str, *, planes: int, h: int, w: int, top: int, left: int, p: int
     constant, by reflection about the edge (excluding it), or by replicating the edge."""
     total = planes * p * q
     if mode == "constant":
-        read = (f"(iy >= 0 && iy < {h} && ix >= 0 && ix < {w}) ? xc[iy * {w} + ix] : {float(value)!r}f")
+        read = (f"(iy >= 0 && iy < {h} && ix >= 0 && ix < {w}) ? LOAD(xc[iy * {w} + ix]) : {float(value)!r}f")
     else:
         fold = {"reflect": ("iy = iy < 0 ? -iy : iy; iy = iy >= {h} ? 2 * {h} - 2 - iy : iy;"
                             "ix = ix < 0 ? -ix : ix; ix = ix >= {w} ? 2 * {w} - 2 - ix : ix;"),
                 "replicate": "iy = min(max(iy, 0), {h} - 1); ix = min(max(ix, 0), {w} - 1);"}[mode]
-        read = f"xc[iy * {w} + ix]"
+        read = f"LOAD(xc[iy * {w} + ix])"
     remap = "" if mode == "constant" else "\n    " + fold.format(h=h, w=w)
     body = f"""KERNEL void {name}({ptr("x")}, {ptr("y", const=False)})
 {{
@@ -86,8 +86,8 @@ def pad2d(name: str, *, planes: int, h: int, w: int, top: int, left: int, p: int
     if (idx >= {total}) return;
     int iy = (idx / {q}) % {p} - {top};
     int ix = idx % {q} - {left};
-    GLOBAL const float* xc = x + (idx / {p * q}) * {h * w};{remap}
-    y[idx] = {read};
+    GLOBAL const ACT* xc = x + (idx / {p * q}) * {h * w};{remap}
+    y[idx] = STORE({read});
 }}
 """
     return (body, *one_thread_each(total))
@@ -99,21 +99,21 @@ def resample(name: str, *, planes: int, h: int, w: int, p: int, q: int, mode: st
     the four neighbours as PyTorch does. The tables are computed once, on the host, by the op."""
     total = planes * p * q
     if mode == "nearest":
-        value = "xc[y0 * %d + x0]" % w
+        value = "LOAD(xc[y0 * %d + x0])" % w
     else:
-        value = (f"(1.0f - ly) * ((1.0f - lx) * xc[y0 * {w} + x0] + lx * xc[y0 * {w} + x1])"
-                 f" + ly * ((1.0f - lx) * xc[y1 * {w} + x0] + lx * xc[y1 * {w} + x1])")
-    body = f"""KERNEL void {name}({ptr("x")}, {ptr("rows")}, {ptr("cols")}, {ptr("y", const=False)})
+        value = (f"(1.0f - ly) * ((1.0f - lx) * LOAD(xc[y0 * {w} + x0]) + lx * LOAD(xc[y0 * {w} + x1]))"
+                 f" + ly * ((1.0f - lx) * LOAD(xc[y1 * {w} + x0]) + lx * LOAD(xc[y1 * {w} + x1]))")
+    body = f"""KERNEL void {name}({ptr("x")}, {ptr("rows", stored=False)}, {ptr("cols", stored=False)}, {ptr("y", const=False)})
 {{
     const int idx = BLOCK_X * {THREADS} + THREAD_X;
     if (idx >= {total}) return;
     const int ox = idx % {q};
     const int oy = (idx / {q}) % {p};
-    GLOBAL const float* xc = x + (idx / {p * q}) * {h * w};
+    GLOBAL const ACT* xc = x + (idx / {p * q}) * {h * w};
     const int y0 = (int)rows[3 * oy], y1 = (int)rows[3 * oy + 1];
     const int x0 = (int)cols[3 * ox], x1 = (int)cols[3 * ox + 1];
     const float ly = rows[3 * oy + 2], lx = cols[3 * ox + 2];
-    y[idx] = {value};
+    y[idx] = STORE({value});
 }}
 """
     return (body, *one_thread_each(total))

@@ -8,7 +8,8 @@ from .common import THREADS, indent, one_thread_each, ptr
 def pointwise(name: str, *, total: int, inputs: list[str], extra_args: list[str], expr: str,
               channels: int, spatial: int) -> tuple[str, tuple, tuple]:
     """y[idx] = expr, one thread per element; `k` is the channel of idx, for per-channel params.
-    y may be one of the inputs (an in-place node): no RESTRICT on them."""
+    `expr` reads the stored `inputs` with LOAD; y may be one of them (an in-place node): no
+    RESTRICT on them."""
     args = ", ".join([*(ptr(i, restrict=False) for i in inputs), *extra_args, ptr("y", const=False, restrict=False)])
     body = f"""KERNEL void {name}({args})
 {{
@@ -17,7 +18,7 @@ def pointwise(name: str, *, total: int, inputs: list[str], extra_args: list[str]
     const int k = (idx / {spatial}) % {channels};
     float v;
 {indent(expr, 4)}
-    y[idx] = v;
+    y[idx] = STORE(v);
 }}
 """
     return (body, *one_thread_each(total))

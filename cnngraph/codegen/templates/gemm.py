@@ -1,9 +1,11 @@
 """Convolution kernels: the implicit GEMM (conv2d of any geometry, and linear as its 1x1 case) with
 its epilogue and optional fused pool, the split-K reduction, and the direct depthwise kernel.
 
-Tensors are NCHW float32. `epilogue` is a C snippet that turns the accumulated value `v` of output
-element `idx` (channel `k`) into the stored one: bias, residual adds, activations, per-channel
-scale + shift (unfolded batch norms), all applied in registers before the single store.
+Tensors are NCHW, stored as `ACT` (float32, or 16 bits at fp16/bf16: see templates/common.py), and
+so are the GEMM weights; sums are float32. `epilogue` is a C snippet that turns the accumulated
+value `v` of output element `idx` (channel `k`) into the stored one: bias, residual adds,
+activations, per-channel scale + shift (unfolded batch norms), all applied in registers before
+the single store.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import numpy as np
 from ...geometry import ConvGeometry, cdiv
 from ..schedules import MmaTile, Tile
 from .common import THREADS, indent, one_thread_each, ptr
-from .elementwise import pointwise
 
 
 @dataclass(frozen=True)
@@ -40,8 +41,9 @@ def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
     N = K/groups output channels, reduction R = C/groups*KH*KW; the group is blockIdx.z.
     x (N, C, H, W), w (groups, R, K/groups), y (N, K, P, Q).
     Global loads of the next BK slice go to registers while the current slice is multiplied.
-    With splits > 1 (groups == 1), blockIdx.z is the split: the kernel writes raw partial sums to
-    ws (splits, K, M) and `split_reduce` adds them and applies the epilogue.
+    With splits > 1 (groups == 1), blockIdx.z is the split: each block writes its raw partial sums
+    to ws (splits, K, M), and the last block of a tile to finish adds them up and applies the
+    epilogue (see `_finish`).
     With `pool`, only the conv pixels inside pooling windows are computed, a thread owns whole
     windows, and it stores the pooled value: y is then (N, K, PH, PW).
     With `gated`, a second input gate (N, C) scales each input value by its sample's channel gate
@@ -67,16 +69,15 @@ def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
     else:
         row = f"ty + i * {rows_per}"
     inputs = [ptr("x"), *([ptr("gate")] if gated else []), ptr("w"), *([table_param()] if geo.taps > 1 else [])]
-    if split:
-        assert groups == 1
-        args = ", ".join([*inputs, ptr("ws", const=False)])
-        finish = _plain_epilogue(t, row, m_total, pq, kg, "kl", "", f"ws[(g * {k} + k) * {m_total} + m] = v;")
-    elif pool:
-        args = ", ".join([*inputs, *extra_args, ptr("y", const=False)])
+    args = _parameters(inputs, split, extra_args)
+    grid = (cdiv(m_total, t.bm), cdiv(kg, t.bn), splits if split else groups)
+    assert not split or groups == 1
+    if pool:
         finish = _pool_epilogue(t, pool, m_total, geo.p, geo.q, k, kg, epilogue)
     else:
-        args = ", ".join([*inputs, *extra_args, ptr("y", const=False)])
-        finish = _plain_epilogue(t, row, m_total, pq, kg, f"g * {kg} + kl", epilogue, "y[idx] = v;", k)
+        channel = "kl" if split else f"g * {kg} + kl"
+        finish = _finish(lambda code, store: _plain_epilogue(t, row, m_total, pq, kg, channel, code, store, k),
+                         splits, k, m_total, grid[0], epilogue)
     body = f"""KERNEL void {name}({args})
 {{
     SHARED float As[{t.bk}][{t.bm}] ALIGNED16;
@@ -118,7 +119,6 @@ def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
 {finish}
 }}
 """
-    grid = (cdiv(m_total, t.bm), cdiv(kg, t.bn), splits if split else groups)
     return body, grid, (nt, 1, 1)
 
 
@@ -147,12 +147,8 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     m_total, kg, pq = geo.n * geo.pixels, geo.kg, geo.pixels
     r_begin = f"g * {chunk}" if split else "0"
     inputs = [ptr("x"), *([ptr("gate")] if gated else []), ptr("w"), *([table_param()] if geo.taps > 1 else [])]
-    if split:
-        args = ", ".join([*inputs, ptr("ws", const=False)])
-        channel, code, store = "kl", "", f"ws[(g * {geo.k} + k) * {m_total} + m] = v;"
-    else:
-        args = ", ".join([*inputs, *extra_args, ptr("y", const=False)])
-        channel, code, store = f"g * {kg} + kl", epilogue, "y[idx] = v;"
+    args = _parameters(inputs, split, extra_args)
+    grid = (cdiv(m_total, t.bm), cdiv(kg, t.bn), splits if split else geo.groups)
 
     def products(buf: str) -> str:
         """The warp tile's products over the BK values of shared buffer `buf`."""
@@ -215,22 +211,126 @@ UNROLL for (int i = 0; i < {b_per}; ++i) {{
 {indent(products(f"it % {stages}"), 8)}
     }}"""
     else:
-        def store_slice(buf: str) -> str:
-            return f"""UNROLL for (int i = 0; i < {a_per}; ++i) As[{buf}][tid / {t.bm} + i * {a_step}][tid % {t.bm}] = TF32(a_reg[i]);
+        main = _register_staged(t, geo, m_total, r_begin, gated, products("buf"), rounding="TF32")
+
+    body = f"""KERNEL void {name}({args})
+{{
+    SHARED float As[{stages}][{t.bk}][{t.bm + 8}] ALIGNED16;  /* [buffer][reduction][pixel] */
+    SHARED float Bs[{stages}][{t.bk}][{t.bn + 8}] ALIGNED16;  /* [buffer][reduction][channel] */
+{_warp_setup(t)}
+{_window(geo, t.bm, t.bn, None, splits, chunk, gated)}
+{main}
+
+{_finish(_fragment_epilogue(mi, ni, m_total, kg, pq, geo.k, "kl" if split else f"g * {kg} + kl"), splits,
+         geo.k, m_total, grid[0], epilogue)}
+}}
+"""
+    return body, grid, (nt, 1, 1)
+
+
+def conv_mma16(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: str, tile: MmaTile, gated: bool,
+               bf16: bool, splits: int = 1, chunk: int = 0) -> tuple[str, tuple, tuple]:
+    """The implicit GEMM of `conv_mma` on 16-bit operands (fp16 or bf16 storage): m16n8k16 tensor-core
+    products with float32 accumulators. The input window and the weights are already 16-bit values
+    in memory; each thread loads its elements of the next BK slice as raw 16-bit patterns into
+    registers while the warps multiply the current one, then stores them into the other of two
+    shared-memory buffers (a cp.async moves at least 4 bytes: two NCHW pixels that need not be
+    neighbours in the input).
+
+    Shared memory is reduction-major (As[k][pixel], Bs[k][channel]), rows padded by 8 values (16
+    bytes), so the 8 rows one `ldmatrix` reads fall in 8 different 16-byte bank groups. `ldmatrix
+    .trans` turns those rows into the row-major A and column-major B fragments mma.m16n8k16 takes:
+    A as four 8x8 matrices (pixels +0/+8, reduction +0/+8), B as two (reduction +0/+8). The
+    epilogue runs on the accumulator fragments in registers, as in `conv_mma`. No gate (a gated
+    conv multiplies unrounded products on the CUDA cores: `conv_gemm`)."""
+    assert not gated, "a gated conv runs on the CUDA cores at fp16/bf16"
+    t, split = tile, splits > 1
+    nt, mi, ni = t.threads, t.wm // 16, t.wn // 8
+    assert nt % t.bm == 0 and nt % t.bn == 0 and t.bk % 16 == 0 and t.wm % 16 == 0 and t.wn % 8 == 0
+    assert not split or geo.groups == 1
+    m_total, kg, pq = geo.n * geo.pixels, geo.kg, geo.pixels
+    r_begin = f"g * {chunk}" if split else "0"
+    inputs = [ptr("x"), ptr("w"), *([table_param()] if geo.taps > 1 else [])]
+    args = _parameters(inputs, split, extra_args)
+    grid = (cdiv(m_total, t.bm), cdiv(kg, t.bn), splits if split else geo.groups)
+    a_row, b_row = t.bm + 8, t.bn + 8  # padded rows, in 16-bit elements
+    mma = "MMA_BF16" if bf16 else "MMA_F16"
+    products = f"""UNROLL for (int kk = 0; kk < {t.bk}; kk += 16) {{
+    unsigned a[{mi}][4];
+    unsigned b[{ni}][2];
+    UNROLL for (int i = 0; i < {mi}; ++i)  /* lane: row lane % 8 of matrix lane / 8 (pixels +8 * (lane / 8 % 2), k +8 * (lane / 16)) */
+        LDMATRIX_X4_TRANS(a[i], &As[0][0][0], ((buf * {t.bk} + kk + lane % 8 + 8 * (lane / 16)) * {a_row}
+                                               + wm0 + i * 16 + 8 * (lane / 8 % 2)));
+    UNROLL for (int j = 0; j < {ni}; ++j)  /* lanes 0-15: row lane % 8 of matrix lane / 8 (k +8 * (lane / 8)) */
+        LDMATRIX_X2_TRANS(b[j], &Bs[0][0][0], ((buf * {t.bk} + kk + lane % 8 + 8 * (lane / 8 % 2)) * {b_row}
+                                               + wn0 + j * 8));
+    UNROLL for (int i = 0; i < {mi}; ++i)
+        UNROLL for (int j = 0; j < {ni}; ++j) {mma}(acc[i][j], a[i], b[j]);
+}}"""
+
+    body = f"""KERNEL void {name}({args})
+{{
+    SHARED HALF As[2][{t.bk}][{a_row}] ALIGNED16;  /* [buffer][reduction][pixel] */
+    SHARED HALF Bs[2][{t.bk}][{b_row}] ALIGNED16;  /* [buffer][reduction][channel] */
+{_warp_setup(t)}
+{_window(geo, t.bm, t.bn, None, splits, chunk, False)}
+{_register_staged(t, geo, m_total, r_begin, False, products, raw=True)}
+
+{_finish(_fragment_epilogue(mi, ni, m_total, kg, pq, geo.k, "kl" if split else f"g * {kg} + kl"), splits,
+         geo.k, m_total, grid[0], epilogue)}
+}}
+"""
+    return body, grid, (nt, 1, 1)
+
+
+def _warp_setup(t: MmaTile) -> str:
+    """A tensor-core kernel's scratch (OpenCL's emulation), each thread's place (its lane, the
+    lane's accumulator row fg and column pair ft: PTX's g and t; its warp's tile (wm0, wn0) in the
+    block's, the group or split g, the block's tile (m0, n0)) and its zeroed accumulator fragments."""
+    mi, ni = t.wm // 16, t.wn // 8
+    return f"""    MMA_SCRATCH({t.warps});
+    const int tid = THREAD_X;
+    const int lane = tid % 32;
+    const int fg = lane / 4;
+    const int ft = lane % 4;
+    const int wm0 = (tid / 32) % {t.bm // t.wm} * {t.wm};
+    const int wn0 = (tid / 32) / {t.bm // t.wm} * {t.wn};
+    const int g = BLOCK_Z;
+    const int m0 = BLOCK_X * {t.bm};
+    const int n0 = BLOCK_Y * {t.bn};
+    float acc[{mi}][{ni}][4];
+    UNROLL for (int i = 0; i < {mi}; ++i)
+        UNROLL for (int j = 0; j < {ni}; ++j)
+            UNROLL for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;"""
+
+
+def _register_staged(t: MmaTile, geo: ConvGeometry, m_total: int, r_begin: str, gated: bool, products: str,
+                     rounding: str = "", raw: bool = False) -> str:
+    """The main loop of a tensor-core kernel whose loads go through registers into two shared
+    buffers As/Bs[buf]: the next slice's global loads are in flight while `products` (C code on
+    buffer `buf`) multiplies this one, then land in the other buffer; one barrier per slice.
+    `rounding`: a word applied to each input value as it enters shared memory (TF32); `raw`:
+    16-bit patterns, as stored (see `_load_tiles`)."""
+    a_per, a_step = t.bm * t.bk // t.threads, t.threads // t.bm
+    b_per, b_step = t.bk * t.bn // t.threads, t.threads // t.bn
+    kind = "HALF" if raw else "float"
+
+    def store_slice(buf: str) -> str:
+        return f"""UNROLL for (int i = 0; i < {a_per}; ++i) As[{buf}][tid / {t.bm} + i * {a_step}][tid % {t.bm}] = {rounding}(a_reg[i]);
 UNROLL for (int i = 0; i < {b_per}; ++i) Bs[{buf}][tid / {t.bn} + i * {b_step}][tid % {t.bn}] = b_reg[i];"""
 
-        main = f"""    float a_reg[{a_per}];
-    float b_reg[{b_per}];
-{_load_tiles(r_begin, t, geo, m_total, gated, spaces=4)}
+    return f"""    {kind} a_reg[{a_per}];
+    {kind} b_reg[{b_per}];
+{_load_tiles(r_begin, t, geo, m_total, gated, spaces=4, raw=raw)}
 {indent(store_slice("0"), 4)}
     BARRIER();
     int buf = 0;
     for (int k0 = {r_begin}; k0 < r_end; k0 += {t.bk}) {{
         const int more = k0 + {t.bk} < r_end;
         if (more) {{  /* the next slice's global loads are in flight while this one is multiplied */
-{_load_tiles(f"k0 + {t.bk}", t, geo, m_total, gated, spaces=12)}
+{_load_tiles(f"k0 + {t.bk}", t, geo, m_total, gated, spaces=12, raw=raw)}
         }}
-{indent(products("buf"), 8)}
+{indent(products, 8)}
         if (more) {{
 {indent(store_slice("buf ^ 1"), 12)}
         }}
@@ -238,27 +338,43 @@ UNROLL for (int i = 0; i < {b_per}; ++i) Bs[{buf}][tid / {t.bn} + i * {b_step}][
         BARRIER();
     }}"""
 
-    body = f"""KERNEL void {name}({args})
-{{
-    SHARED float As[{stages}][{t.bk}][{t.bm + 8}] ALIGNED16;  /* [buffer][reduction][pixel] */
-    SHARED float Bs[{stages}][{t.bk}][{t.bn + 8}] ALIGNED16;  /* [buffer][reduction][channel] */
-    MMA_SCRATCH({t.warps});
-    const int tid = THREAD_X;
-    const int fg = (tid % 32) / 4;  /* the lane's fragment row (PTX's g) */
-    const int ft = tid % 4;         /* and column (t) */
-    const int wm0 = (tid / 32) % {t.bm // t.wm} * {t.wm};  /* this warp's tile in the block's */
-    const int wn0 = (tid / 32) / {t.bm // t.wm} * {t.wn};
-    const int g = BLOCK_Z;
-    const int m0 = BLOCK_X * {t.bm};
-    const int n0 = BLOCK_Y * {t.bn};
-{_window(geo, t.bm, t.bn, None, splits, chunk, gated)}
-    float acc[{mi}][{ni}][4];
-    UNROLL for (int i = 0; i < {mi}; ++i)
-        UNROLL for (int j = 0; j < {ni}; ++j)
-            UNROLL for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
-{main}
 
-    UNROLL for (int i = 0; i < {mi}; ++i)
+def _parameters(inputs: list[str], split: bool, extra_args: list[str]) -> str:
+    """A GEMM kernel's parameter list: its inputs, with split-K the float32 workspace ws and the
+    tiles' counters, then the epilogue's arguments and the output y."""
+    scratch = [ptr("ws", const=False, stored=False), "GLOBAL int* RESTRICT counters"] if split else []
+    return ", ".join([*inputs, *scratch, *extra_args, ptr("y", const=False)])
+
+
+def _finish(loop, splits: int, k: int, m_total: int, grid_x: int, epilogue: str) -> str:
+    """The end of a GEMM kernel: `loop(code, store)` runs `code` then `store` on each accumulator
+    `v` of the thread (its row `m`, channel `k` and output element `idx`). Without split-K, the
+    epilogue then the stored output. With it (blockIdx.z the split), each block stores its raw
+    partial sums to ws (splits, K, M), and the last of a tile's blocks to finish (a counter per
+    tile, reset by that block for the next call) adds all the partial sums up in split order and
+    applies the epilogue: no second kernel."""
+    if splits == 1:
+        return loop(epilogue, "y[idx] = STORE(v);")
+    summed = (f"v = 0.0f;\nUNROLL for (int s = 0; s < {splits}; ++s) v += LOAD_COHERENT(ws[(s * {k} + k) * {m_total}"
+              f" + m]);\n{epilogue}")
+    counter = f"counters[BLOCK_Y * {grid_x} + BLOCK_X]"
+    return f"""{loop("", f"ws[(g * {k} + k) * {m_total} + m] = v;")}
+    SHARED int last_block;
+    THREADFENCE();  /* this block's partial sums are visible to every block before it is counted */
+    BARRIER();
+    if (THREAD_X == 0) last_block = ATOMIC_INC(&{counter}) == {splits - 1};
+    BARRIER();
+    if (last_block) {{  /* every other split of this tile is done */
+        THREADFENCE();
+{indent(loop(summed, "y[idx] = STORE(v);"), 4)}
+        if (THREAD_X == 0) {counter} = 0;  /* ready for the next call */
+    }}"""
+
+
+def _fragment_epilogue(mi: int, ni: int, m_total: int, kg: int, pq: int, k: int, channel: str):
+    """The loop of `_finish` over a tensor-core kernel's accumulator fragments acc[i][j][e]: lane
+    (g, t) holds pixels g and g+8 of each 16-row fragment, channels 2t and 2t+1 of each 8-column one."""
+    return lambda epilogue, store: f"""    UNROLL for (int i = 0; i < {mi}; ++i)
         UNROLL for (int j = 0; j < {ni}; ++j)
             UNROLL for (int e = 0; e < 4; ++e) {{
                 const int m = m0 + wm0 + i * 16 + fg + 8 * (e / 2);
@@ -267,16 +383,12 @@ UNROLL for (int i = 0; i < {b_per}; ++i) Bs[{buf}][tid / {t.bn} + i * {b_step}][
                     const int nb = m / {pq};
                     const int pix = m - nb * {pq};
                     const int k = {channel};
-                    const int idx = (nb * {geo.k} + k) * {pq} + pix;
+                    const int idx = (nb * {k} + k) * {pq} + pix;
                     float v = acc[i][j][e];
-{indent(code, 20)}
+{indent(epilogue, 20)}
                     {store}
                 }}
-            }}
-}}
-"""
-    grid = (cdiv(m_total, t.bm), cdiv(kg, t.bn), splits if split else geo.groups)
-    return body, grid, (nt, 1, 1)
+            }}"""
 
 
 def _window(geo: ConvGeometry, bm: int, bn: int, pool: FusedPool | None, splits: int, chunk: int, gated: bool
@@ -298,21 +410,21 @@ const int a_q = (a_cell % {pool.pw}) * {pool.kw} + a_win % {pool.kw};"""
 const int a_p = (am % {geo.pixels}) / {geo.q};
 const int a_q = am % {geo.q};"""
     # the gates of this thread's sample and group: the input value of channel ci is scaled by gg[ci]
-    gates = f"\nGLOBAL const float* gg = gate + a_n * {geo.c} + {group} * {geo.cg};" if gated else ""
+    gates = f"\nGLOBAL const ACT* gg = gate + a_n * {geo.c} + {group} * {geo.cg};" if gated else ""
     r_end = f"min(g * {chunk} + {chunk}, {geo.reduction})" if split else geo.reduction
     return indent(f"""/* the output pixel whose input window this thread loads stays the same for the whole reduction */
 const int am = m0 + tid % {bm};
 {decode}
 const int ih0 = a_p * {geo.sh} - {geo.pt};
 const int iw0 = a_q * {geo.sw} - {geo.pl};
-GLOBAL const float* xg = x + (a_n * {geo.c} + {group} * {geo.cg}) * {geo.h * geo.w};{gates}
-GLOBAL const float* wg = w + {group} * {geo.reduction * geo.kg};
+GLOBAL const ACT* xg = x + (a_n * {geo.c} + {group} * {geo.cg}) * {geo.h * geo.w};{gates}
+GLOBAL const ACT* wg = w + {group} * {geo.reduction * geo.kg};
 const int r_end = {r_end};
 /* loads address from the window's corner (channel 0), and from this thread's weight column */
-GLOBAL const float* xw = xg + ih0 * {geo.w} + iw0;
+GLOBAL const ACT* xw = xg + ih0 * {geo.w} + iw0;
 const bool in_image = (unsigned)ih0 < {geo.h}u && (unsigned)iw0 < {geo.w}u;
 const int b_col = n0 + tid % {bn};
-GLOBAL const float* wb = wg + (tid / {bn}) * {geo.kg} + b_col;""", 4)
+GLOBAL const ACT* wb = wg + (tid / {bn}) * {geo.kg} + b_col;""", 4)
 
 
 def _plain_epilogue(t: Tile, row: str, m_total, pq, kg, channel: str, epilogue: str, store: str, k=None) -> str:
@@ -360,39 +472,33 @@ def _pool_epilogue(t: Tile, pool: FusedPool, m_total, p, q, k, kg, epilogue: str
 {indent(epilogue, 24)}
                         {combine}
                     }}{scale}
-                    y[(nb * {k} + k) * {cells} + cell] = r;
+                    y[(nb * {k} + k) * {cells} + cell] = STORE(r);
                 }}
             }}
         }}
     }}"""
 
 
-def split_reduce(name: str, *, n, k, pq, splits, extra_args: list[str], epilogue: str) -> tuple[str, tuple, tuple]:
-    """y (N, K, P*Q) = sum of the split-K partials ws (splits, K, N*P*Q), then the epilogue."""
-    m_total = n * pq
-    expr = f"""const int m = (idx / {k * pq}) * {pq} + idx % {pq};
-v = 0.0f;
-UNROLL for (int s = 0; s < {splits}; ++s) v += ws[(s * {k} + k) * {m_total} + m];
-{epilogue}"""
-    return pointwise(name, total=n * k * pq, inputs=["ws"], extra_args=extra_args, expr=expr, channels=k, spatial=pq)
-
-
-def _load_tiles(kbase: str, t: Tile | MmaTile, geo: ConvGeometry, m_total: int, gated: bool, spaces: int) -> str:
+def _load_tiles(kbase: str, t: Tile | MmaTile, geo: ConvGeometry, m_total: int, gated: bool, spaces: int,
+                raw: bool = False) -> str:
     """Registers a_reg/b_reg <- the input-window slice (times its channel's gate when `gated`) and
     the weight slice starting at reduction index kbase (up to the kernel's `r_end`). A kernel with
     more than one tap reads where each reduction index points from `taps` (see `tap_table`): no
-    division per element."""
+    division per element. `raw`: the stored 16-bit patterns themselves, not float32 values (0 is
+    +0.0 in fp16 and bf16)."""
     a_per, a_step, b_per = t.bm * t.bk // t.threads, t.threads // t.bm, t.bk * t.bn // t.threads
     h, w, kg = geo.h, geo.w, geo.kg
+    assert not (raw and gated)
+    load, kind, zero = ("", "HALF", "0") if raw else ("LOAD", "float", "0.0f")
     if geo.taps > 1:
         element = f"""const int4 e = taps[r];  /* offset in the window, dy, dx, channel */
-        if ((unsigned)(ih0 + e.y) < {h}u && (unsigned)(iw0 + e.z) < {w}u) v = xw[e.x]{" * gg[e.w]" if gated else ""};"""
+        if ((unsigned)(ih0 + e.y) < {h}u && (unsigned)(iw0 + e.z) < {w}u) v = {load}(xw[e.x]){" * LOAD(gg[e.w])" if gated else ""};"""
     else:  # reduction index = channel
-        element = f"""if (in_image) v = xw[r * {h * w}]{" * gg[r]" if gated else ""};"""
+        element = f"""if (in_image) v = {load}(xw[r * {h * w}]){" * LOAD(gg[r])" if gated else ""};"""
     assert t.threads % t.bn == 0
     code = f"""UNROLL for (int i = 0; i < {a_per}; ++i) {{
     const int r = {kbase} + tid / {t.bm} + i * {a_step};
-    float v = 0.0f;
+    {kind} v = {zero};
     if (am < {m_total} && r < r_end) {{
         {element}
     }}
@@ -400,7 +506,7 @@ def _load_tiles(kbase: str, t: Tile | MmaTile, geo: ConvGeometry, m_total: int, 
 }}
 UNROLL for (int i = 0; i < {b_per}; ++i) {{  /* rows tid / BN + i * (threads / BN) of the slice, column b_col */
     const int r = {kbase} + tid / {t.bn} + i * {t.threads // t.bn};
-    b_reg[i] = (r < r_end && b_col < {kg}) ? wb[({kbase} + i * {t.threads // t.bn}) * {kg}] : 0.0f;
+    b_reg[i] = (r < r_end && b_col < {kg}) ? {load}(wb[({kbase} + i * {t.threads // t.bn}) * {kg}]) : {zero};
 }}"""
     return indent(code, spaces)
 
@@ -439,13 +545,13 @@ def depthwise(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
     span = (outputs - 1) * sw + (kw - 1) * dw + 1
     runs = cdiv(q, outputs)  # thread groups of `outputs` along a row
     total = n * c * p * runs
-    args = ", ".join([ptr("x"), ptr("w"), *extra_args, ptr("y", const=False)])
+    args = ", ".join([ptr("x"), ptr("w", stored=False), *extra_args, ptr("y", const=False)])
     if span <= DEPTHWISE_WINDOW:
-        row = f"""GLOBAL const float* xrow = xc + iy * {w};
+        row = f"""GLOBAL const ACT* xrow = xc + iy * {w};
             float xr[{span}];
             UNROLL for (int l = 0; l < {span}; ++l) {{
                 const int ix = ix0 + l;
-                xr[l] = (ix >= 0 && ix < {w}) ? xrow[ix] : 0.0f;
+                xr[l] = (ix >= 0 && ix < {w}) ? LOAD(xrow[ix]) : 0.0f;
             }}
             UNROLL for (int j = 0; j < {kw}; ++j) {{
                 const float wv = wc[i * {kw} + j];
@@ -454,7 +560,7 @@ def depthwise(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
     else:  # a window too wide for registers (a large dilated kernel): read each tap where it lies
         row = f"""UNROLL for (int j = 0; j < {kw}; ++j) {{
                 const int ix = ix0 + j * {dw};
-                if (ix >= 0 && ix < {w}) acc[0] += xc[iy * {w} + ix] * wc[i * {kw} + j];
+                if (ix >= 0 && ix < {w}) acc[0] += LOAD(xc[iy * {w} + ix]) * wc[i * {kw} + j];
             }}"""
     body = f"""KERNEL void {name}({args})
 {{
@@ -464,7 +570,7 @@ def depthwise(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
     const int oy = (t / {runs}) % {p};
     const int plane = t / {runs * p};  /* n * C + k */
     const int k = plane % {c};
-    GLOBAL const float* xc = x + plane * {h * w};
+    GLOBAL const ACT* xc = x + plane * {h * w};
     GLOBAL const float* wc = w + k * {kh * kw};
     const int ix0 = ox0 * {sw} - {pl};
     float acc[{outputs}];
@@ -480,7 +586,7 @@ def depthwise(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
             const int idx = (plane * {p} + oy) * {q} + ox0 + r;
             float v = acc[r];
 {indent(epilogue, 12)}
-            y[idx] = v;
+            y[idx] = STORE(v);
         }}
     }}
 }}

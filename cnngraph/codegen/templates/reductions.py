@@ -10,20 +10,20 @@ def pool(name: str, *, kind: str, n, c, h, w, p, q, kh, kw, sh, sw, ph, pw, coun
     """max or avg pooling, one thread per output; windows clipped to the input as PyTorch does."""
     total = n * c * p * q
     if kind == "max":
-        init, step, final = "NEG_INF", "v = max_nan(v, xc[iy * %d + ix]);" % w, ""
+        init, step, final = "NEG_INF", "v = max_nan(v, LOAD(xc[iy * %d + ix]));" % w, ""
     else:
         # window sizes as PyTorch counts them (integer min/max: both dialects have them built in)
         divisor = (f"(float)((min(y0 + {kh}, {h + ph}) - y0) * (min(x0 + {kw}, {w + pw}) - x0))"
                    if count_include_pad else
                    f"(float)((min(y0 + {kh}, {h}) - max(y0, 0)) * (min(x0 + {kw}, {w}) - max(x0, 0)))")
-        init, step, final = "0.0f", "v += xc[iy * %d + ix];" % w, f"v /= {divisor};"
+        init, step, final = "0.0f", "v += LOAD(xc[iy * %d + ix]);" % w, f"v /= {divisor};"
     body = f"""KERNEL void {name}({ptr("x")}, {ptr("y", const=False)})
 {{
     const int idx = BLOCK_X * {THREADS} + THREAD_X;
     if (idx >= {total}) return;
     const int y0 = ((idx / {q}) % {p}) * {sh} - {ph};
     const int x0 = (idx % {q}) * {sw} - {pw};
-    GLOBAL const float* xc = x + (idx / {p * q}) * {h * w};
+    GLOBAL const ACT* xc = x + (idx / {p * q}) * {h * w};
     float v = {init};
     UNROLL for (int i = 0; i < {kh}; ++i) {{
         const int iy = y0 + i;
@@ -35,7 +35,7 @@ def pool(name: str, *, kind: str, n, c, h, w, p, q, kh, kw, sh, sw, ph, pw, coun
         }}
     }}
     {final}
-    y[idx] = v;
+    y[idx] = STORE(v);
 }}
 """
     return (body, *one_thread_each(total))
@@ -53,17 +53,17 @@ def reduce_rows(name: str, *, kind: str, outer: int, length: int, inner: int) ->
 """
     if kind == "mean":
         code = f"""    float s = 0.0f;  /* each value scaled first: a float32 sum of large values would overflow */
-    for (int i = 0; i < {length}; ++i) s += x[base + i * {inner}] * {1.0 / length!r}f;
-    y[row] = s;
+    for (int i = 0; i < {length}; ++i) s += LOAD(x[base + i * {inner}]) * {1.0 / length!r}f;
+    y[row] = STORE(s);
 }}
 """
     else:
         code = f"""    float mx = NEG_INF;
-    for (int i = 0; i < {length}; ++i) mx = max_nan(mx, x[base + i * {inner}]);
+    for (int i = 0; i < {length}; ++i) mx = max_nan(mx, LOAD(x[base + i * {inner}]));
     float s = 0.0f;
-    for (int i = 0; i < {length}; ++i) s += EXPF(x[base + i * {inner}] - mx);
+    for (int i = 0; i < {length}; ++i) s += EXPF(LOAD(x[base + i * {inner}]) - mx);
     const float inv = 1.0f / s;
-    for (int i = 0; i < {length}; ++i) y[base + i * {inner}] = EXPF(x[base + i * {inner}] - mx) * inv;
+    for (int i = 0; i < {length}; ++i) y[base + i * {inner}] = STORE(EXPF(LOAD(x[base + i * {inner}]) - mx) * inv);
 }}
 """
     return (head + code, *one_thread_each(total))
@@ -75,26 +75,26 @@ def layer_norm(name: str, *, outer: int, length: int, inner: int, eps: float, af
     variance from the deviations (two passes), as PyTorch computes it, of values shifted by the
     row's first one."""
     total = outer * inner
-    args = [ptr("x"), *([ptr("weight"), ptr("bias")] if affine else []), ptr("y", const=False)]
+    args = [ptr("x"), *([ptr("weight", stored=False), ptr("bias", stored=False)] if affine else []), ptr("y", const=False)]
     scaled = "v * weight[i] + bias[i]" if affine else "v"
     body = f"""KERNEL void {name}({", ".join(args)})
 {{
     const int row = BLOCK_X * {THREADS} + THREAD_X;
     if (row >= {total}) return;
     const int base = (row / {inner}) * {length * inner} + row % {inner};
-    const float shift = x[base];  /* a large common offset cancels before the sums */
+    const float shift = LOAD(x[base]);  /* a large common offset cancels before the sums */
     float mean = 0.0f;            /* of the shifted values */
-    for (int i = 0; i < {length}; ++i) mean += x[base + i * {inner}] - shift;
+    for (int i = 0; i < {length}; ++i) mean += LOAD(x[base + i * {inner}]) - shift;
     mean *= {1.0 / length!r}f;
     float var = 0.0f;
     for (int i = 0; i < {length}; ++i) {{
-        const float d = (x[base + i * {inner}] - shift) - mean;
+        const float d = (LOAD(x[base + i * {inner}]) - shift) - mean;
         var += d * d;
     }}
     const float rstd = 1.0f / SQRTF(var * {1.0 / length!r}f + {float(eps)!r}f);
     for (int i = 0; i < {length}; ++i) {{
-        const float v = ((x[base + i * {inner}] - shift) - mean) * rstd;
-        y[base + i * {inner}] = {scaled};
+        const float v = ((LOAD(x[base + i * {inner}]) - shift) - mean) * rstd;
+        y[base + i * {inner}] = STORE({scaled});
     }}
 }}
 """
