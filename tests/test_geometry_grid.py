@@ -27,7 +27,7 @@ import pytest
 import cnngraph
 from cnngraph.ops import ACTIVATION, OPS, ops_with
 from cnngraph.ops.arithmetic import Binary
-from test_backends import BACKENDS, rel_err
+from test_backends import BACKENDS, NODE_TOL, node_errors, rel_err
 from torch_oracle import run_spec
 
 
@@ -299,6 +299,16 @@ def test_grid_kernels_match_numpy(name, device):
         for out in spec["outputs"]:
             assert np.isfinite(got[out]).all(), f"{out}: unwritten (NaN) elements"
             assert rel_err(got[out], want[out]) <= 1e-5, (out, rel_err(got[out], want[out]))
+
+
+@pytest.mark.parametrize("device", BACKENDS)
+@pytest.mark.parametrize("name", ["conv", "fused_pool", "linear", "two_taps"])
+def test_grid_gemm_kernels_at_fp16_match_numpy_node_by_node(name, device):
+    """The 16-bit tensor-core kernel (and the CUDA-core one, for fused pools) over the grid's
+    geometries, each node on the NumPy emulation's own inputs (see test_backends.node_errors)."""
+    errors = node_errors(FAMILIES[name](), device, batch=2, precision="fp16")
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= NODE_TOL["fp16"], (worst, errors[worst])
 
 
 def test_the_grid_is_rectangular_and_fuses_only_non_overlapping_pools():
