@@ -206,7 +206,7 @@ INLINE void cp_async_wait(__local float** dst, float* value, int* group, int* co
 }
 
 
-# The race check (OpenCL only): every SHARED float gets a shadow int2, x = its last write, y = its last
+# The race check (OpenCL only): every SHARED float or HALF gets a shadow int2, x = its last write, y = its last
 # read, each as a mark `epoch * 2048 + thread` (-1: none; thread RC_MANY: several readers), where a
 # work-item's epoch is the number of BARRIER()s it has passed. An access conflicts when another
 # thread wrote (or, for a write, read) the element in the same epoch: nothing separated them. Marks
@@ -219,29 +219,60 @@ INLINE void cp_async_wait(__local float** dst, float* value, int* group, int* co
 # when it comes from the one whose mark stayed (there are always others in a tile). Threads < 1024.
 RACE_CHECK_HELPERS = """#define RC_MANY 1024
 typedef struct { __local float* at; __local int2* mark; } rc_ref;  /* a shared float and its shadow */
+typedef struct { __local HALF* at; __local int2* mark; } rc_ref_h;  /* a shared 16-bit value and its shadow */
 INLINE rc_ref rc_at(__local float* at, __local int2* mark) { rc_ref r; r.at = at; r.mark = mark; return r; }
+INLINE rc_ref_h rc_at_h(__local HALF* at, __local int2* mark) { rc_ref_h r; r.at = at; r.mark = mark; return r; }
 INLINE int rc_me(int epoch) {
     return epoch * 2048 + (int)(get_local_id(0) + get_local_size(0) * (get_local_id(1) + get_local_size(1) * get_local_id(2)));
 }
-INLINE float rc_read(rc_ref r, int epoch, __global int* races) {
+/* marks a read of the element whose shadow is `mark`; true when it races */
+INLINE bool rc_mark_read(__local int2* mark, int epoch, __global int* races) {
     const int me = rc_me(epoch), now = epoch * 2048;
-    const int2 m = *r.mark;
+    const int2 m = *mark;
     const bool race = m.x >= now && m.x != me;  /* another thread wrote it since the last barrier */
-    r.mark->y = m.y < now || m.y == me ? me : now + RC_MANY;
+    mark->y = m.y < now || m.y == me ? me : now + RC_MANY;
     if (race) atomic_inc(races);
-    return race ? NAN : *r.at;
+    return race;
+}
+INLINE bool rc_mark_write(__local int2* mark, int epoch, __global int* races) {
+    const int me = rc_me(epoch), now = epoch * 2048;
+    const int2 m = *mark;
+    const bool race = (m.x >= now && m.x != me) || (m.y >= now && m.y != me);  /* written or read by another */
+    mark->x = me;
+    if (race) atomic_inc(races);
+    return race;
+}
+INLINE float rc_read(rc_ref r, int epoch, __global int* races) {
+    return rc_mark_read(r.mark, epoch, races) ? NAN : *r.at;
 }
 INLINE void rc_write(rc_ref r, float v, int epoch, __global int* races) {
-    const int me = rc_me(epoch), now = epoch * 2048;
-    const int2 m = *r.mark;
-    const bool race = (m.x >= now && m.x != me) || (m.y >= now && m.y != me);  /* written or read by another */
-    r.mark->x = me;
-    if (race) atomic_inc(races);
-    *r.at = race ? NAN : v;
+    *r.at = rc_mark_write(r.mark, epoch, races) ? NAN : v;
+}
+/* 16-bit values race to 0x7fff, a NaN in fp16 and in bf16 */
+INLINE HALF rc_read_h(rc_ref_h r, int epoch, __global int* races) {
+    return rc_mark_read(r.mark, epoch, races) ? (HALF)0x7fffu : *r.at;
+}
+INLINE void rc_write_h(rc_ref_h r, HALF v, int epoch, __global int* races) {
+    *r.at = rc_mark_write(r.mark, epoch, races) ? (HALF)0x7fffu : v;
 }
 INLINE void rc_clear(__local int2* mark, int count) {  /* the shadow of a fresh work-group: no access yet */
     const int lid = rc_me(0), size = get_local_size(0) * get_local_size(1) * get_local_size(2);
     for (int i = lid; i < count; i += size) mark[i] = (int2)(-1, -1);
+}
+/* ldmatrix_trans of TENSOR_CORE_HELPERS reading checked 16-bit rows */
+INLINE void ldmatrix_trans_rc(uint* r, int count, rc_ref_h base, int offset, __local int* rows, int epoch,
+                              __global int* races) {
+    const int lane = get_local_id(0) % 32;
+    __local int* wr = rows + (get_local_id(0) / 32) * 32;
+    wr[lane] = offset;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    const int g = lane / 4, t = lane % 4;
+    for (int j = 0; j < count; ++j) {
+        const int lo = wr[8 * j + 2 * t] + g, hi = wr[8 * j + 2 * t + 1] + g;
+        r[j] = (uint)rc_read_h(rc_at_h(base.at + lo, base.mark + lo), epoch, races)
+               | ((uint)rc_read_h(rc_at_h(base.at + hi, base.mark + hi), epoch, races) << 16);
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
 }
 /* cp_async_wait of TENSOR_CORE_HELPERS on checked destinations: a copy lands as a write at the wait */
 INLINE void cp_async_wait_rc(rc_ref* dst, float* value, int* group, int* count, int done_below, int epoch,
@@ -268,14 +299,15 @@ def race_checked(body: str) -> bool:
     return "SHARED " in body or "BARRIER()" in body
 
 
-_SHARED_DECL = re.compile(r"^([ \t]*)SHARED float (\w+)((?:\[[^\]]+\])+)[^;\n]*;[^\n]*\n", re.M)
+_SHARED_DECL = re.compile(r"^([ \t]*)SHARED (float|HALF) (\w+)((?:\[[^\]]+\])+)[^;\n]*;[^\n]*\n", re.M)
 
 
 def shadow_shared(body: str) -> str:
     """`body` (one or more kernels) with each kernel that uses shared memory instrumented for the
-    race check: the `rc_races` argument, a shadow array per SHARED float array (cleared, then a
-    barrier that is no BARRIER() word), the epoch counter, and every access to a shared array
-    through `rc_read` / `rc_write` (`&A[i]`, as CP_ASYNC4 takes it, becomes an `rc_ref`)."""
+    race check: the `rc_races` argument, a shadow array per SHARED float or HALF array (cleared,
+    then a barrier that is no BARRIER() word), the epoch counter, and every access to a shared
+    array through `rc_read` / `rc_write` (`_h` for HALF; `&A[i]`, as CP_ASYNC4 and LDMATRIX take
+    it, becomes an `rc_ref`)."""
     kernels = re.split(r"(?=^KERNEL void )", body, flags=re.M)
     return "".join(_shadow_kernel(k) if race_checked(k) else k for k in kernels)
 
@@ -286,16 +318,16 @@ def _shadow_kernel(kernel: str) -> str:
     close = _matching(kernel, head.end() - 1)
     kernel = kernel[:close] + ", GLOBAL int* rc_races" + kernel[close:]
     decls = list(_SHARED_DECL.finditer(kernel))
-    names = [d[2] for d in decls]
+    arrays = {d[3]: d[2] for d in decls}  # name -> element type
     pad = decls[-1][1] if decls else "    "
-    setup = [f"{pad}SHARED int2 {n}_rc{d[3]};  /* race check: the last write and read of each {n} */\n"
-             for n, d in zip(names, decls)]
+    setup = [f"{pad}SHARED int2 {d[3]}_rc{d[4]};  /* race check: the last write and read of each {d[3]} */\n"
+             for d in decls]
     setup.append(f"{pad}int rc_epoch = 0;  /* race check: BARRIER()s passed */\n")
-    setup += [f"{pad}rc_clear((__local int2*){n}_rc, sizeof({n}_rc) / sizeof(int2));\n" for n in names]
-    if names:
+    setup += [f"{pad}rc_clear((__local int2*){n}_rc, sizeof({n}_rc) / sizeof(int2));\n" for n in arrays]
+    if arrays:
         setup.append(f"{pad}barrier(CLK_LOCAL_MEM_FENCE);\n")
     at = decls[-1].end() if decls else kernel.index("\n", kernel.index("{", close)) + 1
-    return kernel[:at] + "".join(setup) + _instrument(kernel[at:], names)
+    return kernel[:at] + "".join(setup) + _instrument(kernel[at:], arrays)
 
 
 def _matching(code: str, open_at: int) -> int:
@@ -309,11 +341,12 @@ def _matching(code: str, open_at: int) -> int:
     raise ValueError(f"unbalanced brackets after {code[open_at:open_at + 40]!r}")
 
 
-def _instrument(code: str, names: list[str]) -> str:
-    """Accesses `A[i][j]` to the shared arrays `names` in `code` through the race check's helpers."""
-    if not names:
+def _instrument(code: str, arrays: dict[str, str]) -> str:
+    """Accesses `A[i][j]` to the shared arrays in `code` (name -> element type, float or HALF)
+    through the race check's helpers."""
+    if not arrays:
         return code
-    access = re.compile(r"(?<![\w.])(" + "|".join(names) + r")\[")
+    access = re.compile(r"(?<![\w.])(" + "|".join(arrays) + r")\[")
     out, pos = [], 0
     while m := access.search(code, pos):
         start, end = m.start(), m.end() - 1
@@ -321,19 +354,20 @@ def _instrument(code: str, names: list[str]) -> str:
             end = _matching(code, end) + 1
         index = code[m.end() - 1:end]
         assert not access.search(index), f"a shared array indexed by another: {code[start:end]}"
-        ref = f"rc_at(&{m[1]}{index}, &{m[1]}_rc{index})"
+        h = "_h" if arrays[m[1]] == "HALF" else ""
+        ref = f"rc_at{h}(&{m[1]}{index}, &{m[1]}_rc{index})"
         before, after = code[pos:start].rstrip(), code[end:].lstrip()
-        if before.endswith("&") and not before.endswith("&&"):  # &A[i]: an async copy's destination
+        if before.endswith("&") and not before.endswith("&&"):  # &A[i]: an async copy's destination, a row base
             out.append(before[:-1] + ref)
         elif after.startswith("=") and not after.startswith("=="):  # A[i] = value;
             stop = code.index(";", end)
-            value = _instrument(code[code.index("=", end) + 1:stop], names).strip()
-            out.append(f"{code[pos:start]}rc_write({ref}, {value}, rc_epoch, rc_races)")
+            value = _instrument(code[code.index("=", end) + 1:stop], arrays).strip()
+            out.append(f"{code[pos:start]}rc_write{h}({ref}, {value}, rc_epoch, rc_races)")
             end = stop
         else:
             assert not re.match(r"(\+\+|--|[-+*/%&|^]=|<<=|>>=)", after), \
                 f"an update of a shared element: {code[start:end + 4]}"
-            out.append(f"{code[pos:start]}rc_read({ref}, rc_epoch, rc_races)")
+            out.append(f"{code[pos:start]}rc_read{h}({ref}, rc_epoch, rc_races)")
         pos = end
     return "".join(out) + code[pos:]
 
@@ -407,8 +441,9 @@ OPENCL = Dialect("opencl", ".cl", {
     "CP_ASYNC_WAIT(n)": "cp_async_wait(cpq_dst, cpq_value, cpq_group, &cpq_count, cpq_groups - (n))",
 })
 
-# OPENCL with the race check (see RACE_CHECK_HELPERS): a barrier also counts the epoch, and async
-# copies go through the checked stores, their destinations being `rc_ref`s
+# OPENCL with the race check (see RACE_CHECK_HELPERS): a barrier also counts the epoch, async
+# copies go through the checked stores, their destinations being `rc_ref`s, and ldmatrix through
+# the checked 16-bit reads
 OPENCL_RACE_CHECK = Dialect("opencl", ".cl", {
     **OPENCL.spelling,
     "BARRIER()": "do { barrier(CLK_LOCAL_MEM_FENCE); ++rc_epoch; } while (0)",
@@ -420,6 +455,8 @@ OPENCL_RACE_CHECK = Dialect("opencl", ".cl", {
                                  "cpq_group[cpq_count++] = cpq_groups; } } while (0)",
     "CP_ASYNC_WAIT(n)": "cp_async_wait_rc(cpq_dst, cpq_value, cpq_group, &cpq_count, cpq_groups - (n), rc_epoch, "
                         "rc_races)",
+    "LDMATRIX_X4_TRANS(r, base, offset)": "ldmatrix_trans_rc(r, 4, base, offset, ldmatrix_rows, rc_epoch, rc_races)",
+    "LDMATRIX_X2_TRANS(r, base, offset)": "ldmatrix_trans_rc(r, 2, base, offset, ldmatrix_rows, rc_epoch, rc_races)",
 }, race_check=True)
 
 DIALECTS = {d.name: d for d in (CUDA, OPENCL)}
