@@ -309,7 +309,8 @@ def codegen_manifest(program: Program, dialect: Dialect, batch: int, precision: 
 
     launches = [{"kernel": l.kernel, "file": f"{l.kernel}{dialect.suffix}", "grid": list(l.grid),
                  "block": list(l.block), "args": [arg(kind, ref) for kind, ref in l.args], "node": l.node,
-                 "layers": list(l.layers), "flops": l.flops} for l in program.launches]
+                 "shared_bytes": l.shared_bytes, "layers": list(l.layers), "flops": l.flops}
+                for l in program.launches]
     return {"name": program.name, "dialect": dialect.name, "batch": batch, "precision": precision,
             "unit": f"{precision} elements" if precision in HALF_STORAGE else "float32 elements",
             "arena_size": program.arena_size, "workspace_size": program.workspace_size,

@@ -66,6 +66,7 @@ def test_one_file_per_launch_and_a_manifest(capsys, tmp_path, dialect, suffix):
         assert entry["file"] == f"{launch.kernel}{suffix}"
         assert (entry["grid"], entry["block"]) == (list(launch.grid), list(launch.block))
         assert entry["node"] == launch.node and entry["layers"] == launch.layers and entry["flops"] == launch.flops
+        assert entry["shared_bytes"] == launch.shared_bytes == 0  # fp32: static shared memory only
         assert [a["kind"] for a in entry["args"]] == [kind for kind, _ in launch.args]
         for arg, (kind, ref) in zip(entry["args"], launch.args):
             if kind == "tensor":

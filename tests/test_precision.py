@@ -17,6 +17,7 @@ import pytest
 import cnngraph
 from cnngraph.backends.opencl_backend import OpenCLBackend
 from cnngraph.codegen.dialects import CUDA
+from cnngraph.codegen.schedules import MMA_DEEP_TILES, MMA_TILES
 from cnngraph.errors import DeviceError, SpecError
 from cnngraph.precision import round_tf32
 from test_backends import CUDA_REASON, EXAMPLES, NVRTC_REASON, OPENCL_REASON, rel_err
@@ -140,7 +141,9 @@ def planted(spec, batch, old, new):
     ("const int kl = n0 + wn0 + j * 8 + 2 * ft + e % 2;", "const int kl = n0 + wn0 + j * 8 + ft + e % 2;"),
     (re.compile(r"CP_ASYNC_WAIT\((\d+)\)"), lambda m: f"CP_ASYNC_WAIT({int(m[1]) + 1})"),  # a wait too weak
     ("CP_ASYNC_COMMIT();  /* every", "/* every"),  # copies never committed: their wait never completes them
-], ids=["fragment_row", "fragment_k", "unrounded_input", "accumulator_column", "weak_wait", "missing_commit"])
+    (re.compile(r"(SHARED_VIEW\(float, Bs, [^;]*, )\d+\);"), r"\g<1>0);"),  # Bs carved over As
+], ids=["fragment_row", "fragment_k", "unrounded_input", "accumulator_column", "weak_wait", "missing_commit",
+        "overlapping_views"])
 def test_emulation_catches_planted_mistakes(old, new):
     spec, batch = LAYERS["conv_stride2_ragged"]  # three stages, several slices
     p, backend = planted(spec, batch, old, new)
@@ -149,6 +152,38 @@ def test_emulation_catches_planted_mistakes(old, new):
     backend.poison()
     got = backend.run(xs)
     assert not (np.isfinite(got["conv2d_0"]).all() and rel_err(got["conv2d_0"], ref(xs)) <= 1e-5)
+
+
+ABOVE_48_KB = ["mma_large_4", "mma_wide32"]  # in CI; the other tiles under -m slow (a PoCL build each)
+ALL_TILES = {**MMA_TILES, **MMA_DEEP_TILES}
+
+
+def tile_programs(spec, batch):
+    """The NumPy model of a one-conv `spec` at tf32, and its program with each candidate schedule."""
+    from cnngraph.codegen.lower import lower, lower_node
+
+    ref = cnngraph.compile(spec, batch_size=batch, device="cpu", precision="tf32")
+    (node,) = ref.graph.graph["order"]
+    return ref, [lower(ref.graph, {node: pick}) for pick in range(lower_node(ref.graph, node, {}, 0)[0].schedules)]
+
+
+@needs_opencl
+@pytest.mark.parametrize("name", [n if n in ABOVE_48_KB else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in sorted(ALL_TILES)])
+def test_every_tensor_core_tile_computes_the_same(name):
+    """Each tile and stage count an autotuner may pick, those whose buffers take more than the 48 KB
+    a block may declare statically included (carved from dynamic shared memory, sized at launch)."""
+    spec, batch = LAYERS["conv_stride2_ragged"]  # 70 channels: every tile is a candidate
+    ref, programs = tile_programs(spec, batch)
+    tile = ALL_TILES[name]
+    program = next(p for p in programs if p.launches[0].schedule.tile == tile)
+    (launch,) = program.launches
+    assert launch.shared_bytes == tile.shared_bytes and f"DYNAMIC_SHARED({tile.shared_bytes})" in launch.body
+    assert (tile.shared_bytes > 48 * 1024) == (name in ABOVE_48_KB or name in ("mma_large", "mma_small32"))
+    backend = OpenCLBackend(ref.plan, {}, program)
+    backend.poison()
+    xs = inputs_for(ref)
+    assert rel_err(backend.run(xs)[launch.node], ref(xs)) <= 1e-5
 
 
 @pytest.mark.parametrize("case", sorted(LAYERS))
@@ -197,6 +232,8 @@ def test_cli_precision(tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["precision"] == "tf32"
     assert any(f.name.endswith("_tf32.cu") for f in out.iterdir())
+    (conv,) = manifest["launches"]  # the tensor-core kernel carves its buffers from dynamic shared memory
+    assert conv["shared_bytes"] > 0 and f"DYNAMIC_SHARED({conv['shared_bytes']})" in (out / conv["file"]).read_text()
     bad = subprocess.run([*cli, "run", str(path), "--device", "cpu", "--precision", "fp64"], capture_output=True,
                          text=True)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "fp32, tf32" in bad.stderr
@@ -232,6 +269,41 @@ def test_tensor_core_kernels_compile_to_hmma_without_stack(example, batch, arch)
                for k in rounding)
 
 
+SHARED_PER_SM = {"sm_80": 164 * 1024, "sm_90": 228 * 1024}  # A100, H100/H200; each block also takes 1 KB
+
+
+@pytest.mark.skipif(NVRTC_REASON is not None, reason=str(NVRTC_REASON))
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_every_tensor_core_tile_compiles_and_two_blocks_fit_an_sm(arch):
+    """Every tile and stage count an autotuner may pick: HMMA and LDGSTS, no stack or spills, and
+    two blocks fit an SM's registers and shared memory, static and dynamic (the carved buffers)."""
+    from cnngraph.codegen.lower import lower, lower_node
+    from cnngraph.codegen.nvrtc import compile_cuda, sass
+
+    try:
+        sass('extern "C" __global__ void k() {}', arch)
+    except DeviceError as err:
+        pytest.skip(str(err))
+    spec, batch = LAYERS["conv_stride2_ragged"]
+    g = cnngraph.plan(spec, batch, precision="tf32").graph
+    (node,) = g.graph["order"]
+    launches = []
+    for pick in range(lower_node(g, node, {}, 0)[0].schedules):
+        (launch,) = lower(g, {node: pick}).launches
+        launch.rename(f"{launch.kernel}_s{pick}")
+        launches.append(launch)
+    assert {l.schedule.tile for l in launches} == {*MMA_TILES.values(), *MMA_DEEP_TILES.values()}
+    source = CUDA.render("\n".join(l.body for l in launches), storage="tf32")
+    reports, opcodes = compile_cuda(source, arch), sass(source, arch)
+    for launch in launches:
+        r, ops = reports[launch.kernel], opcodes[launch.kernel]
+        assert (r.stack_bytes, r.spill_stores, r.spill_loads) == (0, 0, 0), r
+        assert any(op.startswith("HMMA.1688.F32.TF32") for op in ops) and any(op.startswith("LDGSTS") for op in ops)
+        assert r.shared_bytes == 0 and launch.shared_bytes == launch.schedule.tile.shared_bytes  # all dynamic
+        assert 2 * launch.block[0] * r.registers <= 65536, (launch.schedule, r)
+        assert 2 * (launch.shared_bytes + 1024) <= SHARED_PER_SM[arch], launch.schedule
+
+
 # --- on a GPU ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("case", sorted(LAYERS))
@@ -243,6 +315,23 @@ def test_cuda_tf32_layers_match_numpy_tf32(case, _):
     xs = inputs_for(ref)
     for _ in range(3):  # plain, captured, replayed
         assert rel_err(run_poisoned(model, xs), ref(xs)) <= 1e-5
+
+
+@pytest.mark.parametrize("_", [pytest.param(None, marks=needs_cuda)])
+def test_cuda_every_tensor_core_tile(_):
+    """Every tile on the GPU: the ones above 48 KB need the kernel's dynamic shared memory raised
+    before their launch, which CUDA refuses otherwise."""
+    from cnngraph.backends.cuda_backend import CudaBackend
+
+    spec, batch = LAYERS["conv_stride2_ragged"]
+    ref, programs = tile_programs(spec, batch)
+    assert max(p.launches[0].shared_bytes for p in programs) > 48 * 1024
+    xs = inputs_for(ref)
+    for program in programs:
+        backend = CudaBackend(ref.plan, {"cuda_graph": False}, program)
+        backend.poison()
+        got = backend.run(xs)[program.launches[0].node]
+        assert rel_err(got, ref(xs)) <= 1e-5, program.launches[0].schedule
 
 
 # Whole networks with their seeded random weights. TF32 error grows with a network's sensitivity,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ..codegen.autotune import autotune, choose
 from ..codegen.dialects import CUDA
-from ..codegen.lower import lower
+from ..codegen.lower import Program, lower
 from ..codegen.nvrtc import COMPILE_OPTIONS, NvrtcError
 from ..errors import DeviceError
 from ..precision import HALF_STORAGE, TENSOR_CORE_ARCH
@@ -80,7 +80,7 @@ class CudaBackend(ProgramBackend):
         # an autotuned schedule may split twice as far
         return 2 * 4 * (plan.program.workspace_size + plan.program.counters_size)
 
-    def __init__(self, plan, options: dict):
+    def __init__(self, plan, options: dict, program: Program | None = None):
         reason = cuda_unavailable_reason()
         if reason:
             raise DeviceError(f'device "cuda" is not usable: {reason}')
@@ -92,9 +92,10 @@ class CudaBackend(ProgramBackend):
         self.views = {n: self.arena[g.nodes[n]["offset"]:g.nodes[n]["offset"] + g.nodes[n]["size"]]
                       for n in [*g.graph["inputs"], *g.graph["order"]]}
         self.tuning, self.schedules = {}, {}  # node -> (pick, its ms, default's ms); node -> the schedule chosen
-        if options.get("autotune"):
+        if program is None and options.get("autotune"):  # a program given runs as it is
             self.tuning, self.schedules = autotune(g, self._gpu_identity(), COMPILE_OPTIONS, self._time_candidates)
-        program = lower(g, {node: pick for node, (pick, _, _) in self.tuning.items()}) if self.tuning else plan.program
+        if program is None:
+            program = lower(g, {node: pick for node, (pick, _, _) in self.tuning.items()}) if self.tuning else plan.program
         super().__init__(plan, options, program)
         functions = self._compile(program.source(CUDA), [launch.kernel for launch in program.launches],
                                   f"the CUDA module of {plan.spec.name}")
@@ -103,10 +104,7 @@ class CudaBackend(ProgramBackend):
         self.counters = cp.zeros(max(1, program.counters_size), cp.int32)  # each split-K kernel leaves them 0
         buffers = {"tensor": self.views, "const": self.constants, "workspace": {"": self.workspace},
                    "counters": {"": self.counters}}
-        self.launches = []
-        for launch, fn in zip(program.launches, functions):
-            args = tuple(buffers[kind][ref] for kind, ref in launch.args)
-            self.launches.append((fn, launch.grid, launch.block, args))
+        self.launches = self._calls(program.launches, functions, buffers)
         self.stream = cp.cuda.Stream(non_blocking=True)
         self.use_graph = options.get("cuda_graph", True)
         self.graph = None
@@ -122,6 +120,24 @@ class CudaBackend(ProgramBackend):
             return [module.get_function(kernel) for kernel in kernels]
         except cp.cuda.compiler.CompileException as err:
             raise NvrtcError.from_log(source, str(err), what) from err
+
+    def _calls(self, launches: list, functions: list, buffers: dict) -> list:
+        """(function, grid, block, args, dynamic shared bytes) of each launch. A kernel that carves
+        more than 48 KB of dynamic shared memory is allowed it first (the driver refuses the launch
+        otherwise); more than this GPU gives a block is a DeviceError, not a failed launch."""
+        cp, calls = self.cp, []
+        limit = cp.cuda.runtime.deviceGetAttribute(cp.cuda.runtime.cudaDevAttrMaxSharedMemoryPerBlockOptin,
+                                                   self.gpu_id)
+        for launch, fn in zip(launches, functions):
+            shared = launch.shared_bytes
+            if shared > limit:
+                raise DeviceError(f"kernel {launch.kernel} needs {fmt_bytes(shared)} of shared memory per block; "
+                                  f"this GPU allows {fmt_bytes(limit)}")
+            if shared > 48 * 1024:
+                fn.max_dynamic_shared_size_bytes = shared
+            calls.append((fn, launch.grid, launch.block, tuple(buffers[kind][ref] for kind, ref in launch.args),
+                          shared))
+        return calls
 
     @property
     def device_name(self) -> str:
@@ -152,8 +168,7 @@ class CudaBackend(ProgramBackend):
         for node, pick, launches, constants in candidates:
             buffers = {"tensor": self.views, "workspace": {"": workspace}, "counters": {"": counters},
                        "const": {k: cp.asarray(v) for k, v in constants.items()}}
-            calls = [(functions[l.kernel], l.grid, l.block,
-                      tuple(buffers[kind][ref] for kind, ref in l.args)) for l in launches]
+            calls = self._calls(launches, [functions[l.kernel] for l in launches], buffers)
             runs.append((node, pick, calls, buffers))
             _launch(calls)  # warm: loads the kernel
         samples: dict[str, dict[int, list[float]]] = {}
@@ -196,20 +211,17 @@ class CudaBackend(ProgramBackend):
             elif self.use_graph and self.calls > 1:  # kernels are loaded and warm: capture once, replay after
                 self.stream.begin_capture()
                 try:
-                    for fn, grid, block, args in self.launches:
-                        fn(grid, block, args)
+                    _launch(self.launches)
                 finally:  # a launch that fails must not leave the stream capturing
                     graph = self.stream.end_capture()
                 self.graph = graph
                 self.graph.launch(self.stream)
             else:
-                for fn, grid, block, args in self.launches:
-                    fn(grid, block, args)
+                _launch(self.launches)
 
     def _launch_one(self, index: int) -> None:
         with self.stream:
-            fn, grid, block, args = self.launches[index]
-            fn(grid, block, args)
+            _launch(self.launches[index:index + 1])
 
     def time_launches(self, inputs):
         """Each launch between two CUDA events on the model's stream."""
@@ -250,5 +262,5 @@ class CudaBackend(ProgramBackend):
 
 
 def _launch(calls) -> None:
-    for fn, grid, block, args in calls:
-        fn(grid, block, args)
+    for fn, grid, block, args, shared in calls:
+        fn(grid, block, args, shared_mem=shared)

@@ -4,7 +4,9 @@ on PoCL (OpenCL on the CPU), which is how the generated kernels are tested in CI
 Option `race_check` (or the environment variable CNNGRAPH_RACE_CHECK=1) runs the race-check
 rendering instead (`OPENCL_RACE_CHECK` in codegen/dialects.py): a missing barrier between shared
 memory accesses of different threads turns values into NaN, and `run` raises a DeviceError that
-names the kernels and counts the conflicting accesses."""
+names the kernels and counts the conflicting accesses. Run it with POCL_MAX_PTHREAD_COUNT=1 for
+the 16-bit kernels: with PoCL running work-groups on several threads, their check now and then
+counts conflicts that a single thread never shows (the plain rendering is unaffected)."""
 
 from __future__ import annotations
 

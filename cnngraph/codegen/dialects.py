@@ -32,7 +32,8 @@ WORDS = ("KERNEL", "GLOBAL", "SHARED", "RESTRICT", "BARRIER()", "BLOCK_X", "BLOC
          "CP_ASYNC_STATE(n)", "CP_ASYNC4(dst, src, pred)", "CP_ASYNC_COMMIT()", "CP_ASYNC_WAIT(n)",
          "HALF", "AS_FLOAT(u)", "AS_UINT(f)", "MMA_F16(d, a, b)", "MMA_BF16(d, a, b)",
          "LDMATRIX_X4_TRANS(r, base, offset)", "LDMATRIX_X2_TRANS(r, base, offset)",
-         "THREADFENCE()", "ATOMIC_INC(p)", "LOAD_COHERENT(x)")
+         "THREADFENCE()", "ATOMIC_INC(p)", "LOAD_COHERENT(x)",
+         "DYNAMIC_SHARED(bytes)", "SHARED_VIEW(type, name, count, inner, offset)")
 STORAGE_WORDS = ("ACT", "LOAD(x)", "STORE(v)")  # spelled per storage precision (`STORAGE`), not per dialect
 
 # max and min that return NaN when either side is NaN, as PyTorch's relu, clamp and max pooling do
@@ -299,7 +300,18 @@ def race_checked(body: str) -> bool:
     return "SHARED " in body or "BARRIER()" in body
 
 
+# shared arrays, as declared (SHARED float A[2][16][72];) or carved from dynamic shared memory
+# (SHARED_VIEW(float, A, 2, [16][72], offset);): indent, element type, name, dims
 _SHARED_DECL = re.compile(r"^([ \t]*)SHARED (float|HALF) (\w+)((?:\[[^\]]+\])+)[^;\n]*;[^\n]*\n", re.M)
+_SHARED_VIEW = re.compile(r"^([ \t]*)SHARED_VIEW\((float|HALF), (\w+), (\w+), ((?:\[[^\]]+\])+), [^;\n]*\);[^\n]*\n",
+                          re.M)
+
+
+def _shared_arrays(kernel: str) -> list[tuple[str, str, str, str, int]]:
+    """The shared arrays a kernel declares, in order: (indent, element type, name, dims, end of the line)."""
+    found = [(m.start(), (m[1], m[2], m[3], m[4], m.end())) for m in _SHARED_DECL.finditer(kernel)]
+    found += [(m.start(), (m[1], m[2], m[3], f"[{m[4]}]{m[5]}", m.end())) for m in _SHARED_VIEW.finditer(kernel)]
+    return [array for _, array in sorted(found)]
 
 
 def shadow_shared(body: str) -> str:
@@ -317,16 +329,16 @@ def _shadow_kernel(kernel: str) -> str:
     assert head, "a kernel starts with its signature"
     close = _matching(kernel, head.end() - 1)
     kernel = kernel[:close] + ", GLOBAL int* rc_races" + kernel[close:]
-    decls = list(_SHARED_DECL.finditer(kernel))
-    arrays = {d[3]: d[2] for d in decls}  # name -> element type
-    pad = decls[-1][1] if decls else "    "
-    setup = [f"{pad}SHARED int2 {d[3]}_rc{d[4]};  /* race check: the last write and read of each {d[3]} */\n"
-             for d in decls]
+    decls = _shared_arrays(kernel)
+    arrays = {name: kind for _, kind, name, _, _ in decls}
+    pad = decls[-1][0] if decls else "    "
+    setup = [f"{pad}SHARED int2 {name}_rc{dims};  /* race check: the last write and read of each {name} */\n"
+             for _, _, name, dims, _ in decls]
     setup.append(f"{pad}int rc_epoch = 0;  /* race check: BARRIER()s passed */\n")
     setup += [f"{pad}rc_clear((__local int2*){n}_rc, sizeof({n}_rc) / sizeof(int2));\n" for n in arrays]
     if arrays:
         setup.append(f"{pad}barrier(CLK_LOCAL_MEM_FENCE);\n")
-    at = decls[-1].end() if decls else kernel.index("\n", kernel.index("{", close)) + 1
+    at = decls[-1][4] if decls else kernel.index("\n", kernel.index("{", close)) + 1
     return kernel[:at] + "".join(setup) + _instrument(kernel[at:], arrays)
 
 
@@ -411,6 +423,9 @@ CUDA = Dialect("cuda", ".cu", {
     "MMA_F16(d, a, b)": "mma_f16(d, a, b)", "MMA_BF16(d, a, b)": "mma_bf16(d, a, b)",
     # split-K's last block: a device-wide fence, a counter, and loads that skip the (incoherent) L1
     "THREADFENCE()": "__threadfence()", "ATOMIC_INC(p)": "atomicAdd((p), 1)", "LOAD_COHERENT(x)": "__ldcg(&(x))",
+    # a block's shared memory sized at launch (above 48 KB only so), carved into arrays: count x inner
+    "DYNAMIC_SHARED(bytes)": "extern __shared__ __align__(16) unsigned char dynamic_shared[]",
+    "SHARED_VIEW(type, name, count, inner, offset)": "type (*name)inner = (type (*)inner)(dynamic_shared + (offset))",
     "LDMATRIX_X4_TRANS(r, base, offset)": "ldmatrix_x4_trans(r, (base) + (offset))",
     "LDMATRIX_X2_TRANS(r, base, offset)": "ldmatrix_x2_trans(r, (base) + (offset))",
     "CP_ASYNC_COMMIT()": 'asm volatile("cp.async.commit_group;")',
@@ -426,6 +441,9 @@ OPENCL = Dialect("opencl", ".cl", {
     "HALF": "ushort", "AS_FLOAT(u)": "as_float(u)", "AS_UINT(f)": "as_uint(f)",
     "MMA_F16(d, a, b)": "mma_emulated(d, a, b, mma_a, mma_b, 1)", "MMA_BF16(d, a, b)": "mma_emulated(d, a, b, mma_a, mma_b, 2)",
     "THREADFENCE()": "mem_fence(CLK_GLOBAL_MEM_FENCE)", "ATOMIC_INC(p)": "atomic_inc(p)", "LOAD_COHERENT(x)": "(x)",
+    # OpenCL sizes local memory in the kernel: the same carving, of a buffer the size the launch gives CUDA
+    "DYNAMIC_SHARED(bytes)": "__local uchar dynamic_shared[bytes] __attribute__((aligned(16)))",
+    "SHARED_VIEW(type, name, count, inner, offset)": "__local type (*name)inner = (__local type (*)inner)(dynamic_shared + (offset))",
     "LDMATRIX_X4_TRANS(r, base, offset)": "ldmatrix_trans(r, 4, base, offset, ldmatrix_rows)",
     "LDMATRIX_X2_TRANS(r, base, offset)": "ldmatrix_trans(r, 2, base, offset, ldmatrix_rows)",
     "NEG_INF": "(-INFINITY)", "TF32(x)": "tf32_round(x)", "MMA_TF32(d, a, b)": "mma_emulated(d, (const uint*)(a), (const uint*)(b), mma_a, mma_b, 0)",

@@ -10,6 +10,7 @@ at the program's precision: 16-bit patterns at fp16/bf16 (see cnngraph/precision
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 
 import networkx as nx
@@ -38,6 +39,13 @@ class Launch:
     counters: int = 0              # int32 split-K tile counters it needs (zero before and after it runs)
     schedules: int = 1             # candidate schedules of its node, for an autotuner (conv/linear)
     schedule: Schedule | None = None  # the schedule it was generated with (conv/linear)
+
+    @property
+    def shared_bytes(self) -> int:
+        """The dynamic shared memory the kernel carves its arrays from (`DYNAMIC_SHARED`), given at
+        launch; 0 when it declares its shared arrays statically (at most 48 KB)."""
+        found = re.search(r"\bDYNAMIC_SHARED\((\d+)\)", self.body)
+        return int(found[1]) if found else 0
 
     def rename(self, kernel: str) -> None:
         """Give the kernel another name (names must be unique within one module)."""

@@ -27,13 +27,16 @@ class Tile:
         return (self.bm // self.tm) * (self.bn // self.tn)
 
 
+MAX_SHARED_BYTES = 99 * 1024  # per block, opted in: sm_86/sm_89 allow 99 KB, sm_80 163 KB, sm_90 227 KB
+
+
 @dataclass(frozen=True)
 class MmaTile:
     """Tensor-core tiling: a block computes BM pixels x BN channels, reducing BK at a time through
-    double-buffered shared memory; its warps split the block tile into WM x WN warp tiles, each a
-    grid of m16n8k8 products (WM/16 x WN/8 accumulator fragments of 4 values per lane). `stages`
-    slices are in flight in shared memory at once (cp.async), within the 48 KB a block may hold
-    without opting in to more."""
+    shared memory; its warps split the block tile into WM x WN warp tiles, each a grid of m16n8k8
+    products (WM/16 x WN/8 accumulator fragments of 4 values per lane). `stages` slices are in
+    flight in shared memory at once (cp.async): the TF32 kernel's float buffers take
+    `shared_bytes`, dynamic shared memory up to what every sm_80+ card allows a block."""
     bm: int
     bn: int
     bk: int
@@ -54,11 +57,13 @@ class MmaTile:
         return 32 * self.warps
 
 
-MMA_TILES = {"mma_large": MmaTile(128, 128, 16, 64, 32, 2), "mma_wide": MmaTile(128, 64, 16, 64, 32, 3),
+MMA_TILES = {"mma_large": MmaTile(128, 128, 16, 64, 32, 3), "mma_wide": MmaTile(128, 64, 16, 64, 32, 3),
              "mma_small": MmaTile(64, 64, 16, 32, 32, 4), "mma_narrow": MmaTile(64, 32, 16, 32, 16, 4)}
-MMA_DEEP_TILES = {"mma_wide_2": MmaTile(128, 64, 16, 64, 32, 2), "mma_small32": MmaTile(64, 64, 32, 32, 32, 2),
-                  "mma_narrow32": MmaTile(64, 32, 32, 32, 16, 3)}  # autotuning candidates
-assert all(t.shared_bytes <= 48 * 1024 for t in (*MMA_TILES.values(), *MMA_DEEP_TILES.values()))
+MMA_DEEP_TILES = {  # autotuning candidates: other stage counts, and BK = 32 (all but two above 48 KB)
+    "mma_large_4": MmaTile(128, 128, 16, 64, 32, 4), "mma_wide32": MmaTile(128, 64, 32, 64, 32, 3),
+    "mma_wide_2": MmaTile(128, 64, 16, 64, 32, 2), "mma_small32": MmaTile(64, 64, 32, 32, 32, 3),
+    "mma_narrow32": MmaTile(64, 32, 32, 32, 16, 3)}
+assert all(t.shared_bytes <= MAX_SHARED_BYTES for t in (*MMA_TILES.values(), *MMA_DEEP_TILES.values()))
 
 TILES = {"large": Tile(128, 128, 8, 8, 8), "wide": Tile(128, 64, 8, 8, 8), "small": Tile(64, 64, 8, 4, 8),
          "narrow": Tile(64, 32, 8, 4, 4)}

@@ -134,6 +134,9 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     (the next slice while this one is multiplied, two buffers). Inputs are rounded to TF32 where
     they leave shared memory (registers: where they enter it); the weights come rounded.
 
+    The buffers are carved from dynamic shared memory (`Launch.shared_bytes`): three or four
+    stages of a large tile need more than the 48 KB a block may declare statically.
+
     Each warp multiplies its WM x WN warp tile. Shared rows are padded by 8 floats, so a warp's
     fragment reads (rows t and t+4, columns g) fall in 32 distinct banks. The epilogue runs on the
     accumulator fragments in registers: lane (g, t) holds pixels g and g+8 of each 16-row
@@ -213,10 +216,12 @@ UNROLL for (int i = 0; i < {b_per}; ++i) {{
     else:
         main = _register_staged(t, geo, m_total, r_begin, gated, products("buf"), rounding="TF32")
 
+    a_bytes = 4 * stages * t.bk * (t.bm + 8)  # a multiple of 16: Bs stays 16-byte aligned
     body = f"""KERNEL void {name}({args})
 {{
-    SHARED float As[{stages}][{t.bk}][{t.bm + 8}] ALIGNED16;  /* [buffer][reduction][pixel] */
-    SHARED float Bs[{stages}][{t.bk}][{t.bn + 8}] ALIGNED16;  /* [buffer][reduction][channel] */
+    DYNAMIC_SHARED({a_bytes + 4 * stages * t.bk * (t.bn + 8)});  /* deep pipelines need more than 48 KB */
+    SHARED_VIEW(float, As, {stages}, [{t.bk}][{t.bm + 8}], 0);  /* [buffer][reduction][pixel] */
+    SHARED_VIEW(float, Bs, {stages}, [{t.bk}][{t.bn + 8}], {a_bytes});  /* [buffer][reduction][channel] */
 {_warp_setup(t)}
 {_window(geo, t.bm, t.bn, None, splits, chunk, gated)}
 {main}
