@@ -118,6 +118,10 @@ def test_tensor_core_kernel_on_pocl_matches_numpy_tf32(case):
     assert gemms and all("_tf32" in l.kernel for l in gemms)
     assert all("MMA_TF32(" in l.body for l in gemms) == (case != "pooled_conv")
     assert any("CP_ASYNC4(" in l.body for l in gemms) == (case != "pooled_conv")
+    for launch in gemms:  # the cp.async kernels copy weight rows padded to whole 16-byte copies
+        (w,) = [model.backend.program.constants[ref] for _, ref in launch.args if ref.endswith(":w")]
+        assert w.shape[-1] % 4 == 0 or "CP_ASYNC16(" not in launch.body
+    assert any("CP_ASYNC16(" in l.body for l in gemms) == (case != "pooled_conv")
 
 
 def planted(spec, batch, old, new):
@@ -142,8 +146,9 @@ def planted(spec, batch, old, new):
     (re.compile(r"CP_ASYNC_WAIT\((\d+)\)"), lambda m: f"CP_ASYNC_WAIT({int(m[1]) + 1})"),  # a wait too weak
     ("CP_ASYNC_COMMIT();  /* every", "/* every"),  # copies never committed: their wait never completes them
     (re.compile(r"(SHARED_VIEW\(float, Bs, [^;]*, )\d+\);"), r"\g<1>0);"),  # Bs carved over As
+    ("CP_ASYNC16(", "CP_ASYNC4("),  # 4 of a weight copy's 16 bytes
 ], ids=["fragment_row", "fragment_k", "unrounded_input", "accumulator_column", "weak_wait", "missing_commit",
-        "overlapping_views"])
+        "overlapping_views", "short_weight_copy"])
 def test_emulation_catches_planted_mistakes(old, new):
     spec, batch = LAYERS["conv_stride2_ragged"]  # three stages, several slices
     p, backend = planted(spec, batch, old, new)
@@ -264,6 +269,8 @@ def test_tensor_core_kernels_compile_to_hmma_without_stack(example, batch, arch)
         assert r.registers * 256 <= 65536, r  # 8 warps of the largest tile fit one SM's registers
         assert any(op.startswith("HMMA.1688.F32.TF32") for op in opcodes[kernel]), kernel
         assert any(op.startswith("LDGSTS") for op in opcodes[kernel]), kernel  # cp.async
+        if "CP_ASYNC16(" in next(l.body for l in p.program.launches if l.kernel == kernel):
+            assert "LDGSTS.E.BYPASS.128" in opcodes[kernel], kernel  # the weights, 16 bytes a copy
     rounding = [l.kernel for l in p.program.launches if "TF32(" in l.body]
     assert all(any(op.startswith("F2FP") or op.startswith("FRND") or "TF32" in op for op in opcodes[k])
                for k in rounding)
@@ -298,7 +305,7 @@ def test_every_tensor_core_tile_compiles_and_two_blocks_fit_an_sm(arch):
     for launch in launches:
         r, ops = reports[launch.kernel], opcodes[launch.kernel]
         assert (r.stack_bytes, r.spill_stores, r.spill_loads) == (0, 0, 0), r
-        assert any(op.startswith("HMMA.1688.F32.TF32") for op in ops) and any(op.startswith("LDGSTS") for op in ops)
+        assert any(op.startswith("HMMA.1688.F32.TF32") for op in ops) and "LDGSTS.E.BYPASS.128" in ops
         assert r.shared_bytes == 0 and launch.shared_bytes == launch.schedule.tile.shared_bytes  # all dynamic
         assert 2 * launch.block[0] * r.registers <= 65536, (launch.schedule, r)
         assert 2 * (launch.shared_bytes + 1024) <= SHARED_PER_SM[arch], launch.schedule

@@ -3,7 +3,7 @@ using the words in `WORDS`; a dialect is just the table of how to spell each wor
 block of #defines at the top of every kernel (so each file compiles on its own).
 
 Tensor-core words (`TF32`, `MMA_TF32`, `MMA_SCRATCH`; for 16-bit operands `MMA_F16`, `MMA_BF16`,
-`LDMATRIX_X4_TRANS`, `LDMATRIX_X2_TRANS`) and asynchronous copies (`CP_ASYNC4`,
+`LDMATRIX_X4_TRANS`, `LDMATRIX_X2_TRANS`) and asynchronous copies (`CP_ASYNC4`, `CP_ASYNC16`,
 `CP_ASYNC_COMMIT`, `CP_ASYNC_WAIT`, `CP_ASYNC_STATE`) are spelled as inline PTX in CUDA and as an
 exact emulation in OpenCL: `MMA_TF32` there computes, for each lane, exactly the accumulator
 elements the PTX ISA assigns to it from the fragment registers the lanes hold, so a kernel's
@@ -29,7 +29,8 @@ from dataclasses import dataclass
 WORDS = ("KERNEL", "GLOBAL", "SHARED", "RESTRICT", "BARRIER()", "BLOCK_X", "BLOCK_Y", "BLOCK_Z", "THREAD_X",
          "UNROLL", "ALIGNED16", "INLINE", "NEG_INF",
          "EXPF(x)", "TANHF(x)", "ERFF(x)", "SQRTF(x)", "TF32(x)", "MMA_TF32(d, a, b)", "MMA_SCRATCH(warps)",
-         "CP_ASYNC_STATE(n)", "CP_ASYNC4(dst, src, pred)", "CP_ASYNC_COMMIT()", "CP_ASYNC_WAIT(n)",
+         "CP_ASYNC_STATE(n)", "CP_ASYNC4(dst, src, pred)", "CP_ASYNC16(dst, src, pred)", "CP_ASYNC_COMMIT()",
+         "CP_ASYNC_WAIT(n)",
          "HALF", "AS_FLOAT(u)", "AS_UINT(f)", "MMA_F16(d, a, b)", "MMA_BF16(d, a, b)",
          "LDMATRIX_X4_TRANS(r, base, offset)", "LDMATRIX_X2_TRANS(r, base, offset)",
          "THREADFENCE()", "ATOMIC_INC(p)", "LOAD_COHERENT(x)",
@@ -131,10 +132,15 @@ INLINE void ldmatrix_x2_trans(unsigned* r, const HALF* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];"
                  : "=r"(r[0]), "=r"(r[1]) : "r"((unsigned)__cvta_generic_to_shared(p)));
 }
-/* 4 bytes global -> shared, bypassing registers; pred false: zero-fill, the source is not read */
+/* 4 or 16 (aligned) bytes global -> shared, bypassing registers (16: L1 too); pred false: zero-fill,
+   the source is not read */
 INLINE void cp_async4(float* dst, const float* src, bool pred) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" :: "r"((unsigned)__cvta_generic_to_shared(dst)),
                  "l"(src), "r"(pred ? 4 : 0));
+}
+INLINE void cp_async16(float* dst, const float* src, bool pred) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"((unsigned)__cvta_generic_to_shared(dst)),
+                 "l"(src), "r"(pred ? 16 : 0));
 }
 """,
     # Each lane publishes its fragment registers to its warp's slice of local memory; after a barrier
@@ -419,6 +425,7 @@ CUDA = Dialect("cuda", ".cu", {
     "SQRTF(x)": "sqrtf(x)", "INLINE": "__device__ __forceinline__", "NEG_INF": "(-__int_as_float(0x7f800000))",
     "TF32(x)": "tf32_round(x)", "MMA_TF32(d, a, b)": "mma_tf32(d, a, b)", "MMA_SCRATCH(warps)": "",
     "CP_ASYNC_STATE(n)": "", "CP_ASYNC4(dst, src, pred)": "cp_async4(dst, src, pred)",
+    "CP_ASYNC16(dst, src, pred)": "cp_async16(dst, src, pred)",
     "HALF": "unsigned short", "AS_FLOAT(u)": "__uint_as_float(u)", "AS_UINT(f)": "__float_as_uint(f)",
     "MMA_F16(d, a, b)": "mma_f16(d, a, b)", "MMA_BF16(d, a, b)": "mma_bf16(d, a, b)",
     # split-K's last block: a device-wide fence, a counter, and loads that skip the (incoherent) L1
@@ -455,6 +462,9 @@ OPENCL = Dialect("opencl", ".cl", {
     "CP_ASYNC4(dst, src, pred)": "do { const bool p_ = (pred); const float v_ = p_ ? *(src) : 0.0f; "
                                  "*(dst) = NAN; if (cpq_count < cpq_capacity) { cpq_dst[cpq_count] = (dst); "
                                  "cpq_value[cpq_count] = v_; cpq_group[cpq_count++] = cpq_groups; } } while (0)",
+    # four 4-byte copies in the same group (the hardware may land their bytes in any order)
+    "CP_ASYNC16(dst, src, pred)": "do { for (int q_ = 0; q_ < 4; ++q_) CP_ASYNC4((dst) + q_, (src) + q_, pred); } "
+                                  "while (0)",
     "CP_ASYNC_COMMIT()": "++cpq_groups",
     "CP_ASYNC_WAIT(n)": "cp_async_wait(cpq_dst, cpq_value, cpq_group, &cpq_count, cpq_groups - (n))",
 })
@@ -471,6 +481,8 @@ OPENCL_RACE_CHECK = Dialect("opencl", ".cl", {
                                  "rc_write((dst), NAN, rc_epoch, rc_races); if (cpq_count < cpq_capacity) { "
                                  "cpq_dst[cpq_count] = (dst); cpq_value[cpq_count] = v_; "
                                  "cpq_group[cpq_count++] = cpq_groups; } } while (0)",
+    "CP_ASYNC16(dst, src, pred)": "do { for (int q_ = 0; q_ < 4; ++q_) "
+                                  "CP_ASYNC4(rc_at((dst).at + q_, (dst).mark + q_), (src) + q_, pred); } while (0)",
     "CP_ASYNC_WAIT(n)": "cp_async_wait_rc(cpq_dst, cpq_value, cpq_group, &cpq_count, cpq_groups - (n), rc_epoch, "
                         "rc_races)",
     "LDMATRIX_X4_TRANS(r, base, offset)": "ldmatrix_trans_rc(r, 4, base, offset, ldmatrix_rows, rc_epoch, rc_races)",

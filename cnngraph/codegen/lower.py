@@ -207,7 +207,6 @@ class NodeLowering:
         At fp16/bf16 the weights are stored in 16 bits, as the activations are, and the products
         run on the tensor cores (`conv_mma16`) but for a fused pool or a gate (`conv_gemm`)."""
         tf32 = self.compute.precision == "tf32"
-        w_ref = self.stored_const("w", round_tf32(matrix) if tf32 else matrix)
         b_refs = [self.const("b", bias)] if bias is not None else []
         m, kg = geo.n * geo.pixels, geo.kg
         pool = _fused_pool(self.compute.pool, self.shape)
@@ -219,9 +218,12 @@ class NodeLowering:
         gated = self.compute.gated  # at fp16/bf16 a gate's unrounded products stay on the CUDA cores
         options = schedules(m, kg, geo.reduction, geo.groups, rows_multiple=pool.size if pool else 1,
                             tensor_cores=tf32 or (half and not gated), register_staged=half or gated)
+        chosen = options[self.pick]
+        if isinstance(chosen.tile, MmaTile) and tf32:  # rows of whole 16-byte copies
+            matrix = T.pad_weight_rows(matrix, T.weight_pitch(kg, gated))
+        w_ref = self.stored_const("w", round_tf32(matrix) if tf32 else matrix)
         table = T.tap_table(geo)  # read by the kernel after the weights (int32 bits in a float32 constant)
         w_refs = [w_ref, *([self.const("taps", table.view(np.float32))] if table is not None else [])]
-        chosen = options[self.pick]
         own, out = self.own_inputs, self.output  # gated: own = [x, gate]
         if gated:
             name = "gated_" + name

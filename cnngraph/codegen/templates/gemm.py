@@ -128,8 +128,10 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     on the tensor cores: TF32 m16n8k8 products with float32 accumulators.
 
     Slices of BK reduction values flow through `tile.stages` shared-memory buffers: each thread
-    copies its elements of a slice with 4-byte `cp.async` (zero-filled where the window leaves the
-    image), `stages - 1` slices ahead of the one being multiplied, one barrier per slice. A gated
+    copies its elements of a slice with `cp.async`, `stages - 1` slices ahead of the one being
+    multiplied, one barrier per slice: input pixels 4 bytes at a time (zero-filled where the window
+    leaves the image; NCHW pixels of a window are not contiguous), weights 16 bytes, four channels
+    of a row padded to `weight_pitch` (w is then (groups, R, pitch)). A gated
     conv scales each input value by its gate on the way, so it loads through registers instead
     (the next slice while this one is multiplied, two buffers). Inputs are rounded to TF32 where
     they leave shared memory (registers: where they enter it); the weights come rounded.
@@ -143,6 +145,7 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     fragment, channels 2t and 2t+1 of each 8-column one."""
     t, split, copies = tile, splits > 1, not gated
     nt, mi, ni = t.threads, t.wm // 16, t.wn // 8
+    pitch = weight_pitch(geo.kg, gated)
     stages = t.stages if copies else 2
     a_per, a_step, b_per, b_step = t.bm * t.bk // nt, nt // t.bm, t.bk * t.bn // nt, nt // t.bn
     assert nt % t.bm == 0 and nt % t.bn == 0 and t.bk % 8 == 0 and t.wm % 16 == 0 and t.wn % 8 == 0
@@ -184,19 +187,25 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
             a_source = f"""const bool ok = in_image && am < {m_total} && r < r_end;
     GLOBAL const float* src = xw + r * {geo.h * geo.w};"""
 
+        row_vectors, b_vectors = t.bn // VECTOR, t.bk * t.bn // VECTOR // nt
+        v_step = nt // row_vectors  # a thread copies the same 4 channels of rows v_step apart
+        assert nt % row_vectors == 0 and t.bk % v_step == 0
+
         def issue(kbase: str, buf: str) -> str:
             return f"""UNROLL for (int i = 0; i < {a_per}; ++i) {{
     const int r = {kbase} + tid / {t.bm} + i * {a_step};
     {a_source}
     CP_ASYNC4(&As[{buf}][tid / {t.bm} + i * {a_step}][tid % {t.bm}], src, ok);
 }}
-UNROLL for (int i = 0; i < {b_per}; ++i) {{
-    const int r = {kbase} + tid / {t.bn} + i * {b_step};
-    CP_ASYNC4(&Bs[{buf}][tid / {t.bn} + i * {b_step}][tid % {t.bn}], wb + ({kbase} + i * {b_step}) * {kg},
-              r < r_end && b_col < {kg});
+UNROLL for (int i = 0; i < {b_vectors}; ++i) {{  /* {VECTOR} channels of a weight row per copy */
+    const int r = {kbase} + tid / {row_vectors} + i * {v_step};
+    CP_ASYNC16(&Bs[{buf}][tid / {row_vectors} + i * {v_step}][tid % {row_vectors} * {VECTOR}],
+               wv + ({kbase} + i * {v_step}) * {pitch}, r < r_end && v_col < {pitch});
 }}"""
 
         main = f"""    CP_ASYNC_STATE({stages * (a_per + b_per)});  /* (OpenCL's emulation: the copies in flight) */
+    const int v_col = n0 + tid % {row_vectors} * {VECTOR};  /* the first of this thread's weight channels */
+    GLOBAL const float* wv = wg + (tid / {row_vectors}) * {pitch} + v_col;
     const int slices = (r_end - {r_begin} + {t.bk - 1}) / {t.bk};
     UNROLL for (int s = 0; s < {stages - 1}; ++s) {{  /* the first stages - 1 slices in flight */
         if (s < slices) {{
@@ -223,7 +232,7 @@ UNROLL for (int i = 0; i < {b_per}; ++i) {{
     SHARED_VIEW(float, As, {stages}, [{t.bk}][{t.bm + 8}], 0);  /* [buffer][reduction][pixel] */
     SHARED_VIEW(float, Bs, {stages}, [{t.bk}][{t.bn + 8}], {a_bytes});  /* [buffer][reduction][channel] */
 {_warp_setup(t)}
-{_window(geo, t.bm, t.bn, None, splits, chunk, gated)}
+{_window(geo, t.bm, t.bn, None, splits, chunk, gated, pitch)}
 {main}
 
 {_finish(_fragment_epilogue(mi, ni, m_total, kg, pq, geo.k, "kl" if split else f"g * {kg} + kl"), splits,
@@ -231,6 +240,20 @@ UNROLL for (int i = 0; i < {b_per}; ++i) {{
 }}
 """
     return body, grid, (nt, 1, 1)
+
+
+VECTOR = 4  # float32 values per 16-byte cp.async
+
+
+def weight_pitch(kg: int, gated: bool) -> int:
+    """The length of `conv_mma`'s weight rows (K/g channels): its cp.async path copies them 16 bytes
+    at a time, so they are padded with zeros to a multiple of VECTOR (`pad_weight_rows`)."""
+    return kg if gated else cdiv(kg, VECTOR) * VECTOR
+
+
+def pad_weight_rows(matrix: np.ndarray, pitch: int) -> np.ndarray:
+    """GEMM weights (groups, R, K/g) with rows of `pitch` values, zeros after the K/g channels."""
+    return np.pad(matrix, [(0, 0), (0, 0), (0, pitch - matrix.shape[-1])])
 
 
 def conv_mma16(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: str, tile: MmaTile, gated: bool,
@@ -396,11 +419,12 @@ def _fragment_epilogue(mi: int, ni: int, m_total: int, kg: int, pq: int, k: int,
             }}"""
 
 
-def _window(geo: ConvGeometry, bm: int, bn: int, pool: FusedPool | None, splits: int, chunk: int, gated: bool
-            ) -> str:
+def _window(geo: ConvGeometry, bm: int, bn: int, pool: FusedPool | None, splits: int, chunk: int, gated: bool,
+            pitch: int | None = None) -> str:
     """The per-thread setup of an implicit GEMM's input loads (`_load_tiles`): the output pixel `am`
     whose input window this thread loads (the same for the whole reduction), the window's corner,
-    the thread's sample and group in x (and its gates), its weights, and the reduction range."""
+    the thread's sample and group in x (and its gates), its weights (rows of `pitch` values, K/g
+    unless padded), and the reduction range."""
     split = splits > 1
     group = "0" if split else "g"  # blockIdx.z is the split when there is one, else the group
     if pool:
@@ -423,7 +447,7 @@ const int am = m0 + tid % {bm};
 const int ih0 = a_p * {geo.sh} - {geo.pt};
 const int iw0 = a_q * {geo.sw} - {geo.pl};
 GLOBAL const ACT* xg = x + (a_n * {geo.c} + {group} * {geo.cg}) * {geo.h * geo.w};{gates}
-GLOBAL const ACT* wg = w + {group} * {geo.reduction * geo.kg};
+GLOBAL const ACT* wg = w + {group} * {geo.reduction * (pitch or geo.kg)};
 const int r_end = {r_end};
 /* loads address from the window's corner (channel 0), and from this thread's weight column */
 GLOBAL const ACT* xw = xg + ih0 * {geo.w} + iw0;
