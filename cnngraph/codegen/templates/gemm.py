@@ -147,7 +147,7 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     nt, mi, ni = t.threads, t.wm // 16, t.wn // 8
     pitch = weight_pitch(geo.kg, gated)
     stages = t.stages if copies else 2
-    a_per, a_step, b_per, b_step = t.bm * t.bk // nt, nt // t.bm, t.bk * t.bn // nt, nt // t.bn
+    a_per, a_step, b_per = t.bm * t.bk // nt, nt // t.bm, t.bk * t.bn // nt
     assert nt % t.bm == 0 and nt % t.bn == 0 and t.bk % 8 == 0 and t.wm % 16 == 0 and t.wn % 8 == 0
     assert not split or geo.groups == 1
     m_total, kg, pq = geo.n * geo.pixels, geo.kg, geo.pixels
