@@ -130,8 +130,8 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     Slices of BK reduction values flow through `tile.stages` shared-memory buffers: each thread
     copies its elements of a slice with `cp.async`, `stages - 1` slices ahead of the one being
     multiplied, one barrier per slice: input pixels 4 bytes at a time (zero-filled where the window
-    leaves the image; NCHW pixels of a window are not contiguous), weights 16 bytes, four channels
-    of a row padded to `weight_pitch` (w is then (groups, R, pitch)). A gated
+    leaves the image; NCHW pixels of a window are not contiguous), weights 16 bytes (four channels)
+    at a time, their rows padded with zeros to `weight_pitch` channels (w is (groups, R, pitch)). A gated
     conv scales each input value by its gate on the way, so it loads through registers instead
     (the next slice while this one is multiplied, two buffers). Inputs are rounded to TF32 where
     they leave shared memory (registers: where they enter it); the weights come rounded.
@@ -453,7 +453,7 @@ const int r_end = {r_end};
 GLOBAL const ACT* xw = xg + ih0 * {geo.w} + iw0;
 const bool in_image = (unsigned)ih0 < {geo.h}u && (unsigned)iw0 < {geo.w}u;
 const int b_col = n0 + tid % {bn};
-GLOBAL const ACT* wb = wg + (tid / {bn}) * {geo.kg} + b_col;""", 4)
+GLOBAL const ACT* wb = wg + (tid / {bn}) * {pitch or geo.kg} + b_col;""", 4)
 
 
 def _plain_epilogue(t: Tile, row: str, m_total, pq, kg, channel: str, epilogue: str, store: str, k=None) -> str:
