@@ -219,8 +219,13 @@ class NodeLowering:
         options = schedules(m, kg, geo.reduction, geo.groups, rows_multiple=pool.size if pool else 1,
                             tensor_cores=tf32 or (half and not gated), register_staged=half or gated)
         chosen = options[self.pick]
-        if isinstance(chosen.tile, MmaTile) and tf32:  # rows of whole 16-byte copies
-            matrix = T.pad_weight_rows(matrix, T.weight_pitch(kg, gated))
+        if isinstance(chosen.tile, MmaTile) and half:
+            template, variant = T.conv_mma16, {"bf16": self.compute.precision == "bf16"}
+        elif isinstance(chosen.tile, MmaTile):
+            template, variant = T.conv_mma, {}
+            matrix = T.conv_mma_weights(matrix, gated)
+        else:
+            template, variant = T.conv_gemm, {"pool": pool, "tf32": tf32}
         w_ref = self.stored_const("w", round_tf32(matrix) if tf32 else matrix)
         table = T.tap_table(geo)  # read by the kernel after the weights (int32 bits in a float32 constant)
         w_refs = [w_ref, *([self.const("taps", table.view(np.float32))] if table is not None else [])]
@@ -229,12 +234,6 @@ class NodeLowering:
             name = "gated_" + name
         if tf32:
             name += "_tf32"
-        if isinstance(chosen.tile, MmaTile) and half:
-            template, variant = T.conv_mma16, {"bf16": self.compute.precision == "bf16"}
-        elif isinstance(chosen.tile, MmaTile):
-            template, variant = T.conv_mma, {}
-        else:
-            template, variant = T.conv_gemm, {"pool": pool, "tf32": tf32}
         split = chosen.splits > 1  # partial sums in the workspace, counted per output tile
         if split:
             name += f"_split{chosen.splits}"

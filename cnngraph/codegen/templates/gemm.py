@@ -247,13 +247,14 @@ VECTOR = 4  # float32 values per 16-byte cp.async
 
 def weight_pitch(kg: int, gated: bool) -> int:
     """The length of `conv_mma`'s weight rows (K/g channels): its cp.async path copies them 16 bytes
-    at a time, so they are padded with zeros to a multiple of VECTOR (`pad_weight_rows`)."""
+    at a time, so they are padded with zeros to a multiple of VECTOR (`conv_mma_weights`)."""
     return kg if gated else cdiv(kg, VECTOR) * VECTOR
 
 
-def pad_weight_rows(matrix: np.ndarray, pitch: int) -> np.ndarray:
-    """GEMM weights (groups, R, K/g) with rows of `pitch` values, zeros after the K/g channels."""
-    return np.pad(matrix, [(0, 0), (0, 0), (0, pitch - matrix.shape[-1])])
+def conv_mma_weights(matrix: np.ndarray, gated: bool) -> np.ndarray:
+    """GEMM weights (groups, R, K/g) as `conv_mma` reads them: rows of `weight_pitch` values, zeros
+    after the K/g channels."""
+    return np.pad(matrix, [(0, 0), (0, 0), (0, weight_pitch(matrix.shape[-1], gated) - matrix.shape[-1])])
 
 
 def conv_mma16(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: str, tile: MmaTile, gated: bool,
