@@ -284,7 +284,6 @@ SHARED_PER_SM = {"sm_80": 164 * 1024, "sm_90": 228 * 1024}  # A100, H100/H200; e
 def test_every_tensor_core_tile_compiles_and_two_blocks_fit_an_sm(arch):
     """Every tile and stage count an autotuner may pick: HMMA and LDGSTS, no stack or spills, and
     two blocks fit an SM's registers and shared memory, static and dynamic (the carved buffers)."""
-    from cnngraph.codegen.lower import lower, lower_node
     from cnngraph.codegen.nvrtc import compile_cuda, sass
 
     try:
@@ -292,13 +291,9 @@ def test_every_tensor_core_tile_compiles_and_two_blocks_fit_an_sm(arch):
     except DeviceError as err:
         pytest.skip(str(err))
     spec, batch = LAYERS["conv_stride2_ragged"]
-    g = cnngraph.plan(spec, batch, precision="tf32").graph
-    (node,) = g.graph["order"]
-    launches = []
-    for pick in range(lower_node(g, node, {}, 0)[0].schedules):
-        (launch,) = lower(g, {node: pick}).launches
+    launches = [program.launches[0] for program in tile_programs(spec, batch)[1]]
+    for pick, launch in enumerate(launches):
         launch.rename(f"{launch.kernel}_s{pick}")
-        launches.append(launch)
     assert {l.schedule.tile for l in launches} == {*MMA_TILES.values(), *MMA_DEEP_TILES.values()}
     source = CUDA.render("\n".join(l.body for l in launches), storage="tf32")
     reports, opcodes = compile_cuda(source, arch), sass(source, arch)

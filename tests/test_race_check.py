@@ -117,22 +117,20 @@ def test_own_writes_need_no_barrier_other_threads_writes_do(barrier):
         assert count[0] > 0 and np.isnan(y).any()
 
 
-def single_threaded(check):
-    """`check(case)` run for a 16-bit case in a fresh interpreter whose PoCL uses one thread. With
-    PoCL running work-groups on several threads, the 16-bit kernels' race check now and then
-    counts conflicts that one thread never shows (0 in 240 runs, against about 1 run in 20 with
-    two threads), while the plain rendering gives the same bits every time; the cause is not
-    found. Other cases run in this process."""
-    def run(case, *args):
-        if NETWORKS[PLANTED[case][0] if case in PLANTED else case][2] not in ("fp16", "bf16"):
-            return check(case, *args)
-        code = f"import test_race_check as t; t.{check.__name__}({case!r})"
-        env = {**os.environ, "POCL_MAX_PTHREAD_COUNT": "1"}
-        done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, env=env, capture_output=True,
-                              text=True)
-        assert done.returncode == 0, done.stderr[-3000:]
-    run.__name__ = check.__name__
-    return run
+TOLERANCE = {"fp32": 1e-5, "tf32": 1e-5, "fp16": 1e-4}  # against the NumPy backend at the same precision
+
+
+def run_check(check, case: str, precision: str) -> None:
+    """`check(case)`; at fp16/bf16 in a fresh interpreter whose PoCL uses one thread. With PoCL
+    running work-groups on several threads, the 16-bit kernels' race check now and then counts
+    conflicts that one thread never shows (0 in 240 runs, against about 1 run in 20 with two
+    threads), while the plain rendering gives the same bits every time; the cause is not found."""
+    if precision not in ("fp16", "bf16"):
+        return check(case)
+    code = f"import test_race_check as t; t.{check.__name__}({case!r})"
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parent, capture_output=True, text=True,
+                          env={**os.environ, "POCL_MAX_PTHREAD_COUNT": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
 
 
 def check_generated(case):
@@ -142,14 +140,14 @@ def check_generated(case):
     assert model.backend.race_counters  # every case has a GEMM in shared memory
     xs = inputs_for(ref)
     model.backend.poison()
-    assert rel_err(model(xs), ref(xs)) <= (1e-5 if precision in ("fp32", "tf32") else 1e-4)
+    assert rel_err(model(xs), ref(xs)) <= TOLERANCE[precision]
     assert model.backend.races() == {}
 
 
 @needs_opencl
 @pytest.mark.parametrize("case", sorted(NETWORKS))
 def test_generated_kernels_pass_the_race_check(case):
-    single_threaded(check_generated)(case)
+    run_check(check_generated, case, NETWORKS[case][2])
 
 
 def drop_barrier(body: str, which: int) -> str:
@@ -176,7 +174,7 @@ PLANTED = {
 @needs_opencl
 @pytest.mark.parametrize("case", sorted(PLANTED))
 def test_race_check_catches_a_planted_missing_barrier(case):
-    single_threaded(check_planted)(case)
+    run_check(check_planted, case, NETWORKS[PLANTED[case][0]][2])
 
 
 def check_planted(case):
@@ -193,7 +191,7 @@ def check_planted(case):
 
     plain = OpenCLBackend(p, program=program)  # PoCL hides the missing barrier
     plain.poison()
-    assert rel_err(plain.run(xs)[output], ref(xs)) <= (1e-5 if precision in ("fp32", "tf32") else 1e-4)
+    assert rel_err(plain.run(xs)[output], ref(xs)) <= TOLERANCE[precision]
 
     checked = OpenCLBackend(p, {"race_check": True}, program=program)
     checked.poison()
