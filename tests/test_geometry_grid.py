@@ -302,13 +302,15 @@ def test_grid_kernels_match_numpy(name, device):
 
 
 @pytest.mark.parametrize("device", BACKENDS)
+@pytest.mark.parametrize("precision", ["tf32", "fp16"])
 @pytest.mark.parametrize("name", ["conv", "fused_pool", "linear", "two_taps"])
-def test_grid_gemm_kernels_at_fp16_match_numpy_node_by_node(name, device):
-    """The 16-bit tensor-core kernel (and the CUDA-core one, for fused pools) over the grid's
-    geometries, each node on the NumPy emulation's own inputs (see test_backends.node_errors)."""
-    errors = node_errors(FAMILIES[name](), device, batch=2, precision="fp16")
+def test_grid_gemm_kernels_at_reduced_precision_match_numpy_node_by_node(name, precision, device):
+    """The tensor-core kernels (TF32 with its padded 16-byte weight copies, 16-bit with ldmatrix;
+    the CUDA-core one for fused pools) over the grid's geometries, each node on the NumPy
+    emulation's own inputs (see test_backends.node_errors)."""
+    errors = node_errors(FAMILIES[name](), device, batch=2, precision=precision)
     worst = max(errors, key=errors.get)
-    assert errors[worst] <= NODE_TOL["fp16"], (worst, errors[worst])
+    assert errors[worst] <= NODE_TOL[precision], (worst, errors[worst])
 
 
 def test_the_grid_is_rectangular_and_fuses_only_non_overlapping_pools():
