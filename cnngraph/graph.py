@@ -9,6 +9,7 @@ Node attributes (every stage keeps these; passes may add more):
   inputs   the nodes it reads, in input order (edges carry the same as `index`)
   path     JSON pointer into the spec ("/layers/7")
   shape    output shape with the batch, set by the shape-inference pass
+  layout   "NHWC" where the tensor is stored channels-last (passes/assign_layout.py); NCHW otherwise
 Graph attributes: name, inputs, outputs (node names), batch_size, source (the spec file).
 """
 
@@ -22,6 +23,7 @@ import networkx as nx
 from .errors import SpecError, shorten
 from .ops import Layer
 from .ops.epilogue import Epilogue, residual_count
+from .precision import HALF_STORAGE
 from .spec import NetworkSpec
 
 
@@ -69,6 +71,13 @@ class Compute:
 
     def has(self, trait: str) -> bool:
         return self.spec.has(trait)
+
+    @property
+    def tensor_cores(self) -> bool:
+        """Its products run on the tensor cores (`conv_mma`, `conv_mma16`): at tf32, and at fp16/bf16
+        unless gated (a gate's unrounded products stay on the CUDA cores); a fused pool keeps the
+        CUDA-core kernel, whose threads own whole pooling windows."""
+        return self.pool is None and (self.precision == "tf32" or (self.precision in HALF_STORAGE and not self.gated))
 
     @property
     def residuals(self) -> int:

@@ -18,6 +18,7 @@ from .codegen.lower import Program, lower
 from .errors import DeviceError, InputError, SpecError, quote, shorten
 from .graph import build_graph, in_shapes, layer_nodes
 from .ops.base import weight_key
+from .passes.assign_layout import assign_layout
 from .passes.assign_precision import assign_precision
 from .passes.infer_shapes import infer_shapes
 from .passes.pipeline import optimize_graph
@@ -119,6 +120,7 @@ def plan(spec: NetworkSpec | str | Path | Mapping, batch_size: int = 1,
         g.nodes[node]["weights"] = {suffix: bound[weight_key(node, suffix)] for suffix in suffixes}
     g = optimize_graph(g) if optimize else g.copy()
     assign_precision(g, precision)  # on the final nodes
+    assign_layout(g)  # channels-last where only tensor-core convs write and read a tensor
     g = plan_memory(g)
     return Plan(spec, g, bound, random_weights, expected)
 

@@ -231,6 +231,22 @@ def two_tap_family() -> dict:
         {"out_channels": 6, "kernel_size": [2, 1], "stride": [2, 1], "dilation": [2, 1], "groups": 2}]])
 
 
+def channels_last_family() -> dict:
+    """Every conv geometry between two 1x1 convs: at tf32 the tensors between them are stored NHWC
+    (passes/assign_layout.py), so each geometry's tensor-core kernel copies an NHWC input 16 bytes
+    at a time (16 channels in 1 group, or 4 of 4) and stores an NHWC output (12 channels, 3 per group)."""
+    layers = []
+    for i, geometry in enumerate(CONVS):
+        groups = (1, 4)[i % 2]
+        layers += [{"op": "conv2d", "name": f"in_{i}", "inputs": [f"x_{i}"], "out_channels": 16, "kernel_size": 1},
+                   {"op": "conv2d", "name": f"conv_{i}", "out_channels": 12, "groups": groups, "activation": "relu",
+                    **geometry},
+                   {"op": "conv2d", "name": f"out_{i}", "out_channels": 8, "kernel_size": 1}]
+    return {"format_version": 1, "name": "grid", "layers": layers,
+            "inputs": [{"name": f"x_{i}", "shape": [8, 11, 13]} for i in range(len(CONVS))],
+            "outputs": [f"out_{i}" for i in range(len(CONVS))]}
+
+
 FOLDED_PADS = [  # (pad, conv): zero pads fold into the conv's padding, asymmetric; the others stay
     ({"padding": [0, 1, 2, 1]}, dict(out_channels=5, kernel_size=[3, 2], stride=[2, 1], activation="relu6")),
     ({"padding": [3, 0, 0, 1]}, dict(out_channels=7, kernel_size=[2, 3], stride=[1, 2], groups=7,  # depthwise
@@ -260,7 +276,7 @@ def folded_pad_family() -> dict:
 FAMILIES = {"conv": conv_family, "pool": pool_family, "upsample": upsample_family, "fused_pool": fused_pool_family,
             "activation": activation_family, "elementwise": elementwise_family, "norm": norm_family,
             "reduce": reduce_family, "layout": layout_family, "linear": linear_family, "folded_pad": folded_pad_family,
-            "depthwise": depthwise_family, "two_taps": two_tap_family}
+            "depthwise": depthwise_family, "two_taps": two_tap_family, "channels_last": channels_last_family}
 INPUT_SCALE = {"activation": 4.0}  # standard normal inputs times this
 # ops of the registry no family needs to cover, each with the reason (none at present: dropout, an
 # identity, is covered as a network output, which keeps it as a copy kernel)
@@ -303,11 +319,11 @@ def test_grid_kernels_match_numpy(name, device):
 
 @pytest.mark.parametrize("device", BACKENDS)
 @pytest.mark.parametrize("precision", ["tf32", "fp16"])
-@pytest.mark.parametrize("name", ["conv", "fused_pool", "linear", "two_taps"])
+@pytest.mark.parametrize("name", ["conv", "fused_pool", "linear", "two_taps", "channels_last"])
 def test_grid_gemm_kernels_at_reduced_precision_match_numpy_node_by_node(name, precision, device):
-    """The tensor-core kernels (TF32 with its padded 16-byte weight copies, 16-bit with ldmatrix;
-    the CUDA-core one for fused pools) over the grid's geometries, each node on the NumPy
-    emulation's own inputs (see test_backends.node_errors)."""
+    """The tensor-core kernels (TF32 with its padded 16-byte weight copies and its NHWC inputs and
+    outputs, 16-bit with ldmatrix; the CUDA-core one for fused pools) over the grid's geometries,
+    each node on the NumPy emulation's own inputs (see test_backends.node_errors)."""
     errors = node_errors(FAMILIES[name](), device, batch=2, precision=precision)
     worst = max(errors, key=errors.get)
     assert errors[worst] <= NODE_TOL[precision], (worst, errors[worst])
@@ -353,6 +369,13 @@ def test_the_new_families_run_every_layer_as_its_own_kernel(name):
     layers = {layer["name"]: layer["op"] for layer in spec["layers"]}
     assert {n: (g.nodes[n]["compute"].op, g.nodes[n]["layers"]) for n in g.graph["order"]} == \
         {n: (op, [n]) for n, op in layers.items()}
+
+
+def test_the_channels_last_family_stores_the_middle_tensors_nhwc_at_tf32():
+    program = cnngraph.plan(channels_last_family(), 2, precision="tf32").program
+    assert program.layouts == {f"{n}_{i}": "NHWC" for i in range(len(CONVS)) for n in ("in", "conv")}
+    assert all("_nhwc" in l.kernel for l in program.launches)
+    assert cnngraph.plan(channels_last_family(), 2).program.layouts == {}  # fp32: NCHW everywhere
 
 
 def test_zero_pads_fold_into_the_convs_and_the_others_do_not():

@@ -183,8 +183,8 @@ def test_every_tensor_core_tile_computes_the_same(name):
     tile = ALL_TILES[name]
     program = next(p for p in programs if p.launches[0].schedule.tile == tile)
     (launch,) = program.launches
-    assert launch.shared_bytes == tile.shared_bytes and f"DYNAMIC_SHARED({tile.shared_bytes})" in launch.body
-    assert (tile.shared_bytes > 48 * 1024) == (name in ABOVE_48_KB or name in ("mma_large", "mma_small32"))
+    assert launch.shared_bytes == tile.shared_bytes() and f"DYNAMIC_SHARED({tile.shared_bytes()})" in launch.body
+    assert (tile.shared_bytes() > 48 * 1024) == (name in ABOVE_48_KB or name in ("mma_large", "mma_small32"))
     backend = OpenCLBackend(ref.plan, {}, program)
     backend.poison()
     xs = inputs_for(ref)
@@ -301,7 +301,7 @@ def test_every_tensor_core_tile_compiles_and_two_blocks_fit_an_sm(arch):
         r, ops = reports[launch.kernel], opcodes[launch.kernel]
         assert (r.stack_bytes, r.spill_stores, r.spill_loads) == (0, 0, 0), r
         assert any(op.startswith("HMMA.1688.F32.TF32") for op in ops) and "LDGSTS.E.BYPASS.128" in ops
-        assert r.shared_bytes == 0 and launch.shared_bytes == launch.schedule.tile.shared_bytes  # all dynamic
+        assert r.shared_bytes == 0 and launch.shared_bytes == launch.schedule.tile.shared_bytes()  # all dynamic
         assert 2 * launch.block[0] * r.registers <= 65536, (launch.schedule, r)
         assert 2 * (launch.shared_bytes + 1024) <= SHARED_PER_SM[arch], launch.schedule
 

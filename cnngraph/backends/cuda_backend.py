@@ -199,9 +199,9 @@ class CudaBackend(ProgramBackend):
             self.stream.wait_event(self.cp.cuda.get_current_stream().record())
         with self.stream:
             if isinstance(x, self.cp.ndarray):
-                view[...] = self.stored(x, self.cp).reshape(-1)
+                view[...] = self.stored(x, self.cp, name).reshape(-1)
             else:
-                view.set(self.stored(x).reshape(-1), stream=self.stream)
+                view.set(self.stored(x, name=name).reshape(-1), stream=self.stream)
 
     def _launch_all(self):
         self.calls += 1
@@ -244,7 +244,7 @@ class CudaBackend(ProgramBackend):
 
     def _download(self, name):
         with self.stream:
-            return self.loaded(self.views[name].reshape(self.tensor_shape(name)), self.cp).copy()
+            return self.loaded(self.views[name].reshape(self.arena_shape(name)), self.cp, name).copy()
 
     def run(self, inputs):
         with self._pinned():

@@ -126,7 +126,7 @@ class OpenCLBackend(ProgramBackend):
         return found
 
     def _upload(self, name, x):
-        self.cl.enqueue_copy(self.queue, self.views[name], self.stored(x))
+        self.cl.enqueue_copy(self.queue, self.views[name], self.stored(x, name=name))
 
     def _launch_all(self):
         for index in range(len(self.kernels)):
@@ -150,6 +150,6 @@ class OpenCLBackend(ProgramBackend):
                 for launch, event in zip(self.program.launches, events)]
 
     def _download(self, name):
-        out = np.empty(self.tensor_shape(name), np.uint16 if self.half else np.float32)
+        out = np.empty(self.arena_shape(name), np.uint16 if self.half else np.float32)
         self.cl.enqueue_copy(self.queue, out, self.views[name])
-        return self.loaded(out)
+        return self.loaded(out, name=name)

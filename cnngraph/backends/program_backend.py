@@ -23,14 +23,25 @@ class ProgramBackend(Backend):
         self.half = self.program.precision in HALF_STORAGE
         self.element_bytes = element_bytes(self.program.precision)
 
-    def stored(self, x, xp=np):
-        """float32 values as the arena stores them (numpy or cupy, as `xp` says)."""
+    def stored(self, x, xp=np, name: str | None = None):
+        """float32 values as the arena stores them (numpy or cupy, as `xp` says); those of tensor
+        `name` in its layout (NHWC where the program keeps it channels-last)."""
+        if name is not None and self.program.layout(name) == "NHWC":
+            x = x.transpose(0, 2, 3, 1)
         x = xp.ascontiguousarray(x, dtype=xp.float32)
         return to_storage(x, self.program.precision, xp) if self.half else x
 
-    def loaded(self, x, xp=np):
-        """Arena elements as float32 values."""
-        return from_storage(x, self.program.precision, xp) if self.half else x
+    def loaded(self, x, xp=np, name: str | None = None):
+        """Arena elements as float32 values; `x` given in `arena_shape(name)`, NCHW out."""
+        x = from_storage(x, self.program.precision, xp) if self.half else x
+        if name is not None and self.program.layout(name) == "NHWC":
+            x = xp.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        return x
+
+    def arena_shape(self, name: str) -> tuple[int, ...]:
+        """The shape of a tensor's elements in the order the arena holds them."""
+        n, c, *spatial = shape = self.tensor_shape(name)
+        return (n, *spatial, c) if self.program.layout(name) == "NHWC" else shape
 
     def poison_value(self) -> np.ndarray:
         """One NaN element as the arena stores it."""

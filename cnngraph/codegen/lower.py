@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import ResourceError
 from ..geometry import ConvGeometry
 from ..ops.epilogue import label, scale_shifts, to_c
+from ..passes.assign_layout import NHWC
 from ..precision import HALF_STORAGE, round_tf32, to_storage
 from . import templates as T
 from .dialects import Dialect
@@ -65,6 +66,11 @@ class Program:
     workspace_size: int = 0        # float32 elements, shared by the launches that need scratch
     counters_size: int = 0         # int32 counters, zero between launches, shared likewise
     precision: str = "fp32"        # the network's; tensors are 16-bit elements at fp16/bf16
+    layouts: dict[str, str] = dataclasses.field(default_factory=dict)  # node -> "NHWC": stored channels-last
+
+    def layout(self, node: str) -> str:
+        """How a tensor's elements lie in the arena: "NCHW" (the shape's order) or "NHWC"."""
+        return self.layouts.get(node, "NCHW")
 
     def source(self, dialect: Dialect, launch: Launch | None = None) -> str:
         """One kernel's file, or every kernel of the program in one translation unit."""
@@ -89,7 +95,8 @@ def lower(g: nx.DiGraph, picks: dict[str, int] | None = None) -> Program:
     return Program(g.graph["name"], launches, constants, tensors, g.graph["arena_size"],
                    list(g.graph["inputs"]), list(g.graph["outputs"]),
                    workspace_size=max((l.workspace for l in launches), default=0),
-                   counters_size=max((l.counters for l in launches), default=0), precision=storage_of(g))
+                   counters_size=max((l.counters for l in launches), default=0), precision=storage_of(g),
+                   layouts={n: g.nodes[n]["layout"] for n in tensors if "layout" in g.nodes[n]})
 
 
 def lower_node(g: nx.DiGraph, node: str, constants: dict, pick: int = 0) -> list[Launch]:
@@ -122,6 +129,9 @@ class NodeLowering:
         self.weights = self.attrs.get("weights", {})
         self.output = ("tensor", node)
         self.storage = storage_of(g)
+        # (input, output) stored channels-last: only a tensor-core conv's, see passes/assign_layout.py
+        self.channels_last = (any(g.nodes[i].get("layout") == NHWC for i in self.attrs["inputs"][:1]),
+                              self.attrs.get("layout") == NHWC)
 
     @property
     def own_inputs(self) -> list:
@@ -222,18 +232,20 @@ class NodeLowering:
         if isinstance(chosen.tile, MmaTile) and half:
             template, variant = T.conv_mma16, {"bf16": self.compute.precision == "bf16"}
         elif isinstance(chosen.tile, MmaTile):
-            template, variant = T.conv_mma, {}
-            matrix = T.conv_mma_weights(matrix, gated)
+            template, variant = T.conv_mma, {"channels_last": self.channels_last}
+            matrix = T.conv_mma_weights(matrix, gated, geo, self.channels_last[0])
         else:
             template, variant = T.conv_gemm, {"pool": pool, "tf32": tf32}
+        assert template is T.conv_mma or not any(self.channels_last), "only conv_mma reads and writes NHWC"
         w_ref = self.stored_const("w", round_tf32(matrix) if tf32 else matrix)
-        table = T.tap_table(geo)  # read by the kernel after the weights (int32 bits in a float32 constant)
+        table = T.tap_table(geo, self.channels_last[0])  # read after the weights (int32 bits in a float32 constant)
         w_refs = [w_ref, *([self.const("taps", table.view(np.float32))] if table is not None else [])]
         own, out = self.own_inputs, self.output  # gated: own = [x, gate]
         if gated:
             name = "gated_" + name
         if tf32:
             name += "_tf32"
+        name += {(True, True): "_nhwc", (True, False): "_nhwc_in", (False, True): "_nhwc_out"}.get(self.channels_last, "")
         split = chosen.splits > 1  # partial sums in the workspace, counted per output tile
         if split:
             name += f"_split{chosen.splits}"

@@ -36,7 +36,7 @@ class MmaTile:
     shared memory; its warps split the block tile into WM x WN warp tiles, each a grid of m16n8k8
     products (WM/16 x WN/8 accumulator fragments of 4 values per lane). `stages` slices are in
     flight in shared memory at once (cp.async): the TF32 kernel's float buffers take
-    `shared_bytes`, dynamic shared memory up to what every sm_80+ card allows a block."""
+    `shared_bytes()`, dynamic shared memory up to what every sm_80+ card allows a block."""
     bm: int
     bn: int
     bk: int
@@ -44,9 +44,18 @@ class MmaTile:
     wn: int
     stages: int = 3
 
-    @property
-    def shared_bytes(self) -> int:
-        return 4 * self.stages * self.bk * (self.bm + 8 + self.bn + 8)
+    def a_shape(self, channels_last: bool = False) -> tuple[int, int]:
+        """One stage of the TF32 kernel's input buffer: [reduction][pixel], rows padded by 8 floats,
+        or for an NHWC input [pixel][reduction], rows padded by 4 (both free of bank conflicts)."""
+        return (self.bm, self.bk + 4) if channels_last else (self.bk, self.bm + 8)
+
+    def b_shape(self) -> tuple[int, int]:
+        """One stage of its weight buffer: [reduction][channel], rows padded by 8 floats."""
+        return (self.bk, self.bn + 8)
+
+    def shared_bytes(self, channels_last: bool = False) -> int:
+        (ar, ac), (br, bc) = self.a_shape(channels_last), self.b_shape()
+        return 4 * self.stages * (ar * ac + br * bc)
 
     @property
     def warps(self) -> int:
@@ -63,7 +72,8 @@ MMA_DEEP_TILES = {  # autotuning candidates: other stage counts, and BK = 32 (al
     "mma_large_4": MmaTile(128, 128, 16, 64, 32, 4), "mma_wide32": MmaTile(128, 64, 32, 64, 32, 3),
     "mma_wide_2": MmaTile(128, 64, 16, 64, 32, 2), "mma_small32": MmaTile(64, 64, 32, 32, 32, 3),
     "mma_narrow32": MmaTile(64, 32, 32, 32, 16, 3)}
-assert all(t.shared_bytes <= MAX_SHARED_BYTES for t in (*MMA_TILES.values(), *MMA_DEEP_TILES.values()))
+assert all(t.shared_bytes(layout) <= MAX_SHARED_BYTES for t in (*MMA_TILES.values(), *MMA_DEEP_TILES.values())
+           for layout in (False, True))
 
 TILES = {"large": Tile(128, 128, 8, 8, 8), "wide": Tile(128, 64, 8, 8, 8), "small": Tile(64, 64, 8, 4, 8),
          "narrow": Tile(64, 32, 8, 4, 4)}

@@ -123,7 +123,8 @@ def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
 
 
 def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: str, tile: MmaTile, gated: bool,
-             splits: int = 1, chunk: int = 0) -> tuple[str, tuple, tuple]:
+             splits: int = 1, chunk: int = 0, channels_last: tuple[bool, bool] = (False, False)
+             ) -> tuple[str, tuple, tuple]:
     """The implicit GEMM of `conv_gemm` (same arguments, layouts, split-K and gate; no fused pool)
     on the tensor cores: TF32 m16n8k8 products with float32 accumulators.
 
@@ -136,18 +137,29 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     (the next slice while this one is multiplied, two buffers). Inputs are rounded to TF32 where
     they leave shared memory (registers: where they enter it); the weights come rounded.
 
+    `channels_last` (input, output): tensors stored NHWC (passes/assign_layout.py). An NHWC input
+    is copied 16 bytes (four channels of one pixel) at a time too: the reduction runs over
+    (ky, kx, channel), the weight rows and the tap table in that order (`conv_mma_weights`,
+    `tap_table`), and As holds [pixel][reduction] so each copy lands in 16 contiguous bytes. Each
+    thread then copies several pixels' windows, their corners computed once. An NHWC output is
+    stored (and its residuals read) at index m * K + k.
+
     The buffers are carved from dynamic shared memory (`Launch.shared_bytes`): three or four
     stages of a large tile need more than the 48 KB a block may declare statically.
 
     Each warp multiplies its WM x WN warp tile. Shared rows are padded by 8 floats, so a warp's
-    fragment reads (rows t and t+4, columns g) fall in 32 distinct banks. The epilogue runs on the
+    fragment reads (rows t and t+4, columns g) fall in 32 distinct banks; NHWC rows ([pixel]) by 4,
+    an odd number of 16-byte groups, which does the same. The epilogue runs on the
     accumulator fragments in registers: lane (g, t) holds pixels g and g+8 of each 16-row
     fragment, channels 2t and 2t+1 of each 8-column one."""
     t, split, copies = tile, splits > 1, not gated
+    nhwc_in, nhwc_out = channels_last
+    assert copies or not nhwc_in, "a gated conv loads NCHW through registers"
     nt, mi, ni = t.threads, t.wm // 16, t.wn // 8
     pitch = weight_pitch(geo.kg, gated)
     stages = t.stages if copies else 2
     a_per, a_step, b_per = t.bm * t.bk // nt, nt // t.bm, t.bk * t.bn // nt
+    a_pixels = a_per // VECTOR  # NHWC: the pixels whose windows a thread copies
     assert nt % t.bm == 0 and nt % t.bn == 0 and t.bk % 8 == 0 and t.wm % 16 == 0 and t.wn % 8 == 0
     assert not split or geo.groups == 1
     m_total, kg, pq = geo.n * geo.pixels, geo.kg, geo.pixels
@@ -158,16 +170,19 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
 
     def products(buf: str) -> str:
         """The warp tile's products over the BK values of shared buffer `buf`."""
-        a = "TF32(As[{}][{}][{}])" if copies else "As[{}][{}][{}]"
+        def a(k: str, row: str) -> str:
+            value = f"As[{buf}][{row}][{k}]" if nhwc_in else f"As[{buf}][{k}][{row}]"
+            return f"TF32({value})" if copies else value
+
         return f"""UNROLL for (int kk = 0; kk < {t.bk}; kk += 8) {{
     float a[{mi}][4];
     float b[{ni}][2];
     UNROLL for (int i = 0; i < {mi}; ++i) {{
         const int row = wm0 + i * 16 + fg;
-        a[i][0] = {a.format(buf, "kk + ft", "row")};
-        a[i][1] = {a.format(buf, "kk + ft", "row + 8")};
-        a[i][2] = {a.format(buf, "kk + ft + 4", "row")};
-        a[i][3] = {a.format(buf, "kk + ft + 4", "row + 8")};
+        a[i][0] = {a("kk + ft", "row")};
+        a[i][1] = {a("kk + ft", "row + 8")};
+        a[i][2] = {a("kk + ft + 4", "row")};
+        a[i][3] = {a("kk + ft + 4", "row + 8")};
     }}
     UNROLL for (int j = 0; j < {ni}; ++j) {{
         const int col = wn0 + j * 8 + fg;
@@ -190,13 +205,28 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
         row_vectors, b_vectors = t.bn // VECTOR, t.bk * t.bn // VECTOR // nt
         v_step = nt // row_vectors  # a thread copies the same 4 channels of rows v_step apart
         assert nt % row_vectors == 0 and t.bk % v_step == 0
+        pixel_vectors, pixel_step = t.bk // VECTOR, nt // (t.bk // VECTOR)  # NHWC: per pixel of a slice
 
-        def issue(kbase: str, buf: str) -> str:
+        def issue_inputs(kbase: str, buf: str) -> str:
+            if nhwc_in:  # this thread's 4 channels (the same for all its pixels) of each of its windows
+                tap = ("const int4 e = taps[r < r_end ? r : 0];  /* offset in the window, dy, dx, channel */\n"
+                       "    const int ex = e.x, ey = e.y, ez = e.z;" if geo.taps > 1 else
+                       "const int ex = r, ey = 0, ez = 0;  /* the reduction index is the channel */")
+                return f"""{{
+    const int r = {kbase} + tid % {pixel_vectors} * {VECTOR};
+    {tap}
+    UNROLL for (int i = 0; i < {a_pixels}; ++i)  /* {VECTOR} channels of a pixel per copy */
+        CP_ASYNC16(&As[{buf}][tid / {pixel_vectors} + i * {pixel_step}][tid % {pixel_vectors} * {VECTOR}], x + a_off[i] + ex,
+                   r < r_end && (unsigned)(a_h[i] + ey) < {geo.h}u && (unsigned)(a_w[i] + ez) < {geo.w}u);
+}}"""
             return f"""UNROLL for (int i = 0; i < {a_per}; ++i) {{
     const int r = {kbase} + tid / {t.bm} + i * {a_step};
     {a_source}
     CP_ASYNC4(&As[{buf}][tid / {t.bm} + i * {a_step}][tid % {t.bm}], src, ok);
-}}
+}}"""
+
+        def issue(kbase: str, buf: str) -> str:
+            return f"""{issue_inputs(kbase, buf)}
 UNROLL for (int i = 0; i < {b_vectors}; ++i) {{  /* {VECTOR} channels of a weight row per copy */
     const int r = {kbase} + tid / {row_vectors} + i * {v_step};
     CP_ASYNC16(&Bs[{buf}][tid / {row_vectors} + i * {v_step}][tid % {row_vectors} * {VECTOR}],
@@ -225,18 +255,19 @@ UNROLL for (int i = 0; i < {b_vectors}; ++i) {{  /* {VECTOR} channels of a weigh
     else:
         main = _register_staged(t, geo, m_total, r_begin, gated, products("buf"), rounding="TF32")
 
-    a_bytes = 4 * stages * t.bk * (t.bm + 8)  # a multiple of 16: Bs stays 16-byte aligned
+    (ar, ac), (br, bc) = t.a_shape(nhwc_in), t.b_shape()
+    a_bytes = 4 * stages * ar * ac  # a multiple of 16: Bs stays 16-byte aligned
     body = f"""KERNEL void {name}({args})
 {{
-    DYNAMIC_SHARED({a_bytes + 4 * stages * t.bk * (t.bn + 8)});  /* deep pipelines need more than 48 KB */
-    SHARED_VIEW(float, As, {stages}, [{t.bk}][{t.bm + 8}], 0);  /* [buffer][reduction][pixel] */
-    SHARED_VIEW(float, Bs, {stages}, [{t.bk}][{t.bn + 8}], {a_bytes});  /* [buffer][reduction][channel] */
+    DYNAMIC_SHARED({a_bytes + 4 * stages * br * bc});  /* deep pipelines need more than 48 KB */
+    SHARED_VIEW(float, As, {stages}, [{ar}][{ac}], 0);  /* [buffer]{"[pixel][reduction]" if nhwc_in else "[reduction][pixel]"} */
+    SHARED_VIEW(float, Bs, {stages}, [{br}][{bc}], {a_bytes});  /* [buffer][reduction][channel] */
 {_warp_setup(t)}
-{_window(geo, t.bm, t.bn, None, splits, chunk, gated, pitch)}
+{_window(geo, t.bm, t.bn, None, splits, chunk, gated, pitch, pixels=(a_pixels, pixel_vectors, pixel_step) if nhwc_in else None)}
 {main}
 
-{_finish(_fragment_epilogue(mi, ni, m_total, kg, pq, geo.k, "kl" if split else f"g * {kg} + kl"), splits,
-         geo.k, m_total, grid[0], epilogue)}
+{_finish(_fragment_epilogue(mi, ni, m_total, kg, pq, geo.k, "kl" if split else f"g * {kg} + kl", nhwc_out),
+         splits, geo.k, m_total, grid[0], epilogue)}
 }}
 """
     return body, grid, (nt, 1, 1)
@@ -251,9 +282,12 @@ def weight_pitch(kg: int, gated: bool) -> int:
     return kg if gated else cdiv(kg, VECTOR) * VECTOR
 
 
-def conv_mma_weights(matrix: np.ndarray, gated: bool) -> np.ndarray:
+def conv_mma_weights(matrix: np.ndarray, gated: bool, geo: ConvGeometry, channels_last: bool = False) -> np.ndarray:
     """GEMM weights (groups, R, K/g) as `conv_mma` reads them: rows of `weight_pitch` values, zeros
-    after the K/g channels."""
+    after the K/g channels; with its input NHWC, rows in (ky, kx, channel) order (KRSC)."""
+    if channels_last:
+        groups, _, kg = matrix.shape
+        matrix = matrix.reshape(groups, geo.cg, geo.taps, kg).transpose(0, 2, 1, 3).reshape(groups, -1, kg)
     return np.pad(matrix, [(0, 0), (0, 0), (0, weight_pitch(matrix.shape[-1], gated) - matrix.shape[-1])])
 
 
@@ -400,19 +434,23 @@ def _finish(loop, splits: int, k: int, m_total: int, grid_x: int, epilogue: str)
     }}"""
 
 
-def _fragment_epilogue(mi: int, ni: int, m_total: int, kg: int, pq: int, k: int, channel: str):
+def _fragment_epilogue(mi: int, ni: int, m_total: int, kg: int, pq: int, k: int, channel: str,
+                       channels_last: bool = False):
     """The loop of `_finish` over a tensor-core kernel's accumulator fragments acc[i][j][e]: lane
-    (g, t) holds pixels g and g+8 of each 16-row fragment, channels 2t and 2t+1 of each 8-column one."""
+    (g, t) holds pixels g and g+8 of each 16-row fragment, channels 2t and 2t+1 of each 8-column one.
+    `channels_last`: the output is NHWC, element m * K + k."""
+    index = f"m * {k} + k" if channels_last else f"(nb * {k} + k) * {pq} + pix"
+    sample = "" if channels_last else f"""
+                    const int nb = m / {pq};
+                    const int pix = m - nb * {pq};"""
     return lambda epilogue, store: f"""    UNROLL for (int i = 0; i < {mi}; ++i)
         UNROLL for (int j = 0; j < {ni}; ++j)
             UNROLL for (int e = 0; e < 4; ++e) {{
                 const int m = m0 + wm0 + i * 16 + fg + 8 * (e / 2);
                 const int kl = n0 + wn0 + j * 8 + 2 * ft + e % 2;
-                if (m < {m_total} && kl < {kg}) {{
-                    const int nb = m / {pq};
-                    const int pix = m - nb * {pq};
+                if (m < {m_total} && kl < {kg}) {{{sample}
                     const int k = {channel};
-                    const int idx = (nb * {k} + k) * {pq} + pix;
+                    const int idx = {index};
                     float v = acc[i][j][e];
 {indent(epilogue, 20)}
                     {store}
@@ -421,13 +459,20 @@ def _fragment_epilogue(mi: int, ni: int, m_total: int, kg: int, pq: int, k: int,
 
 
 def _window(geo: ConvGeometry, bm: int, bn: int, pool: FusedPool | None, splits: int, chunk: int, gated: bool,
-            pitch: int | None = None) -> str:
+            pitch: int | None = None, pixels: tuple[int, int, int] | None = None) -> str:
     """The per-thread setup of an implicit GEMM's input loads (`_load_tiles`): the output pixel `am`
     whose input window this thread loads (the same for the whole reduction), the window's corner,
     the thread's sample and group in x (and its gates), its weights (rows of `pitch` values, K/g
-    unless padded), and the reduction range."""
+    unless padded), and the reduction range. `pixels`: x is NHWC, and the thread copies the windows
+    of several pixels instead (`_pixels_nhwc`)."""
     split = splits > 1
     group = "0" if split else "g"  # blockIdx.z is the split when there is one, else the group
+    r_end = f"min(g * {chunk} + {chunk}, {geo.reduction})" if split else geo.reduction
+    weights = f"""GLOBAL const ACT* wg = w + {group} * {geo.reduction * (pitch or geo.kg)};
+const int r_end = {r_end};"""
+    if pixels:
+        return indent(f"""{_pixels_nhwc(geo, *pixels, group)}
+{weights}""", 4)
     if pool:
         cells = pool.ph * pool.pw
         decode = f"""const int a_n = am / {cells * pool.size};
@@ -441,20 +486,35 @@ const int a_p = (am % {geo.pixels}) / {geo.q};
 const int a_q = am % {geo.q};"""
     # the gates of this thread's sample and group: the input value of channel ci is scaled by gg[ci]
     gates = f"\nGLOBAL const ACT* gg = gate + a_n * {geo.c} + {group} * {geo.cg};" if gated else ""
-    r_end = f"min(g * {chunk} + {chunk}, {geo.reduction})" if split else geo.reduction
     return indent(f"""/* the output pixel whose input window this thread loads stays the same for the whole reduction */
 const int am = m0 + tid % {bm};
 {decode}
 const int ih0 = a_p * {geo.sh} - {geo.pt};
 const int iw0 = a_q * {geo.sw} - {geo.pl};
 GLOBAL const ACT* xg = x + (a_n * {geo.c} + {group} * {geo.cg}) * {geo.h * geo.w};{gates}
-GLOBAL const ACT* wg = w + {group} * {geo.reduction * (pitch or geo.kg)};
-const int r_end = {r_end};
+{weights}
 /* loads address from the window's corner (channel 0), and from this thread's weight column */
 GLOBAL const ACT* xw = xg + ih0 * {geo.w} + iw0;
 const bool in_image = (unsigned)ih0 < {geo.h}u && (unsigned)iw0 < {geo.w}u;
 const int b_col = n0 + tid % {bn};
 GLOBAL const ACT* wb = wg + (tid / {bn}) * {pitch or geo.kg} + b_col;""", 4)
+
+
+def _pixels_nhwc(geo: ConvGeometry, count: int, vectors: int, step: int, group: str) -> str:
+    """Where the `count` NHWC input windows this thread copies lie (tile rows tid / vectors + i *
+    step, `vectors` copies per pixel and slice): a_off, the window's corner (channel 0 of the group)
+    in x; a_h and a_w, its row and column in the image; a_h is H past the last pixel, so no tap of
+    that window is in the image and nothing is read."""
+    return f"""int a_off[{count}], a_h[{count}], a_w[{count}];
+UNROLL for (int i = 0; i < {count}; ++i) {{
+    const int am = m0 + tid / {vectors} + i * {step};
+    const int a_n = am / {geo.pixels};
+    const int ih0 = (am % {geo.pixels}) / {geo.q} * {geo.sh} - {geo.pt};
+    const int iw0 = am % {geo.q} * {geo.sw} - {geo.pl};
+    a_off[i] = ((a_n * {geo.h} + ih0) * {geo.w} + iw0) * {geo.c} + {group} * {geo.cg};
+    a_h[i] = am < {geo.n * geo.pixels} ? ih0 : {geo.h};
+    a_w[i] = iw0;
+}}"""
 
 
 def _plain_epilogue(t: Tile, row: str, m_total, pq, kg, channel: str, epilogue: str, store: str, k=None) -> str:
@@ -541,15 +601,21 @@ UNROLL for (int i = 0; i < {b_per}; ++i) {{  /* rows tid / BN + i * (threads / B
     return indent(code, spaces)
 
 
-def tap_table(geo: ConvGeometry) -> np.ndarray | None:
+def tap_table(geo: ConvGeometry, channels_last: bool = False) -> np.ndarray | None:
     """Where each reduction index r = (channel, ky, kx) of a group reads, as int32 rows (offset from
     the window's corner in x, dy, dx, channel): a kernel's input loads look it up instead of
-    dividing r. None for one tap, where r is the channel."""
+    dividing r. With x NHWC (`channels_last`), r = (ky, kx, channel). None for one tap, where r is
+    the channel."""
     if geo.taps == 1:
         return None
     ci, ky, kx = np.meshgrid(np.arange(geo.cg), np.arange(geo.kh), np.arange(geo.kw), indexing="ij")
     dy, dx = ky * geo.dh, kx * geo.dw
-    table = np.stack([ci * geo.h * geo.w + dy * geo.w + dx, dy, dx, ci], axis=-1).reshape(-1, 4)
+    if channels_last:
+        ci, dy, dx = (a.transpose(1, 2, 0) for a in (ci, dy, dx))
+        offset = (dy * geo.w + dx) * geo.c + ci
+    else:
+        offset = ci * geo.h * geo.w + dy * geo.w + dx
+    table = np.stack([offset, dy, dx, ci], axis=-1).reshape(-1, 4)
     return np.ascontiguousarray(table, np.int32)
 
 
