@@ -6,6 +6,7 @@ against the NumPy backend, planted mistakes the emulation must catch, the NVRTC/
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import re
 import subprocess
@@ -77,7 +78,19 @@ LAYERS = {
                    {"op": "conv2d", "name": "c", "out_channels": 16, "kernel_size": 3, "padding": 1}], (8, 6, 6)), 2),
     "pooled_conv": (net([{"op": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1},
                          {"op": "max_pool2d", "kernel_size": 2}], (4, 8, 8)), 2),  # CUDA-core kernel, rounded
+    # a, b and the block's sum r are stored NHWC (passes/assign_layout.py): a is r's residual
+    "channels_last_block": (net([
+        {"op": "conv2d", "name": "a", "out_channels": 16, "kernel_size": 3, "padding": 1, "activation": "relu"},
+        {"op": "conv2d", "name": "b", "out_channels": 16, "kernel_size": 3, "padding": 1, "activation": "relu"},
+        {"op": "conv2d", "name": "c", "out_channels": 16, "kernel_size": 3, "padding": 1},
+        {"op": "add", "name": "s", "inputs": ["c", "a"]}, {"op": "relu", "name": "r"},
+        {"op": "conv2d", "name": "d", "out_channels": 24, "kernel_size": 3, "stride": 2, "padding": [1, 0, 2, 1]}],
+        (8, 10, 9)), 3),
+    "channels_last_split_k": (net([{"op": "conv2d", "name": "a", "out_channels": 256, "kernel_size": 1},
+                                   {"op": "conv2d", "name": "b", "out_channels": 64, "kernel_size": 3, "padding": 1}],
+                                  (8, 4, 4)), 1),
 }
+CHANNELS_LAST = {"channels_last_block": {"a", "b", "r"}, "channels_last_split_k": {"a"}}  # the NHWC tensors
 
 
 def inputs_for(model, seed=0):
@@ -122,18 +135,39 @@ def test_tensor_core_kernel_on_pocl_matches_numpy_tf32(case):
         (w,) = [model.backend.program.constants[ref] for _, ref in launch.args if ref.endswith(":w")]
         assert w.shape[-1] % 4 == 0 or "CP_ASYNC16(" not in launch.body
     assert any("CP_ASYNC16(" in l.body for l in gemms) == (case != "pooled_conv")
+    assert set(model.backend.program.layouts) == CHANNELS_LAST.get(case, set())
+
+
+@needs_opencl
+@pytest.mark.parametrize("case", sorted(CHANNELS_LAST))
+def test_channels_last_tensors_read_back_as_nchw(case):
+    """Every node's output, NHWC ones included, downloads in its NCHW shape with the NumPy values;
+    the kernels that read an NHWC tensor copy it 16 bytes at a time only."""
+    spec, batch = LAYERS[case]
+    ref = cnngraph.compile(spec, batch_size=batch, device="cpu", precision="tf32")
+    model = cnngraph.compile(spec, batch_size=batch, device="opencl", weights=ref.weights, precision="tf32")
+    xs = inputs_for(ref)
+    want, got = ref.backend.run_observed(dict(xs)), model.backend.run_observed(dict(xs))
+    assert {n: rel_err(got[n], want[n]) <= 1e-5 for n in want} == {n: True for n in want}
+    program = model.backend.program
+    for launch in program.launches:
+        reads_nhwc = program.layout(ref.graph.nodes[launch.node]["inputs"][0]) == "NHWC"
+        assert ("_nhwc" in launch.kernel and "_nhwc_out" not in launch.kernel) == reads_nhwc
+        assert ("CP_ASYNC4(" in launch.body) != reads_nhwc, launch.kernel
 
 
 def planted(spec, batch, old, new):
     """The OpenCL model of `spec` at tf32 with one mistake planted in its tensor-core kernels: `old`
-    (a string, or a compiled pattern) replaced by `new`."""
+    (a string, or a compiled pattern) replaced by `new` wherever it occurs (somewhere)."""
     p = cnngraph.plan(spec, batch, precision="tf32")
     program = copy.deepcopy(p.program)
+    pattern = old if isinstance(old, re.Pattern) else re.compile(re.escape(old))
+    total = 0
     for launch in program.launches:
         if "MMA_TF32(" in launch.body:
-            pattern = old if isinstance(old, re.Pattern) else re.compile(re.escape(old))
             launch.body, count = pattern.subn(new, launch.body)
-            assert count
+            total += count
+    assert total
     return p, OpenCLBackend(p, program=program)
 
 
@@ -150,45 +184,75 @@ def planted(spec, batch, old, new):
 ], ids=["fragment_row", "fragment_k", "unrounded_input", "accumulator_column", "weak_wait", "missing_commit",
         "overlapping_views", "short_weight_copy"])
 def test_emulation_catches_planted_mistakes(old, new):
-    spec, batch = LAYERS["conv_stride2_ragged"]  # three stages, several slices
+    assert_caught(LAYERS["conv_stride2_ragged"], old, new)  # three stages, several slices
+
+
+def assert_caught(case, old, new):
+    spec, batch = case
     p, backend = planted(spec, batch, old, new)
     ref = cnngraph.compile(spec, batch_size=batch, device="cpu", precision="tf32")
     xs = inputs_for(ref)
     backend.poison()
-    got = backend.run(xs)
-    assert not (np.isfinite(got["conv2d_0"]).all() and rel_err(got["conv2d_0"], ref(xs)) <= 1e-5)
-
-
-ABOVE_48_KB = ["mma_large_4", "mma_wide32"]  # in CI; the other tiles under -m slow (a PoCL build each)
-ALL_TILES = {**MMA_TILES, **MMA_DEEP_TILES}
-
-
-def tile_programs(spec, batch):
-    """The NumPy model of a one-conv `spec` at tf32, and its program with each candidate schedule."""
-    from cnngraph.codegen.lower import lower, lower_node
-
-    ref = cnngraph.compile(spec, batch_size=batch, device="cpu", precision="tf32")
-    (node,) = ref.graph.graph["order"]
-    return ref, [lower(ref.graph, {node: pick}) for pick in range(lower_node(ref.graph, node, {}, 0)[0].schedules)]
+    got, want = backend.run(xs), ref.backend.run(dict(xs))
+    assert not all(np.isfinite(got[n]).all() and rel_err(got[n], want[n]) <= 1e-5 for n in want)
 
 
 @needs_opencl
-@pytest.mark.parametrize("name", [n if n in ABOVE_48_KB else pytest.param(n, marks=pytest.mark.slow)
-                                  for n in sorted(ALL_TILES)])
-def test_every_tensor_core_tile_computes_the_same(name):
+@pytest.mark.parametrize("old, new", [
+    (re.compile(r"const int idx = m \* (\d+) \+ k;"),  # an NHWC output stored NCHW
+     lambda m: f"const int idx = (m / 90 * {m[1]} + k) * 90 + m % 90;"),
+    (re.compile(r"\]\[tid % (\d+) \* 4\], x \+ a_off"), r"][tid % \1], x + a_off"),  # input copies overlap
+    ("a_h[i] = am < ", "a_h[i] = am + 16 < "),  # the last pixels' windows left unread
+], ids=["nchw_store", "overlapping_input_copies", "pixels_left_out"])
+def test_emulation_catches_planted_channels_last_mistakes(old, new):
+    assert_caught(LAYERS["channels_last_block"], old, new)
+
+
+ABOVE_48_KB = ["mma_large_4", "mma_wide32"]  # NCHW, in CI; the other tiles under -m slow (a PoCL build each)
+ALL_TILES = {**MMA_TILES, **MMA_DEEP_TILES}
+
+
+# conv_stride2_ragged's conv (72 channels: every tile is a candidate) between two 1x1 convs, so
+# that it reads and writes NHWC
+TILE_CASES = {"NCHW": (LAYERS["conv_stride2_ragged"], "conv2d_0"), "NHWC": ((net([
+    {"op": "conv2d", "name": "in", "out_channels": 20, "kernel_size": 1},
+    {"op": "conv2d", "name": "mid", "out_channels": 72, "kernel_size": 3, "stride": 2, "padding": [1, 0, 2, 1]},
+    {"op": "conv2d", "name": "out", "out_channels": 8, "kernel_size": 1}], (13, 11, 9)), 3), "mid")}
+
+
+def tile_programs(layout):
+    """The NumPy model of `TILE_CASES[layout]` at tf32, and its program with each candidate schedule
+    of the conv under test, with that conv's launch."""
+    from cnngraph.codegen.lower import lower, lower_node
+
+    (spec, batch), node = TILE_CASES[layout]
+    ref = cnngraph.compile(spec, batch_size=batch, device="cpu", precision="tf32")
+    programs = [lower(ref.graph, {node: pick}) for pick in range(lower_node(ref.graph, node, {}, 0)[0].schedules)]
+    return ref, [(p, next(l for l in p.launches if l.node == node)) for p in programs]
+
+
+IN_CI = {("mma_large_4", "NCHW"), ("mma_wide32", "NCHW"), ("mma_large_4", "NHWC")}  # PoCL builds take minutes
+
+
+@needs_opencl
+@pytest.mark.parametrize("name, layout", [
+    case if case in IN_CI else pytest.param(*case, marks=pytest.mark.slow)
+    for case in itertools.product(sorted(ALL_TILES), sorted(TILE_CASES))])
+def test_every_tensor_core_tile_computes_the_same(name, layout):
     """Each tile and stage count an autotuner may pick, those whose buffers take more than the 48 KB
-    a block may declare statically included (carved from dynamic shared memory, sized at launch)."""
-    spec, batch = LAYERS["conv_stride2_ragged"]  # 70 channels: every tile is a candidate
-    ref, programs = tile_programs(spec, batch)
+    a block may declare statically included (carved from dynamic shared memory, sized at launch),
+    on NCHW tensors and on NHWC ones."""
+    ref, programs = tile_programs(layout)
     tile = ALL_TILES[name]
-    program = next(p for p in programs if p.launches[0].schedule.tile == tile)
-    (launch,) = program.launches
-    assert launch.shared_bytes == tile.shared_bytes() and f"DYNAMIC_SHARED({tile.shared_bytes()})" in launch.body
-    assert (tile.shared_bytes() > 48 * 1024) == (name in ABOVE_48_KB or name in ("mma_large", "mma_small32"))
+    program, launch = next((p, l) for p, l in programs if l.schedule.tile == tile)
+    size = tile.shared_bytes(layout == "NHWC")
+    assert launch.shared_bytes == size and f"DYNAMIC_SHARED({size})" in launch.body
+    assert layout == "NHWC" or (size > 48 * 1024) == (name in ABOVE_48_KB or name in ("mma_large", "mma_small32"))
     backend = OpenCLBackend(ref.plan, {}, program)
     backend.poison()
     xs = inputs_for(ref)
-    assert rel_err(backend.run(xs)[launch.node], ref(xs)) <= 1e-5
+    got, want = backend.run_observed(dict(xs)), ref.backend.run_observed(dict(xs))
+    assert all(rel_err(got[n], want[n]) <= 1e-5 for n in want)
 
 
 @pytest.mark.parametrize("case", sorted(LAYERS))
@@ -271,6 +335,9 @@ def test_tensor_core_kernels_compile_to_hmma_without_stack(example, batch, arch)
         assert any(op.startswith("LDGSTS") for op in opcodes[kernel]), kernel  # cp.async
         if "CP_ASYNC16(" in next(l.body for l in p.program.launches if l.kernel == kernel):
             assert "LDGSTS.E.BYPASS.128" in opcodes[kernel], kernel  # the weights, 16 bytes a copy
+        if "_nhwc" in kernel and "_nhwc_out" not in kernel:  # an NHWC input too: nothing but 16-byte copies
+            assert {op for op in opcodes[kernel] if op.startswith("LDGSTS")} == {"LDGSTS.E.BYPASS.128"}, kernel
+    assert any("_nhwc" in kernel for kernel in mma)
     rounding = [l.kernel for l in p.program.launches if "TF32(" in l.body]
     assert all(any(op.startswith("F2FP") or op.startswith("FRND") or "TF32" in op for op in opcodes[k])
                for k in rounding)
@@ -290,18 +357,20 @@ def test_every_tensor_core_tile_compiles_and_two_blocks_fit_an_sm(arch):
         sass('extern "C" __global__ void k() {}', arch)
     except DeviceError as err:
         pytest.skip(str(err))
-    spec, batch = LAYERS["conv_stride2_ragged"]
-    launches = [program.launches[0] for program in tile_programs(spec, batch)[1]]
+    launches = [launch for layout in TILE_CASES for _, launch in tile_programs(layout)[1]]
     for pick, launch in enumerate(launches):
         launch.rename(f"{launch.kernel}_s{pick}")
-    assert {l.schedule.tile for l in launches} == {*MMA_TILES.values(), *MMA_DEEP_TILES.values()}
+    for layout in TILE_CASES:
+        assert {l.schedule.tile for l in launches if l.node == TILE_CASES[layout][1]} == set(ALL_TILES.values())
     source = CUDA.render("\n".join(l.body for l in launches), storage="tf32")
     reports, opcodes = compile_cuda(source, arch), sass(source, arch)
     for launch in launches:
         r, ops = reports[launch.kernel], opcodes[launch.kernel]
+        nhwc = "_nhwc" in launch.kernel
         assert (r.stack_bytes, r.spill_stores, r.spill_loads) == (0, 0, 0), r
         assert any(op.startswith("HMMA.1688.F32.TF32") for op in ops) and "LDGSTS.E.BYPASS.128" in ops
-        assert r.shared_bytes == 0 and launch.shared_bytes == launch.schedule.tile.shared_bytes()  # all dynamic
+        assert not nhwc or {op for op in ops if op.startswith("LDGSTS")} == {"LDGSTS.E.BYPASS.128"}, ops
+        assert r.shared_bytes == 0 and launch.shared_bytes == launch.schedule.tile.shared_bytes(nhwc)  # all dynamic
         assert 2 * launch.block[0] * r.registers <= 65536, (launch.schedule, r)
         assert 2 * (launch.shared_bytes + 1024) <= SHARED_PER_SM[arch], launch.schedule
 
@@ -325,15 +394,16 @@ def test_cuda_every_tensor_core_tile(_):
     before their launch, which CUDA refuses otherwise."""
     from cnngraph.backends.cuda_backend import CudaBackend
 
-    spec, batch = LAYERS["conv_stride2_ragged"]
-    ref, programs = tile_programs(spec, batch)
-    assert max(p.launches[0].shared_bytes for p in programs) > 48 * 1024
-    xs = inputs_for(ref)
-    for program in programs:
-        backend = CudaBackend(ref.plan, {"cuda_graph": False}, program)
-        backend.poison()
-        got = backend.run(xs)[program.launches[0].node]
-        assert rel_err(got, ref(xs)) <= 1e-5, program.launches[0].schedule
+    for layout in TILE_CASES:
+        ref, programs = tile_programs(layout)
+        assert max(l.shared_bytes for _, l in programs) > 48 * 1024
+        xs = inputs_for(ref)
+        want = ref.backend.run_observed(dict(xs))
+        for program, launch in programs:
+            backend = CudaBackend(ref.plan, {"cuda_graph": False}, program)
+            backend.poison()
+            got = backend.run_observed(dict(xs))
+            assert all(rel_err(got[n], want[n]) <= 1e-5 for n in want), (layout, launch.schedule)
 
 
 # Whole networks with their seeded random weights. TF32 error grows with a network's sensitivity,
