@@ -36,11 +36,15 @@ GATED = [{"op": "global_avg_pool2d", "name": "sq", "inputs": ["x"]},  # the conv
          {"op": "mul", "name": "gated", "inputs": ["x", "ex"]},
          {"op": "conv2d", "name": "c", "out_channels": 16, "kernel_size": 3, "padding": 1}]
 CONV = [{"op": "conv2d", "out_channels": 70, "kernel_size": 3, "stride": 2, "padding": [1, 0, 2, 1]}]
+CHANNELS_LAST = [{"op": "conv2d", "out_channels": 20, "kernel_size": 1},  # the tensors between are NHWC at tf32
+                 {"op": "conv2d", "out_channels": 72, "kernel_size": 3, "stride": 2, "padding": [1, 0, 2, 1]},
+                 {"op": "conv2d", "out_channels": 8, "kernel_size": 1}]
 # spec, batch, precision
 NETWORKS = {
     "conv_gemm_fp32": (net(CONV, (13, 11, 9)), 3, "fp32"),
     "conv_mma_cp_async_tf32": (net(CONV, (13, 11, 9)), 3, "tf32"),
     "conv_mma_gated_tf32": (net(GATED, (8, 6, 6)), 2, "tf32"),
+    "conv_mma_nhwc_tf32": (net(CHANNELS_LAST, (13, 11, 9)), 3, "tf32"),  # [pixel][reduction] buffers
     "conv_mma16_fp16": (net(CONV, (13, 11, 9)), 3, "fp16"),  # HALF shared arrays, read by ldmatrix
     "conv_fused_pool_tf32": (net([{"op": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1},
                                   {"op": "max_pool2d", "kernel_size": 2}], (4, 8, 8)), 2, "tf32"),
