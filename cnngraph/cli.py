@@ -299,7 +299,8 @@ def codegen_manifest(program: Program, dialect: Dialect, batch: int, precision: 
     def arg(kind: str, ref: str) -> dict:
         if kind == "tensor":
             offset, size, shape = program.tensors[ref]
-            return {"kind": kind, "node": ref, "offset": offset, "size": size, "shape": list(shape)}
+            return {"kind": kind, "node": ref, "offset": offset, "size": size, "shape": list(shape),
+                    "layout": program.layout(ref)}
         if kind == "const":
             value = program.constants[ref]
             return {"kind": kind, "name": ref, "shape": list(value.shape), "dtype": str(value.dtype)}

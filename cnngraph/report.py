@@ -13,6 +13,7 @@ The JSON document (`cnngraph inspect --format json`, `inspect_data(g)`):
          "layers": ["conv1", "bn1", "relu"],   # the spec layers it implements
          "op": "conv2d+batch_norm2d+relu", "path": "/layers/0", "inputs": ["image"],
          "shape": [1, 64, 112, 112],       # output shape, batch included
+         "layout": "NCHW",                 # "NHWC" where stored channels-last (tf32); null if not 4-D
          "params": 9472, "flops": 238436352,
          "output_bytes": 3211264,
          "bytes_read": 640000,             # its inputs and weights
@@ -77,6 +78,7 @@ def node_rows(g: nx.DiGraph) -> list[dict]:
             "path": a["path"],
             "inputs": list(a["inputs"]),
             "shape": list(a["shape"]),
+            "layout": a.get("layout", "NCHW") if len(a["shape"]) == 4 else None,
             "params": params,
             "flops": int(a.get("flops", 0)),
             "output_bytes": written,
@@ -133,7 +135,8 @@ def summary_table(g: nx.DiGraph) -> str:
     """One row per node (layers, op, shape, params, FLOPs, bytes read and written, arena offset) and totals."""
     rows = node_rows(g)
     header = ("layer", "op", "precision", "output shape", "params", "FLOPs", "read", "written", "arena offset")
-    table = [(",".join(r["layers"]) or r["node"], r["op"], r["precision"] or "", "x".join(map(str, r["shape"])),
+    table = [(",".join(r["layers"]) or r["node"], r["op"], r["precision"] or "",
+              "x".join(map(str, r["shape"])) + (" NHWC" if r["layout"] == "NHWC" else ""),
               f"{r['params']:,}",
               _si(r["flops"]), _si(r["bytes_read"], "B"), _si(r["bytes_written"], "B"),
               "-" if r["offset_bytes"] is None else f"{r['offset_bytes']:,}") for r in rows]

@@ -121,6 +121,8 @@ def test_inspect_json_is_the_optimized_graph(capsys, small):
     assert "bn" not in nodes  # folded into the conv
     assert len(data["nodes"]) < len(SMALL["layers"]) + 1
     assert nodes["fc"]["shape"] == [1, 5]
+    assert {n["layout"] for n in nodes.values()} == {"NCHW", None}  # fp32: images NCHW, vectors without one
+    assert all((n["layout"] is None) == (len(n["shape"]) != 4) for n in nodes.values())
     assert [p["pass"] for p in data["passes"]]  # the pass log is included
 
 

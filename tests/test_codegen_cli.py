@@ -71,7 +71,8 @@ def test_one_file_per_launch_and_a_manifest(capsys, tmp_path, dialect, suffix):
         for arg, (kind, ref) in zip(entry["args"], launch.args):
             if kind == "tensor":
                 offset, size, shape = program.tensors[ref]
-                assert arg == {"kind": "tensor", "node": ref, "offset": offset, "size": size, "shape": list(shape)}
+                assert arg == {"kind": "tensor", "node": ref, "offset": offset, "size": size, "shape": list(shape),
+                               "layout": "NCHW"}
                 assert offset + size <= program.arena_size
             elif kind == "const":
                 const = program.constants[ref]

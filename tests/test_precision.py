@@ -303,6 +303,19 @@ def test_cli_precision(tmp_path):
     assert any(f.name.endswith("_tf32.cu") for f in out.iterdir())
     (conv,) = manifest["launches"]  # the tensor-core kernel carves its buffers from dynamic shared memory
     assert conv["shared_bytes"] > 0 and f"DYNAMIC_SHARED({conv['shared_bytes']})" in (out / conv["file"]).read_text()
+    chain = tmp_path / "chain.json"  # the tensor between two tensor-core convs is stored NHWC
+    chain.write_text(json.dumps(LAYERS["channels_last_split_k"][0]))
+    inspect = subprocess.run([*cli, "inspect", str(chain), "--precision", "tf32", "--format", "json"],
+                             capture_output=True, text=True)
+    assert {n["node"]: n["layout"] for n in json.loads(inspect.stdout)["nodes"]} == {"x": "NCHW", "a": "NHWC",
+                                                                                     "b": "NCHW"}
+    out = tmp_path / "chain_kernels"
+    codegen = subprocess.run([*cli, "codegen", str(chain), "-o", str(out), "--precision", "tf32"], capture_output=True,
+                             text=True)
+    assert codegen.returncode == 0, codegen.stderr
+    launches = json.loads((out / "manifest.json").read_text())["launches"]
+    assert [[a["layout"] for a in l["args"] if a["kind"] == "tensor"] for l in launches] == [["NCHW", "NHWC"],
+                                                                                              ["NHWC", "NCHW"]]
     bad = subprocess.run([*cli, "run", str(path), "--device", "cpu", "--precision", "fp64"], capture_output=True,
                          text=True)
     assert bad.returncode != 0 and "Traceback" not in bad.stderr and "fp32, tf32" in bad.stderr
