@@ -231,20 +231,24 @@ def two_tap_family() -> dict:
         {"out_channels": 6, "kernel_size": [2, 1], "stride": [2, 1], "dilation": [2, 1], "groups": 2}]])
 
 
+CHANNELS_LAST_POOLS = POOLS[:6] + [{"op": "global_avg_pool2d"}, {"op": "mean", "keepdim": True}]
+
+
 def channels_last_family() -> dict:
-    """Every conv geometry between two 1x1 convs: at tf32 the tensors between them are stored NHWC
-    (passes/assign_layout.py), so each geometry's tensor-core kernel copies an NHWC input 16 bytes
-    at a time (16 channels in 1 group, or 4 of 4) and stores an NHWC output (12 channels, 3 per group)."""
+    """Every conv geometry, and pools, between two 1x1 convs: at tf32 the tensors between them are
+    stored NHWC (passes/assign_layout.py), so each geometry's tensor-core kernel copies an NHWC
+    input 16 bytes at a time (16 channels in 1 group, or 4 of 4) and stores an NHWC output (12
+    channels, 3 per group), and the pools read and write NHWC (the global ones read it)."""
     layers = []
-    for i, geometry in enumerate(CONVS):
-        groups = (1, 4)[i % 2]
+    middles = [{"op": "conv2d", "out_channels": 12, "groups": (1, 4)[i % 2], "activation": "relu", **geometry}
+               for i, geometry in enumerate(CONVS)] + CHANNELS_LAST_POOLS
+    for i, middle in enumerate(middles):
         layers += [{"op": "conv2d", "name": f"in_{i}", "inputs": [f"x_{i}"], "out_channels": 16, "kernel_size": 1},
-                   {"op": "conv2d", "name": f"conv_{i}", "out_channels": 12, "groups": groups, "activation": "relu",
-                    **geometry},
+                   {**middle, "name": f"mid_{i}"},
                    {"op": "conv2d", "name": f"out_{i}", "out_channels": 8, "kernel_size": 1}]
     return {"format_version": 1, "name": "grid", "layers": layers,
-            "inputs": [{"name": f"x_{i}", "shape": [8, 11, 13]} for i in range(len(CONVS))],
-            "outputs": [f"out_{i}" for i in range(len(CONVS))]}
+            "inputs": [{"name": f"x_{i}", "shape": [8, 11, 13]} for i in range(len(middles))],
+            "outputs": [f"out_{i}" for i in range(len(middles))]}
 
 
 FOLDED_PADS = [  # (pad, conv): zero pads fold into the conv's padding, asymmetric; the others stay
@@ -373,8 +377,10 @@ def test_the_new_families_run_every_layer_as_its_own_kernel(name):
 
 def test_the_channels_last_family_stores_the_middle_tensors_nhwc_at_tf32():
     program = cnngraph.plan(channels_last_family(), 2, precision="tf32").program
-    assert program.layouts == {f"{n}_{i}": "NHWC" for i in range(len(CONVS)) for n in ("in", "conv")}
-    assert all("_nhwc" in l.kernel for l in program.launches)
+    windows = len(CONVS) + len(CHANNELS_LAST_POOLS) - 2  # the global pools' outputs are (N, C, 1, 1)
+    assert program.layouts == {f"{n}_{i}": "NHWC" for n in ("in", "mid") for i in range(windows + 2)
+                               if (n, i) not in (("mid", windows), ("mid", windows + 1))}
+    assert all("_nhwc" in l.kernel for l in program.launches if l.node not in (f"out_{windows}", f"out_{windows + 1}"))
     assert cnngraph.plan(channels_last_family(), 2).program.layouts == {}  # fp32: NCHW everywhere
 
 

@@ -102,7 +102,10 @@ GEMM = "gemm"                # conv2d/linear: an `activation` field, residual ad
 ELEMENTWISE = "elementwise"  # one output element per input element: takes an epilogue, may run in place
 ACTIVATION = "activation"    # an elementwise function that is also a conv/linear `activation` field
 POOL = "pool"                # a window reduction a conv may absorb into its store (fuse_pool)
-TRAITS = (GEMM, ELEMENTWISE, ACTIVATION, POOL)
+# what its kernel does with a channels-last (NHWC) input (passes/assign_layout.py; `low.channels_last`)
+KEEPS_LAYOUT = "keeps_layout"  # reads NCHW or NHWC and writes its output in its input's layout
+ANY_LAYOUT = "any_layout"      # reads NCHW or NHWC; its output has no spatial extent, the same in both
+TRAITS = (GEMM, ELEMENTWISE, ACTIVATION, POOL, KEEPS_LAYOUT, ANY_LAYOUT)
 
 
 def ops_with(trait: str) -> tuple[str, ...]:

@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 
 from ..codegen import templates as T
 from ..geometry import pool_out_size
-from .base import (POOL, Example, Layer, NonNegativeInt, NonNegativePair, Pair, PositiveInt, Scratch, fmt_shape, invalid,
+from .base import (ANY_LAYOUT, KEEPS_LAYOUT, POOL, Example, Layer, NonNegativeInt, NonNegativePair, Pair, PositiveInt, Scratch, fmt_shape, invalid,
                    pair)
 from .onnx_mapping import Unsupported, attributes, compact, plain, spatial_pads, symmetric_pad
 
@@ -48,7 +48,7 @@ def pool(op: str, imp, node) -> None:
 
 class Pool2d(Layer):
     """What max and avg pooling share: the window geometry, the shape rule, the kernel, the export."""
-    traits = frozenset({POOL})
+    traits = frozenset({POOL, KEEPS_LAYOUT})
     kernel_size: PositiveInt | Pair
     stride: PositiveInt | Pair | None = None  # None: the kernel size, as in PyTorch
     padding: NonNegativeInt | NonNegativePair = 0
@@ -86,9 +86,10 @@ class Pool2d(Layer):
         (kh, kw), (sh, sw), (ph, pw) = self.geometry()
         kind = self.op.removesuffix("_pool2d")
         n, c, h, w = low.in_shapes[0]
-        return low.simple(f"{kind}pool{kh}x{kw}s{sh}_{low.sample_dims()}", T.pool, kind=kind, n=n, c=c, h=h, w=w,
-                          p=low.shape[2], q=low.shape[3], kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw,
-                          count_include_pad=getattr(self, "count_include_pad", True))
+        nhwc = low.channels_last[0]
+        return low.simple(f"{kind}pool{kh}x{kw}s{sh}_{low.sample_dims()}{'_nhwc' if nhwc else ''}", T.pool, kind=kind,
+                          n=n, c=c, h=h, w=w, p=low.shape[2], q=low.shape[3], kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw,
+                          count_include_pad=getattr(self, "count_include_pad", True), channels_last=nhwc)
 
     def to_onnx(self, ex, xs, out, shape):
         (kh, kw), stride, (ph, pw) = self.geometry()
@@ -194,14 +195,19 @@ def spatial_mean_numpy(x: np.ndarray, out: np.ndarray) -> np.ndarray:
 
 
 def spatial_mean(low):
-    """The kernel of a mean over H and W: one thread per (sample, channel)."""
+    """The kernel of a mean over H and W: one thread per (sample, channel); over an NHWC input
+    consecutive threads read consecutive channels of a pixel."""
     n, c, h, w = low.in_shapes[0]
+    if low.channels_last[0]:
+        return low.simple(f"global_avgpool_{c}x{h}x{w}_nhwc", T.reduce_rows, kind="mean", outer=n, length=h * w,
+                          inner=c)
     return low.simple(f"global_avgpool_{c}x{h}x{w}", T.reduce_rows, kind="mean", outer=n * c, length=h * w, inner=1)
 
 
 class GlobalAvgPool2d(Layer):
     """The mean over H and W of each channel, (N, C, H, W) -> (N, C, 1, 1) (`nn.AdaptiveAvgPool2d(1)`)."""
     op: Literal["global_avg_pool2d"]
+    traits = frozenset({ANY_LAYOUT})
     onnx_converters = {"GlobalAveragePool": partial(plain, "global_avg_pool2d")}
     examples = (Example({}),)
 
@@ -243,6 +249,7 @@ class Mean(Layer):
     """`x.mean(dim, keepdim)` over the spatial axes of an image: a global average pool, (C, 1, 1) with
     keepdim, (C,) without."""
     op: Literal["mean"]
+    traits = frozenset({ANY_LAYOUT})
     dim: list[int] = Field([2, 3], description="The axes averaged: H and W, (2, 3) or (-2, -1).")
     keepdim: bool = False
     onnx_converters = {"ReduceMean": reduce_mean}

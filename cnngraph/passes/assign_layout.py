@@ -6,15 +6,17 @@ of one pixel are 16 contiguous bytes, so each thread copies its input window 16 
 that writes such a tensor stores it NHWC from its accumulator fragments, so no layout conversion
 ever runs: the choice is made per tensor, where every kernel around it can take it.
 
-A conv adds its residuals at the index it stores (`r0[idx]`), so its output and its residual
-inputs share one layout: they are decided together, as one set. A set is stored NHWC when every
-tensor in it is written by a tensor-core conv, is not a network input or output, and is read only
-by tensor-core convs: as the input of one whose channel groups are a whole number of 16-byte
-vectors (and that is not gated: a gate scales values on the way through registers), or as a
-residual. Anything else (a pool, a concat, a flatten, a depthwise conv, the network's outputs)
-reads NCHW, and so do the tensors it reads. Runs after `assign_precision`, on the final graph; the
-NumPy backend ignores layouts (it computes the same values), the GPU backends convert a tensor
-when they upload or download it by name.
+A conv adds its residuals at the index it stores (`r0[idx]`), and a window pool (trait
+`KEEPS_LAYOUT`) writes its output in its input's layout, so those tensors share one layout: they
+are decided together, as one set. A set is stored NHWC when every tensor in it is written by a
+tensor-core conv or a window pool, is not a network input or output, and is read only by kernels
+that take NHWC: a tensor-core conv whose channel groups are a whole number of 16-byte vectors (and
+that is not gated: a gate scales values on the way through registers), a conv adding it as a
+residual, a window pool, or a global pool (`ANY_LAYOUT`: its (N, C, 1, 1) output is the same in
+both). Anything else (a concat, a flatten, a depthwise conv, an elementwise op, the network's
+outputs) reads NCHW, and so do the tensors it reads. Runs after `assign_precision`, on the final
+graph; the NumPy backend ignores layouts (it computes the same values), the GPU backends convert a
+tensor when they upload or download it by name.
 """
 
 from __future__ import annotations
@@ -22,34 +24,49 @@ from __future__ import annotations
 import networkx as nx
 
 from ..graph import compute_of, layer_nodes
+from ..ops import ANY_LAYOUT, KEEPS_LAYOUT
 from ..precision import element_bytes
 
 NHWC = "NHWC"
 CHANNELS_LAST_PRECISIONS = ("tf32",)  # whose tensor-core kernel (`conv_mma`) reads and writes NHWC
 
 
-def writes_channels_last(g: nx.DiGraph, node: str) -> bool:
+def tensor_core_conv(g: nx.DiGraph, node: str) -> bool:
     """The node is a conv whose tensor-core kernel can store its output NHWC."""
     compute = compute_of(g, node)
     return (compute is not None and compute.op == "conv2d" and compute.tensor_cores
             and compute.precision in CHANNELS_LAST_PRECISIONS and len(g.nodes[node]["shape"]) == 4)
 
 
+def writes_channels_last(g: nx.DiGraph, node: str) -> bool:
+    """The node's kernel can store its output NHWC (a window pool: when its input is)."""
+    compute = compute_of(g, node)
+    return tensor_core_conv(g, node) or (compute is not None and compute.has(KEEPS_LAYOUT) and _in_precision(g))
+
+
 def reads_channels_last(g: nx.DiGraph, node: str) -> bool:
-    """The node's tensor-core kernel can copy its (first) input NHWC, 16 bytes at a time."""
-    if not writes_channels_last(g, node) or compute_of(g, node).gated:
+    """The node's kernel can read its (first) input NHWC: a tensor-core conv copies it 16 bytes at
+    a time, so its channel groups must be whole 16-byte vectors."""
+    compute = compute_of(g, node)
+    if compute.has(KEEPS_LAYOUT) or compute.has(ANY_LAYOUT):
+        return _in_precision(g)
+    if not tensor_core_conv(g, node) or compute.gated:
         return False
     channels = g.nodes[g.nodes[node]["inputs"][0]]["shape"][1]
-    vector = 16 // element_bytes(compute_of(g, node).precision)
-    return (channels // compute_of(g, node).spec.groups) % vector == 0
+    vector = 16 // element_bytes(compute.precision)
+    return (channels // compute.spec.groups) % vector == 0
+
+
+def _in_precision(g: nx.DiGraph) -> bool:
+    return g.graph.get("precision", "fp32") in CHANNELS_LAST_PRECISIONS
 
 
 def assign_layout(g: nx.DiGraph) -> list[str]:
     """Mark the tensors stored NHWC (node attribute `layout`); returns them."""
     sets = nx.utils.UnionFind()
     for node in layer_nodes(g):
-        inputs = g.nodes[node]["inputs"]
-        sets.union(node, *inputs[len(inputs) - compute_of(g, node).residuals:])
+        inputs, compute = g.nodes[node]["inputs"], compute_of(g, node)
+        sets.union(node, *inputs[len(inputs) - compute.residuals:], *(inputs if compute.has(KEEPS_LAYOUT) else []))
     chosen = []
     for tensors in sets.to_sets():
         if all(_may_be_channels_last(g, t) for t in tensors):

@@ -5,25 +5,33 @@ from __future__ import annotations
 from .common import THREADS, one_thread_each, ptr
 
 
-def pool(name: str, *, kind: str, n, c, h, w, p, q, kh, kw, sh, sw, ph, pw, count_include_pad=True
-         ) -> tuple[str, tuple, tuple]:
-    """max or avg pooling, one thread per output; windows clipped to the input as PyTorch does."""
+def pool(name: str, *, kind: str, n, c, h, w, p, q, kh, kw, sh, sw, ph, pw, count_include_pad=True,
+         channels_last: bool = False) -> tuple[str, tuple, tuple]:
+    """max or avg pooling, one thread per output; windows clipped to the input as PyTorch does.
+    `channels_last`: x and y are NHWC, consecutive threads pool consecutive channels of a pixel."""
     total = n * c * p * q
+    at = f"xc[(iy * {w} + ix) * {c}]" if channels_last else f"xc[iy * {w} + ix]"
+    if channels_last:  # idx = ((sample * P + oy) * Q + ox) * C + channel
+        place = f"""const int y0 = ((idx / {c * q}) % {p}) * {sh} - {ph};
+    const int x0 = ((idx / {c}) % {q}) * {sw} - {pw};
+    GLOBAL const ACT* xc = x + (idx / {c * p * q}) * {h * w * c} + idx % {c};"""
+    else:
+        place = f"""const int y0 = ((idx / {q}) % {p}) * {sh} - {ph};
+    const int x0 = (idx % {q}) * {sw} - {pw};
+    GLOBAL const ACT* xc = x + (idx / {p * q}) * {h * w};"""
     if kind == "max":
-        init, step, final = "NEG_INF", "v = max_nan(v, LOAD(xc[iy * %d + ix]));" % w, ""
+        init, step, final = "NEG_INF", f"v = max_nan(v, LOAD({at}));", ""
     else:
         # window sizes as PyTorch counts them (integer min/max: both dialects have them built in)
         divisor = (f"(float)((min(y0 + {kh}, {h + ph}) - y0) * (min(x0 + {kw}, {w + pw}) - x0))"
                    if count_include_pad else
                    f"(float)((min(y0 + {kh}, {h}) - max(y0, 0)) * (min(x0 + {kw}, {w}) - max(x0, 0)))")
-        init, step, final = "0.0f", "v += LOAD(xc[iy * %d + ix]);" % w, f"v /= {divisor};"
+        init, step, final = "0.0f", f"v += LOAD({at});", f"v /= {divisor};"
     body = f"""KERNEL void {name}({ptr("x")}, {ptr("y", const=False)})
 {{
     const int idx = BLOCK_X * {THREADS} + THREAD_X;
     if (idx >= {total}) return;
-    const int y0 = ((idx / {q}) % {p}) * {sh} - {ph};
-    const int x0 = (idx % {q}) * {sw} - {pw};
-    GLOBAL const ACT* xc = x + (idx / {p * q}) * {h * w};
+    {place}
     float v = {init};
     UNROLL for (int i = 0; i < {kh}; ++i) {{
         const int iy = y0 + i;
