@@ -16,7 +16,7 @@ import pytest
 import cnngraph
 from cnngraph.codegen.dialects import CUDA, OPENCL
 from cnngraph.precision import from_storage, round_storage, to_storage
-from test_backends import CUDA_REASON, EXAMPLES, NVRTC_REASON, OPENCL_REASON, rel_err
+from test_backends import CUDA_REASON, EXAMPLES, NODE_TOL, NVRTC_REASON, OPENCL_REASON, node_errors, rel_err
 from test_backends import example as reduced_example
 
 torch = pytest.importorskip("torch")
@@ -182,12 +182,13 @@ def test_numpy_examples_within_the_budget(example, precision):
 
 # single conv/linear layers covering the 16-bit tensor-core kernel's variants (test_precision.LAYERS),
 # and the two that stay on the CUDA cores: a gated conv and a fused pool
+from test_precision import CHANNELS_LAST  # noqa: E402
 from test_precision import LAYERS as GEMM_LAYERS  # noqa: E402
 
 
 @needs_opencl
 @pytest.mark.parametrize("precision", HALF)
-@pytest.mark.parametrize("case", sorted(GEMM_LAYERS))
+@pytest.mark.parametrize("case", sorted(set(GEMM_LAYERS) - set(CHANNELS_LAST)))
 def test_tensor_core_kernel_on_pocl_matches_numpy(case, precision):
     spec, batch = GEMM_LAYERS[case]
     ref = cnngraph.compile(spec, batch_size=batch, device="cpu", precision=precision)
@@ -202,6 +203,21 @@ def test_tensor_core_kernel_on_pocl_matches_numpy(case, precision):
     assert not any(mma in l.body for l in gemms if l.kernel.startswith("gated"))
 
 
+@needs_opencl
+@pytest.mark.parametrize("precision", HALF)
+@pytest.mark.parametrize("case", sorted(CHANNELS_LAST))
+def test_channels_last_chains_match_numpy_node_by_node(case, precision):
+    """Conv chains whose inner tensors are NHWC: each kernel on the NumPy emulation's own inputs
+    (a chain of 16-bit roundings drifts apart by an ulp here and there end to end)."""
+    spec, batch = GEMM_LAYERS[case]
+    errors = node_errors(spec, "opencl", batch, precision)
+    assert max(errors.values()) <= NODE_TOL[precision], errors
+    program = cnngraph.plan(spec, batch, precision=precision).program
+    assert set(program.layouts) == CHANNELS_LAST[case]
+    reads_nhwc = [l for l in program.launches if "LOAD16B(" in l.body]
+    assert reads_nhwc and all("_nhwc" in l.kernel and "_nhwc_out" not in l.kernel for l in reads_nhwc)
+
+
 def planted(spec, batch, precision, old, new):
     """The OpenCL model of `spec` with one mistake planted in its 16-bit tensor-core kernels."""
     import copy
@@ -211,10 +227,12 @@ def planted(spec, batch, precision, old, new):
 
     p = cnngraph.plan(spec, batch, precision=precision)
     program = copy.deepcopy(p.program)
+    total = 0
     for launch in program.launches:
         if "LDMATRIX_X4_TRANS(" in launch.body:
             launch.body, count = re.subn(re.escape(old), new, launch.body)
-            assert count, old
+            total += count
+    assert total, old
     return p, OpenCLBackend(p, program=program)
 
 
@@ -228,13 +246,27 @@ def planted(spec, batch, precision, old, new):
     ("As[buf ^ 1]", "As[buf]"),  # the next slice stored over the one being multiplied
 ], ids=["a_pixel_half", "a_k_half", "b_k_half", "accumulator_column", "wrong_buffer"])
 def test_emulation_catches_planted_mistakes(precision, old, new):
-    spec, batch = GEMM_LAYERS["conv_stride2_ragged"]
+    assert_caught(GEMM_LAYERS["conv_stride2_ragged"], precision, old, new)
+
+
+def assert_caught(case, precision, old, new):
+    spec, batch = case
     p, backend = planted(spec, batch, precision, old, new)
     ref = cnngraph.compile(spec, batch_size=batch, device="cpu", precision=precision)
     xs = inputs_for(ref)
     backend.poison()
-    got = backend.run(xs)["conv2d_0"]
-    assert not (np.isfinite(got).all() and rel_err(got, ref(xs)) <= 1e-5)
+    got, want = backend.run(xs), ref.backend.run(dict(xs))
+    assert not all(np.isfinite(got[n]).all() and rel_err(got[n], want[n]) <= 1e-5 for n in want)
+
+
+@needs_opencl
+@pytest.mark.parametrize("precision", HALF)
+@pytest.mark.parametrize("old, new", [
+    ("(16 * (e % 2))", "(16 * (1 - e % 2))"),  # the two halves of a loaded word swapped
+    ("* 8;  /* the same 8 channels", "* 4;  /* the same 8 channels"),  # vectors of a window overlap
+], ids=["swapped_halves", "overlapping_vectors"])
+def test_emulation_catches_planted_channels_last_mistakes(precision, old, new):
+    assert_caught(GEMM_LAYERS["channels_last_block"], precision, old, new)
 
 
 def test_memory_arena_and_names_show_the_storage():
@@ -304,11 +336,13 @@ def test_nvrtc_compiles_half_storage_to_hmma_without_stack(precision, arch):
         for kernel, r in reports.items():
             assert (r.stack_bytes, r.spill_stores, r.spill_loads) == (0, 0, 0), (kernel, r)
         mma = [l for l in p.program.launches if "LDMATRIX_X4_TRANS(" in l.body]
-        assert mma
+        assert mma and any("LOAD16B(" in l.body for l in mma)
         for launch in mma:
             ops, r = opcodes[launch.kernel], reports[launch.kernel]
             assert any(op == hmma or op.startswith(hmma + " ") for op in ops), launch.kernel
             assert any(op.startswith("LDSM.16.MT88.4") for op in ops), launch.kernel
+            if "LOAD16B(" in launch.body:  # an NHWC input: 8 channels of a window per load
+                assert any(op.startswith("LDG.E.128") for op in ops), launch.kernel
             threads = launch.block[0]
             assert 2 * threads * r.registers <= 65536 and 2 * r.shared_bytes <= 100 * 1024, (launch.kernel, r)
 

@@ -138,15 +138,15 @@ def test_tensor_core_kernel_on_pocl_matches_numpy_tf32(case):
     assert set(model.backend.program.layouts) == CHANNELS_LAST.get(case, set())
 
 
-def test_resnets_are_channels_last_from_the_stem_to_the_global_pool():
+@pytest.mark.parametrize("precision", ["tf32", "fp16", "bf16"])
+def test_resnets_are_channels_last_from_the_stem_to_the_global_pool(precision):
     """Every tensor a conv or a pool writes (all but the image and the global pool's (N, C, 1, 1));
-    at fp32 and fp16 (no NHWC kernels yet) none."""
+    at fp32 (the CUDA-core kernels) none."""
     for example in ("resnet18", "resnet50"):
-        g = cnngraph.plan(EXAMPLES / f"{example}.json", 1, precision="tf32").graph
+        g = cnngraph.plan(EXAMPLES / f"{example}.json", 1, precision=precision).graph
         spatial = [n for n in g.graph["order"] if len(g.nodes[n]["shape"]) == 4 and g.nodes[n]["shape"][2] > 1]
         assert {n for n in g.graph["order"] if g.nodes[n].get("layout") == "NHWC"} == set(spatial)
-        for precision in ("fp32", "fp16"):
-            assert cnngraph.plan(EXAMPLES / f"{example}.json", 1, precision=precision).program.layouts == {}
+        assert cnngraph.plan(EXAMPLES / f"{example}.json", 1).program.layouts == {}
 
 
 @needs_opencl

@@ -45,6 +45,8 @@ NETWORKS = {
     "conv_mma_cp_async_tf32": (net(CONV, (13, 11, 9)), 3, "tf32"),
     "conv_mma_gated_tf32": (net(GATED, (8, 6, 6)), 2, "tf32"),
     "conv_mma_nhwc_tf32": (net(CHANNELS_LAST, (13, 11, 9)), 3, "tf32"),  # [pixel][reduction] buffers
+    "conv_mma16_nhwc_fp16": (net([{**CHANNELS_LAST[0], "out_channels": 24}, {**CHANNELS_LAST[1], "out_channels": 16},
+                                  CHANNELS_LAST[2]], (13, 11, 9)), 3, "fp16"),  # 16-byte loads, then value by value
     "conv_mma16_fp16": (net(CONV, (13, 11, 9)), 3, "fp16"),  # HALF shared arrays, read by ldmatrix
     "conv_fused_pool_tf32": (net([{"op": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1},
                                   {"op": "max_pool2d", "kernel_size": 2}], (4, 8, 8)), 2, "tf32"),

@@ -4,7 +4,7 @@ block of #defines at the top of every kernel (so each file compiles on its own).
 
 Tensor-core words (`TF32`, `MMA_TF32`, `MMA_SCRATCH`; for 16-bit operands `MMA_F16`, `MMA_BF16`,
 `LDMATRIX_X4_TRANS`, `LDMATRIX_X2_TRANS`) and asynchronous copies (`CP_ASYNC4`, `CP_ASYNC16`,
-`CP_ASYNC_COMMIT`, `CP_ASYNC_WAIT`, `CP_ASYNC_STATE`) are spelled as inline PTX in CUDA and as an
+`CP_ASYNC_COMMIT`, `CP_ASYNC_WAIT`, `CP_ASYNC_STATE`; `LOAD16B`, 16 bytes into registers) are spelled as inline PTX in CUDA and as an
 exact emulation in OpenCL: `MMA_TF32` there computes, for each lane, exactly the accumulator
 elements the PTX ISA assigns to it from the fragment registers the lanes hold, so a kernel's
 fragment index math is what runs on PoCL (`LDMATRIX_*` likewise gives each lane exactly the
@@ -30,7 +30,7 @@ WORDS = ("KERNEL", "GLOBAL", "SHARED", "RESTRICT", "BARRIER()", "BLOCK_X", "BLOC
          "UNROLL", "ALIGNED16", "INLINE", "NEG_INF",
          "EXPF(x)", "TANHF(x)", "ERFF(x)", "SQRTF(x)", "TF32(x)", "MMA_TF32(d, a, b)", "MMA_SCRATCH(warps)",
          "CP_ASYNC_STATE(n)", "CP_ASYNC4(dst, src, pred)", "CP_ASYNC16(dst, src, pred)", "CP_ASYNC_COMMIT()",
-         "CP_ASYNC_WAIT(n)",
+         "CP_ASYNC_WAIT(n)", "LOAD16B(dst, src, pred)",
          "HALF", "AS_FLOAT(u)", "AS_UINT(f)", "MMA_F16(d, a, b)", "MMA_BF16(d, a, b)",
          "LDMATRIX_X4_TRANS(r, base, offset)", "LDMATRIX_X2_TRANS(r, base, offset)",
          "THREADFENCE()", "ATOMIC_INC(p)", "LOAD_COHERENT(x)",
@@ -142,6 +142,14 @@ INLINE void cp_async16(float* dst, const float* src, bool pred) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"((unsigned)__cvta_generic_to_shared(dst)),
                  "l"(src), "r"(pred ? 16 : 0));
 }
+/* 16 (aligned) bytes global -> four registers, in one load; pred false: zeros, the source is not read */
+INLINE void load16b(unsigned* dst, const void* src, bool pred) {
+    const uint4 v = pred ? *(const uint4*)src : make_uint4(0u, 0u, 0u, 0u);
+    dst[0] = v.x;
+    dst[1] = v.y;
+    dst[2] = v.z;
+    dst[3] = v.w;
+}
 """,
     # Each lane publishes its fragment registers to its warp's slice of local memory; after a barrier
     # it sums exactly its own four accumulator elements in the PTX layout. The hardware reads only the
@@ -192,6 +200,13 @@ INLINE void ldmatrix_trans(uint* r, int count, __local const HALF* base, int off
     for (int j = 0; j < count; ++j)
         r[j] = (uint)base[wr[8 * j + 2 * t] + g] | ((uint)base[wr[8 * j + 2 * t + 1] + g] << 16);
     barrier(CLK_LOCAL_MEM_FENCE);
+}
+INLINE void load16b(uint* dst, __global const void* src, bool pred) {
+    const uint4 v = pred ? vload4(0, (__global const uint*)src) : (uint4)(0u);
+    dst[0] = v.x;
+    dst[1] = v.y;
+    dst[2] = v.z;
+    dst[3] = v.w;
 }
 /* This work-item's pending async copies (destination, value, group) complete when their group is
    older than `done_below`; the rest stay pending. */
@@ -425,7 +440,7 @@ CUDA = Dialect("cuda", ".cu", {
     "SQRTF(x)": "sqrtf(x)", "INLINE": "__device__ __forceinline__", "NEG_INF": "(-__int_as_float(0x7f800000))",
     "TF32(x)": "tf32_round(x)", "MMA_TF32(d, a, b)": "mma_tf32(d, a, b)", "MMA_SCRATCH(warps)": "",
     "CP_ASYNC_STATE(n)": "", "CP_ASYNC4(dst, src, pred)": "cp_async4(dst, src, pred)",
-    "CP_ASYNC16(dst, src, pred)": "cp_async16(dst, src, pred)",
+    "CP_ASYNC16(dst, src, pred)": "cp_async16(dst, src, pred)", "LOAD16B(dst, src, pred)": "load16b(dst, src, pred)",
     "HALF": "unsigned short", "AS_FLOAT(u)": "__uint_as_float(u)", "AS_UINT(f)": "__float_as_uint(f)",
     "MMA_F16(d, a, b)": "mma_f16(d, a, b)", "MMA_BF16(d, a, b)": "mma_bf16(d, a, b)",
     # split-K's last block: a device-wide fence, a counter, and loads that skip the (incoherent) L1
@@ -465,6 +480,7 @@ OPENCL = Dialect("opencl", ".cl", {
     # four 4-byte copies in the same group (the hardware may land their bytes in any order)
     "CP_ASYNC16(dst, src, pred)": "do { for (int q_ = 0; q_ < 4; ++q_) CP_ASYNC4((dst) + q_, (src) + q_, pred); } "
                                   "while (0)",
+    "LOAD16B(dst, src, pred)": "load16b(dst, src, pred)",
     "CP_ASYNC_COMMIT()": "++cpq_groups",
     "CP_ASYNC_WAIT(n)": "cp_async_wait(cpq_dst, cpq_value, cpq_group, &cpq_count, cpq_groups - (n))",
 })

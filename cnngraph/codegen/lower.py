@@ -230,13 +230,14 @@ class NodeLowering:
                             tensor_cores=tf32 or (half and not gated), register_staged=half or gated)
         chosen = options[self.pick]
         if isinstance(chosen.tile, MmaTile) and half:
-            template, variant = T.conv_mma16, {"bf16": self.compute.precision == "bf16"}
+            template, variant = T.conv_mma16, {"bf16": self.compute.precision == "bf16", "channels_last": self.channels_last}
+            matrix = T.krsc_rows(matrix, geo) if self.channels_last[0] else matrix
         elif isinstance(chosen.tile, MmaTile):
             template, variant = T.conv_mma, {"channels_last": self.channels_last}
             matrix = T.conv_mma_weights(matrix, gated, geo, self.channels_last[0])
         else:
             template, variant = T.conv_gemm, {"pool": pool, "tf32": tf32}
-        assert template is T.conv_mma or not any(self.channels_last), "only conv_mma reads and writes NHWC"
+        assert template is not T.conv_gemm or not any(self.channels_last), "conv_gemm reads and writes NCHW"
         w_ref = self.stored_const("w", round_tf32(matrix) if tf32 else matrix)
         table = T.tap_table(geo, self.channels_last[0])  # read after the weights (int32 bits in a float32 constant)
         w_refs = [w_ref, *([self.const("taps", table.view(np.float32))] if table is not None else [])]

@@ -1,10 +1,11 @@
 """Store channels-last (NHWC) the tensors that only tensor-core convolutions write and read.
 
-A tensor-core conv reduces over (ky, kx, channel). With its input NHWC, four consecutive channels
-of one pixel are 16 contiguous bytes, so each thread copies its input window 16 bytes at a time
-(`cp.async.cg`) instead of one value at a time; NCHW keeps a pixel's channels H*W apart. The kernel
-that writes such a tensor stores it NHWC from its accumulator fragments, so no layout conversion
-ever runs: the choice is made per tensor, where every kernel around it can take it.
+A tensor-core conv reduces over (ky, kx, channel). With its input NHWC, consecutive channels of
+one pixel are contiguous, so each thread moves its input window 16 bytes at a time (four float32
+values through `cp.async.cg` at tf32, eight 16-bit ones through one load at fp16/bf16) instead of
+one value at a time; NCHW keeps a pixel's channels H*W apart. The kernel that writes such a tensor
+stores it NHWC from its accumulator fragments, so no layout conversion ever runs: the choice is
+made per tensor, where every kernel around it can take it.
 
 A conv adds its residuals at the index it stores (`r0[idx]`), and a window pool (trait
 `KEEPS_LAYOUT`) writes its output in its input's layout, so those tensors share one layout: they
@@ -28,7 +29,7 @@ from ..ops import ANY_LAYOUT, KEEPS_LAYOUT
 from ..precision import element_bytes
 
 NHWC = "NHWC"
-CHANNELS_LAST_PRECISIONS = ("tf32",)  # whose tensor-core kernel (`conv_mma`) reads and writes NHWC
+CHANNELS_LAST_PRECISIONS = ("tf32", "fp16", "bf16")  # whose tensor-core kernels read and write NHWC
 
 
 def tensor_core_conv(g: nx.DiGraph, node: str) -> bool:

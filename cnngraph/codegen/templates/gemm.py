@@ -159,7 +159,7 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     pitch = weight_pitch(geo.kg, gated)
     stages = t.stages if copies else 2
     a_per, a_step, b_per = t.bm * t.bk // nt, nt // t.bm, t.bk * t.bn // nt
-    a_pixels = a_per // VECTOR  # NHWC: the pixels whose windows a thread copies
+    pixels = _vector_pixels(t, VECTOR)  # NHWC: the pixels whose windows a thread copies
     assert nt % t.bm == 0 and nt % t.bn == 0 and t.bk % 8 == 0 and t.wm % 16 == 0 and t.wn % 8 == 0
     assert not split or geo.groups == 1
     m_total, kg, pq = geo.n * geo.pixels, geo.kg, geo.pixels
@@ -205,20 +205,12 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
         row_vectors, b_vectors = t.bn // VECTOR, t.bk * t.bn // VECTOR // nt
         v_step = nt // row_vectors  # a thread copies the same 4 channels of rows v_step apart
         assert nt % row_vectors == 0 and t.bk % v_step == 0
-        pixel_vectors, pixel_step = t.bk // VECTOR, nt // (t.bk // VECTOR)  # NHWC: per pixel of a slice
-
         def issue_inputs(kbase: str, buf: str) -> str:
-            if nhwc_in:  # this thread's 4 channels (the same for all its pixels) of each of its windows
-                tap = ("const int4 e = taps[r < r_end ? r : 0];  /* offset in the window, dy, dx, channel */\n"
-                       "    const int ex = e.x, ey = e.y, ez = e.z;" if geo.taps > 1 else
-                       "const int ex = r, ey = 0, ez = 0;  /* the reduction index is the channel */")
-                return f"""{{
-    const int r = {kbase} + tid % {pixel_vectors} * {VECTOR};
-    {tap}
-    UNROLL for (int i = 0; i < {a_pixels}; ++i)  /* {VECTOR} channels of a pixel per copy */
-        CP_ASYNC16(&As[{buf}][tid / {pixel_vectors} + i * {pixel_step}][tid % {pixel_vectors} * {VECTOR}], x + a_off[i] + ex,
-                   r < r_end && (unsigned)(a_h[i] + ey) < {geo.h}u && (unsigned)(a_w[i] + ez) < {geo.w}u);
-}}"""
+            if nhwc_in:  # 16 bytes of a window per copy, into [pixel][reduction] rows
+                _, per_pixel, step = pixels
+                return _nhwc_vectors(geo, kbase, pixels, VECTOR, lambda i, src, pred: (
+                    f"CP_ASYNC16(&As[{buf}][tid / {per_pixel} + {i} * {step}][tid % {per_pixel} * {VECTOR}], "
+                    f"{src}, {pred})"))
             return f"""UNROLL for (int i = 0; i < {a_per}; ++i) {{
     const int r = {kbase} + tid / {t.bm} + i * {a_step};
     {a_source}
@@ -263,7 +255,7 @@ UNROLL for (int i = 0; i < {b_vectors}; ++i) {{  /* {VECTOR} channels of a weigh
     SHARED_VIEW(float, As, {stages}, [{ar}][{ac}], 0);  /* [buffer]{"[pixel][reduction]" if nhwc_in else "[reduction][pixel]"} */
     SHARED_VIEW(float, Bs, {stages}, [{br}][{bc}], {a_bytes});  /* [buffer][reduction][channel] */
 {_warp_setup(t)}
-{_window(geo, t.bm, t.bn, None, splits, chunk, gated, pitch, pixels=(a_pixels, pixel_vectors, pixel_step) if nhwc_in else None)}
+{_window(geo, t.bm, t.bn, None, splits, chunk, gated, pitch, pixels=pixels if nhwc_in else None)}
 {main}
 
 {_finish(_fragment_epilogue(mi, ni, m_total, kg, pq, geo.k, "kl" if split else f"g * {kg} + kl", nhwc_out),
@@ -274,6 +266,33 @@ UNROLL for (int i = 0; i < {b_vectors}; ++i) {{  /* {VECTOR} channels of a weigh
 
 
 VECTOR = 4  # float32 values per 16-byte cp.async
+HALF_VECTOR = 8  # 16-bit values per 16-byte load
+
+
+def _vector_pixels(t: MmaTile, vector: int) -> tuple[int, int, int]:
+    """How a block's threads split the 16-byte vectors of an NHWC input slice (BM pixels x BK
+    values): (pixels per thread, vectors per pixel, pixel step): thread tid takes vector tid % V
+    of pixels tid / V + i * step."""
+    per_pixel = t.bk // vector
+    assert t.threads % per_pixel == 0
+    return t.bm * per_pixel // t.threads, per_pixel, t.threads // per_pixel
+
+
+def _nhwc_vectors(geo: ConvGeometry, kbase: str, pixels: tuple[int, int, int], vector: int, move) -> str:
+    """Each of this thread's NHWC input vectors of the slice at `kbase` (see `_vector_pixels`):
+    `vector` channels of pixel i from reduction index r on, moved by the statement `move(i, src,
+    pred)` (pred false: the window tap is outside the image or past the reduction, nothing read)."""
+    count, per_pixel, _ = pixels
+    tap = ("const int4 e = taps[r < r_end ? r : 0];  /* offset in the window, dy, dx, channel */\n"
+           "    const int ex = e.x, ey = e.y, ez = e.z;" if geo.taps > 1 else
+           "const int ex = r, ey = 0, ez = 0;  /* the reduction index is the channel */")
+    pred = f"r < r_end && (unsigned)(a_h[i] + ey) < {geo.h}u && (unsigned)(a_w[i] + ez) < {geo.w}u"
+    return f"""{{
+    const int r = {kbase} + tid % {per_pixel} * {vector};  /* the same {vector} channels of each window */
+    {tap}
+    UNROLL for (int i = 0; i < {count}; ++i)
+        {move("i", "x + a_off[i] + ex", pred)};
+}}"""
 
 
 def weight_pitch(kg: int, gated: bool) -> int:
@@ -284,15 +303,22 @@ def weight_pitch(kg: int, gated: bool) -> int:
 
 def conv_mma_weights(matrix: np.ndarray, gated: bool, geo: ConvGeometry, channels_last: bool = False) -> np.ndarray:
     """GEMM weights (groups, R, K/g) as `conv_mma` reads them: rows of `weight_pitch` values, zeros
-    after the K/g channels; with its input NHWC, rows in (ky, kx, channel) order (KRSC)."""
+    after the K/g channels; with its input NHWC, rows in (ky, kx, channel) order (`krsc_rows`)."""
     if channels_last:
-        groups, _, kg = matrix.shape
-        matrix = matrix.reshape(groups, geo.cg, geo.taps, kg).transpose(0, 2, 1, 3).reshape(groups, -1, kg)
+        matrix = krsc_rows(matrix, geo)
     return np.pad(matrix, [(0, 0), (0, 0), (0, weight_pitch(matrix.shape[-1], gated) - matrix.shape[-1])])
 
 
+def krsc_rows(matrix: np.ndarray, geo: ConvGeometry) -> np.ndarray:
+    """GEMM weights (groups, R, K/g) with the reduction in (ky, kx, channel) order instead of
+    (channel, ky, kx): the order an NHWC input window is read in (`tap_table`)."""
+    groups, _, kg = matrix.shape
+    return matrix.reshape(groups, geo.cg, geo.taps, kg).transpose(0, 2, 1, 3).reshape(groups, -1, kg)
+
+
 def conv_mma16(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: str, tile: MmaTile, gated: bool,
-               bf16: bool, splits: int = 1, chunk: int = 0) -> tuple[str, tuple, tuple]:
+               bf16: bool, splits: int = 1, chunk: int = 0, channels_last: tuple[bool, bool] = (False, False)
+               ) -> tuple[str, tuple, tuple]:
     """The implicit GEMM of `conv_mma` on 16-bit operands (fp16 or bf16 storage): m16n8k16 tensor-core
     products with float32 accumulators. The input window and the weights are already 16-bit values
     in memory; each thread loads its elements of the next BK slice as raw 16-bit patterns into
@@ -305,9 +331,14 @@ def conv_mma16(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue:
     .trans` turns those rows into the row-major A and column-major B fragments mma.m16n8k16 takes:
     A as four 8x8 matrices (pixels +0/+8, reduction +0/+8), B as two (reduction +0/+8). The
     epilogue runs on the accumulator fragments in registers, as in `conv_mma`. No gate (a gated
-    conv multiplies unrounded products on the CUDA cores: `conv_gemm`)."""
+    conv multiplies unrounded products on the CUDA cores: `conv_gemm`).
+
+    `channels_last` (input, output) as in `conv_mma`: an NHWC input is loaded 16 bytes (eight
+    channels of one pixel) at a time (`LOAD16B`), the reduction running over (ky, kx, channel), and
+    stored into the same reduction-major buffers; an NHWC output is stored at m * K + k."""
     assert not gated, "a gated conv runs on the CUDA cores at fp16/bf16"
     t, split = tile, splits > 1
+    nhwc_in, nhwc_out = channels_last
     nt, mi, ni = t.threads, t.wm // 16, t.wn // 8
     assert nt % t.bm == 0 and nt % t.bn == 0 and t.bk % 16 == 0 and t.wm % 16 == 0 and t.wn % 8 == 0
     assert not split or geo.groups == 1
@@ -336,11 +367,11 @@ def conv_mma16(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue:
     SHARED HALF As[2][{t.bk}][{a_row}] ALIGNED16;  /* [buffer][reduction][pixel] */
     SHARED HALF Bs[2][{t.bk}][{b_row}] ALIGNED16;  /* [buffer][reduction][channel] */
 {_warp_setup(t)}
-{_window(geo, t.bm, t.bn, None, splits, chunk, False)}
-{_register_staged(t, geo, m_total, r_begin, False, products, raw=True)}
+{_window(geo, t.bm, t.bn, None, splits, chunk, False, pixels=_vector_pixels(t, HALF_VECTOR) if nhwc_in else None)}
+{_register_staged(t, geo, m_total, r_begin, False, products, raw=True, nhwc=nhwc_in)}
 
-{_finish(_fragment_epilogue(mi, ni, m_total, kg, pq, geo.k, "kl" if split else f"g * {kg} + kl"), splits,
-         geo.k, m_total, grid[0], epilogue)}
+{_finish(_fragment_epilogue(mi, ni, m_total, kg, pq, geo.k, "kl" if split else f"g * {kg} + kl", nhwc_out),
+         splits, geo.k, m_total, grid[0], epilogue)}
 }}
 """
     return body, grid, (nt, 1, 1)
@@ -368,30 +399,49 @@ def _warp_setup(t: MmaTile) -> str:
 
 
 def _register_staged(t: MmaTile, geo: ConvGeometry, m_total: int, r_begin: str, gated: bool, products: str,
-                     rounding: str = "", raw: bool = False) -> str:
+                     rounding: str = "", raw: bool = False, nhwc: bool = False) -> str:
     """The main loop of a tensor-core kernel whose loads go through registers into two shared
     buffers As/Bs[buf]: the next slice's global loads are in flight while `products` (C code on
     buffer `buf`) multiplies this one, then land in the other buffer; one barrier per slice.
     `rounding`: a word applied to each input value as it enters shared memory (TF32); `raw`:
-    16-bit patterns, as stored (see `_load_tiles`)."""
+    16-bit patterns, as stored (see `_load_tiles`). `nhwc` (16-bit): the input is NHWC, loaded 16
+    bytes (8 channels of a window) at a time (`_nhwc_vectors`; `_window` with its `pixels`) and
+    stored value by value into the reduction-major buffer."""
     a_per, a_step = t.bm * t.bk // t.threads, t.threads // t.bm
     b_per, b_step = t.bk * t.bn // t.threads, t.threads // t.bn
     kind = "HALF" if raw else "float"
+    assert raw or not nhwc
+    pixels = _vector_pixels(t, HALF_VECTOR)
+    count, per_pixel, step = pixels
+
+    def load_slice(kbase: str, spaces: int) -> str:
+        weights = _load_tiles(kbase, t, geo, m_total, gated, spaces=spaces, raw=raw, inputs=not nhwc)
+        if not nhwc:
+            return weights
+        inputs = _nhwc_vectors(geo, kbase, pixels, HALF_VECTOR, lambda i, src, pred: f"LOAD16B(a_vec[{i}], {src}, {pred})")
+        return indent(inputs, spaces) + "\n" + weights
 
     def store_slice(buf: str) -> str:
-        return f"""UNROLL for (int i = 0; i < {a_per}; ++i) As[{buf}][tid / {t.bm} + i * {a_step}][tid % {t.bm}] = {rounding}(a_reg[i]);
+        if nhwc:  # value e of a vector: the (e % 2)-th half of its word e / 2
+            inputs = f"""UNROLL for (int i = 0; i < {count}; ++i)
+    UNROLL for (int e = 0; e < {HALF_VECTOR}; ++e)
+        As[{buf}][tid % {per_pixel} * {HALF_VECTOR} + e][tid / {per_pixel} + i * {step}] = (HALF)(a_vec[i][e / 2] >> (16 * (e % 2)));"""
+        else:
+            inputs = f"UNROLL for (int i = 0; i < {a_per}; ++i) As[{buf}][tid / {t.bm} + i * {a_step}][tid % {t.bm}] = {rounding}(a_reg[i]);"
+        return f"""{inputs}
 UNROLL for (int i = 0; i < {b_per}; ++i) Bs[{buf}][tid / {t.bn} + i * {b_step}][tid % {t.bn}] = b_reg[i];"""
 
-    return f"""    {kind} a_reg[{a_per}];
+    registers = f"unsigned a_vec[{count}][4];  /* {HALF_VECTOR} 16-bit values each */" if nhwc else f"{kind} a_reg[{a_per}];"
+    return f"""    {registers}
     {kind} b_reg[{b_per}];
-{_load_tiles(r_begin, t, geo, m_total, gated, spaces=4, raw=raw)}
+{load_slice(r_begin, 4)}
 {indent(store_slice("0"), 4)}
     BARRIER();
     int buf = 0;
     for (int k0 = {r_begin}; k0 < r_end; k0 += {t.bk}) {{
         const int more = k0 + {t.bk} < r_end;
         if (more) {{  /* the next slice's global loads are in flight while this one is multiplied */
-{_load_tiles(f"k0 + {t.bk}", t, geo, m_total, gated, spaces=12, raw=raw)}
+{load_slice(f"k0 + {t.bk}", 12)}
         }}
 {indent(products, 8)}
         if (more) {{
@@ -470,9 +520,12 @@ def _window(geo: ConvGeometry, bm: int, bn: int, pool: FusedPool | None, splits:
     r_end = f"min(g * {chunk} + {chunk}, {geo.reduction})" if split else geo.reduction
     weights = f"""GLOBAL const ACT* wg = w + {group} * {geo.reduction * (pitch or geo.kg)};
 const int r_end = {r_end};"""
+    column = f"""const int b_col = n0 + tid % {bn};  /* this thread's weight column */
+GLOBAL const ACT* wb = wg + (tid / {bn}) * {pitch or geo.kg} + b_col;"""
     if pixels:
         return indent(f"""{_pixels_nhwc(geo, *pixels, group)}
-{weights}""", 4)
+{weights}
+{column}""", 4)
     if pool:
         cells = pool.ph * pool.pw
         decode = f"""const int a_n = am / {cells * pool.size};
@@ -496,8 +549,7 @@ GLOBAL const ACT* xg = x + (a_n * {geo.c} + {group} * {geo.cg}) * {geo.h * geo.w
 /* loads address from the window's corner (channel 0), and from this thread's weight column */
 GLOBAL const ACT* xw = xg + ih0 * {geo.w} + iw0;
 const bool in_image = (unsigned)ih0 < {geo.h}u && (unsigned)iw0 < {geo.w}u;
-const int b_col = n0 + tid % {bn};
-GLOBAL const ACT* wb = wg + (tid / {bn}) * {pitch or geo.kg} + b_col;""", 4)
+{column}""", 4)
 
 
 def _pixels_nhwc(geo: ConvGeometry, count: int, vectors: int, step: int, group: str) -> str:
@@ -570,12 +622,12 @@ def _pool_epilogue(t: Tile, pool: FusedPool, m_total, p, q, k, kg, epilogue: str
 
 
 def _load_tiles(kbase: str, t: Tile | MmaTile, geo: ConvGeometry, m_total: int, gated: bool, spaces: int,
-                raw: bool = False) -> str:
+                raw: bool = False, inputs: bool = True) -> str:
     """Registers a_reg/b_reg <- the input-window slice (times its channel's gate when `gated`) and
     the weight slice starting at reduction index kbase (up to the kernel's `r_end`). A kernel with
     more than one tap reads where each reduction index points from `taps` (see `tap_table`): no
     division per element. `raw`: the stored 16-bit patterns themselves, not float32 values (0 is
-    +0.0 in fp16 and bf16)."""
+    +0.0 in fp16 and bf16). Without `inputs`, only the weights."""
     a_per, a_step, b_per = t.bm * t.bk // t.threads, t.threads // t.bm, t.bk * t.bn // t.threads
     h, w, kg = geo.h, geo.w, geo.kg
     assert not (raw and gated)
@@ -594,7 +646,8 @@ def _load_tiles(kbase: str, t: Tile | MmaTile, geo: ConvGeometry, m_total: int, 
     }}
     a_reg[i] = v;
 }}
-UNROLL for (int i = 0; i < {b_per}; ++i) {{  /* rows tid / BN + i * (threads / BN) of the slice, column b_col */
+""" if inputs else ""
+    code += f"""UNROLL for (int i = 0; i < {b_per}; ++i) {{  /* rows tid / BN + i * (threads / BN) of the slice, column b_col */
     const int r = {kbase} + tid / {t.bn} + i * {t.threads // t.bn};
     b_reg[i] = (r < r_end && b_col < {kg}) ? {load}(wb[({kbase} + i * {t.threads // t.bn}) * {kg}]) : {zero};
 }}"""
