@@ -4,7 +4,9 @@ launches over one arena. Every backend but NumPy executes a Program.
 A launch's arguments are tensors (arena ranges, by node) or constants (weights rearranged for the
 kernel, e.g. conv weights as a (groups, C/g*KH*KW, K/g) GEMM operand). Sources are in the
 neutral dialect; `Program.source(dialect)` renders them, their tensors (and GEMM weights) stored
-at the program's precision: 16-bit patterns at fp16/bf16 (see cnngraph/precision.py).
+at the program's precision: 16-bit patterns at fp16/bf16 (see cnngraph/precision.py). A tensor's
+elements lie in NCHW order, or NHWC where the plan stores it channels-last (`Program.layouts`,
+passes/assign_layout.py).
 """
 
 from __future__ import annotations
@@ -215,7 +217,9 @@ class NodeLowering:
         here, once, and the kernel rounds its inputs: on the tensor cores (`conv_mma`) unless a
         fused pool needs the CUDA-core kernel, which then multiplies the same rounded operands.
         At fp16/bf16 the weights are stored in 16 bits, as the activations are, and the products
-        run on the tensor cores (`conv_mma16`) but for a fused pool or a gate (`conv_gemm`)."""
+        run on the tensor cores (`conv_mma16`) but for a fused pool or a gate (`conv_gemm`). The
+        tensor-core kernels read and write NHWC tensors too (`channels_last`), their weight rows
+        then in (ky, kx, channel) order."""
         tf32 = self.compute.precision == "tf32"
         b_refs = [self.const("b", bias)] if bias is not None else []
         m, kg = geo.n * geo.pixels, geo.kg
@@ -224,13 +228,13 @@ class NodeLowering:
             geo = dataclasses.replace(geo, p=self.compute.pool.conv_shape[2], q=self.compute.pool.conv_shape[3])
             m = geo.n * pool.ph * pool.pw * pool.size
             name += f"_{pool.kind}pool{pool.kh}x{pool.kw}"
-        half = self.compute.precision in HALF_STORAGE
-        gated = self.compute.gated  # at fp16/bf16 a gate's unrounded products stay on the CUDA cores
+        half, gated = self.compute.precision in HALF_STORAGE, self.compute.gated
         options = schedules(m, kg, geo.reduction, geo.groups, rows_multiple=pool.size if pool else 1,
-                            tensor_cores=tf32 or (half and not gated), register_staged=half or gated)
+                            tensor_cores=self.compute.tensor_cores, register_staged=half or gated)
         chosen = options[self.pick]
         if isinstance(chosen.tile, MmaTile) and half:
-            template, variant = T.conv_mma16, {"bf16": self.compute.precision == "bf16", "channels_last": self.channels_last}
+            template = T.conv_mma16
+            variant = {"bf16": self.compute.precision == "bf16", "channels_last": self.channels_last}
             matrix = T.krsc_rows(matrix, geo) if self.channels_last[0] else matrix
         elif isinstance(chosen.tile, MmaTile):
             template, variant = T.conv_mma, {"channels_last": self.channels_last}

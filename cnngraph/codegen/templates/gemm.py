@@ -205,6 +205,7 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
         row_vectors, b_vectors = t.bn // VECTOR, t.bk * t.bn // VECTOR // nt
         v_step = nt // row_vectors  # a thread copies the same 4 channels of rows v_step apart
         assert nt % row_vectors == 0 and t.bk % v_step == 0
+
         def issue_inputs(kbase: str, buf: str) -> str:
             if nhwc_in:  # 16 bytes of a window per copy, into [pixel][reduction] rows
                 _, per_pixel, step = pixels
@@ -513,8 +514,8 @@ def _window(geo: ConvGeometry, bm: int, bn: int, pool: FusedPool | None, splits:
     """The per-thread setup of an implicit GEMM's input loads (`_load_tiles`): the output pixel `am`
     whose input window this thread loads (the same for the whole reduction), the window's corner,
     the thread's sample and group in x (and its gates), its weights (rows of `pitch` values, K/g
-    unless padded), and the reduction range. `pixels`: x is NHWC, and the thread copies the windows
-    of several pixels instead (`_pixels_nhwc`)."""
+    unless padded), and the reduction range. `pixels` (`_vector_pixels`): x is NHWC, and the
+    thread moves the windows of several pixels instead (`_pixels_nhwc`)."""
     split = splits > 1
     group = "0" if split else "g"  # blockIdx.z is the split when there is one, else the group
     r_end = f"min(g * {chunk} + {chunk}, {geo.reduction})" if split else geo.reduction
@@ -553,8 +554,8 @@ const bool in_image = (unsigned)ih0 < {geo.h}u && (unsigned)iw0 < {geo.w}u;
 
 
 def _pixels_nhwc(geo: ConvGeometry, count: int, vectors: int, step: int, group: str) -> str:
-    """Where the `count` NHWC input windows this thread copies lie (tile rows tid / vectors + i *
-    step, `vectors` copies per pixel and slice): a_off, the window's corner (channel 0 of the group)
+    """Where the `count` NHWC input windows this thread moves lie (tile rows tid / vectors + i *
+    step, `vectors` 16-byte moves per pixel and slice): a_off, the window's corner (channel 0 of the group)
     in x; a_h and a_w, its row and column in the image; a_h is H past the last pixel, so no tap of
     that window is in the image and nothing is read."""
     return f"""int a_off[{count}], a_h[{count}], a_w[{count}];
