@@ -3,9 +3,9 @@ using the words in `WORDS`; a dialect is just the table of how to spell each wor
 block of #defines at the top of every kernel (so each file compiles on its own).
 
 Tensor-core words (`TF32`, `MMA_TF32`, `MMA_SCRATCH`; for 16-bit operands `MMA_F16`, `MMA_BF16`,
-`LDMATRIX_X4_TRANS`, `LDMATRIX_X2_TRANS`) and asynchronous copies (`CP_ASYNC4`, `CP_ASYNC16`,
-`CP_ASYNC_COMMIT`, `CP_ASYNC_WAIT`, `CP_ASYNC_STATE`; `LOAD16B`, 16 bytes into registers) are spelled as inline PTX in CUDA and as an
-exact emulation in OpenCL: `MMA_TF32` there computes, for each lane, exactly the accumulator
+`LDMATRIX_X4_TRANS`, `LDMATRIX_X2_TRANS`), asynchronous copies (`CP_ASYNC4`, `CP_ASYNC16`,
+`CP_ASYNC_COMMIT`, `CP_ASYNC_WAIT`, `CP_ASYNC_STATE`) and `LOAD16B` (16 bytes into four registers)
+are spelled as inline PTX in CUDA and as an exact emulation in OpenCL: `MMA_TF32` there computes, for each lane, exactly the accumulator
 elements the PTX ISA assigns to it from the fragment registers the lanes hold, so a kernel's
 fragment index math is what runs on PoCL (`LDMATRIX_*` likewise gives each lane exactly the
 elements of the rows the other lanes point at); an async copy writes NaN into its destination

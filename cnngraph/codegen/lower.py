@@ -250,7 +250,8 @@ class NodeLowering:
             name = "gated_" + name
         if tf32:
             name += "_tf32"
-        name += {(True, True): "_nhwc", (True, False): "_nhwc_in", (False, True): "_nhwc_out"}.get(self.channels_last, "")
+        name += {(True, True): "_nhwc", (True, False): "_nhwc_in", (False, True): "_nhwc_out"}.get(
+            self.channels_last, "")
         split = chosen.splits > 1  # partial sums in the workspace, counted per output tile
         if split:
             name += f"_split{chosen.splits}"

@@ -8,7 +8,8 @@ the tests pick it up from the registry."""
 import importlib
 import pkgutil
 
-from .base import ACTIVATION, ANY_LAYOUT, ELEMENTWISE, GEMM, KEEPS_LAYOUT, OPS, POOL, TRAITS, Example, Layer, Scratch, Shape, fmt_shape, ops_with
+from .base import (ACTIVATION, ANY_LAYOUT, ELEMENTWISE, GEMM, KEEPS_LAYOUT, OPS, POOL, TRAITS, Example, Layer, Scratch,
+                   Shape, fmt_shape, ops_with)
 
 # the first modules in this order (it is the order of the ops in the JSON Schema), then any others
 _FIRST = ("conv", "linear", "norm", "activation", "pool", "tensor")
@@ -30,6 +31,7 @@ OPS.clear()
 OPS.update(_ordered)
 LAYER_TYPES: tuple[type[Layer], ...] = tuple(OPS.values())
 
-__all__ = ["OPS", "LAYER_TYPES", "TRAITS", "GEMM", "ELEMENTWISE", "ACTIVATION", "POOL", "KEEPS_LAYOUT", "ANY_LAYOUT", "ops_with", "Example",
+__all__ = ["OPS", "LAYER_TYPES", "TRAITS", "GEMM", "ELEMENTWISE", "ACTIVATION", "POOL", "KEEPS_LAYOUT", "ANY_LAYOUT",
+           "ops_with", "Example",
            "Layer", "Scratch", "Shape", "fmt_shape", "ACTIVATIONS", "Activation", "ActivationField",
            "make_activation", "Activate", "Residual", "ScaleShift", "batch_norm_scale_shift"]

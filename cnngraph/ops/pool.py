@@ -12,8 +12,8 @@ from pydantic import Field, model_validator
 
 from ..codegen import templates as T
 from ..geometry import pool_out_size
-from .base import (ANY_LAYOUT, KEEPS_LAYOUT, POOL, Example, Layer, NonNegativeInt, NonNegativePair, Pair, PositiveInt, Scratch, fmt_shape, invalid,
-                   pair)
+from .base import (ANY_LAYOUT, KEEPS_LAYOUT, POOL, Example, Layer, NonNegativeInt, NonNegativePair, Pair, PositiveInt,
+                   Scratch, fmt_shape, invalid, pair)
 from .onnx_mapping import Unsupported, attributes, compact, plain, spatial_pads, symmetric_pad
 
 

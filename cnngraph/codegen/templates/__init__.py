@@ -14,5 +14,7 @@ from .elementwise import pointwise
 from .gemm import FusedPool, conv_gemm, conv_mma, conv_mma16, conv_mma_weights, depthwise, krsc_rows, tap_table
 from .reductions import layer_norm, pool, reduce_rows
 
-__all__ = ["MAX_KERNEL_INPUTS", "THREADS", "kernel_groups", "channel_gather", "concat", "pad2d", "resample", "upsample_nearest", "pointwise", "FusedPool", "conv_gemm", "conv_mma", "conv_mma16", "conv_mma_weights", "depthwise", "krsc_rows", "tap_table",
+__all__ = ["MAX_KERNEL_INPUTS", "THREADS", "kernel_groups", "channel_gather", "concat", "pad2d", "resample",
+           "upsample_nearest", "pointwise", "FusedPool", "conv_gemm", "conv_mma", "conv_mma16", "conv_mma_weights",
+           "depthwise", "krsc_rows", "tap_table",
            "layer_norm", "pool", "reduce_rows"]

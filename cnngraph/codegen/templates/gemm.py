@@ -249,11 +249,12 @@ UNROLL for (int i = 0; i < {b_vectors}; ++i) {{  /* {VECTOR} channels of a weigh
         main = _register_staged(t, geo, m_total, r_begin, gated, products("buf"), rounding="TF32")
 
     (ar, ac), (br, bc) = t.a_shape(nhwc_in), t.b_shape()
+    a_order = "[pixel][reduction]" if nhwc_in else "[reduction][pixel]"
     a_bytes = 4 * stages * ar * ac  # a multiple of 16: Bs stays 16-byte aligned
     body = f"""KERNEL void {name}({args})
 {{
     DYNAMIC_SHARED({a_bytes + 4 * stages * br * bc});  /* deep pipelines need more than 48 KB */
-    SHARED_VIEW(float, As, {stages}, [{ar}][{ac}], 0);  /* [buffer]{"[pixel][reduction]" if nhwc_in else "[reduction][pixel]"} */
+    SHARED_VIEW(float, As, {stages}, [{ar}][{ac}], 0);  /* [buffer]{a_order} */
     SHARED_VIEW(float, Bs, {stages}, [{br}][{bc}], {a_bytes});  /* [buffer][reduction][channel] */
 {_warp_setup(t)}
 {_window(geo, t.bm, t.bn, None, splits, chunk, gated, pitch, pixels=pixels if nhwc_in else None)}
@@ -419,20 +420,24 @@ def _register_staged(t: MmaTile, geo: ConvGeometry, m_total: int, r_begin: str, 
         weights = _load_tiles(kbase, t, geo, m_total, gated, spaces=spaces, raw=raw, inputs=not nhwc)
         if not nhwc:
             return weights
-        inputs = _nhwc_vectors(geo, kbase, pixels, HALF_VECTOR, lambda i, src, pred: f"LOAD16B(a_vec[{i}], {src}, {pred})")
+        inputs = _nhwc_vectors(geo, kbase, pixels, HALF_VECTOR,
+                               lambda i, src, pred: f"LOAD16B(a_vec[{i}], {src}, {pred})")
         return indent(inputs, spaces) + "\n" + weights
 
     def store_slice(buf: str) -> str:
         if nhwc:  # value e of a vector: the (e % 2)-th half of its word e / 2
+            target = f"As[{buf}][tid % {per_pixel} * {HALF_VECTOR} + e][tid / {per_pixel} + i * {step}]"
             inputs = f"""UNROLL for (int i = 0; i < {count}; ++i)
     UNROLL for (int e = 0; e < {HALF_VECTOR}; ++e)
-        As[{buf}][tid % {per_pixel} * {HALF_VECTOR} + e][tid / {per_pixel} + i * {step}] = (HALF)(a_vec[i][e / 2] >> (16 * (e % 2)));"""
+        {target} = (HALF)(a_vec[i][e / 2] >> (16 * (e % 2)));"""
         else:
-            inputs = f"UNROLL for (int i = 0; i < {a_per}; ++i) As[{buf}][tid / {t.bm} + i * {a_step}][tid % {t.bm}] = {rounding}(a_reg[i]);"
+            inputs = (f"UNROLL for (int i = 0; i < {a_per}; ++i) "
+                      f"As[{buf}][tid / {t.bm} + i * {a_step}][tid % {t.bm}] = {rounding}(a_reg[i]);")
         return f"""{inputs}
 UNROLL for (int i = 0; i < {b_per}; ++i) Bs[{buf}][tid / {t.bn} + i * {b_step}][tid % {t.bn}] = b_reg[i];"""
 
-    registers = f"unsigned a_vec[{count}][4];  /* {HALF_VECTOR} 16-bit values each */" if nhwc else f"{kind} a_reg[{a_per}];"
+    registers = (f"unsigned a_vec[{count}][4];  /* {HALF_VECTOR} 16-bit values each */" if nhwc
+                 else f"{kind} a_reg[{a_per}];")
     return f"""    {registers}
     {kind} b_reg[{b_per}];
 {load_slice(r_begin, 4)}
