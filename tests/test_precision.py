@@ -169,7 +169,7 @@ def test_channels_last_tensors_read_back_as_nchw(case):
 
 def planted(spec, batch, old, new):
     """The OpenCL model of `spec` at tf32 with one mistake planted in its tensor-core kernels: `old`
-    (a string, or a compiled pattern) replaced by `new` wherever it occurs (somewhere)."""
+    (a string, or a compiled pattern) replaced by `new` wherever it occurs (in one kernel at least)."""
     p = cnngraph.plan(spec, batch, precision="tf32")
     program = copy.deepcopy(p.program)
     pattern = old if isinstance(old, re.Pattern) else re.compile(re.escape(old))
