@@ -306,7 +306,8 @@ def test_grid_on_numpy_matches_pytorch_float64(name):
 
 
 @pytest.mark.parametrize("device", BACKENDS)
-@pytest.mark.parametrize("name", sorted(FAMILIES))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n == "channels_last" else n
+                                  for n in sorted(FAMILIES)])  # at fp32 it repeats the conv family
 def test_grid_kernels_match_numpy(name, device):
     spec = FAMILIES[name]()
     ref = cnngraph.compile(spec, batch_size=2, device="cpu")

@@ -203,8 +203,11 @@ def test_tensor_core_kernel_on_pocl_matches_numpy(case, precision):
     assert not any(mma in l.body for l in gemms if l.kernel.startswith("gated"))
 
 
+IN_CI = ["fp16", pytest.param("bf16", marks=pytest.mark.slow)]  # the same kernel text but for the conversions
+
+
 @needs_opencl
-@pytest.mark.parametrize("precision", HALF)
+@pytest.mark.parametrize("precision", IN_CI)
 @pytest.mark.parametrize("case", sorted(CHANNELS_LAST))
 def test_channels_last_chains_match_numpy_node_by_node(case, precision):
     """Conv chains whose inner tensors are NHWC: each kernel on the NumPy emulation's own inputs
@@ -260,7 +263,7 @@ def assert_caught(case, precision, old, new):
 
 
 @needs_opencl
-@pytest.mark.parametrize("precision", HALF)
+@pytest.mark.parametrize("precision", IN_CI)
 @pytest.mark.parametrize("old, new", [
     ("(16 * (e % 2))", "(16 * (1 - e % 2))"),  # the two halves of a loaded word swapped
     ("* 8;  /* the same 8 channels", "* 4;  /* the same 8 channels"),  # vectors of a window overlap
