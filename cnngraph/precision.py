@@ -38,6 +38,11 @@ def element_bytes(precision: str) -> int:
     return 2 if precision in HALF_STORAGE else 4
 
 
+def vector_width(precision: str) -> int:
+    """Stored elements per 16 bytes: what one 16-byte copy or load moves (4 float32, 8 16-bit)."""
+    return 16 // element_bytes(precision)
+
+
 def round_tf32(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """float32 `x` rounded to TF32 as the GPU's cvt.rna does: add half of the 13 dropped bits to
     the magnitude (ties away from zero), then clear them; NaN and infinity are left alone.

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..codegen.lower import Program
+from ..passes.assign_layout import NHWC
 from ..precision import HALF_STORAGE, element_bytes, from_storage, to_storage
 from .base import Backend
 
@@ -26,7 +27,7 @@ class ProgramBackend(Backend):
     def stored(self, x, xp=np, name: str | None = None):
         """float32 values as the arena stores them (numpy or cupy, as `xp` says); those of tensor
         `name` in its layout (NHWC where the program keeps it channels-last)."""
-        if name is not None and self.program.layout(name) == "NHWC":
+        if self._channels_last(name):
             x = x.transpose(0, 2, 3, 1)
         x = xp.ascontiguousarray(x, dtype=xp.float32)
         return to_storage(x, self.program.precision, xp) if self.half else x
@@ -34,14 +35,17 @@ class ProgramBackend(Backend):
     def loaded(self, x, xp=np, name: str | None = None):
         """Arena elements as float32 values; `x` given in `arena_shape(name)`, NCHW out."""
         x = from_storage(x, self.program.precision, xp) if self.half else x
-        if name is not None and self.program.layout(name) == "NHWC":
+        if self._channels_last(name):
             x = xp.ascontiguousarray(x.transpose(0, 3, 1, 2))
         return x
 
     def arena_shape(self, name: str) -> tuple[int, ...]:
         """The shape of a tensor's elements in the order the arena holds them."""
         n, c, *spatial = shape = self.tensor_shape(name)
-        return (n, *spatial, c) if self.program.layout(name) == "NHWC" else shape
+        return (n, *spatial, c) if self._channels_last(name) else shape
+
+    def _channels_last(self, name: str | None) -> bool:
+        return name is not None and self.program.layout(name) == NHWC
 
     def poison_value(self) -> np.ndarray:
         """One NaN element as the arena stores it."""

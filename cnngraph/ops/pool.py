@@ -198,10 +198,9 @@ def spatial_mean(low):
     """The kernel of a mean over H and W: one thread per (sample, channel); over an NHWC input
     consecutive threads read consecutive channels of a pixel."""
     n, c, h, w = low.in_shapes[0]
-    if low.channels_last[0]:
-        return low.simple(f"global_avgpool_{c}x{h}x{w}_nhwc", T.reduce_rows, kind="mean", outer=n, length=h * w,
-                          inner=c)
-    return low.simple(f"global_avgpool_{c}x{h}x{w}", T.reduce_rows, kind="mean", outer=n * c, length=h * w, inner=1)
+    nhwc = low.channels_last[0]  # rows of H*W values c apart, else contiguous
+    return low.simple(f"global_avgpool_{c}x{h}x{w}{'_nhwc' if nhwc else ''}", T.reduce_rows, kind="mean",
+                      outer=n if nhwc else n * c, length=h * w, inner=c if nhwc else 1)
 
 
 class GlobalAvgPool2d(Layer):

@@ -26,17 +26,17 @@ import networkx as nx
 
 from ..graph import compute_of, layer_nodes
 from ..ops import ANY_LAYOUT, KEEPS_LAYOUT
-from ..precision import element_bytes
+from ..precision import vector_width
 
 NHWC = "NHWC"
-CHANNELS_LAST_PRECISIONS = ("tf32", "fp16", "bf16")  # whose tensor-core kernels read and write NHWC
+CHANNELS_LAST_PRECISIONS = ("tf32", "fp16", "bf16")  # whose pools may run NHWC (their tensor-core convs do)
 
 
 def tensor_core_conv(g: nx.DiGraph, node: str) -> bool:
     """The node is a conv whose tensor-core kernel can store its output NHWC."""
     compute = compute_of(g, node)
     return (compute is not None and compute.op == "conv2d" and compute.tensor_cores
-            and compute.precision in CHANNELS_LAST_PRECISIONS and len(g.nodes[node]["shape"]) == 4)
+            and len(g.nodes[node]["shape"]) == 4)
 
 
 def writes_channels_last(g: nx.DiGraph, node: str) -> bool:
@@ -54,11 +54,11 @@ def reads_channels_last(g: nx.DiGraph, node: str) -> bool:
     if not tensor_core_conv(g, node) or compute.gated:
         return False
     channels = g.nodes[g.nodes[node]["inputs"][0]]["shape"][1]
-    vector = 16 // element_bytes(compute.precision)
-    return (channels // compute.spec.groups) % vector == 0
+    return (channels // compute.spec.groups) % vector_width(compute.precision) == 0
 
 
 def _in_precision(g: nx.DiGraph) -> bool:
+    """The network runs at a precision whose tensor-core convs read and write NHWC."""
     return g.graph.get("precision", "fp32") in CHANNELS_LAST_PRECISIONS
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...geometry import ConvGeometry, cdiv
+from ...precision import vector_width
 from ..schedules import MmaTile, Tile
 from .common import THREADS, indent, one_thread_each, ptr
 
@@ -267,8 +268,8 @@ UNROLL for (int i = 0; i < {b_vectors}; ++i) {{  /* {VECTOR} channels of a weigh
     return body, grid, (nt, 1, 1)
 
 
-VECTOR = 4  # float32 values per 16-byte cp.async
-HALF_VECTOR = 8  # 16-bit values per 16-byte load
+VECTOR = vector_width("tf32")  # float32 values per 16-byte cp.async
+HALF_VECTOR = vector_width("fp16")  # 16-bit values per 16-byte load
 
 
 def _vector_pixels(t: MmaTile, vector: int) -> tuple[int, int, int]:
