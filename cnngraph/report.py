@@ -13,7 +13,7 @@ The JSON document (`cnngraph inspect --format json`, `inspect_data(g)`):
          "layers": ["conv1", "bn1", "relu"],   # the spec layers it implements
          "op": "conv2d+batch_norm2d+relu", "path": "/layers/0", "inputs": ["image"],
          "shape": [1, 64, 112, 112],       # output shape, batch included
-         "layout": "NCHW",                 # "NHWC" where stored channels-last (tf32); null if not 4-D
+         "layout": "NCHW",                 # "NHWC" where stored channels-last (reduced precisions); null if not 4-D
          "params": 9472, "flops": 238436352,
          "output_bytes": 3211264,
          "bytes_read": 640000,             # its inputs and weights
