@@ -7,6 +7,7 @@ Every op and example against the NumPy emulation on PoCL and CUDA: test_backends
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -217,23 +218,25 @@ def test_channels_last_chains_match_numpy_node_by_node(case, precision):
     assert max(errors.values()) <= NODE_TOL[precision], errors
     program = cnngraph.plan(spec, batch, precision=precision).program
     assert set(program.layouts) == CHANNELS_LAST[case]
-    reads_nhwc = [l for l in program.launches if "LOAD16B(" in l.body]
+    reads_nhwc = [l for l in program.launches if "CP_ASYNC16_HALF(" in l.body]  # through the cp.async pipeline
     assert reads_nhwc and all("_nhwc" in l.kernel and "_nhwc_out" not in l.kernel for l in reads_nhwc)
+    assert all(("LDMATRIX_X4(" in l.body) == (l in reads_nhwc) for l in program.launches)
 
 
 def planted(spec, batch, precision, old, new):
-    """The OpenCL model of `spec` with one mistake planted in its 16-bit tensor-core kernels."""
+    """The OpenCL model of `spec` with one mistake planted in its 16-bit tensor-core kernels: `old` (a
+    string, or a compiled pattern) replaced by `new`."""
     import copy
-    import re
 
     from cnngraph.backends.opencl_backend import OpenCLBackend
 
     p = cnngraph.plan(spec, batch, precision=precision)
     program = copy.deepcopy(p.program)
     total = 0
+    pattern = old if isinstance(old, re.Pattern) else re.compile(re.escape(old))
     for launch in program.launches:
-        if "LDMATRIX_X4_TRANS(" in launch.body:
-            launch.body, count = re.subn(re.escape(old), new, launch.body)
+        if "LDMATRIX_X2_TRANS(" in launch.body:
+            launch.body, count = pattern.subn(new, launch.body)
             total += count
     assert total, old
     return p, OpenCLBackend(p, program=program)
@@ -265,9 +268,13 @@ def assert_caught(case, precision, old, new):
 @needs_opencl
 @pytest.mark.parametrize("precision", IN_CI)
 @pytest.mark.parametrize("old, new", [
-    ("(16 * (e % 2))", "(16 * (1 - e % 2))"),  # the two halves of a loaded word swapped
     ("* 8;  /* the same 8 channels", "* 4;  /* the same 8 channels"),  # vectors of a window overlap
-], ids=["swapped_halves", "overlapping_vectors"])
+    # A's plain ldmatrix: matrices 1 and 3 read pixel rows 0-7 again; matrices 2 and 3 read k 0-7 again
+    (re.compile(r"lane % 8 \+ 8 \* \(lane / 8 % 2\)\)(\s+\* \d+ \+ kk)"), r"lane % 8)\1"),
+    (re.compile(r"(\* \d+ \+ kk) \+ 8 \* \(lane / 16\)\)\);"), r"\1));"),
+    (re.compile(r"CP_ASYNC_WAIT\((\d+)\)"), lambda m: f"CP_ASYNC_WAIT({int(m[1]) + 1})"),  # a wait too weak
+    ("CP_ASYNC_COMMIT();  /* every", "/* every"),  # copies never committed: their wait never completes them
+], ids=["overlapping_vectors", "a_pixel_half", "a_k_half", "weak_wait", "missing_commit"])
 def test_emulation_catches_planted_channels_last_mistakes(precision, old, new):
     assert_caught(GEMM_LAYERS["channels_last_block"], precision, old, new)
 
@@ -322,8 +329,9 @@ def test_cli_fp16(tmp_path):
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_nvrtc_compiles_half_storage_to_hmma_without_stack(precision, arch):
     """Every kernel compiles with no stack and no spills; every 16-bit tensor-core kernel's SASS has
-    the m16n8k16 HMMA of its operand type and the transposed LDSM (ldmatrix); two blocks of the
-    largest tile fit an SM's registers (65,536) and shared memory (100 KB usable on sm_86..sm_90)."""
+    the m16n8k16 HMMA of its operand type and the transposed LDSM (ldmatrix), and those that read
+    NHWC 16-byte cp.async copies (LDGSTS) and the plain LDSM; two blocks of each fit an SM's
+    registers (65,536) and shared memory (100 KB usable on sm_86..sm_90)."""
     from cnngraph.codegen.nvrtc import compile_cuda, sass
 
     try:
@@ -338,16 +346,17 @@ def test_nvrtc_compiles_half_storage_to_hmma_without_stack(precision, arch):
         assert set(reports) == {l.kernel for l in p.program.launches}
         for kernel, r in reports.items():
             assert (r.stack_bytes, r.spill_stores, r.spill_loads) == (0, 0, 0), (kernel, r)
-        mma = [l for l in p.program.launches if "LDMATRIX_X4_TRANS(" in l.body]
-        assert mma and any("LOAD16B(" in l.body for l in mma)
+        mma = [l for l in p.program.launches if "LDMATRIX_X2_TRANS(" in l.body]
+        assert mma and any("CP_ASYNC16_HALF(" in l.body for l in mma)
         for launch in mma:
             ops, r = opcodes[launch.kernel], reports[launch.kernel]
             assert any(op == hmma or op.startswith(hmma + " ") for op in ops), launch.kernel
-            assert any(op.startswith("LDSM.16.MT88.4") for op in ops), launch.kernel
-            if "LOAD16B(" in launch.body:  # an NHWC input: 8 channels of a window per load
-                assert any(op.startswith("LDG.E.128") for op in ops), launch.kernel
-            threads = launch.block[0]
-            assert 2 * threads * r.registers <= 65536 and 2 * r.shared_bytes <= 100 * 1024, (launch.kernel, r)
+            assert any(op.startswith("LDSM.16.MT88") for op in ops), launch.kernel  # B, and NCHW A: transposed
+            if "CP_ASYNC16_HALF(" in launch.body:  # an NHWC input: 16-byte cp.async only, A by plain ldmatrix
+                assert {op for op in ops if op.startswith("LDGSTS")} == {"LDGSTS.E.BYPASS.128"}, launch.kernel
+                assert any(op.startswith("LDSM.16.M88.4") for op in ops), launch.kernel
+            shared = r.shared_bytes + launch.shared_bytes  # static, dynamic
+            assert 2 * launch.block[0] * r.registers <= 65536 and 2 * shared <= 100 * 1024, (launch.kernel, r)
 
 
 # --- on a GPU ---------------------------------------------------------------------------------------

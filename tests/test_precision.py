@@ -21,7 +21,7 @@ from cnngraph.codegen.dialects import CUDA
 from cnngraph.codegen.schedules import MMA_DEEP_TILES, MMA_TILES
 from cnngraph.errors import DeviceError, SpecError
 from cnngraph.precision import round_tf32
-from test_backends import CUDA_REASON, EXAMPLES, NVRTC_REASON, OPENCL_REASON, rel_err
+from test_backends import CUDA_REASON, EXAMPLES, NODE_TOL, NVRTC_REASON, OPENCL_REASON, rel_err
 from test_backends import example as reduced_example
 
 needs_opencl = pytest.mark.skipif(OPENCL_REASON is not None, reason=str(OPENCL_REASON))
@@ -224,46 +224,51 @@ ALL_TILES = {**MMA_TILES, **MMA_DEEP_TILES}
 
 
 # conv_stride2_ragged's conv (72 channels: every tile is a candidate) between two 1x1 convs, so
-# that it reads and writes NHWC
+# that it reads and writes NHWC (24 channels in: a multiple of 8, NHWC at fp16 too)
 TILE_CASES = {"NCHW": (LAYERS["conv_stride2_ragged"], "conv2d_0"), "NHWC": ((net([
-    {"op": "conv2d", "name": "in", "out_channels": 20, "kernel_size": 1},
+    {"op": "conv2d", "name": "in", "out_channels": 24, "kernel_size": 1},
     {"op": "conv2d", "name": "mid", "out_channels": 72, "kernel_size": 3, "stride": 2, "padding": [1, 0, 2, 1]},
     {"op": "conv2d", "name": "out", "out_channels": 8, "kernel_size": 1}], (13, 11, 9)), 3), "mid")}
+# the tiles' cp.async pipelines: TF32 on both layouts, 16-bit on NHWC (NCHW 16-bit loads through registers)
+TILE_LAYOUTS = {"tf32": ["NCHW", "NHWC"], "fp16": ["NHWC"]}
 
 
-def tile_programs(layout):
-    """The NumPy model of `TILE_CASES[layout]` at tf32, and its program with each candidate schedule
-    of the conv under test, with that conv's launch."""
+def tile_programs(layout, precision="tf32"):
+    """The NumPy model of `TILE_CASES[layout]` at `precision`, and its program with each candidate
+    schedule of the conv under test, with that conv's launch."""
     from cnngraph.codegen.lower import lower, lower_node
 
     (spec, batch), node = TILE_CASES[layout]
-    ref = cnngraph.compile(spec, batch_size=batch, device="cpu", precision="tf32")
+    ref = cnngraph.compile(spec, batch_size=batch, device="cpu", precision=precision)
     programs = [lower(ref.graph, {node: pick}) for pick in range(lower_node(ref.graph, node, {}, 0)[0].schedules)]
     return ref, [(p, next(l for l in p.launches if l.node == node)) for p in programs]
 
 
-IN_CI = {("mma_large_4", "NCHW"), ("mma_wide32", "NCHW"), ("mma_large_4", "NHWC")}  # PoCL builds take minutes
+IN_CI = {("mma_large_4", "NCHW", "tf32"), ("mma_wide32", "NCHW", "tf32"), ("mma_large_4", "NHWC", "tf32"),
+         ("mma_narrow", "NHWC", "fp16"), ("mma_wide32", "NHWC", "fp16")}  # PoCL builds take minutes
 
 
 @needs_opencl
-@pytest.mark.parametrize("name, layout", [
+@pytest.mark.parametrize("name, layout, precision", [
     case if case in IN_CI else pytest.param(*case, marks=pytest.mark.slow)
-    for case in itertools.product(sorted(ALL_TILES), sorted(TILE_CASES))])
-def test_every_tensor_core_tile_computes_the_same(name, layout):
+    for precision, layouts in TILE_LAYOUTS.items() for case in itertools.product(sorted(ALL_TILES), layouts, [precision])])
+def test_every_tensor_core_tile_computes_the_same(name, layout, precision):
     """Each tile and stage count an autotuner may pick, those whose buffers take more than the 48 KB
     a block may declare statically included (carved from dynamic shared memory, sized at launch),
-    on NCHW tensors and on NHWC ones."""
-    ref, programs = tile_programs(layout)
+    on NCHW tensors and on NHWC ones, each kernel on the NumPy emulation's own inputs."""
+    ref, programs = tile_programs(layout, precision)
     tile = ALL_TILES[name]
     program, launch = next((p, l) for p, l in programs if l.schedule.tile == tile)
-    size = tile.shared_bytes(layout == "NHWC")
+    size = tile.shared_bytes(layout == "NHWC", half=precision != "tf32")
     assert launch.shared_bytes == size and f"DYNAMIC_SHARED({size})" in launch.body
     assert layout == "NHWC" or (size > 48 * 1024) == (name in ABOVE_48_KB or name in ("mma_large", "mma_small32"))
+    assert ("_nhwc" in launch.kernel) == (layout == "NHWC")
     backend = OpenCLBackend(ref.plan, {}, program)
     backend.poison()
     xs = inputs_for(ref)
-    got, want = backend.run_observed(dict(xs)), ref.backend.run_observed(dict(xs))
-    assert all(rel_err(got[n], want[n]) <= 1e-5 for n in want)
+    want = ref.backend.run_observed(dict(xs))
+    got = backend.run_node_by_node({**xs, **want})
+    assert all(rel_err(got[n], want[n]) <= NODE_TOL[precision] for n in want)
 
 
 @pytest.mark.parametrize("case", sorted(LAYERS))
@@ -373,30 +378,35 @@ SHARED_PER_SM = {"sm_80": 164 * 1024, "sm_90": 228 * 1024}  # A100, H100/H200; e
 @pytest.mark.skipif(NVRTC_REASON is not None, reason=str(NVRTC_REASON))
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_every_tensor_core_tile_compiles_and_two_blocks_fit_an_sm(arch):
-    """Every tile and stage count an autotuner may pick: HMMA and LDGSTS, no stack or spills, and
-    two blocks fit an SM's registers and shared memory, static and dynamic (the carved buffers)."""
+    """Every tile and stage count an autotuner may pick, at tf32 and (NHWC) fp16: HMMA and LDGSTS (and
+    the plain LDSM of the 16-bit A fragments), no stack or spills, and two blocks fit an SM's
+    registers and shared memory, static and dynamic (the carved buffers)."""
     from cnngraph.codegen.nvrtc import compile_cuda, sass
 
     try:
         sass('extern "C" __global__ void k() {}', arch)
     except DeviceError as err:
         pytest.skip(str(err))
-    launches = [launch for layout in TILE_CASES for _, launch in tile_programs(layout)[1]]
-    for pick, launch in enumerate(launches):
-        launch.rename(f"{launch.kernel}_s{pick}")
-    for layout in TILE_CASES:
-        assert {l.schedule.tile for l in launches if l.node == TILE_CASES[layout][1]} == set(ALL_TILES.values())
-    source = CUDA.render("\n".join(l.body for l in launches), storage="tf32")
-    reports, opcodes = compile_cuda(source, arch), sass(source, arch)
-    for launch in launches:
-        r, ops = reports[launch.kernel], opcodes[launch.kernel]
-        nhwc = "_nhwc" in launch.kernel
-        assert (r.stack_bytes, r.spill_stores, r.spill_loads) == (0, 0, 0), r
-        assert any(op.startswith("HMMA.1688.F32.TF32") for op in ops) and "LDGSTS.E.BYPASS.128" in ops
-        assert not nhwc or {op for op in ops if op.startswith("LDGSTS")} == {"LDGSTS.E.BYPASS.128"}, ops
-        assert r.shared_bytes == 0 and launch.shared_bytes == launch.schedule.tile.shared_bytes(nhwc)  # all dynamic
-        assert 2 * launch.block[0] * r.registers <= 65536, (launch.schedule, r)
-        assert 2 * (launch.shared_bytes + 1024) <= SHARED_PER_SM[arch], launch.schedule
+    for precision, layouts in TILE_LAYOUTS.items():
+        launches = [launch for layout in layouts for _, launch in tile_programs(layout, precision)[1]]
+        for pick, launch in enumerate(launches):
+            launch.rename(f"{launch.kernel}_s{pick}")
+        for layout in layouts:
+            assert {l.schedule.tile for l in launches if l.node == TILE_CASES[layout][1]} == set(ALL_TILES.values())
+        source = CUDA.render("\n".join(l.body for l in launches), storage=precision)
+        reports, opcodes = compile_cuda(source, arch), sass(source, arch)
+        hmma, half = ("HMMA.1688.F32.TF32", False) if precision == "tf32" else ("HMMA.16816.F32", True)
+        for launch in launches:
+            r, ops = reports[launch.kernel], opcodes[launch.kernel]
+            nhwc = "_nhwc" in launch.kernel
+            assert (r.stack_bytes, r.spill_stores, r.spill_loads) == (0, 0, 0), r
+            assert any(op.startswith(hmma) for op in ops) and "LDGSTS.E.BYPASS.128" in ops
+            assert not nhwc or {op for op in ops if op.startswith("LDGSTS")} == {"LDGSTS.E.BYPASS.128"}, ops
+            assert not half or any(op.startswith("LDSM.16.M88.4") for op in ops)  # A, by plain ldmatrix
+            size = launch.schedule.tile.shared_bytes(nhwc, half=half)
+            assert r.shared_bytes == 0 and launch.shared_bytes == size  # all dynamic
+            assert 2 * launch.block[0] * r.registers <= 65536, (launch.schedule, r)
+            assert 2 * (launch.shared_bytes + 1024) <= SHARED_PER_SM[arch], launch.schedule
 
 
 # --- on a GPU ---------------------------------------------------------------------------------------

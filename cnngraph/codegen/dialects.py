@@ -3,9 +3,9 @@ using the words in `WORDS`; a dialect is just the table of how to spell each wor
 block of #defines at the top of every kernel (so each file compiles on its own).
 
 Tensor-core words (`TF32`, `MMA_TF32`, `MMA_SCRATCH`; for 16-bit operands `MMA_F16`, `MMA_BF16`,
-`LDMATRIX_X4_TRANS`, `LDMATRIX_X2_TRANS`), asynchronous copies (`CP_ASYNC4`, `CP_ASYNC16`,
-`CP_ASYNC_COMMIT`, `CP_ASYNC_WAIT`, `CP_ASYNC_STATE`) and `LOAD16B` (16 bytes into four registers)
-are spelled as inline PTX in CUDA and as an exact emulation in OpenCL: `MMA_TF32` there computes, for each lane, exactly the accumulator
+`LDMATRIX_X4`, `LDMATRIX_X4_TRANS`, `LDMATRIX_X2_TRANS`) and asynchronous copies (`CP_ASYNC4`,
+`CP_ASYNC16`, `CP_ASYNC_STATE` of float32 values; `CP_ASYNC16_HALF`, `CP_ASYNC_STATE_HALF` of 16-bit
+ones; `CP_ASYNC_COMMIT`, `CP_ASYNC_WAIT`) are spelled as inline PTX in CUDA and as an exact emulation in OpenCL: `MMA_TF32` there computes, for each lane, exactly the accumulator
 elements the PTX ISA assigns to it from the fragment registers the lanes hold, so a kernel's
 fragment index math is what runs on PoCL (`LDMATRIX_*` likewise gives each lane exactly the
 elements of the rows the other lanes point at); an async copy writes NaN into its destination
@@ -30,9 +30,9 @@ WORDS = ("KERNEL", "GLOBAL", "SHARED", "RESTRICT", "BARRIER()", "BLOCK_X", "BLOC
          "UNROLL", "ALIGNED16", "INLINE", "NEG_INF",
          "EXPF(x)", "TANHF(x)", "ERFF(x)", "SQRTF(x)", "TF32(x)", "MMA_TF32(d, a, b)", "MMA_SCRATCH(warps)",
          "CP_ASYNC_STATE(n)", "CP_ASYNC4(dst, src, pred)", "CP_ASYNC16(dst, src, pred)", "CP_ASYNC_COMMIT()",
-         "CP_ASYNC_WAIT(n)", "LOAD16B(dst, src, pred)",
+         "CP_ASYNC_WAIT(n)", "CP_ASYNC_STATE_HALF(n)", "CP_ASYNC16_HALF(dst, src, pred)",
          "HALF", "AS_FLOAT(u)", "AS_UINT(f)", "MMA_F16(d, a, b)", "MMA_BF16(d, a, b)",
-         "LDMATRIX_X4_TRANS(r, base, offset)", "LDMATRIX_X2_TRANS(r, base, offset)",
+         "LDMATRIX_X4(r, base, offset)", "LDMATRIX_X4_TRANS(r, base, offset)", "LDMATRIX_X2_TRANS(r, base, offset)",
          "THREADFENCE()", "ATOMIC_INC(p)", "LOAD_COHERENT(x)",
          "DYNAMIC_SHARED(bytes)", "SHARED_VIEW(type, name, count, inner, offset)")
 STORAGE_WORDS = ("ACT", "LOAD(x)", "STORE(v)")  # spelled per storage precision (`STORAGE`), not per dialect
@@ -122,8 +122,13 @@ INLINE void mma_bf16(float* d, const unsigned* a, const unsigned* b) {
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
-/* Transposed 8x8 16-bit matrices from shared memory: lane l gives the address of row l % 8 of
-   matrix l / 8 (16 contiguous bytes); register j of lane (g, t) gets column g of rows 2t, 2t+1 */
+/* 8x8 16-bit matrices from shared memory: lane l gives the address of row l % 8 of matrix l / 8 (16
+   contiguous bytes); register j of lane (g, t) gets row g, columns 2t, 2t+1 of matrix j, or with
+   .trans column g of rows 2t, 2t+1 */
+INLINE void ldmatrix_x4(unsigned* r, const HALF* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"((unsigned)__cvta_generic_to_shared(p)));
+}
 INLINE void ldmatrix_x4_trans(unsigned* r, const HALF* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"((unsigned)__cvta_generic_to_shared(p)));
@@ -138,17 +143,9 @@ INLINE void cp_async4(float* dst, const float* src, bool pred) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" :: "r"((unsigned)__cvta_generic_to_shared(dst)),
                  "l"(src), "r"(pred ? 4 : 0));
 }
-INLINE void cp_async16(float* dst, const float* src, bool pred) {
+INLINE void cp_async16(void* dst, const void* src, bool pred) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"((unsigned)__cvta_generic_to_shared(dst)),
                  "l"(src), "r"(pred ? 16 : 0));
-}
-/* 16 (aligned) bytes global -> four registers, in one load; pred false: zeros, the source is not read */
-INLINE void load16b(unsigned* dst, const void* src, bool pred) {
-    const uint4 v = pred ? *(const uint4*)src : make_uint4(0u, 0u, 0u, 0u);
-    dst[0] = v.x;
-    dst[1] = v.y;
-    dst[2] = v.z;
-    dst[3] = v.w;
 }
 """,
     # Each lane publishes its fragment registers to its warp's slice of local memory; after a barrier
@@ -189,41 +186,30 @@ INLINE void mma_emulated(float* d, const uint* a, const uint* b, __local uint* s
     }
     barrier(CLK_LOCAL_MEM_FENCE);  /* before the next product overwrites the published fragments */
 }
-/* ldmatrix .trans of `count` 8x8 matrices: each lane publishes its row's offset from `base`, then
-   takes, from matrix j, column g of the rows lanes 8j + 2t and 8j + 2t + 1 point at */
-INLINE void ldmatrix_trans(uint* r, int count, __local const HALF* base, int offset, __local int* rows) {
+/* ldmatrix of `count` 8x8 matrices: each lane publishes its row's offset from `base`, then takes,
+   from matrix j, columns 2t, 2t+1 of the row lane 8j + g points at; or (`trans`) column g of the
+   rows lanes 8j + 2t and 8j + 2t + 1 point at */
+INLINE void ldmatrix(uint* r, int count, bool trans, __local const HALF* base, int offset, __local int* rows) {
     const int lane = get_local_id(0) % 32;
     __local int* wr = rows + (get_local_id(0) / 32) * 32;
     wr[lane] = offset;
     barrier(CLK_LOCAL_MEM_FENCE);
     const int g = lane / 4, t = lane % 4;
-    for (int j = 0; j < count; ++j)
-        r[j] = (uint)base[wr[8 * j + 2 * t] + g] | ((uint)base[wr[8 * j + 2 * t + 1] + g] << 16);
+    for (int j = 0; j < count; ++j) {
+        const int lo = trans ? wr[8 * j + 2 * t] + g : wr[8 * j + g] + 2 * t;
+        const int hi = trans ? wr[8 * j + 2 * t + 1] + g : lo + 1;
+        r[j] = (uint)base[lo] | ((uint)base[hi] << 16);
+    }
     barrier(CLK_LOCAL_MEM_FENCE);
 }
-INLINE void load16b(uint* dst, __global const void* src, bool pred) {
-    const uint4 v = pred ? vload4(0, (__global const uint*)src) : (uint4)(0u);
-    dst[0] = v.x;
-    dst[1] = v.y;
-    dst[2] = v.z;
-    dst[3] = v.w;
-}
-/* This work-item's pending async copies (destination, value, group) complete when their group is
-   older than `done_below`; the rest stay pending. */
-INLINE void cp_async_wait(__local float** dst, float* value, int* group, int* count, int done_below) {
-    int kept = 0;
-    for (int i = 0; i < *count; ++i) {
-        if (group[i] < done_below) {
-            *dst[i] = value[i];
-        } else {
-            dst[kept] = dst[i];
-            value[kept] = value[i];
-            group[kept] = group[i];
-            ++kept;
-        }
-    }
-    *count = kept;
-}
+/* The async copies in flight, per work-item (`CP_ASYNC_STATE`): destination, value, group. A copy
+   beyond the queue's capacity (a kernel that waits too little) never lands: its poison stays. A
+   wait lands (`land`, on entry i_) those whose group is older than `done_below`. */
+#define CPQ_PUSH(d, v) if (cpq_count < cpq_capacity) { cpq_dst[cpq_count] = (d); cpq_value[cpq_count] = (v); \
+                                                       cpq_group[cpq_count++] = cpq_groups; }
+#define CPQ_LAND(done_below, land) do { int kept_ = 0; for (int i_ = 0; i_ < cpq_count; ++i_) { \
+        if (cpq_group[i_] < (done_below)) { land; } else { cpq_dst[kept_] = cpq_dst[i_]; \
+        cpq_value[kept_] = cpq_value[i_]; cpq_group[kept_++] = cpq_group[i_]; } } cpq_count = kept_; } while (0)
 """,
 }
 
@@ -281,36 +267,28 @@ INLINE void rc_clear(__local int2* mark, int count) {  /* the shadow of a fresh 
     const int lid = rc_me(0), size = get_local_size(0) * get_local_size(1) * get_local_size(2);
     for (int i = lid; i < count; i += size) mark[i] = (int2)(-1, -1);
 }
-/* ldmatrix_trans of TENSOR_CORE_HELPERS reading checked 16-bit rows */
-INLINE void ldmatrix_trans_rc(uint* r, int count, rc_ref_h base, int offset, __local int* rows, int epoch,
-                              __global int* races) {
+/* ldmatrix of TENSOR_CORE_HELPERS reading checked 16-bit rows */
+INLINE void ldmatrix_rc(uint* r, int count, bool trans, rc_ref_h base, int offset, __local int* rows, int epoch,
+                        __global int* races) {
     const int lane = get_local_id(0) % 32;
     __local int* wr = rows + (get_local_id(0) / 32) * 32;
     wr[lane] = offset;
     barrier(CLK_LOCAL_MEM_FENCE);
     const int g = lane / 4, t = lane % 4;
     for (int j = 0; j < count; ++j) {
-        const int lo = wr[8 * j + 2 * t] + g, hi = wr[8 * j + 2 * t + 1] + g;
+        const int lo = trans ? wr[8 * j + 2 * t] + g : wr[8 * j + g] + 2 * t;
+        const int hi = trans ? wr[8 * j + 2 * t + 1] + g : lo + 1;
         r[j] = (uint)rc_read_h(rc_at_h(base.at + lo, base.mark + lo), epoch, races)
                | ((uint)rc_read_h(rc_at_h(base.at + hi, base.mark + hi), epoch, races) << 16);
     }
     barrier(CLK_LOCAL_MEM_FENCE);
 }
-/* cp_async_wait of TENSOR_CORE_HELPERS on checked destinations: a copy lands as a write at the wait */
-INLINE void cp_async_wait_rc(rc_ref* dst, float* value, int* group, int* count, int done_below, int epoch,
-                             __global int* races) {
-    int kept = 0;
-    for (int i = 0; i < *count; ++i) {
-        if (group[i] < done_below) {
-            rc_write(dst[i], value[i], epoch, races);
-        } else {
-            dst[kept] = dst[i];
-            value[kept] = value[i];
-            group[kept] = group[i];
-            ++kept;
-        }
-    }
-    *count = kept;
+/* an async copy lands as a checked write (the queue holds float32 or 16-bit destinations) */
+__attribute__((overloadable)) INLINE void rc_land(rc_ref d, float v, int epoch, __global int* races) {
+    rc_write(d, v, epoch, races);
+}
+__attribute__((overloadable)) INLINE void rc_land(rc_ref_h d, HALF v, int epoch, __global int* races) {
+    rc_write_h(d, v, epoch, races);
 }
 """
 
@@ -318,7 +296,7 @@ INLINE void cp_async_wait_rc(rc_ref* dst, float* value, int* group, int* count, 
 def race_checked(body: str) -> bool:
     """Whether the race-check rendering instruments this kernel (it then takes one more argument,
     `GLOBAL int* rc_races`, a counter of the conflicts it found)."""
-    return "SHARED " in body or "BARRIER()" in body
+    return "SHARED" in body or "BARRIER()" in body  # SHARED, DYNAMIC_SHARED, SHARED_VIEW
 
 
 # shared arrays, as declared (SHARED float A[2][16][72];) or carved from dynamic shared memory
@@ -440,7 +418,8 @@ CUDA = Dialect("cuda", ".cu", {
     "SQRTF(x)": "sqrtf(x)", "INLINE": "__device__ __forceinline__", "NEG_INF": "(-__int_as_float(0x7f800000))",
     "TF32(x)": "tf32_round(x)", "MMA_TF32(d, a, b)": "mma_tf32(d, a, b)", "MMA_SCRATCH(warps)": "",
     "CP_ASYNC_STATE(n)": "", "CP_ASYNC4(dst, src, pred)": "cp_async4(dst, src, pred)",
-    "CP_ASYNC16(dst, src, pred)": "cp_async16(dst, src, pred)", "LOAD16B(dst, src, pred)": "load16b(dst, src, pred)",
+    "CP_ASYNC16(dst, src, pred)": "cp_async16(dst, src, pred)", "CP_ASYNC_STATE_HALF(n)": "",
+    "CP_ASYNC16_HALF(dst, src, pred)": "cp_async16(dst, src, pred)",
     "HALF": "unsigned short", "AS_FLOAT(u)": "__uint_as_float(u)", "AS_UINT(f)": "__float_as_uint(f)",
     "MMA_F16(d, a, b)": "mma_f16(d, a, b)", "MMA_BF16(d, a, b)": "mma_bf16(d, a, b)",
     # split-K's last block: a device-wide fence, a counter, and loads that skip the (incoherent) L1
@@ -448,6 +427,7 @@ CUDA = Dialect("cuda", ".cu", {
     # a block's shared memory sized at launch (above 48 KB only so), carved into arrays: count x inner
     "DYNAMIC_SHARED(bytes)": "extern __shared__ __align__(16) unsigned char dynamic_shared[]",
     "SHARED_VIEW(type, name, count, inner, offset)": "type (*name)inner = (type (*)inner)(dynamic_shared + (offset))",
+    "LDMATRIX_X4(r, base, offset)": "ldmatrix_x4(r, (base) + (offset))",
     "LDMATRIX_X4_TRANS(r, base, offset)": "ldmatrix_x4_trans(r, (base) + (offset))",
     "LDMATRIX_X2_TRANS(r, base, offset)": "ldmatrix_x2_trans(r, (base) + (offset))",
     "CP_ASYNC_COMMIT()": 'asm volatile("cp.async.commit_group;")',
@@ -466,23 +446,27 @@ OPENCL = Dialect("opencl", ".cl", {
     # OpenCL sizes local memory in the kernel: the same carving, of a buffer the size the launch gives CUDA
     "DYNAMIC_SHARED(bytes)": "__local uchar dynamic_shared[bytes] __attribute__((aligned(16)))",
     "SHARED_VIEW(type, name, count, inner, offset)": "__local type (*name)inner = (__local type (*)inner)(dynamic_shared + (offset))",
-    "LDMATRIX_X4_TRANS(r, base, offset)": "ldmatrix_trans(r, 4, base, offset, ldmatrix_rows)",
-    "LDMATRIX_X2_TRANS(r, base, offset)": "ldmatrix_trans(r, 2, base, offset, ldmatrix_rows)",
+    "LDMATRIX_X4(r, base, offset)": "ldmatrix(r, 4, false, base, offset, ldmatrix_rows)",
+    "LDMATRIX_X4_TRANS(r, base, offset)": "ldmatrix(r, 4, true, base, offset, ldmatrix_rows)",
+    "LDMATRIX_X2_TRANS(r, base, offset)": "ldmatrix(r, 2, true, base, offset, ldmatrix_rows)",
     "NEG_INF": "(-INFINITY)", "TF32(x)": "tf32_round(x)", "MMA_TF32(d, a, b)": "mma_emulated(d, (const uint*)(a), (const uint*)(b), mma_a, mma_b, 0)",
     "MMA_SCRATCH(warps)": "__local uint mma_a[(warps) * 128]; __local uint mma_b[(warps) * 64]; "
                           "__local int ldmatrix_rows[(warps) * 32]",
     "CP_ASYNC_STATE(n)": "__local float* cpq_dst[n]; float cpq_value[n]; int cpq_group[n]; int cpq_count = 0; "
                          "int cpq_groups = 0; const int cpq_capacity = n",
-    # a copy beyond the queue's capacity (a kernel that waits too little) never lands: NaN stays
     "CP_ASYNC4(dst, src, pred)": "do { const bool p_ = (pred); const float v_ = p_ ? *(src) : 0.0f; "
-                                 "*(dst) = NAN; if (cpq_count < cpq_capacity) { cpq_dst[cpq_count] = (dst); "
-                                 "cpq_value[cpq_count] = v_; cpq_group[cpq_count++] = cpq_groups; } } while (0)",
+                                 "*(dst) = NAN; CPQ_PUSH(dst, v_) } while (0)",
     # four 4-byte copies in the same group (the hardware may land their bytes in any order)
     "CP_ASYNC16(dst, src, pred)": "do { for (int q_ = 0; q_ < 4; ++q_) CP_ASYNC4((dst) + q_, (src) + q_, pred); } "
                                   "while (0)",
-    "LOAD16B(dst, src, pred)": "load16b(dst, src, pred)",
+    # eight 16-bit copies; 0x7fff is a NaN in fp16 and in bf16
+    "CP_ASYNC_STATE_HALF(n)": "__local HALF* cpq_dst[n]; HALF cpq_value[n]; int cpq_group[n]; int cpq_count = 0; "
+                              "int cpq_groups = 0; const int cpq_capacity = n",
+    "CP_ASYNC16_HALF(dst, src, pred)": "do { const bool p_ = (pred); for (int q_ = 0; q_ < 8; ++q_) { "
+                                       "const HALF v_ = p_ ? (src)[q_] : (HALF)0; (dst)[q_] = (HALF)0x7fff; "
+                                       "CPQ_PUSH((dst) + q_, v_) } } while (0)",
     "CP_ASYNC_COMMIT()": "++cpq_groups",
-    "CP_ASYNC_WAIT(n)": "cp_async_wait(cpq_dst, cpq_value, cpq_group, &cpq_count, cpq_groups - (n))",
+    "CP_ASYNC_WAIT(n)": "CPQ_LAND(cpq_groups - (n), *cpq_dst[i_] = cpq_value[i_])",
 })
 
 # OPENCL with the race check (see RACE_CHECK_HELPERS): a barrier also counts the epoch, async
@@ -494,15 +478,20 @@ OPENCL_RACE_CHECK = Dialect("opencl", ".cl", {
     "CP_ASYNC_STATE(n)": "rc_ref cpq_dst[n]; float cpq_value[n]; int cpq_group[n]; int cpq_count = 0; "
                          "int cpq_groups = 0; const int cpq_capacity = n",
     "CP_ASYNC4(dst, src, pred)": "do { const bool p_ = (pred); const float v_ = p_ ? *(src) : 0.0f; "
-                                 "rc_write((dst), NAN, rc_epoch, rc_races); if (cpq_count < cpq_capacity) { "
-                                 "cpq_dst[cpq_count] = (dst); cpq_value[cpq_count] = v_; "
-                                 "cpq_group[cpq_count++] = cpq_groups; } } while (0)",
+                                 "rc_write((dst), NAN, rc_epoch, rc_races); CPQ_PUSH(dst, v_) } while (0)",
     "CP_ASYNC16(dst, src, pred)": "do { for (int q_ = 0; q_ < 4; ++q_) "
                                   "CP_ASYNC4(rc_at((dst).at + q_, (dst).mark + q_), (src) + q_, pred); } while (0)",
-    "CP_ASYNC_WAIT(n)": "cp_async_wait_rc(cpq_dst, cpq_value, cpq_group, &cpq_count, cpq_groups - (n), rc_epoch, "
-                        "rc_races)",
-    "LDMATRIX_X4_TRANS(r, base, offset)": "ldmatrix_trans_rc(r, 4, base, offset, ldmatrix_rows, rc_epoch, rc_races)",
-    "LDMATRIX_X2_TRANS(r, base, offset)": "ldmatrix_trans_rc(r, 2, base, offset, ldmatrix_rows, rc_epoch, rc_races)",
+    "CP_ASYNC_STATE_HALF(n)": "rc_ref_h cpq_dst[n]; HALF cpq_value[n]; int cpq_group[n]; int cpq_count = 0; "
+                              "int cpq_groups = 0; const int cpq_capacity = n",
+    "CP_ASYNC16_HALF(dst, src, pred)": "do { const bool p_ = (pred); for (int q_ = 0; q_ < 8; ++q_) { "
+                                       "const HALF v_ = p_ ? (src)[q_] : (HALF)0; "
+                                       "const rc_ref_h d_ = rc_at_h((dst).at + q_, (dst).mark + q_); "
+                                       "rc_write_h(d_, (HALF)0x7fff, rc_epoch, rc_races); CPQ_PUSH(d_, v_) } } "
+                                       "while (0)",
+    "CP_ASYNC_WAIT(n)": "CPQ_LAND(cpq_groups - (n), rc_land(cpq_dst[i_], cpq_value[i_], rc_epoch, rc_races))",
+    "LDMATRIX_X4(r, base, offset)": "ldmatrix_rc(r, 4, false, base, offset, ldmatrix_rows, rc_epoch, rc_races)",
+    "LDMATRIX_X4_TRANS(r, base, offset)": "ldmatrix_rc(r, 4, true, base, offset, ldmatrix_rows, rc_epoch, rc_races)",
+    "LDMATRIX_X2_TRANS(r, base, offset)": "ldmatrix_rc(r, 2, true, base, offset, ldmatrix_rows, rc_epoch, rc_races)",
 }, race_check=True)
 
 DIALECTS = {d.name: d for d in (CUDA, OPENCL)}

@@ -229,16 +229,15 @@ class NodeLowering:
             m = geo.n * pool.ph * pool.pw * pool.size
             name += f"_{pool.kind}pool{pool.kh}x{pool.kw}"
         half, gated = self.compute.precision in HALF_STORAGE, self.compute.gated
+        copied = T.weight_vector(half, gated, self.channels_last[0])  # 0: a tensor-core kernel loads through registers
         options = schedules(m, kg, geo.reduction, geo.groups, rows_multiple=pool.size if pool else 1,
-                            tensor_cores=self.compute.tensor_cores, register_staged=half or gated)
+                            tensor_cores=self.compute.tensor_cores, register_staged=not copied)
         chosen = options[self.pick]
-        if isinstance(chosen.tile, MmaTile) and half:
-            template = T.conv_mma16
-            variant = {"bf16": self.compute.precision == "bf16", "channels_last": self.channels_last}
-            matrix = T.krsc_rows(matrix, geo) if self.channels_last[0] else matrix
-        elif isinstance(chosen.tile, MmaTile):
+        if isinstance(chosen.tile, MmaTile):
             template, variant = T.conv_mma, {"channels_last": self.channels_last}
-            matrix = T.conv_mma_weights(matrix, gated, geo, self.channels_last[0])
+            if half:
+                template, variant["bf16"] = T.conv_mma16, self.compute.precision == "bf16"
+            matrix = T.conv_mma_weights(matrix, geo, self.channels_last[0], copied)
         else:
             template, variant = T.conv_gemm, {"pool": pool, "tf32": tf32}
         assert template is not T.conv_gemm or not any(self.channels_last), "conv_gemm reads and writes NCHW"

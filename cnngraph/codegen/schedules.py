@@ -36,7 +36,8 @@ class MmaTile:
     shared memory; its warps split the block tile into WM x WN warp tiles, each a grid of m16n8k8
     products (WM/16 x WN/8 accumulator fragments of 4 values per lane). `stages` slices are in
     flight in shared memory at once (cp.async): the TF32 kernel's float buffers take
-    `shared_bytes()`, dynamic shared memory up to what every sm_80+ card allows a block."""
+    `shared_bytes()`, dynamic shared memory up to what every sm_80+ card allows a block (the
+    16-bit kernel's half as much, when it copies an NHWC input so)."""
     bm: int
     bn: int
     bk: int
@@ -44,18 +45,23 @@ class MmaTile:
     wn: int
     stages: int = 3
 
-    def a_shape(self, channels_last: bool = False) -> tuple[int, int]:
-        """One stage of the TF32 kernel's input buffer: [reduction][pixel], rows padded by 8 floats,
-        or for an NHWC input [pixel][reduction], rows padded by 4 (both free of bank conflicts)."""
-        return (self.bm, self.bk + 4) if channels_last else (self.bk, self.bm + 8)
+    def a_shape(self, channels_last: bool = False, half: bool = False) -> tuple[int, int]:
+        """One stage of a kernel's input buffer: [reduction][pixel], rows padded by 8 values, or for
+        an NHWC input [pixel][reduction], rows padded by 4 floats or 8 16-bit values (`half`): all
+        free of bank conflicts for the kernel's fragment reads."""
+        if channels_last:
+            return (self.bm, self.bk + (8 if half else 4))
+        return (self.bk, self.bm + 8)
 
     def b_shape(self) -> tuple[int, int]:
-        """One stage of its weight buffer: [reduction][channel], rows padded by 8 floats."""
+        """One stage of its weight buffer: [reduction][channel], rows padded by 8 values."""
         return (self.bk, self.bn + 8)
 
-    def shared_bytes(self, channels_last: bool = False) -> int:
-        (ar, ac), (br, bc) = self.a_shape(channels_last), self.b_shape()
-        return 4 * self.stages * (ar * ac + br * bc)
+    def shared_bytes(self, channels_last: bool = False, half: bool = False) -> int:
+        """The dynamic shared memory of its cp.async kernels: `stages` of both buffers, of float32
+        values or 16-bit ones (`half`)."""
+        (ar, ac), (br, bc) = self.a_shape(channels_last, half), self.b_shape()
+        return (2 if half else 4) * self.stages * (ar * ac + br * bc)
 
     @property
     def warps(self) -> int:

@@ -157,9 +157,9 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     nhwc_in, nhwc_out = channels_last
     assert copies or not nhwc_in, "a gated conv loads NCHW through registers"
     nt, mi, ni = t.threads, t.wm // 16, t.wn // 8
-    pitch = weight_pitch(geo.kg, gated)
+    pitch = weight_pitch(geo.kg, weight_vector(False, gated, nhwc_in))
     stages = t.stages if copies else 2
-    a_per, a_step, b_per = t.bm * t.bk // nt, nt // t.bm, t.bk * t.bn // nt
+    a_per, a_step = t.bm * t.bk // nt, nt // t.bm
     pixels = _vector_pixels(t, VECTOR)  # NHWC: the pixels whose windows a thread copies
     assert nt % t.bm == 0 and nt % t.bn == 0 and t.bk % 8 == 0 and t.wm % 16 == 0 and t.wn % 8 == 0
     assert not split or geo.groups == 1
@@ -203,49 +203,16 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
             a_source = f"""const bool ok = in_image && am < {m_total} && r < r_end;
     GLOBAL const float* src = xw + r * {geo.h * geo.w};"""
 
-        row_vectors, b_vectors = t.bn // VECTOR, t.bk * t.bn // VECTOR // nt
-        v_step = nt // row_vectors  # a thread copies the same 4 channels of rows v_step apart
-        assert nt % row_vectors == 0 and t.bk % v_step == 0
-
         def issue_inputs(kbase: str, buf: str) -> str:
             if nhwc_in:  # 16 bytes of a window per copy, into [pixel][reduction] rows
-                _, per_pixel, step = pixels
-                return _nhwc_vectors(geo, kbase, pixels, VECTOR, lambda i, src, pred: (
-                    f"CP_ASYNC16(&As[{buf}][tid / {per_pixel} + {i} * {step}][tid % {per_pixel} * {VECTOR}], "
-                    f"{src}, {pred})"))
+                return _nhwc_copies(geo, kbase, buf, pixels, VECTOR, "CP_ASYNC16")
             return f"""UNROLL for (int i = 0; i < {a_per}; ++i) {{
     const int r = {kbase} + tid / {t.bm} + i * {a_step};
     {a_source}
     CP_ASYNC4(&As[{buf}][tid / {t.bm} + i * {a_step}][tid % {t.bm}], src, ok);
 }}"""
 
-        def issue(kbase: str, buf: str) -> str:
-            return f"""{issue_inputs(kbase, buf)}
-UNROLL for (int i = 0; i < {b_vectors}; ++i) {{  /* {VECTOR} channels of a weight row per copy */
-    const int r = {kbase} + tid / {row_vectors} + i * {v_step};
-    CP_ASYNC16(&Bs[{buf}][tid / {row_vectors} + i * {v_step}][tid % {row_vectors} * {VECTOR}],
-               wv + ({kbase} + i * {v_step}) * {pitch}, r < r_end && v_col < {pitch});
-}}"""
-
-        main = f"""    CP_ASYNC_STATE({stages * (a_per + b_per)});  /* (OpenCL's emulation: the copies in flight) */
-    const int v_col = n0 + tid % {row_vectors} * {VECTOR};  /* the first of this thread's weight channels */
-    GLOBAL const float* wv = wg + (tid / {row_vectors}) * {pitch} + v_col;
-    const int slices = (r_end - {r_begin} + {t.bk - 1}) / {t.bk};
-    UNROLL for (int s = 0; s < {stages - 1}; ++s) {{  /* the first stages - 1 slices in flight */
-        if (s < slices) {{
-{indent(issue(f"{r_begin} + s * {t.bk}", "s"), 12)}
-        }}
-        CP_ASYNC_COMMIT();
-    }}
-    for (int it = 0; it < slices; ++it) {{
-        CP_ASYNC_WAIT({stages - 2});  /* this thread's copies of slice it have landed */
-        BARRIER();                    /* everyone's; and everyone is done with the buffer refilled next */
-        if (it + {stages - 1} < slices) {{
-{indent(issue(f"{r_begin} + (it + {stages - 1}) * {t.bk}", f"(it + {stages - 1}) % {stages}"), 12)}
-        }}
-        CP_ASYNC_COMMIT();  /* every iteration commits a group (maybe empty): the wait counts groups */
-{indent(products(f"it % {stages}"), 8)}
-    }}"""
+        main = _pipelined(t, stages, r_begin, pitch, VECTOR, issue_inputs, products)
     else:
         main = _register_staged(t, geo, m_total, r_begin, gated, products("buf"), rounding="TF32")
 
@@ -270,6 +237,63 @@ UNROLL for (int i = 0; i < {b_vectors}; ++i) {{  /* {VECTOR} channels of a weigh
 
 VECTOR = vector_width("tf32")  # float32 values per 16-byte cp.async
 HALF_VECTOR = vector_width("fp16")  # 16-bit values per 16-byte load
+
+
+def _pipelined(t: MmaTile, stages: int, r_begin: str, pitch: int, vector: int, issue_inputs, products) -> str:
+    """The main loop of a tensor-core kernel whose slices reach shared memory by cp.async (`vector`
+    values per 16-byte copy: float32 or 16-bit ones): `stages` buffers As/Bs[s], each thread's
+    copies of a slice issued `stages - 1` slices ahead of the one being multiplied, one barrier per
+    slice. `issue_inputs(kbase, buf)` copies the input slice at reduction index `kbase` into buffer
+    `buf`; the weight rows (of `pitch` values, a multiple of `vector`) are copied `vector` channels
+    at a time; `products(buf)` multiplies a buffer."""
+    half = vector == HALF_VECTOR
+    copy, state = ("CP_ASYNC16_HALF", "CP_ASYNC_STATE_HALF") if half else ("CP_ASYNC16", "CP_ASYNC_STATE")
+    nt = t.threads
+    row_vectors = t.bn // vector
+    v_step = nt // row_vectors  # a thread copies the same channels of rows v_step apart
+    b_vectors = max(t.bk // v_step, 1)
+    assert nt % row_vectors == 0 and (t.bk % v_step == 0 or v_step % t.bk == 0) and pitch % vector == 0
+    idle = f"if (tid < {t.bk * row_vectors}) " if v_step > t.bk else ""  # more threads than copies
+
+    def issue(kbase: str, buf: str) -> str:
+        return f"""{issue_inputs(kbase, buf)}
+UNROLL for (int i = 0; i < {b_vectors}; ++i) {{  /* {vector} channels of a weight row per copy */
+    const int r = {kbase} + tid / {row_vectors} + i * {v_step};
+    {idle}{copy}(&Bs[{buf}][tid / {row_vectors} + i * {v_step}][tid % {row_vectors} * {vector}],
+    {" " * len(idle + copy)} wv + ({kbase} + i * {v_step}) * {pitch}, r < r_end && v_col < {pitch});
+}}"""
+
+    in_flight = stages * (t.bm * t.bk + t.bk * t.bn) // nt  # values a thread copies per slice, per stage
+    return f"""    {state}({in_flight});  /* (OpenCL's emulation: the copies in flight) */
+    const int v_col = n0 + tid % {row_vectors} * {vector};  /* the first of this thread's weight channels */
+    GLOBAL const ACT* wv = wg + (tid / {row_vectors}) * {pitch} + v_col;
+    const int slices = (r_end - {r_begin} + {t.bk - 1}) / {t.bk};
+    UNROLL for (int s = 0; s < {stages - 1}; ++s) {{  /* the first stages - 1 slices in flight */
+        if (s < slices) {{
+{indent(issue(f"{r_begin} + s * {t.bk}", "s"), 12)}
+        }}
+        CP_ASYNC_COMMIT();
+    }}
+    int read = 0, fill = {stages - 1};  /* the buffers slices it and it + stages - 1 go to */
+    for (int it = 0; it < slices; ++it) {{
+        CP_ASYNC_WAIT({stages - 2});  /* this thread's copies of slice it have landed */
+        BARRIER();                    /* everyone's; and everyone is done with the buffer refilled next */
+        if (it + {stages - 1} < slices) {{
+{indent(issue(f"{r_begin} + (it + {stages - 1}) * {t.bk}", "fill"), 12)}
+        }}
+        CP_ASYNC_COMMIT();  /* every iteration commits a group (maybe empty): the wait counts groups */
+{indent(products("read"), 8)}
+        read = read == {stages - 1} ? 0 : read + 1;
+        fill = fill == {stages - 1} ? 0 : fill + 1;
+    }}"""
+
+
+def _nhwc_copies(geo: ConvGeometry, kbase: str, buf: str, pixels: tuple[int, int, int], vector: int, copy: str) -> str:
+    """This thread's cp.async copies (the word `copy`) of its NHWC input vectors of the slice at
+    `kbase` (`_nhwc_vectors`) into the [pixel][reduction] rows of As[buf]."""
+    _, per_pixel, step = pixels
+    return _nhwc_vectors(geo, kbase, pixels, vector, lambda i, src, pred: (
+        f"{copy}(&As[{buf}][tid / {per_pixel} + {i} * {step}][tid % {per_pixel} * {vector}], {src}, {pred})"))
 
 
 def _vector_pixels(t: MmaTile, vector: int) -> tuple[int, int, int]:
@@ -298,18 +322,27 @@ def _nhwc_vectors(geo: ConvGeometry, kbase: str, pixels: tuple[int, int, int], v
 }}"""
 
 
-def weight_pitch(kg: int, gated: bool) -> int:
-    """The length of `conv_mma`'s weight rows (K/g channels): its cp.async path copies them 16 bytes
-    at a time, so they are padded with zeros to a multiple of VECTOR (`conv_mma_weights`)."""
-    return kg if gated else cdiv(kg, VECTOR) * VECTOR
+def weight_vector(half: bool, gated: bool, nhwc_in: bool) -> int:
+    """The weights a tensor-core kernel copies per 16-byte cp.async (0: it loads them through
+    registers): the TF32 kernel unless gated, the 16-bit one when its input is NHWC."""
+    if half:
+        return HALF_VECTOR if nhwc_in else 0
+    return 0 if gated else VECTOR
 
 
-def conv_mma_weights(matrix: np.ndarray, gated: bool, geo: ConvGeometry, channels_last: bool = False) -> np.ndarray:
-    """GEMM weights (groups, R, K/g) as `conv_mma` reads them: rows of `weight_pitch` values, zeros
-    after the K/g channels; with its input NHWC, rows in (ky, kx, channel) order (`krsc_rows`)."""
+def weight_pitch(kg: int, vector: int) -> int:
+    """The length of a tensor-core kernel's weight rows (K/g channels): where they are copied
+    `vector` values at a time (`weight_vector`), padded with zeros to a multiple of it."""
+    return cdiv(kg, vector) * vector if vector else kg
+
+
+def conv_mma_weights(matrix: np.ndarray, geo: ConvGeometry, channels_last: bool, vector: int) -> np.ndarray:
+    """GEMM weights (groups, R, K/g) as the tensor-core kernels read them: rows of `weight_pitch`
+    values, zeros after the K/g channels; with their input NHWC, rows in (ky, kx, channel) order
+    (`krsc_rows`)."""
     if channels_last:
         matrix = krsc_rows(matrix, geo)
-    return np.pad(matrix, [(0, 0), (0, 0), (0, weight_pitch(matrix.shape[-1], gated) - matrix.shape[-1])])
+    return np.pad(matrix, [(0, 0), (0, 0), (0, weight_pitch(matrix.shape[-1], vector) - matrix.shape[-1])])
 
 
 def krsc_rows(matrix: np.ndarray, geo: ConvGeometry) -> np.ndarray:
@@ -323,22 +356,23 @@ def conv_mma16(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue:
                bf16: bool, splits: int = 1, chunk: int = 0, channels_last: tuple[bool, bool] = (False, False)
                ) -> tuple[str, tuple, tuple]:
     """The implicit GEMM of `conv_mma` on 16-bit operands (fp16 or bf16 storage): m16n8k16 tensor-core
-    products with float32 accumulators. The input window and the weights are already 16-bit values
-    in memory; each thread loads its elements of the next BK slice as raw 16-bit patterns into
-    registers while the warps multiply the current one, then stores them into the other of two
-    shared-memory buffers (a cp.async moves at least 4 bytes: two NCHW pixels that need not be
-    neighbours in the input).
+    products with float32 accumulators, fed by `ldmatrix`. No gate (a gated conv multiplies
+    unrounded products on the CUDA cores: `conv_gemm`).
 
-    Shared memory is reduction-major (As[k][pixel], Bs[k][channel]), rows padded by 8 values (16
-    bytes), so the 8 rows one `ldmatrix` reads fall in 8 different 16-byte bank groups. `ldmatrix
-    .trans` turns those rows into the row-major A and column-major B fragments mma.m16n8k16 takes:
-    A as four 8x8 matrices (pixels +0/+8, reduction +0/+8), B as two (reduction +0/+8). The
-    epilogue runs on the accumulator fragments in registers, as in `conv_mma`. No gate (a gated
-    conv multiplies unrounded products on the CUDA cores: `conv_gemm`).
+    An NHWC input (`channels_last`, as in `conv_mma`) flows through `tile.stages` buffers by
+    cp.async, as in `conv_mma`: 16 bytes (eight channels of a window) per copy, the reduction over
+    (ky, kx, channel), into As[pixel][reduction], from which a plain `ldmatrix` gives the row-major
+    A fragment; the weight rows, padded to a multiple of 8, are copied 16 bytes at a time into
+    Bs[reduction][channel]. An NCHW input cannot be copied so (a 4-byte copy moves two pixels that
+    need not be neighbours in the input): each thread loads its elements of the next slice as raw
+    16-bit patterns into registers while the warps multiply the current one, then stores them into
+    the other of two reduction-major buffers, As[reduction][pixel] and Bs.
 
-    `channels_last` (input, output) as in `conv_mma`: an NHWC input is loaded 16 bytes (eight
-    channels of one pixel) at a time (`LOAD16B`), the reduction running over (ky, kx, channel), and
-    stored into the same reduction-major buffers; an NHWC output is stored at m * K + k."""
+    Rows are padded by 8 values (16 bytes), an odd number of 16-byte groups, so the 8 rows one
+    `ldmatrix` reads fall in 8 different bank groups. `ldmatrix.trans` turns reduction-major rows
+    into the fragments mma.m16n8k16 takes: A as four 8x8 matrices (pixels +0/+8, reduction +0/+8),
+    B as two (reduction +0/+8). The epilogue runs on the accumulator fragments in registers, as in
+    `conv_mma`; an NHWC output is stored at m * K + k."""
     assert not gated, "a gated conv runs on the CUDA cores at fp16/bf16"
     t, split = tile, splits > 1
     nhwc_in, nhwc_out = channels_last
@@ -350,28 +384,49 @@ def conv_mma16(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue:
     inputs = [ptr("x"), ptr("w"), *([table_param()] if geo.taps > 1 else [])]
     args = _parameters(inputs, split, extra_args)
     grid = (cdiv(m_total, t.bm), cdiv(kg, t.bn), splits if split else geo.groups)
-    a_row, b_row = t.bm + 8, t.bn + 8  # padded rows, in 16-bit elements
+    (ar, ac), (br, bc) = t.a_shape(nhwc_in, half=True), t.b_shape()
     mma = "MMA_BF16" if bf16 else "MMA_F16"
-    products = f"""UNROLL for (int kk = 0; kk < {t.bk}; kk += 16) {{
+
+    def products(buf: str) -> str:
+        if nhwc_in:  # lane: row lane % 8 of matrix lane / 8: pixels +8 * (lane / 8 % 2), k +8 * (lane / 16)
+            a_load = f"""LDMATRIX_X4(a[i], &As[0][0][0], ((({buf}) * {t.bm} + wm0 + i * 16 + lane % 8 + 8 * (lane / 8 % 2))
+                                  * {ac} + kk + 8 * (lane / 16)));"""
+        else:  # the same rows, read transposed from [reduction][pixel]
+            a_load = f"""LDMATRIX_X4_TRANS(a[i], &As[0][0][0], ((({buf}) * {t.bk} + kk + lane % 8 + 8 * (lane / 16)) * {ac}
+                                        + wm0 + i * 16 + 8 * (lane / 8 % 2)));"""
+        return f"""UNROLL for (int kk = 0; kk < {t.bk}; kk += 16) {{
     unsigned a[{mi}][4];
     unsigned b[{ni}][2];
-    UNROLL for (int i = 0; i < {mi}; ++i)  /* lane: row lane % 8 of matrix lane / 8 (pixels +8 * (lane / 8 % 2), k +8 * (lane / 16)) */
-        LDMATRIX_X4_TRANS(a[i], &As[0][0][0], ((buf * {t.bk} + kk + lane % 8 + 8 * (lane / 16)) * {a_row}
-                                               + wm0 + i * 16 + 8 * (lane / 8 % 2)));
+    UNROLL for (int i = 0; i < {mi}; ++i)
+        {a_load}
     UNROLL for (int j = 0; j < {ni}; ++j)  /* lanes 0-15: row lane % 8 of matrix lane / 8 (k +8 * (lane / 8)) */
-        LDMATRIX_X2_TRANS(b[j], &Bs[0][0][0], ((buf * {t.bk} + kk + lane % 8 + 8 * (lane / 8 % 2)) * {b_row}
+        LDMATRIX_X2_TRANS(b[j], &Bs[0][0][0], ((({buf}) * {t.bk} + kk + lane % 8 + 8 * (lane / 8 % 2)) * {bc}
                                                + wn0 + j * 8));
     UNROLL for (int i = 0; i < {mi}; ++i)
         UNROLL for (int j = 0; j < {ni}; ++j) {mma}(acc[i][j], a[i], b[j]);
 }}"""
 
+    if nhwc_in:
+        pixels, pitch = _vector_pixels(t, HALF_VECTOR), weight_pitch(kg, HALF_VECTOR)
+        main = _pipelined(t, t.stages, r_begin, pitch, HALF_VECTOR,
+                          lambda kbase, buf: _nhwc_copies(geo, kbase, buf, pixels, HALF_VECTOR, "CP_ASYNC16_HALF"),
+                          products)
+        a_bytes = 2 * t.stages * ar * ac  # a multiple of 16: Bs stays 16-byte aligned
+        shared = f"""    DYNAMIC_SHARED({t.shared_bytes(True, half=True)});
+    SHARED_VIEW(HALF, As, {t.stages}, [{ar}][{ac}], 0);  /* [buffer][pixel][reduction] */
+    SHARED_VIEW(HALF, Bs, {t.stages}, [{br}][{bc}], {a_bytes});  /* [buffer][reduction][channel] */"""
+    else:
+        pixels, pitch = None, None
+        main = _register_staged(t, geo, m_total, r_begin, False, products("buf"), raw=True)
+        shared = f"""    SHARED HALF As[2][{ar}][{ac}] ALIGNED16;  /* [buffer][reduction][pixel] */
+    SHARED HALF Bs[2][{br}][{bc}] ALIGNED16;  /* [buffer][reduction][channel] */"""
+
     body = f"""KERNEL void {name}({args})
 {{
-    SHARED HALF As[2][{t.bk}][{a_row}] ALIGNED16;  /* [buffer][reduction][pixel] */
-    SHARED HALF Bs[2][{t.bk}][{b_row}] ALIGNED16;  /* [buffer][reduction][channel] */
+{shared}
 {_warp_setup(t)}
-{_window(geo, t.bm, t.bn, None, splits, chunk, False, pixels=_vector_pixels(t, HALF_VECTOR) if nhwc_in else None)}
-{_register_staged(t, geo, m_total, r_begin, False, products, raw=True, nhwc=nhwc_in)}
+{_window(geo, t.bm, t.bn, None, splits, chunk, False, pitch, pixels=pixels)}
+{main}
 
 {_finish(_fragment_epilogue(mi, ni, m_total, kg, pq, geo.k, "kl" if split else f"g * {kg} + kl", nhwc_out),
          splits, geo.k, m_total, grid[0], epilogue)}
@@ -402,53 +457,30 @@ def _warp_setup(t: MmaTile) -> str:
 
 
 def _register_staged(t: MmaTile, geo: ConvGeometry, m_total: int, r_begin: str, gated: bool, products: str,
-                     rounding: str = "", raw: bool = False, nhwc: bool = False) -> str:
+                     rounding: str = "", raw: bool = False) -> str:
     """The main loop of a tensor-core kernel whose loads go through registers into two shared
     buffers As/Bs[buf]: the next slice's global loads are in flight while `products` (C code on
     buffer `buf`) multiplies this one, then land in the other buffer; one barrier per slice.
     `rounding`: a word applied to each input value as it enters shared memory (TF32); `raw`:
-    16-bit patterns, as stored (see `_load_tiles`). `nhwc` (16-bit): the input is NHWC, loaded 16
-    bytes (8 channels of a window) at a time (`_nhwc_vectors`; `_window` with its `pixels`) and
-    stored value by value into the reduction-major buffer."""
+    16-bit patterns, as stored (see `_load_tiles`)."""
     a_per, a_step = t.bm * t.bk // t.threads, t.threads // t.bm
     b_per, b_step = t.bk * t.bn // t.threads, t.threads // t.bn
     kind = "HALF" if raw else "float"
-    assert raw or not nhwc
-    pixels = _vector_pixels(t, HALF_VECTOR)
-    count, per_pixel, step = pixels
-
-    def load_slice(kbase: str, spaces: int) -> str:
-        weights = _load_tiles(kbase, t, geo, m_total, gated, spaces=spaces, raw=raw, inputs=not nhwc)
-        if not nhwc:
-            return weights
-        inputs = _nhwc_vectors(geo, kbase, pixels, HALF_VECTOR,
-                               lambda i, src, pred: f"LOAD16B(a_vec[{i}], {src}, {pred})")
-        return indent(inputs, spaces) + "\n" + weights
 
     def store_slice(buf: str) -> str:
-        if nhwc:  # value e of a vector: the (e % 2)-th half of its word e / 2
-            target = f"As[{buf}][tid % {per_pixel} * {HALF_VECTOR} + e][tid / {per_pixel} + i * {step}]"
-            inputs = f"""UNROLL for (int i = 0; i < {count}; ++i)
-    UNROLL for (int e = 0; e < {HALF_VECTOR}; ++e)
-        {target} = (HALF)(a_vec[i][e / 2] >> (16 * (e % 2)));"""
-        else:
-            inputs = (f"UNROLL for (int i = 0; i < {a_per}; ++i) "
-                      f"As[{buf}][tid / {t.bm} + i * {a_step}][tid % {t.bm}] = {rounding}(a_reg[i]);")
-        return f"""{inputs}
+        return f"""UNROLL for (int i = 0; i < {a_per}; ++i) As[{buf}][tid / {t.bm} + i * {a_step}][tid % {t.bm}] = {rounding}(a_reg[i]);
 UNROLL for (int i = 0; i < {b_per}; ++i) Bs[{buf}][tid / {t.bn} + i * {b_step}][tid % {t.bn}] = b_reg[i];"""
 
-    registers = (f"unsigned a_vec[{count}][4];  /* {HALF_VECTOR} 16-bit values each */" if nhwc
-                 else f"{kind} a_reg[{a_per}];")
-    return f"""    {registers}
+    return f"""    {kind} a_reg[{a_per}];
     {kind} b_reg[{b_per}];
-{load_slice(r_begin, 4)}
+{_load_tiles(r_begin, t, geo, m_total, gated, spaces=4, raw=raw)}
 {indent(store_slice("0"), 4)}
     BARRIER();
     int buf = 0;
     for (int k0 = {r_begin}; k0 < r_end; k0 += {t.bk}) {{
         const int more = k0 + {t.bk} < r_end;
         if (more) {{  /* the next slice's global loads are in flight while this one is multiplied */
-{load_slice(f"k0 + {t.bk}", 12)}
+{_load_tiles(f"k0 + {t.bk}", t, geo, m_total, gated, spaces=12, raw=raw)}
         }}
 {indent(products, 8)}
         if (more) {{
@@ -629,12 +661,12 @@ def _pool_epilogue(t: Tile, pool: FusedPool, m_total, p, q, k, kg, epilogue: str
 
 
 def _load_tiles(kbase: str, t: Tile | MmaTile, geo: ConvGeometry, m_total: int, gated: bool, spaces: int,
-                raw: bool = False, inputs: bool = True) -> str:
+                raw: bool = False) -> str:
     """Registers a_reg/b_reg <- the input-window slice (times its channel's gate when `gated`) and
     the weight slice starting at reduction index kbase (up to the kernel's `r_end`). A kernel with
     more than one tap reads where each reduction index points from `taps` (see `tap_table`): no
     division per element. `raw`: the stored 16-bit patterns themselves, not float32 values (0 is
-    +0.0 in fp16 and bf16). Without `inputs`, only the weights."""
+    +0.0 in fp16 and bf16)."""
     a_per, a_step, b_per = t.bm * t.bk // t.threads, t.threads // t.bm, t.bk * t.bn // t.threads
     h, w, kg = geo.h, geo.w, geo.kg
     assert not (raw and gated)
@@ -653,7 +685,7 @@ def _load_tiles(kbase: str, t: Tile | MmaTile, geo: ConvGeometry, m_total: int, 
     }}
     a_reg[i] = v;
 }}
-""" if inputs else ""
+"""
     code += f"""UNROLL for (int i = 0; i < {b_per}; ++i) {{  /* rows tid / BN + i * (threads / BN) of the slice, column b_col */
     const int r = {kbase} + tid / {t.bn} + i * {t.threads // t.bn};
     b_reg[i] = (r < r_end && b_col < {kg}) ? {load}(wb[({kbase} + i * {t.threads // t.bn}) * {kg}]) : {zero};
