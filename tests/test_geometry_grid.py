@@ -208,19 +208,21 @@ def linear_family() -> dict:
         ({"out_features": 65, "bias": False, "activation": "hardswish"}, 65)]])
 
 
+DEPTHWISE = [  # (fields, input shape) of a depthwise conv (6 channels here, 16 in the channels_last family)
+    ({"kernel_size": 3, "padding": 1, "activation": "relu6"}, (6, 11, 13)),
+    ({"kernel_size": 3, "padding": 1, "bias": False}, (6, 5, 3)),
+    ({"kernel_size": [5, 3], "stride": [1, 2], "padding": [2, 1]}, (6, 9, 14)),
+    ({"kernel_size": 7, "padding": 3, "activation": "silu"}, (6, 8, 10)),
+    ({"kernel_size": 3, "dilation": [1, 31], "padding": [1, 31]}, (6, 4, 9)),
+    ({"kernel_size": 3, "dilation": [2, 40], "padding": [2, 40], "bias": False}, (6, 7, 6))]
+
+
 def depthwise_family() -> dict:
     """Depthwise convs whose threads each compute up to 4 outputs of a row from a register window
     of the input row: widths that leave a partial group (13 = 3 * 4 + 1, 3 < 4), a stride across
     the window, a 7x7 kernel, and dilations that shrink the group so the window fits 64 registers
     (2 outputs at DW 31) or do not fit one output (DW 40: taps read where they lie)."""
-    dw = dict(op="conv2d", out_channels=6, groups=6)
-    return cases_family([({**dw, **f}, [shape]) for f, shape in [
-        ({"kernel_size": 3, "padding": 1, "activation": "relu6"}, (6, 11, 13)),
-        ({"kernel_size": 3, "padding": 1, "bias": False}, (6, 5, 3)),
-        ({"kernel_size": [5, 3], "stride": [1, 2], "padding": [2, 1]}, (6, 9, 14)),
-        ({"kernel_size": 7, "padding": 3, "activation": "silu"}, (6, 8, 10)),
-        ({"kernel_size": 3, "dilation": [1, 31], "padding": [1, 31]}, (6, 4, 9)),
-        ({"kernel_size": 3, "dilation": [2, 40], "padding": [2, 40], "bias": False}, (6, 7, 6))]])
+    return cases_family([({"op": "conv2d", "out_channels": 6, "groups": 6, **f}, [shape]) for f, shape in DEPTHWISE])
 
 
 def two_tap_family() -> dict:
@@ -238,7 +240,8 @@ def channels_last_family() -> dict:
     """Every conv geometry, and pools, between two 1x1 convs: at tf32 the tensors between them are
     stored NHWC (passes/assign_layout.py), so each geometry's tensor-core kernel copies an NHWC
     input 16 bytes at a time (16 channels in 1 group, or 4 of 4) and stores an NHWC output (12
-    channels, 3 per group), and the pools read and write NHWC (the global ones read it)."""
+    channels, 3 per group), and the pools read and write NHWC (the global ones read it). Then the
+    depthwise geometries, one after another between two 1x1 convs (16 channels): NHWC in and out."""
     layers = []
     middles = [{"op": "conv2d", "out_channels": 12, "groups": (1, 4)[i % 2], "activation": "relu", **geometry}
                for i, geometry in enumerate(CONVS)] + CHANNELS_LAST_POOLS
@@ -246,9 +249,14 @@ def channels_last_family() -> dict:
         layers += [{"op": "conv2d", "name": f"in_{i}", "inputs": [f"x_{i}"], "out_channels": 16, "kernel_size": 1},
                    {**middle, "name": f"mid_{i}"},
                    {"op": "conv2d", "name": f"out_{i}", "out_channels": 8, "kernel_size": 1}]
+    chain = len(middles)  # the depthwise chain reads the last input
+    layers += [{"op": "conv2d", "name": f"in_{chain}", "inputs": [f"x_{chain}"], "out_channels": 16, "kernel_size": 1},
+               *({"op": "conv2d", "name": f"dw_{i}", "out_channels": 16, "groups": 16, **f}
+                 for i, (f, _) in enumerate(DEPTHWISE)),
+               {"op": "conv2d", "name": f"out_{chain}", "out_channels": 8, "kernel_size": 1}]
     return {"format_version": 1, "name": "grid", "layers": layers,
-            "inputs": [{"name": f"x_{i}", "shape": [8, 11, 13]} for i in range(len(middles))],
-            "outputs": [f"out_{i}" for i in range(len(middles))]}
+            "inputs": [{"name": f"x_{i}", "shape": [8, 11, 13]} for i in range(chain + 1)],
+            "outputs": [f"out_{i}" for i in range(chain + 1)]}
 
 
 FOLDED_PADS = [  # (pad, conv): zero pads fold into the conv's padding, asymmetric; the others stay
@@ -379,9 +387,12 @@ def test_the_new_families_run_every_layer_as_its_own_kernel(name):
 def test_the_channels_last_family_stores_the_middle_tensors_nhwc_at_tf32():
     program = cnngraph.plan(channels_last_family(), 2, precision="tf32").program
     windows = len(CONVS) + len(CHANNELS_LAST_POOLS) - 2  # the global pools' outputs are (N, C, 1, 1)
-    assert program.layouts == {f"{n}_{i}": "NHWC" for n in ("in", "mid") for i in range(windows + 2)
-                               if (n, i) not in (("mid", windows), ("mid", windows + 1))}
+    chain = windows + 2
+    assert program.layouts == {**{f"{n}_{i}": "NHWC" for n in ("in", "mid") for i in range(chain + 1)
+                                  if (n, i) not in (("mid", windows), ("mid", windows + 1), ("mid", chain))},
+                               **{f"dw_{i}": "NHWC" for i in range(len(DEPTHWISE))}}
     assert all("_nhwc" in l.kernel for l in program.launches if l.node not in (f"out_{windows}", f"out_{windows + 1}"))
+    assert sum("_dw" in l.kernel for l in program.launches) == len(DEPTHWISE)
     assert cnngraph.plan(channels_last_family(), 2).program.layouts == {}  # fp32: NCHW everywhere
 
 

@@ -139,10 +139,10 @@ def test_tensor_core_kernel_on_pocl_matches_numpy_tf32(case):
 
 
 @pytest.mark.parametrize("precision", ["tf32", "fp16", "bf16"])
-def test_resnets_are_channels_last_from_the_stem_to_the_global_pool(precision):
-    """Every tensor a conv or a pool writes (all but the image and the global pool's (N, C, 1, 1));
-    at fp32 (the CUDA-core kernels) none."""
-    for example in ("resnet18", "resnet50"):
+def test_resnets_and_mobilenet_are_channels_last_from_the_stem_to_the_global_pool(precision):
+    """Every tensor a conv or a pool writes (all but the image and the global pool's (N, C, 1, 1)),
+    mobilenet_v2's depthwise convs' too; at fp32 (the CUDA-core kernels) none."""
+    for example in ("resnet18", "resnet50", "mobilenet_v2"):
         g = cnngraph.plan(EXAMPLES / f"{example}.json", 1, precision=precision).graph
         spatial = [n for n in g.graph["order"] if len(g.nodes[n]["shape"]) == 4 and g.nodes[n]["shape"][2] > 1]
         assert {n for n in g.graph["order"] if g.nodes[n].get("layout") == "NHWC"} == set(spatial)
@@ -424,20 +424,21 @@ def test_cuda_tf32_layers_match_numpy_tf32(case, _):
 
 @pytest.mark.parametrize("_", [pytest.param(None, marks=needs_cuda)])
 def test_cuda_every_tensor_core_tile(_):
-    """Every tile on the GPU: the ones above 48 KB need the kernel's dynamic shared memory raised
-    before their launch, which CUDA refuses otherwise."""
+    """Every tile on the GPU, at tf32 and (NHWC) fp16: the ones above 48 KB need the kernel's dynamic
+    shared memory raised before their launch, which CUDA refuses otherwise."""
     from cnngraph.backends.cuda_backend import CudaBackend
 
-    for layout in TILE_CASES:
-        ref, programs = tile_programs(layout)
-        assert max(l.shared_bytes for _, l in programs) > 48 * 1024
-        xs = inputs_for(ref)
-        want = ref.backend.run_observed(dict(xs))
-        for program, launch in programs:
-            backend = CudaBackend(ref.plan, {"cuda_graph": False}, program)
-            backend.poison()
-            got = backend.run_observed(dict(xs))
-            assert all(rel_err(got[n], want[n]) <= 1e-5 for n in want), (layout, launch.schedule)
+    for precision, layouts in TILE_LAYOUTS.items():
+        for layout in layouts:
+            ref, programs = tile_programs(layout, precision)
+            assert precision != "tf32" or max(l.shared_bytes for _, l in programs) > 48 * 1024
+            xs = inputs_for(ref)
+            want = ref.backend.run_observed(dict(xs))
+            for program, launch in programs:
+                backend = CudaBackend(ref.plan, {"cuda_graph": False}, program)
+                backend.poison()
+                got = backend.run_node_by_node({**xs, **want})
+                assert all(rel_err(got[n], want[n]) <= NODE_TOL[precision] for n in want), (layout, launch.schedule)
 
 
 # Whole networks with their seeded random weights. TF32 error grows with a network's sensitivity,

@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 
 WORDS = ("KERNEL", "GLOBAL", "SHARED", "RESTRICT", "BARRIER()", "BLOCK_X", "BLOCK_Y", "BLOCK_Z", "THREAD_X",
-         "UNROLL", "ALIGNED16", "INLINE", "NEG_INF",
+         "UNROLL", "NO_UNROLL", "ALIGNED16", "INLINE", "NEG_INF",
          "EXPF(x)", "TANHF(x)", "ERFF(x)", "SQRTF(x)", "TF32(x)", "MMA_TF32(d, a, b)", "MMA_SCRATCH(warps)",
          "CP_ASYNC_STATE(n)", "CP_ASYNC4(dst, src, pred)", "CP_ASYNC16(dst, src, pred)", "CP_ASYNC_COMMIT()",
          "CP_ASYNC_WAIT(n)", "CP_ASYNC_STATE_HALF(n)", "CP_ASYNC16_HALF(dst, src, pred)",
@@ -413,7 +413,7 @@ class Dialect:
 CUDA = Dialect("cuda", ".cu", {
     "KERNEL": 'extern "C" __global__', "GLOBAL": "", "SHARED": "__shared__", "RESTRICT": "__restrict__",
     "BARRIER()": "__syncthreads()", "BLOCK_X": "((int)blockIdx.x)", "BLOCK_Y": "((int)blockIdx.y)",
-    "BLOCK_Z": "((int)blockIdx.z)", "UNROLL": '_Pragma("unroll")', "ALIGNED16": "__attribute__((aligned(16)))",
+    "BLOCK_Z": "((int)blockIdx.z)", "UNROLL": '_Pragma("unroll")', "NO_UNROLL": '_Pragma("unroll 1")', "ALIGNED16": "__attribute__((aligned(16)))",
     "THREAD_X": "((int)threadIdx.x)", "EXPF(x)": "expf(x)", "TANHF(x)": "tanhf(x)", "ERFF(x)": "erff(x)",
     "SQRTF(x)": "sqrtf(x)", "INLINE": "__device__ __forceinline__", "NEG_INF": "(-__int_as_float(0x7f800000))",
     "TF32(x)": "tf32_round(x)", "MMA_TF32(d, a, b)": "mma_tf32(d, a, b)", "MMA_SCRATCH(warps)": "",
@@ -438,7 +438,8 @@ OPENCL = Dialect("opencl", ".cl", {
     "KERNEL": "__kernel", "GLOBAL": "__global", "SHARED": "__local", "RESTRICT": "restrict",
     "BARRIER()": "barrier(CLK_LOCAL_MEM_FENCE)", "BLOCK_X": "((int)get_group_id(0))",
     "BLOCK_Y": "((int)get_group_id(1))", "BLOCK_Z": "((int)get_group_id(2))",
-    "UNROLL": '_Pragma("unroll")', "ALIGNED16": "__attribute__((aligned(16)))", "THREAD_X": "((int)get_local_id(0))", "EXPF(x)": "exp(x)",
+    "UNROLL": '_Pragma("unroll")', "NO_UNROLL": '_Pragma("unroll 1")', "ALIGNED16": "__attribute__((aligned(16)))",
+    "THREAD_X": "((int)get_local_id(0))", "EXPF(x)": "exp(x)",
     "TANHF(x)": "tanh(x)", "ERFF(x)": "erf(x)", "SQRTF(x)": "sqrt(x)", "INLINE": "static inline",
     "HALF": "ushort", "AS_FLOAT(u)": "as_float(u)", "AS_UINT(f)": "as_uint(f)",
     "MMA_F16(d, a, b)": "mma_emulated(d, a, b, mma_a, mma_b, 1)", "MMA_BF16(d, a, b)": "mma_emulated(d, a, b, mma_a, mma_b, 2)",

@@ -157,6 +157,11 @@ class Layer(Strict):
         tensor cores) applies to: conv/linear, but not a depthwise conv."""
         return self.has(GEMM)
 
+    def keeps_layout(self, in_shapes: list[Shape]) -> bool:
+        """Whether its kernel reads NCHW or NHWC and writes its output in its input's layout: the
+        ops with `KEEPS_LAYOUT`, and a depthwise conv."""
+        return self.has(KEEPS_LAYOUT)
+
     # --- shape rule ---------------------------------------------------------------------------
     def infer_shape(self, in_shapes: list[Shape]) -> Shape:
         """Output shape (per sample) from input shapes, or a ShapeError naming what was expected."""

@@ -159,12 +159,14 @@ class Conv2d(Layer):
         depthwise = self.is_depthwise(geo.c)
         name = (f"conv{geo.kh}x{geo.kw}s{geo.sh}{'_dw' if depthwise else ''}{epilogue.tags}_"
                 f"{geo.k}x{low.shape[2]}x{low.shape[3]}")
-        if depthwise:
-            consts = [low.const("w", weights.reshape(geo.c, geo.taps))]
+        if depthwise:  # NHWC: input and output (passes/assign_layout.py), the taps of one channel C apart
+            nhwc = low.channels_last[0]
+            taps = weights.reshape(geo.c, geo.taps)
+            consts = [low.const("w", taps.T if nhwc else taps)]
             consts += [low.const("b", bias)] if bias is not None else []
-            return [low.launch(name, [*low.own_inputs, *consts, *epilogue.args, low.output], T.depthwise, geo=geo,
-                               extra_args=[low.param(x) for x in consts[1:]] + epilogue.params,
-                               epilogue=epilogue.code)]
+            return [low.launch(name + ("_nhwc" if nhwc else ""), [*low.own_inputs, *consts, *epilogue.args, low.output],
+                               T.depthwise, geo=geo, extra_args=[low.param(x) for x in consts[1:]] + epilogue.params,
+                               epilogue=epilogue.code, channels_last=nhwc)]
         matrix = weights.reshape(geo.groups, geo.kg, -1).transpose(0, 2, 1)  # (g, C/g*KH*KW, K/g)
         return low.gemm(name, geo, matrix, bias, epilogue)
 
@@ -211,6 +213,9 @@ class Conv2d(Layer):
 
     def runs_as_gemm(self, in_shapes):
         return not self.is_depthwise(in_shapes[0][0])
+
+    def keeps_layout(self, in_shapes):
+        return self.is_depthwise(in_shapes[0][0])  # its kernel reads and writes NCHW or NHWC
 
     def prepare(self, weights, in_shapes):
         w = weights["weight"]  # (K, C/g, kh, kw)

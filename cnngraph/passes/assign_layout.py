@@ -1,35 +1,35 @@
-"""Store channels-last (NHWC) the tensors that only tensor-core convolutions write and read.
+"""Store channels-last (NHWC) the tensors that only tensor-core and depthwise convs and pools write and read.
 
 A tensor-core conv reduces over (ky, kx, channel). With its input NHWC, consecutive channels of
-one pixel are contiguous, so each thread moves its input window 16 bytes at a time (four float32
-values through `cp.async.cg` at tf32, eight 16-bit ones through one load at fp16/bf16) instead of
-one value at a time; NCHW keeps a pixel's channels H*W apart. The kernel that writes such a tensor
-stores it NHWC from its accumulator fragments, so no layout conversion ever runs: the choice is
-made per tensor, where every kernel around it can take it.
+one pixel are contiguous, so each thread copies its input window 16 bytes at a time (`cp.async.cg`
+of four float32 values at tf32, eight 16-bit ones at fp16/bf16) instead of one value at a time;
+NCHW keeps a pixel's channels H*W apart. The kernel that writes such a tensor stores it NHWC from
+its accumulator fragments, so no layout conversion ever runs: the choice is made per tensor, where
+every kernel around it can take it.
 
-A conv adds its residuals at the index it stores (`r0[idx]`), and a window pool (trait
-`KEEPS_LAYOUT`) writes its output in its input's layout, so those tensors share one layout: they
-are decided together, as one set. A set is stored NHWC when every tensor in it is written by a
-tensor-core conv or a window pool, is not a network input or output, and is read only by kernels
-that take NHWC: a tensor-core conv whose channel groups are a whole number of 16-byte vectors (and
-that is not gated: a gate scales values on the way through registers), a conv adding it as a
-residual, a window pool, or a global pool (`ANY_LAYOUT`: its (N, C, 1, 1) output is the same in
-both). Anything else (a concat, a flatten, a depthwise conv, an elementwise op, the network's
-outputs) reads NCHW, and so do the tensors it reads. Runs after `assign_precision`, on the final
-graph; the NumPy backend ignores layouts (it computes the same values), the GPU backends convert a
-tensor when they upload or download it by name.
+A conv adds its residuals at the index it stores (`r0[idx]`), and a window pool or a depthwise conv
+(`Layer.keeps_layout`) writes its output in its input's layout, so those tensors share one layout:
+they are decided together, as one set. A set is stored NHWC when every tensor in it is written by
+a tensor-core conv, a depthwise conv or a window pool, is not a network input or output, and is
+read only by kernels that take NHWC: a tensor-core conv whose channel groups are a whole number of
+16-byte vectors (and that is not gated: a gate scales values on the way through registers), a conv
+adding it as a residual, a depthwise conv, a window pool, or a global pool (`ANY_LAYOUT`: its
+(N, C, 1, 1) output is the same in both). Anything else (a concat, a flatten, an elementwise op,
+the network's outputs) reads NCHW, and so do the tensors it reads. Runs after `assign_precision`,
+on the final graph; the NumPy backend ignores layouts (it computes the same values), the GPU
+backends convert a tensor when they upload or download it by name.
 """
 
 from __future__ import annotations
 
 import networkx as nx
 
-from ..graph import compute_of, layer_nodes
-from ..ops import ANY_LAYOUT, KEEPS_LAYOUT
+from ..graph import compute_of, layer_nodes, own_in_shapes
+from ..ops import ANY_LAYOUT
 from ..precision import vector_width
 
 NHWC = "NHWC"
-CHANNELS_LAST_PRECISIONS = ("tf32", "fp16", "bf16")  # whose pools may run NHWC (their tensor-core convs do)
+CHANNELS_LAST_PRECISIONS = ("tf32", "fp16", "bf16")  # whose pools and depthwise convs may run NHWC
 
 
 def tensor_core_conv(g: nx.DiGraph, node: str) -> bool:
@@ -39,17 +39,24 @@ def tensor_core_conv(g: nx.DiGraph, node: str) -> bool:
             and len(g.nodes[node]["shape"]) == 4)
 
 
-def writes_channels_last(g: nx.DiGraph, node: str) -> bool:
-    """The node's kernel can store its output NHWC (a window pool: when its input is)."""
+def keeps_layout(g: nx.DiGraph, node: str) -> bool:
+    """The node's kernel writes its output in its input's layout, NCHW or NHWC: a window pool or a
+    depthwise conv (`Layer.keeps_layout`)."""
     compute = compute_of(g, node)
-    return tensor_core_conv(g, node) or (compute is not None and compute.has(KEEPS_LAYOUT) and _in_precision(g))
+    return compute is not None and compute.spec.keeps_layout(own_in_shapes(g, node))
+
+
+def writes_channels_last(g: nx.DiGraph, node: str) -> bool:
+    """The node's kernel can store its output NHWC (a window pool or a depthwise conv: when its
+    input is)."""
+    return tensor_core_conv(g, node) or (keeps_layout(g, node) and _in_precision(g))
 
 
 def reads_channels_last(g: nx.DiGraph, node: str) -> bool:
     """The node's kernel can read its (first) input NHWC: a tensor-core conv copies it 16 bytes at
     a time, so its channel groups must be whole 16-byte vectors."""
     compute = compute_of(g, node)
-    if compute.has(KEEPS_LAYOUT) or compute.has(ANY_LAYOUT):
+    if keeps_layout(g, node) or compute.has(ANY_LAYOUT):
         return _in_precision(g)
     if not tensor_core_conv(g, node) or compute.gated:
         return False
@@ -67,7 +74,7 @@ def assign_layout(g: nx.DiGraph) -> list[str]:
     sets = nx.utils.UnionFind()
     for node in layer_nodes(g):
         inputs, compute = g.nodes[node]["inputs"], compute_of(g, node)
-        sets.union(node, *inputs[len(inputs) - compute.residuals:], *(inputs if compute.has(KEEPS_LAYOUT) else []))
+        sets.union(node, *inputs[len(inputs) - compute.residuals:], *(inputs if keeps_layout(g, node) else []))
     chosen = []
     for tensors in sets.to_sets():
         if all(_may_be_channels_last(g, t) for t in tensors):

@@ -263,7 +263,7 @@ UNROLL for (int i = 0; i < {b_vectors}; ++i) {{  /* {vector} channels of a weigh
     {" " * len(idle + copy)} wv + ({kbase} + i * {v_step}) * {pitch}, r < r_end && v_col < {pitch});
 }}"""
 
-    in_flight = stages * (t.bm * t.bk + t.bk * t.bn) // nt  # values a thread copies per slice, per stage
+    in_flight = stages * (t.bm * t.bk + t.bk * t.bn) // nt  # at most: a thread's share of `stages` slices
     return f"""    {state}({in_flight});  /* (OpenCL's emulation: the copies in flight) */
     const int v_col = n0 + tid % {row_vectors} * {vector};  /* the first of this thread's weight channels */
     GLOBAL const ACT* wv = wg + (tid / {row_vectors}) * {pitch} + v_col;
@@ -275,7 +275,7 @@ UNROLL for (int i = 0; i < {b_vectors}; ++i) {{  /* {vector} channels of a weigh
         CP_ASYNC_COMMIT();
     }}
     int read = 0, fill = {stages - 1};  /* the buffers slices it and it + stages - 1 go to */
-    for (int it = 0; it < slices; ++it) {{
+    NO_UNROLL for (int it = 0; it < slices; ++it) {{  /* (unrolled, the 16-bit loop holds 20 more registers) */
         CP_ASYNC_WAIT({stages - 2});  /* this thread's copies of slice it have landed */
         BARRIER();                    /* everyone's; and everyone is done with the buffer refilled next */
         if (it + {stages - 1} < slices) {{
@@ -719,12 +719,15 @@ DEPTHWISE_OUTPUTS = 4  # consecutive outputs of a row per thread, from one regis
 DEPTHWISE_WINDOW = 64  # at most this many input values in the window (registers); wider: one output per thread
 
 
-def depthwise(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: str) -> tuple[str, tuple, tuple]:
+def depthwise(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: str, channels_last: bool = False
+              ) -> tuple[str, tuple, tuple]:
     """Depthwise convolution (groups == C == K); w (C, KH*KW). Each thread computes `outputs`
     consecutive outputs of one row: per filter row it loads the input values they cover into a
     register window once ((outputs-1)*SW + (KW-1)*DW + 1 of them, zero outside the image), then
     every product reads registers. The sum runs over the taps in the same order as one output per
-    thread would, so the result does not depend on `outputs`."""
+    thread would, so the result does not depend on `outputs`.
+    `channels_last`: x and y are NHWC (passes/assign_layout.py) and w is (KH*KW, C); consecutive
+    threads take consecutive channels of the same pixels, so their loads and stores coalesce."""
     n, c, h, w, p, q, kh, kw = geo.n, geo.c, geo.h, geo.w, geo.p, geo.q, geo.kh, geo.kw
     sh, sw, pt, pl, dh, dw = geo.sh, geo.sw, geo.pt, geo.pl, geo.dh, geo.dw
     outputs = min(DEPTHWISE_OUTPUTS, q)
@@ -734,32 +737,46 @@ def depthwise(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
     runs = cdiv(q, outputs)  # thread groups of `outputs` along a row
     total = n * c * p * runs
     args = ", ".join([ptr("x"), ptr("w", stored=False), *extra_args, ptr("y", const=False)])
+    def at(offset: str) -> str:  # NHWC: neighbouring pixels, and a channel's taps, are C values apart
+        return f"({offset}) * {c}" if channels_last else offset
+
+    if channels_last:
+        place = f"""const int k = t % {c};
+    const int ox0 = (t / {c}) % {runs} * {outputs};
+    const int oy = (t / {c * runs}) % {p};
+    const int nb = t / {c * runs * p};
+    GLOBAL const ACT* xc = x + nb * {h * w * c} + k;
+    GLOBAL const float* wc = w + k;"""
+        index = f"((nb * {p} + oy) * {q} + ox0 + r) * {c} + k"
+    else:
+        place = f"""const int ox0 = (t % {runs}) * {outputs};
+    const int oy = (t / {runs}) % {p};
+    const int plane = t / {runs * p};  /* n * C + k */
+    const int k = plane % {c};
+    GLOBAL const ACT* xc = x + plane * {h * w};
+    GLOBAL const float* wc = w + k * {kh * kw};"""
+        index = f"(plane * {p} + oy) * {q} + ox0 + r"
     if span <= DEPTHWISE_WINDOW:
-        row = f"""GLOBAL const ACT* xrow = xc + iy * {w};
+        row = f"""GLOBAL const ACT* xrow = xc + {at(f"iy * {w}")};
             float xr[{span}];
             UNROLL for (int l = 0; l < {span}; ++l) {{
                 const int ix = ix0 + l;
-                xr[l] = (ix >= 0 && ix < {w}) ? LOAD(xrow[ix]) : 0.0f;
+                xr[l] = (ix >= 0 && ix < {w}) ? LOAD(xrow[{at("ix")}]) : 0.0f;
             }}
             UNROLL for (int j = 0; j < {kw}; ++j) {{
-                const float wv = wc[i * {kw} + j];
+                const float wv = wc[{at(f"i * {kw} + j")}];
                 UNROLL for (int r = 0; r < {outputs}; ++r) acc[r] += xr[r * {sw} + j * {dw}] * wv;
             }}"""
     else:  # a window too wide for registers (a large dilated kernel): read each tap where it lies
         row = f"""UNROLL for (int j = 0; j < {kw}; ++j) {{
                 const int ix = ix0 + j * {dw};
-                if (ix >= 0 && ix < {w}) acc[0] += LOAD(xc[iy * {w} + ix]) * wc[i * {kw} + j];
+                if (ix >= 0 && ix < {w}) acc[0] += LOAD(xc[{at(f"iy * {w} + ix")}]) * wc[{at(f"i * {kw} + j")}];
             }}"""
     body = f"""KERNEL void {name}({args})
 {{
     const int t = BLOCK_X * {THREADS} + THREAD_X;
     if (t >= {total}) return;
-    const int ox0 = (t % {runs}) * {outputs};
-    const int oy = (t / {runs}) % {p};
-    const int plane = t / {runs * p};  /* n * C + k */
-    const int k = plane % {c};
-    GLOBAL const ACT* xc = x + plane * {h * w};
-    GLOBAL const float* wc = w + k * {kh * kw};
+    {place}
     const int ix0 = ox0 * {sw} - {pl};
     float acc[{outputs}];
     UNROLL for (int r = 0; r < {outputs}; ++r) acc[r] = 0.0f;
@@ -771,7 +788,7 @@ def depthwise(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
     }}
     UNROLL for (int r = 0; r < {outputs}; ++r) {{
         if (ox0 + r < {q}) {{
-            const int idx = (plane * {p} + oy) * {q} + ox0 + r;
+            const int idx = {index};
             float v = acc[r];
 {indent(epilogue, 12)}
             y[idx] = STORE(v);
