@@ -236,12 +236,19 @@ def two_tap_family() -> dict:
 CHANNELS_LAST_POOLS = POOLS[:6] + [{"op": "global_avg_pool2d"}, {"op": "mean", "keepdim": True}]
 
 
+# after the depthwise chain: its last two outputs concatenated, 16 of the 32 channels, shuffled
+CHANNELS_LAST_MOVES = [{"op": "concat", "name": "cat", "inputs": [f"dw_{len(DEPTHWISE) - 2}", f"dw_{len(DEPTHWISE) - 1}"]},
+                       {"op": "slice", "name": "slice", "start": 8, "end": 24},
+                       {"op": "channel_shuffle", "name": "shuffle", "groups": 4}]
+
+
 def channels_last_family() -> dict:
     """Every conv geometry, and pools, between two 1x1 convs: at tf32 the tensors between them are
     stored NHWC (passes/assign_layout.py), so each geometry's tensor-core kernel copies an NHWC
     input 16 bytes at a time (16 channels in 1 group, or 4 of 4) and stores an NHWC output (12
     channels, 3 per group), and the pools read and write NHWC (the global ones read it). Then the
-    depthwise geometries, one after another between two 1x1 convs (16 channels): NHWC in and out."""
+    depthwise geometries, one after another, and a concat, a slice and a shuffle, between two 1x1
+    convs (16 channels): NHWC in and out."""
     layers = []
     middles = [{"op": "conv2d", "out_channels": 12, "groups": (1, 4)[i % 2], "activation": "relu", **geometry}
                for i, geometry in enumerate(CONVS)] + CHANNELS_LAST_POOLS
@@ -253,6 +260,7 @@ def channels_last_family() -> dict:
     layers += [{"op": "conv2d", "name": f"in_{chain}", "inputs": [f"x_{chain}"], "out_channels": 16, "kernel_size": 1},
                *({"op": "conv2d", "name": f"dw_{i}", "out_channels": 16, "groups": 16, **f}
                  for i, (f, _) in enumerate(DEPTHWISE)),
+               *CHANNELS_LAST_MOVES,
                {"op": "conv2d", "name": f"out_{chain}", "out_channels": 8, "kernel_size": 1}]
     return {"format_version": 1, "name": "grid", "layers": layers,
             "inputs": [{"name": f"x_{i}", "shape": [8, 11, 13]} for i in range(chain + 1)],
@@ -390,7 +398,8 @@ def test_the_channels_last_family_stores_the_middle_tensors_nhwc_at_tf32():
     chain = windows + 2
     assert program.layouts == {**{f"{n}_{i}": "NHWC" for n in ("in", "mid") for i in range(chain + 1)
                                   if (n, i) not in (("mid", windows), ("mid", windows + 1), ("mid", chain))},
-                               **{f"dw_{i}": "NHWC" for i in range(len(DEPTHWISE))}}
+                               **{f"dw_{i}": "NHWC" for i in range(len(DEPTHWISE))},
+                               **{layer["name"]: "NHWC" for layer in CHANNELS_LAST_MOVES}}
     assert all("_nhwc" in l.kernel for l in program.launches if l.node not in (f"out_{windows}", f"out_{windows + 1}"))
     assert sum("_dw" in l.kernel for l in program.launches) == len(DEPTHWISE)
     assert cnngraph.plan(channels_last_family(), 2).program.layouts == {}  # fp32: NCHW everywhere

@@ -139,10 +139,11 @@ def test_tensor_core_kernel_on_pocl_matches_numpy_tf32(case):
 
 
 @pytest.mark.parametrize("precision", ["tf32", "fp16", "bf16"])
-def test_resnets_and_mobilenet_are_channels_last_from_the_stem_to_the_global_pool(precision):
+def test_cnns_are_channels_last_from_the_stem_to_the_global_pool(precision):
     """Every tensor a conv or a pool writes (all but the image and the global pool's (N, C, 1, 1)),
-    mobilenet_v2's depthwise convs' too; at fp32 (the CUDA-core kernels) none."""
-    for example in ("resnet18", "resnet50", "mobilenet_v2"):
+    mobilenet_v2's depthwise convs' and squeezenet's concats' too; at fp32 (the CUDA-core kernels)
+    none."""
+    for example in ("resnet18", "resnet50", "mobilenet_v2", "squeezenet1_1"):
         g = cnngraph.plan(EXAMPLES / f"{example}.json", 1, precision=precision).graph
         spatial = [n for n in g.graph["order"] if len(g.nodes[n]["shape"]) == 4 and g.nodes[n]["shape"][2] > 1]
         assert {n for n in g.graph["order"] if g.nodes[n].get("layout") == "NHWC"} == set(spatial)

@@ -5,12 +5,13 @@ block of #defines at the top of every kernel (so each file compiles on its own).
 Tensor-core words (`TF32`, `MMA_TF32`, `MMA_SCRATCH`; for 16-bit operands `MMA_F16`, `MMA_BF16`,
 `LDMATRIX_X4`, `LDMATRIX_X4_TRANS`, `LDMATRIX_X2_TRANS`) and asynchronous copies (`CP_ASYNC4`,
 `CP_ASYNC16`, `CP_ASYNC_STATE` of float32 values; `CP_ASYNC16_HALF`, `CP_ASYNC_STATE_HALF` of 16-bit
-ones; `CP_ASYNC_COMMIT`, `CP_ASYNC_WAIT`) are spelled as inline PTX in CUDA and as an exact emulation in OpenCL: `MMA_TF32` there computes, for each lane, exactly the accumulator
-elements the PTX ISA assigns to it from the fragment registers the lanes hold, so a kernel's
-fragment index math is what runs on PoCL (`LDMATRIX_*` likewise gives each lane exactly the
-elements of the rows the other lanes point at); an async copy writes NaN into its destination
-when it is issued and the data only at the `CP_ASYNC_WAIT` that completes its group, so a wait
-that is too weak, or a copy never committed, shows up as NaN (see `TENSOR_CORE_HELPERS`).
+ones; `CP_ASYNC_COMMIT`, `CP_ASYNC_WAIT`) are spelled as inline PTX in CUDA and as an exact
+emulation in OpenCL: `MMA_TF32` there computes, for each lane, exactly the accumulator elements
+the PTX ISA assigns to it from the fragment registers the lanes hold, so a kernel's fragment index
+math is what runs on PoCL (`LDMATRIX_*` likewise gives each lane exactly the elements of the rows
+the other lanes point at); an async copy writes NaN (0x7fff for a 16-bit value) into its
+destination when it is issued and the data only at the `CP_ASYNC_WAIT` that completes its group,
+so a wait that is too weak, or a copy never committed, shows up as NaN (see `TENSOR_CORE_HELPERS`).
 
 Stored tensors (activations, and the GEMM weights) are `ACT` elements, read with `LOAD(x)` and
 written with `STORE(v)`: float32 at fp32/tf32, 16-bit patterns converted to and from float32 at

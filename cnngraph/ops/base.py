@@ -103,7 +103,7 @@ ELEMENTWISE = "elementwise"  # one output element per input element: takes an ep
 ACTIVATION = "activation"    # an elementwise function that is also a conv/linear `activation` field
 POOL = "pool"                # a window reduction a conv may absorb into its store (fuse_pool)
 # what its kernel does with a channels-last (NHWC) input (passes/assign_layout.py; `low.channels_last`)
-KEEPS_LAYOUT = "keeps_layout"  # reads NCHW or NHWC and writes its output in its input's layout
+KEEPS_LAYOUT = "keeps_layout"  # reads NCHW or NHWC images and writes its output in its inputs' layout
 ANY_LAYOUT = "any_layout"      # reads NCHW or NHWC; its output has no spatial extent, the same in both
 TRAITS = (GEMM, ELEMENTWISE, ACTIVATION, POOL, KEEPS_LAYOUT, ANY_LAYOUT)
 
@@ -158,9 +158,9 @@ class Layer(Strict):
         return self.has(GEMM)
 
     def keeps_layout(self, in_shapes: list[Shape]) -> bool:
-        """Whether its kernel reads NCHW or NHWC and writes its output in its input's layout: the
-        ops with `KEEPS_LAYOUT`, and a depthwise conv."""
-        return self.has(KEEPS_LAYOUT)
+        """Whether its kernel reads NCHW or NHWC and writes its output in its inputs' layout: the
+        ops with `KEEPS_LAYOUT` on images (a vector has no layout), and a depthwise conv."""
+        return self.has(KEEPS_LAYOUT) and len(in_shapes[0]) == 3
 
     # --- shape rule ---------------------------------------------------------------------------
     def infer_shape(self, in_shapes: list[Shape]) -> Shape:

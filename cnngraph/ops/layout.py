@@ -11,7 +11,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from ..codegen import templates as T
-from .base import Example, Float32, Int64, Layer, NonNegativeInt, PositiveInt, fmt_shape, invalid
+from .base import KEEPS_LAYOUT, Example, Float32, Int64, Layer, NonNegativeInt, PositiveInt, fmt_shape, invalid
 from .onnx_mapping import BATCH, Unsupported, attributes, nice, scalar, writing
 
 INT64_END = 2**62  # an ONNX Slice end at least this large means "to the end" (PyTorch writes INT64_MAX)
@@ -64,6 +64,7 @@ class Slice(Layer):
     """A range of channels, `x[:, start:end]` with Python's rules (negative counts from the end,
     `end` null: to the end). A vector's features are its channels."""
     moves_data_only = True
+    traits = frozenset({KEEPS_LAYOUT})
     op: Literal["slice"]
     start: Int64 = 0
     end: Int64 | None = None
@@ -93,9 +94,10 @@ class Slice(Layer):
 
     def lower(self, low):
         n, c = low.in_shapes[0][:2]
-        first = self.channels(c).start
-        return low.simple(f"slice{first}_{low.sample_dims()}", T.channel_gather, n=n, c_in=c, c_out=low.shape[1],
-                          spatial=math.prod(low.shape[2:]), source=f"k + {first}")
+        first, nhwc = self.channels(c).start, low.channels_last[0]
+        return low.simple(f"slice{first}_{low.sample_dims()}{'_nhwc' if nhwc else ''}", T.channel_gather, n=n, c_in=c,
+                          c_out=low.shape[1], spatial=math.prod(low.shape[2:]), source=f"k + {first}",
+                          channels_last=nhwc)
 
     def to_onnx(self, ex, xs, out, shape):
         start, end = self.start, INT64_END if self.end is None else self.end
@@ -137,6 +139,7 @@ class ChannelShuffle(Layer):
     """ShuffleNet's channel shuffle: channels seen as (groups, C/groups), transposed. Output channel
     i * groups + j is input channel j * (C/groups) + i."""
     moves_data_only = True
+    traits = frozenset({KEEPS_LAYOUT})
     op: Literal["channel_shuffle"]
     groups: PositiveInt
     onnx_patterns = {"Reshape": match_channel_shuffle}
@@ -160,9 +163,10 @@ class ChannelShuffle(Layer):
 
     def lower(self, low):
         n, c = low.shape[:2]
-        return low.simple(f"shuffle{self.groups}_{low.sample_dims()}", T.channel_gather, n=n, c_in=c, c_out=c,
-                          spatial=math.prod(low.shape[2:]),
-                          source=f"(k % {self.groups}) * {c // self.groups} + k / {self.groups}")
+        nhwc = low.channels_last[0]
+        return low.simple(f"shuffle{self.groups}_{low.sample_dims()}{'_nhwc' if nhwc else ''}", T.channel_gather,
+                          n=n, c_in=c, c_out=c, spatial=math.prod(low.shape[2:]),
+                          source=f"(k % {self.groups}) * {c // self.groups} + k / {self.groups}", channels_last=nhwc)
 
     def to_onnx(self, ex, xs, out, shape):
         c, h, w = shape

@@ -9,7 +9,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from ..codegen import templates as T
-from .base import INT64_MAX, ELEMENTWISE, Example, Int64, Layer, Pair, PositiveInt, fmt_shape, invalid, pair
+from .base import INT64_MAX, ELEMENTWISE, KEEPS_LAYOUT, Example, Int64, Layer, Pair, PositiveInt, fmt_shape, invalid, pair
 from .onnx_mapping import BATCH, Unsupported, attributes, compact, nice, scalar
 
 
@@ -269,6 +269,7 @@ def concat(imp, node):
 class Concat(Layer):
     """Concatenation of 2+ inputs along channels (axis 1)."""
     moves_data_only = True
+    traits = frozenset({KEEPS_LAYOUT})
     op: Literal["concat"]
     arity = (2, None)
     onnx_converters = {"Concat": concat}
@@ -277,14 +278,15 @@ class Concat(Layer):
     def lower(self, low):
         """One kernel; past T.MAX_KERNEL_INPUTS inputs, one per group of them, each writing its channels."""
         groups = T.kernel_groups(list(zip(low.inputs, low.in_shapes)))
+        nhwc = low.channels_last[1]  # the inputs' layout too (passes/assign_layout.py)
         launches, first = [], 0
         for i, group in enumerate(groups):
             channels = [shape[1] for _, shape in group]
             part = f"_part{i + 1}" if len(groups) > 1 else ""
-            launches.append(low.launch(f"concat{len(low.inputs)}{part}_{low.sample_dims()}",
+            launches.append(low.launch(f"concat{len(low.inputs)}{part}_{low.sample_dims()}{'_nhwc' if nhwc else ''}",
                                        [*(x for x, _ in group), low.output], T.concat, n=low.shape[0],
                                        channels=channels, spatial=int(math.prod(low.shape[2:])), first=first,
-                                       out_channels=low.shape[1]))
+                                       out_channels=low.shape[1], channels_last=nhwc))
             first += sum(channels)
         return launches
 

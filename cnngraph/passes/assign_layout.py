@@ -1,4 +1,4 @@
-"""Store channels-last (NHWC) the tensors that only tensor-core and depthwise convs and pools write and read.
+"""Store channels-last (NHWC) the tensors that only tensor-core convs and NHWC-capable kernels write and read.
 
 A tensor-core conv reduces over (ky, kx, channel). With its input NHWC, consecutive channels of
 one pixel are contiguous, so each thread copies its input window 16 bytes at a time (`cp.async.cg`
@@ -7,15 +7,15 @@ NCHW keeps a pixel's channels H*W apart. The kernel that writes such a tensor st
 its accumulator fragments, so no layout conversion ever runs: the choice is made per tensor, where
 every kernel around it can take it.
 
-A conv adds its residuals at the index it stores (`r0[idx]`), and a window pool or a depthwise conv
-(`Layer.keeps_layout`) writes its output in its input's layout, so those tensors share one layout:
-they are decided together, as one set. A set is stored NHWC when every tensor in it is written by
-a tensor-core conv, a depthwise conv or a window pool, is not a network input or output, and is
-read only by kernels that take NHWC: a tensor-core conv whose channel groups are a whole number of
-16-byte vectors (and that is not gated: a gate scales values on the way through registers), a conv
-adding it as a residual, a depthwise conv, a window pool, or a global pool (`ANY_LAYOUT`: its
-(N, C, 1, 1) output is the same in both). Anything else (a concat, a flatten, an elementwise op,
-the network's outputs) reads NCHW, and so do the tensors it reads. Runs after `assign_precision`,
+A conv adds its residuals at the index it stores (`r0[idx]`), and a window pool, a depthwise conv,
+a concat, a channel slice or shuffle (`Layer.keeps_layout`) writes its output in its inputs'
+layout, so those tensors share one layout: they are decided together, as one set. A set is stored
+NHWC when every tensor in it is written by a tensor-core conv or one of those, is not a network
+input or output, and is read only by kernels that take NHWC: a tensor-core conv whose channel
+groups are a whole number of 16-byte vectors (and that is not gated: a gate scales values on the
+way through registers), a conv adding it as a residual, one of those layout-keeping kernels, or a
+global pool (`ANY_LAYOUT`: its (N, C, 1, 1) output is the same in both). Anything else (a flatten,
+an elementwise op, the network's outputs) reads NCHW, and so do the tensors it reads. Runs after `assign_precision`,
 on the final graph; the NumPy backend ignores layouts (it computes the same values), the GPU
 backends convert a tensor when they upload or download it by name.
 """
@@ -29,7 +29,7 @@ from ..ops import ANY_LAYOUT
 from ..precision import vector_width
 
 NHWC = "NHWC"
-CHANNELS_LAST_PRECISIONS = ("tf32", "fp16", "bf16")  # whose pools and depthwise convs may run NHWC
+CHANNELS_LAST_PRECISIONS = ("tf32", "fp16", "bf16")  # whose layout-keeping kernels may run NHWC
 
 
 def tensor_core_conv(g: nx.DiGraph, node: str) -> bool:
@@ -40,15 +40,14 @@ def tensor_core_conv(g: nx.DiGraph, node: str) -> bool:
 
 
 def keeps_layout(g: nx.DiGraph, node: str) -> bool:
-    """The node's kernel writes its output in its input's layout, NCHW or NHWC: a window pool or a
-    depthwise conv (`Layer.keeps_layout`)."""
+    """The node's kernel writes its output in its inputs' layout, NCHW or NHWC: a window pool, a
+    depthwise conv, a concat, a channel slice or shuffle (`Layer.keeps_layout`)."""
     compute = compute_of(g, node)
     return compute is not None and compute.spec.keeps_layout(own_in_shapes(g, node))
 
 
 def writes_channels_last(g: nx.DiGraph, node: str) -> bool:
-    """The node's kernel can store its output NHWC (a window pool or a depthwise conv: when its
-    input is)."""
+    """The node's kernel can store its output NHWC (a layout-keeping kernel: when its inputs are)."""
     return tensor_core_conv(g, node) or (keeps_layout(g, node) and _in_precision(g))
 
 
@@ -91,7 +90,7 @@ def _may_be_channels_last(g: nx.DiGraph, tensor: str) -> bool:
         inputs = g.nodes[reader]["inputs"]
         first_residual = len(inputs) - compute_of(g, reader).residuals
         for slot in (i for i, name in enumerate(inputs) if name == tensor):
-            as_input = slot == 0 and reads_channels_last(g, reader)
+            as_input = (slot == 0 or keeps_layout(g, reader)) and reads_channels_last(g, reader)  # a concat: any
             as_residual = slot >= first_residual and writes_channels_last(g, reader)
             if not (as_input or as_residual):
                 return False

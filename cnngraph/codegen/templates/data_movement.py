@@ -6,10 +6,11 @@ from .common import THREADS, one_thread_each, ptr
 
 
 def concat(name: str, *, n: int, channels: list[int], spatial: int, first: int = 0,
-           out_channels: int | None = None) -> tuple[str, tuple, tuple]:
+           out_channels: int | None = None, channels_last: bool = False) -> tuple[str, tuple, tuple]:
     """Channel concatenation of len(channels) inputs into channels first.. of y (of `out_channels`,
     by default just theirs), one thread per element written. Many inputs take several launches
-    (a kernel's parameters are bounded), each writing its own range of channels."""
+    (a kernel's parameters are bounded), each writing its own range of channels. `channels_last`:
+    every tensor is NHWC (consecutive threads: consecutive channels of a pixel)."""
     ctot = sum(channels)
     out_channels = ctot if out_channels is None else out_channels
     total = n * ctot * spatial
@@ -17,22 +18,38 @@ def concat(name: str, *, n: int, channels: list[int], spatial: int, first: int =
     lines, start = [], 0
     for i, ch in enumerate(channels):
         cond = "if" if i == 0 else "else if"
-        lines.append(f"    {cond} (k < {start + ch}) v = LOAD(x{i}[(nb * {ch} + k - {start}) * {spatial} + pix]);")
+        read = f"(nb * {spatial} + pix) * {ch} + k - {start}" if channels_last else \
+            f"(nb * {ch} + k - {start}) * {spatial} + pix"
+        lines.append(f"    {cond} (k < {start + ch}) v = LOAD(x{i}[{read}]);")
         start += ch
-    write = "idx" if out_channels == ctot else f"(nb * {out_channels} + {first} + k) * {spatial} + pix"
+    if out_channels == ctot:
+        write = "idx"
+    else:
+        write = (f"(nb * {spatial} + pix) * {out_channels} + {first} + k" if channels_last
+                 else f"(nb * {out_channels} + {first} + k) * {spatial} + pix")
     body = f"""KERNEL void {name}({args})
 {{
     const int idx = BLOCK_X * {THREADS} + THREAD_X;
     if (idx >= {total}) return;
-    const int pix = idx % {spatial};
-    const int k = (idx / {spatial}) % {ctot};
-    const int nb = idx / {ctot * spatial};
+{_place(ctot, spatial, channels_last)}
     float v = 0.0f;
 {chr(10).join(lines)}
     y[{write}] = STORE(v);
 }}
 """
     return (body, *one_thread_each(total))
+
+
+def _place(c: int, spatial: int, channels_last: bool) -> str:
+    """The pixel `pix`, channel `k` and sample `nb` of element `idx` of an (N, C, spatial) tensor,
+    stored NCHW or NHWC."""
+    if channels_last:
+        return f"""    const int k = idx % {c};
+    const int pix = (idx / {c}) % {spatial};
+    const int nb = idx / {c * spatial};"""
+    return f"""    const int pix = idx % {spatial};
+    const int k = (idx / {spatial}) % {c};
+    const int nb = idx / {c * spatial};"""
 
 
 def upsample_nearest(name: str, *, n, c, h, w, sh, sw) -> tuple[str, tuple, tuple]:
@@ -50,18 +67,20 @@ def upsample_nearest(name: str, *, n, c, h, w, sh, sw) -> tuple[str, tuple, tupl
     return (body, *one_thread_each(total))
 
 
-def channel_gather(name: str, *, n: int, c_in: int, c_out: int, spatial: int, source: str) -> tuple[str, tuple, tuple]:
+def channel_gather(name: str, *, n: int, c_in: int, c_out: int, spatial: int, source: str,
+                   channels_last: bool = False) -> tuple[str, tuple, tuple]:
     """y[nb, k, pix] = x[nb, source(k), pix], one thread per output element: a channel slice
-    (source = k + start) or a channel shuffle (a permutation of the channels)."""
+    (source = k + start) or a channel shuffle (a permutation of the channels). `channels_last`:
+    x and y are NHWC."""
     total = n * c_out * spatial
+    read = (f"(nb * {spatial} + pix) * {c_in} + ({source})" if channels_last
+            else f"(nb * {c_in} + ({source})) * {spatial} + pix")
     body = f"""KERNEL void {name}({ptr("x")}, {ptr("y", const=False)})
 {{
     const int idx = BLOCK_X * {THREADS} + THREAD_X;
     if (idx >= {total}) return;
-    const int pix = idx % {spatial};
-    const int k = (idx / {spatial}) % {c_out};
-    const int nb = idx / {c_out * spatial};
-    y[idx] = x[(nb * {c_in} + ({source})) * {spatial} + pix];
+{_place(c_out, spatial, channels_last)}
+    y[idx] = x[{read}];
 }}
 """
     return (body, *one_thread_each(total))
