@@ -136,6 +136,12 @@ class NodeLowering:
                               self.attrs.get("layout") == NHWC)
 
     @property
+    def layout_suffix(self) -> str:
+        """The kernel-name suffix that says which of its input and output are NHWC."""
+        suffixes = {(True, True): "_nhwc", (True, False): "_nhwc_in", (False, True): "_nhwc_out"}
+        return suffixes.get(self.channels_last, "")
+
+    @property
     def own_inputs(self) -> list:
         """The op's own inputs; residual inputs of the epilogue come after them."""
         return self.inputs[:len(self.inputs) - self.compute.residuals]
@@ -249,8 +255,7 @@ class NodeLowering:
             name = "gated_" + name
         if tf32:
             name += "_tf32"
-        name += {(True, True): "_nhwc", (True, False): "_nhwc_in", (False, True): "_nhwc_out"}.get(
-            self.channels_last, "")
+        name += self.layout_suffix
         split = chosen.splits > 1  # partial sums in the workspace, counted per output tile
         if split:
             name += f"_split{chosen.splits}"

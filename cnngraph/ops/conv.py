@@ -164,7 +164,7 @@ class Conv2d(Layer):
             taps = weights.reshape(geo.c, geo.taps)
             consts = [low.const("w", taps.T if nhwc else taps)]
             consts += [low.const("b", bias)] if bias is not None else []
-            return [low.launch(name + ("_nhwc" if nhwc else ""), [*low.own_inputs, *consts, *epilogue.args, low.output],
+            return [low.launch(name + low.layout_suffix, [*low.own_inputs, *consts, *epilogue.args, low.output],
                                T.depthwise, geo=geo, extra_args=[low.param(x) for x in consts[1:]] + epilogue.params,
                                epilogue=epilogue.code, channels_last=nhwc)]
         matrix = weights.reshape(geo.groups, geo.kg, -1).transpose(0, 2, 1)  # (g, C/g*KH*KW, K/g)

@@ -95,7 +95,7 @@ class Slice(Layer):
     def lower(self, low):
         n, c = low.in_shapes[0][:2]
         first, nhwc = self.channels(c).start, low.channels_last[0]
-        return low.simple(f"slice{first}_{low.sample_dims()}{'_nhwc' if nhwc else ''}", T.channel_gather, n=n, c_in=c,
+        return low.simple(f"slice{first}_{low.sample_dims()}{low.layout_suffix}", T.channel_gather, n=n, c_in=c,
                           c_out=low.shape[1], spatial=math.prod(low.shape[2:]), source=f"k + {first}",
                           channels_last=nhwc)
 
@@ -164,7 +164,7 @@ class ChannelShuffle(Layer):
     def lower(self, low):
         n, c = low.shape[:2]
         nhwc = low.channels_last[0]
-        return low.simple(f"shuffle{self.groups}_{low.sample_dims()}{'_nhwc' if nhwc else ''}", T.channel_gather,
+        return low.simple(f"shuffle{self.groups}_{low.sample_dims()}{low.layout_suffix}", T.channel_gather,
                           n=n, c_in=c, c_out=c, spatial=math.prod(low.shape[2:]),
                           source=f"(k % {self.groups}) * {c // self.groups} + k / {self.groups}", channels_last=nhwc)
 

@@ -87,7 +87,7 @@ class Pool2d(Layer):
         kind = self.op.removesuffix("_pool2d")
         n, c, h, w = low.in_shapes[0]
         nhwc = low.channels_last[0]
-        return low.simple(f"{kind}pool{kh}x{kw}s{sh}_{low.sample_dims()}{'_nhwc' if nhwc else ''}", T.pool, kind=kind,
+        return low.simple(f"{kind}pool{kh}x{kw}s{sh}_{low.sample_dims()}{low.layout_suffix}", T.pool, kind=kind,
                           n=n, c=c, h=h, w=w, p=low.shape[2], q=low.shape[3], kh=kh, kw=kw, sh=sh, sw=sw, ph=ph, pw=pw,
                           count_include_pad=getattr(self, "count_include_pad", True), channels_last=nhwc)
 
@@ -199,7 +199,7 @@ def spatial_mean(low):
     consecutive threads read consecutive channels of a pixel."""
     n, c, h, w = low.in_shapes[0]
     nhwc = low.channels_last[0]  # rows of H*W values c apart, else contiguous
-    return low.simple(f"global_avgpool_{c}x{h}x{w}{'_nhwc' if nhwc else ''}", T.reduce_rows, kind="mean",
+    return low.simple(f"global_avgpool_{c}x{h}x{w}{low.layout_suffix}", T.reduce_rows, kind="mean",
                       outer=n if nhwc else n * c, length=h * w, inner=c if nhwc else 1)
 
 

@@ -283,7 +283,7 @@ class Concat(Layer):
         for i, group in enumerate(groups):
             channels = [shape[1] for _, shape in group]
             part = f"_part{i + 1}" if len(groups) > 1 else ""
-            launches.append(low.launch(f"concat{len(low.inputs)}{part}_{low.sample_dims()}{'_nhwc' if nhwc else ''}",
+            launches.append(low.launch(f"concat{len(low.inputs)}{part}_{low.sample_dims()}{low.layout_suffix}",
                                        [*(x for x, _ in group), low.output], T.concat, n=low.shape[0],
                                        channels=channels, spatial=int(math.prod(low.shape[2:])), first=first,
                                        out_channels=low.shape[1], channels_last=nhwc))
