@@ -237,9 +237,10 @@ CHANNELS_LAST_POOLS = POOLS[:6] + [{"op": "global_avg_pool2d"}, {"op": "mean", "
 
 
 # after the depthwise chain: its last two outputs concatenated, 16 of the 32 channels, shuffled
-CHANNELS_LAST_MOVES = [{"op": "concat", "name": "cat", "inputs": [f"dw_{len(DEPTHWISE) - 2}", f"dw_{len(DEPTHWISE) - 1}"]},
-                       {"op": "slice", "name": "slice", "start": 8, "end": 24},
-                       {"op": "channel_shuffle", "name": "shuffle", "groups": 4}]
+CHANNELS_LAST_MOVES = [
+    {"op": "concat", "name": "cat", "inputs": [f"dw_{len(DEPTHWISE) - 2}", f"dw_{len(DEPTHWISE) - 1}"]},
+    {"op": "slice", "name": "slice", "start": 8, "end": 24},
+    {"op": "channel_shuffle", "name": "shuffle", "groups": 4}]
 
 
 def channels_last_family() -> dict:

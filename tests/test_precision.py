@@ -252,7 +252,8 @@ IN_CI = {("mma_large_4", "NCHW", "tf32"), ("mma_wide32", "NCHW", "tf32"), ("mma_
 @needs_opencl
 @pytest.mark.parametrize("name, layout, precision", [
     case if case in IN_CI else pytest.param(*case, marks=pytest.mark.slow)
-    for precision, layouts in TILE_LAYOUTS.items() for case in itertools.product(sorted(ALL_TILES), layouts, [precision])])
+    for precision, layouts in TILE_LAYOUTS.items()
+    for case in itertools.product(sorted(ALL_TILES), layouts, [precision])])
 def test_every_tensor_core_tile_computes_the_same(name, layout, precision):
     """Each tile and stage count an autotuner may pick, those whose buffers take more than the 48 KB
     a block may declare statically included (carved from dynamic shared memory, sized at launch),

@@ -414,7 +414,8 @@ class Dialect:
 CUDA = Dialect("cuda", ".cu", {
     "KERNEL": 'extern "C" __global__', "GLOBAL": "", "SHARED": "__shared__", "RESTRICT": "__restrict__",
     "BARRIER()": "__syncthreads()", "BLOCK_X": "((int)blockIdx.x)", "BLOCK_Y": "((int)blockIdx.y)",
-    "BLOCK_Z": "((int)blockIdx.z)", "UNROLL": '_Pragma("unroll")', "NO_UNROLL": '_Pragma("unroll 1")', "ALIGNED16": "__attribute__((aligned(16)))",
+    "BLOCK_Z": "((int)blockIdx.z)", "UNROLL": '_Pragma("unroll")', "NO_UNROLL": '_Pragma("unroll 1")',
+    "ALIGNED16": "__attribute__((aligned(16)))",
     "THREAD_X": "((int)threadIdx.x)", "EXPF(x)": "expf(x)", "TANHF(x)": "tanhf(x)", "ERFF(x)": "erff(x)",
     "SQRTF(x)": "sqrtf(x)", "INLINE": "__device__ __forceinline__", "NEG_INF": "(-__int_as_float(0x7f800000))",
     "TF32(x)": "tf32_round(x)", "MMA_TF32(d, a, b)": "mma_tf32(d, a, b)", "MMA_SCRATCH(warps)": "",
