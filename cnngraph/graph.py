@@ -33,7 +33,6 @@ class PoolStep:
     spec: Layer
     conv_shape: tuple[int, ...]
 
-
 @dataclass(frozen=True)
 class Compute:
     """What a node computes: its base op (the spec model it started as; its `activation` field
@@ -75,9 +74,8 @@ class Compute:
     @property
     def tensor_cores(self) -> bool:
         """Its products run on the tensor cores (`conv_mma`, `conv_mma16`): at tf32, and at fp16/bf16
-        unless gated (a gate's unrounded products stay on the CUDA cores); a fused pool keeps the
-        CUDA-core kernel, whose threads own whole pooling windows."""
-        return self.pool is None and (self.precision == "tf32" or (self.precision in HALF_STORAGE and not self.gated))
+        unless gated (a gate's unrounded products stay on the CUDA cores)."""
+        return self.precision == "tf32" or (self.precision in HALF_STORAGE and not self.gated)
 
     @property
     def residuals(self) -> int:

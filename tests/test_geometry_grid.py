@@ -240,7 +240,18 @@ CHANNELS_LAST_POOLS = POOLS[:6] + [{"op": "global_avg_pool2d"}, {"op": "mean", "
 CHANNELS_LAST_MOVES = [
     {"op": "concat", "name": "cat", "inputs": [f"dw_{len(DEPTHWISE) - 2}", f"dw_{len(DEPTHWISE) - 1}"]},
     {"op": "slice", "name": "slice", "start": 8, "end": 24},
-    {"op": "channel_shuffle", "name": "shuffle", "groups": 4}]
+    {"op": "channel_shuffle", "name": "shuffle", "groups": 4},
+    # elementwise ops: a batch norm (per-channel constants), a squeeze-excitation mul by its (C, 1, 1)
+    # gate, an add; then convs with fused pools of 2 and 4 pixels (11x7 -> 5x7 -> 5x1)
+    {"op": "batch_norm2d", "name": "bn"}, {"op": "global_avg_pool2d", "name": "squeeze"},
+    {"op": "conv2d", "name": "excite", "out_channels": 16, "kernel_size": 1, "activation": "sigmoid"},
+    {"op": "mul", "name": "gated", "inputs": ["bn", "excite"]}, {"op": "add", "name": "sum", "inputs": ["gated", "shuffle"]},
+    {"op": "conv2d", "name": "conv_pool2", "out_channels": 16, "kernel_size": 3, "padding": 1, "activation": "relu"},
+    {"op": "avg_pool2d", "name": "pool2", "kernel_size": [2, 1]},
+    {"op": "conv2d", "name": "conv_pool4", "out_channels": 16, "kernel_size": [3, 1], "padding": [1, 0]},
+    {"op": "max_pool2d", "name": "pool4", "kernel_size": [1, 4]}]
+CHANNELS_LAST_GLOBAL = {"squeeze"}  # the tail's tensors that stay NCHW: (N, C, 1, 1)
+CHANNELS_LAST_FUSED = {"conv_pool2", "conv_pool4"}  # into their pools
 
 
 def channels_last_family() -> dict:
@@ -248,8 +259,8 @@ def channels_last_family() -> dict:
     stored NHWC (passes/assign_layout.py), so each geometry's tensor-core kernel copies an NHWC
     input 16 bytes at a time (16 channels in 1 group, or 4 of 4) and stores an NHWC output (12
     channels, 3 per group), and the pools read and write NHWC (the global ones read it). Then the
-    depthwise geometries, one after another, and a concat, a slice and a shuffle, between two 1x1
-    convs (16 channels): NHWC in and out."""
+    depthwise geometries, one after another, a concat, a slice and a shuffle, elementwise ops and
+    pooled convs, between two 1x1 convs (16 channels): NHWC in and out."""
     layers = []
     middles = [{"op": "conv2d", "out_channels": 12, "groups": (1, 4)[i % 2], "activation": "relu", **geometry}
                for i, geometry in enumerate(CONVS)] + CHANNELS_LAST_POOLS
@@ -400,7 +411,8 @@ def test_the_channels_last_family_stores_the_middle_tensors_nhwc_at_tf32():
     assert program.layouts == {**{f"{n}_{i}": "NHWC" for n in ("in", "mid") for i in range(chain + 1)
                                   if (n, i) not in (("mid", windows), ("mid", windows + 1), ("mid", chain))},
                                **{f"dw_{i}": "NHWC" for i in range(len(DEPTHWISE))},
-                               **{layer["name"]: "NHWC" for layer in CHANNELS_LAST_MOVES}}
+                               **{layer["name"]: "NHWC" for layer in CHANNELS_LAST_MOVES
+                                  if layer["name"] not in CHANNELS_LAST_GLOBAL | CHANNELS_LAST_FUSED}}
     assert all("_nhwc" in l.kernel for l in program.launches if l.node not in (f"out_{windows}", f"out_{windows + 1}"))
     assert sum("_dw" in l.kernel for l in program.launches) == len(DEPTHWISE)
     assert cnngraph.plan(channels_last_family(), 2).program.layouts == {}  # fp32: NCHW everywhere

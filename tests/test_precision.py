@@ -77,7 +77,7 @@ LAYERS = {
                    {"op": "mul", "name": "gated", "inputs": ["x", "ex"]},
                    {"op": "conv2d", "name": "c", "out_channels": 16, "kernel_size": 3, "padding": 1}], (8, 6, 6)), 2),
     "pooled_conv": (net([{"op": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1},
-                         {"op": "max_pool2d", "kernel_size": 2}], (4, 8, 8)), 2),  # CUDA-core kernel, rounded
+                         {"op": "max_pool2d", "kernel_size": 2}], (4, 8, 8)), 2),  # windows by warp shuffles
     # a, b and the block's sum r are stored NHWC (passes/assign_layout.py): a is r's residual
     "channels_last_block": (net([
         {"op": "conv2d", "name": "a", "out_channels": 16, "kernel_size": 3, "padding": 1, "activation": "relu"},
@@ -89,8 +89,22 @@ LAYERS = {
     "channels_last_split_k": (net([{"op": "conv2d", "name": "a", "out_channels": 256, "kernel_size": 1},
                                    {"op": "conv2d", "name": "b", "out_channels": 64, "kernel_size": 3, "padding": 1}],
                                   (8, 4, 4)), 1),
+    # a concat's batch norm (+ relu), a squeeze-excitation mul by its (C, 1, 1) gate and an add, all
+    # elementwise on NHWC; then two fused pools, 2x2 (NHWC out) and 1x2 (the network's NCHW output)
+    "channels_last_elementwise": (net([
+        {"op": "conv2d", "name": "a", "out_channels": 16, "kernel_size": 3, "padding": 1},
+        {"op": "conv2d", "name": "b", "out_channels": 16, "kernel_size": 1},
+        {"op": "concat", "name": "cat", "inputs": ["a", "b"]}, {"op": "batch_norm2d", "name": "bn"},
+        {"op": "relu", "name": "r"}, {"op": "global_avg_pool2d", "name": "sq"},
+        {"op": "conv2d", "name": "ex", "out_channels": 32, "kernel_size": 1, "activation": "sigmoid"},
+        {"op": "mul", "name": "m", "inputs": ["r", "ex"]}, {"op": "add", "name": "s", "inputs": ["m", "cat"]},
+        {"op": "conv2d", "name": "p", "out_channels": 16, "kernel_size": 3, "padding": 1},
+        {"op": "max_pool2d", "name": "pp", "kernel_size": 2},
+        {"op": "conv2d", "name": "q", "out_channels": 24, "kernel_size": 1},
+        {"op": "avg_pool2d", "name": "qp", "kernel_size": [1, 2]}], (8, 10, 12)), 3),
 }
-CHANNELS_LAST = {"channels_last_block": {"a", "b", "r"}, "channels_last_split_k": {"a"}}  # the NHWC tensors
+CHANNELS_LAST = {"channels_last_block": {"a", "b", "r"}, "channels_last_split_k": {"a"},  # the NHWC tensors
+                 "channels_last_elementwise": {"a", "b", "cat", "r", "ex", "m", "s", "pp"}}
 
 
 def inputs_for(model, seed=0):
@@ -126,24 +140,28 @@ def test_tensor_core_kernel_on_pocl_matches_numpy_tf32(case):
     ref = cnngraph.compile(spec, batch_size=batch, device="cpu", precision="tf32")
     model = cnngraph.compile(spec, batch_size=batch, device="opencl", weights=ref.weights, precision="tf32")
     xs = inputs_for(ref)
-    assert rel_err(run_poisoned(model, xs), ref(xs)) <= 1e-5
+    want = ref.backend.run_observed(dict(xs))
+    model.backend.poison()
+    got = model.backend.run_node_by_node({**xs, **want})  # a chain's kernels each on the same inputs
+    assert {n: rel_err(got[n], want[n]) <= 1e-5 for n in want} == {n: True for n in want}
     gemms = [l for l in model.backend.program.launches if l.kernel.startswith(("conv", "linear"))]
     assert gemms and all("_tf32" in l.kernel for l in gemms)
-    assert all("MMA_TF32(" in l.body for l in gemms) == (case != "pooled_conv")
-    assert any("CP_ASYNC4(" in l.body for l in gemms) == (case != "pooled_conv")
+    assert all("MMA_TF32(" in l.body for l in gemms)
+    assert any("CP_ASYNC4(" in l.body for l in gemms)
+    assert all(("SHFL_XOR(" in l.body) == ("pool" in l.kernel) for l in gemms)  # fused pools: windows by shuffles
     for launch in gemms:  # the cp.async kernels copy weight rows padded to whole 16-byte copies
         (w,) = [model.backend.program.constants[ref] for _, ref in launch.args if ref.endswith(":w")]
         assert w.shape[-1] % 4 == 0 or "CP_ASYNC16(" not in launch.body
-    assert any("CP_ASYNC16(" in l.body for l in gemms) == (case != "pooled_conv")
+    assert any("CP_ASYNC16(" in l.body for l in gemms)
     assert set(model.backend.program.layouts) == CHANNELS_LAST.get(case, set())
 
 
 @pytest.mark.parametrize("precision", ["tf32", "fp16", "bf16"])
 def test_cnns_are_channels_last_from_the_stem_to_the_global_pool(precision):
     """Every tensor a conv or a pool writes (all but the image and the global pool's (N, C, 1, 1)),
-    mobilenet_v2's depthwise convs' and squeezenet's concats' too; at fp32 (the CUDA-core kernels)
-    none."""
-    for example in ("resnet18", "resnet50", "mobilenet_v2", "squeezenet1_1"):
+    mobilenet_v2's depthwise convs', squeezenet's concats', densenet's batch norms' and cifar_vgg's
+    pooled convs' too; at fp32 (the CUDA-core kernels) none."""
+    for example in ("resnet18", "resnet50", "mobilenet_v2", "squeezenet1_1", "densenet121", "cifar_vgg"):
         g = cnngraph.plan(EXAMPLES / f"{example}.json", 1, precision=precision).graph
         spatial = [n for n in g.graph["order"] if len(g.nodes[n]["shape"]) == 4 and g.nodes[n]["shape"][2] > 1]
         assert {n for n in g.graph["order"] if g.nodes[n].get("layout") == "NHWC"} == set(spatial)
@@ -159,7 +177,8 @@ def test_channels_last_tensors_read_back_as_nchw(case):
     ref = cnngraph.compile(spec, batch_size=batch, device="cpu", precision="tf32")
     model = cnngraph.compile(spec, batch_size=batch, device="opencl", weights=ref.weights, precision="tf32")
     xs = inputs_for(ref)
-    want, got = ref.backend.run_observed(dict(xs)), model.backend.run_observed(dict(xs))
+    want = ref.backend.run_observed(dict(xs))
+    got = model.backend.run_node_by_node({**xs, **want})
     assert {n: rel_err(got[n], want[n]) <= 1e-5 for n in want} == {n: True for n in want}
     program = model.backend.program
     for launch in program.launches:
@@ -197,6 +216,16 @@ def planted(spec, batch, old, new):
         "overlapping_views", "short_weight_copy"])
 def test_emulation_catches_planted_mistakes(old, new):
     assert_caught(LAYERS["conv_stride2_ragged"], old, new)  # three stages, several slices
+
+
+@needs_opencl
+@pytest.mark.parametrize("old, new", [
+    (re.compile(r"lanes < (\d+);"), lambda m: f"lanes < {int(m[1]) // 2};"),  # half of each window pooled
+    ("SHFL_XOR(v, lanes)", "SHFL_XOR(v, lanes / 4)"),  # the neighbouring channels' lanes instead
+    ("+ a_win / 2;", ";"),  # every row of a window copies the window's first pixel row
+], ids=["half_window", "wrong_lanes", "window_rows"])
+def test_emulation_catches_planted_pool_mistakes(old, new):
+    assert_caught(LAYERS["pooled_conv"], old, new)
 
 
 def assert_caught(case, old, new):

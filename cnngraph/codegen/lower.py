@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import ResourceError
 from ..geometry import ConvGeometry
+from ..ops.arithmetic import broadcast_index
 from ..ops.epilogue import label, scale_shifts, to_c
 from ..passes.assign_layout import NHWC
 from ..precision import HALF_STORAGE, round_tf32, to_storage
@@ -197,10 +198,20 @@ class NodeLowering:
         reads = self.inputs[:inputs] if reads is None else reads
         then = "".join("\n" + line for line in to_c(steps, []))
         suffix = "_" + label(steps).replace("+", "_") if steps else ""
-        return [self.launch(f"{kind}{suffix}_{self.sample_dims()}", [*reads, *consts, self.output], T.pointwise,
-                            total=_numel(self.shape), inputs=[f"x{i}" for i in range(len(reads))],
-                            extra_args=[_param(c) for c in consts], expr=expr + then, channels=self.shape[1],
-                            spatial=_numel(self.shape[2:]))]
+        nhwc = self.channels_last[1]  # its full-size inputs' layout too (passes/assign_layout.py)
+        return [self.launch(f"{kind}{suffix}_{self.sample_dims()}{'_nhwc' if nhwc else ''}",
+                            [*reads, *consts, self.output], T.pointwise, total=_numel(self.shape),
+                            inputs=[f"x{i}" for i in range(len(reads))], extra_args=[_param(c) for c in consts],
+                            expr=expr + then, channels=self.shape[1], spatial=_numel(self.shape[2:]),
+                            channels_last=nhwc)]
+
+    def operand_index(self, i: int) -> str:
+        """The C index into input `i` of the element `idx` of an elementwise op's output, which it
+        may broadcast to; NHWC when the output is (a broadcast operand then is layout-free)."""
+        shapes = (self.in_shapes[i], self.shape)
+        if self.channels_last[1]:
+            shapes = tuple((s[0], *s[2:], s[1]) for s in shapes)
+        return broadcast_index(*shapes)
 
     def gemm_epilogue(self, bias: np.ndarray | None, activation) -> EpilogueCode:
         """A conv/linear's epilogue: its bias, its `activation` field, then the fused steps."""
@@ -220,27 +231,26 @@ class NodeLowering:
              epilogue: EpilogueCode) -> list[Launch]:
         """A conv/linear as an implicit GEMM over `matrix` (groups, C/g*KH*KW, K/g), with the node's
         epilogue and fused pool; split-K (inside the kernel) when its schedule says so. At tf32 the weights are rounded
-        here, once, and the kernel rounds its inputs: on the tensor cores (`conv_mma`) unless a
-        fused pool needs the CUDA-core kernel, which then multiplies the same rounded operands.
-        At fp16/bf16 the weights are stored in 16 bits, as the activations are, and the products
-        run on the tensor cores (`conv_mma16`) but for a fused pool or a gate (`conv_gemm`). The
+        here, once, and the kernel rounds its inputs, on the tensor cores (`conv_mma`). At
+        fp16/bf16 the weights are stored in 16 bits, as the activations are, and the products run
+        on the tensor cores (`conv_mma16`) but for a gate (`conv_gemm`). The
         tensor-core kernels read and write NHWC tensors too (`channels_last`), their weight rows
         then in (ky, kx, channel) order."""
         tf32 = self.compute.precision == "tf32"
         b_refs = [self.const("b", bias)] if bias is not None else []
-        m, kg = geo.n * geo.pixels, geo.kg
+        kg = geo.kg
         pool = _fused_pool(self.compute.pool, self.shape)
         if pool:  # the GEMM covers the pixels inside windows; the output is the pooled tensor
             geo = dataclasses.replace(geo, p=self.compute.pool.conv_shape[2], q=self.compute.pool.conv_shape[3])
-            m = geo.n * pool.ph * pool.pw * pool.size
             name += f"_{pool.kind}pool{pool.kh}x{pool.kw}"
+        m = T.gemm_rows(geo, pool)
         half, gated = self.compute.precision in HALF_STORAGE, self.compute.gated
         copied = T.weight_vector(half, gated, self.channels_last[0])  # 0: a tensor-core kernel loads through registers
         options = schedules(m, kg, geo.reduction, geo.groups, rows_multiple=pool.size if pool else 1,
                             tensor_cores=self.compute.tensor_cores, register_staged=not copied)
         chosen = options[self.pick]
         if isinstance(chosen.tile, MmaTile):
-            template, variant = T.conv_mma, {"channels_last": self.channels_last}
+            template, variant = T.conv_mma, {"channels_last": self.channels_last, "pool": pool}
             if half:
                 template, variant["bf16"] = T.conv_mma16, self.compute.precision == "bf16"
             matrix = T.conv_mma_weights(matrix, geo, self.channels_last[0], copied)

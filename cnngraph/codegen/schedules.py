@@ -99,9 +99,9 @@ def schedules(m: int, k: int, r: int, groups: int, rows_multiple: int = 1, tenso
               register_staged: bool = False) -> list[Schedule]:
     """The default schedule first (a heuristic, good without measuring), then the few alternatives
     an autotuner may time on the device: other tiles, a deeper BK, half or twice the splits.
-    `tensor_cores`: the tiles of the mma kernels (a fused pool, whose windows a thread must own,
-    keeps the CUDA-core tiles); `register_staged`: the mma kernel stages its loads in registers
-    and two shared buffers, whatever the tile's cp.async stages."""
+    `tensor_cores`: the tiles of the mma kernels (whose fragments' 8-row halves hold whole windows
+    of a fused pool of `rows_multiple` pixels); `register_staged`: the mma kernel stages its loads
+    in registers and two shared buffers, whatever the tile's cp.async stages."""
     def make(tile: Tile | MmaTile, splits: int | None = None) -> Schedule:
         if register_staged and isinstance(tile, MmaTile):
             tile = dataclasses.replace(tile, stages=2)
@@ -109,7 +109,7 @@ def schedules(m: int, k: int, r: int, groups: int, rows_multiple: int = 1, tenso
             return Schedule(tile)
         return _split(tile, r, default_splits(m, k, r, tile) if splits is None else splits)
 
-    if tensor_cores and rows_multiple == 1:
+    if tensor_cores:
         found = [make(choose_mma_tile(m, k))]
         alternatives = [make(t) for t in (*MMA_TILES.values(), *MMA_DEEP_TILES.values()) if t.bn <= 2 * k]
     else:

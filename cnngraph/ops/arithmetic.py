@@ -71,7 +71,7 @@ class Binary(Layer):
         return self.ufunc(xs[0], xs[1], out=out)
 
     def lower(self, low):
-        a, b = (broadcast_index(s, low.shape) for s in low.in_shapes[:2])
+        a, b = low.operand_index(0), low.operand_index(1)
         return low.elementwise(self.op, f"v = LOAD(x0[{a}]) {self.symbol} LOAD(x1[{b}]);", inputs=2)
 
     def to_onnx(self, ex, xs, out, shape):

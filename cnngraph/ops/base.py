@@ -108,6 +108,12 @@ ANY_LAYOUT = "any_layout"      # reads NCHW or NHWC; its output has no spatial e
 TRAITS = (GEMM, ELEMENTWISE, ACTIVATION, POOL, KEEPS_LAYOUT, ANY_LAYOUT)
 
 
+def layout_free(shape: Shape) -> bool:
+    """An image of per-sample `shape` (C, H, W) lies the same in memory NCHW and NHWC: one
+    channel, or one pixel."""
+    return len(shape) == 3 and (shape[0] == 1 or shape[1] * shape[2] == 1)
+
+
 def ops_with(trait: str) -> tuple[str, ...]:
     """The names of the registered ops that have `trait`."""
     return tuple(op for op, cls in OPS.items() if trait in cls.traits)
@@ -159,8 +165,14 @@ class Layer(Strict):
 
     def keeps_layout(self, in_shapes: list[Shape]) -> bool:
         """Whether its kernel reads NCHW or NHWC and writes its output in its inputs' layout: the
-        ops with `KEEPS_LAYOUT` on images (a vector has no layout), and a depthwise conv."""
-        return self.has(KEEPS_LAYOUT) and len(in_shapes[0]) == 3
+        ops with `KEEPS_LAYOUT` on images (a vector has no layout), a depthwise conv, and an
+        elementwise op on images whose operands that broadcast (a (C, 1, 1) gate) are layout-free."""
+        if not all(len(s) == 3 for s in in_shapes):
+            return False
+        if self.has(ELEMENTWISE):
+            out = self.infer_shape(in_shapes)
+            return all(tuple(s) == tuple(out) or layout_free(s) for s in in_shapes)
+        return self.has(KEEPS_LAYOUT)
 
     # --- shape rule ---------------------------------------------------------------------------
     def infer_shape(self, in_shapes: list[Shape]) -> Shape:

@@ -8,14 +8,16 @@ its accumulator fragments, so no layout conversion ever runs: the choice is made
 every kernel around it can take it.
 
 A conv adds its residuals at the index it stores (`r0[idx]`), and a window pool, a depthwise conv,
-a concat, a channel slice or shuffle (`Layer.keeps_layout`) writes its output in its inputs'
-layout, so those tensors share one layout: they are decided together, as one set. A set is stored
-NHWC when every tensor in it is written by a tensor-core conv or one of those, is not a network
-input or output, and is read only by kernels that take NHWC: a tensor-core conv whose channel
-groups are a whole number of 16-byte vectors (and that is not gated: a gate scales values on the
-way through registers), a conv adding it as a residual, one of those layout-keeping kernels, or a
-global pool (`ANY_LAYOUT`: its (N, C, 1, 1) output is the same in both). Anything else (a flatten,
-an elementwise op, the network's outputs) reads NCHW, and so do the tensors it reads. Runs after `assign_precision`,
+a concat, a channel slice or shuffle, an elementwise op (`Layer.keeps_layout`) writes its output in
+its inputs' layout, so those tensors share one layout: they are decided together, as one set (an
+elementwise op's operand that broadcasts, a squeeze-excitation gate's (N, C, 1, 1), is
+layout-free: the same bytes either way). A set is stored NHWC when every tensor in it is written by
+a tensor-core conv or one of those, is not a network input or output, and is read only by kernels
+that take NHWC: a tensor-core conv whose channel groups are a whole number of 16-byte vectors (and
+that is not gated: a gate scales values on the way through registers), a conv adding it as a
+residual, one of those layout-keeping kernels, or a global pool (`ANY_LAYOUT`: its (N, C, 1, 1)
+output is the same in both). Anything else (a flatten, a layer norm, the network's outputs) reads
+NCHW, and so do the tensors it reads. Runs after `assign_precision`,
 on the final graph; the NumPy backend ignores layouts (it computes the same values), the GPU
 backends convert a tensor when they upload or download it by name.
 """
@@ -25,7 +27,7 @@ from __future__ import annotations
 import networkx as nx
 
 from ..graph import compute_of, layer_nodes, own_in_shapes
-from ..ops import ANY_LAYOUT
+from ..ops import ANY_LAYOUT, ELEMENTWISE
 from ..precision import vector_width
 
 NHWC = "NHWC"
@@ -44,6 +46,18 @@ def keeps_layout(g: nx.DiGraph, node: str) -> bool:
     depthwise conv, a concat, a channel slice or shuffle (`Layer.keeps_layout`)."""
     compute = compute_of(g, node)
     return compute is not None and compute.spec.keeps_layout(own_in_shapes(g, node))
+
+
+def layout_partners(g: nx.DiGraph, node: str) -> list[str]:
+    """The inputs a layout-keeping node reads in its output's layout: all of them, but an
+    elementwise op's operands that broadcast, which are layout-free (`ops.layout_free`) and read
+    the same either way."""
+    if not keeps_layout(g, node):
+        return []
+    inputs = g.nodes[node]["inputs"][:len(g.nodes[node]["inputs"]) - compute_of(g, node).residuals]
+    if not compute_of(g, node).has(ELEMENTWISE):
+        return inputs
+    return [i for i in inputs if tuple(g.nodes[i]["shape"]) == tuple(g.nodes[node]["shape"])]
 
 
 def writes_channels_last(g: nx.DiGraph, node: str) -> bool:
@@ -73,7 +87,7 @@ def assign_layout(g: nx.DiGraph) -> list[str]:
     sets = nx.utils.UnionFind()
     for node in layer_nodes(g):
         inputs, compute = g.nodes[node]["inputs"], compute_of(g, node)
-        sets.union(node, *inputs[len(inputs) - compute.residuals:], *(inputs if keeps_layout(g, node) else []))
+        sets.union(node, *inputs[len(inputs) - compute.residuals:], *layout_partners(g, node))
     chosen = []
     for tensors in sets.to_sets():
         if all(_may_be_channels_last(g, t) for t in tensors):

@@ -11,11 +11,11 @@ arithmetic and unrolls. Each template returns (body, grid, block).
 from .common import MAX_KERNEL_INPUTS, THREADS, kernel_groups
 from .data_movement import channel_gather, concat, pad2d, resample, upsample_nearest
 from .elementwise import pointwise
-from .gemm import (FusedPool, conv_gemm, conv_mma, conv_mma16, conv_mma_weights, depthwise, tap_table,
+from .gemm import (FusedPool, conv_gemm, conv_mma, conv_mma16, conv_mma_weights, depthwise, gemm_rows, tap_table,
                    weight_vector)
 from .reductions import layer_norm, pool, reduce_rows
 
 __all__ = ["MAX_KERNEL_INPUTS", "THREADS", "kernel_groups", "channel_gather", "concat", "pad2d", "resample",
            "upsample_nearest", "pointwise", "FusedPool", "conv_gemm", "conv_mma", "conv_mma16", "conv_mma_weights",
-           "depthwise", "tap_table", "weight_vector",
+           "depthwise", "gemm_rows", "tap_table", "weight_vector",
            "layer_norm", "pool", "reduce_rows"]

@@ -23,7 +23,9 @@ from .common import THREADS, indent, one_thread_each, ptr
 @dataclass(frozen=True)
 class FusedPool:
     """A non-overlapping pool (stride == kernel, no padding) applied to the conv output in the
-    epilogue: GEMM rows are ordered so each pooling window is `size` consecutive rows of one thread."""
+    epilogue: GEMM rows are ordered so each pooling window is `size` consecutive rows, of one thread
+    (`conv_gemm`) or of lanes 4 apart in one fragment column (the tensor-core kernels; windows of
+    1, 2, 4 or 8 pixels: passes/fuse_pool.py)."""
     kind: str  # "max" or "avg"
     kh: int
     kw: int
@@ -33,6 +35,11 @@ class FusedPool:
     @property
     def size(self) -> int:
         return self.kh * self.kw
+
+
+def gemm_rows(geo: ConvGeometry, pool: FusedPool | None) -> int:
+    """An implicit GEMM's rows: the output pixels, or with a fused pool the conv pixels inside windows."""
+    return geo.n * (pool.ph * pool.pw * pool.size if pool else geo.pixels)
 
 
 def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: str, tile: Tile, gated: bool,
@@ -50,10 +57,9 @@ def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
     With `gated`, a second input gate (N, C) scales each input value by its sample's channel gate
     as it is loaded (a squeeze-excitation `x * s` the conv reads without it being stored).
     With `tf32`, input values are rounded to TF32 as they enter shared memory (the weights come
-    rounded): the products are those of the tensor-core kernel, `conv_mma`, for the pooled convs
-    it does not handle."""
-    n, k, groups, kg, pq = geo.n, geo.k, geo.groups, geo.kg, geo.pixels
-    m_total = n * pool.ph * pool.pw * pool.size if pool else n * pq
+    rounded): the products are those of the tensor-core kernel, `conv_mma`."""
+    k, groups, kg, pq = geo.k, geo.groups, geo.kg, geo.pixels
+    m_total = gemm_rows(geo, pool)
     t = tile
     nt, a_per, a_step, b_per = t.threads, t.bm * t.bk // t.threads, t.threads // t.bm, t.bk * t.bn // t.threads
     assert nt % t.bm == 0 and (t.bk * t.bn) % nt == 0
@@ -124,10 +130,10 @@ def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
 
 
 def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: str, tile: MmaTile, gated: bool,
-             splits: int = 1, chunk: int = 0, channels_last: tuple[bool, bool] = (False, False)
-             ) -> tuple[str, tuple, tuple]:
-    """The implicit GEMM of `conv_gemm` (same arguments, layouts, split-K and gate; no fused pool)
-    on the tensor cores: TF32 m16n8k8 products with float32 accumulators.
+             splits: int = 1, chunk: int = 0, channels_last: tuple[bool, bool] = (False, False),
+             pool: FusedPool | None = None) -> tuple[str, tuple, tuple]:
+    """The implicit GEMM of `conv_gemm` (same arguments, layouts, split-K, gate and fused pool) on
+    the tensor cores: TF32 m16n8k8 products with float32 accumulators.
 
     Slices of BK reduction values flow through `tile.stages` shared-memory buffers: each thread
     copies its elements of a slice with `cp.async`, `stages - 1` slices ahead of the one being
@@ -152,7 +158,8 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     fragment reads (rows t and t+4, columns g) fall in 32 distinct banks; NHWC rows ([pixel]) by 4,
     an odd number of 16-byte groups, which does the same. The epilogue runs on the
     accumulator fragments in registers: lane (g, t) holds pixels g and g+8 of each 16-row
-    fragment, channels 2t and 2t+1 of each 8-column one."""
+    fragment, channels 2t and 2t+1 of each 8-column one (`_fragment_epilogue`; with a pool, the
+    lanes of a window combine their values by warp shuffles: `_fragment_pool_epilogue`)."""
     t, split, copies = tile, splits > 1, not gated
     nhwc_in, nhwc_out = channels_last
     assert copies or not nhwc_in, "a gated conv loads NCHW through registers"
@@ -163,7 +170,7 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     pixels = _vector_pixels(t, VECTOR)  # NHWC: the pixels whose windows a thread copies
     assert nt % t.bm == 0 and nt % t.bn == 0 and t.bk % 8 == 0 and t.wm % 16 == 0 and t.wn % 8 == 0
     assert not split or geo.groups == 1
-    m_total, kg, pq = geo.n * geo.pixels, geo.kg, geo.pixels
+    m_total, kg = gemm_rows(geo, pool), geo.kg
     r_begin = f"g * {chunk}" if split else "0"
     inputs = [ptr("x"), *([ptr("gate")] if gated else []), ptr("w"), *([table_param()] if geo.taps > 1 else [])]
     args = _parameters(inputs, split, extra_args)
@@ -225,11 +232,10 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     SHARED_VIEW(float, As, {stages}, [{ar}][{ac}], 0);  /* [buffer]{a_order} */
     SHARED_VIEW(float, Bs, {stages}, [{br}][{bc}], {a_bytes});  /* [buffer][reduction][channel] */
 {_warp_setup(t)}
-{_window(geo, t.bm, t.bn, None, splits, chunk, gated, pitch, pixels=pixels if nhwc_in else None)}
+{_window(geo, t.bm, t.bn, pool, splits, chunk, gated, pitch, pixels=pixels if nhwc_in else None)}
 {main}
 
-{_finish(_fragment_epilogue(mi, ni, m_total, kg, pq, geo.k, "kl" if split else f"g * {kg} + kl", nhwc_out),
-         splits, geo.k, m_total, grid[0], epilogue)}
+{_mma_finish(t, geo, pool, splits, grid[0], epilogue, nhwc_out)}
 }}
 """
     return body, grid, (nt, 1, 1)
@@ -353,9 +359,9 @@ def krsc_rows(matrix: np.ndarray, geo: ConvGeometry) -> np.ndarray:
 
 
 def conv_mma16(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: str, tile: MmaTile, gated: bool,
-               bf16: bool, splits: int = 1, chunk: int = 0, channels_last: tuple[bool, bool] = (False, False)
-               ) -> tuple[str, tuple, tuple]:
-    """The implicit GEMM of `conv_mma` on 16-bit operands (fp16 or bf16 storage): m16n8k16 tensor-core
+               bf16: bool, splits: int = 1, chunk: int = 0, channels_last: tuple[bool, bool] = (False, False),
+               pool: FusedPool | None = None) -> tuple[str, tuple, tuple]:
+    """The implicit GEMM of `conv_mma` (a fused pool too) on 16-bit operands (fp16 or bf16 storage): m16n8k16 tensor-core
     products with float32 accumulators, fed by `ldmatrix`. No gate (a gated conv multiplies
     unrounded products on the CUDA cores: `conv_gemm`).
 
@@ -379,7 +385,7 @@ def conv_mma16(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue:
     nt, mi, ni = t.threads, t.wm // 16, t.wn // 8
     assert nt % t.bm == 0 and nt % t.bn == 0 and t.bk % 16 == 0 and t.wm % 16 == 0 and t.wn % 8 == 0
     assert not split or geo.groups == 1
-    m_total, kg, pq = geo.n * geo.pixels, geo.kg, geo.pixels
+    m_total, kg = gemm_rows(geo, pool), geo.kg
     r_begin = f"g * {chunk}" if split else "0"
     inputs = [ptr("x"), ptr("w"), *([table_param()] if geo.taps > 1 else [])]
     args = _parameters(inputs, split, extra_args)
@@ -425,11 +431,10 @@ def conv_mma16(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue:
 {{
 {shared}
 {_warp_setup(t)}
-{_window(geo, t.bm, t.bn, None, splits, chunk, False, pitch, pixels=pixels)}
+{_window(geo, t.bm, t.bn, pool, splits, chunk, False, pitch, pixels=pixels)}
 {main}
 
-{_finish(_fragment_epilogue(mi, ni, m_total, kg, pq, geo.k, "kl" if split else f"g * {kg} + kl", nhwc_out),
-         splits, geo.k, m_total, grid[0], epilogue)}
+{_mma_finish(t, geo, pool, splits, grid[0], epilogue, nhwc_out)}
 }}
 """
     return body, grid, (nt, 1, 1)
@@ -523,6 +528,57 @@ def _finish(loop, splits: int, k: int, m_total: int, grid_x: int, epilogue: str)
     }}"""
 
 
+def _mma_finish(t: MmaTile, geo: ConvGeometry, pool: FusedPool | None, splits: int, grid_x: int, epilogue: str,
+                channels_last: bool) -> str:
+    """The end of a tensor-core kernel: `epilogue` on its accumulator fragments, then the store
+    (pooled, or through split-K's `_finish`)."""
+    mi, ni, m_total, kg = t.wm // 16, t.wn // 8, gemm_rows(geo, pool), geo.kg
+    channel = "kl" if splits > 1 else f"g * {kg} + kl"
+    if pool:
+        return _fragment_pool_epilogue(mi, ni, geo, pool, channel, channels_last, epilogue)
+    return _finish(_fragment_epilogue(mi, ni, m_total, kg, geo.pixels, geo.k, channel, channels_last),
+                   splits, geo.k, m_total, grid_x, epilogue)
+
+
+def _fragment_pool_epilogue(mi: int, ni: int, geo: ConvGeometry, pool: FusedPool, channel: str,
+                            channels_last: bool, epilogue: str) -> str:
+    """`_fragment_epilogue` with a fused pool: a window's `pool.size` consecutive rows (1, 2, 4 or
+    8, within one 8-row half of a fragment) lie in lanes 4, 8, 16 apart, the same registers. Each
+    lane applies `epilogue` to its conv value (`idx`: the conv output element, for residuals); the
+    window's lanes combine theirs by `SHFL_XOR`, which every lane of the warp reaches (so no branch
+    around it); its first lane stores the pooled value."""
+    assert 8 % pool.size == 0
+    cells, size = pool.ph * pool.pw, pool.size
+    m_total, kg, k = gemm_rows(geo, pool), geo.kg, geo.k
+    conv = (f"((nb * {geo.p} + p) * {geo.q} + q) * {k} + k" if channels_last
+            else f"((nb * {k} + k) * {geo.p} + p) * {geo.q} + q")
+    pooled = f"(nb * {cells} + cell) * {k} + k" if channels_last else f"(nb * {k} + k) * {cells} + cell"
+    combine = "v = max_nan(v, other);" if pool.kind == "max" else "v += other;"
+    mean = "" if pool.kind == "max" else f" * {1.0 / size!r}f"
+    return f"""    UNROLL for (int i = 0; i < {mi}; ++i)
+        UNROLL for (int j = 0; j < {ni}; ++j)
+            UNROLL for (int e = 0; e < 4; ++e) {{
+                const int m = m0 + wm0 + i * 16 + fg + 8 * (e / 2);  /* row m % {size} of window m / {size} */
+                const int kl = n0 + wn0 + j * 8 + 2 * ft + e % 2;
+                const bool live = m < {m_total} && kl < {kg};  /* the same for a whole window */
+                const int nb = m / {cells * size};
+                const int cell = (m / {size}) % {cells};  /* pooled pixel */
+                const int k = {channel};
+                float v = acc[i][j][e];
+                if (live) {{
+                    const int p = (cell / {pool.pw}) * {pool.kh} + m % {size} / {pool.kw};
+                    const int q = (cell % {pool.pw}) * {pool.kw} + m % {size} % {pool.kw};
+                    const int idx = {conv};
+{indent(epilogue, 20)}
+                }}
+                UNROLL for (int lanes = 4; lanes < {4 * size}; lanes *= 2) {{  /* the window's other rows */
+                    const float other = SHFL_XOR(v, lanes);
+                    {combine}
+                }}
+                if (live && m % {size} == 0) y[{pooled}] = STORE(v{mean});
+            }}"""
+
+
 def _fragment_epilogue(mi: int, ni: int, m_total: int, kg: int, pq: int, k: int, channel: str,
                        channels_last: bool = False):
     """The loop of `_finish` over a tensor-core kernel's accumulator fragments acc[i][j][e]: lane
@@ -562,20 +618,10 @@ const int r_end = {r_end};"""
     column = f"""const int b_col = n0 + tid % {bn};  /* this thread's weight column */
 GLOBAL const ACT* wb = wg + (tid / {bn}) * {pitch or geo.kg} + b_col;"""
     if pixels:
-        return indent(f"""{_pixels_nhwc(geo, *pixels, group)}
+        return indent(f"""{_pixels_nhwc(geo, *pixels, group, pool, gemm_rows(geo, pool))}
 {weights}
 {column}""", 4)
-    if pool:
-        cells = pool.ph * pool.pw
-        decode = f"""const int a_n = am / {cells * pool.size};
-const int a_cell = (am / {pool.size}) % {cells};  /* pooled pixel */
-const int a_win = am % {pool.size};                /* position inside its window */
-const int a_p = (a_cell / {pool.pw}) * {pool.kh} + a_win / {pool.kw};
-const int a_q = (a_cell % {pool.pw}) * {pool.kw} + a_win % {pool.kw};"""
-    else:
-        decode = f"""const int a_n = am / {geo.pixels};
-const int a_p = (am % {geo.pixels}) / {geo.q};
-const int a_q = am % {geo.q};"""
+    decode = _pixel_of_row(geo, pool)
     # the gates of this thread's sample and group: the input value of channel ci is scaled by gg[ci]
     gates = f"\nGLOBAL const ACT* gg = gate + a_n * {geo.c} + {group} * {geo.cg};" if gated else ""
     return indent(f"""/* the output pixel whose input window this thread loads stays the same for the whole reduction */
@@ -591,7 +637,23 @@ const bool in_image = (unsigned)ih0 < {geo.h}u && (unsigned)iw0 < {geo.w}u;
 {column}""", 4)
 
 
-def _pixels_nhwc(geo: ConvGeometry, count: int, vectors: int, step: int, group: str) -> str:
+def _pixel_of_row(geo: ConvGeometry, pool: FusedPool | None) -> str:
+    """C lines giving GEMM row `am`'s output pixel: sample a_n, row a_p, column a_q. With a fused
+    `pool`, rows run window by window: a window's `pool.size` conv pixels are consecutive rows."""
+    if not pool:
+        return f"""const int a_n = am / {geo.pixels};
+const int a_p = (am % {geo.pixels}) / {geo.q};
+const int a_q = am % {geo.q};"""
+    cells = pool.ph * pool.pw
+    return f"""const int a_n = am / {cells * pool.size};
+const int a_cell = (am / {pool.size}) % {cells};  /* pooled pixel */
+const int a_win = am % {pool.size};                /* position inside its window */
+const int a_p = (a_cell / {pool.pw}) * {pool.kh} + a_win / {pool.kw};
+const int a_q = (a_cell % {pool.pw}) * {pool.kw} + a_win % {pool.kw};"""
+
+
+def _pixels_nhwc(geo: ConvGeometry, count: int, vectors: int, step: int, group: str, pool: FusedPool | None,
+                 m_total: int) -> str:
     """Where the `count` NHWC input windows this thread moves lie (tile rows tid / vectors + i *
     step, `vectors` 16-byte moves per pixel and slice): a_off, the window's corner (channel 0 of the group)
     in x; a_h and a_w, its row and column in the image; a_h is H past the last pixel, so no tap of
@@ -599,11 +661,11 @@ def _pixels_nhwc(geo: ConvGeometry, count: int, vectors: int, step: int, group: 
     return f"""int a_off[{count}], a_h[{count}], a_w[{count}];
 UNROLL for (int i = 0; i < {count}; ++i) {{
     const int am = m0 + tid / {vectors} + i * {step};
-    const int a_n = am / {geo.pixels};
-    const int ih0 = (am % {geo.pixels}) / {geo.q} * {geo.sh} - {geo.pt};
-    const int iw0 = am % {geo.q} * {geo.sw} - {geo.pl};
+{indent(_pixel_of_row(geo, pool), 4)}
+    const int ih0 = a_p * {geo.sh} - {geo.pt};
+    const int iw0 = a_q * {geo.sw} - {geo.pl};
     a_off[i] = ((a_n * {geo.h} + ih0) * {geo.w} + iw0) * {geo.c} + {group} * {geo.cg};
-    a_h[i] = am < {geo.n * geo.pixels} ? ih0 : {geo.h};
+    a_h[i] = am < {m_total} ? ih0 : {geo.h};
     a_w[i] = iw0;
 }}"""
 
