@@ -330,8 +330,9 @@ def test_cli_fp16(tmp_path):
 def test_nvrtc_compiles_half_storage_to_hmma_without_stack(precision, arch):
     """Every kernel compiles with no stack and no spills; every 16-bit tensor-core kernel's SASS has
     the m16n8k16 HMMA of its operand type and the transposed LDSM (ldmatrix), and those that read
-    NHWC 16-byte cp.async copies (LDGSTS) and the plain LDSM; two blocks of each fit an SM's
-    registers (65,536) and shared memory (100 KB usable on sm_86..sm_90)."""
+    NHWC 16-byte cp.async copies (LDGSTS) and the plain LDSM, those with a fused pool butterfly
+    shuffles; two blocks of each fit an SM's registers (65,536) and shared memory (100 KB usable on
+    sm_86..sm_90)."""
     from cnngraph.codegen.nvrtc import compile_cuda, sass
 
     try:
@@ -339,7 +340,7 @@ def test_nvrtc_compiles_half_storage_to_hmma_without_stack(precision, arch):
     except cnngraph.errors.DeviceError as err:
         pytest.skip(str(err))
     hmma = "HMMA.16816.F32.BF16" if precision == "bf16" else "HMMA.16816.F32"
-    examples = [("resnet18", 1), ("mobilenet_v2", 4)]  # split-K and not; pointwise, depthwise, gated
+    examples = [("resnet18", 1), ("mobilenet_v2", 4), ("cifar_vgg", 64)]  # split-K and not; depthwise, gated; pools
     if (precision, arch) == ("fp16", "sm_80"):  # 128x128 tiles of 1x1 convs: unrolled, 142 registers there
         examples.append(("resnet50", 64))
     for name, batch in examples:
@@ -355,6 +356,7 @@ def test_nvrtc_compiles_half_storage_to_hmma_without_stack(precision, arch):
             ops, r = opcodes[launch.kernel], reports[launch.kernel]
             assert any(op == hmma or op.startswith(hmma + " ") for op in ops), launch.kernel
             assert any(op.startswith("LDSM.16.MT88") for op in ops), launch.kernel  # B, and NCHW A: transposed
+            assert ("SHFL.BFLY" in ops) == ("pool" in launch.kernel), launch.kernel  # a fused pool's windows
             if "CP_ASYNC16_HALF(" in launch.body:  # an NHWC input: 16-byte cp.async only, A by plain ldmatrix
                 assert {op for op in ops if op.startswith("LDGSTS")} == {"LDGSTS.E.BYPASS.128"}, launch.kernel
                 assert any(op.startswith("LDSM.16.M88.4") for op in ops), launch.kernel

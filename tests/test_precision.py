@@ -373,9 +373,11 @@ def test_cli_precision(tmp_path):
 
 
 @pytest.mark.skipif(NVRTC_REASON is not None, reason=str(NVRTC_REASON))
-@pytest.mark.parametrize("example, batch", [("resnet18", 64), ("resnet18", 1), ("mobilenet_v2", 8)])
+@pytest.mark.parametrize("example, batch", [("resnet18", 64), ("resnet18", 1), ("mobilenet_v2", 8), ("cifar_vgg", 64)])
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_tensor_core_kernels_compile_to_hmma_without_stack(example, batch, arch):
+    """Every tensor-core kernel: HMMA, cp.async (16-byte copies only where it reads NHWC), no stack,
+    two blocks' registers per SM; a fused pool's windows combined by butterfly shuffles."""
     from cnngraph.codegen.nvrtc import compile_cuda, sass
 
     try:
@@ -397,7 +399,9 @@ def test_tensor_core_kernels_compile_to_hmma_without_stack(example, batch, arch)
             assert "LDGSTS.E.BYPASS.128" in opcodes[kernel], kernel  # the weights, 16 bytes a copy
         if "_nhwc" in kernel and "_nhwc_out" not in kernel:  # an NHWC input too: nothing but 16-byte copies
             assert {op for op in opcodes[kernel] if op.startswith("LDGSTS")} == {"LDGSTS.E.BYPASS.128"}, kernel
+        assert ("SHFL.BFLY" in opcodes[kernel]) == ("pool" in kernel), kernel
     assert any("_nhwc" in kernel for kernel in mma)
+    assert any("pool" in kernel for kernel in mma) == (example == "cifar_vgg")
     rounding = [l.kernel for l in p.program.launches if "TF32(" in l.body]
     assert all(any(op.startswith("F2FP") or op.startswith("FRND") or "TF32" in op for op in opcodes[k])
                for k in rounding)
