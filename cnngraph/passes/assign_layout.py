@@ -13,8 +13,8 @@ its inputs' layout, so those tensors share one layout: they are decided together
 elementwise op's operand that broadcasts, a squeeze-excitation gate's (N, C, 1, 1), is
 layout-free: the same bytes either way). A set is stored NHWC when every tensor in it is written by
 a tensor-core conv or one of those, is not a network input or output, and is read only by kernels
-that take NHWC: a tensor-core conv whose channel groups are a whole number of 16-byte vectors (and
-that is not gated: a gate scales values on the way through registers), a conv adding it as a
+that take NHWC: a tensor-core conv whose channel groups are a whole number of 16-byte vectors (a
+gated one too, at tf32: fp16/bf16 gated convs run on the CUDA cores), a conv adding it as a
 residual, one of those layout-keeping kernels, or a global pool (`ANY_LAYOUT`: its (N, C, 1, 1)
 output is the same in both). Anything else (a flatten, a layer norm, the network's outputs) reads
 NCHW, and so do the tensors it reads. Runs after `assign_precision`,
@@ -71,7 +71,7 @@ def reads_channels_last(g: nx.DiGraph, node: str) -> bool:
     compute = compute_of(g, node)
     if keeps_layout(g, node) or compute.has(ANY_LAYOUT):
         return _in_precision(g)
-    if not tensor_core_conv(g, node) or compute.gated:
+    if not tensor_core_conv(g, node):
         return False
     channels = g.nodes[g.nodes[node]["inputs"][0]]["shape"][1]
     return (channels // compute.spec.groups) % vector_width(compute.precision) == 0

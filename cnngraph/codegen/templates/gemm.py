@@ -140,9 +140,11 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     multiplied, one barrier per slice: input pixels 4 bytes at a time (zero-filled where the window
     leaves the image; NCHW pixels of a window are not contiguous), weights 16 bytes (four channels)
     at a time, their rows padded with zeros to `weight_pitch` channels (w is (groups, R, pitch)). A gated
-    conv scales each input value by its gate on the way, so it loads through registers instead
-    (the next slice while this one is multiplied, two buffers). Inputs are rounded to TF32 where
-    they leave shared memory (registers: where they enter it); the weights come rounded.
+    conv of an NCHW input scales each input value by its gate on the way, so it loads through
+    registers instead (the next slice while this one is multiplied, two buffers); of an NHWC one,
+    each thread scales its own copies of a slice by their gates once they have landed, before the
+    barrier that shows them to the other warps. Inputs are rounded to TF32 where they leave
+    shared memory (registers: where they enter it); the weights come rounded.
 
     `channels_last` (input, output): tensors stored NHWC (passes/assign_layout.py). An NHWC input
     is copied 16 bytes (four channels of one pixel) at a time too: the reduction runs over
@@ -160,9 +162,8 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     accumulator fragments in registers: lane (g, t) holds pixels g and g+8 of each 16-row
     fragment, channels 2t and 2t+1 of each 8-column one (`_fragment_epilogue`; with a pool, the
     lanes of a window combine their values by warp shuffles: `_fragment_pool_epilogue`)."""
-    t, split, copies = tile, splits > 1, not gated
     nhwc_in, nhwc_out = channels_last
-    assert copies or not nhwc_in, "a gated conv loads NCHW through registers"
+    t, split, copies = tile, splits > 1, not gated or nhwc_in
     nt, mi, ni = t.threads, t.wm // 16, t.wn // 8
     pitch = weight_pitch(geo.kg, weight_vector(False, gated, nhwc_in))
     stages = t.stages if copies else 2
@@ -219,7 +220,8 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     CP_ASYNC4(&As[{buf}][tid / {t.bm} + i * {a_step}][tid % {t.bm}], src, ok);
 }}"""
 
-        main = _pipelined(t, stages, r_begin, pitch, VECTOR, issue_inputs, products)
+        landed = (lambda kbase, buf: _gate_landed(geo, kbase, buf, pixels)) if gated else None
+        main = _pipelined(t, stages, r_begin, pitch, VECTOR, issue_inputs, products, landed)
     else:
         main = _register_staged(t, geo, m_total, r_begin, gated, products("buf"), rounding="TF32")
 
@@ -245,13 +247,15 @@ VECTOR = vector_width("tf32")  # float32 values per 16-byte cp.async
 HALF_VECTOR = vector_width("fp16")  # 16-bit values per 16-byte load
 
 
-def _pipelined(t: MmaTile, stages: int, r_begin: str, pitch: int, vector: int, issue_inputs, products) -> str:
+def _pipelined(t: MmaTile, stages: int, r_begin: str, pitch: int, vector: int, issue_inputs, products,
+               landed=None) -> str:
     """The main loop of a tensor-core kernel whose slices reach shared memory by cp.async (`vector`
     values per 16-byte copy: float32 or 16-bit ones): `stages` buffers As/Bs[s], each thread's
     copies of a slice issued `stages - 1` slices ahead of the one being multiplied, one barrier per
     slice. `issue_inputs(kbase, buf)` copies the input slice at reduction index `kbase` into buffer
     `buf`; the weight rows (of `pitch` values, a multiple of `vector`) are copied `vector` channels
-    at a time; `products(buf)` multiplies a buffer."""
+    at a time; `products(buf)` multiplies a buffer. `landed(kbase, buf)`, if given, is what each
+    thread does to its own copies of a slice once they have landed, before the barrier."""
     half = vector == HALF_VECTOR
     copy, state = ("CP_ASYNC16_HALF", "CP_ASYNC_STATE_HALF") if half else ("CP_ASYNC16", "CP_ASYNC_STATE")
     nt = t.threads
@@ -270,6 +274,7 @@ UNROLL for (int i = 0; i < {b_vectors}; ++i) {{  /* {vector} channels of a weigh
 }}"""
 
     in_flight = stages * (t.bm * t.bk + t.bk * t.bn) // nt  # at most: a thread's share of `stages` slices
+    after_wait = "\n" + indent(landed(f"{r_begin} + it * {t.bk}", "read"), 8) if landed else ""
     return f"""    {state}({in_flight});  /* (OpenCL's emulation: the copies in flight) */
     const int v_col = n0 + tid % {row_vectors} * {vector};  /* the first of this thread's weight channels */
     GLOBAL const ACT* wv = wg + (tid / {row_vectors}) * {pitch} + v_col;
@@ -282,7 +287,7 @@ UNROLL for (int i = 0; i < {b_vectors}; ++i) {{  /* {vector} channels of a weigh
     }}
     int read = 0, fill = {stages - 1};  /* the buffers slices it and it + stages - 1 go to */
     NO_UNROLL for (int it = 0; it < slices; ++it) {{  /* (unrolled, the 16-bit loop holds 20 more registers) */
-        CP_ASYNC_WAIT({stages - 2});  /* this thread's copies of slice it have landed */
+        CP_ASYNC_WAIT({stages - 2});  /* this thread's copies of slice it have landed */{after_wait}
         BARRIER();                    /* everyone's; and everyone is done with the buffer refilled next */
         if (it + {stages - 1} < slices) {{
 {indent(issue(f"{r_begin} + (it + {stages - 1}) * {t.bk}", "fill"), 12)}
@@ -292,6 +297,22 @@ UNROLL for (int i = 0; i < {b_vectors}; ++i) {{  /* {vector} channels of a weigh
         read = read == {stages - 1} ? 0 : read + 1;
         fill = fill == {stages - 1} ? 0 : fill + 1;
     }}"""
+
+
+def _gate_landed(geo: ConvGeometry, kbase: str, buf: str, pixels: tuple[int, int, int]) -> str:
+    """A gated NHWC conv's input vectors of the slice at `kbase` in As[buf] (this thread's own
+    copies, landed) times their channels' gates: the gate of a_gate[i] + channel."""
+    count, per_pixel, step = pixels
+    channel = "taps[r].w" if geo.taps > 1 else "r"
+    return f"""{{
+    const int r = {kbase} + tid % {per_pixel} * {VECTOR};
+    const int c = r < r_end ? {channel} : 0;  /* past the reduction: zeros, times any gate */
+    UNROLL for (int i = 0; i < {count}; ++i)
+        UNROLL for (int q = 0; q < {VECTOR}; ++q) {{
+            const int row = tid / {per_pixel} + i * {step}, col = tid % {per_pixel} * {VECTOR} + q;
+            As[{buf}][row][col] = As[{buf}][row][col] * LOAD(gate[a_gate[i] + c + q]);  /* (no *=: race check) */
+        }}
+}}"""
 
 
 def _nhwc_copies(geo: ConvGeometry, kbase: str, buf: str, pixels: tuple[int, int, int], vector: int, copy: str) -> str:
@@ -330,10 +351,10 @@ def _nhwc_vectors(geo: ConvGeometry, kbase: str, pixels: tuple[int, int, int], v
 
 def weight_vector(half: bool, gated: bool, nhwc_in: bool) -> int:
     """The weights a tensor-core kernel copies per 16-byte cp.async (0: it loads them through
-    registers): the TF32 kernel unless gated, the 16-bit one when its input is NHWC."""
+    registers): the TF32 kernel unless gated of an NCHW input, the 16-bit one when its input is NHWC."""
     if half:
         return HALF_VECTOR if nhwc_in else 0
-    return 0 if gated else VECTOR
+    return 0 if gated and not nhwc_in else VECTOR
 
 
 def weight_pitch(kg: int, vector: int) -> int:
@@ -618,7 +639,7 @@ const int r_end = {r_end};"""
     column = f"""const int b_col = n0 + tid % {bn};  /* this thread's weight column */
 GLOBAL const ACT* wb = wg + (tid / {bn}) * {pitch or geo.kg} + b_col;"""
     if pixels:
-        return indent(f"""{_pixels_nhwc(geo, *pixels, group, pool, gemm_rows(geo, pool))}
+        return indent(f"""{_pixels_nhwc(geo, *pixels, group, pool, gemm_rows(geo, pool), gated)}
 {weights}
 {column}""", 4)
     decode = _pixel_of_row(geo, pool)
@@ -653,12 +674,15 @@ const int a_q = (a_cell % {pool.pw}) * {pool.kw} + a_win % {pool.kw};"""
 
 
 def _pixels_nhwc(geo: ConvGeometry, count: int, vectors: int, step: int, group: str, pool: FusedPool | None,
-                 m_total: int) -> str:
+                 m_total: int, gated: bool) -> str:
     """Where the `count` NHWC input windows this thread moves lie (tile rows tid / vectors + i *
     step, `vectors` 16-byte moves per pixel and slice): a_off, the window's corner (channel 0 of the group)
     in x; a_h and a_w, its row and column in the image; a_h is H past the last pixel, so no tap of
-    that window is in the image and nothing is read."""
-    return f"""int a_off[{count}], a_h[{count}], a_w[{count}];
+    that window is in the image and nothing is read. `gated`: a_gate, where its sample's gates of
+    the group begin (sample 0 past the last pixel)."""
+    gates, gate = (f"\nint a_gate[{count}];", f"\n    a_gate[i] = (am < {m_total} ? a_n : 0) * {geo.c} + {group} * {geo.cg};"
+                   ) if gated else ("", "")
+    return f"""int a_off[{count}], a_h[{count}], a_w[{count}];{gates}
 UNROLL for (int i = 0; i < {count}; ++i) {{
     const int am = m0 + tid / {vectors} + i * {step};
 {indent(_pixel_of_row(geo, pool), 4)}
@@ -666,7 +690,7 @@ UNROLL for (int i = 0; i < {count}; ++i) {{
     const int iw0 = a_q * {geo.sw} - {geo.pl};
     a_off[i] = ((a_n * {geo.h} + ih0) * {geo.w} + iw0) * {geo.c} + {group} * {geo.cg};
     a_h[i] = am < {m_total} ? ih0 : {geo.h};
-    a_w[i] = iw0;
+    a_w[i] = iw0;{gate}
 }}"""
 
 
