@@ -242,10 +242,11 @@ CHANNELS_LAST_MOVES = [
     {"op": "slice", "name": "slice", "start": 8, "end": 24},
     {"op": "channel_shuffle", "name": "shuffle", "groups": 4},
     # elementwise ops: a batch norm (per-channel constants), a squeeze-excitation mul by its (C, 1, 1)
-    # gate, an add; then convs with fused pools of 2 and 4 pixels (11x7 -> 5x7 -> 5x1)
+    # gate, an add; a layer norm; then convs with fused pools of 2 and 4 pixels (11x7 -> 5x7 -> 5x1)
     {"op": "batch_norm2d", "name": "bn"}, {"op": "global_avg_pool2d", "name": "squeeze"},
     {"op": "conv2d", "name": "excite", "out_channels": 16, "kernel_size": 1, "activation": "sigmoid"},
     {"op": "mul", "name": "gated", "inputs": ["bn", "excite"]}, {"op": "add", "name": "sum", "inputs": ["gated", "shuffle"]},
+    {"op": "layer_norm", "name": "norm"},
     {"op": "conv2d", "name": "conv_pool2", "out_channels": 16, "kernel_size": 3, "padding": 1, "activation": "relu"},
     {"op": "avg_pool2d", "name": "pool2", "kernel_size": [2, 1]},
     {"op": "conv2d", "name": "conv_pool4", "out_channels": 16, "kernel_size": [3, 1], "padding": [1, 0]},

@@ -90,7 +90,7 @@ LAYERS = {
                                    {"op": "conv2d", "name": "b", "out_channels": 64, "kernel_size": 3, "padding": 1}],
                                   (8, 4, 4)), 1),
     # a concat's batch norm (+ relu), a squeeze-excitation mul by its (C, 1, 1) gate and an add, all
-    # elementwise on NHWC; then two fused pools, 2x2 (NHWC out) and 1x2 (the network's NCHW output)
+    # elementwise on NHWC, a layer norm (a warp per pixel); then two fused pools, 2x2 (NHWC out) and 1x2 (the network's NCHW output)
     "channels_last_elementwise": (net([
         {"op": "conv2d", "name": "a", "out_channels": 16, "kernel_size": 3, "padding": 1},
         {"op": "conv2d", "name": "b", "out_channels": 16, "kernel_size": 1},
@@ -98,6 +98,7 @@ LAYERS = {
         {"op": "relu", "name": "r"}, {"op": "global_avg_pool2d", "name": "sq"},
         {"op": "conv2d", "name": "ex", "out_channels": 32, "kernel_size": 1, "activation": "sigmoid"},
         {"op": "mul", "name": "m", "inputs": ["r", "ex"]}, {"op": "add", "name": "s", "inputs": ["m", "cat"]},
+        {"op": "layer_norm", "name": "ln"},
         {"op": "conv2d", "name": "p", "out_channels": 16, "kernel_size": 3, "padding": 1},
         {"op": "max_pool2d", "name": "pp", "kernel_size": 2},
         {"op": "conv2d", "name": "q", "out_channels": 24, "kernel_size": 1},
@@ -112,7 +113,7 @@ LAYERS = {
         {"op": "conv2d", "name": "d", "out_channels": 8, "kernel_size": 1}], (8, 9, 11)), 3),
 }
 CHANNELS_LAST = {"channels_last_block": {"a", "b", "r"}, "channels_last_split_k": {"a"},  # the NHWC tensors
-                 "channels_last_elementwise": {"a", "b", "cat", "r", "ex", "m", "s", "pp"}}
+                 "channels_last_elementwise": {"a", "b", "cat", "r", "ex", "m", "s", "ln", "pp"}}
 GATED_CHANNELS_LAST = {"channels_last_gated": {"a", "c"}}  # at tf32 (a 16-bit gated conv reads NCHW)
 
 
@@ -168,11 +169,12 @@ def test_tensor_core_kernel_on_pocl_matches_numpy_tf32(case):
 @pytest.mark.parametrize("precision", ["tf32", "fp16", "bf16"])
 def test_cnns_are_channels_last_from_the_stem_to_the_global_pool(precision):
     """Every tensor a conv or a pool writes (all but the image and the global pool's (N, C, 1, 1)),
-    mobilenet_v2's depthwise convs', squeezenet's concats', densenet's batch norms' and cifar_vgg's
-    pooled convs' too, and at tf32 the squeeze-excitation networks' (gated convs read NHWC there);
+    mobilenet_v2's depthwise convs', squeezenet's concats', densenet's batch norms', cifar_vgg's
+    pooled convs' and convnext's layer norms' too, and at tf32 the squeeze-excitation networks' (gated convs read NHWC there);
     at fp32 (the CUDA-core kernels) none."""
     gated = ["efficientnet_b0", "mobilenet_v3_large"] if precision == "tf32" else []
-    for example in ("resnet18", "resnet50", "mobilenet_v2", "squeezenet1_1", "densenet121", "cifar_vgg", *gated):
+    for example in ("resnet18", "resnet50", "mobilenet_v2", "squeezenet1_1", "densenet121", "cifar_vgg",
+                    "convnext_tiny", *gated):
         g = cnngraph.plan(EXAMPLES / f"{example}.json", 1, precision=precision).graph
         spatial = [n for n in g.graph["order"] if len(g.nodes[n]["shape"]) == 4 and g.nodes[n]["shape"][2] > 1]
         nhwc = {n for n in g.graph["order"] if g.nodes[n].get("layout") == "NHWC"}
@@ -397,11 +399,13 @@ def test_cli_precision(tmp_path):
 
 @pytest.mark.skipif(NVRTC_REASON is not None, reason=str(NVRTC_REASON))
 @pytest.mark.parametrize("example, batch", [("resnet18", 64), ("resnet18", 1), ("mobilenet_v2", 8), ("cifar_vgg", 64),
-                                            ("mobilenet_v3_large", 8)])  # gated convs reading NHWC
+                                            ("mobilenet_v3_large", 8),  # gated convs reading NHWC
+                                            ("convnext_tiny", 2)])  # layer norms of NHWC pixels, by warps
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_tensor_core_kernels_compile_to_hmma_without_stack(example, batch, arch):
     """Every tensor-core kernel: HMMA, cp.async (16-byte copies only where it reads NHWC), no stack,
-    two blocks' registers per SM; a fused pool's windows combined by butterfly shuffles."""
+    two blocks' registers per SM; a fused pool's windows combined by butterfly shuffles, and an
+    NHWC layer norm's sums."""
     from cnngraph.codegen.nvrtc import compile_cuda, sass
 
     try:
@@ -427,6 +431,8 @@ def test_tensor_core_kernels_compile_to_hmma_without_stack(example, batch, arch)
     assert any("_nhwc" in kernel for kernel in mma)
     assert any("pool" in kernel for kernel in mma) == (example == "cifar_vgg")
     assert all("_nhwc" in kernel for kernel in mma if kernel.startswith("gated"))
+    norms = [l.kernel for l in p.program.launches if l.kernel.startswith("layernorm") and "_nhwc" in l.kernel]
+    assert all("SHFL.BFLY" in opcodes[kernel] for kernel in norms) and bool(norms) == (example == "convnext_tiny")
     rounding = [l.kernel for l in p.program.launches if "TF32(" in l.body]
     assert all(any(op.startswith("F2FP") or op.startswith("FRND") or "TF32" in op for op in opcodes[k])
                for k in rounding)

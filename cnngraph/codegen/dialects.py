@@ -3,15 +3,17 @@ using the words in `WORDS`; a dialect is just the table of how to spell each wor
 block of #defines at the top of every kernel (so each file compiles on its own).
 
 Tensor-core words (`TF32`, `MMA_TF32`, `MMA_SCRATCH`; for 16-bit operands `MMA_F16`, `MMA_BF16`,
-`LDMATRIX_X4`, `LDMATRIX_X4_TRANS`, `LDMATRIX_X2_TRANS`; the warp shuffle `SHFL_XOR`) and asynchronous copies (`CP_ASYNC4`,
+`LDMATRIX_X4`, `LDMATRIX_X4_TRANS`, `LDMATRIX_X2_TRANS`) and asynchronous copies (`CP_ASYNC4`,
 `CP_ASYNC16`, `CP_ASYNC_STATE` of float32 values; `CP_ASYNC16_HALF`, `CP_ASYNC_STATE_HALF` of 16-bit
 ones; `CP_ASYNC_COMMIT`, `CP_ASYNC_WAIT`) are spelled as inline PTX in CUDA and as an exact
 emulation in OpenCL: `MMA_TF32` there computes, for each lane, exactly the accumulator elements
 the PTX ISA assigns to it from the fragment registers the lanes hold, so a kernel's fragment index
 math is what runs on PoCL (`LDMATRIX_*` likewise gives each lane exactly the elements of the rows
-the other lanes point at, and `SHFL_XOR` the value of the lane it names); an async copy writes NaN (0x7fff for a 16-bit value) into its
+the other lanes point at); an async copy writes NaN (0x7fff for a 16-bit value) into its
 destination when it is issued and the data only at the `CP_ASYNC_WAIT` that completes its group,
 so a wait that is too weak, or a copy never committed, shows up as NaN (see `TENSOR_CORE_HELPERS`).
+The warp shuffle `SHFL_XOR` (its OpenCL scratch declared by `WARP_SCRATCH`) is CUDA's own, and an
+exchange through local memory in OpenCL (`WARP_HELPERS`).
 
 Stored tensors (activations, and the GEMM weights) are `ACT` elements, read with `LOAD(x)` and
 written with `STORE(v)`: float32 at fp32/tf32, 16-bit patterns converted to and from float32 at
@@ -34,7 +36,7 @@ WORDS = ("KERNEL", "GLOBAL", "SHARED", "RESTRICT", "BARRIER()", "BLOCK_X", "BLOC
          "CP_ASYNC_WAIT(n)", "CP_ASYNC_STATE_HALF(n)", "CP_ASYNC16_HALF(dst, src, pred)",
          "HALF", "AS_FLOAT(u)", "AS_UINT(f)", "MMA_F16(d, a, b)", "MMA_BF16(d, a, b)",
          "LDMATRIX_X4(r, base, offset)", "LDMATRIX_X4_TRANS(r, base, offset)", "LDMATRIX_X2_TRANS(r, base, offset)",
-         "SHFL_XOR(v, lanes)", "THREADFENCE()", "ATOMIC_INC(p)", "LOAD_COHERENT(x)",
+         "SHFL_XOR(v, lanes)", "WARP_SCRATCH(warps)", "THREADFENCE()", "ATOMIC_INC(p)", "LOAD_COHERENT(x)",
          "DYNAMIC_SHARED(bytes)", "SHARED_VIEW(type, name, count, inner, offset)")
 STORAGE_WORDS = ("ACT", "LOAD(x)", "STORE(v)")  # spelled per storage precision (`STORAGE`), not per dialect
 
@@ -203,16 +205,6 @@ INLINE void ldmatrix(uint* r, int count, bool trans, __local const HALF* base, i
     }
     barrier(CLK_LOCAL_MEM_FENCE);
 }
-/* the float lane ^ `lanes` of this warp holds (a warp shuffle; every lane of the warp calls it) */
-INLINE float shfl_xor(float v, int lanes, __local uint* scratch) {
-    const int lane = get_local_id(0) % 32;
-    __local uint* w = scratch + (get_local_id(0) / 32) * 128;
-    w[lane] = as_uint(v);
-    barrier(CLK_LOCAL_MEM_FENCE);
-    const float other = as_float(w[lane ^ lanes]);
-    barrier(CLK_LOCAL_MEM_FENCE);
-    return other;
-}
 /* The async copies in flight, per work-item (`CP_ASYNC_STATE`): destination, value, group. A copy
    beyond the queue's capacity (a kernel that waits too little) never lands: its poison stays. A
    wait lands (`land`, on entry i_) those whose group is older than `done_below`. */
@@ -223,6 +215,21 @@ INLINE float shfl_xor(float v, int lanes, __local uint* scratch) {
         cpq_value[kept_] = cpq_value[i_]; cpq_group[kept_++] = cpq_group[i_]; } } cpq_count = kept_; } while (0)
 """,
 }
+
+
+# Warp shuffles (`SHFL_XOR`, with `WARP_SCRATCH` declared): CUDA's are built in; OpenCL's go through
+# local memory, one slot per lane, between two barriers (so every work-item of the group calls it)
+WARP_HELPERS = {"cuda": "", "opencl": """/* the float lane ^ `lanes` of this warp holds */
+INLINE float shfl_xor(float v, int lanes, __local uint* scratch) {
+    const int lane = get_local_id(0) % 32;
+    __local uint* w = scratch + (get_local_id(0) / 32) * 32;
+    w[lane] = as_uint(v);
+    barrier(CLK_LOCAL_MEM_FENCE);
+    const float other = as_float(w[lane ^ lanes]);
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return other;
+}
+"""}
 
 
 # The race check (OpenCL only): every SHARED float or HALF gets a shadow int2, x = its last write, y = its last
@@ -401,7 +408,7 @@ class Dialect:
     spelling: dict        # word -> how this dialect writes it
     race_check: bool = False  # OpenCL only: instrument shared memory (RACE_CHECK_HELPERS)
 
-    def prelude(self, tensor_cores: bool = False, storage: str = "fp32") -> str:
+    def prelude(self, tensor_cores: bool = False, storage: str = "fp32", shuffles: bool = False) -> str:
         lines = [f"/* cnngraph kernel, {self.name} dialect{', race check' if self.race_check else ''}, "
                  f"{storage} storage */"]
         spelling = {**self.spelling, **STORAGE[storage]}
@@ -410,7 +417,7 @@ class Dialect:
         conversions = storage in ("fp16", "bf16") or tensor_cores  # the 16-bit mma emulation converts too
         return ("\n".join(lines) + "\n" + HELPERS + (STORAGE_HELPERS[self.name] if conversions else "")
                 + (TENSOR_CORE_HELPERS[self.name] if tensor_cores else "")
-                + (RACE_CHECK_HELPERS if self.race_check else ""))
+                + (WARP_HELPERS[self.name] if shuffles else "") + (RACE_CHECK_HELPERS if self.race_check else ""))
 
     def render(self, body: str, storage: str = "fp32") -> str:
         """The kernels of `body` in this dialect, their tensors stored at precision `storage`; the
@@ -418,7 +425,8 @@ class Dialect:
         an older card must still compile)."""
         if self.race_check:
             body = shadow_shared(body)
-        return self.prelude(tensor_cores="TF32(" in body or "MMA_" in body, storage=storage) + "\n" + body
+        return (self.prelude(tensor_cores="TF32(" in body or "MMA_" in body, storage=storage,
+                             shuffles="SHFL_XOR(" in body) + "\n" + body)
 
 
 CUDA = Dialect("cuda", ".cu", {
@@ -442,7 +450,7 @@ CUDA = Dialect("cuda", ".cu", {
     "LDMATRIX_X4(r, base, offset)": "ldmatrix_x4(r, (base) + (offset))",
     "LDMATRIX_X4_TRANS(r, base, offset)": "ldmatrix_x4_trans(r, (base) + (offset))",
     "LDMATRIX_X2_TRANS(r, base, offset)": "ldmatrix_x2_trans(r, (base) + (offset))",
-    "SHFL_XOR(v, lanes)": "__shfl_xor_sync(0xffffffffu, (v), (lanes))",
+    "SHFL_XOR(v, lanes)": "__shfl_xor_sync(0xffffffffu, (v), (lanes))", "WARP_SCRATCH(warps)": "",
     "CP_ASYNC_COMMIT()": 'asm volatile("cp.async.commit_group;")',
     "CP_ASYNC_WAIT(n)": 'asm volatile("cp.async.wait_group %0;" :: "n"(n))',
 })
@@ -463,7 +471,8 @@ OPENCL = Dialect("opencl", ".cl", {
     "LDMATRIX_X4(r, base, offset)": "ldmatrix(r, 4, false, base, offset, ldmatrix_rows)",
     "LDMATRIX_X4_TRANS(r, base, offset)": "ldmatrix(r, 4, true, base, offset, ldmatrix_rows)",
     "LDMATRIX_X2_TRANS(r, base, offset)": "ldmatrix(r, 2, true, base, offset, ldmatrix_rows)",
-    "SHFL_XOR(v, lanes)": "shfl_xor(v, lanes, mma_a)",
+    "SHFL_XOR(v, lanes)": "shfl_xor(v, lanes, shfl_scratch)",
+    "WARP_SCRATCH(warps)": "__local uint shfl_scratch[(warps) * 32]",
     "NEG_INF": "(-INFINITY)", "TF32(x)": "tf32_round(x)", "MMA_TF32(d, a, b)": "mma_emulated(d, (const uint*)(a), (const uint*)(b), mma_a, mma_b, 0)",
     "MMA_SCRATCH(warps)": "__local uint mma_a[(warps) * 128]; __local uint mma_b[(warps) * 64]; "
                           "__local int ldmatrix_rows[(warps) * 32]",

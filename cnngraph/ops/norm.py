@@ -10,7 +10,7 @@ import numpy as np
 from pydantic import Field
 
 from ..codegen import templates as T
-from .base import ELEMENTWISE, Example, Float32, Layer, fmt_shape
+from .base import ELEMENTWISE, KEEPS_LAYOUT, Example, Float32, Layer, fmt_shape
 from .onnx_mapping import Unsupported, attributes, float_weight, is_close, nice, other_input, writing
 
 KEYS = ("weight", "bias", "running_mean", "running_var")  # its weights, in PyTorch's and ONNX's order
@@ -193,6 +193,7 @@ class LayerNorm(Layer):
     op: Literal["layer_norm"]
     eps: Float32 = Field(1e-5, gt=0)
     elementwise_affine: bool = True
+    traits = frozenset({KEEPS_LAYOUT})
     onnx_converters = {"LayerNormalization": layer_normalization}
     onnx_patterns = {"Transpose": match_channels_last_layer_norm, "ReduceMean": match_layer_norm_formula}
     examples = (Example({}), Example({"eps": 1e-6, "elementwise_affine": False}, inputs=((8, 3, 2),)),
@@ -226,6 +227,9 @@ class LayerNorm(Layer):
         inner = int(np.prod(shape[2:])) if len(shape) > 2 else 1
         consts = [low.const("weight", low.weights["weight"]), low.const("bias", low.weights["bias"])] \
             if self.elementwise_affine else []
+        if low.channels_last[0]:  # NHWC (passes/assign_layout.py): each pixel's channels are contiguous
+            return low.simple(f"layernorm_{low.sample_dims()}{low.layout_suffix}", T.layer_norm_warps, consts,
+                              rows=shape[0] * inner, length=shape[1], eps=self.eps, affine=self.elementwise_affine)
         return low.simple(f"layernorm_{low.sample_dims()}", T.layer_norm, consts, outer=shape[0], length=shape[1],
                           inner=inner, eps=self.eps, affine=self.elementwise_affine)
 

@@ -13,9 +13,9 @@ from .data_movement import channel_gather, concat, pad2d, resample, upsample_nea
 from .elementwise import pointwise
 from .gemm import (FusedPool, conv_gemm, conv_mma, conv_mma16, conv_mma_weights, depthwise, gemm_rows, tap_table,
                    weight_vector)
-from .reductions import layer_norm, pool, reduce_rows
+from .reductions import layer_norm, layer_norm_warps, pool, reduce_rows
 
 __all__ = ["MAX_KERNEL_INPUTS", "THREADS", "kernel_groups", "channel_gather", "concat", "pad2d", "resample",
            "upsample_nearest", "pointwise", "FusedPool", "conv_gemm", "conv_mma", "conv_mma16", "conv_mma_weights",
            "depthwise", "gemm_rows", "tap_table", "weight_vector",
-           "layer_norm", "pool", "reduce_rows"]
+           "layer_norm", "layer_norm_warps", "pool", "reduce_rows"]

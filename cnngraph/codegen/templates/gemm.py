@@ -556,27 +556,28 @@ def _mma_finish(t: MmaTile, geo: ConvGeometry, pool: FusedPool | None, splits: i
     mi, ni, m_total, kg = t.wm // 16, t.wn // 8, gemm_rows(geo, pool), geo.kg
     channel = "kl" if splits > 1 else f"g * {kg} + kl"
     if pool:
-        return _fragment_pool_epilogue(mi, ni, geo, pool, channel, channels_last, epilogue)
+        return _fragment_pool_epilogue(t, geo, pool, channel, channels_last, epilogue)
     return _finish(_fragment_epilogue(mi, ni, m_total, kg, geo.pixels, geo.k, channel, channels_last),
                    splits, geo.k, m_total, grid_x, epilogue)
 
 
-def _fragment_pool_epilogue(mi: int, ni: int, geo: ConvGeometry, pool: FusedPool, channel: str,
-                            channels_last: bool, epilogue: str) -> str:
+def _fragment_pool_epilogue(t: MmaTile, geo: ConvGeometry, pool: FusedPool, channel: str, channels_last: bool,
+                            epilogue: str) -> str:
     """`_fragment_epilogue` with a fused pool: a window's `pool.size` consecutive rows (1, 2, 4 or
     8, within one 8-row half of a fragment) lie in lanes 4, 8, 16 apart, the same registers. Each
     lane applies `epilogue` to its conv value (`idx`: the conv output element, for residuals); the
     window's lanes combine theirs by `SHFL_XOR`, which every lane of the warp reaches (so no branch
     around it); its first lane stores the pooled value."""
     assert 8 % pool.size == 0
-    cells, size = pool.ph * pool.pw, pool.size
+    mi, ni, cells, size = t.wm // 16, t.wn // 8, pool.ph * pool.pw, pool.size
     m_total, kg, k = gemm_rows(geo, pool), geo.kg, geo.k
     conv = (f"((nb * {geo.p} + p) * {geo.q} + q) * {k} + k" if channels_last
             else f"((nb * {k} + k) * {geo.p} + p) * {geo.q} + q")
     pooled = f"(nb * {cells} + cell) * {k} + k" if channels_last else f"(nb * {k} + k) * {cells} + cell"
     combine = "v = max_nan(v, other);" if pool.kind == "max" else "v += other;"
     mean = "" if pool.kind == "max" else f" * {1.0 / size!r}f"
-    return f"""    UNROLL for (int i = 0; i < {mi}; ++i)
+    return f"""    WARP_SCRATCH({t.warps});
+    UNROLL for (int i = 0; i < {mi}; ++i)
         UNROLL for (int j = 0; j < {ni}; ++j)
             UNROLL for (int e = 0; e < 4; ++e) {{
                 const int m = m0 + wm0 + i * 16 + fg + 8 * (e / 2);  /* row m % {size} of window m / {size} */

@@ -1,8 +1,12 @@
-"""Reductions: windowed pooling, and reductions along one axis of rows (global average pool, softmax)."""
+"""Reductions: windowed pooling, and reductions along one axis of rows (global average pool, softmax,
+layer norm)."""
 
 from __future__ import annotations
 
+from ...geometry import cdiv
 from .common import THREADS, one_thread_each, ptr
+
+WARPS = THREADS // 32  # per block of the one-warp-per-row kernels
 
 
 def pool(name: str, *, kind: str, n, c, h, w, p, q, kh, kw, sh, sw, ph, pw, count_include_pad=True,
@@ -107,3 +111,40 @@ def layer_norm(name: str, *, outer: int, length: int, inner: int, eps: float, af
 }}
 """
     return (body, *one_thread_each(total))
+
+
+def layer_norm_warps(name: str, *, rows: int, length: int, eps: float, affine: bool) -> tuple[str, tuple, tuple]:
+    """`layer_norm` of rows of `length` contiguous values (the channels of one NHWC pixel): a warp
+    per row, its lanes reading consecutive values (coalesced loads), each sum completed by
+    butterfly shuffles. Every lane reaches every shuffle: a warp past the last row normalises row
+    0 and stores nothing."""
+    args = [ptr("x"), *([ptr("weight", stored=False), ptr("bias", stored=False)] if affine else []), ptr("y", const=False)]
+    scaled = "v * weight[i] + bias[i]" if affine else "v"
+    butterfly = "UNROLL for (int lanes = 16; lanes > 0; lanes /= 2) {0} += SHFL_XOR({0}, lanes);"
+    body = f"""KERNEL void {name}({", ".join(args)})
+{{
+    WARP_SCRATCH({WARPS});
+    const int lane = THREAD_X % 32;
+    const int row = BLOCK_X * {WARPS} + THREAD_X / 32;
+    const int base = (row < {rows} ? row : 0) * {length};
+    const float shift = LOAD(x[base]);  /* a large common offset cancels before the sums */
+    float mean = 0.0f;            /* of the shifted values */
+    for (int i = lane; i < {length}; i += 32) mean += LOAD(x[base + i]) - shift;
+    {butterfly.format("mean")}
+    mean *= {1.0 / length!r}f;
+    float var = 0.0f;
+    for (int i = lane; i < {length}; i += 32) {{
+        const float d = (LOAD(x[base + i]) - shift) - mean;
+        var += d * d;
+    }}
+    {butterfly.format("var")}
+    const float rstd = 1.0f / SQRTF(var * {1.0 / length!r}f + {float(eps)!r}f);
+    if (row < {rows}) {{
+        for (int i = lane; i < {length}; i += 32) {{
+            const float v = ((LOAD(x[base + i]) - shift) - mean) * rstd;
+            y[base + i] = STORE({scaled});
+        }}
+    }}
+}}
+"""
+    return body, (cdiv(rows, WARPS), 1, 1), (THREADS, 1, 1)
