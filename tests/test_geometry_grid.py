@@ -242,7 +242,8 @@ CHANNELS_LAST_MOVES = [
     {"op": "slice", "name": "slice", "start": 8, "end": 24},
     {"op": "channel_shuffle", "name": "shuffle", "groups": 4},
     # elementwise ops: a batch norm (per-channel constants), a squeeze-excitation mul by its (C, 1, 1)
-    # gate, an add; a layer norm; then convs with fused pools of 2 and 4 pixels (11x7 -> 5x7 -> 5x1)
+    # gate, an add; a layer norm; then convs with fused pools of 2 and 4 pixels (11x7 -> 5x7 -> 5x1),
+    # upsampled (nearest, bilinear)
     {"op": "batch_norm2d", "name": "bn"}, {"op": "global_avg_pool2d", "name": "squeeze"},
     {"op": "conv2d", "name": "excite", "out_channels": 16, "kernel_size": 1, "activation": "sigmoid"},
     {"op": "mul", "name": "gated", "inputs": ["bn", "excite"]}, {"op": "add", "name": "sum", "inputs": ["gated", "shuffle"]},
@@ -250,7 +251,9 @@ CHANNELS_LAST_MOVES = [
     {"op": "conv2d", "name": "conv_pool2", "out_channels": 16, "kernel_size": 3, "padding": 1, "activation": "relu"},
     {"op": "avg_pool2d", "name": "pool2", "kernel_size": [2, 1]},
     {"op": "conv2d", "name": "conv_pool4", "out_channels": 16, "kernel_size": [3, 1], "padding": [1, 0]},
-    {"op": "max_pool2d", "name": "pool4", "kernel_size": [1, 4]}]
+    {"op": "max_pool2d", "name": "pool4", "kernel_size": [1, 4]},
+    {"op": "upsample2d", "name": "up", "scale_factor": [1, 3]},  # nearest: 5x3
+    {"op": "upsample2d", "name": "resize", "size": [7, 4], "mode": "bilinear"}]
 CHANNELS_LAST_GLOBAL = {"squeeze"}  # the tail's tensors that stay NCHW: (N, C, 1, 1)
 CHANNELS_LAST_FUSED = {"conv_pool2", "conv_pool4"}  # into their pools
 
@@ -260,8 +263,8 @@ def channels_last_family() -> dict:
     stored NHWC (passes/assign_layout.py), so each geometry's tensor-core kernel copies an NHWC
     input 16 bytes at a time (16 channels in 1 group, or 4 of 4) and stores an NHWC output (12
     channels, 3 per group), and the pools read and write NHWC (the global ones read it). Then the
-    depthwise geometries, one after another, a concat, a slice and a shuffle, elementwise ops and
-    pooled convs, between two 1x1 convs (16 channels): NHWC in and out."""
+    depthwise geometries, one after another, a concat, a slice and a shuffle, elementwise ops, a
+    layer norm, pooled convs and upsamplings, between two 1x1 convs (16 channels): NHWC in and out."""
     layers = []
     middles = [{"op": "conv2d", "out_channels": 12, "groups": (1, 4)[i % 2], "activation": "relu", **geometry}
                for i, geometry in enumerate(CONVS)] + CHANNELS_LAST_POOLS

@@ -449,6 +449,7 @@ class Upsample2d(Layer):
     size: Pair | None = Field(None, description="The output [H, W], instead of a scale_factor.")
     mode: Literal["nearest", "bilinear"] = "nearest"
     align_corners: bool = Field(False, description="bilinear only: sample the corner pixels' centres exactly.")
+    traits = frozenset({KEEPS_LAYOUT})
     onnx_converters = {"Resize": resize, "Upsample": resize}
     examples = (Example({"scale_factor": 2}), Example({"scale_factor": [3, 1]}, inputs=((2, 3, 4),)),
                 Example({"size": [7, 5]}, inputs=((2, 3, 4),), note="nearest to a size"),
@@ -481,14 +482,15 @@ class Upsample2d(Layer):
     def lower(self, low):
         n, c, h, w = low.in_shapes[0]
         p, q = low.shape[2:]
+        nhwc = low.channels_last[0]  # the output's layout too (passes/assign_layout.py)
         if factors := self.whole_factors(h, w):
-            return low.simple(f"upsample{factors[0]}x{factors[1]}_{low.sample_dims()}", T.upsample_nearest, n=n, c=c,
-                              h=h, w=w, sh=factors[0], sw=factors[1])
+            return low.simple(f"upsample{factors[0]}x{factors[1]}_{low.sample_dims()}{low.layout_suffix}",
+                              T.upsample_nearest, n=n, c=c, h=h, w=w, sh=factors[0], sw=factors[1], channels_last=nhwc)
         tables = [low.const(axis, source_table(size, out, self.mode, self.align_corners))
                   for axis, size, out in (("rows", h, p), ("cols", w, q))]
         corners = "_corners" if self.align_corners else ""
-        return low.simple(f"resize_{self.mode}{corners}_{low.sample_dims()}", T.resample, tables, planes=n * c,
-                          h=h, w=w, p=p, q=q, mode=self.mode)
+        return low.simple(f"resize_{self.mode}{corners}_{low.sample_dims()}{low.layout_suffix}", T.resample, tables,
+                          n=n, c=c, h=h, w=w, p=p, q=q, mode=self.mode, channels_last=nhwc)
 
     def to_onnx(self, ex, xs, out, shape):
         c, p, q = shape

@@ -52,16 +52,25 @@ def _place(c: int, spatial: int, channels_last: bool) -> str:
     const int nb = idx / {c * spatial};"""
 
 
-def upsample_nearest(name: str, *, n, c, h, w, sh, sw) -> tuple[str, tuple, tuple]:
+def upsample_nearest(name: str, *, n, c, h, w, sh, sw, channels_last: bool = False) -> tuple[str, tuple, tuple]:
+    """Nearest upsampling by whole factors: output pixel (oy, ox) copies (oy / sh, ox / sw).
+    `channels_last`: x and y are NHWC, consecutive threads copy consecutive channels of a pixel."""
     total = n * c * h * sh * w * sw
+    if channels_last:
+        place = f"""const int ox = (idx / {c}) % {w * sw};
+    const int oy = (idx / {c * w * sw}) % {h * sh};
+    const int nb = idx / {c * h * sh * w * sw};
+    y[idx] = x[((nb * {h} + oy / {sh}) * {w} + ox / {sw}) * {c} + idx % {c}];"""
+    else:
+        place = f"""const int ox = idx % {w * sw};
+    const int oy = (idx / {w * sw}) % {h * sh};
+    const int plane = idx / {h * sh * w * sw};
+    y[idx] = x[plane * {h * w} + (oy / {sh}) * {w} + ox / {sw}];"""
     body = f"""KERNEL void {name}({ptr("x")}, {ptr("y", const=False)})
 {{
     const int idx = BLOCK_X * {THREADS} + THREAD_X;
     if (idx >= {total}) return;
-    const int ox = idx % {w * sw};
-    const int oy = (idx / {w * sw}) % {h * sh};
-    const int plane = idx / {h * sh * w * sw};
-    y[idx] = x[plane * {h * w} + (oy / {sh}) * {w} + ox / {sw}];
+    {place}
 }}
 """
     return (body, *one_thread_each(total))
@@ -112,23 +121,32 @@ def pad2d(name: str, *, planes: int, h: int, w: int, top: int, left: int, p: int
     return (body, *one_thread_each(total))
 
 
-def resample(name: str, *, planes: int, h: int, w: int, p: int, q: int, mode: str) -> tuple[str, tuple, tuple]:
+def resample(name: str, *, n: int, c: int, h: int, w: int, p: int, q: int, mode: str,
+             channels_last: bool = False) -> tuple[str, tuple, tuple]:
     """Resize each (h, w) plane to (p, q) from per-axis tables: `rows` holds (y0, y1, weight of y1)
     for each output row, `cols` the same for each column. "nearest" reads (y0, x0); "bilinear" blends
-    the four neighbours as PyTorch does. The tables are computed once, on the host, by the op."""
-    total = planes * p * q
+    the four neighbours as PyTorch does. The tables are computed once, on the host, by the op.
+    `channels_last`: x and y are NHWC, consecutive threads resample consecutive channels of a pixel."""
+    total = n * c * p * q
+    at = (lambda y, x: f"LOAD(xc[({y} * {w} + {x}) * {c}])") if channels_last else (lambda y, x: f"LOAD(xc[{y} * {w} + {x}])")
     if mode == "nearest":
-        value = "LOAD(xc[y0 * %d + x0])" % w
+        value = at("y0", "x0")
     else:
-        value = (f"(1.0f - ly) * ((1.0f - lx) * LOAD(xc[y0 * {w} + x0]) + lx * LOAD(xc[y0 * {w} + x1]))"
-                 f" + ly * ((1.0f - lx) * LOAD(xc[y1 * {w} + x0]) + lx * LOAD(xc[y1 * {w} + x1]))")
+        value = (f"(1.0f - ly) * ((1.0f - lx) * {at('y0', 'x0')} + lx * {at('y0', 'x1')})"
+                 f" + ly * ((1.0f - lx) * {at('y1', 'x0')} + lx * {at('y1', 'x1')})")
+    if channels_last:
+        place = f"""const int ox = (idx / {c}) % {q};
+    const int oy = (idx / {c * q}) % {p};
+    GLOBAL const ACT* xc = x + (idx / {c * p * q}) * {h * w * c} + idx % {c};"""
+    else:
+        place = f"""const int ox = idx % {q};
+    const int oy = (idx / {q}) % {p};
+    GLOBAL const ACT* xc = x + (idx / {p * q}) * {h * w};"""
     body = f"""KERNEL void {name}({ptr("x")}, {ptr("rows", stored=False)}, {ptr("cols", stored=False)}, {ptr("y", const=False)})
 {{
     const int idx = BLOCK_X * {THREADS} + THREAD_X;
     if (idx >= {total}) return;
-    const int ox = idx % {q};
-    const int oy = (idx / {q}) % {p};
-    GLOBAL const ACT* xc = x + (idx / {p * q}) * {h * w};
+    {place}
     const int y0 = (int)rows[3 * oy], y1 = (int)rows[3 * oy + 1];
     const int x0 = (int)cols[3 * ox], x1 = (int)cols[3 * ox + 1];
     const float ly = rows[3 * oy + 2], lx = cols[3 * ox + 2];
