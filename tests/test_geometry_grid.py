@@ -246,7 +246,8 @@ CHANNELS_LAST_MOVES = [
     # upsampled (nearest, bilinear)
     {"op": "batch_norm2d", "name": "bn"}, {"op": "global_avg_pool2d", "name": "squeeze"},
     {"op": "conv2d", "name": "excite", "out_channels": 16, "kernel_size": 1, "activation": "sigmoid"},
-    {"op": "mul", "name": "gated", "inputs": ["bn", "excite"]}, {"op": "add", "name": "sum", "inputs": ["gated", "shuffle"]},
+    {"op": "mul", "name": "gated", "inputs": ["bn", "excite"]},
+    {"op": "add", "name": "sum", "inputs": ["gated", "shuffle"]},
     {"op": "layer_norm", "name": "norm"},
     {"op": "conv2d", "name": "conv_pool2", "out_channels": 16, "kernel_size": 3, "padding": 1, "activation": "relu"},
     {"op": "avg_pool2d", "name": "pool2", "kernel_size": [2, 1]},

@@ -340,7 +340,7 @@ def test_nvrtc_compiles_half_storage_to_hmma_without_stack(precision, arch):
     except cnngraph.errors.DeviceError as err:
         pytest.skip(str(err))
     hmma = "HMMA.16816.F32.BF16" if precision == "bf16" else "HMMA.16816.F32"
-    examples = [("resnet18", 1), ("mobilenet_v2", 4), ("cifar_vgg", 64)]  # split-K and not; depthwise, gated; pools
+    examples = [("resnet18", 1), ("mobilenet_v2", 4), ("cifar_vgg", 64)]  # split-K or not; depthwise, gated; pools
     if (precision, arch) == ("fp16", "sm_80"):  # 128x128 tiles of 1x1 convs: unrolled, 142 registers there
         examples.append(("resnet50", 64))
     for name, batch in examples:

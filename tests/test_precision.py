@@ -90,7 +90,8 @@ LAYERS = {
                                    {"op": "conv2d", "name": "b", "out_channels": 64, "kernel_size": 3, "padding": 1}],
                                   (8, 4, 4)), 1),
     # a concat's batch norm (+ relu), a squeeze-excitation mul by its (C, 1, 1) gate and an add, all
-    # elementwise on NHWC, a layer norm (a warp per pixel); then two fused pools, 2x2 (NHWC out) and 1x2 (the network's NCHW output)
+    # elementwise on NHWC, a layer norm (a warp per pixel); then two fused pools, 2x2 (NHWC out) and
+    # 1x2 (the network's NCHW output)
     "channels_last_elementwise": (net([
         {"op": "conv2d", "name": "a", "out_channels": 16, "kernel_size": 3, "padding": 1},
         {"op": "conv2d", "name": "b", "out_channels": 16, "kernel_size": 1},
@@ -170,8 +171,8 @@ def test_tensor_core_kernel_on_pocl_matches_numpy_tf32(case):
 def test_cnns_are_channels_last_from_the_stem_to_the_global_pool(precision):
     """Every tensor a conv or a pool writes (all but the image and the global pool's (N, C, 1, 1)),
     mobilenet_v2's depthwise convs', squeezenet's concats', densenet's batch norms', cifar_vgg's
-    pooled convs' and convnext's layer norms' too, and at tf32 the squeeze-excitation networks' (gated convs read NHWC there);
-    at fp32 (the CUDA-core kernels) none."""
+    pooled convs' and convnext's layer norms' too, and at tf32 the squeeze-excitation networks'
+    (gated convs read NHWC there); at fp32 (the CUDA-core kernels) none."""
     gated = ["efficientnet_b0", "mobilenet_v3_large"] if precision == "tf32" else []
     for example in ("resnet18", "resnet50", "mobilenet_v2", "squeezenet1_1", "densenet121", "cifar_vgg",
                     "convnext_tiny", *gated):

@@ -485,7 +485,8 @@ class Upsample2d(Layer):
         nhwc = low.channels_last[0]  # the output's layout too (passes/assign_layout.py)
         if factors := self.whole_factors(h, w):
             return low.simple(f"upsample{factors[0]}x{factors[1]}_{low.sample_dims()}{low.layout_suffix}",
-                              T.upsample_nearest, n=n, c=c, h=h, w=w, sh=factors[0], sw=factors[1], channels_last=nhwc)
+                              T.upsample_nearest, n=n, c=c, h=h, w=w, sh=factors[0], sw=factors[1],
+                              channels_last=nhwc)
         tables = [low.const(axis, source_table(size, out, self.mode, self.align_corners))
                   for axis, size, out in (("rows", h, p), ("cols", w, q))]
         corners = "_corners" if self.align_corners else ""

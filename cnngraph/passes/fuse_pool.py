@@ -1,10 +1,10 @@
-"""Fuse a max/avg pool into the conv2d that feeds it, so the conv result never goes to memory:
-the GEMM rows are ordered window by window, each thread (or on the tensor cores, each group of
-lanes of a fragment) owns whole windows, and the epilogue stores only the pooled value (see codegen/templates/gemm.py `FusedPool`). Fuses non-overlapping,
-unpadded pools (stride == kernel, the VGG/LeNet 2x2 pools) of up to 8 outputs per window; every
-other geometry is reported with its reason (ResNet's overlapping 3x3/2 stem pool would need a
-halo recomputed by neighbouring tiles). Runs last, after fuse_activation, so conv -> bn -> relu
--> pool becomes one node."""
+"""Fuse a max/avg pool into the conv2d that feeds it, so the conv result never goes to memory: the
+GEMM rows are ordered window by window, each thread (or on the tensor cores, each group of lanes of
+a fragment) owns whole windows, and the epilogue stores only the pooled value (see
+codegen/templates/gemm.py `FusedPool`). Fuses non-overlapping, unpadded pools (stride == kernel, the
+VGG/LeNet 2x2 pools) of up to 8 outputs per window; every other geometry is reported with its reason
+(ResNet's overlapping 3x3/2 stem pool would need a halo recomputed by neighbouring tiles). Runs
+last, after fuse_activation, so conv -> bn -> relu -> pool becomes one node."""
 
 from __future__ import annotations
 

@@ -128,7 +128,9 @@ def resample(name: str, *, n: int, c: int, h: int, w: int, p: int, q: int, mode:
     the four neighbours as PyTorch does. The tables are computed once, on the host, by the op.
     `channels_last`: x and y are NHWC, consecutive threads resample consecutive channels of a pixel."""
     total = n * c * p * q
-    at = (lambda y, x: f"LOAD(xc[({y} * {w} + {x}) * {c}])") if channels_last else (lambda y, x: f"LOAD(xc[{y} * {w} + {x}])")
+    def at(y: str, x: str) -> str:
+        return f"LOAD(xc[({y} * {w} + {x}) * {c}])" if channels_last else f"LOAD(xc[{y} * {w} + {x}])"
+
     if mode == "nearest":
         value = at("y0", "x0")
     else:

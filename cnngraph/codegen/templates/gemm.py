@@ -382,9 +382,9 @@ def krsc_rows(matrix: np.ndarray, geo: ConvGeometry) -> np.ndarray:
 def conv_mma16(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: str, tile: MmaTile, gated: bool,
                bf16: bool, splits: int = 1, chunk: int = 0, channels_last: tuple[bool, bool] = (False, False),
                pool: FusedPool | None = None) -> tuple[str, tuple, tuple]:
-    """The implicit GEMM of `conv_mma` (a fused pool too) on 16-bit operands (fp16 or bf16 storage): m16n8k16 tensor-core
-    products with float32 accumulators, fed by `ldmatrix`. No gate (a gated conv multiplies
-    unrounded products on the CUDA cores: `conv_gemm`).
+    """The implicit GEMM of `conv_mma` (a fused pool too) on 16-bit operands (fp16 or bf16 storage):
+    m16n8k16 tensor-core products with float32 accumulators, fed by `ldmatrix`. No gate (a gated
+    conv multiplies unrounded products on the CUDA cores: `conv_gemm`).
 
     An NHWC input (`channels_last`, as in `conv_mma`) flows through `tile.stages` buffers by
     cp.async, as in `conv_mma`: 16 bytes (eight channels of a window) per copy, the reduction over
@@ -681,7 +681,8 @@ def _pixels_nhwc(geo: ConvGeometry, count: int, vectors: int, step: int, group: 
     in x; a_h and a_w, its row and column in the image; a_h is H past the last pixel, so no tap of
     that window is in the image and nothing is read. `gated`: a_gate, where its sample's gates of
     the group begin (sample 0 past the last pixel)."""
-    gates, gate = (f"\nint a_gate[{count}];", f"\n    a_gate[i] = (am < {m_total} ? a_n : 0) * {geo.c} + {group} * {geo.cg};"
+    sample = f"(am < {m_total} ? a_n : 0)"
+    gates, gate = (f"\nint a_gate[{count}];", f"\n    a_gate[i] = {sample} * {geo.c} + {group} * {geo.cg};"
                    ) if gated else ("", "")
     return f"""int a_off[{count}], a_h[{count}], a_w[{count}];{gates}
 UNROLL for (int i = 0; i < {count}; ++i) {{

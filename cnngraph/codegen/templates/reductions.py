@@ -118,7 +118,8 @@ def layer_norm_warps(name: str, *, rows: int, length: int, eps: float, affine: b
     per row, its lanes reading consecutive values (coalesced loads), each sum completed by
     butterfly shuffles. Every lane reaches every shuffle: a warp past the last row normalises row
     0 and stores nothing."""
-    args = [ptr("x"), *([ptr("weight", stored=False), ptr("bias", stored=False)] if affine else []), ptr("y", const=False)]
+    affine_args = [ptr("weight", stored=False), ptr("bias", stored=False)] if affine else []
+    args = [ptr("x"), *affine_args, ptr("y", const=False)]
     scaled = "v * weight[i] + bias[i]" if affine else "v"
     butterfly = "UNROLL for (int lanes = 16; lanes > 0; lanes /= 2) {0} += SHFL_XOR({0}, lanes);"
     body = f"""KERNEL void {name}({", ".join(args)})
