@@ -33,6 +33,7 @@ class PoolStep:
     spec: Layer
     conv_shape: tuple[int, ...]
 
+
 @dataclass(frozen=True)
 class Compute:
     """What a node computes: its base op (the spec model it started as; its `activation` field

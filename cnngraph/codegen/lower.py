@@ -132,7 +132,7 @@ class NodeLowering:
         self.weights = self.attrs.get("weights", {})
         self.output = ("tensor", node)
         self.storage = storage_of(g)
-        # (input, output) stored channels-last: only a tensor-core conv's, see passes/assign_layout.py
+        # (first input, output) stored channels-last (NHWC), see passes/assign_layout.py
         self.channels_last = (any(g.nodes[i].get("layout") == NHWC for i in self.attrs["inputs"][:1]),
                               self.attrs.get("layout") == NHWC)
 
