@@ -255,8 +255,9 @@ class NodeLowering:
                 template, variant["bf16"] = T.conv_mma16, self.compute.precision == "bf16"
             matrix = T.conv_mma_weights(matrix, geo, self.channels_last[0], copied)
         else:
-            template, variant = T.conv_gemm, {"pool": pool, "tf32": tf32}
-        assert template is not T.conv_gemm or not any(self.channels_last), "conv_gemm reads and writes NCHW"
+            template, variant = T.conv_gemm, {"pool": pool}
+        assert template is not T.conv_gemm or not (tf32 or any(self.channels_last)), \
+            "conv_gemm multiplies float32 values, read and written NCHW"
         w_ref = self.stored_const("w", round_tf32(matrix) if tf32 else matrix)
         table = T.tap_table(geo, self.channels_last[0])  # read after the weights (int32 bits in a float32 constant)
         w_refs = [w_ref, *([self.const("taps", table.view(np.float32))] if table is not None else [])]

@@ -163,16 +163,23 @@ class Layer(Strict):
         tensor cores) applies to: conv/linear, but not a depthwise conv."""
         return self.has(GEMM)
 
-    def keeps_layout(self, in_shapes: list[Shape]) -> bool:
-        """Whether its kernel reads NCHW or NHWC and writes its output in its inputs' layout: the
-        ops with `KEEPS_LAYOUT` on images (a vector has no layout), a depthwise conv, and an
-        elementwise op on images whose operands that broadcast (a (C, 1, 1) gate) are layout-free."""
+    def layout_partners(self, in_shapes: list[Shape]) -> list[int] | None:
+        """The inputs its kernel reads in its output's layout, NCHW or NHWC, when it keeps its
+        inputs' layout (None: it reads and writes NCHW only). All of them for the ops with
+        `KEEPS_LAYOUT` on images (a vector has no layout); for an elementwise op on images, those of
+        the output's shape, its operands that broadcast (a (C, 1, 1) gate) being layout-free."""
         if not all(len(s) == 3 for s in in_shapes):
-            return False
+            return None
         if self.has(ELEMENTWISE):
-            out = self.infer_shape(in_shapes)
-            return all(tuple(s) == tuple(out) or layout_free(s) for s in in_shapes)
-        return self.has(KEEPS_LAYOUT)
+            out = tuple(self.infer_shape(in_shapes))
+            if not all(tuple(s) == out or layout_free(s) for s in in_shapes):
+                return None
+            return [i for i, s in enumerate(in_shapes) if tuple(s) == out]
+        return list(range(len(in_shapes))) if self.has(KEEPS_LAYOUT) else None
+
+    def keeps_layout(self, in_shapes: list[Shape]) -> bool:
+        """Whether its kernel reads NCHW or NHWC and writes its output in its inputs' layout."""
+        return self.layout_partners(in_shapes) is not None
 
     # --- shape rule ---------------------------------------------------------------------------
     def infer_shape(self, in_shapes: list[Shape]) -> Shape:

@@ -214,8 +214,8 @@ class Conv2d(Layer):
     def runs_as_gemm(self, in_shapes):
         return not self.is_depthwise(in_shapes[0][0])
 
-    def keeps_layout(self, in_shapes):
-        return self.is_depthwise(in_shapes[0][0])  # its kernel reads and writes NCHW or NHWC
+    def layout_partners(self, in_shapes):
+        return [0] if self.is_depthwise(in_shapes[0][0]) else None  # its kernel reads and writes NCHW or NHWC
 
     def prepare(self, weights, in_shapes):
         w = weights["weight"]  # (K, C/g, kh, kw)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import networkx as nx
 
 from ..graph import compute_of, layer_nodes, own_in_shapes
-from ..ops import ANY_LAYOUT, ELEMENTWISE
+from ..ops import ANY_LAYOUT
 from ..precision import vector_width
 
 NHWC = "NHWC"
@@ -43,21 +43,18 @@ def tensor_core_conv(g: nx.DiGraph, node: str) -> bool:
 
 def keeps_layout(g: nx.DiGraph, node: str) -> bool:
     """The node's kernel writes its output in its inputs' layout, NCHW or NHWC: a window pool, a
-    depthwise conv, a concat, a channel slice or shuffle (`Layer.keeps_layout`)."""
+    depthwise conv, a concat, a channel slice or shuffle, an elementwise op, a layer norm, an
+    upsampling (`Layer.keeps_layout`)."""
     compute = compute_of(g, node)
     return compute is not None and compute.spec.keeps_layout(own_in_shapes(g, node))
 
 
 def layout_partners(g: nx.DiGraph, node: str) -> list[str]:
-    """The inputs a layout-keeping node reads in its output's layout: all of them, but an
-    elementwise op's operands that broadcast, which are layout-free (`ops.layout_free`) and read
-    the same either way."""
-    if not keeps_layout(g, node):
-        return []
-    inputs = g.nodes[node]["inputs"][:len(g.nodes[node]["inputs"]) - compute_of(g, node).residuals]
-    if not compute_of(g, node).has(ELEMENTWISE):
-        return inputs
-    return [i for i in inputs if tuple(g.nodes[i]["shape"]) == tuple(g.nodes[node]["shape"])]
+    """The inputs a layout-keeping node reads in its output's layout (`Layer.layout_partners`: all
+    but an elementwise op's operands that broadcast, which are layout-free)."""
+    compute = compute_of(g, node)
+    partners = compute.spec.layout_partners(own_in_shapes(g, node)) if compute is not None else None
+    return [g.nodes[node]["inputs"][i] for i in partners or []]
 
 
 def writes_channels_last(g: nx.DiGraph, node: str) -> bool:

@@ -43,7 +43,7 @@ def gemm_rows(geo: ConvGeometry, pool: FusedPool | None) -> int:
 
 
 def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: str, tile: Tile, gated: bool,
-              tf32: bool, pool: FusedPool | None = None, splits: int = 1, chunk: int = 0
+              pool: FusedPool | None = None, splits: int = 1, chunk: int = 0
               ) -> tuple[str, tuple, tuple]:
     """Implicit-GEMM convolution (also linear: h = w = kh = kw = 1). GEMM M = N*P*Q output pixels,
     N = K/groups output channels, reduction R = C/groups*KH*KW; the group is blockIdx.z.
@@ -56,8 +56,8 @@ def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
     windows, and it stores the pooled value: y is then (N, K, PH, PW).
     With `gated`, a second input gate (N, C) scales each input value by its sample's channel gate
     as it is loaded (a squeeze-excitation `x * s` the conv reads without it being stored).
-    With `tf32`, input values are rounded to TF32 as they enter shared memory (the weights come
-    rounded): the products are those of the tensor-core kernel, `conv_mma`."""
+    Its products are float32 ones, on the CUDA cores: at fp32, and for a gated conv at fp16/bf16
+    (tf32 runs every GEMM on the tensor cores)."""
     k, groups, kg, pq = geo.k, geo.groups, geo.kg, geo.pixels
     m_total = gemm_rows(geo, pool)
     t = tile
@@ -106,7 +106,7 @@ def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
         if (k0 == {r_begin}) {{
 {_load_tiles("k0", t, geo, m_total, gated, spaces=12)}
         }}
-        UNROLL for (int i = 0; i < {a_per}; ++i) As[tid / {t.bm} + i * {a_step}][tid % {t.bm}] = {"TF32(a_reg[i])" if tf32 else "a_reg[i]"};
+        UNROLL for (int i = 0; i < {a_per}; ++i) As[tid / {t.bm} + i * {a_step}][tid % {t.bm}] = a_reg[i];
         UNROLL for (int i = 0; i < {b_per}; ++i) Bs[(tid + i * {nt}) / {t.bn}][(tid + i * {nt}) % {t.bn}] = b_reg[i];
         BARRIER();
         if (k0 + {t.bk} < r_end) {{  /* prefetch the next slice while this one is multiplied */
