@@ -74,9 +74,9 @@ class Compute:
 
     @property
     def tensor_cores(self) -> bool:
-        """Its products run on the tensor cores (`conv_mma`, `conv_mma16`): at tf32, and at fp16/bf16
-        unless gated (a gate's unrounded products stay on the CUDA cores)."""
-        return self.precision == "tf32" or (self.precision in HALF_STORAGE and not self.gated)
+        """Its products run on the tensor cores (`conv_mma`, `conv_mma16`): at every precision but
+        fp32."""
+        return self.precision in ("tf32", *HALF_STORAGE)
 
     @property
     def residuals(self) -> int:

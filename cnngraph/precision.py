@@ -9,7 +9,9 @@ does) on the tensor cores, and accumulate in float32; storage and every other op
 stored in 16 bits (half the memory traffic), rounded to nearest even when stored; kernels load
 them into float32, compute and accumulate in float32 (epilogues included) and round once, at the
 store. Per-channel constants (bias, batch-norm scale and shift, layer-norm affine) and the split-K
-workspace stay float32. Inputs are rounded on the way in; outputs come back as float32.
+workspace stay float32. Inputs are rounded on the way in; outputs come back as float32. A gated
+conv's x * gate (a squeeze-excitation mul fused into the conv) is rounded to 16 bits, as the mul
+would have stored it: it is an operand of the 16-bit tensor-core products.
 
 The CPU backends round the same values the same way (`round_tf32`, `round_storage`), so every
 device gives the accuracy a GPU gives. Reduced precisions need compute capability 8.0 (Ampere) or

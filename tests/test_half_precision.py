@@ -181,15 +181,14 @@ def test_numpy_examples_within_the_budget(example, precision):
     assert rel_err(got, want) <= BUDGET[precision]
 
 
-# single conv/linear layers covering the 16-bit tensor-core kernel's variants (test_precision.LAYERS),
-# and the one that stays on the CUDA cores: a gated conv
-from test_precision import CHANNELS_LAST, GATED_CHANNELS_LAST  # noqa: E402
+# single conv/linear layers covering the 16-bit tensor-core kernel's variants (test_precision.LAYERS)
+from test_precision import CHANNELS_LAST  # noqa: E402
 from test_precision import LAYERS as GEMM_LAYERS  # noqa: E402
 
 
 @needs_opencl
 @pytest.mark.parametrize("precision", HALF)
-@pytest.mark.parametrize("case", sorted(set(GEMM_LAYERS) - set(CHANNELS_LAST) - set(GATED_CHANNELS_LAST)))
+@pytest.mark.parametrize("case", sorted(set(GEMM_LAYERS) - set(CHANNELS_LAST)))
 def test_tensor_core_kernel_on_pocl_matches_numpy(case, precision):
     spec, batch = GEMM_LAYERS[case]
     ref = cnngraph.compile(spec, batch_size=batch, device="cpu", precision=precision)
@@ -200,8 +199,7 @@ def test_tensor_core_kernel_on_pocl_matches_numpy(case, precision):
     gemms = [l for l in model.backend.program.launches if l.kernel.startswith(("conv", "linear", "gated"))]
     mma = "MMA_BF16(" if precision == "bf16" else "MMA_F16("
     assert gemms and all(l.kernel.endswith(f"_{precision}") for l in gemms)
-    assert all(mma in l.body for l in gemms if not l.kernel.startswith("gated"))
-    assert not any(mma in l.body for l in gemms if l.kernel.startswith("gated"))
+    assert all(mma in l.body for l in gemms)
 
 
 IN_CI = ["fp16", pytest.param("bf16", marks=pytest.mark.slow)]  # the same kernel text but for the conversions
@@ -279,6 +277,19 @@ def test_emulation_catches_planted_channels_last_mistakes(precision, old, new):
     assert_caught(GEMM_LAYERS["channels_last_block"], precision, old, new)
 
 
+@needs_opencl
+@pytest.mark.parametrize("case, old, new", [
+    # an NHWC input: each thread's landed copies scaled in shared memory
+    ("channels_last_gated", " * LOAD(gate[a_gate[i] + c + q]))", ")"),  # left ungated
+    ("channels_last_gated", "LOAD(gate[a_gate[i] + c + q])", "LOAD(gate[a_gate[i] + c])"),  # 8 channels, one gate
+    ("channels_last_gated", "? taps[r].w : 0;", "? taps[r].x : 0;"),  # the gate of the tap's offset
+    # an NCHW input: each value scaled in the registers, its channel from the tap table
+    ("gated", "LOAD(gg[e.w])", "LOAD(gg[e.y])"),
+], ids=["ungated", "one_gate_per_vector", "gate_of_the_offset", "gate_of_the_row"])
+def test_emulation_catches_planted_gate_mistakes(case, old, new):
+    assert_caught(GEMM_LAYERS[case], "fp16", old, new)
+
+
 def test_memory_arena_and_names_show_the_storage():
     spec = LAYERS["conv_bn_relu_pool"]
     fp32, fp16 = (cnngraph.plan(spec, 4, precision=p) for p in ("fp32", "fp16"))
@@ -340,7 +351,8 @@ def test_nvrtc_compiles_half_storage_to_hmma_without_stack(precision, arch):
     except cnngraph.errors.DeviceError as err:
         pytest.skip(str(err))
     hmma = "HMMA.16816.F32.BF16" if precision == "bf16" else "HMMA.16816.F32"
-    examples = [("resnet18", 1), ("mobilenet_v2", 4), ("cifar_vgg", 64)]  # split-K or not; depthwise, gated; pools
+    # split-K or not; depthwise; pools; gated convs reading NHWC
+    examples = [("resnet18", 1), ("mobilenet_v2", 4), ("cifar_vgg", 64), ("mobilenet_v3_large", 8)]
     if (precision, arch) == ("fp16", "sm_80"):  # 128x128 tiles of 1x1 convs: unrolled, 142 registers there
         examples.append(("resnet50", 64))
     for name, batch in examples:

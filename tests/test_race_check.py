@@ -39,22 +39,25 @@ CONV = [{"op": "conv2d", "out_channels": 70, "kernel_size": 3, "stride": 2, "pad
 CHANNELS_LAST = [{"op": "conv2d", "out_channels": 20, "kernel_size": 1},  # the tensors between are NHWC at tf32
                  {"op": "conv2d", "out_channels": 72, "kernel_size": 3, "stride": 2, "padding": [1, 0, 2, 1]},
                  {"op": "conv2d", "out_channels": 8, "kernel_size": 1}]
+# the gated conv reads NHWC: each thread scales its own landed copies by their gates
+GATED_NHWC = [{"op": "conv2d", "name": "a", "out_channels": 8, "kernel_size": 1},
+              {"op": "global_avg_pool2d", "name": "sq"},
+              {"op": "conv2d", "name": "ex", "out_channels": 8, "kernel_size": 1, "activation": "sigmoid"},
+              {"op": "mul", "name": "gated", "inputs": ["a", "ex"]},
+              {"op": "conv2d", "name": "c", "out_channels": 16, "kernel_size": 3, "padding": 1},
+              {"op": "conv2d", "name": "d", "out_channels": 8, "kernel_size": 1}]
 # spec, batch, precision
 NETWORKS = {
     "conv_gemm_fp32": (net(CONV, (13, 11, 9)), 3, "fp32"),
     "conv_mma_cp_async_tf32": (net(CONV, (13, 11, 9)), 3, "tf32"),
     "conv_mma_gated_tf32": (net(GATED, (8, 6, 6)), 2, "tf32"),
     "conv_mma_nhwc_tf32": (net(CHANNELS_LAST, (13, 11, 9)), 3, "tf32"),  # [pixel][reduction] buffers
-    # the gated conv reads NHWC: each thread scales its own landed copies by their gates
-    "conv_mma_gated_nhwc_tf32": (net([
-        {"op": "conv2d", "name": "a", "out_channels": 8, "kernel_size": 1}, {"op": "global_avg_pool2d", "name": "sq"},
-        {"op": "conv2d", "name": "ex", "out_channels": 8, "kernel_size": 1, "activation": "sigmoid"},
-        {"op": "mul", "name": "gated", "inputs": ["a", "ex"]},
-        {"op": "conv2d", "name": "c", "out_channels": 16, "kernel_size": 3, "padding": 1},
-        {"op": "conv2d", "name": "d", "out_channels": 8, "kernel_size": 1}], (8, 6, 6)), 2, "tf32"),
+    "conv_mma_gated_nhwc_tf32": (net(GATED_NHWC, (8, 6, 6)), 2, "tf32"),
     "conv_mma16_nhwc_fp16": (net([{**CHANNELS_LAST[0], "out_channels": 24}, {**CHANNELS_LAST[1], "out_channels": 16},
                                   CHANNELS_LAST[2]], (13, 11, 9)), 3, "fp16"),  # 16-bit cp.async, plain ldmatrix
     "conv_mma16_fp16": (net(CONV, (13, 11, 9)), 3, "fp16"),  # HALF shared arrays, read by ldmatrix
+    "conv_mma16_gated_fp16": (net(GATED, (8, 6, 6)), 2, "fp16"),  # gated in the registers
+    "conv_mma16_gated_nhwc_fp16": (net(GATED_NHWC, (8, 6, 6)), 2, "fp16"),
     "conv_fused_pool_tf32": (net([{"op": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1},
                                   {"op": "max_pool2d", "kernel_size": 2}], (4, 8, 8)), 2, "tf32"),
     # pools, layer norm and softmax use no shared memory: the race check leaves their kernels alone

@@ -117,7 +117,9 @@ class NumpyBackend(Backend):
             compute = g.nodes[node]["compute"]
             xs = [views[src] for src in g.nodes[node]["inputs"]]
             if compute.gated:  # x * gate, (N, H, W, C) * (N, 1, 1, C), in scratch instead of the arena
-                xs = [np.multiply(xs[0], xs[1], out=self.scratch.get("gated", xs[0].shape)), *xs[2:]]
+                gated = np.multiply(xs[0], xs[1], out=self.scratch.get("gated", xs[0].shape))
+                round_storage(gated, self.storage)  # as the mul would have stored it (the GPU kernels do)
+                xs = [gated, *xs[2:]]
             if compute.precision == "tf32":
                 xs = [round_tf32(xs[0], out=self.scratch.get("tf32", xs[0].shape)), *xs[1:]]
             own = len(xs) - compute.residuals  # the op's own inputs; the rest are residuals

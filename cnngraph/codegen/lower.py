@@ -233,7 +233,7 @@ class NodeLowering:
         epilogue and fused pool; split-K (inside the kernel) when its schedule says so. At tf32 the weights are rounded
         here, once, and the kernel rounds its inputs, on the tensor cores (`conv_mma`). At
         fp16/bf16 the weights are stored in 16 bits, as the activations are, and the products run
-        on the tensor cores (`conv_mma16`) but for a gate (`conv_gemm`). The
+        on the tensor cores (`conv_mma16`); at fp32 on the CUDA cores (`conv_gemm`). The
         tensor-core kernels read and write NHWC tensors too (`channels_last`), their weight rows
         then in (ky, kx, channel) order."""
         tf32 = self.compute.precision == "tf32"
@@ -256,7 +256,7 @@ class NodeLowering:
             matrix = T.conv_mma_weights(matrix, geo, self.channels_last[0], copied)
         else:
             template, variant = T.conv_gemm, {"pool": pool}
-        assert template is not T.conv_gemm or not (tf32 or any(self.channels_last)), \
+        assert template is not T.conv_gemm or (self.compute.precision == "fp32" and not any(self.channels_last)), \
             "conv_gemm multiplies float32 values, read and written NCHW"
         w_ref = self.stored_const("w", round_tf32(matrix) if tf32 else matrix)
         table = T.tap_table(geo, self.channels_last[0])  # read after the weights (int32 bits in a float32 constant)

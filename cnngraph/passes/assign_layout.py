@@ -14,12 +14,12 @@ they are decided together, as one set (an elementwise op's operand that broadcas
 squeeze-excitation gate's (N, C, 1, 1), is layout-free: the same bytes either way). A set is stored
 NHWC when every tensor in it is written by a tensor-core conv or one of those, is not a network
 input or output, and is read only by kernels that take NHWC: a tensor-core conv whose channel groups
-are a whole number of 16-byte vectors (a gated one too, at tf32: fp16/bf16 gated convs run on the
-CUDA cores), a conv adding it as a residual, one of those layout-keeping kernels, or a global pool
-(`ANY_LAYOUT`: its (N, C, 1, 1) output is the same in both). Anything else (a flatten, a softmax,
-the network's outputs) reads NCHW, and so do the tensors it reads. Runs after `assign_precision`, on
-the final graph; the NumPy backend ignores layouts (it computes the same values), the GPU backends
-convert a tensor when they upload or download it by name.
+are a whole number of 16-byte vectors (a gated one too), a conv adding it as a residual, one of
+those layout-keeping kernels, or a global pool (`ANY_LAYOUT`: its (N, C, 1, 1) output is the same in
+both). Anything else (a flatten, a softmax, the network's outputs) reads NCHW, and so do the tensors
+it reads. Runs after `assign_precision`, on the final graph; the NumPy backend ignores layouts (it
+computes the same values), the GPU backends convert a tensor when they upload or download it by
+name.
 """
 
 from __future__ import annotations

@@ -56,8 +56,8 @@ def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
     windows, and it stores the pooled value: y is then (N, K, PH, PW).
     With `gated`, a second input gate (N, C) scales each input value by its sample's channel gate
     as it is loaded (a squeeze-excitation `x * s` the conv reads without it being stored).
-    Its products are float32 ones, on the CUDA cores: at fp32, and for a gated conv at fp16/bf16
-    (tf32 runs every GEMM on the tensor cores)."""
+    Its products are float32 ones, on the CUDA cores: the fp32 kernel (every other precision runs
+    its GEMMs on the tensor cores)."""
     k, groups, kg, pq = geo.k, geo.groups, geo.kg, geo.pixels
     m_total = gemm_rows(geo, pool)
     t = tile
@@ -220,7 +220,7 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     CP_ASYNC4(&As[{buf}][tid / {t.bm} + i * {a_step}][tid % {t.bm}], src, ok);
 }}"""
 
-        landed = (lambda kbase, buf: _gate_landed(geo, kbase, buf, pixels)) if gated else None
+        landed = (lambda kbase, buf: _gate_landed(geo, kbase, buf, pixels, VECTOR)) if gated else None
         main = _pipelined(t, stages, r_begin, pitch, VECTOR, issue_inputs, products, landed)
     else:
         main = _register_staged(t, geo, m_total, r_begin, gated, products("buf"), rounding="TF32")
@@ -299,18 +299,19 @@ UNROLL for (int i = 0; i < {b_vectors}; ++i) {{  /* {vector} channels of a weigh
     }}"""
 
 
-def _gate_landed(geo: ConvGeometry, kbase: str, buf: str, pixels: tuple[int, int, int]) -> str:
+def _gate_landed(geo: ConvGeometry, kbase: str, buf: str, pixels: tuple[int, int, int], vector: int) -> str:
     """A gated NHWC conv's input vectors of the slice at `kbase` in As[buf] (this thread's own
-    copies, landed) times their channels' gates: the gate of a_gate[i] + channel."""
+    copies of `vector` stored values, landed) times their channels' gates (the gate of a_gate[i] +
+    channel), stored as the mul's output would have been (16 bits: rounded)."""
     count, per_pixel, step = pixels
     channel = "taps[r].w" if geo.taps > 1 else "r"
     return f"""{{
-    const int r = {kbase} + tid % {per_pixel} * {VECTOR};
+    const int r = {kbase} + tid % {per_pixel} * {vector};
     const int c = r < r_end ? {channel} : 0;  /* past the reduction: zeros, times any gate */
     UNROLL for (int i = 0; i < {count}; ++i)
-        UNROLL for (int q = 0; q < {VECTOR}; ++q) {{
-            const int row = tid / {per_pixel} + i * {step}, col = tid % {per_pixel} * {VECTOR} + q;
-            As[{buf}][row][col] = As[{buf}][row][col] * LOAD(gate[a_gate[i] + c + q]);  /* (no *=: race check) */
+        UNROLL for (int q = 0; q < {vector}; ++q) {{
+            const int row = tid / {per_pixel} + i * {step}, col = tid % {per_pixel} * {vector} + q;
+            As[{buf}][row][col] = STORE(LOAD(As[{buf}][row][col]) * LOAD(gate[a_gate[i] + c + q]));
         }}
 }}"""
 
@@ -382,9 +383,10 @@ def krsc_rows(matrix: np.ndarray, geo: ConvGeometry) -> np.ndarray:
 def conv_mma16(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: str, tile: MmaTile, gated: bool,
                bf16: bool, splits: int = 1, chunk: int = 0, channels_last: tuple[bool, bool] = (False, False),
                pool: FusedPool | None = None) -> tuple[str, tuple, tuple]:
-    """The implicit GEMM of `conv_mma` (a fused pool too) on 16-bit operands (fp16 or bf16 storage):
-    m16n8k16 tensor-core products with float32 accumulators, fed by `ldmatrix`. No gate (a gated
-    conv multiplies unrounded products on the CUDA cores: `conv_gemm`).
+    """The implicit GEMM of `conv_mma` (a gate and a fused pool too) on 16-bit operands (fp16 or
+    bf16 storage): m16n8k16 tensor-core products with float32 accumulators, fed by `ldmatrix`. A
+    gated conv's input value times its gate is rounded to 16 bits, as the mul would have stored it
+    (and as the NumPy backend computes it): every operand of the products is a stored value.
 
     An NHWC input (`channels_last`, as in `conv_mma`) flows through `tile.stages` buffers by
     cp.async, as in `conv_mma`: 16 bytes (eight channels of a window) per copy, the reduction over
@@ -393,14 +395,15 @@ def conv_mma16(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue:
     Bs[reduction][channel]. An NCHW input cannot be copied so (a 4-byte copy moves two pixels that
     need not be neighbours in the input): each thread loads its elements of the next slice as raw
     16-bit patterns into registers while the warps multiply the current one, then stores them into
-    the other of two reduction-major buffers, As[reduction][pixel] and Bs.
+    the other of two reduction-major buffers, As[reduction][pixel] and Bs. A gate scales an NHWC
+    input's landed copies in shared memory (`_gate_landed`, as in `conv_mma`), an NCHW input's
+    values in the registers.
 
     Rows are padded by 8 values (16 bytes), an odd number of 16-byte groups, so the 8 rows one
     `ldmatrix` reads fall in 8 different bank groups. `ldmatrix.trans` turns reduction-major rows
     into the fragments mma.m16n8k16 takes: A as four 8x8 matrices (pixels +0/+8, reduction +0/+8),
     B as two (reduction +0/+8). The epilogue runs on the accumulator fragments in registers, as in
     `conv_mma`; an NHWC output is stored at m * K + k."""
-    assert not gated, "a gated conv runs on the CUDA cores at fp16/bf16"
     t, split = tile, splits > 1
     nhwc_in, nhwc_out = channels_last
     nt, mi, ni = t.threads, t.wm // 16, t.wn // 8
@@ -408,7 +411,7 @@ def conv_mma16(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue:
     assert not split or geo.groups == 1
     m_total, kg = gemm_rows(geo, pool), geo.kg
     r_begin = f"g * {chunk}" if split else "0"
-    inputs = [ptr("x"), ptr("w"), *([table_param()] if geo.taps > 1 else [])]
+    inputs = [ptr("x"), *([ptr("gate")] if gated else []), ptr("w"), *([table_param()] if geo.taps > 1 else [])]
     args = _parameters(inputs, split, extra_args)
     grid = (cdiv(m_total, t.bm), cdiv(kg, t.bn), splits if split else geo.groups)
     (ar, ac), (br, bc) = t.a_shape(nhwc_in, half=True), t.b_shape()
@@ -435,16 +438,17 @@ def conv_mma16(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue:
 
     if nhwc_in:
         pixels, pitch = _vector_pixels(t, HALF_VECTOR), weight_pitch(kg, HALF_VECTOR)
+        landed = (lambda kbase, buf: _gate_landed(geo, kbase, buf, pixels, HALF_VECTOR)) if gated else None
         main = _pipelined(t, t.stages, r_begin, pitch, HALF_VECTOR,
                           lambda kbase, buf: _nhwc_copies(geo, kbase, buf, pixels, HALF_VECTOR, "CP_ASYNC16_HALF"),
-                          products)
+                          products, landed)
         a_bytes = 2 * t.stages * ar * ac  # a multiple of 16: Bs stays 16-byte aligned
         shared = f"""    DYNAMIC_SHARED({t.shared_bytes(True, half=True)});
     SHARED_VIEW(HALF, As, {t.stages}, [{ar}][{ac}], 0);  /* [buffer][pixel][reduction] */
     SHARED_VIEW(HALF, Bs, {t.stages}, [{br}][{bc}], {a_bytes});  /* [buffer][reduction][channel] */"""
     else:
         pixels, pitch = None, None
-        main = _register_staged(t, geo, m_total, r_begin, False, products("buf"), raw=True)
+        main = _register_staged(t, geo, m_total, r_begin, gated, products("buf"), raw=True)
         shared = f"""    SHARED HALF As[2][{ar}][{ac}] ALIGNED16;  /* [buffer][reduction][pixel] */
     SHARED HALF Bs[2][{br}][{bc}] ALIGNED16;  /* [buffer][reduction][channel] */"""
 
@@ -452,7 +456,7 @@ def conv_mma16(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue:
 {{
 {shared}
 {_warp_setup(t)}
-{_window(geo, t.bm, t.bn, pool, splits, chunk, False, pitch, pixels=pixels)}
+{_window(geo, t.bm, t.bn, pool, splits, chunk, gated, pitch, pixels=pixels)}
 {main}
 
 {_mma_finish(t, geo, pool, splits, grid[0], epilogue, nhwc_out)}
@@ -754,16 +758,21 @@ def _load_tiles(kbase: str, t: Tile | MmaTile, geo: ConvGeometry, m_total: int, 
     the weight slice starting at reduction index kbase (up to the kernel's `r_end`). A kernel with
     more than one tap reads where each reduction index points from `taps` (see `tap_table`): no
     division per element. `raw`: the stored 16-bit patterns themselves, not float32 values (0 is
-    +0.0 in fp16 and bf16)."""
+    +0.0 in fp16 and bf16); a gated value is then rounded to 16 bits, as the mul would store it."""
     a_per, a_step, b_per = t.bm * t.bk // t.threads, t.threads // t.bm, t.bk * t.bn // t.threads
     h, w, kg = geo.h, geo.w, geo.kg
-    assert not (raw and gated)
     load, kind, zero = ("", "HALF", "0") if raw else ("LOAD", "float", "0.0f")
+
+    def value(x: str, channel: str) -> str:
+        if not gated:
+            return f"{load}({x})"
+        return f"STORE(LOAD({x}) * LOAD(gg[{channel}]))" if raw else f"LOAD({x}) * LOAD(gg[{channel}])"
+
     if geo.taps > 1:
         element = f"""const int4 e = taps[r];  /* offset in the window, dy, dx, channel */
-        if ((unsigned)(ih0 + e.y) < {h}u && (unsigned)(iw0 + e.z) < {w}u) v = {load}(xw[e.x]){" * LOAD(gg[e.w])" if gated else ""};"""
+        if ((unsigned)(ih0 + e.y) < {h}u && (unsigned)(iw0 + e.z) < {w}u) v = {value("xw[e.x]", "e.w")};"""
     else:  # reduction index = channel
-        element = f"""if (in_image) v = {load}(xw[r * {h * w}]){" * LOAD(gg[r])" if gated else ""};"""
+        element = f"""if (in_image) v = {value(f"xw[r * {h * w}]", "r")};"""
     assert t.threads % t.bn == 0
     code = f"""UNROLL for (int i = 0; i < {a_per}; ++i) {{
     const int r = {kbase} + tid / {t.bm} + i * {a_step};
