@@ -299,8 +299,9 @@ def codegen_manifest(program: Program, dialect: Dialect, batch: int, precision: 
     def arg(kind: str, ref: str) -> dict:
         if kind == "tensor":
             offset, size, shape = program.tensors[ref]
+            padded = program.padded_channels.get(ref)  # size counts them
             return {"kind": kind, "node": ref, "offset": offset, "size": size, "shape": list(shape),
-                    "layout": program.layout(ref)}
+                    "layout": program.layout(ref), **({"padded_channels": padded} if padded else {})}
         if kind == "const":
             value = program.constants[ref]
             return {"kind": kind, "name": ref, "shape": list(value.shape), "dtype": str(value.dtype)}

@@ -10,12 +10,15 @@ Node attributes (every stage keeps these; passes may add more):
   path     JSON pointer into the spec ("/layers/7")
   shape    output shape with the batch, set by the shape-inference pass
   layout   "NHWC" where the tensor is stored channels-last (passes/assign_layout.py); NCHW otherwise
+  padded_channels  where an NHWC tensor stores more channels per pixel than it has (zeros after
+           them, so each pixel is whole 16-byte vectors: the 3-channel image); see `stored_shape`
 Graph attributes: name, inputs, outputs (node names), batch_size, source (the spec file).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import networkx as nx
@@ -140,6 +143,18 @@ def topological_order(g: nx.DiGraph) -> list[str]:
 def layer_nodes(g: nx.DiGraph) -> list[str]:
     """The computing nodes (network inputs left out), in dependency order."""
     return [n for n in topological_order(g) if g.nodes[n]["compute"] is not None]
+
+
+def stored_shape(g: nx.DiGraph, node: str) -> tuple[int, ...]:
+    """A tensor's shape (NCHW order) with its channels as stored: padded where `padded_channels`."""
+    shape = tuple(g.nodes[node]["shape"])
+    padded = g.nodes[node].get("padded_channels")
+    return (shape[0], padded, *shape[2:]) if padded else shape
+
+
+def stored_elements(g: nx.DiGraph, node: str) -> int:
+    """The elements a tensor takes in the arena (`stored_shape`)."""
+    return math.prod(stored_shape(g, node))
 
 
 def in_shapes(g: nx.DiGraph, node: str) -> list[tuple[int, ...]]:

@@ -14,6 +14,7 @@ The JSON document (`cnngraph inspect --format json`, `inspect_data(g)`):
          "op": "conv2d+batch_norm2d+relu", "path": "/layers/0", "inputs": ["image"],
          "shape": [1, 64, 112, 112],       # output shape, batch included
          "layout": "NCHW",                 # "NHWC" where stored channels-last (reduced precisions); null if not 4-D
+         "padded_channels": null,          # channels per pixel as stored, where padded (an NHWC image's 3 to 4 or 8)
          "params": 9472, "flops": 238436352,
          "output_bytes": 3211264,
          "bytes_read": 640000,             # its inputs and weights
@@ -34,9 +35,8 @@ The JSON document (`cnngraph inspect --format json`, `inspect_data(g)`):
 from __future__ import annotations
 
 import networkx as nx
-import numpy as np
 
-from .graph import topological_order
+from .graph import stored_elements, topological_order
 from .precision import HALF_STORAGE, element_bytes
 
 # what a fusion report's reason code means, for people
@@ -68,7 +68,7 @@ def node_rows(g: nx.DiGraph) -> list[dict]:
     for node in topological_order(g):
         a = g.nodes[node]
         params = int(sum(w.size for w in a.get("weights", {}).values()))
-        written = eb * _numel(a["shape"])
+        written = eb * stored_elements(g, node)  # padded channels too
         precision = a["compute"].precision if a["compute"] is not None else None
         rows.append({
             "node": node,
@@ -79,10 +79,11 @@ def node_rows(g: nx.DiGraph) -> list[dict]:
             "inputs": list(a["inputs"]),
             "shape": list(a["shape"]),
             "layout": a.get("layout", "NCHW") if len(a["shape"]) == 4 else None,
+            "padded_channels": a.get("padded_channels"),
             "params": params,
             "flops": int(a.get("flops", 0)),
             "output_bytes": written,
-            "bytes_read": sum(eb * _numel(g.nodes[i]["shape"]) for i in a["inputs"]) + 4 * params,
+            "bytes_read": sum(eb * stored_elements(g, i) for i in a["inputs"]) + 4 * params,
             "bytes_written": written,
             "offset_bytes": eb * a["offset"] if "offset" in a else None,
         })
@@ -131,12 +132,19 @@ def fused(g: nx.DiGraph, node: str) -> bool:
 
 # --- text ------------------------------------------------------------------------------------------
 
+def _layout_text(row: dict) -> str:
+    """After a shape in the table: " NHWC" where stored channels-last, with its padded channels."""
+    if row["layout"] != "NHWC":
+        return ""
+    return f" NHWC (C padded to {row['padded_channels']})" if row["padded_channels"] else " NHWC"
+
+
 def summary_table(g: nx.DiGraph) -> str:
     """One row per node (layers, op, shape, params, FLOPs, bytes read and written, arena offset) and totals."""
     rows = node_rows(g)
     header = ("layer", "op", "precision", "output shape", "params", "FLOPs", "read", "written", "arena offset")
     table = [(",".join(r["layers"]) or r["node"], r["op"], r["precision"] or "",
-              "x".join(map(str, r["shape"])) + (" NHWC" if r["layout"] == "NHWC" else ""),
+              "x".join(map(str, r["shape"])) + _layout_text(r),
               f"{r['params']:,}",
               _si(r["flops"]), _si(r["bytes_read"], "B"), _si(r["bytes_written"], "B"),
               "-" if r["offset_bytes"] is None else f"{r['offset_bytes']:,}") for r in rows]
@@ -184,10 +192,6 @@ def fusion_text(g: nx.DiGraph) -> str:
 def inspect_text(g: nx.DiGraph) -> str:
     """`cnngraph inspect`'s table: the node table, then memory, then the fusion report."""
     return "\n\n".join([summary_table(g), memory_text(g), fusion_text(g)])
-
-
-def _numel(shape) -> int:
-    return int(np.prod(shape))
 
 
 def _si(value: float, unit: str = "") -> str:

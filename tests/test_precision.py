@@ -20,7 +20,7 @@ from cnngraph.backends.opencl_backend import OpenCLBackend
 from cnngraph.codegen.dialects import CUDA
 from cnngraph.codegen.schedules import MMA_DEEP_TILES, MMA_TILES
 from cnngraph.errors import DeviceError, SpecError
-from cnngraph.precision import round_tf32
+from cnngraph.precision import round_storage, round_tf32, vector_width
 from test_backends import CUDA_REASON, EXAMPLES, NODE_TOL, NVRTC_REASON, OPENCL_REASON, rel_err
 from test_backends import example as reduced_example
 
@@ -58,12 +58,17 @@ def net(layers, shape, inputs=None):
             "layers": layers}
 
 
+# An op on the network input shares the input's layout, and an input is stored NHWC only where
+# tensor-core convs alone read it: a conv after this one reads NCHW (the 4-byte cp.async path at
+# tf32, registers at fp16/bf16)
+NCHW_FIRST = {"op": "tanh", "name": "nchw"}
+
 # single conv/linear layers covering the kernel's variants: each goes through `conv_mma`
 LAYERS = {
     "conv3x3_pad": (net([{"op": "conv2d", "out_channels": 16, "kernel_size": 3, "padding": 1, "activation": "relu"}],
                         (8, 10, 10)), 2),
-    "conv_stride2_ragged": (net([{"op": "conv2d", "out_channels": 70, "kernel_size": 3, "stride": 2,
-                                  "padding": [1, 0, 2, 1]}], (13, 11, 9)), 3),
+    "conv_stride2_ragged": (net([NCHW_FIRST, {"op": "conv2d", "name": "c", "out_channels": 70, "kernel_size": 3,
+                                              "stride": 2, "padding": [1, 0, 2, 1]}], (13, 11, 9)), 3),
     "conv1x1_many_channels": (net([{"op": "conv2d", "out_channels": 130, "kernel_size": 1}], (40, 12, 12)), 2),
     "grouped_dilated": (net([{"op": "conv2d", "out_channels": 24, "kernel_size": 3, "groups": 4, "dilation": 2,
                               "padding": 2}], (16, 9, 9)), 2),
@@ -113,9 +118,9 @@ LAYERS = {
         {"op": "conv2d", "name": "c", "out_channels": 24, "kernel_size": 3, "padding": 1, "stride": [1, 2]},
         {"op": "conv2d", "name": "d", "out_channels": 8, "kernel_size": 1}], (8, 9, 11)), 3),
 }
-CHANNELS_LAST = {"channels_last_block": {"a", "b", "r"}, "channels_last_split_k": {"a"},  # the NHWC tensors
-                 "channels_last_elementwise": {"a", "b", "cat", "r", "ex", "m", "s", "ln", "pp"},
-                 "channels_last_gated": {"a", "c"}}
+CHANNELS_LAST = {"channels_last_block": {"x", "a", "b", "r"}, "channels_last_split_k": {"x", "a"},  # NHWC tensors
+                 "channels_last_elementwise": {"x", "a", "b", "cat", "r", "ex", "m", "s", "ln", "pp"},
+                 "channels_last_gated": {"x", "a", "c"}}
 
 
 def inputs_for(model, seed=0):
@@ -158,7 +163,9 @@ def test_tensor_core_kernel_on_pocl_matches_numpy_tf32(case):
     gemms = [l for l in model.backend.program.launches if l.kernel.startswith(("conv", "linear"))]
     assert gemms and all("_tf32" in l.kernel for l in gemms)
     assert all("MMA_TF32(" in l.body for l in gemms)
-    assert any("CP_ASYNC4(" in l.body for l in gemms)
+    for launch in gemms:  # NCHW inputs 4 bytes at a time, but gated (through registers); NHWC 16
+        nchw_in = model.backend.program.layout(ref.graph.nodes[launch.node]["inputs"][0]) == "NCHW"
+        assert ("CP_ASYNC4(" in launch.body) == (nchw_in and not launch.kernel.startswith("gated")), launch.kernel
     assert all(("SHFL_XOR(" in l.body) == ("pool" in l.kernel) for l in gemms)  # fused pools: windows by shuffles
     for launch in gemms:  # the cp.async kernels copy weight rows padded to whole 16-byte copies
         (w,) = [model.backend.program.constants[ref] for _, ref in launch.args if ref.endswith(":w")]
@@ -200,6 +207,60 @@ def test_channels_last_tensors_read_back_as_nchw(case):
         reads_nhwc = program.layout(ref.graph.nodes[launch.node]["inputs"][0]) == "NHWC"
         assert ("_nhwc" in launch.kernel and "_nhwc_out" not in launch.kernel) == reads_nhwc
         assert ("CP_ASYNC4(" in launch.body) != reads_nhwc, launch.kernel
+
+
+# a 3-channel image read by a 7x7 stride-2 stem conv alone: stored NHWC, its channels padded with
+# zeros to whole 16-byte pixels
+STEM = net([{"op": "conv2d", "name": "stem", "out_channels": 16, "kernel_size": 7, "stride": 2, "padding": 3,
+             "activation": "relu"},
+            {"op": "conv2d", "name": "next", "out_channels": 8, "kernel_size": 3, "padding": 1}], (3, 13, 11))
+
+
+@needs_opencl
+@pytest.mark.parametrize("precision", ["tf32", "fp16", pytest.param("bf16", marks=pytest.mark.slow)])
+def test_the_image_is_stored_nhwc_padded_to_whole_vectors(precision):
+    ref = cnngraph.compile(STEM, batch_size=3, device="cpu", precision=precision)
+    model = cnngraph.compile(STEM, batch_size=3, device="opencl", weights=ref.weights, precision=precision)
+    program, padded = model.backend.program, vector_width(precision)  # 4 at tf32, 8 at fp16/bf16
+    assert program.layouts == {"x": "NHWC", "stem": "NHWC"} and program.padded_channels == {"x": padded}
+    assert program.tensors["x"][1] == 3 * 13 * 11 * padded  # the memory plan counts the padding
+    (stem,) = [l for l in program.launches if l.node == "stem"]
+    assert stem.kernel.startswith("conv7x7s2") and "_nhwc" in stem.kernel
+    assert "CP_ASYNC16" in stem.body and "CP_ASYNC4(" not in stem.body  # 16-byte copies of the padded pixels
+    (w,) = [program.constants[ref_] for _, ref_ in stem.args if ref_.endswith(":w")]
+    assert w.shape[1] == 7 * 7 * padded  # zero weight rows for the padding
+    xs = inputs_for(ref)
+    want = ref.backend.run_observed(dict(xs))
+    model.backend.poison()  # NaN everywhere: padding left unwritten would spread (NaN * 0)
+    got = model.backend.run_node_by_node({**xs, **want})
+    assert {n: rel_err(got[n], want[n]) <= NODE_TOL[precision] for n in want} == {n: True for n in want}
+    stored = model.backend.stored(xs["x"], name="x")  # how the backends upload it
+    assert stored.shape == (3, 13, 11, padded) and not stored[..., 3:].any()
+    rounded = xs["x"].copy()
+    round_storage(rounded, precision)
+    assert np.array_equal(model.backend.loaded(stored, name="x"), rounded)
+    row = next(r for r in cnngraph.report.node_rows(model.graph) if r["node"] == "x")
+    assert (row["layout"], row["padded_channels"]) == ("NHWC", padded)
+    assert f"NHWC (C padded to {padded})" in cnngraph.report.summary_table(model.graph)
+    from cnngraph.cli import codegen_manifest
+
+    args = [a for l in codegen_manifest(program, CUDA, 3, precision)["launches"] for a in l["args"]
+            if a.get("node") == "x"]
+    assert args and all((a["padded_channels"], a["size"]) == (padded, 3 * 13 * 11 * padded) for a in args)
+
+
+@pytest.mark.parametrize("layers, outputs", [
+    ([{"op": "conv2d", "name": "c", "out_channels": 6, "kernel_size": 3, "padding": 1},  # x is c's residual too
+      {"op": "add", "name": "s", "inputs": ["c", "x"]}], ["s"]),
+    ([{"op": "conv2d", "name": "c", "out_channels": 8, "kernel_size": 3, "groups": 2}], ["c"]),  # padding per group
+    ([{"op": "conv2d", "name": "c", "out_channels": 8, "kernel_size": 1},  # another op reads it
+      {"op": "max_pool2d", "name": "p", "inputs": ["x"], "kernel_size": 2}], ["c", "p"]),
+], ids=["residual", "grouped", "pool"])
+def test_an_input_other_kernels_read_stays_nchw(layers, outputs):
+    spec = {**net(layers, (6, 8, 8)), "outputs": outputs}
+    for precision in ("tf32", "fp16"):
+        g = cnngraph.plan(spec, 2, precision=precision).graph
+        assert "layout" not in g.nodes["x"] and "padded_channels" not in g.nodes["x"]
 
 
 def planted(spec, batch, old, new):
@@ -280,7 +341,7 @@ ALL_TILES = {**MMA_TILES, **MMA_DEEP_TILES}
 
 # conv_stride2_ragged's conv (72 channels: every tile is a candidate) between two 1x1 convs, so
 # that it reads and writes NHWC (24 channels in: a multiple of 8, NHWC at fp16 too)
-TILE_CASES = {"NCHW": (LAYERS["conv_stride2_ragged"], "conv2d_0"), "NHWC": ((net([
+TILE_CASES = {"NCHW": (LAYERS["conv_stride2_ragged"], "c"), "NHWC": ((net([
     {"op": "conv2d", "name": "in", "out_channels": 24, "kernel_size": 1},
     {"op": "conv2d", "name": "mid", "out_channels": 72, "kernel_size": 3, "stride": 2, "padding": [1, 0, 2, 1]},
     {"op": "conv2d", "name": "out", "out_channels": 8, "kernel_size": 1}], (13, 11, 9)), 3), "mid")}
@@ -372,21 +433,21 @@ def test_cli_precision(tmp_path):
     assert codegen.returncode == 0, codegen.stderr
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["precision"] == "tf32"
-    assert any(f.name.endswith("_tf32.cu") for f in out.iterdir())
+    assert any("_tf32" in f.name for f in out.iterdir())
     (conv,) = manifest["launches"]  # the tensor-core kernel carves its buffers from dynamic shared memory
     assert conv["shared_bytes"] > 0 and f"DYNAMIC_SHARED({conv['shared_bytes']})" in (out / conv["file"]).read_text()
     chain = tmp_path / "chain.json"  # the tensor between two tensor-core convs is stored NHWC
     chain.write_text(json.dumps(LAYERS["channels_last_split_k"][0]))
     inspect = subprocess.run([*cli, "inspect", str(chain), "--precision", "tf32", "--format", "json"],
                              capture_output=True, text=True)
-    assert {n["node"]: n["layout"] for n in json.loads(inspect.stdout)["nodes"]} == {"x": "NCHW", "a": "NHWC",
+    assert {n["node"]: n["layout"] for n in json.loads(inspect.stdout)["nodes"]} == {"x": "NHWC", "a": "NHWC",
                                                                                      "b": "NCHW"}
     out = tmp_path / "chain_kernels"
     codegen = subprocess.run([*cli, "codegen", str(chain), "-o", str(out), "--precision", "tf32"], capture_output=True,
                              text=True)
     assert codegen.returncode == 0, codegen.stderr
     launches = json.loads((out / "manifest.json").read_text())["launches"]
-    assert [[a["layout"] for a in l["args"] if a["kind"] == "tensor"] for l in launches] == [["NCHW", "NHWC"],
+    assert [[a["layout"] for a in l["args"] if a["kind"] == "tensor"] for l in launches] == [["NHWC", "NHWC"],
                                                                                               ["NHWC", "NCHW"]]
     bad = subprocess.run([*cli, "run", str(path), "--device", "cpu", "--precision", "fp64"], capture_output=True,
                          text=True)

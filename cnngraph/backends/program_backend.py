@@ -26,9 +26,13 @@ class ProgramBackend(Backend):
 
     def stored(self, x, xp=np, name: str | None = None):
         """float32 values as the arena stores them (numpy or cupy, as `xp` says); those of tensor
-        `name` in its layout (NHWC where the program keeps it channels-last)."""
+        `name` in its layout (NHWC where the program keeps it channels-last, zeros after its
+        channels where it pads them)."""
         if self._channels_last(name):
             x = x.transpose(0, 2, 3, 1)
+            padded = self.program.padded_channels.get(name)
+            if padded:
+                x = xp.concatenate([x, xp.zeros((*x.shape[:3], padded - x.shape[3]), x.dtype)], axis=3)
         x = xp.ascontiguousarray(x, dtype=xp.float32)
         return to_storage(x, self.program.precision, xp) if self.half else x
 
@@ -36,13 +40,13 @@ class ProgramBackend(Backend):
         """Arena elements as float32 values; `x` given in `arena_shape(name)`, NCHW out."""
         x = from_storage(x, self.program.precision, xp) if self.half else x
         if self._channels_last(name):
-            x = xp.ascontiguousarray(x.transpose(0, 3, 1, 2))
+            x = xp.ascontiguousarray(x.transpose(0, 3, 1, 2)[:, :self.tensor_shape(name)[1]])
         return x
 
     def arena_shape(self, name: str) -> tuple[int, ...]:
         """The shape of a tensor's elements in the order the arena holds them."""
         n, c, *spatial = shape = self.tensor_shape(name)
-        return (n, *spatial, c) if self._channels_last(name) else shape
+        return (n, *spatial, self.program.padded_channels.get(name, c)) if self._channels_last(name) else shape
 
     def _channels_last(self, name: str | None) -> bool:
         return name is not None and self.program.layout(name) == NHWC

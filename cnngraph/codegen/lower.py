@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import ResourceError
 from ..geometry import ConvGeometry
+from ..graph import stored_shape
 from ..ops.arithmetic import broadcast_index
 from ..ops.epilogue import label, scale_shifts, to_c
 from ..passes.assign_layout import NHWC
@@ -70,6 +71,7 @@ class Program:
     counters_size: int = 0         # int32 counters, zero between launches, shared likewise
     precision: str = "fp32"        # the network's; tensors are 16-bit elements at fp16/bf16
     layouts: dict[str, str] = dataclasses.field(default_factory=dict)  # node -> "NHWC": stored channels-last
+    padded_channels: dict[str, int] = dataclasses.field(default_factory=dict)  # NHWC node -> channels per pixel
 
     def layout(self, node: str) -> str:
         """How a tensor's elements lie in the arena: "NCHW" (the shape's order) or "NHWC"."""
@@ -99,7 +101,9 @@ def lower(g: nx.DiGraph, picks: dict[str, int] | None = None) -> Program:
                    list(g.graph["inputs"]), list(g.graph["outputs"]),
                    workspace_size=max((l.workspace for l in launches), default=0),
                    counters_size=max((l.counters for l in launches), default=0), precision=storage_of(g),
-                   layouts={n: g.nodes[n]["layout"] for n in tensors if "layout" in g.nodes[n]})
+                   layouts={n: g.nodes[n]["layout"] for n in tensors if "layout" in g.nodes[n]},
+                   padded_channels={n: g.nodes[n]["padded_channels"] for n in tensors
+                                    if "padded_channels" in g.nodes[n]})
 
 
 def lower_node(g: nx.DiGraph, node: str, constants: dict, pick: int = 0) -> list[Launch]:
@@ -128,6 +132,7 @@ class NodeLowering:
         self.compute = self.attrs["compute"]
         self.inputs = [("tensor", i) for i in self.attrs["inputs"]]
         self.in_shapes = [tuple(g.nodes[i]["shape"]) for i in self.attrs["inputs"]]
+        self.stored_in_shapes = [stored_shape(g, i) for i in self.attrs["inputs"]]  # channels padded as stored
         self.shape = tuple(self.attrs["shape"])  # (N, ...), the node's output
         self.weights = self.attrs.get("weights", {})
         self.output = ("tensor", node)

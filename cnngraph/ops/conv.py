@@ -154,7 +154,10 @@ class Conv2d(Layer):
     # --- kernels --------------------------------------------------------------------------------
     def lower(self, low):
         weights, bias = low.weights["weight"], low.weights.get("bias")
-        geo = self.conv_geometry(low.in_shapes[0], low.shape)
+        stored = low.stored_in_shapes[0]
+        if stored != low.in_shapes[0]:  # an NHWC image's channels padded with zeros: zero weights for them
+            weights = np.pad(weights, [(0, 0), (0, stored[1] - low.in_shapes[0][1]), (0, 0), (0, 0)])
+        geo = self.conv_geometry(stored, low.shape)
         epilogue = low.gemm_epilogue(bias, self.activation)
         depthwise = self.is_depthwise(geo.c)
         name = (f"conv{geo.kh}x{geo.kw}s{geo.sh}{'_dw' if depthwise else ''}{epilogue.tags}_"

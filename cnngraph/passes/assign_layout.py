@@ -20,6 +20,11 @@ both). Anything else (a flatten, a softmax, the network's outputs) reads NCHW, a
 it reads. Runs after `assign_precision`, on the final graph; the NumPy backend ignores layouts (it
 computes the same values), the GPU backends convert a tensor when they upload or download it by
 name.
+
+A network input is stored NHWC when only tensor-core convs of one group read it, as their ungated
+input: the backends convert it as they upload it, its channels padded with zeros to whole 16-byte
+vectors where they are not (the image's 3 channels: `padded_channels`, which the memory plan
+counts), so the stem conv copies 16 bytes at a time too, over zero weight rows for the padding.
 """
 
 from __future__ import annotations
@@ -80,22 +85,41 @@ def _in_precision(g: nx.DiGraph) -> bool:
 
 
 def assign_layout(g: nx.DiGraph) -> list[str]:
-    """Mark the tensors stored NHWC (node attribute `layout`); returns them."""
+    """Mark the tensors stored NHWC (node attribute `layout`; `padded_channels` where a network
+    input's channels are padded); returns them."""
     sets = nx.utils.UnionFind()
     for node in layer_nodes(g):
         inputs, compute = g.nodes[node]["inputs"], compute_of(g, node)
         sets.union(node, *inputs[len(inputs) - compute.residuals:], *layout_partners(g, node))
-    chosen = []
+    chosen = [x for x in g.graph["inputs"] if _input_may_be_channels_last(g, x)]
     for tensors in sets.to_sets():
         if all(_may_be_channels_last(g, t) for t in tensors):
             chosen += sorted(tensors)
     for t in chosen:
         g.nodes[t]["layout"] = NHWC
+    vector = vector_width(g.graph.get("precision", "fp32"))
+    for x in (x for x in g.graph["inputs"] if x in chosen and g.nodes[x]["shape"][1] % vector):
+        g.nodes[x]["padded_channels"] = -(-g.nodes[x]["shape"][1] // vector) * vector
     return chosen
 
 
+def _input_may_be_channels_last(g: nx.DiGraph, x: str) -> bool:
+    """A network input that only tensor-core convs of one group read, as their (ungated) input: the
+    backends store it NHWC as they upload it, its channels padded with zeros to whole 16-byte
+    vectors (the image's 3 channels to 4 at tf32, 8 at fp16/bf16), and the convs read it padded,
+    their weights padded with zero rows (`Conv2d.lower`): 16-byte copies for a few more products."""
+    if len(g.nodes[x]["shape"]) != 4 or x in g.graph["outputs"] or not _in_precision(g):
+        return False
+    for reader in g.successors(x):
+        compute, inputs = compute_of(g, reader), g.nodes[reader]["inputs"]
+        if not (tensor_core_conv(g, reader) and compute.spec.groups == 1 and not compute.gated
+                and inputs[0] == x and x not in inputs[1:]):  # (not a residual too)
+            return False
+    return True
+
+
 def _may_be_channels_last(g: nx.DiGraph, tensor: str) -> bool:
-    if tensor in g.graph["outputs"] or not writes_channels_last(g, tensor):
+    if tensor in g.graph["inputs"] or tensor in g.graph["outputs"] or not writes_channels_last(g, tensor):
         return False
     for reader in g.successors(tensor):
         inputs = g.nodes[reader]["inputs"]

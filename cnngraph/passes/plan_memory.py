@@ -10,8 +10,8 @@ size x lifetime first where that packs tighter (DenseNet's concatenations).
 A flatten or reshape of a (N, C, 1, 1) or (N, F) tensor to another such is an alias: it shares
 its input's storage (`alias_of`) and needs no copy. An elementwise node (batch norm, add,
 activation, dropout) whose input is read by nothing after it writes over that input in place
-(`in_place_of`). Runs last, on the final graph. Sets node attributes `offset` and `size` (float32
-elements) and graph attributes `order` (the nodes to execute), `arena_size` and `unplanned_size`.
+(`in_place_of`). Runs last, on the final graph. Sets node attributes `offset` and `size` (elements
+as stored: padded channels too, `stored_elements`) and graph attributes `order` (the nodes to execute), `arena_size` and `unplanned_size`.
 """
 
 from __future__ import annotations
@@ -20,9 +20,8 @@ from bisect import bisect_left, bisect_right
 from collections import Counter
 
 import networkx as nx
-import numpy as np
 
-from ..graph import compute_of, layer_nodes
+from ..graph import compute_of, layer_nodes, stored_elements
 from ..ops import ELEMENTWISE
 
 ALIGN = 64  # elements: 256-byte aligned tensors (coalescing, vector loads, OpenCL sub-buffers)
@@ -57,11 +56,11 @@ def _dying_input(g: nx.DiGraph, node: str, storage: dict, storage_last: dict, no
     output was written: it may overwrite only its first."""
     if not compute_of(g, node).has(ELEMENTWISE):
         return None
-    size = int(np.prod(g.nodes[node]["shape"]))
+    size = stored_elements(g, node)
     inputs = g.nodes[node]["inputs"]
     reads = Counter(storage[src] for src in inputs)
     for src in inputs if len(inputs) <= 2 else inputs[:1]:
-        if (storage_last[storage[src]] == now and int(np.prod(g.nodes[src]["shape"])) == size
+        if (storage_last[storage[src]] == now and stored_elements(g, src) == size
                 and reads[storage[src]] == 1):  # add(a, b, a) must read a twice
             return src
     return None
@@ -96,7 +95,7 @@ def plan_memory(g: nx.DiGraph) -> nx.DiGraph:
             tensors[storage[src]][1] = max(tensors[storage[src]][1], step[name])
     for name in g.graph["outputs"]:
         tensors[storage[name]][1] = end
-    sizes = {name: int(np.prod(g.nodes[name]["shape"])) for name in tensors}
+    sizes = {name: stored_elements(g, name) for name in tensors}
     # largest first suits chains; largest size x lifetime first suits dense concatenations: keep the better
     by_size = lambda n: (-sizes[n], tensors[n][0], n)  # noqa: E731
     by_area = lambda n: (-sizes[n] * (tensors[n][1] - tensors[n][0] + 1), tensors[n][0], n)  # noqa: E731
@@ -105,7 +104,7 @@ def plan_memory(g: nx.DiGraph) -> nx.DiGraph:
         g.nodes[name]["offset"], g.nodes[name]["size"] = offsets[root], sizes[root]
     g.graph["order"] = order
     g.graph["arena_size"] = arena
-    every_tensor = [int(np.prod(g.nodes[n]["shape"])) for n in storage]  # each in its own buffer
+    every_tensor = [stored_elements(g, n) for n in storage]  # each in its own buffer
     g.graph["unplanned_size"] = sum(-(-s // ALIGN) * ALIGN for s in every_tensor)
     return g
 
