@@ -261,7 +261,8 @@ CHANNELS_LAST_FUSED = {"conv_pool2", "conv_pool4"}  # into their pools
 
 def channels_last_family() -> dict:
     """Every conv geometry, and pools, between two 1x1 convs: at tf32 the tensors between them are
-    stored NHWC (passes/assign_layout.py), so each geometry's tensor-core kernel copies an NHWC
+    stored NHWC (passes/assign_layout.py), and so are the 3-channel inputs, padded to 4 channels (8
+    at fp16/bf16) that the first 1x1 conv reads as its zero weight rows say, so each geometry's tensor-core kernel copies an NHWC
     input 16 bytes at a time (16 channels in 1 group, or 4 of 4) and stores an NHWC output (12
     channels, 3 per group), and the pools read and write NHWC (the global ones read it). Then the
     depthwise geometries, one after another, a concat, a slice and a shuffle, elementwise ops, a
@@ -280,7 +281,7 @@ def channels_last_family() -> dict:
                *CHANNELS_LAST_MOVES,
                {"op": "conv2d", "name": f"out_{chain}", "out_channels": 8, "kernel_size": 1}]
     return {"format_version": 1, "name": "grid", "layers": layers,
-            "inputs": [{"name": f"x_{i}", "shape": [8, 11, 13]} for i in range(chain + 1)],
+            "inputs": [{"name": f"x_{i}", "shape": [3, 11, 13]} for i in range(chain + 1)],
             "outputs": [f"out_{i}" for i in range(chain + 1)]}
 
 
@@ -417,7 +418,9 @@ def test_the_channels_last_family_stores_the_middle_tensors_nhwc_at_tf32():
                                   if (n, i) not in (("mid", windows), ("mid", windows + 1), ("mid", chain))},
                                **{f"dw_{i}": "NHWC" for i in range(len(DEPTHWISE))},
                                **{layer["name"]: "NHWC" for layer in CHANNELS_LAST_MOVES
-                                  if layer["name"] not in CHANNELS_LAST_GLOBAL | CHANNELS_LAST_FUSED}}
+                                  if layer["name"] not in CHANNELS_LAST_GLOBAL | CHANNELS_LAST_FUSED},
+                               **{x: "NHWC" for x in program.inputs}}
+    assert program.padded_channels == {x: 4 for x in program.inputs}
     assert all("_nhwc" in l.kernel for l in program.launches if l.node not in (f"out_{windows}", f"out_{windows + 1}"))
     assert sum("_dw" in l.kernel for l in program.launches) == len(DEPTHWISE)
     assert cnngraph.plan(channels_last_family(), 2).program.layouts == {}  # fp32: NCHW everywhere

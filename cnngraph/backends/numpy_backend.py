@@ -69,6 +69,7 @@ class NumpyBackend(Backend):
         g = self.graph = plan.graph
         self.order = g.graph["order"]
         arena = np.empty(max(1, g.graph["arena_size"]), np.float32)
+        # unpadded: NumPy keeps every tensor NHWC with its own channels (`size` counts a GPU arena's padding)
         self.views = {n: arena[g.nodes[n]["offset"]:g.nodes[n]["offset"] + math.prod(g.nodes[n]["shape"])]
                       .reshape(backend_shape(g.nodes[n]["shape"])) for n in [*g.graph["inputs"], *self.order]}
         self.arena = arena

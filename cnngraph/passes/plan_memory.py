@@ -7,11 +7,12 @@ a node's output never overlaps its own inputs, since both are live at its step. 
 greedy best-fit, largest tensors first (optimal on the CNN chains of the examples), or largest
 size x lifetime first where that packs tighter (DenseNet's concatenations).
 
-A flatten or reshape of a (N, C, 1, 1) or (N, F) tensor to another such is an alias: it shares
-its input's storage (`alias_of`) and needs no copy. An elementwise node (batch norm, add,
-activation, dropout) whose input is read by nothing after it writes over that input in place
-(`in_place_of`). Runs last, on the final graph. Sets node attributes `offset` and `size` (elements
-as stored: padded channels too, `stored_elements`) and graph attributes `order` (the nodes to execute), `arena_size` and `unplanned_size`.
+A flatten or reshape of a (N, C, 1, 1) or (N, F) tensor to another such is an alias: it shares its
+input's storage (`alias_of`) and needs no copy. An elementwise node (batch norm, add, activation,
+dropout) whose input is read by nothing after it writes over that input in place (`in_place_of`).
+Runs last, on the final graph. Sets node attributes `offset` and `size` (elements as stored: padded
+channels too, `stored_elements`) and graph attributes `order` (the nodes to execute), `arena_size`
+and `unplanned_size`.
 """
 
 from __future__ import annotations
