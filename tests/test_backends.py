@@ -49,7 +49,9 @@ BACKENDS = [
 
 
 def rel_err(a, b) -> float:
-    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / np.linalg.norm(b))
+    """Relative L2 error of `a` against `b`; absolute where `b` is all zeros (a ReLU of negatives),
+    so that a wrong value there still counts instead of 0 / 0 = NaN slipping past `<=`."""
+    return float(np.linalg.norm(np.asarray(a, np.float64) - b) / (np.linalg.norm(b) or 1.0))
 
 
 def check_against_numpy(spec, device, batch=2, tol=1e-4, seed=0, precision="fp32"):
