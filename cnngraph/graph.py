@@ -11,7 +11,8 @@ Node attributes (every stage keeps these; passes may add more):
   shape    output shape with the batch, set by the shape-inference pass
   layout   "NHWC" where the tensor is stored channels-last (passes/assign_layout.py); NCHW otherwise
   padded_channels  where an NHWC tensor stores more channels per pixel than it has (zeros after
-           them, so each pixel is whole 16-byte vectors: the 3-channel image); see `stored_shape`
+           them, so each pixel is whole 16-byte vectors: the 3-channel image, lenet5's 6 channels
+           between two convs); see `stored_shape`
 Graph attributes: name, inputs, outputs (node names), batch_size, source (the spec file).
 """
 

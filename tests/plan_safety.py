@@ -26,8 +26,8 @@ def assert_plan_safe(g) -> None:
     for t in tensors:
         start, stop = span[t]
         shape = list(g.nodes[t]["shape"])
-        if "padded_channels" in g.nodes[t]:  # an NHWC input stored with zero channels after its own
-            assert t in g.graph["inputs"] and g.nodes[t]["padded_channels"] > shape[1], t
+        if "padded_channels" in g.nodes[t]:  # stored NHWC with zero channels after its own
+            assert g.nodes[t].get("layout") == "NHWC" and g.nodes[t]["padded_channels"] > shape[1], t
             shape[1] = g.nodes[t]["padded_channels"]
         assert stop - start == int(np.prod(shape)), f"{t}: planned size is not its element count"
         assert start >= 0 and stop <= g.graph["arena_size"], f"{t}: outside the arena"

@@ -266,6 +266,61 @@ def test_an_input_other_kernels_read_stays_nchw(layers, outputs):
         assert "layout" not in g.nodes["x"] and "padded_channels" not in g.nodes["x"]
 
 
+# convs whose outputs only convs read, 6 channels (pooled: 5x6) and 10: stored NHWC padded to
+# whole 16-byte pixels, the writers storing the zeros (`conv_mma`'s `out_pitch`)
+PADDED_CHAIN = (net([
+    {"op": "conv2d", "name": "a", "out_channels": 6, "kernel_size": 3, "padding": 1, "activation": "relu"},
+    {"op": "max_pool2d", "name": "ap", "kernel_size": 2},
+    {"op": "conv2d", "name": "b", "out_channels": 10, "kernel_size": 3, "padding": 1, "stride": 2},
+    {"op": "conv2d", "name": "c", "out_channels": 8, "kernel_size": 1}], (8, 10, 12)), 2)
+END_TO_END_TOL = {"tf32": 1e-4, "fp16": 1e-3, "bf16": 1e-2}  # a chain's roundings may differ by an ulp here and there
+
+
+@needs_opencl
+@pytest.mark.parametrize("precision", ["tf32", "fp16", pytest.param("bf16", marks=pytest.mark.slow)])
+def test_conv_outputs_only_convs_read_are_padded_by_their_writers(precision):
+    spec, batch = PADDED_CHAIN
+    ref = cnngraph.compile(spec, batch_size=batch, device="cpu", precision=precision)
+    model = cnngraph.compile(spec, batch_size=batch, device="opencl", weights=ref.weights, precision=precision)
+    program, vector = model.backend.program, vector_width(precision)
+    assert program.padded_channels == {"ap": 8, "b": -(-10 // vector) * vector}
+    writers = {launch.node: launch for launch in program.launches}
+    assert "maxpool" in writers["ap"].kernel and all("a padding channel" in writers[n].body for n in ("ap", "b"))
+    xs = inputs_for(ref)
+    assert padding_as_written(model.backend, xs) == {"ap": 0, "b": 0}  # nonzero padding values
+    got, want = model.backend.run(dict(xs)), ref.backend.run(dict(xs))
+    assert np.isfinite(got["c"]).all() and rel_err(got["c"], want["c"]) <= END_TO_END_TOL[precision]
+
+
+def padding_as_written(backend, xs) -> dict[str, int]:
+    """Per padded tensor, how many of its padding channels are not zero right after its writer's
+    launches ran on an arena poisoned with NaN (an unwritten one holds NaN or what an earlier
+    kernel left there, which the next conv multiplies by its zero weight rows: NaN stays NaN)."""
+    program = backend.program
+    backend.poison()
+    for name, x in xs.items():
+        backend._upload(name, x)
+    nonzero = {}
+    for index, launch in enumerate(program.launches):
+        backend._launch_one(index)
+        if launch.node in program.padded_channels:
+            raw = np.empty(backend.arena_shape(launch.node), np.uint16 if backend.half else np.float32)
+            backend.cl.enqueue_copy(backend.queue, raw, backend.views[launch.node])
+            nonzero[launch.node] = int(np.count_nonzero(raw[..., backend.tensor_shape(launch.node)[1]:]))
+    return nonzero
+
+
+@needs_opencl
+@pytest.mark.parametrize("old, new, node", [
+    ("kl < 12) {", "kl < 10) {", "b"),  # b's zeros not stored
+    (re.compile(r"\n *else if [^\n]*a padding channel \*/"), "", "ap"),  # the pooled conv's
+], ids=["conv", "pooled_conv"])
+def test_emulation_catches_unwritten_padding(old, new, node):
+    spec, batch = PADDED_CHAIN
+    _, backend = planted(spec, batch, old, new)
+    assert padding_as_written(backend, inputs_for(cnngraph.compile(spec, batch_size=batch)))[node] > 0
+
+
 def planted(spec, batch, old, new):
     """The OpenCL model of `spec` at tf32 with one mistake planted in its tensor-core kernels: `old`
     (a string, or a compiled pattern) replaced by `new` wherever it occurs (in one kernel at least)."""

@@ -253,9 +253,12 @@ class NodeLowering:
         copied = T.weight_vector(half, gated, self.channels_last[0])  # 0: a tensor-core kernel loads through registers
         options = schedules(m, kg, geo.reduction, geo.groups, rows_multiple=pool.size if pool else 1,
                             tensor_cores=self.compute.tensor_cores, register_staged=not copied)
+        out_pitch = self.attrs.get("padded_channels", 0)  # an NHWC output padded to whole 16-byte pixels
+        if out_pitch:  # stored with its padding in the epilogue; split-K's partial sums have none
+            options = [o for o in options if o.splits == 1]
         chosen = options[self.pick]
         if isinstance(chosen.tile, MmaTile):
-            template, variant = T.conv_mma, {"channels_last": self.channels_last, "pool": pool}
+            template, variant = T.conv_mma, {"channels_last": self.channels_last, "pool": pool, "out_pitch": out_pitch}
             if half:
                 template, variant["bf16"] = T.conv_mma16, self.compute.precision == "bf16"
             matrix = T.conv_mma_weights(matrix, geo, self.channels_last[0], copied)

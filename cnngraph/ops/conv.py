@@ -155,7 +155,7 @@ class Conv2d(Layer):
     def lower(self, low):
         weights, bias = low.weights["weight"], low.weights.get("bias")
         stored = low.stored_in_shapes[0]
-        if stored != low.in_shapes[0]:  # an NHWC image's channels padded with zeros: zero weights for them
+        if stored != low.in_shapes[0]:  # NHWC channels padded with zeros: zero weight rows for them
             weights = np.pad(weights, [(0, 0), (0, stored[1] - low.in_shapes[0][1]), (0, 0), (0, 0)])
         geo = self.conv_geometry(stored, low.shape)
         epilogue = low.gemm_epilogue(bias, self.activation)

@@ -24,7 +24,9 @@ name.
 A network input is stored NHWC when only tensor-core convs of one group read it, as their ungated
 input: the backends convert it as they upload it, its channels padded with zeros to whole 16-byte
 vectors where they are not (the image's 3 channels: `padded_channels`, which the memory plan
-counts), so the stem conv copies 16 bytes at a time too, over zero weight rows for the padding.
+counts), so the stem conv copies 16 bytes at a time too, over zero weight rows for the padding. So
+is a tensor that a one-group tensor-core conv writes and only such convs read (lenet5's 6 channels
+between its convs): its writer stores zeros in the padding channels.
 """
 
 from __future__ import annotations
@@ -85,37 +87,51 @@ def _in_precision(g: nx.DiGraph) -> bool:
 
 
 def assign_layout(g: nx.DiGraph) -> list[str]:
-    """Mark the tensors stored NHWC (node attribute `layout`; `padded_channels` where a network
-    input's channels are padded); returns them."""
+    """Mark the tensors stored NHWC (node attribute `layout`; `padded_channels` where their channels
+    are padded); returns them."""
     sets = nx.utils.UnionFind()
     for node in layer_nodes(g):
         inputs, compute = g.nodes[node]["inputs"], compute_of(g, node)
         sets.union(node, *inputs[len(inputs) - compute.residuals:], *layout_partners(g, node))
     chosen = [x for x in g.graph["inputs"] if _input_may_be_channels_last(g, x)]
     for tensors in sets.to_sets():
-        if all(_may_be_channels_last(g, t) for t in tensors):
+        padded = len(tensors) == 1 and _may_be_padded(g, *tensors)
+        if padded or all(_may_be_channels_last(g, t) for t in tensors):
             chosen += sorted(tensors)
+    vector = vector_width(g.graph.get("precision", "fp32"))
     for t in chosen:
         g.nodes[t]["layout"] = NHWC
-    vector = vector_width(g.graph.get("precision", "fp32"))
-    for x in (x for x in g.graph["inputs"] if x in chosen and g.nodes[x]["shape"][1] % vector):
-        g.nodes[x]["padded_channels"] = -(-g.nodes[x]["shape"][1] // vector) * vector
+        if g.nodes[t]["shape"][1] % vector:  # an input, or `_may_be_padded`
+            g.nodes[t]["padded_channels"] = -(-g.nodes[t]["shape"][1] // vector) * vector
     return chosen
 
 
-def _input_may_be_channels_last(g: nx.DiGraph, x: str) -> bool:
-    """A network input that only tensor-core convs of one group read, as their (ungated) input: the
-    backends store it NHWC as they upload it, its channels padded with zeros to whole 16-byte
-    vectors (the image's 3 channels to 4 at tf32, 8 at fp16/bf16), and the convs read it padded,
-    their weights padded with zero rows (`Conv2d.lower`): 16-byte copies for a few more products."""
-    if len(g.nodes[x]["shape"]) != 4 or x in g.graph["outputs"] or not _in_precision(g):
-        return False
-    for reader in g.successors(x):
+def _read_by_convs_alone(g: nx.DiGraph, t: str) -> bool:
+    """Every reader of `t` is a tensor-core conv of one group that reads it as its (ungated) input,
+    not as a residual: readers that take its channels padded with zeros, over zero weight rows
+    (`Conv2d.lower`)."""
+    for reader in g.successors(t):
         compute, inputs = compute_of(g, reader), g.nodes[reader]["inputs"]
         if not (tensor_core_conv(g, reader) and compute.spec.groups == 1 and not compute.gated
-                and inputs[0] == x and x not in inputs[1:]):  # (not a residual too)
+                and inputs[0] == t and t not in inputs[1:]):
             return False
     return True
+
+
+def _input_may_be_channels_last(g: nx.DiGraph, x: str) -> bool:
+    """A network input that only tensor-core convs of one group read: the backends store it NHWC as
+    they upload it, its channels padded to whole 16-byte vectors (the image's 3 channels to 4 at
+    tf32, 8 at fp16/bf16): 16-byte copies for a few more products."""
+    return len(g.nodes[x]["shape"]) == 4 and x not in g.graph["outputs"] and _in_precision(g) \
+        and _read_by_convs_alone(g, x)
+
+
+def _may_be_padded(g: nx.DiGraph, t: str) -> bool:
+    """A tensor a tensor-core conv of one group writes and only such convs read, whose channels are
+    not whole 16-byte vectors (lenet5's 6): stored NHWC all the same, the writer storing zeros in
+    the padding channels (`conv_mma`'s `out_pitch`)."""
+    return tensor_core_conv(g, t) and compute_of(g, t).spec.groups == 1 and t not in g.graph["outputs"] \
+        and _read_by_convs_alone(g, t)
 
 
 def _may_be_channels_last(g: nx.DiGraph, tensor: str) -> bool:

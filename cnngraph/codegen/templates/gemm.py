@@ -131,7 +131,7 @@ def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
 
 def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: str, tile: MmaTile, gated: bool,
              splits: int = 1, chunk: int = 0, channels_last: tuple[bool, bool] = (False, False),
-             pool: FusedPool | None = None) -> tuple[str, tuple, tuple]:
+             pool: FusedPool | None = None, out_pitch: int = 0) -> tuple[str, tuple, tuple]:
     """The implicit GEMM of `conv_gemm` (same arguments, layouts, split-K, gate and fused pool) on
     the tensor cores: TF32 m16n8k8 products with float32 accumulators.
 
@@ -151,7 +151,8 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     (ky, kx, channel), the weight rows and the tap table in that order (`conv_mma_weights`,
     `tap_table`), and As holds [pixel][reduction] so each copy lands in 16 contiguous bytes. Each
     thread then copies several pixels' windows, their corners computed once. An NHWC output is
-    stored (and its residuals read) at index m * K + k.
+    stored (and its residuals read) at index m * K + k; with `out_pitch` channels per pixel instead
+    (padded to whole 16-byte vectors), at m * out_pitch + k, zeros in channels K to out_pitch - 1.
 
     The buffers are carved from dynamic shared memory (`Launch.shared_bytes`): three or four
     stages of a large tile need more than the 48 KB a block may declare statically.
@@ -237,7 +238,7 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
 {_window(geo, t.bm, t.bn, pool, splits, chunk, gated, pitch, pixels=pixels if nhwc_in else None)}
 {main}
 
-{_mma_finish(t, geo, pool, splits, grid[0], epilogue, nhwc_out)}
+{_mma_finish(t, geo, pool, splits, grid[0], epilogue, nhwc_out, out_pitch)}
 }}
 """
     return body, grid, (nt, 1, 1)
@@ -382,7 +383,7 @@ def krsc_rows(matrix: np.ndarray, geo: ConvGeometry) -> np.ndarray:
 
 def conv_mma16(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: str, tile: MmaTile, gated: bool,
                bf16: bool, splits: int = 1, chunk: int = 0, channels_last: tuple[bool, bool] = (False, False),
-               pool: FusedPool | None = None) -> tuple[str, tuple, tuple]:
+               pool: FusedPool | None = None, out_pitch: int = 0) -> tuple[str, tuple, tuple]:
     """The implicit GEMM of `conv_mma` (a gate and a fused pool too) on 16-bit operands (fp16 or
     bf16 storage): m16n8k16 tensor-core products with float32 accumulators, fed by `ldmatrix`. A
     gated conv's input value times its gate is rounded to 16 bits, as the mul would have stored it
@@ -403,7 +404,7 @@ def conv_mma16(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue:
     `ldmatrix` reads fall in 8 different bank groups. `ldmatrix.trans` turns reduction-major rows
     into the fragments mma.m16n8k16 takes: A as four 8x8 matrices (pixels +0/+8, reduction +0/+8),
     B as two (reduction +0/+8). The epilogue runs on the accumulator fragments in registers, as in
-    `conv_mma`; an NHWC output is stored at m * K + k."""
+    `conv_mma`; an NHWC output is stored at m * K + k (or m * out_pitch + k, as in `conv_mma`)."""
     t, split = tile, splits > 1
     nhwc_in, nhwc_out = channels_last
     nt, mi, ni = t.threads, t.wm // 16, t.wn // 8
@@ -459,7 +460,7 @@ def conv_mma16(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue:
 {_window(geo, t.bm, t.bn, pool, splits, chunk, gated, pitch, pixels=pixels)}
 {main}
 
-{_mma_finish(t, geo, pool, splits, grid[0], epilogue, nhwc_out)}
+{_mma_finish(t, geo, pool, splits, grid[0], epilogue, nhwc_out, out_pitch)}
 }}
 """
     return body, grid, (nt, 1, 1)
@@ -554,19 +555,23 @@ def _finish(loop, splits: int, k: int, m_total: int, grid_x: int, epilogue: str)
 
 
 def _mma_finish(t: MmaTile, geo: ConvGeometry, pool: FusedPool | None, splits: int, grid_x: int, epilogue: str,
-                channels_last: bool) -> str:
+                channels_last: bool, out_pitch: int = 0) -> str:
     """The end of a tensor-core kernel: `epilogue` on its accumulator fragments, then the store
-    (pooled, or through split-K's `_finish`)."""
+    (pooled, or through split-K's `_finish`). `out_pitch`: an NHWC output's channels per pixel
+    where padded; the tile's columns past K store zeros there (a block tile's columns are a
+    multiple of 8, so they cover the padding)."""
     mi, ni, m_total, kg = t.wm // 16, t.wn // 8, gemm_rows(geo, pool), geo.kg
+    pitch = out_pitch or geo.k
+    assert pitch == geo.k or (channels_last and geo.groups == 1 and splits == 1 and pitch <= cdiv(kg, t.bn) * t.bn)
     channel = "kl" if splits > 1 else f"g * {kg} + kl"
     if pool:
-        return _fragment_pool_epilogue(t, geo, pool, channel, channels_last, epilogue)
-    return _finish(_fragment_epilogue(mi, ni, m_total, kg, geo.pixels, geo.k, channel, channels_last),
+        return _fragment_pool_epilogue(t, geo, pool, channel, channels_last, epilogue, pitch)
+    return _finish(_fragment_epilogue(mi, ni, m_total, kg, geo.pixels, geo.k, channel, channels_last, pitch),
                    splits, geo.k, m_total, grid_x, epilogue)
 
 
 def _fragment_pool_epilogue(t: MmaTile, geo: ConvGeometry, pool: FusedPool, channel: str, channels_last: bool,
-                            epilogue: str) -> str:
+                            epilogue: str, pitch: int) -> str:
     """`_fragment_epilogue` with a fused pool: a window's `pool.size` consecutive rows (1, 2, 4 or
     8, within one 8-row half of a fragment) lie in lanes 4, 8, 16 apart, the same registers. Each
     lane applies `epilogue` to its conv value (`idx`: the conv output element, for residuals); the
@@ -577,7 +582,9 @@ def _fragment_pool_epilogue(t: MmaTile, geo: ConvGeometry, pool: FusedPool, chan
     m_total, kg, k = gemm_rows(geo, pool), geo.kg, geo.k
     conv = (f"((nb * {geo.p} + p) * {geo.q} + q) * {k} + k" if channels_last
             else f"((nb * {k} + k) * {geo.p} + p) * {geo.q} + q")
-    pooled = f"(nb * {cells} + cell) * {k} + k" if channels_last else f"(nb * {k} + k) * {cells} + cell"
+    pooled = f"(nb * {cells} + cell) * {pitch} + k" if channels_last else f"(nb * {k} + k) * {cells} + cell"
+    padding = (f"\n                else if (m < {m_total} && kl < {pitch} && m % {size} == 0) "
+               f"y[{pooled}] = STORE(0.0f);  /* a padding channel */" if pitch > k else "")
     combine = "v = max_nan(v, other);" if pool.kind == "max" else "v += other;"
     mean = "" if pool.kind == "max" else f" * {1.0 / size!r}f"
     return f"""    WARP_SCRATCH({t.warps});
@@ -601,25 +608,31 @@ def _fragment_pool_epilogue(t: MmaTile, geo: ConvGeometry, pool: FusedPool, chan
                     const float other = SHFL_XOR(v, lanes);
                     {combine}
                 }}
-                if (live && m % {size} == 0) y[{pooled}] = STORE(v{mean});
+                if (live && m % {size} == 0) y[{pooled}] = STORE(v{mean});{padding}
             }}"""
 
 
 def _fragment_epilogue(mi: int, ni: int, m_total: int, kg: int, pq: int, k: int, channel: str,
-                       channels_last: bool = False):
+                       channels_last: bool = False, pitch: int = 0):
     """The loop of `_finish` over a tensor-core kernel's accumulator fragments acc[i][j][e]: lane
     (g, t) holds pixels g and g+8 of each 16-row fragment, channels 2t and 2t+1 of each 8-column one.
-    `channels_last`: the output is NHWC, element m * K + k."""
-    index = f"m * {k} + k" if channels_last else f"(nb * {k} + k) * {pq} + pix"
+    `channels_last`: the output is NHWC, element m * K + k; with `pitch` > K channels per pixel,
+    m * pitch + k, and the columns from K to the pitch store zeros."""
+    pitch = pitch or k
+    index = f"m * {pitch} + k" if channels_last else f"(nb * {k} + k) * {pq} + pix"
     sample = "" if channels_last else f"""
                     const int nb = m / {pq};
                     const int pix = m - nb * {pq};"""
-    return lambda epilogue, store: f"""    UNROLL for (int i = 0; i < {mi}; ++i)
+
+    def loop(epilogue: str, store: str) -> str:
+        if pitch > k:  # the epilogue's per-channel constants end at K
+            epilogue = f"if (kl < {kg}) {{\n{indent(epilogue, 4)}\n}} else v = 0.0f;  /* a padding channel */"
+        return f"""    UNROLL for (int i = 0; i < {mi}; ++i)
         UNROLL for (int j = 0; j < {ni}; ++j)
             UNROLL for (int e = 0; e < 4; ++e) {{
                 const int m = m0 + wm0 + i * 16 + fg + 8 * (e / 2);
                 const int kl = n0 + wn0 + j * 8 + 2 * ft + e % 2;
-                if (m < {m_total} && kl < {kg}) {{{sample}
+                if (m < {m_total} && kl < {kg if pitch == k else pitch}) {{{sample}
                     const int k = {channel};
                     const int idx = {index};
                     float v = acc[i][j][e];
@@ -627,6 +640,7 @@ def _fragment_epilogue(mi: int, ni: int, m_total: int, kg: int, pq: int, k: int,
                     {store}
                 }}
             }}"""
+    return loop
 
 
 def _window(geo: ConvGeometry, bm: int, bn: int, pool: FusedPool | None, splits: int, chunk: int, gated: bool,
