@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import networkx as nx
 
+from ..geometry import cdiv
 from ..graph import compute_of, layer_nodes, own_in_shapes
 from ..ops import ANY_LAYOUT
 from ..precision import vector_width
@@ -102,7 +103,7 @@ def assign_layout(g: nx.DiGraph) -> list[str]:
     for t in chosen:
         g.nodes[t]["layout"] = NHWC
         if g.nodes[t]["shape"][1] % vector:  # an input, or `_may_be_padded`
-            g.nodes[t]["padded_channels"] = -(-g.nodes[t]["shape"][1] // vector) * vector
+            g.nodes[t]["padded_channels"] = cdiv(g.nodes[t]["shape"][1], vector) * vector
     return chosen
 
 
