@@ -45,6 +45,19 @@ def vector_width(precision: str) -> int:
     return 16 // element_bytes(precision)
 
 
+def copy_width(channels: int, precision: str) -> int:
+    """Stored elements one cp.async copies of an NHWC pixel's `channels`: a whole 16-byte vector
+    where they are whole vectors, else the widest 8- or 4-byte copy that divides them (shufflenet's
+    58 channels: two at a time); 0 where none does (an odd count of 16-bit values: cp.async moves
+    4 bytes at least)."""
+    width = vector_width(precision)
+    while width * element_bytes(precision) >= 4:
+        if channels % width == 0:
+            return width
+        width //= 2
+    return 0
+
+
 def round_tf32(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """float32 `x` rounded to TF32 as the GPU's cvt.rna does: add half of the 13 dropped bits to
     the magnitude (ties away from zero), then clear them; NaN and infinity are left alone.

@@ -16,7 +16,8 @@ import pytest
 
 import cnngraph
 from cnngraph.codegen.dialects import CUDA, OPENCL
-from cnngraph.precision import from_storage, round_storage, to_storage
+from cnngraph.graph import compute_of, stored_shape
+from cnngraph.precision import copy_width, from_storage, round_storage, to_storage
 from test_backends import CUDA_REASON, EXAMPLES, NODE_TOL, NVRTC_REASON, OPENCL_REASON, node_errors, rel_err
 from test_backends import example as reduced_example
 
@@ -290,6 +291,17 @@ def test_emulation_catches_planted_gate_mistakes(case, old, new):
     assert_caught(GEMM_LAYERS[case], "fp16", old, new)
 
 
+@needs_opencl
+@pytest.mark.parametrize("old, new", [
+    (re.compile(r" \+ j \* 2\], x"), "], x"),  # a vector's copies land on each other
+    (re.compile(r" \+ j \* 2;  /\* the same"), ";  /* the same"),  # ... copy the same channels
+    (re.compile(r"(col = tid % \d+ \* 8) \+ j \* 2 \+ q"), r"\1 + q"),  # the gates scale the first copy's
+], ids=["copies_overlap", "same_channels", "gates_of_the_first_copy"])
+def test_emulation_catches_planted_narrow_copy_mistakes(old, new):
+    """A conv over 10 channels copies them 2 at a time (4 bytes): the copies' columns and channels."""
+    assert_caught(GEMM_LAYERS["channels_last_narrow"], "fp16", old, new)
+
+
 def test_memory_arena_and_names_show_the_storage():
     spec = LAYERS["conv_bn_relu_pool"]
     fp32, fp16 = (cnngraph.plan(spec, 4, precision=p) for p in ("fp32", "fp16"))
@@ -341,7 +353,7 @@ def test_cli_fp16(tmp_path):
 def test_nvrtc_compiles_half_storage_to_hmma_without_stack(precision, arch):
     """Every kernel compiles with no stack and no spills; every 16-bit tensor-core kernel's SASS has
     the m16n8k16 HMMA of its operand type and the transposed LDSM (ldmatrix), and those that read
-    NHWC 16-byte cp.async copies (LDGSTS) and the plain LDSM, those with a fused pool butterfly
+    NHWC cp.async copies (LDGSTS: 16 bytes, 8 or 4 of shufflenet's 116 and 58 channels) and the plain LDSM, those with a fused pool butterfly
     shuffles; two blocks of each fit an SM's registers (65,536) and shared memory (100 KB usable on
     sm_86..sm_90)."""
     from cnngraph.codegen.nvrtc import compile_cuda, sass
@@ -352,7 +364,7 @@ def test_nvrtc_compiles_half_storage_to_hmma_without_stack(precision, arch):
         pytest.skip(str(err))
     hmma = "HMMA.16816.F32.BF16" if precision == "bf16" else "HMMA.16816.F32"
     # split-K or not; depthwise; pools; gated convs reading NHWC
-    examples = [("resnet18", 1), ("mobilenet_v2", 4), ("cifar_vgg", 64), ("mobilenet_v3_large", 8)]
+    examples = [("resnet18", 1), ("mobilenet_v2", 4), ("cifar_vgg", 64), ("mobilenet_v3_large", 8), ("shufflenet_v2", 2)]
     if (precision, arch) == ("fp16", "sm_80"):  # 128x128 tiles of 1x1 convs: unrolled, 142 registers there
         examples.append(("resnet50", 64))
     for name, batch in examples:
@@ -369,8 +381,11 @@ def test_nvrtc_compiles_half_storage_to_hmma_without_stack(precision, arch):
             assert any(op == hmma or op.startswith(hmma + " ") for op in ops), launch.kernel
             assert any(op.startswith("LDSM.16.MT88") for op in ops), launch.kernel  # B, and NCHW A: transposed
             assert ("SHFL.BFLY" in ops) == ("pool" in launch.kernel), launch.kernel  # a fused pool's windows
-            if "CP_ASYNC16_HALF(" in launch.body:  # an NHWC input: 16-byte cp.async only, A by plain ldmatrix
-                assert {op for op in ops if op.startswith("LDGSTS")} == {"LDGSTS.E.BYPASS.128"}, launch.kernel
+            if "CP_ASYNC16_HALF(" in launch.body:  # an NHWC input: cp.async only, A by plain ldmatrix
+                channels = stored_shape(p.graph, p.graph.nodes[launch.node]["inputs"][0])[1]
+                groups = compute_of(p.graph, launch.node).spec.groups
+                narrow = {4: "LDGSTS.E.64", 2: "LDGSTS.E"}.get(copy_width(channels // groups, precision))
+                assert {op for op in ops if op.startswith("LDGSTS")} == {"LDGSTS.E.BYPASS.128", narrow} - {None}
                 assert any(op.startswith("LDSM.16.M88.4") for op in ops), launch.kernel
             shared = r.shared_bytes + launch.shared_bytes  # static, dynamic
             assert 2 * launch.block[0] * r.registers <= 65536 and 2 * shared <= 100 * 1024, (launch.kernel, r)

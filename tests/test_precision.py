@@ -20,6 +20,7 @@ from cnngraph.backends.opencl_backend import OpenCLBackend
 from cnngraph.codegen.dialects import CUDA
 from cnngraph.codegen.schedules import MMA_DEEP_TILES, MMA_TILES
 from cnngraph.errors import DeviceError, SpecError
+from cnngraph.graph import stored_shape
 from cnngraph.precision import round_storage, round_tf32, vector_width
 from test_backends import CUDA_REASON, EXAMPLES, NODE_TOL, NVRTC_REASON, OPENCL_REASON, rel_err
 from test_backends import example as reduced_example
@@ -117,10 +118,26 @@ LAYERS = {
         {"op": "mul", "name": "m", "inputs": ["a", "ex"]},
         {"op": "conv2d", "name": "c", "out_channels": 24, "kernel_size": 3, "padding": 1, "stride": [1, 2]},
         {"op": "conv2d", "name": "d", "out_channels": 8, "kernel_size": 1}], (8, 9, 11)), 3),
+    # a shufflenet unit whose channels are not whole 16-byte vectors: its convs copy 10 channels 2 at
+    # a time (8 or 4 bytes), 20 at fp16 4 at a time (8 bytes); h1's squeeze-excitation gates b
+    "channels_last_narrow": (net([
+        {"op": "conv2d", "name": "a", "out_channels": 20, "kernel_size": 1, "activation": "relu"},
+        {"op": "slice", "name": "h0", "start": 0, "end": 10},
+        {"op": "slice", "name": "h1", "inputs": ["a"], "start": 10, "end": None},
+        {"op": "global_avg_pool2d", "name": "sq"},
+        {"op": "conv2d", "name": "ex", "out_channels": 10, "kernel_size": 1, "activation": "sigmoid"},
+        {"op": "mul", "name": "m", "inputs": ["h1", "ex"]},
+        {"op": "conv2d", "name": "b", "out_channels": 10, "kernel_size": 3, "padding": 1, "activation": "relu"},
+        {"op": "conv2d", "name": "dw", "out_channels": 10, "kernel_size": 3, "padding": 1, "groups": 10},
+        {"op": "concat", "name": "cat", "inputs": ["h0", "dw"]},
+        {"op": "channel_shuffle", "name": "sh", "groups": 2},
+        {"op": "conv2d", "name": "c", "out_channels": 24, "kernel_size": 3, "padding": 1, "stride": [2, 1]},
+        {"op": "conv2d", "name": "d", "out_channels": 8, "kernel_size": 1}], (8, 9, 10)), 3),
 }
 CHANNELS_LAST = {"channels_last_block": {"x", "a", "b", "r"}, "channels_last_split_k": {"x", "a"},  # NHWC tensors
                  "channels_last_elementwise": {"x", "a", "b", "cat", "r", "ex", "m", "s", "ln", "pp"},
-                 "channels_last_gated": {"x", "a", "c"}}
+                 "channels_last_gated": {"x", "a", "c"},
+                 "channels_last_narrow": {"x", "a", "h0", "h1", "b", "dw", "cat", "sh", "c"}}
 # and in the single-layer cases: the image, where tensor-core convs of one group alone read it
 NHWC_TENSORS = {**CHANNELS_LAST, **{case: {"x"} for case in ("conv3x3_pad", "conv1x1_many_channels", "split_k",
                                                               "residual_epilogue")}}
@@ -163,7 +180,8 @@ def test_tensor_core_kernel_on_pocl_matches_numpy_tf32(case):
     model.backend.poison()
     got = model.backend.run_node_by_node({**xs, **want})  # a chain's kernels each on the same inputs
     assert {n: rel_err(got[n], want[n]) <= 1e-5 for n in want} == {n: True for n in want}
-    gemms = [l for l in model.backend.program.launches if l.kernel.startswith(("conv", "linear"))]
+    gemms = [l for l in model.backend.program.launches
+             if l.kernel.startswith(("conv", "linear")) and "_dw_" not in l.kernel]  # depthwise: CUDA cores
     assert gemms and all("_tf32" in l.kernel for l in gemms)
     assert all("MMA_TF32(" in l.body for l in gemms)
     for launch in gemms:  # NCHW inputs 4 bytes at a time, but gated (through registers); NHWC 16
@@ -182,9 +200,10 @@ def test_cnns_are_channels_last_from_the_stem_to_the_global_pool(precision):
     """Every tensor a conv or a pool writes (all but the image and the global pool's (N, C, 1, 1)),
     mobilenet_v2's depthwise convs', squeezenet's concats', densenet's batch norms', cifar_vgg's
     pooled convs' and convnext's layer norms' too, and the squeeze-excitation networks' (their gated
-    convs read NHWC); at fp32 (the CUDA-core kernels) none."""
+    convs read NHWC), and shufflenet_v2's (its 58-channel halves copied 8 or 4 bytes at a time); at
+    fp32 (the CUDA-core kernels) none."""
     for example in ("resnet18", "resnet50", "mobilenet_v2", "squeezenet1_1", "densenet121", "cifar_vgg",
-                    "convnext_tiny", "efficientnet_b0", "mobilenet_v3_large"):
+                    "convnext_tiny", "efficientnet_b0", "mobilenet_v3_large", "shufflenet_v2"):
         g = cnngraph.plan(EXAMPLES / f"{example}.json", 1, precision=precision).graph
         spatial = [n for n in g.graph["order"] if len(g.nodes[n]["shape"]) == 4 and g.nodes[n]["shape"][2] > 1]
         nhwc = {n for n in g.graph["order"] if g.nodes[n].get("layout") == "NHWC"}
@@ -514,17 +533,26 @@ def test_cli_precision(tmp_path):
 
 # --- NVRTC and SASS (no GPU needed) ---------------------------------------------------------------
 
+# cp.async of 4, 8 or 16 bytes (of float32 or 16-bit values) as SASS spells it
+COPY_SASS = {"CP_ASYNC4": "LDGSTS.E", "CP_ASYNC8": "LDGSTS.E.64", "CP_ASYNC16": "LDGSTS.E.BYPASS.128"}
+
+
+def copies_in_sass(body: str) -> set[str]:
+    """The LDGSTS instructions a kernel's async copies compile to."""
+    return {op for word, op in COPY_SASS.items() if re.search(rf"\b{word}(_HALF)?\(", body)}
+
 
 
 @pytest.mark.skipif(NVRTC_REASON is not None, reason=str(NVRTC_REASON))
 @pytest.mark.parametrize("example, batch", [("resnet18", 64), ("resnet18", 1), ("mobilenet_v2", 8), ("cifar_vgg", 64),
                                             ("mobilenet_v3_large", 8),  # gated convs reading NHWC
-                                            ("convnext_tiny", 2)])  # layer norms of NHWC pixels, by warps
+                                            ("convnext_tiny", 2),  # layer norms of NHWC pixels, by warps
+                                            ("shufflenet_v2", 8)])  # NHWC halves of 58 channels: 8-byte copies
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_tensor_core_kernels_compile_to_hmma_without_stack(example, batch, arch):
-    """Every tensor-core kernel: HMMA, cp.async (16-byte copies only where it reads NHWC), no stack,
-    two blocks' registers per SM; a fused pool's windows combined by butterfly shuffles, and an
-    NHWC layer norm's sums."""
+    """Every tensor-core kernel: HMMA, cp.async (where it reads NHWC, 16-byte copies, or 8-byte ones
+    of channels that are not whole 16-byte vectors), no stack, two blocks' registers per SM; a fused
+    pool's windows combined by butterfly shuffles, and an NHWC layer norm's sums."""
     from cnngraph.codegen.nvrtc import compile_cuda, sass
 
     try:
@@ -534,18 +562,19 @@ def test_tensor_core_kernels_compile_to_hmma_without_stack(example, batch, arch)
     p = cnngraph.plan(EXAMPLES / f"{example}.json", batch, precision="tf32")
     source = p.program.source(CUDA)
     reports, opcodes = compile_cuda(source, arch), sass(source, arch)
-    mma = [l.kernel for l in p.program.launches if "MMA_TF32(" in l.body]
+    launches = [l for l in p.program.launches if "MMA_TF32(" in l.body]
+    mma = [l.kernel for l in launches]
     assert mma
-    for kernel in mma:
-        r = reports[kernel]
+    for launch in launches:
+        kernel, r = launch.kernel, reports[launch.kernel]
         assert (r.stack_bytes, r.spill_stores, r.spill_loads) == (0, 0, 0), r
         assert r.registers * 256 <= 65536, r  # 8 warps of the largest tile fit one SM's registers
         assert any(op.startswith("HMMA.1688.F32.TF32") for op in opcodes[kernel]), kernel
-        assert any(op.startswith("LDGSTS") for op in opcodes[kernel]), kernel  # cp.async
-        if "CP_ASYNC16(" in next(l.body for l in p.program.launches if l.kernel == kernel):
-            assert "LDGSTS.E.BYPASS.128" in opcodes[kernel], kernel  # the weights, 16 bytes a copy
-        if "_nhwc" in kernel and "_nhwc_out" not in kernel:  # an NHWC input too: nothing but 16-byte copies
-            assert {op for op in opcodes[kernel] if op.startswith("LDGSTS")} == {"LDGSTS.E.BYPASS.128"}, kernel
+        copies = {op for op in opcodes[kernel] if op.startswith("LDGSTS")}
+        assert copies and copies == copies_in_sass(launch.body), kernel  # cp.async
+        if "_nhwc" in kernel and "_nhwc_out" not in kernel:  # an NHWC input: 16 bytes, 8 of 58 channels
+            channels = stored_shape(p.graph, p.graph.nodes[launch.node]["inputs"][0])[1]
+            assert copies == {"LDGSTS.E.BYPASS.128", *(["LDGSTS.E.64"] if channels % 4 else [])}, kernel
         assert ("SHFL.BFLY" in opcodes[kernel]) == ("pool" in kernel), kernel
     assert any("_nhwc" in kernel for kernel in mma)
     assert any("pool" in kernel for kernel in mma) == (example == "cifar_vgg")

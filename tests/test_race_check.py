@@ -47,6 +47,10 @@ GATED_NHWC = [{"op": "conv2d", "name": "a", "out_channels": 8, "kernel_size": 1}
               {"op": "mul", "name": "gated", "inputs": ["a", "ex"]},
               {"op": "conv2d", "name": "c", "out_channels": 16, "kernel_size": 3, "padding": 1},
               {"op": "conv2d", "name": "d", "out_channels": 8, "kernel_size": 1}]
+# the same over 10 channels, not whole 16-byte pixels: copied (and gated) 2 channels at a time (the
+# gated conv's output is the network's: a conv after it could round a neighbouring TF32 value)
+GATED_NARROW = [{**GATED_NHWC[0], "out_channels": 10}, GATED_NHWC[1], {**GATED_NHWC[2], "out_channels": 10},
+                *GATED_NHWC[3:5]]
 # spec, batch, precision
 NETWORKS = {
     "conv_gemm_fp32": (net(CONV, (13, 11, 9)), 3, "fp32"),
@@ -59,6 +63,8 @@ NETWORKS = {
     "conv_mma16_fp16": (net(CONV, (13, 11, 9)), 3, "fp16"),  # HALF shared arrays, read by ldmatrix
     "conv_mma16_gated_fp16": (net(GATED, (8, 6, 6)), 2, "fp16"),  # gated in the registers
     "conv_mma16_gated_nhwc_fp16": (net(GATED_NHWC, (8, 6, 6)), 2, "fp16"),
+    "conv_mma_gated_narrow_tf32": (net(GATED_NARROW, (8, 6, 6)), 2, "tf32"),  # 8-byte copies
+    "conv_mma16_gated_narrow_fp16": (net(GATED_NARROW, (8, 6, 6)), 2, "fp16"),  # 4-byte copies
     "conv_fused_pool_tf32": (net([{"op": "conv2d", "out_channels": 8, "kernel_size": 3, "padding": 1},
                                   {"op": "max_pool2d", "kernel_size": 2}], (4, 8, 8)), 2, "tf32"),
     # pools, layer norm and softmax use no shared memory: the race check leaves their kernels alone

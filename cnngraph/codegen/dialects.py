@@ -3,9 +3,10 @@ using the words in `WORDS`; a dialect is just the table of how to spell each wor
 block of #defines at the top of every kernel (so each file compiles on its own).
 
 Tensor-core words (`TF32`, `MMA_TF32`, `MMA_SCRATCH`; for 16-bit operands `MMA_F16`, `MMA_BF16`,
-`LDMATRIX_X4`, `LDMATRIX_X4_TRANS`, `LDMATRIX_X2_TRANS`) and asynchronous copies (`CP_ASYNC4`,
-`CP_ASYNC16`, `CP_ASYNC_STATE` of float32 values; `CP_ASYNC16_HALF`, `CP_ASYNC_STATE_HALF` of 16-bit
-ones; `CP_ASYNC_COMMIT`, `CP_ASYNC_WAIT`) are spelled as inline PTX in CUDA and as an exact
+`LDMATRIX_X4`, `LDMATRIX_X4_TRANS`, `LDMATRIX_X2_TRANS`) and asynchronous copies of 4, 8 or 16
+bytes (`CP_ASYNC4`, `CP_ASYNC8`, `CP_ASYNC16`, `CP_ASYNC_STATE` of float32 values; `CP_ASYNC4_HALF`,
+`CP_ASYNC8_HALF`, `CP_ASYNC16_HALF`, `CP_ASYNC_STATE_HALF` of 16-bit ones; `CP_ASYNC_COMMIT`,
+`CP_ASYNC_WAIT`) are spelled as inline PTX in CUDA and as an exact
 emulation in OpenCL: `MMA_TF32` there computes, for each lane, exactly the accumulator elements
 the PTX ISA assigns to it from the fragment registers the lanes hold, so a kernel's fragment index
 math is what runs on PoCL (`LDMATRIX_*` likewise gives each lane exactly the elements of the rows
@@ -32,8 +33,9 @@ from dataclasses import dataclass
 WORDS = ("KERNEL", "GLOBAL", "SHARED", "RESTRICT", "BARRIER()", "BLOCK_X", "BLOCK_Y", "BLOCK_Z", "THREAD_X",
          "UNROLL", "NO_UNROLL", "ALIGNED16", "INLINE", "NEG_INF",
          "EXPF(x)", "TANHF(x)", "ERFF(x)", "SQRTF(x)", "TF32(x)", "MMA_TF32(d, a, b)", "MMA_SCRATCH(warps)",
-         "CP_ASYNC_STATE(n)", "CP_ASYNC4(dst, src, pred)", "CP_ASYNC16(dst, src, pred)", "CP_ASYNC_COMMIT()",
-         "CP_ASYNC_WAIT(n)", "CP_ASYNC_STATE_HALF(n)", "CP_ASYNC16_HALF(dst, src, pred)",
+         "CP_ASYNC_STATE(n)", "CP_ASYNC4(dst, src, pred)", "CP_ASYNC8(dst, src, pred)", "CP_ASYNC16(dst, src, pred)",
+         "CP_ASYNC_COMMIT()", "CP_ASYNC_WAIT(n)", "CP_ASYNC_STATE_HALF(n)", "CP_ASYNC4_HALF(dst, src, pred)",
+         "CP_ASYNC8_HALF(dst, src, pred)", "CP_ASYNC16_HALF(dst, src, pred)",
          "HALF", "AS_FLOAT(u)", "AS_UINT(f)", "MMA_F16(d, a, b)", "MMA_BF16(d, a, b)",
          "LDMATRIX_X4(r, base, offset)", "LDMATRIX_X4_TRANS(r, base, offset)", "LDMATRIX_X2_TRANS(r, base, offset)",
          "SHFL_XOR(v, lanes)", "WARP_SCRATCH(warps)", "THREADFENCE()", "ATOMIC_INC(p)", "LOAD_COHERENT(x)",
@@ -140,11 +142,15 @@ INLINE void ldmatrix_x2_trans(unsigned* r, const HALF* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];"
                  : "=r"(r[0]), "=r"(r[1]) : "r"((unsigned)__cvta_generic_to_shared(p)));
 }
-/* 4 or 16 (aligned) bytes global -> shared, bypassing registers (16: L1 too); pred false: zero-fill,
+/* 4, 8 or 16 (aligned) bytes global -> shared, bypassing registers (16: L1 too); pred false: zero-fill,
    the source is not read */
-INLINE void cp_async4(float* dst, const float* src, bool pred) {
+INLINE void cp_async4(void* dst, const void* src, bool pred) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" :: "r"((unsigned)__cvta_generic_to_shared(dst)),
                  "l"(src), "r"(pred ? 4 : 0));
+}
+INLINE void cp_async8(void* dst, const void* src, bool pred) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;" :: "r"((unsigned)__cvta_generic_to_shared(dst)),
+                 "l"(src), "r"(pred ? 8 : 0));
 }
 INLINE void cp_async16(void* dst, const void* src, bool pred) {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"((unsigned)__cvta_generic_to_shared(dst)),
@@ -437,9 +443,8 @@ CUDA = Dialect("cuda", ".cu", {
     "THREAD_X": "((int)threadIdx.x)", "EXPF(x)": "expf(x)", "TANHF(x)": "tanhf(x)", "ERFF(x)": "erff(x)",
     "SQRTF(x)": "sqrtf(x)", "INLINE": "__device__ __forceinline__", "NEG_INF": "(-__int_as_float(0x7f800000))",
     "TF32(x)": "tf32_round(x)", "MMA_TF32(d, a, b)": "mma_tf32(d, a, b)", "MMA_SCRATCH(warps)": "",
-    "CP_ASYNC_STATE(n)": "", "CP_ASYNC4(dst, src, pred)": "cp_async4(dst, src, pred)",
-    "CP_ASYNC16(dst, src, pred)": "cp_async16(dst, src, pred)", "CP_ASYNC_STATE_HALF(n)": "",
-    "CP_ASYNC16_HALF(dst, src, pred)": "cp_async16(dst, src, pred)",
+    "CP_ASYNC_STATE(n)": "", "CP_ASYNC_STATE_HALF(n)": "",
+    **{f"CP_ASYNC{n}{half}(dst, src, pred)": f"cp_async{n}(dst, src, pred)" for n in (4, 8, 16) for half in ("", "_HALF")},
     "HALF": "unsigned short", "AS_FLOAT(u)": "__uint_as_float(u)", "AS_UINT(f)": "__float_as_uint(f)",
     "MMA_F16(d, a, b)": "mma_f16(d, a, b)", "MMA_BF16(d, a, b)": "mma_bf16(d, a, b)",
     # split-K's last block: a device-wide fence, a counter, and loads that skip the (incoherent) L1
@@ -480,15 +485,15 @@ OPENCL = Dialect("opencl", ".cl", {
                          "int cpq_groups = 0; const int cpq_capacity = n",
     "CP_ASYNC4(dst, src, pred)": "do { const bool p_ = (pred); const float v_ = p_ ? *(src) : 0.0f; "
                                  "*(dst) = NAN; CPQ_PUSH(dst, v_) } while (0)",
-    # four 4-byte copies in the same group (the hardware may land their bytes in any order)
-    "CP_ASYNC16(dst, src, pred)": "do { for (int q_ = 0; q_ < 4; ++q_) CP_ASYNC4((dst) + q_, (src) + q_, pred); } "
-                                  "while (0)",
-    # eight 16-bit copies; 0x7fff is a NaN in fp16 and in bf16
+    # two or four 4-byte copies in the same group (the hardware may land their bytes in any order)
+    **{f"CP_ASYNC{4 * n}(dst, src, pred)": f"do {{ for (int q_ = 0; q_ < {n}; ++q_) "
+                                           f"CP_ASYNC4((dst) + q_, (src) + q_, pred); }} while (0)" for n in (2, 4)},
+    # two, four or eight 16-bit copies; 0x7fff is a NaN in fp16 and in bf16
     "CP_ASYNC_STATE_HALF(n)": "__local HALF* cpq_dst[n]; HALF cpq_value[n]; int cpq_group[n]; int cpq_count = 0; "
                               "int cpq_groups = 0; const int cpq_capacity = n",
-    "CP_ASYNC16_HALF(dst, src, pred)": "do { const bool p_ = (pred); for (int q_ = 0; q_ < 8; ++q_) { "
-                                       "const HALF v_ = p_ ? (src)[q_] : (HALF)0; (dst)[q_] = (HALF)0x7fff; "
-                                       "CPQ_PUSH((dst) + q_, v_) } } while (0)",
+    **{f"CP_ASYNC{2 * n}_HALF(dst, src, pred)": f"do {{ const bool p_ = (pred); for (int q_ = 0; q_ < {n}; ++q_) {{ "
+                                                f"const HALF v_ = p_ ? (src)[q_] : (HALF)0; (dst)[q_] = (HALF)0x7fff; "
+                                                f"CPQ_PUSH((dst) + q_, v_) }} }} while (0)" for n in (2, 4, 8)},
     "CP_ASYNC_COMMIT()": "++cpq_groups",
     "CP_ASYNC_WAIT(n)": "CPQ_LAND(cpq_groups - (n), *cpq_dst[i_] = cpq_value[i_])",
 })
@@ -503,15 +508,15 @@ OPENCL_RACE_CHECK = Dialect("opencl", ".cl", {
                          "int cpq_groups = 0; const int cpq_capacity = n",
     "CP_ASYNC4(dst, src, pred)": "do { const bool p_ = (pred); const float v_ = p_ ? *(src) : 0.0f; "
                                  "rc_write((dst), NAN, rc_epoch, rc_races); CPQ_PUSH(dst, v_) } while (0)",
-    "CP_ASYNC16(dst, src, pred)": "do { for (int q_ = 0; q_ < 4; ++q_) "
-                                  "CP_ASYNC4(rc_at((dst).at + q_, (dst).mark + q_), (src) + q_, pred); } while (0)",
+    **{f"CP_ASYNC{4 * n}(dst, src, pred)": f"do {{ for (int q_ = 0; q_ < {n}; ++q_) CP_ASYNC4(rc_at((dst).at + q_, "
+                                           f"(dst).mark + q_), (src) + q_, pred); }} while (0)" for n in (2, 4)},
     "CP_ASYNC_STATE_HALF(n)": "rc_ref_h cpq_dst[n]; HALF cpq_value[n]; int cpq_group[n]; int cpq_count = 0; "
                               "int cpq_groups = 0; const int cpq_capacity = n",
-    "CP_ASYNC16_HALF(dst, src, pred)": "do { const bool p_ = (pred); for (int q_ = 0; q_ < 8; ++q_) { "
-                                       "const HALF v_ = p_ ? (src)[q_] : (HALF)0; "
-                                       "const rc_ref_h d_ = rc_at_h((dst).at + q_, (dst).mark + q_); "
-                                       "rc_write_h(d_, (HALF)0x7fff, rc_epoch, rc_races); CPQ_PUSH(d_, v_) } } "
-                                       "while (0)",
+    **{f"CP_ASYNC{2 * n}_HALF(dst, src, pred)": f"do {{ const bool p_ = (pred); for (int q_ = 0; q_ < {n}; ++q_) {{ "
+                                                f"const HALF v_ = p_ ? (src)[q_] : (HALF)0; "
+                                                f"const rc_ref_h d_ = rc_at_h((dst).at + q_, (dst).mark + q_); "
+                                                f"rc_write_h(d_, (HALF)0x7fff, rc_epoch, rc_races); CPQ_PUSH(d_, v_) }} }} "
+                                                f"while (0)" for n in (2, 4, 8)},
     "CP_ASYNC_WAIT(n)": "CPQ_LAND(cpq_groups - (n), rc_land(cpq_dst[i_], cpq_value[i_], rc_epoch, rc_races))",
     "LDMATRIX_X4(r, base, offset)": "ldmatrix_rc(r, 4, false, base, offset, ldmatrix_rows, rc_epoch, rc_races)",
     "LDMATRIX_X4_TRANS(r, base, offset)": "ldmatrix_rc(r, 4, true, base, offset, ldmatrix_rows, rc_epoch, rc_races)",

@@ -14,12 +14,12 @@ they are decided together, as one set (an elementwise op's operand that broadcas
 squeeze-excitation gate's (N, C, 1, 1), is layout-free: the same bytes either way). A set is stored
 NHWC when every tensor in it is written by a tensor-core conv or one of those, is not a network
 input or output, and is read only by kernels that take NHWC: a tensor-core conv whose channel groups
-are a whole number of 16-byte vectors (a gated one too), a conv adding it as a residual, one of
-those layout-keeping kernels, or a global pool (`ANY_LAYOUT`: its (N, C, 1, 1) output is the same in
-both). Anything else (a flatten, a softmax, the network's outputs) reads NCHW, and so do the tensors
-it reads. Runs after `assign_precision`, on the final graph; the NumPy backend ignores layouts (it
-computes the same values), the GPU backends convert a tensor when they upload or download it by
-name.
+are a whole number of 4-byte cp.async copies (16-byte ones where they are whole vectors; a gated one
+too), a conv adding it as a residual, one of those layout-keeping kernels, or a global pool
+(`ANY_LAYOUT`: its (N, C, 1, 1) output is the same in both). Anything else (a flatten, a softmax,
+the network's outputs) reads NCHW, and so do the tensors it reads. Runs after `assign_precision`, on
+the final graph; the NumPy backend ignores layouts (it computes the same values), the GPU backends
+convert a tensor when they upload or download it by name.
 
 A network input is stored NHWC when only tensor-core convs of one group read it, as their ungated
 input: the backends convert it as they upload it, its channels padded with zeros to whole 16-byte
@@ -36,7 +36,7 @@ import networkx as nx
 from ..geometry import cdiv
 from ..graph import compute_of, layer_nodes, own_in_shapes
 from ..ops import ANY_LAYOUT
-from ..precision import vector_width
+from ..precision import copy_width, vector_width
 
 NHWC = "NHWC"
 CHANNELS_LAST_PRECISIONS = ("tf32", "fp16", "bf16")  # whose layout-keeping kernels may run NHWC
@@ -71,15 +71,16 @@ def writes_channels_last(g: nx.DiGraph, node: str) -> bool:
 
 
 def reads_channels_last(g: nx.DiGraph, node: str) -> bool:
-    """The node's kernel can read its (first) input NHWC: a tensor-core conv copies it 16 bytes at
-    a time, so its channel groups must be whole 16-byte vectors."""
+    """The node's kernel can read its (first) input NHWC: a tensor-core conv copies a channel group
+    of a window's pixel 16 bytes at a time, or 8 or 4 where its channels are not whole 16-byte
+    vectors (`copy_width`), so a group must be a whole number of 4 bytes."""
     compute = compute_of(g, node)
     if keeps_layout(g, node) or compute.has(ANY_LAYOUT):
         return _in_precision(g)
     if not tensor_core_conv(g, node):
         return False
     channels = g.nodes[g.nodes[node]["inputs"][0]]["shape"][1]
-    return (channels // compute.spec.groups) % vector_width(compute.precision) == 0
+    return copy_width(channels // compute.spec.groups, compute.precision) > 0
 
 
 def _in_precision(g: nx.DiGraph) -> bool:
@@ -94,17 +95,20 @@ def assign_layout(g: nx.DiGraph) -> list[str]:
     for node in layer_nodes(g):
         inputs, compute = g.nodes[node]["inputs"], compute_of(g, node)
         sets.union(node, *inputs[len(inputs) - compute.residuals:], *layout_partners(g, node))
-    chosen = [x for x in g.graph["inputs"] if _input_may_be_channels_last(g, x)]
+    padded = [x for x in g.graph["inputs"] if _input_may_be_channels_last(g, x)]
+    chosen = []
     for tensors in sets.to_sets():
-        padded = len(tensors) == 1 and _may_be_padded(g, *tensors)
-        if padded or all(_may_be_channels_last(g, t) for t in tensors):
+        if len(tensors) == 1 and _may_be_padded(g, *tensors):
+            padded += tensors
+        elif all(_may_be_channels_last(g, t) for t in tensors):
             chosen += sorted(tensors)
     vector = vector_width(g.graph.get("precision", "fp32"))
-    for t in chosen:
-        g.nodes[t]["layout"] = NHWC
-        if g.nodes[t]["shape"][1] % vector:  # an input, or `_may_be_padded`
+    for t in padded:
+        if g.nodes[t]["shape"][1] % vector:
             g.nodes[t]["padded_channels"] = cdiv(g.nodes[t]["shape"][1], vector) * vector
-    return chosen
+    for t in padded + chosen:
+        g.nodes[t]["layout"] = NHWC
+    return padded + chosen
 
 
 def _read_by_convs_alone(g: nx.DiGraph, t: str) -> bool:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ...geometry import ConvGeometry, cdiv
-from ...precision import vector_width
+from ...precision import copy_width, vector_width
 from ..schedules import MmaTile, Tile
 from .common import THREADS, indent, one_thread_each, ptr
 
@@ -146,13 +146,14 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     barrier that shows them to the other warps. Inputs are rounded to TF32 where they leave
     shared memory (registers: where they enter it); the weights come rounded.
 
-    `channels_last` (input, output): tensors stored NHWC (passes/assign_layout.py). An NHWC input
-    is copied 16 bytes (four channels of one pixel) at a time too: the reduction runs over
-    (ky, kx, channel), the weight rows and the tap table in that order (`conv_mma_weights`,
-    `tap_table`), and As holds [pixel][reduction] so each copy lands in 16 contiguous bytes. Each
-    thread then copies several pixels' windows, their corners computed once. An NHWC output is
-    stored (and its residuals read) at index m * K + k; with `out_pitch` channels per pixel instead
-    (padded to whole 16-byte vectors), at m * out_pitch + k, zeros in channels K to out_pitch - 1.
+    `channels_last` (input, output): tensors stored NHWC (passes/assign_layout.py). An NHWC input is
+    copied 16 bytes (four channels of one pixel) at a time too (8 or 4 where a channel group is not
+    whole vectors: `copy_width`, `_copy_column`): the reduction runs over (ky, kx, channel), the
+    weight rows and the tap table in that order (`conv_mma_weights`, `tap_table`), and As holds
+    [pixel][reduction] so each copy lands in 16 contiguous bytes. Each thread then copies several
+    pixels' windows, their corners computed once. An NHWC output is stored (and its residuals read)
+    at index m * K + k; with `out_pitch` channels per pixel instead (padded to whole 16-byte
+    vectors), at m * out_pitch + k, zeros in channels K to out_pitch - 1.
 
     The buffers are carved from dynamic shared memory (`Launch.shared_bytes`): three or four
     stages of a large tile need more than the 48 KB a block may declare statically.
@@ -170,6 +171,7 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     stages = t.stages if copies else 2
     a_per, a_step = t.bm * t.bk // nt, nt // t.bm
     pixels = _vector_pixels(t, VECTOR)  # NHWC: the pixels whose windows a thread copies
+    width = copy_width(geo.cg, "tf32")  # NHWC: the channels one copy moves
     assert nt % t.bm == 0 and nt % t.bn == 0 and t.bk % 8 == 0 and t.wm % 16 == 0 and t.wn % 8 == 0
     assert not split or geo.groups == 1
     m_total, kg = gemm_rows(geo, pool), geo.kg
@@ -214,14 +216,14 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
 
         def issue_inputs(kbase: str, buf: str) -> str:
             if nhwc_in:  # 16 bytes of a window per copy, into [pixel][reduction] rows
-                return _nhwc_copies(geo, kbase, buf, pixels, VECTOR, "CP_ASYNC16")
+                return _nhwc_copies(geo, kbase, buf, pixels, VECTOR, width, f"CP_ASYNC{4 * width}")
             return f"""UNROLL for (int i = 0; i < {a_per}; ++i) {{
     const int r = {kbase} + tid / {t.bm} + i * {a_step};
     {a_source}
     CP_ASYNC4(&As[{buf}][tid / {t.bm} + i * {a_step}][tid % {t.bm}], src, ok);
 }}"""
 
-        landed = (lambda kbase, buf: _gate_landed(geo, kbase, buf, pixels, VECTOR)) if gated else None
+        landed = (lambda kbase, buf: _gate_landed(geo, kbase, buf, pixels, VECTOR, width)) if gated else None
         main = _pipelined(t, stages, r_begin, pitch, VECTOR, issue_inputs, products, landed)
     else:
         main = _register_staged(t, geo, m_total, r_begin, gated, products("buf"), rounding="TF32")
@@ -300,29 +302,31 @@ UNROLL for (int i = 0; i < {b_vectors}; ++i) {{  /* {vector} channels of a weigh
     }}"""
 
 
-def _gate_landed(geo: ConvGeometry, kbase: str, buf: str, pixels: tuple[int, int, int], vector: int) -> str:
-    """A gated NHWC conv's input vectors of the slice at `kbase` in As[buf] (this thread's own
-    copies of `vector` stored values, landed) times their channels' gates (the gate of a_gate[i] +
+def _gate_landed(geo: ConvGeometry, kbase: str, buf: str, pixels: tuple[int, int, int], vector: int,
+                 width: int) -> str:
+    """A gated NHWC conv's input values of the slice at `kbase` in As[buf] (this thread's own
+    copies, `width` values each, landed) times their channels' gates (the gate of a_gate[i] +
     channel), stored as the mul's output would have been (16 bits: rounded)."""
     count, per_pixel, step = pixels
     channel = "taps[r].w" if geo.taps > 1 else "r"
-    return f"""{{
-    const int r = {kbase} + tid % {per_pixel} * {vector};
+    at = _copy_column(per_pixel, vector, width)
+    return _per_copy(f"""    const int r = {kbase} + {at};
     const int c = r < r_end ? {channel} : 0;  /* past the reduction: zeros, times any gate */
     UNROLL for (int i = 0; i < {count}; ++i)
-        UNROLL for (int q = 0; q < {vector}; ++q) {{
-            const int row = tid / {per_pixel} + i * {step}, col = tid % {per_pixel} * {vector} + q;
+        UNROLL for (int q = 0; q < {width}; ++q) {{
+            const int row = tid / {per_pixel} + i * {step}, col = {at} + q;
             As[{buf}][row][col] = STORE(LOAD(As[{buf}][row][col]) * LOAD(gate[a_gate[i] + c + q]));
-        }}
-}}"""
+        }}""", vector, width)
 
 
-def _nhwc_copies(geo: ConvGeometry, kbase: str, buf: str, pixels: tuple[int, int, int], vector: int, copy: str) -> str:
-    """This thread's cp.async copies (the word `copy`) of its NHWC input vectors of the slice at
-    `kbase` (`_nhwc_vectors`) into the [pixel][reduction] rows of As[buf]."""
+def _nhwc_copies(geo: ConvGeometry, kbase: str, buf: str, pixels: tuple[int, int, int], vector: int,
+                 width: int, copy: str) -> str:
+    """This thread's cp.async copies (the word `copy`, of `width` values) of its NHWC input vectors
+    of the slice at `kbase` (`_nhwc_vectors`) into the [pixel][reduction] rows of As[buf]."""
     _, per_pixel, step = pixels
-    return _nhwc_vectors(geo, kbase, pixels, vector, lambda i, src, pred: (
-        f"{copy}(&As[{buf}][tid / {per_pixel} + {i} * {step}][tid % {per_pixel} * {vector}], {src}, {pred})"))
+    at = _copy_column(per_pixel, vector, width)
+    return _nhwc_vectors(geo, kbase, pixels, vector, width, lambda i, src, pred: (
+        f"{copy}(&As[{buf}][tid / {per_pixel} + {i} * {step}][{at}], {src}, {pred})"))
 
 
 def _vector_pixels(t: MmaTile, vector: int) -> tuple[int, int, int]:
@@ -334,21 +338,35 @@ def _vector_pixels(t: MmaTile, vector: int) -> tuple[int, int, int]:
     return t.bm * per_pixel // t.threads, per_pixel, t.threads // per_pixel
 
 
-def _nhwc_vectors(geo: ConvGeometry, kbase: str, pixels: tuple[int, int, int], vector: int, move) -> str:
-    """Each of this thread's NHWC input vectors of the slice at `kbase` (see `_vector_pixels`):
-    `vector` channels of pixel i from reduction index r on, moved by the statement `move(i, src,
-    pred)` (pred false: the window tap is outside the image or past the reduction, nothing read)."""
+def _copy_column(per_pixel: int, vector: int, width: int) -> str:
+    """Where in a slice's row (a pixel's reduction values) this thread's copy j of `width` values
+    lies: its vector's `vector` values are copied in one piece when they are whole channels of one
+    tap, else `width` at a time (copy_width: a pixel's channels are not whole 16-byte vectors)."""
+    return f"tid % {per_pixel} * {vector}" + ("" if width == vector else f" + j * {width}")
+
+
+def _per_copy(body: str, vector: int, width: int) -> str:
+    """`body` (C lines, indented once) in a block, once per copy of `width` values of this thread's
+    vectors (j: the copy, `_copy_column`)."""
+    head = "{" if width == vector else f"UNROLL for (int j = 0; j < {vector // width}; ++j) {{  /* {width} values a copy */"
+    return f"{head}\n{body}\n}}"
+
+
+def _nhwc_vectors(geo: ConvGeometry, kbase: str, pixels: tuple[int, int, int], vector: int, width: int,
+                  move) -> str:
+    """Each of this thread's NHWC input copies of the slice at `kbase` (see `_vector_pixels`,
+    `_copy_column`): `width` channels of pixel i from reduction index r on, moved by the statement
+    `move(i, src, pred)` (pred false: the window tap is outside the image or past the reduction,
+    nothing read)."""
     count, per_pixel, _ = pixels
     tap = ("const int4 e = taps[r < r_end ? r : 0];  /* offset in the window, dy, dx, channel */\n"
            "    const int ex = e.x, ey = e.y, ez = e.z;" if geo.taps > 1 else
            "const int ex = r, ey = 0, ez = 0;  /* the reduction index is the channel */")
     pred = f"r < r_end && (unsigned)(a_h[i] + ey) < {geo.h}u && (unsigned)(a_w[i] + ez) < {geo.w}u"
-    return f"""{{
-    const int r = {kbase} + tid % {per_pixel} * {vector};  /* the same {vector} channels of each window */
+    return _per_copy(f"""    const int r = {kbase} + {_copy_column(per_pixel, vector, width)};  /* the same {width} channels of each window */
     {tap}
     UNROLL for (int i = 0; i < {count}; ++i)
-        {move("i", "x + a_off[i] + ex", pred)};
-}}"""
+        {move("i", "x + a_off[i] + ex", pred)};""", vector, width)
 
 
 def weight_vector(half: bool, gated: bool, nhwc_in: bool) -> int:
@@ -390,15 +408,15 @@ def conv_mma16(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue:
     (and as the NumPy backend computes it): every operand of the products is a stored value.
 
     An NHWC input (`channels_last`, as in `conv_mma`) flows through `tile.stages` buffers by
-    cp.async, as in `conv_mma`: 16 bytes (eight channels of a window) per copy, the reduction over
-    (ky, kx, channel), into As[pixel][reduction], from which a plain `ldmatrix` gives the row-major
-    A fragment; the weight rows, padded to a multiple of 8, are copied 16 bytes at a time into
-    Bs[reduction][channel]. An NCHW input cannot be copied so (a 4-byte copy moves two pixels that
-    need not be neighbours in the input): each thread loads its elements of the next slice as raw
-    16-bit patterns into registers while the warps multiply the current one, then stores them into
-    the other of two reduction-major buffers, As[reduction][pixel] and Bs. A gate scales an NHWC
-    input's landed copies in shared memory (`_gate_landed`, as in `conv_mma`), an NCHW input's
-    values in the registers.
+    cp.async, as in `conv_mma`: 16 bytes (eight channels of a window) per copy (8 or 4, as there),
+    the reduction over (ky, kx, channel), into As[pixel][reduction], from which a plain `ldmatrix`
+    gives the row-major A fragment; the weight rows, padded to a multiple of 8, are copied 16 bytes
+    at a time into Bs[reduction][channel]. An NCHW input cannot be copied so (a 4-byte copy moves
+    two pixels that need not be neighbours in the input): each thread loads its elements of the next
+    slice as raw 16-bit patterns into registers while the warps multiply the current one, then
+    stores them into the other of two reduction-major buffers, As[reduction][pixel] and Bs. A gate
+    scales an NHWC input's landed copies in shared memory (`_gate_landed`, as in `conv_mma`), an
+    NCHW input's values in the registers.
 
     Rows are padded by 8 values (16 bytes), an odd number of 16-byte groups, so the 8 rows one
     `ldmatrix` reads fall in 8 different bank groups. `ldmatrix.trans` turns reduction-major rows
@@ -439,9 +457,11 @@ def conv_mma16(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue:
 
     if nhwc_in:
         pixels, pitch = _vector_pixels(t, HALF_VECTOR), weight_pitch(kg, HALF_VECTOR)
-        landed = (lambda kbase, buf: _gate_landed(geo, kbase, buf, pixels, HALF_VECTOR)) if gated else None
+        width = copy_width(geo.cg, "fp16")  # the channels one copy moves
+        landed = (lambda kbase, buf: _gate_landed(geo, kbase, buf, pixels, HALF_VECTOR, width)) if gated else None
+        copy = f"CP_ASYNC{2 * width}_HALF"
         main = _pipelined(t, t.stages, r_begin, pitch, HALF_VECTOR,
-                          lambda kbase, buf: _nhwc_copies(geo, kbase, buf, pixels, HALF_VECTOR, "CP_ASYNC16_HALF"),
+                          lambda kbase, buf: _nhwc_copies(geo, kbase, buf, pixels, HALF_VECTOR, width, copy),
                           products, landed)
         a_bytes = 2 * t.stages * ar * ac  # a multiple of 16: Bs stays 16-byte aligned
         shared = f"""    DYNAMIC_SHARED({t.shared_bytes(True, half=True)});
