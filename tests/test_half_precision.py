@@ -273,7 +273,10 @@ def assert_caught(case, precision, old, new):
     (re.compile(r"(\* \d+ \+ kk) \+ 8 \* \(lane / 16\)\)\);"), r"\1));"),
     (re.compile(r"CP_ASYNC_WAIT\((\d+)\)"), lambda m: f"CP_ASYNC_WAIT({int(m[1]) + 1})"),  # a wait too weak
     ("CP_ASYNC_COMMIT();  /* every", "/* every"),  # copies never committed: their wait never completes them
-], ids=["overlapping_vectors", "a_pixel_half", "a_k_half", "weak_wait", "missing_commit"])
+    # the NHWC output's pairs of channels: swapped; the accumulators of the other pixel row
+    ("pair[0], pair[1]);", "pair[1], pair[0]);"), ("acc[i][j][2 * h + e]", "acc[i][j][h + e]"),
+], ids=["overlapping_vectors", "a_pixel_half", "a_k_half", "weak_wait", "missing_commit", "pair_swapped",
+        "pair_rows"])
 def test_emulation_catches_planted_channels_last_mistakes(precision, old, new):
     assert_caught(GEMM_LAYERS["channels_last_block"], precision, old, new)
 
@@ -387,6 +390,8 @@ def test_nvrtc_compiles_half_storage_to_hmma_without_stack(precision, arch):
                 narrow = {4: "LDGSTS.E.64", 2: "LDGSTS.E"}.get(copy_width(channels // groups, precision))
                 assert {op for op in ops if op.startswith("LDGSTS")} == {"LDGSTS.E.BYPASS.128", narrow} - {None}
                 assert any(op.startswith("LDSM.16.M88.4") for op in ops), launch.kernel
+            if "STORE_PAIR(" in launch.body:  # an NHWC output: two channels' 16-bit values, one 4-byte store
+                assert "STG.E" in ops and "STG.E.U16" not in ops, launch.kernel
             shared = r.shared_bytes + launch.shared_bytes  # static, dynamic
             assert 2 * launch.block[0] * r.registers <= 65536 and 2 * shared <= 100 * 1024, (launch.kernel, r)
 

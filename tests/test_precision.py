@@ -20,7 +20,7 @@ from cnngraph.backends.opencl_backend import OpenCLBackend
 from cnngraph.codegen.dialects import CUDA
 from cnngraph.codegen.schedules import MMA_DEEP_TILES, MMA_TILES
 from cnngraph.errors import DeviceError, SpecError
-from cnngraph.graph import stored_shape
+from cnngraph.graph import compute_of, stored_shape
 from cnngraph.precision import round_storage, round_tf32, vector_width
 from test_backends import CUDA_REASON, EXAMPLES, NODE_TOL, NVRTC_REASON, OPENCL_REASON, rel_err
 from test_backends import example as reduced_example
@@ -575,6 +575,11 @@ def test_tensor_core_kernels_compile_to_hmma_without_stack(example, batch, arch)
         if "_nhwc" in kernel and "_nhwc_out" not in kernel:  # an NHWC input: 16 bytes, 8 of 58 channels
             channels = stored_shape(p.graph, p.graph.nodes[launch.node]["inputs"][0])[1]
             assert copies == {"LDGSTS.E.BYPASS.128", *(["LDGSTS.E.64"] if channels % 4 else [])}, kernel
+        compute = compute_of(p.graph, launch.node)
+        pairs = p.program.layout(launch.node) == "NHWC" and not compute.pool \
+            and compute.spec.out_channels // compute.spec.groups % 2 == 0
+        assert ("STORE_PAIR(" in launch.body) == pairs, kernel  # an NHWC output: two channels, one 8-byte store
+        assert not pairs or "STG.E.64" in opcodes[kernel], kernel
         assert ("SHFL.BFLY" in opcodes[kernel]) == ("pool" in kernel), kernel
     assert any("_nhwc" in kernel for kernel in mma)
     assert any("pool" in kernel for kernel in mma) == (example == "cifar_vgg")

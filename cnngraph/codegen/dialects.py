@@ -39,8 +39,11 @@ WORDS = ("KERNEL", "GLOBAL", "SHARED", "RESTRICT", "BARRIER()", "BLOCK_X", "BLOC
          "HALF", "AS_FLOAT(u)", "AS_UINT(f)", "MMA_F16(d, a, b)", "MMA_BF16(d, a, b)",
          "LDMATRIX_X4(r, base, offset)", "LDMATRIX_X4_TRANS(r, base, offset)", "LDMATRIX_X2_TRANS(r, base, offset)",
          "SHFL_XOR(v, lanes)", "WARP_SCRATCH(warps)", "THREADFENCE()", "ATOMIC_INC(p)", "LOAD_COHERENT(x)",
-         "DYNAMIC_SHARED(bytes)", "SHARED_VIEW(type, name, count, inner, offset)")
-STORAGE_WORDS = ("ACT", "LOAD(x)", "STORE(v)")  # spelled per storage precision (`STORAGE`), not per dialect
+         "DYNAMIC_SHARED(bytes)", "SHARED_VIEW(type, name, count, inner, offset)", "STORE_F32X2(p, a, b)",
+         "STORE_U16X2(p, a, b)")
+# spelled per storage precision (`STORAGE`), not per dialect; STORE_PAIR(p, a, b): float32 values a
+# and b stored at p[0] and p[1] in one access (p: a multiple of two elements)
+STORAGE_WORDS = ("ACT", "LOAD(x)", "STORE(v)", "STORE_PAIR(p, a, b)")
 
 # max and min that return NaN when either side is NaN, as PyTorch's relu, clamp and max pooling do
 # (C's fmaxf/fminf return the other operand, which would turn a NaN input into 0 or 6)
@@ -87,10 +90,12 @@ INLINE HALF f32_to_f16(float f) {
 }
 """ + _BF16,
 }
-STORAGE = {  # storage precision -> how ACT, LOAD and STORE are spelled (HALF: the dialect's 16-bit type)
-    "fp32": {"ACT": "float", "LOAD(x)": "(x)", "STORE(v)": "(v)"},
-    "fp16": {"ACT": "HALF", "LOAD(x)": "f16_to_f32(x)", "STORE(v)": "f32_to_f16(v)"},
-    "bf16": {"ACT": "HALF", "LOAD(x)": "bf16_to_f32(x)", "STORE(v)": "f32_to_bf16(v)"},
+STORAGE = {  # storage precision -> how ACT, LOAD, STORE and STORE_PAIR are spelled (HALF: the dialect's 16-bit type)
+    "fp32": {"ACT": "float", "LOAD(x)": "(x)", "STORE(v)": "(v)", "STORE_PAIR(p, a, b)": "STORE_F32X2(p, a, b)"},
+    "fp16": {"ACT": "HALF", "LOAD(x)": "f16_to_f32(x)", "STORE(v)": "f32_to_f16(v)",
+             "STORE_PAIR(p, a, b)": "STORE_U16X2(p, f32_to_f16(a), f32_to_f16(b))"},
+    "bf16": {"ACT": "HALF", "LOAD(x)": "bf16_to_f32(x)", "STORE(v)": "f32_to_bf16(v)",
+             "STORE_PAIR(p, a, b)": "STORE_U16X2(p, f32_to_bf16(a), f32_to_bf16(b))"},
 }
 STORAGE["tf32"] = STORAGE["fp32"]
 
@@ -458,6 +463,9 @@ CUDA = Dialect("cuda", ".cu", {
     "SHFL_XOR(v, lanes)": "__shfl_xor_sync(0xffffffffu, (v), (lanes))", "WARP_SCRATCH(warps)": "",
     "CP_ASYNC_COMMIT()": 'asm volatile("cp.async.commit_group;")',
     "CP_ASYNC_WAIT(n)": 'asm volatile("cp.async.wait_group %0;" :: "n"(n))',
+    # two neighbouring stored values, one 8- or 4-byte store (`STORE_PAIR`)
+    "STORE_F32X2(p, a, b)": "(*(float2*)(p) = make_float2((a), (b)))",
+    "STORE_U16X2(p, a, b)": "(*(unsigned*)(p) = (unsigned)(a) | ((unsigned)(b) << 16))",
 })
 
 OPENCL = Dialect("opencl", ".cl", {
@@ -496,6 +504,8 @@ OPENCL = Dialect("opencl", ".cl", {
                                                 f"CPQ_PUSH((dst) + q_, v_) }} }} while (0)" for n in (2, 4, 8)},
     "CP_ASYNC_COMMIT()": "++cpq_groups",
     "CP_ASYNC_WAIT(n)": "CPQ_LAND(cpq_groups - (n), *cpq_dst[i_] = cpq_value[i_])",
+    "STORE_F32X2(p, a, b)": "vstore2((float2)((a), (b)), 0, (p))",
+    "STORE_U16X2(p, a, b)": "vstore2((ushort2)((a), (b)), 0, (p))",
 })
 
 # OPENCL with the race check (see RACE_CHECK_HELPERS): a barrier also counts the epoch, async

@@ -549,6 +549,9 @@ def _parameters(inputs: list[str], split: bool, extra_args: list[str]) -> str:
     return ", ".join([*inputs, *scratch, *extra_args, ptr("y", const=False)])
 
 
+OUTPUT_STORE = "y[idx] = STORE(v);"  # a GEMM's output value (not split-K's partial sums)
+
+
 def _finish(loop, splits: int, k: int, m_total: int, grid_x: int, epilogue: str) -> str:
     """The end of a GEMM kernel: `loop(code, store)` runs `code` then `store` on each accumulator
     `v` of the thread (its row `m`, channel `k` and output element `idx`). Without split-K, the
@@ -557,7 +560,7 @@ def _finish(loop, splits: int, k: int, m_total: int, grid_x: int, epilogue: str)
     tile, reset by that block for the next call) adds all the partial sums up in split order and
     applies the epilogue: no second kernel."""
     if splits == 1:
-        return loop(epilogue, "y[idx] = STORE(v);")
+        return loop(epilogue, OUTPUT_STORE)
     summed = (f"v = 0.0f;\nUNROLL for (int s = 0; s < {splits}; ++s) v += LOAD_COHERENT(ws[(s * {k} + k) * {m_total}"
               f" + m]);\n{epilogue}")
     counter = f"counters[BLOCK_Y * {grid_x} + BLOCK_X]"
@@ -569,7 +572,7 @@ def _finish(loop, splits: int, k: int, m_total: int, grid_x: int, epilogue: str)
     BARRIER();
     if (last_block) {{  /* every other split of this tile is done */
         THREADFENCE();
-{indent(loop(summed, "y[idx] = STORE(v);"), 4)}
+{indent(loop(summed, OUTPUT_STORE), 4)}
         if (THREAD_X == 0) {counter} = 0;  /* ready for the next call */
     }}"""
 
@@ -637,22 +640,43 @@ def _fragment_epilogue(mi: int, ni: int, m_total: int, kg: int, pq: int, k: int,
     """The loop of `_finish` over a tensor-core kernel's accumulator fragments acc[i][j][e]: lane
     (g, t) holds pixels g and g+8 of each 16-row fragment, channels 2t and 2t+1 of each 8-column one.
     `channels_last`: the output is NHWC, element m * K + k; with `pitch` > K channels per pixel,
-    m * pitch + k, and the columns from K to the pitch store zeros."""
+    m * pitch + k, and the columns from K to the pitch store zeros. There a lane's two channels of
+    a pixel are neighbours: where K/g is even (so both are in the output, or both padding), the
+    output's values (`OUTPUT_STORE`) go out in pairs, one 8- or 4-byte store (`STORE_PAIR`)."""
     pitch = pitch or k
     index = f"m * {pitch} + k" if channels_last else f"(nb * {k} + k) * {pq} + pix"
     sample = "" if channels_last else f"""
                     const int nb = m / {pq};
                     const int pix = m - nb * {pq};"""
+    limit = kg if pitch == k else pitch
 
     def loop(epilogue: str, store: str) -> str:
         if pitch > k:  # the epilogue's per-channel constants end at K
             epilogue = f"if (kl < {kg}) {{\n{indent(epilogue, 4)}\n}} else v = 0.0f;  /* a padding channel */"
+        if channels_last and kg % 2 == 0 and store == OUTPUT_STORE:
+            return f"""    UNROLL for (int i = 0; i < {mi}; ++i)
+        UNROLL for (int j = 0; j < {ni}; ++j)
+            UNROLL for (int h = 0; h < 2; ++h) {{  /* pixel g + 8h: channels 2t and 2t+1, neighbours */
+                const int m = m0 + wm0 + i * 16 + fg + 8 * h;
+                const int kl = n0 + wn0 + j * 8 + 2 * ft;
+                if (m < {m_total} && kl < {limit}) {{
+                    float pair[2];
+                    UNROLL for (int e = 0; e < 2; ++e) {{
+                        const int k = {channel} + e;
+                        const int idx = {index};
+                        float v = acc[i][j][2 * h + e];
+{indent(epilogue, 24)}
+                        pair[e] = v;
+                    }}
+                    STORE_PAIR(y + m * {pitch} + {channel}, pair[0], pair[1]);
+                }}
+            }}"""
         return f"""    UNROLL for (int i = 0; i < {mi}; ++i)
         UNROLL for (int j = 0; j < {ni}; ++j)
             UNROLL for (int e = 0; e < 4; ++e) {{
                 const int m = m0 + wm0 + i * 16 + fg + 8 * (e / 2);
                 const int kl = n0 + wn0 + j * 8 + 2 * ft + e % 2;
-                if (m < {m_total} && kl < {kg if pitch == k else pitch}) {{{sample}
+                if (m < {m_total} && kl < {limit}) {{{sample}
                     const int k = {channel};
                     const int idx = {index};
                     float v = acc[i][j][e];
