@@ -356,9 +356,9 @@ def test_cli_fp16(tmp_path):
 def test_nvrtc_compiles_half_storage_to_hmma_without_stack(precision, arch):
     """Every kernel compiles with no stack and no spills; every 16-bit tensor-core kernel's SASS has
     the m16n8k16 HMMA of its operand type and the transposed LDSM (ldmatrix), and those that read
-    NHWC cp.async copies (LDGSTS: 16 bytes, 8 or 4 of shufflenet's 116 and 58 channels) and the plain LDSM, those with a fused pool butterfly
-    shuffles; two blocks of each fit an SM's registers (65,536) and shared memory (100 KB usable on
-    sm_86..sm_90)."""
+    NHWC cp.async copies (LDGSTS: 16 bytes, 8 or 4 of shufflenet's 116 and 58 channels) and the
+    plain LDSM, those with a fused pool butterfly shuffles; two blocks of each fit an SM's registers
+    (65,536) and shared memory (100 KB usable on sm_86..sm_90)."""
     from cnngraph.codegen.nvrtc import compile_cuda, sass
 
     try:
@@ -367,7 +367,8 @@ def test_nvrtc_compiles_half_storage_to_hmma_without_stack(precision, arch):
         pytest.skip(str(err))
     hmma = "HMMA.16816.F32.BF16" if precision == "bf16" else "HMMA.16816.F32"
     # split-K or not; depthwise; pools; gated convs reading NHWC
-    examples = [("resnet18", 1), ("mobilenet_v2", 4), ("cifar_vgg", 64), ("mobilenet_v3_large", 8), ("shufflenet_v2", 2)]
+    examples = [("resnet18", 1), ("mobilenet_v2", 4), ("cifar_vgg", 64), ("mobilenet_v3_large", 8),
+                ("shufflenet_v2", 2)]
     if (precision, arch) == ("fp16", "sm_80"):  # 128x128 tiles of 1x1 convs: unrolled, 142 registers there
         examples.append(("resnet50", 64))
     for name, batch in examples:

@@ -449,7 +449,8 @@ CUDA = Dialect("cuda", ".cu", {
     "SQRTF(x)": "sqrtf(x)", "INLINE": "__device__ __forceinline__", "NEG_INF": "(-__int_as_float(0x7f800000))",
     "TF32(x)": "tf32_round(x)", "MMA_TF32(d, a, b)": "mma_tf32(d, a, b)", "MMA_SCRATCH(warps)": "",
     "CP_ASYNC_STATE(n)": "", "CP_ASYNC_STATE_HALF(n)": "",
-    **{f"CP_ASYNC{n}{half}(dst, src, pred)": f"cp_async{n}(dst, src, pred)" for n in (4, 8, 16) for half in ("", "_HALF")},
+    **{f"CP_ASYNC{n}{half}(dst, src, pred)": f"cp_async{n}(dst, src, pred)"
+       for n in (4, 8, 16) for half in ("", "_HALF")},
     "HALF": "unsigned short", "AS_FLOAT(u)": "__uint_as_float(u)", "AS_UINT(f)": "__float_as_uint(f)",
     "MMA_F16(d, a, b)": "mma_f16(d, a, b)", "MMA_BF16(d, a, b)": "mma_bf16(d, a, b)",
     # split-K's last block: a device-wide fence, a counter, and loads that skip the (incoherent) L1
@@ -525,8 +526,8 @@ OPENCL_RACE_CHECK = Dialect("opencl", ".cl", {
     **{f"CP_ASYNC{2 * n}_HALF(dst, src, pred)": f"do {{ const bool p_ = (pred); for (int q_ = 0; q_ < {n}; ++q_) {{ "
                                                 f"const HALF v_ = p_ ? (src)[q_] : (HALF)0; "
                                                 f"const rc_ref_h d_ = rc_at_h((dst).at + q_, (dst).mark + q_); "
-                                                f"rc_write_h(d_, (HALF)0x7fff, rc_epoch, rc_races); CPQ_PUSH(d_, v_) }} }} "
-                                                f"while (0)" for n in (2, 4, 8)},
+                                                f"rc_write_h(d_, (HALF)0x7fff, rc_epoch, rc_races); "
+                                                f"CPQ_PUSH(d_, v_) }} }} while (0)" for n in (2, 4, 8)},
     "CP_ASYNC_WAIT(n)": "CPQ_LAND(cpq_groups - (n), rc_land(cpq_dst[i_], cpq_value[i_], rc_epoch, rc_races))",
     "LDMATRIX_X4(r, base, offset)": "ldmatrix_rc(r, 4, false, base, offset, ldmatrix_rows, rc_epoch, rc_races)",
     "LDMATRIX_X4_TRANS(r, base, offset)": "ldmatrix_rc(r, 4, true, base, offset, ldmatrix_rows, rc_epoch, rc_races)",

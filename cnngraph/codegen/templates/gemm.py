@@ -348,8 +348,9 @@ def _copy_column(per_pixel: int, vector: int, width: int) -> str:
 def _per_copy(body: str, vector: int, width: int) -> str:
     """`body` (C lines, indented once) in a block, once per copy of `width` values of this thread's
     vectors (j: the copy, `_copy_column`)."""
-    head = "{" if width == vector else f"UNROLL for (int j = 0; j < {vector // width}; ++j) {{  /* {width} values a copy */"
-    return f"{head}\n{body}\n}}"
+    if width == vector:
+        return f"{{\n{body}\n}}"
+    return f"UNROLL for (int j = 0; j < {vector // width}; ++j) {{  /* {width} values a copy */\n{body}\n}}"
 
 
 def _nhwc_vectors(geo: ConvGeometry, kbase: str, pixels: tuple[int, int, int], vector: int, width: int,
@@ -363,7 +364,8 @@ def _nhwc_vectors(geo: ConvGeometry, kbase: str, pixels: tuple[int, int, int], v
            "    const int ex = e.x, ey = e.y, ez = e.z;" if geo.taps > 1 else
            "const int ex = r, ey = 0, ez = 0;  /* the reduction index is the channel */")
     pred = f"r < r_end && (unsigned)(a_h[i] + ey) < {geo.h}u && (unsigned)(a_w[i] + ez) < {geo.w}u"
-    return _per_copy(f"""    const int r = {kbase} + {_copy_column(per_pixel, vector, width)};  /* the same {width} channels of each window */
+    column = _copy_column(per_pixel, vector, width)
+    return _per_copy(f"""    const int r = {kbase} + {column};  /* the same {width} channels of each window */
     {tap}
     UNROLL for (int i = 0; i < {count}; ++i)
         {move("i", "x + a_off[i] + ex", pred)};""", vector, width)
