@@ -263,13 +263,14 @@ def channels_last_family() -> dict:
     """Every conv geometry, and pools, between two 1x1 convs: at tf32 the tensors between them are
     stored NHWC (passes/assign_layout.py), and so are the 3-channel inputs, padded with zeros to 4
     channels (8 at fp16/bf16), which the first 1x1 conv reads over zero weight rows; so each
-    geometry's tensor-core kernel copies an NHWC input 16 bytes at a time (16 channels in 1 group,
-    or 4 of 4) and stores an NHWC output (12 channels, 3 per group), and the pools read and write
-    NHWC (the global ones read it). Then the depthwise geometries, one after another, a concat, a
-    slice and a shuffle, elementwise ops, a layer norm, pooled convs and upsamplings, between two
-    1x1 convs (16 channels): NHWC in and out."""
+    geometry's tensor-core kernel copies an NHWC input (16 channels in 1 group, 4 of 4 or 2 of 8: 16
+    bytes at a time, or 8 or 4 where a group is not whole 16-byte vectors) and stores an NHWC output
+    (24 channels: in pairs where a group's are even, 24 or 6; 3 of 8 one at a time), and the pools
+    read and write NHWC (the global ones read it). Then the depthwise geometries, one after another,
+    a concat, a slice and a shuffle, elementwise ops, a layer norm, pooled convs and upsamplings,
+    between two 1x1 convs (16 channels): NHWC in and out."""
     layers = []
-    middles = [{"op": "conv2d", "out_channels": 12, "groups": (1, 4)[i % 2], "activation": "relu", **geometry}
+    middles = [{"op": "conv2d", "out_channels": 24, "groups": (1, 4, 8)[i % 3], "activation": "relu", **geometry}
                for i, geometry in enumerate(CONVS)] + CHANNELS_LAST_POOLS
     for i, middle in enumerate(middles):
         layers += [{"op": "conv2d", "name": f"in_{i}", "inputs": [f"x_{i}"], "out_channels": 16, "kernel_size": 1},
