@@ -4,12 +4,19 @@ last write and read, and an access that meets another thread's access of the sam
 stores NaN and is counted. Correct kernels pass it and still match NumPy; a barrier deleted from a
 generated kernel is caught by it, where the plain rendering on PoCL gives right answers (PoCL runs
 a work-group's items one after another between barriers and adds barriers around loops that hold
-one, and the mma emulation has barriers of its own)."""
+one, and the mma emulation has barriers of its own).
+
+The same rendering logs the first work-group's shared-memory accesses, from which the bank check
+(`OpenCLBackend.bank_conflicts`) finds those a warp's banks serve in more than one pass: every
+generated kernel, and every tensor-core tile an autotuner may pick, is free of them (its fragment
+reads and ldmatrix rows by the rows' padding, its cp.async copies by how threads are given pixels
+and pieces), and a planted conflict is caught."""
 
 from __future__ import annotations
 
 import copy
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +26,7 @@ import pytest
 
 import cnngraph
 from cnngraph.backends.opencl_backend import OpenCLBackend
-from cnngraph.codegen.dialects import CUDA, OPENCL, OPENCL_RACE_CHECK, race_checked
+from cnngraph.codegen.dialects import CUDA, OPENCL, OPENCL_RACE_CHECK, RACE_LOG_INTS, bank_conflicts, race_checked
 from cnngraph.errors import DeviceError
 from test_backends import OPENCL_REASON, rel_err
 
@@ -92,7 +99,7 @@ def test_race_check_is_opt_in_and_instruments_only_shared_memory():
         checked = OPENCL_RACE_CHECK.render(launch.body)
         plain = OPENCL.render(launch.body)
         if launch in shared:
-            assert "GLOBAL int* rc_races)" in checked and "rc_read(rc_at(&As[" in checked
+            assert "GLOBAL int* rc_races, GLOBAL int* rc_log)" in checked and "rc_read(rc_seen(rc_at(&As[" in checked
             assert "As[" not in checked.replace("rc_at(&As[", "").replace("&As_rc[", "").replace("float As[", "")
         else:  # the same kernel text after the (longer) prelude
             assert checked.endswith(launch.body) and plain.endswith(launch.body)
@@ -130,7 +137,8 @@ def test_own_writes_need_no_barrier_other_threads_writes_do(barrier):
     xb = cl.Buffer(context, mf.READ_ONLY | mf.COPY_HOST_PTR, hostbuf=x)
     yb = cl.Buffer(context, mf.WRITE_ONLY, size=x.nbytes)
     races = cl.Buffer(context, mf.READ_WRITE | mf.COPY_HOST_PTR, hostbuf=np.zeros(1, np.int32))
-    kernel(queue, (64,), (64,), xb, yb, races)
+    log = cl.Buffer(context, mf.READ_WRITE, size=64 * RACE_LOG_INTS * 4)
+    kernel(queue, (64,), (64,), xb, yb, races, log)
     y, count = np.empty_like(x), np.zeros(1, np.int32)
     cl.enqueue_copy(queue, y, yb)
     cl.enqueue_copy(queue, count, races)
@@ -138,6 +146,31 @@ def test_own_writes_need_no_barrier_other_threads_writes_do(barrier):
         assert count[0] == 0 and np.array_equal(y, 2 * x + np.roll(x, -1))
     else:
         assert count[0] > 0 and np.isnan(y).any()
+
+
+def access_log(addresses, width: int, line: int = 7, write: bool = False) -> np.ndarray:
+    """The race-check rendering's log of one access per lane of a warp (-1: lanes that made none)."""
+    log = np.full((32, RACE_LOG_INTS), -1, np.int32)
+    for lane, address in enumerate(addresses):
+        if address is not None:
+            log[lane, :2] = (line * 64 + width * 2 + write, address)
+    return log.ravel()
+
+
+@pytest.mark.parametrize("addresses, width, ways", [
+    ([4 * lane for lane in range(32)], 4, 1),                   # consecutive words
+    ([0] * 32, 4, 1),                                           # one word, to every lane
+    ([8 * lane for lane in range(32)], 4, 2),                   # every other word: 16 banks
+    ([128 * lane for lane in range(32)], 4, 32),                # one bank
+    ([2 * lane for lane in range(32)], 2, 1),                   # 16-bit values, two to a word
+    ([16 * lane for lane in range(32)], 16, 1),                 # 16 bytes each: a phase of 8 lanes
+    ([32 * lane for lane in range(32)], 16, 2),
+    ([48 * lane for lane in range(8)] + [None] * 24, 16, 1),    # ldmatrix rows 3 groups apart
+    ([32 * (lane % 8) for lane in range(16)] + [None] * 16, 16, 2),  # 16-byte rows 2 groups apart
+    ([16 * lane for lane in range(32)], 8, 2),                  # 8 bytes of each 16: a half-warp, 8 banks used twice
+])
+def test_bank_check_counts_the_passes_of_a_warp_access(addresses, width, ways):
+    assert bank_conflicts(access_log(addresses, width), 32) == {(7, False): ways}
 
 
 TOLERANCE = {"fp32": 1e-5, "tf32": 1e-5, "fp16": 1e-4}  # against the NumPy backend at the same precision
@@ -165,6 +198,17 @@ def check_generated(case):
     model.backend.poison()
     assert rel_err(model(xs), ref(xs)) <= TOLERANCE[precision]
     assert model.backend.races() == {}
+    assert_free_of_bank_conflicts(model.backend)
+
+
+def assert_free_of_bank_conflicts(backend) -> dict:
+    """Every shared-memory access the race-checked kernels of `backend` made (in their first
+    work-group) is served in one pass; returns kernel -> the source lines that made them."""
+    found = backend.bank_conflicts()
+    assert found and all(found.values()), "every race-checked kernel logs its accesses"
+    conflicts = {(kernel, line): ways for kernel, sites in found.items() for line, ways in sites.items() if ways > 1}
+    assert conflicts == {}
+    return {kernel: {text for text, _ in sites} for kernel, sites in found.items()}
 
 
 @needs_opencl
@@ -201,6 +245,82 @@ PLANTED = {
 @pytest.mark.parametrize("case", sorted(PLANTED))
 def test_race_check_catches_a_planted_missing_barrier(case):
     run_check(check_planted, case, NETWORKS[PLANTED[case][0]][2])
+
+
+def check_tiles(case):
+    from test_precision import ALL_TILES, tile_programs
+
+    precision, layout = case.split("-")
+    ref, programs = tile_programs(layout, precision)
+    xs = inputs_for(ref)
+    want = ref.backend.run_observed(dict(xs))
+    assert {launch.schedule.tile for _, launch in programs} == set(ALL_TILES.values())
+    for program, launch in programs:
+        backend = OpenCLBackend(ref.plan, {"race_check": True}, program)
+        backend.run_node_by_node({**xs, **want})
+        lines = assert_free_of_bank_conflicts(backend)[launch.kernel]
+        reads = "LDMATRIX_X4(" if precision == "fp16" else "TF32(As["
+        copies = "CP_ASYNC16_HALF(&As[" if precision == "fp16" else "CP_ASYNC16(&As[" if layout == "NHWC" else "CP_ASYNC4(&As["
+        assert any(reads in line for line in lines) and any(copies in line for line in lines), launch.schedule
+
+
+@needs_opencl
+@pytest.mark.parametrize("case", ["tf32-NHWC", "fp16-NHWC", pytest.param("tf32-NCHW", marks=pytest.mark.slow)])
+def test_every_tensor_core_tile_is_free_of_bank_conflicts(case):
+    """Each tile and stage count an autotuner may pick (their row paddings and thread counts
+    differ): fragment reads, ldmatrix rows, cp.async copies of inputs and weights, one pass each."""
+    run_check(check_tiles, case, case.split("-")[0])
+
+
+def _unpadded(values: int):
+    """A planted mistake: As rows without their padding (`values` fewer per row; ldmatrix's
+    offsets, which name the row length, too)."""
+    def plant(body: str) -> str:
+        row = int(re.search(r"SHARED_VIEW\((?:float|HALF), As, \d+, \[\d+\]\[(\d+)\]", body)[1])
+        body = body.replace(f"][{row}], 0);", f"][{row - values}], 0);", 1)
+        return re.sub(rf"\)(\s*)\* {row} \+ kk", rf")\1* {row - values} + kk", body)
+    return plant
+
+
+# a kernel given rows, pieces or values in a worse order computes the same, in more passes:
+# network, kernel prefix, the plant, the line that then conflicts
+PLANTED_CONFLICTS = {
+    "unpadded_rows": ("conv_mma_nhwc_tf32", "conv3x3", _unpadded(4), "TF32(As[read][row"),
+    "unpadded_ldmatrix_rows": ("conv_mma16_nhwc_fp16", "conv3x3", _unpadded(8), "LDMATRIX_X4("),
+    "rows_in_thread_order": ("conv_mma_nhwc_tf32", "conv3x3",
+                             lambda body: re.sub(r"const int a_row = [^;]*;", "const int a_row = tid / 4;", body),
+                             "CP_ASYNC16(&As["),
+    "pieces_in_turn": ("conv_mma_gated_narrow_tf32", "gated_conv3x3",
+                       lambda body: body.replace("piece = (j + tid / 8) % 2;", "piece = j;"), "CP_ASYNC8(&As["),
+    "gated_values_in_turn": ("conv_mma_gated_narrow_tf32", "gated_conv3x3",
+                             lambda body: body.replace("(q + tid % 32 / 16 * 1) % 2", "q"), "STORE(LOAD(As["),
+}
+
+
+@needs_opencl
+@pytest.mark.parametrize("case", sorted(PLANTED_CONFLICTS))
+def test_bank_check_catches_planted_conflicts(case):
+    run_check(check_planted_conflict, case, NETWORKS[PLANTED_CONFLICTS[case][0]][2])
+
+
+def check_planted_conflict(case):
+    network, prefix, plant, line = PLANTED_CONFLICTS[case]
+    spec, batch, precision = NETWORKS[network]
+    p = cnngraph.plan(spec, batch, precision=precision)
+    program = copy.deepcopy(p.program)
+    (planted,) = [l for l in program.launches if l.kernel.startswith(prefix)]
+    body = plant(planted.body)
+    assert body != planted.body
+    planted.body = body
+    ref = cnngraph.compile(spec, batch_size=batch, device="cpu", precision=precision, weights=p.weights)
+    xs = inputs_for(ref)
+    checked = OpenCLBackend(p, {"race_check": True}, program=program)
+    checked.poison()
+    assert rel_err(checked.run(xs)[program.outputs[0]], ref(xs)) <= TOLERANCE[precision]  # the same values
+    conflicts = {(kernel, text) for kernel, sites in checked.bank_conflicts().items()
+                 for (text, _), ways in sites.items() if ways > 1}
+    assert conflicts and {kernel for kernel, _ in conflicts} == {planted.kernel}
+    assert any(line in text for _, text in conflicts), conflicts
 
 
 def check_planted(case):

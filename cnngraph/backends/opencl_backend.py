@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from ..codegen.dialects import OPENCL, OPENCL_RACE_CHECK, race_checked
+from ..codegen.dialects import OPENCL, OPENCL_RACE_CHECK, RACE_LOG_INTS, bank_conflicts, race_checked
 from ..codegen.lower import Program
 from ..errors import DeviceError
 from ..kernel_cache import cache_key, entry_path, read_entry, write_entry
@@ -69,13 +69,17 @@ class OpenCLBackend(ProgramBackend):
                    "counters": {"": self.counters}}
         self.kernels = []
         self.race_counters = {}  # launch index -> its kernel's count of conflicting accesses (race check)
+        self.race_logs = {}  # launch index -> its first work-group's log of shared-memory accesses (bank check)
         for index, launch in enumerate(program.launches):
             kernel = cl.Kernel(self.compiled, launch.kernel)
             args = [buffers[kind][ref] for kind, ref in launch.args]
             if race_check and race_checked(launch.body):
                 self.race_counters[index] = cl.Buffer(self.context, mf.READ_WRITE | mf.COPY_HOST_PTR,
                                                       hostbuf=np.zeros(1, np.int32))
-                args.append(self.race_counters[index])
+                threads = int(np.prod(launch.block))
+                self.race_logs[index] = cl.Buffer(self.context, mf.READ_WRITE | mf.COPY_HOST_PTR,
+                                                  hostbuf=np.full(threads * RACE_LOG_INTS, -1, np.int32))
+                args += [self.race_counters[index], self.race_logs[index]]
             kernel.set_args(*args)
             global_size = tuple(g * b for g, b in zip(launch.grid, launch.block))
             self.kernels.append((kernel, global_size, launch.block))
@@ -125,6 +129,22 @@ class OpenCLBackend(ProgramBackend):
                 found[self.program.launches[index].kernel] = int(count[0])
         return found
 
+    def bank_conflicts(self) -> dict[str, dict[tuple[str, bool], int]]:
+        """Bank check (the race-check rendering, after a run): per kernel, (statement, write) ->
+        the most passes one warp-wide shared-memory access by that statement of the kernel's
+        source needed in its first work-group (1: free of bank conflicts; `dialects.bank_conflicts`)."""
+        lines = "\n".join(launch.body for launch in self.program.launches).splitlines()  # as `__LINE__` counts
+        found: dict[str, dict[tuple[str, bool], int]] = {}
+        for index, buffer in self.race_logs.items():
+            launch = self.program.launches[index]
+            log = np.empty(int(np.prod(launch.block)) * RACE_LOG_INTS, np.int32)
+            self.cl.enqueue_copy(self.queue, log, buffer)
+            sites = found.setdefault(launch.kernel, {})
+            for (line, write), ways in bank_conflicts(log, int(np.prod(launch.block))).items():
+                site = (_statement(lines, line), write)
+                sites[site] = max(sites.get(site, 1), ways)
+        return found
+
     def _upload(self, name, x):
         self.cl.enqueue_copy(self.queue, self.views[name], self.stored(x, name=name))
 
@@ -153,3 +173,12 @@ class OpenCLBackend(ProgramBackend):
         out = np.empty(self.arena_shape(name), np.uint16 if self.half else np.float32)
         self.cl.enqueue_copy(self.queue, out, self.views[name])
         return self.loaded(out, name=name)
+
+
+def _statement(lines: list[str], last: int) -> str:
+    """The source statement that ends on line `last` (1-based; where `__LINE__` puts a call that
+    spans lines), on one line."""
+    first = last
+    while first > 1 and not lines[first - 2].rstrip().endswith((";", "{", "}", "*/")):
+        first -= 1
+    return " ".join(line.strip() for line in lines[first - 1:last])

@@ -23,7 +23,9 @@ float32 whatever the storage; the storage is the program's, given to `render`.
 
 `OPENCL_RACE_CHECK` is an opt-in OpenCL rendering that finds a missing `BARRIER()`, which the
 plain one hides (PoCL runs a work-group's items one after another between barriers, and adds
-barriers of its own around loops that contain one): see `RACE_CHECK_HELPERS` and `shadow_shared`."""
+barriers of its own around loops that contain one): see `RACE_CHECK_HELPERS` and `shadow_shared`.
+It also logs the shared-memory accesses of a kernel's first work-group, by source line, from which
+`bank_conflicts` counts the passes each warp-wide access needs (the bank check)."""
 
 from __future__ import annotations
 
@@ -255,10 +257,38 @@ INLINE float shfl_xor(float v, int lanes, __local uint* scratch) {
 # element may both leave their own mark, so a write racing with several readers can go uncounted
 # when it comes from the one whose mark stayed (there are always others in a tile). Threads < 1024.
 RACE_CHECK_HELPERS = """#define RC_MANY 1024
-typedef struct { __local float* at; __local int2* mark; } rc_ref;  /* a shared float and its shadow */
-typedef struct { __local HALF* at; __local int2* mark; } rc_ref_h;  /* a shared 16-bit value and its shadow */
-INLINE rc_ref rc_at(__local float* at, __local int2* mark) { rc_ref r; r.at = at; r.mark = mark; return r; }
-INLINE rc_ref_h rc_at_h(__local HALF* at, __local int2* mark) { rc_ref_h r; r.at = at; r.mark = mark; return r; }
+#define RC_LOG 512  /* the shared-memory accesses each thread of the first work-group logs (bank check) */
+/* a shared float or 16-bit value, its shadow, and where the shared memory it is carved from begins */
+typedef struct { __local float* at; __local int2* mark; __local uchar* shared; } rc_ref;
+typedef struct { __local HALF* at; __local int2* mark; __local uchar* shared; } rc_ref_h;
+INLINE rc_ref rc_at(__local float* at, __local int2* mark, __local uchar* shared) {
+    rc_ref r; r.at = at; r.mark = mark; r.shared = shared; return r;
+}
+INLINE rc_ref_h rc_at_h(__local HALF* at, __local int2* mark, __local uchar* shared) {
+    rc_ref_h r; r.at = at; r.mark = mark; r.shared = shared; return r;
+}
+INLINE rc_ref rc_step(rc_ref r, int q) { return rc_at(r.at + q, r.mark + q, r.shared); }
+INLINE rc_ref_h rc_step_h(rc_ref_h r, int q) { return rc_at_h(r.at + q, r.mark + q, r.shared); }
+/* the bank check's log: a thread of the first work-group notes its access of `bytes` bytes at
+   `address` (from the start of shared memory) made by source line `line`, a write or a read */
+INLINE void rc_log_access(__global int* log, int* count, int line, int bytes, bool write, int address) {
+    if (get_group_id(0) || get_group_id(1) || get_group_id(2) || *count >= RC_LOG) return;
+    const int at = 2 * ((int)(get_local_id(0) + get_local_size(0) * (get_local_id(1) + get_local_size(1)
+                                                                     * get_local_id(2))) * RC_LOG + (*count)++);
+    log[at] = line * 64 + bytes * 2 + write;
+    log[at + 1] = address;
+}
+/* an async copy of `bytes` to the shared `rc_ref` or `rc_ref_h` dst, logged as it is issued */
+#define RC_LOG_COPY(dst, bytes) \
+    rc_log_access(rc_log, &rc_count, __LINE__, bytes, true, (int)((__local uchar*)(dst).at - (dst).shared))
+INLINE rc_ref rc_seen(rc_ref r, int line, bool write, __global int* log, int* count) {
+    rc_log_access(log, count, line, 4, write, (int)((__local uchar*)r.at - r.shared));
+    return r;
+}
+INLINE rc_ref_h rc_seen_h(rc_ref_h r, int line, bool write, __global int* log, int* count) {
+    rc_log_access(log, count, line, 2, write, (int)((__local uchar*)r.at - r.shared));
+    return r;
+}
 INLINE int rc_me(int epoch) {
     return epoch * 2048 + (int)(get_local_id(0) + get_local_size(0) * (get_local_id(1) + get_local_size(1) * get_local_id(2)));
 }
@@ -296,10 +326,12 @@ INLINE void rc_clear(__local int2* mark, int count) {  /* the shadow of a fresh 
     const int lid = rc_me(0), size = get_local_size(0) * get_local_size(1) * get_local_size(2);
     for (int i = lid; i < count; i += size) mark[i] = (int2)(-1, -1);
 }
-/* ldmatrix of TENSOR_CORE_HELPERS reading checked 16-bit rows */
+/* ldmatrix of TENSOR_CORE_HELPERS reading checked 16-bit rows; the lanes giving rows log them */
 INLINE void ldmatrix_rc(uint* r, int count, bool trans, rc_ref_h base, int offset, __local int* rows, int epoch,
-                        __global int* races) {
+                        __global int* races, int line, __global int* log, int* log_count) {
     const int lane = get_local_id(0) % 32;
+    if (lane < 8 * count)
+        rc_log_access(log, log_count, line, 16, false, (int)((__local uchar*)(base.at + offset) - base.shared));
     __local int* wr = rows + (get_local_id(0) / 32) * 32;
     wr[lane] = offset;
     barrier(CLK_LOCAL_MEM_FENCE);
@@ -307,8 +339,7 @@ INLINE void ldmatrix_rc(uint* r, int count, bool trans, rc_ref_h base, int offse
     for (int j = 0; j < count; ++j) {
         const int lo = trans ? wr[8 * j + 2 * t] + g : wr[8 * j + g] + 2 * t;
         const int hi = trans ? wr[8 * j + 2 * t + 1] + g : lo + 1;
-        r[j] = (uint)rc_read_h(rc_at_h(base.at + lo, base.mark + lo), epoch, races)
-               | ((uint)rc_read_h(rc_at_h(base.at + hi, base.mark + hi), epoch, races) << 16);
+        r[j] = (uint)rc_read_h(rc_step_h(base, lo), epoch, races) | ((uint)rc_read_h(rc_step_h(base, hi), epoch, races) << 16);
     }
     barrier(CLK_LOCAL_MEM_FENCE);
 }
@@ -323,9 +354,42 @@ __attribute__((overloadable)) INLINE void rc_land(rc_ref_h d, HALF v, int epoch,
 
 
 def race_checked(body: str) -> bool:
-    """Whether the race-check rendering instruments this kernel (it then takes one more argument,
-    `GLOBAL int* rc_races`, a counter of the conflicts it found)."""
+    """Whether the race-check rendering instruments this kernel (it then takes two more arguments:
+    `GLOBAL int* rc_races`, a counter of the conflicts it found, and `GLOBAL int* rc_log`, the bank
+    check's log of `RACE_LOG_INTS` ints per thread)."""
     return "SHARED" in body or "BARRIER()" in body  # SHARED, DYNAMIC_SHARED, SHARED_VIEW
+
+
+RACE_LOG_INTS = 2 * 512  # per thread: RC_LOG entries of (line * 64 + bytes * 2 + write, address)
+
+
+def bank_conflicts(log, threads: int) -> dict[tuple[int, bool], int]:
+    """The bank check, from a race-checked kernel's `rc_log` (`threads` x RACE_LOG_INTS ints, -1
+    where nothing was logged): (source line, write) -> the most passes one of its warp-wide
+    shared-memory accesses needs (1: free of bank conflicts). A lane's n-th access from a line
+    meets the other lanes' n-th. The hardware serves a warp's accesses of w bytes in phases of
+    128 / w lanes (an `ldmatrix` 8x8 matrix per phase: its 8 rows of 16 bytes), each of 32 banks of
+    4-byte words; a bank serves one word per pass, to every lane that wants it."""
+    warps: dict[tuple[int, int, int], dict[int, int]] = {}  # (key, warp, n) -> lane -> address
+    for thread in range(threads):
+        seen: dict[int, int] = {}
+        for key, address in zip(*[iter(log[thread * RACE_LOG_INTS:(thread + 1) * RACE_LOG_INTS])] * 2):
+            if key < 0:
+                break
+            seen[key] = seen.get(key, 0) + 1
+            warps.setdefault((int(key), thread // 32, seen[key]), {})[thread % 32] = int(address)
+    worst: dict[tuple[int, bool], int] = {}
+    for (key, _, _), lanes in warps.items():
+        width, site = key % 64 // 2, (key // 64, bool(key % 2))
+        phase = 128 // max(width, 4)
+        for first in range(0, 32, phase):
+            words: dict[int, set] = {}  # bank -> the words it serves
+            for lane in range(first, first + phase):
+                if lane in lanes:
+                    for word in range(lanes[lane] // 4, (lanes[lane] + width - 1) // 4 + 1):
+                        words.setdefault(word % 32, set()).add(word)
+            worst[site] = max(worst.get(site, 1), *(len(w) for w in words.values()), 1)
+    return worst
 
 
 # shared arrays, as declared (SHARED float A[2][16][72];) or carved from dynamic shared memory
@@ -335,38 +399,47 @@ _SHARED_VIEW = re.compile(r"^([ \t]*)SHARED_VIEW\((float|HALF), (\w+), (\w+), ((
                           re.M)
 
 
-def _shared_arrays(kernel: str) -> list[tuple[str, str, str, str, int]]:
-    """The shared arrays a kernel declares, in order: (indent, element type, name, dims, end of the line)."""
-    found = [(m.start(), (m[1], m[2], m[3], m[4], m.end())) for m in _SHARED_DECL.finditer(kernel)]
-    found += [(m.start(), (m[1], m[2], m[3], f"[{m[4]}]{m[5]}", m.end())) for m in _SHARED_VIEW.finditer(kernel)]
+def _shared_arrays(kernel: str) -> list[tuple[str, str, str, str, int, str]]:
+    """The shared arrays a kernel declares, in order: (indent, element type, name, dims, end of the
+    line, the start of the shared memory it lies in: the dynamic buffer of a view, else itself)."""
+    found = [(m.start(), (m[1], m[2], m[3], m[4], m.end(), m[3])) for m in _SHARED_DECL.finditer(kernel)]
+    found += [(m.start(), (m[1], m[2], m[3], f"[{m[4]}]{m[5]}", m.end(), "dynamic_shared"))
+              for m in _SHARED_VIEW.finditer(kernel)]
     return [array for _, array in sorted(found)]
 
 
 def shadow_shared(body: str) -> str:
     """`body` (one or more kernels) with each kernel that uses shared memory instrumented for the
-    race check: the `rc_races` argument, a shadow array per SHARED float or HALF array (cleared,
-    then a barrier that is no BARRIER() word), the epoch counter, and every access to a shared
-    array through `rc_read` / `rc_write` (`_h` for HALF; `&A[i]`, as CP_ASYNC4 and LDMATRIX take
-    it, becomes an `rc_ref`)."""
-    kernels = re.split(r"(?=^KERNEL void )", body, flags=re.M)
-    return "".join(_shadow_kernel(k) if race_checked(k) else k for k in kernels)
+    race check: the `rc_races` and `rc_log` arguments, a shadow array per SHARED float or HALF array
+    (cleared, then a barrier that is no BARRIER() word), the epoch counter, the count of logged
+    accesses, and every access to a shared array through `rc_read` / `rc_write` (`_h` for HALF),
+    logged by `rc_seen` with its line in `body` (`&A[i]`, as CP_ASYNC4 and LDMATRIX take it,
+    becomes an `rc_ref`, which those log): a `#line` after the added lines keeps `__LINE__` so."""
+    kernels, out, line = re.split(r"(?=^KERNEL void )", body, flags=re.M), [], 1
+    for kernel in kernels:
+        out.append(_shadow_kernel(kernel, line) if race_checked(kernel) else kernel)
+        line += kernel.count("\n")
+    return "".join(out)
 
 
-def _shadow_kernel(kernel: str) -> str:
+def _shadow_kernel(kernel: str, first_line: int) -> str:
+    """`kernel`, which begins on line `first_line` of the body, instrumented (`shadow_shared`)."""
     head = re.match(r"KERNEL void \w+\(", kernel)
     assert head, "a kernel starts with its signature"
     close = _matching(kernel, head.end() - 1)
-    kernel = kernel[:close] + ", GLOBAL int* rc_races" + kernel[close:]
+    kernel = kernel[:close] + ", GLOBAL int* rc_races, GLOBAL int* rc_log" + kernel[close:]
     decls = _shared_arrays(kernel)
-    arrays = {name: kind for _, kind, name, _, _ in decls}
+    arrays = {name: (kind, shared) for _, kind, name, _, _, shared in decls}
     pad = decls[-1][0] if decls else "    "
     setup = [f"{pad}SHARED int2 {name}_rc{dims};  /* race check: the last write and read of each {name} */\n"
-             for _, _, name, dims, _ in decls]
+             for _, _, name, dims, _, _ in decls]
     setup.append(f"{pad}int rc_epoch = 0;  /* race check: BARRIER()s passed */\n")
+    setup.append(f"{pad}int rc_count = 0;  /* bank check: the accesses logged */\n")
     setup += [f"{pad}rc_clear((__local int2*){n}_rc, sizeof({n}_rc) / sizeof(int2));\n" for n in arrays]
     if arrays:
         setup.append(f"{pad}barrier(CLK_LOCAL_MEM_FENCE);\n")
     at = decls[-1][4] if decls else kernel.index("\n", kernel.index("{", close)) + 1
+    setup.append(f"#line {first_line + kernel[:at].count(chr(10))}\n")  # the lines above were not the body's
     return kernel[:at] + "".join(setup) + _instrument(kernel[at:], arrays)
 
 
@@ -381,9 +454,9 @@ def _matching(code: str, open_at: int) -> int:
     raise ValueError(f"unbalanced brackets after {code[open_at:open_at + 40]!r}")
 
 
-def _instrument(code: str, arrays: dict[str, str]) -> str:
-    """Accesses `A[i][j]` to the shared arrays in `code` (name -> element type, float or HALF)
-    through the race check's helpers."""
+def _instrument(code: str, arrays: dict[str, tuple[str, str]]) -> str:
+    """Accesses `A[i][j]` to the shared arrays in `code` (name -> element type, float or HALF, and
+    the start of the shared memory it lies in) through the race check's helpers."""
     if not arrays:
         return code
     access = re.compile(r"(?<![\w.])(" + "|".join(arrays) + r")\[")
@@ -394,20 +467,23 @@ def _instrument(code: str, arrays: dict[str, str]) -> str:
             end = _matching(code, end) + 1
         index = code[m.end() - 1:end]
         assert not access.search(index), f"a shared array indexed by another: {code[start:end]}"
-        h = "_h" if arrays[m[1]] == "HALF" else ""
-        ref = f"rc_at{h}(&{m[1]}{index}, &{m[1]}_rc{index})"
+        kind, shared = arrays[m[1]]
+        h = "_h" if kind == "HALF" else ""
+        ref = f"rc_at{h}(&{m[1]}{index}, &{m[1]}_rc{index}, (__local uchar*){shared})"
         before, after = code[pos:start].rstrip(), code[end:].lstrip()
         if before.endswith("&") and not before.endswith("&&"):  # &A[i]: an async copy's destination, a row base
             out.append(before[:-1] + ref)
         elif after.startswith("=") and not after.startswith("=="):  # A[i] = value;
             stop = code.index(";", end)
             value = _instrument(code[code.index("=", end) + 1:stop], arrays).strip()
-            out.append(f"{code[pos:start]}rc_write{h}({ref}, {value}, rc_epoch, rc_races)")
+            logged = f"rc_seen{h}({ref}, __LINE__, true, rc_log, &rc_count)"
+            out.append(f"{code[pos:start]}rc_write{h}({logged}, {value}, rc_epoch, rc_races)")
             end = stop
         else:
             assert not re.match(r"(\+\+|--|[-+*/%&|^]=|<<=|>>=)", after), \
                 f"an update of a shared element: {code[start:end + 4]}"
-            out.append(f"{code[pos:start]}rc_read{h}({ref}, rc_epoch, rc_races)")
+            out.append(f"{code[pos:start]}rc_read{h}(rc_seen{h}({ref}, __LINE__, false, rc_log, &rc_count), "
+                       "rc_epoch, rc_races)")
         pos = end
     return "".join(out) + code[pos:]
 
@@ -517,21 +593,25 @@ OPENCL_RACE_CHECK = Dialect("opencl", ".cl", {
     "BARRIER()": "do { barrier(CLK_LOCAL_MEM_FENCE); ++rc_epoch; } while (0)",
     "CP_ASYNC_STATE(n)": "rc_ref cpq_dst[n]; float cpq_value[n]; int cpq_group[n]; int cpq_count = 0; "
                          "int cpq_groups = 0; const int cpq_capacity = n",
-    "CP_ASYNC4(dst, src, pred)": "do { const bool p_ = (pred); const float v_ = p_ ? *(src) : 0.0f; "
-                                 "rc_write((dst), NAN, rc_epoch, rc_races); CPQ_PUSH(dst, v_) } while (0)",
-    **{f"CP_ASYNC{4 * n}(dst, src, pred)": f"do {{ for (int q_ = 0; q_ < {n}; ++q_) CP_ASYNC4(rc_at((dst).at + q_, "
-                                           f"(dst).mark + q_), (src) + q_, pred); }} while (0)" for n in (2, 4)},
+    **{f"CP_ASYNC{4 * n}(dst, src, pred)": f"do {{ const bool p_ = (pred); RC_LOG_COPY(dst, {4 * n}); "
+                                           f"for (int q_ = 0; q_ < {n}; ++q_) {{ const float v_ = p_ ? (src)[q_] : 0.0f; "
+                                           f"const rc_ref d_ = rc_step((dst), q_); rc_write(d_, NAN, rc_epoch, rc_races); "
+                                           f"CPQ_PUSH(d_, v_) }} }} while (0)" for n in (1, 2, 4)},
     "CP_ASYNC_STATE_HALF(n)": "rc_ref_h cpq_dst[n]; HALF cpq_value[n]; int cpq_group[n]; int cpq_count = 0; "
                               "int cpq_groups = 0; const int cpq_capacity = n",
-    **{f"CP_ASYNC{2 * n}_HALF(dst, src, pred)": f"do {{ const bool p_ = (pred); for (int q_ = 0; q_ < {n}; ++q_) {{ "
+    **{f"CP_ASYNC{2 * n}_HALF(dst, src, pred)": f"do {{ const bool p_ = (pred); RC_LOG_COPY(dst, {2 * n}); "
+                                                f"for (int q_ = 0; q_ < {n}; ++q_) {{ "
                                                 f"const HALF v_ = p_ ? (src)[q_] : (HALF)0; "
-                                                f"const rc_ref_h d_ = rc_at_h((dst).at + q_, (dst).mark + q_); "
+                                                f"const rc_ref_h d_ = rc_step_h((dst), q_); "
                                                 f"rc_write_h(d_, (HALF)0x7fff, rc_epoch, rc_races); "
                                                 f"CPQ_PUSH(d_, v_) }} }} while (0)" for n in (2, 4, 8)},
     "CP_ASYNC_WAIT(n)": "CPQ_LAND(cpq_groups - (n), rc_land(cpq_dst[i_], cpq_value[i_], rc_epoch, rc_races))",
-    "LDMATRIX_X4(r, base, offset)": "ldmatrix_rc(r, 4, false, base, offset, ldmatrix_rows, rc_epoch, rc_races)",
-    "LDMATRIX_X4_TRANS(r, base, offset)": "ldmatrix_rc(r, 4, true, base, offset, ldmatrix_rows, rc_epoch, rc_races)",
-    "LDMATRIX_X2_TRANS(r, base, offset)": "ldmatrix_rc(r, 2, true, base, offset, ldmatrix_rows, rc_epoch, rc_races)",
+    "LDMATRIX_X4(r, base, offset)": "ldmatrix_rc(r, 4, false, base, offset, ldmatrix_rows, rc_epoch, rc_races, "
+                                    "__LINE__, rc_log, &rc_count)",
+    "LDMATRIX_X4_TRANS(r, base, offset)": "ldmatrix_rc(r, 4, true, base, offset, ldmatrix_rows, rc_epoch, rc_races, "
+                                          "__LINE__, rc_log, &rc_count)",
+    "LDMATRIX_X2_TRANS(r, base, offset)": "ldmatrix_rc(r, 2, true, base, offset, ldmatrix_rows, rc_epoch, rc_races, "
+                                          "__LINE__, rc_log, &rc_count)",
 }, race_check=True)
 
 DIALECTS = {d.name: d for d in (CUDA, OPENCL)}

@@ -160,7 +160,10 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
 
     Each warp multiplies its WM x WN warp tile. Shared rows are padded by 8 floats, so a warp's
     fragment reads (rows t and t+4, columns g) fall in 32 distinct banks; NHWC rows ([pixel]) by 4,
-    an odd number of 16-byte groups, which does the same. The epilogue runs on the
+    an odd number of 16-byte groups, which does the same, and threads copy into rows spread so
+    each 8 lanes' 16-byte copies fill 8 different bank groups (`_spread_rows`; narrower copies
+    and gates take their pieces in lane-dependent orders, `_per_copy`): every shared access is
+    served in one pass (the bank check, tests/test_race_check.py). The epilogue runs on the
     accumulator fragments in registers: lane (g, t) holds pixels g and g+8 of each 16-row
     fragment, channels 2t and 2t+1 of each 8-column one (`_fragment_epilogue`; with a pool, the
     lanes of a window combine their values by warp shuffles: `_fragment_pool_epilogue`)."""
@@ -267,12 +270,13 @@ def _pipelined(t: MmaTile, stages: int, r_begin: str, pitch: int, vector: int, i
     b_vectors = max(t.bk // v_step, 1)
     assert nt % row_vectors == 0 and (t.bk % v_step == 0 or v_step % t.bk == 0) and pitch % vector == 0
     idle = f"if (tid < {t.bk * row_vectors}) " if v_step > t.bk else ""  # more threads than copies
+    v_row = _spread_rows(f"tid / {row_vectors}", row_vectors, t.b_shape()[1] * 16 // vector)
 
     def issue(kbase: str, buf: str) -> str:
         return f"""{issue_inputs(kbase, buf)}
 UNROLL for (int i = 0; i < {b_vectors}; ++i) {{  /* {vector} channels of a weight row per copy */
-    const int r = {kbase} + tid / {row_vectors} + i * {v_step};
-    {idle}{copy}(&Bs[{buf}][tid / {row_vectors} + i * {v_step}][tid % {row_vectors} * {vector}],
+    const int r = {kbase} + v_row + i * {v_step};
+    {idle}{copy}(&Bs[{buf}][v_row + i * {v_step}][tid % {row_vectors} * {vector}],
     {" " * len(idle + copy)} wv + ({kbase} + i * {v_step}) * {pitch}, r < r_end && v_col < {pitch});
 }}"""
 
@@ -280,7 +284,8 @@ UNROLL for (int i = 0; i < {b_vectors}; ++i) {{  /* {vector} channels of a weigh
     after_wait = "\n" + indent(landed(f"{r_begin} + it * {t.bk}", "read"), 8) if landed else ""
     return f"""    {state}({in_flight});  /* (OpenCL's emulation: the copies in flight) */
     const int v_col = n0 + tid % {row_vectors} * {vector};  /* the first of this thread's weight channels */
-    GLOBAL const ACT* wv = wg + (tid / {row_vectors}) * {pitch} + v_col;
+    const int v_row = {v_row};  /* and its first row */
+    GLOBAL const ACT* wv = wg + v_row * {pitch} + v_col;
     const int slices = (r_end - {r_begin} + {t.bk - 1}) / {t.bk};
     UNROLL for (int s = 0; s < {stages - 1}; ++s) {{  /* the first stages - 1 slices in flight */
         if (s < slices) {{
@@ -302,64 +307,93 @@ UNROLL for (int i = 0; i < {b_vectors}; ++i) {{  /* {vector} channels of a weigh
     }}"""
 
 
-def _gate_landed(geo: ConvGeometry, kbase: str, buf: str, pixels: tuple[int, int, int], vector: int,
+def _gate_landed(geo: ConvGeometry, kbase: str, buf: str, pixels: tuple[int, int, int, str], vector: int,
                  width: int) -> str:
     """A gated NHWC conv's input values of the slice at `kbase` in As[buf] (this thread's own
     copies, `width` values each, landed) times their channels' gates (the gate of a_gate[i] +
     channel), stored as the mul's output would have been (16 bits: rounded)."""
-    count, per_pixel, step = pixels
+    count, per_pixel, step, _ = pixels
     channel = "taps[r].w" if geo.taps > 1 else "r"
     at = _copy_column(per_pixel, vector, width)
+    # lanes 8 * pieces apart have copies in the same banks: they take the values in other orders
+    pieces = vector // width
+    value = f"(q + tid % 32 / {8 * pieces} * {vector // 4}) % {width}" if pieces < 4 else "q"
     return _per_copy(f"""    const int r = {kbase} + {at};
     const int c = r < r_end ? {channel} : 0;  /* past the reduction: zeros, times any gate */
     UNROLL for (int i = 0; i < {count}; ++i)
         UNROLL for (int q = 0; q < {width}; ++q) {{
-            const int row = tid / {per_pixel} + i * {step}, col = {at} + q;
-            As[{buf}][row][col] = STORE(LOAD(As[{buf}][row][col]) * LOAD(gate[a_gate[i] + c + q]));
+            const int row = a_row + i * {step}, col = {at} + {value};
+            As[{buf}][row][col] = STORE(LOAD(As[{buf}][row][col]) * LOAD(gate[a_gate[i] + c + {value}]));
         }}""", vector, width)
 
 
-def _nhwc_copies(geo: ConvGeometry, kbase: str, buf: str, pixels: tuple[int, int, int], vector: int,
+def _nhwc_copies(geo: ConvGeometry, kbase: str, buf: str, pixels: tuple[int, int, int, str], vector: int,
                  width: int, copy: str) -> str:
     """This thread's cp.async copies (the word `copy`, of `width` values) of its NHWC input vectors
     of the slice at `kbase` (`_nhwc_vectors`) into the [pixel][reduction] rows of As[buf]."""
-    _, per_pixel, step = pixels
+    _, per_pixel, step, _ = pixels
     at = _copy_column(per_pixel, vector, width)
     return _nhwc_vectors(geo, kbase, pixels, vector, width, lambda i, src, pred: (
-        f"{copy}(&As[{buf}][tid / {per_pixel} + {i} * {step}][{at}], {src}, {pred})"))
+        f"{copy}(&As[{buf}][a_row + {i} * {step}][{at}], {src}, {pred})"))
 
 
-def _vector_pixels(t: MmaTile, vector: int) -> tuple[int, int, int]:
+def _vector_pixels(t: MmaTile, vector: int) -> tuple[int, int, int, str]:
     """How a block's threads split the 16-byte vectors of an NHWC input slice (BM pixels x BK
-    values): (pixels per thread, vectors per pixel, pixel step): thread tid takes vector tid % V
-    of pixels tid / V + i * step."""
+    values): (pixels per thread, vectors per pixel, pixel step, the thread's first pixel): thread
+    tid takes vector tid % V of pixels a_row + i * step, a_row being tid / V spread (`_spread_rows`)
+    over the As rows of (BK + padding) values."""
     per_pixel = t.bk // vector
     assert t.threads % per_pixel == 0
-    return t.bm * per_pixel // t.threads, per_pixel, t.threads // per_pixel
+    row_bytes = t.a_shape(True, half=vector == HALF_VECTOR)[1] * 16 // vector
+    return (t.bm * per_pixel // t.threads, per_pixel, t.threads // per_pixel,
+            _spread_rows(f"tid / {per_pixel}", per_pixel, row_bytes))
+
+
+def _spread_rows(row: str, copies: int, row_bytes: int) -> str:
+    """C: the shared-memory row a thread copies into, given its row `row` in thread order (`copies`
+    16-byte copies per row, rows `row_bytes` apart: an odd number of 16-byte bank groups). The 8
+    lanes of a 128-byte phase (the 16-byte accesses shared memory serves at once) copy into
+    8 / copies rows, whose copies must fall in 8 different groups of 4 banks: rows in thread order
+    would overlap (row r begins at group r * row_bytes / 16 mod 8), so each run of 8 rows is
+    permuted, a phase's rows `copies` groups apart. A warp still copies the same pixels (the same
+    global memory), only each to another thread."""
+    per_phase = 8 // copies
+    if per_phase <= 1:
+        return row
+    groups = row_bytes // 16
+    assert row_bytes % 16 == 0 and groups % 2 == 1, "rows an odd number of 16-byte groups apart"
+    step = copies * pow(groups, -1, 8) % 8  # rows whose first groups are `copies` apart
+    return f"({row}) / 8 * 8 + (({row}) % 8 / {per_phase} + ({row}) % {per_phase} * {step}) % 8"
 
 
 def _copy_column(per_pixel: int, vector: int, width: int) -> str:
-    """Where in a slice's row (a pixel's reduction values) this thread's copy j of `width` values
+    """Where in a slice's row (a pixel's reduction values) this thread's copy of `width` values
     lies: its vector's `vector` values are copied in one piece when they are whole channels of one
-    tap, else `width` at a time (copy_width: a pixel's channels are not whole 16-byte vectors)."""
-    return f"tid % {per_pixel} * {vector}" + ("" if width == vector else f" + j * {width}")
+    tap, else `width` at a time (copy_width: a pixel's channels are not whole 16-byte vectors),
+    piece by piece (`_per_copy`)."""
+    return f"tid % {per_pixel} * {vector}" + ("" if width == vector else f" + piece * {width}")
 
 
 def _per_copy(body: str, vector: int, width: int) -> str:
     """`body` (C lines, indented once) in a block, once per copy of `width` values of this thread's
-    vectors (j: the copy, `_copy_column`)."""
+    vectors: the pieces of a vector in turn, from piece lane / 8 on, so each 8 lanes (whose vectors
+    fall in 8 different bank groups, `_spread_rows`) copy other banks of their groups."""
     if width == vector:
         return f"{{\n{body}\n}}"
-    return f"UNROLL for (int j = 0; j < {vector // width}; ++j) {{  /* {width} values a copy */\n{body}\n}}"
+    pieces = vector // width
+    return f"""UNROLL for (int j = 0; j < {pieces}; ++j) {{  /* {width} values a copy */
+    const int piece = (j + tid / 8) % {pieces};
+{body}
+}}"""
 
 
-def _nhwc_vectors(geo: ConvGeometry, kbase: str, pixels: tuple[int, int, int], vector: int, width: int,
+def _nhwc_vectors(geo: ConvGeometry, kbase: str, pixels: tuple[int, int, int, str], vector: int, width: int,
                   move) -> str:
     """Each of this thread's NHWC input copies of the slice at `kbase` (see `_vector_pixels`,
     `_copy_column`): `width` channels of pixel i from reduction index r on, moved by the statement
     `move(i, src, pred)` (pred false: the window tap is outside the image or past the reduction,
     nothing read)."""
-    count, per_pixel, _ = pixels
+    count, per_pixel, _, _ = pixels
     tap = ("const int4 e = taps[r < r_end ? r : 0];  /* offset in the window, dy, dx, channel */\n"
            "    const int ex = e.x, ey = e.y, ez = e.z;" if geo.taps > 1 else
            "const int ex = r, ey = 0, ez = 0;  /* the reduction index is the channel */")
@@ -421,7 +455,8 @@ def conv_mma16(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue:
     NCHW input's values in the registers.
 
     Rows are padded by 8 values (16 bytes), an odd number of 16-byte groups, so the 8 rows one
-    `ldmatrix` reads fall in 8 different bank groups. `ldmatrix.trans` turns reduction-major rows
+    `ldmatrix` reads fall in 8 different bank groups (and the cp.async copies are spread as in
+    `conv_mma`). `ldmatrix.trans` turns reduction-major rows
     into the fragments mma.m16n8k16 takes: A as four 8x8 matrices (pixels +0/+8, reduction +0/+8),
     B as two (reduction +0/+8). The epilogue runs on the accumulator fragments in registers, as in
     `conv_mma`; an NHWC output is stored at m * K + k (or m * out_pitch + k, as in `conv_mma`)."""
@@ -738,19 +773,20 @@ const int a_p = (a_cell / {pool.pw}) * {pool.kh} + a_win / {pool.kw};
 const int a_q = (a_cell % {pool.pw}) * {pool.kw} + a_win % {pool.kw};"""
 
 
-def _pixels_nhwc(geo: ConvGeometry, count: int, vectors: int, step: int, group: str, pool: FusedPool | None,
-                 m_total: int, gated: bool) -> str:
-    """Where the `count` NHWC input windows this thread moves lie (tile rows tid / vectors + i *
-    step, `vectors` 16-byte moves per pixel and slice): a_off, the window's corner (channel 0 of the group)
+def _pixels_nhwc(geo: ConvGeometry, count: int, vectors: int, step: int, first: str, group: str,
+                 pool: FusedPool | None, m_total: int, gated: bool) -> str:
+    """Where the `count` NHWC input windows this thread moves lie (tile rows a_row + i * step, a_row
+    = `first`; `vectors` 16-byte moves per pixel and slice): a_off, the window's corner (channel 0 of the group)
     in x; a_h and a_w, its row and column in the image; a_h is H past the last pixel, so no tap of
     that window is in the image and nothing is read. `gated`: a_gate, where its sample's gates of
     the group begin (sample 0 past the last pixel)."""
     sample = f"(am < {m_total} ? a_n : 0)"
     gates, gate = (f"\nint a_gate[{count}];", f"\n    a_gate[i] = {sample} * {geo.c} + {group} * {geo.cg};"
                    ) if gated else ("", "")
-    return f"""int a_off[{count}], a_h[{count}], a_w[{count}];{gates}
+    return f"""const int a_row = {first};  /* the first tile row this thread copies */
+int a_off[{count}], a_h[{count}], a_w[{count}];{gates}
 UNROLL for (int i = 0; i < {count}; ++i) {{
-    const int am = m0 + tid / {vectors} + i * {step};
+    const int am = m0 + a_row + i * {step};
 {indent(_pixel_of_row(geo, pool), 4)}
     const int ih0 = a_p * {geo.sh} - {geo.pt};
     const int iw0 = a_q * {geo.sw} - {geo.pl};
