@@ -292,8 +292,8 @@ PLANTED_CONFLICTS = {
                              "CP_ASYNC16(&As["),
     "pieces_in_turn": ("conv_mma_gated_narrow_tf32", "gated_conv3x3",
                        lambda body: body.replace("piece = (j + tid / 8) % 2;", "piece = j;"), "CP_ASYNC8(&As["),
-    "gated_values_in_turn": ("conv_mma_gated_narrow_tf32", "gated_conv3x3",
-                             lambda body: body.replace("(q + tid % 32 / 16 * 1) % 2", "q"), "STORE(LOAD(As["),
+    "gated_values_in_turn": ("conv_mma16_gated_nhwc_fp16", "gated_conv3x3",  # 16-bit: one value at a time
+                             lambda body: body.replace("(q + tid % 32 / 8 * 2) % 8", "q"), "STORE(LOAD(As["),
 }
 
 

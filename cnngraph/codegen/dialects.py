@@ -42,7 +42,7 @@ WORDS = ("KERNEL", "GLOBAL", "SHARED", "RESTRICT", "BARRIER()", "BLOCK_X", "BLOC
          "LDMATRIX_X4(r, base, offset)", "LDMATRIX_X4_TRANS(r, base, offset)", "LDMATRIX_X2_TRANS(r, base, offset)",
          "SHFL_XOR(v, lanes)", "WARP_SCRATCH(warps)", "THREADFENCE()", "ATOMIC_INC(p)", "LOAD_COHERENT(x)",
          "DYNAMIC_SHARED(bytes)", "SHARED_VIEW(type, name, count, inner, offset)", "STORE_F32X2(p, a, b)",
-         "STORE_U16X2(p, a, b)")
+         "STORE_U16X2(p, a, b)", "SCALE_F32X2(p, gates)", "SCALE_F32X4(p, gates)")
 # spelled per storage precision (`STORAGE`), not per dialect; STORE_PAIR(p, a, b): float32 values a
 # and b stored at p[0] and p[1] in one access (p: a multiple of two elements)
 STORAGE_WORDS = ("ACT", "LOAD(x)", "STORE(v)", "STORE_PAIR(p, a, b)")
@@ -278,9 +278,10 @@ INLINE void rc_log_access(__global int* log, int* count, int line, int bytes, bo
     log[at] = line * 64 + bytes * 2 + write;
     log[at + 1] = address;
 }
-/* an async copy of `bytes` to the shared `rc_ref` or `rc_ref_h` dst, logged as it is issued */
-#define RC_LOG_COPY(dst, bytes) \
-    rc_log_access(rc_log, &rc_count, __LINE__, bytes, true, (int)((__local uchar*)(dst).at - (dst).shared))
+/* an access of `bytes` at the shared `rc_ref` or `rc_ref_h` r (an async copy's destination, logged as
+   it is issued), from the kernel's line */
+#define RC_LOG_ACCESS(r, bytes, write) \
+    rc_log_access(rc_log, &rc_count, __LINE__, bytes, write, (int)((__local uchar*)(r).at - (r).shared))
 INLINE rc_ref rc_seen(rc_ref r, int line, bool write, __global int* log, int* count) {
     rc_log_access(log, count, line, 4, write, (int)((__local uchar*)r.at - r.shared));
     return r;
@@ -543,6 +544,11 @@ CUDA = Dialect("cuda", ".cu", {
     # two neighbouring stored values, one 8- or 4-byte store (`STORE_PAIR`)
     "STORE_F32X2(p, a, b)": "(*(float2*)(p) = make_float2((a), (b)))",
     "STORE_U16X2(p, a, b)": "(*(unsigned*)(p) = (unsigned)(a) | ((unsigned)(b) << 16))",
+    # 2 or 4 neighbouring shared float32 values times their gates (float32), read and written in one access
+    "SCALE_F32X2(p, gates)": "do { float2* p_ = (float2*)(p); float2 v_ = *p_; v_.x *= (gates)[0]; "
+                             "v_.y *= (gates)[1]; *p_ = v_; } while (0)",
+    "SCALE_F32X4(p, gates)": "do { float4* p_ = (float4*)(p); float4 v_ = *p_; v_.x *= (gates)[0]; "
+                             "v_.y *= (gates)[1]; v_.z *= (gates)[2]; v_.w *= (gates)[3]; *p_ = v_; } while (0)",
 })
 
 OPENCL = Dialect("opencl", ".cl", {
@@ -583,6 +589,8 @@ OPENCL = Dialect("opencl", ".cl", {
     "CP_ASYNC_WAIT(n)": "CPQ_LAND(cpq_groups - (n), *cpq_dst[i_] = cpq_value[i_])",
     "STORE_F32X2(p, a, b)": "vstore2((float2)((a), (b)), 0, (p))",
     "STORE_U16X2(p, a, b)": "vstore2((ushort2)((a), (b)), 0, (p))",
+    **{f"SCALE_F32X{n}(p, gates)": f"do {{ for (int q_ = 0; q_ < {n}; ++q_) (p)[q_] *= (gates)[q_]; }} while (0)"
+       for n in (2, 4)},
 })
 
 # OPENCL with the race check (see RACE_CHECK_HELPERS): a barrier also counts the epoch, async
@@ -593,19 +601,25 @@ OPENCL_RACE_CHECK = Dialect("opencl", ".cl", {
     "BARRIER()": "do { barrier(CLK_LOCAL_MEM_FENCE); ++rc_epoch; } while (0)",
     "CP_ASYNC_STATE(n)": "rc_ref cpq_dst[n]; float cpq_value[n]; int cpq_group[n]; int cpq_count = 0; "
                          "int cpq_groups = 0; const int cpq_capacity = n",
-    **{f"CP_ASYNC{4 * n}(dst, src, pred)": f"do {{ const bool p_ = (pred); RC_LOG_COPY(dst, {4 * n}); "
+    **{f"CP_ASYNC{4 * n}(dst, src, pred)": f"do {{ const bool p_ = (pred); RC_LOG_ACCESS(dst, {4 * n}, true); "
                                            f"for (int q_ = 0; q_ < {n}; ++q_) {{ const float v_ = p_ ? (src)[q_] : 0.0f; "
                                            f"const rc_ref d_ = rc_step((dst), q_); rc_write(d_, NAN, rc_epoch, rc_races); "
                                            f"CPQ_PUSH(d_, v_) }} }} while (0)" for n in (1, 2, 4)},
     "CP_ASYNC_STATE_HALF(n)": "rc_ref_h cpq_dst[n]; HALF cpq_value[n]; int cpq_group[n]; int cpq_count = 0; "
                               "int cpq_groups = 0; const int cpq_capacity = n",
-    **{f"CP_ASYNC{2 * n}_HALF(dst, src, pred)": f"do {{ const bool p_ = (pred); RC_LOG_COPY(dst, {2 * n}); "
+    **{f"CP_ASYNC{2 * n}_HALF(dst, src, pred)": f"do {{ const bool p_ = (pred); RC_LOG_ACCESS(dst, {2 * n}, true); "
                                                 f"for (int q_ = 0; q_ < {n}; ++q_) {{ "
                                                 f"const HALF v_ = p_ ? (src)[q_] : (HALF)0; "
                                                 f"const rc_ref_h d_ = rc_step_h((dst), q_); "
                                                 f"rc_write_h(d_, (HALF)0x7fff, rc_epoch, rc_races); "
                                                 f"CPQ_PUSH(d_, v_) }} }} while (0)" for n in (2, 4, 8)},
     "CP_ASYNC_WAIT(n)": "CPQ_LAND(cpq_groups - (n), rc_land(cpq_dst[i_], cpq_value[i_], rc_epoch, rc_races))",
+    # one access of 2 or 4 values each way, logged so; each value checked
+    **{f"SCALE_F32X{n}(p, gates)": f"do {{ const rc_ref p_ = (p); RC_LOG_ACCESS(p_, {4 * n}, false); "
+                                   f"RC_LOG_ACCESS(p_, {4 * n}, true); for (int q_ = 0; q_ < {n}; ++q_) {{ "
+                                   f"const rc_ref e_ = rc_step(p_, q_); "
+                                   f"rc_write(e_, rc_read(e_, rc_epoch, rc_races) * (gates)[q_], rc_epoch, rc_races); "
+                                   f"}} }} while (0)" for n in (2, 4)},
     "LDMATRIX_X4(r, base, offset)": "ldmatrix_rc(r, 4, false, base, offset, ldmatrix_rows, rc_epoch, rc_races, "
                                     "__LINE__, rc_log, &rc_count)",
     "LDMATRIX_X4_TRANS(r, base, offset)": "ldmatrix_rc(r, 4, true, base, offset, ldmatrix_rows, rc_epoch, rc_races, "

@@ -315,12 +315,17 @@ def _gate_landed(geo: ConvGeometry, kbase: str, buf: str, pixels: tuple[int, int
     count, per_pixel, step, _ = pixels
     channel = "taps[r].w" if geo.taps > 1 else "r"
     at = _copy_column(per_pixel, vector, width)
-    # lanes 8 * pieces apart have copies in the same banks: they take the values in other orders
+    head = f"""    const int r = {kbase} + {at};
+    const int c = r < r_end ? {channel} : 0;  /* past the reduction: zeros, times any gate */
+    UNROLL for (int i = 0; i < {count}; ++i)"""
+    if vector == VECTOR and width > 1:  # a copy's float32 values, read and written as one
+        return _per_copy(f"""{head}
+        SCALE_F32X{width}(&As[{buf}][a_row + i * {step}][{at}], gate + a_gate[i] + c);""", vector, width)
+    # one value at a time (16-bit ones are converted): lanes 8 * pieces apart, whose copies lie in the
+    # same banks, take them in different orders
     pieces = vector // width
     value = f"(q + tid % 32 / {8 * pieces} * {vector // 4}) % {width}" if pieces < 4 else "q"
-    return _per_copy(f"""    const int r = {kbase} + {at};
-    const int c = r < r_end ? {channel} : 0;  /* past the reduction: zeros, times any gate */
-    UNROLL for (int i = 0; i < {count}; ++i)
+    return _per_copy(f"""{head}
         UNROLL for (int q = 0; q < {width}; ++q) {{
             const int row = a_row + i * {step}, col = {at} + {value};
             As[{buf}][row][col] = STORE(LOAD(As[{buf}][row][col]) * LOAD(gate[a_gate[i] + c + {value}]));
