@@ -256,8 +256,10 @@ INLINE float shfl_xor(float v, int lanes, __local uint* scratch) {
 # Marks are plain loads and stores: where PoCL vectorises its loop over work-items, two readers of one
 # element may both leave their own mark, so a write racing with several readers can go uncounted
 # when it comes from the one whose mark stayed (there are always others in a tile). Threads < 1024.
-RACE_CHECK_HELPERS = """#define RC_MANY 1024
-#define RC_LOG 512  /* the shared-memory accesses each thread of the first work-group logs (bank check) */
+# Each thread of a kernel's first work-group also logs its first RACE_LOG shared-memory accesses
+# (source line, bytes, read or write, address) in `rc_log`, for the bank check (`bank_conflicts`).
+RACE_LOG = 512  # the shared-memory accesses each thread of a kernel's first work-group logs (bank check)
+RACE_CHECK_HELPERS = f"#define RC_LOG {RACE_LOG}\n" + """#define RC_MANY 1024
 /* a shared float or 16-bit value, its shadow, and where the shared memory it is carved from begins */
 typedef struct { __local float* at; __local int2* mark; __local uchar* shared; } rc_ref;
 typedef struct { __local HALF* at; __local int2* mark; __local uchar* shared; } rc_ref_h;
@@ -269,12 +271,14 @@ INLINE rc_ref_h rc_at_h(__local HALF* at, __local int2* mark, __local uchar* sha
 }
 INLINE rc_ref rc_step(rc_ref r, int q) { return rc_at(r.at + q, r.mark + q, r.shared); }
 INLINE rc_ref_h rc_step_h(rc_ref_h r, int q) { return rc_at_h(r.at + q, r.mark + q, r.shared); }
+INLINE int rc_me(int epoch) {
+    return epoch * 2048 + (int)(get_local_id(0) + get_local_size(0) * (get_local_id(1) + get_local_size(1) * get_local_id(2)));
+}
 /* the bank check's log: a thread of the first work-group notes its access of `bytes` bytes at
    `address` (from the start of shared memory) made by source line `line`, a write or a read */
 INLINE void rc_log_access(__global int* log, int* count, int line, int bytes, bool write, int address) {
     if (get_group_id(0) || get_group_id(1) || get_group_id(2) || *count >= RC_LOG) return;
-    const int at = 2 * ((int)(get_local_id(0) + get_local_size(0) * (get_local_id(1) + get_local_size(1)
-                                                                     * get_local_id(2))) * RC_LOG + (*count)++);
+    const int at = 2 * (rc_me(0) * RC_LOG + (*count)++);
     log[at] = line * 64 + bytes * 2 + write;
     log[at + 1] = address;
 }
@@ -289,9 +293,6 @@ INLINE rc_ref rc_seen(rc_ref r, int line, bool write, __global int* log, int* co
 INLINE rc_ref_h rc_seen_h(rc_ref_h r, int line, bool write, __global int* log, int* count) {
     rc_log_access(log, count, line, 2, write, (int)((__local uchar*)r.at - r.shared));
     return r;
-}
-INLINE int rc_me(int epoch) {
-    return epoch * 2048 + (int)(get_local_id(0) + get_local_size(0) * (get_local_id(1) + get_local_size(1) * get_local_id(2)));
 }
 /* marks a read of the element whose shadow is `mark`; true when it races */
 INLINE bool rc_mark_read(__local int2* mark, int epoch, __global int* races) {
@@ -361,7 +362,7 @@ def race_checked(body: str) -> bool:
     return "SHARED" in body or "BARRIER()" in body  # SHARED, DYNAMIC_SHARED, SHARED_VIEW
 
 
-RACE_LOG_INTS = 2 * 512  # per thread: RC_LOG entries of (line * 64 + bytes * 2 + write, address)
+RACE_LOG_INTS = 2 * RACE_LOG  # per thread: entries of (line * 64 + bytes * 2 + write, address)
 
 
 def bank_conflicts(log, threads: int) -> dict[tuple[int, bool], int]:
