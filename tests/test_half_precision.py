@@ -284,21 +284,21 @@ def test_emulation_catches_planted_channels_last_mistakes(precision, old, new):
 @needs_opencl
 @pytest.mark.parametrize("case, old, new", [
     # an NHWC input: each thread's landed copies scaled in shared memory
-    ("channels_last_gated", " * LOAD(gate[a_gate[i] + c + q]))", ")"),  # left ungated
-    ("channels_last_gated", "LOAD(gate[a_gate[i] + c + q])", "LOAD(gate[a_gate[i] + c])"),  # 8 channels, one gate
+    ("channels_last_gated", re.compile(r"SCALE_U16X8\([^;]*\);"), ";"),  # left ungated
+    ("channels_last_gated", "gate + a_gate[i] + c)", "gate + a_gate[i])"),  # every vector by channels 0-7's gates
     ("channels_last_gated", "? taps[r].w : 0;", "? taps[r].x : 0;"),  # the gate of the tap's offset
     # an NCHW input: each value scaled in the registers, its channel from the tap table
     ("gated", "LOAD(gg[e.w])", "LOAD(gg[e.y])"),
-], ids=["ungated", "one_gate_per_vector", "gate_of_the_offset", "gate_of_the_row"])
+], ids=["ungated", "gates_of_the_first_channels", "gate_of_the_offset", "gate_of_the_row"])
 def test_emulation_catches_planted_gate_mistakes(case, old, new):
     assert_caught(GEMM_LAYERS[case], "fp16", old, new)
 
 
 @needs_opencl
 @pytest.mark.parametrize("old, new", [
-    (re.compile(r" \+ j \* 2\], x"), "], x"),  # a vector's copies land on each other
-    (re.compile(r" \+ j \* 2;  /\* the same"), ";  /* the same"),  # ... copy the same channels
-    (re.compile(r"(col = tid % \d+ \* 8) \+ j \* 2 \+ q"), r"\1 + q"),  # the gates scale the first copy's
+    (re.compile(r" \+ piece \* 2\], x"), "], x"),  # a vector's copies land on each other
+    (re.compile(r" \+ piece \* 2;  /\* the same"), ";  /* the same"),  # ... copy the same channels
+    (re.compile(r"(SCALE_U16X2\(&As\[read\]\[[^\]]+\]\[tid % \d+ \* 8) \+ piece \* 2\]"), r"\1]"),  # the first copy's
 ], ids=["copies_overlap", "same_channels", "gates_of_the_first_copy"])
 def test_emulation_catches_planted_narrow_copy_mistakes(old, new):
     """A conv over 10 channels copies them 2 at a time (4 bytes): the copies' columns and channels."""

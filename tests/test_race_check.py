@@ -260,8 +260,9 @@ def check_tiles(case):
         backend.run_node_by_node({**xs, **want})
         lines = assert_free_of_bank_conflicts(backend)[launch.kernel]
         reads = "LDMATRIX_X4(" if precision == "fp16" else "TF32(As["
-        copies = "CP_ASYNC16_HALF(&As[" if precision == "fp16" else "CP_ASYNC16(&As[" if layout == "NHWC" else "CP_ASYNC4(&As["
-        assert any(reads in line for line in lines) and any(copies in line for line in lines), launch.schedule
+        copies = {"fp16": "CP_ASYNC16_HALF(&As[", "tf32": "CP_ASYNC16(&As[" if layout == "NHWC" else "CP_ASYNC4(&As["}
+        assert any(reads in line for line in lines), launch.schedule
+        assert any(copies[precision] in line for line in lines), launch.schedule
 
 
 @needs_opencl
@@ -292,8 +293,10 @@ PLANTED_CONFLICTS = {
                              "CP_ASYNC16(&As["),
     "pieces_in_turn": ("conv_mma_gated_narrow_tf32", "gated_conv3x3",
                        lambda body: body.replace("piece = (j + tid / 8) % 2;", "piece = j;"), "CP_ASYNC8(&As["),
-    "gated_values_in_turn": ("conv_mma16_gated_nhwc_fp16", "gated_conv3x3",  # 16-bit: one value at a time
-                             lambda body: body.replace("(q + tid % 32 / 8 * 2) % 8", "q"), "STORE(LOAD(As["),
+    "gated_values_one_by_one": ("conv_mma16_gated_nhwc_fp16", "gated_conv3x3", lambda body: re.sub(
+        r"SCALE_U16X(\d)\(&As\[(\w+)\]\[([^\]]+)\]\[([^\]]+)\], ([^;]+)\);",
+        r"UNROLL for (int q = 0; q < \1; ++q) As[\2][\3][\4 + q] = STORE(LOAD(As[\2][\3][\4 + q]) * LOAD((\5)[q]));",
+        body), "STORE(LOAD(As["),
 }
 
 

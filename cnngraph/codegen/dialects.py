@@ -42,7 +42,8 @@ WORDS = ("KERNEL", "GLOBAL", "SHARED", "RESTRICT", "BARRIER()", "BLOCK_X", "BLOC
          "LDMATRIX_X4(r, base, offset)", "LDMATRIX_X4_TRANS(r, base, offset)", "LDMATRIX_X2_TRANS(r, base, offset)",
          "SHFL_XOR(v, lanes)", "WARP_SCRATCH(warps)", "THREADFENCE()", "ATOMIC_INC(p)", "LOAD_COHERENT(x)",
          "DYNAMIC_SHARED(bytes)", "SHARED_VIEW(type, name, count, inner, offset)", "STORE_F32X2(p, a, b)",
-         "STORE_U16X2(p, a, b)", "SCALE_F32X2(p, gates)", "SCALE_F32X4(p, gates)")
+         "STORE_U16X2(p, a, b)", "SCALE_F32X2(p, gates)", "SCALE_F32X4(p, gates)",
+         "SCALE_U16X2(p, gates)", "SCALE_U16X4(p, gates)", "SCALE_U16X8(p, gates)")
 # spelled per storage precision (`STORAGE`), not per dialect; STORE_PAIR(p, a, b): float32 values a
 # and b stored at p[0] and p[1] in one access (p: a multiple of two elements)
 STORAGE_WORDS = ("ACT", "LOAD(x)", "STORE(v)", "STORE_PAIR(p, a, b)")
@@ -341,7 +342,8 @@ INLINE void ldmatrix_rc(uint* r, int count, bool trans, rc_ref_h base, int offse
     for (int j = 0; j < count; ++j) {
         const int lo = trans ? wr[8 * j + 2 * t] + g : wr[8 * j + g] + 2 * t;
         const int hi = trans ? wr[8 * j + 2 * t + 1] + g : lo + 1;
-        r[j] = (uint)rc_read_h(rc_step_h(base, lo), epoch, races) | ((uint)rc_read_h(rc_step_h(base, hi), epoch, races) << 16);
+        r[j] = (uint)rc_read_h(rc_step_h(base, lo), epoch, races)
+               | ((uint)rc_read_h(rc_step_h(base, hi), epoch, races) << 16);
     }
     barrier(CLK_LOCAL_MEM_FENCE);
 }
@@ -518,6 +520,21 @@ class Dialect:
                              shuffles="SHFL_XOR(" in body) + "\n" + body)
 
 
+def _cuda_scale(kind: str, n: int) -> str:
+    """CUDA: `SCALE_F32X{n}` / `SCALE_U16X{n}`, n shared float32 or 16-bit values at p times their n
+    gates (at gates), through one 4-, 8- or 16-byte vector each way (16-bit values in pairs per word)."""
+    if kind == "float":
+        vector = f"float{n}"
+        scale = " ".join(f"v_.{c} *= LOAD((gates)[{i}]);" for i, c in enumerate("xyzw"[:n]))
+    else:
+        vector = {2: "unsigned", 4: "uint2", 8: "uint4"}[n]
+        words = ["v_"] if n == 2 else [f"v_.{c}" for c in "xyzw"[:n // 2]]
+        scale = " ".join(f"{w} = (unsigned)STORE(LOAD((HALF)({w} & 0xffffu)) * LOAD((gates)[{2 * i}])) "
+                         f"| ((unsigned)STORE(LOAD((HALF)({w} >> 16)) * LOAD((gates)[{2 * i + 1}])) << 16);"
+                         for i, w in enumerate(words))
+    return f"do {{ {vector}* p_ = ({vector}*)(p); {vector} v_ = *p_; {scale} *p_ = v_; }} while (0)"
+
+
 CUDA = Dialect("cuda", ".cu", {
     "KERNEL": 'extern "C" __global__', "GLOBAL": "", "SHARED": "__shared__", "RESTRICT": "__restrict__",
     "BARRIER()": "__syncthreads()", "BLOCK_X": "((int)blockIdx.x)", "BLOCK_Y": "((int)blockIdx.y)",
@@ -545,11 +562,9 @@ CUDA = Dialect("cuda", ".cu", {
     # two neighbouring stored values, one 8- or 4-byte store (`STORE_PAIR`)
     "STORE_F32X2(p, a, b)": "(*(float2*)(p) = make_float2((a), (b)))",
     "STORE_U16X2(p, a, b)": "(*(unsigned*)(p) = (unsigned)(a) | ((unsigned)(b) << 16))",
-    # 2 or 4 neighbouring shared float32 values times their gates (float32), read and written in one access
-    "SCALE_F32X2(p, gates)": "do { float2* p_ = (float2*)(p); float2 v_ = *p_; v_.x *= (gates)[0]; "
-                             "v_.y *= (gates)[1]; *p_ = v_; } while (0)",
-    "SCALE_F32X4(p, gates)": "do { float4* p_ = (float4*)(p); float4 v_ = *p_; v_.x *= (gates)[0]; "
-                             "v_.y *= (gates)[1]; v_.z *= (gates)[2]; v_.w *= (gates)[3]; *p_ = v_; } while (0)",
+    # 2, 4 or 8 neighbouring shared values times their gates, read and written in one access each way
+    **{f"SCALE_F32X{n}(p, gates)": _cuda_scale("float", n) for n in (2, 4)},
+    **{f"SCALE_U16X{n}(p, gates)": _cuda_scale("HALF", n) for n in (2, 4, 8)},
 })
 
 OPENCL = Dialect("opencl", ".cl", {
@@ -590,8 +605,9 @@ OPENCL = Dialect("opencl", ".cl", {
     "CP_ASYNC_WAIT(n)": "CPQ_LAND(cpq_groups - (n), *cpq_dst[i_] = cpq_value[i_])",
     "STORE_F32X2(p, a, b)": "vstore2((float2)((a), (b)), 0, (p))",
     "STORE_U16X2(p, a, b)": "vstore2((ushort2)((a), (b)), 0, (p))",
-    **{f"SCALE_F32X{n}(p, gates)": f"do {{ for (int q_ = 0; q_ < {n}; ++q_) (p)[q_] *= (gates)[q_]; }} while (0)"
-       for n in (2, 4)},
+    **{f"SCALE_{kind}X{n}(p, gates)": f"do {{ for (int q_ = 0; q_ < {n}; ++q_) "
+                                        f"(p)[q_] = STORE(LOAD((p)[q_]) * LOAD((gates)[q_])); }} while (0)"
+       for kind, n in (("F32", 2), ("F32", 4), ("U16", 2), ("U16", 4), ("U16", 8))},
 })
 
 # OPENCL with the race check (see RACE_CHECK_HELPERS): a barrier also counts the epoch, async
@@ -603,8 +619,10 @@ OPENCL_RACE_CHECK = Dialect("opencl", ".cl", {
     "CP_ASYNC_STATE(n)": "rc_ref cpq_dst[n]; float cpq_value[n]; int cpq_group[n]; int cpq_count = 0; "
                          "int cpq_groups = 0; const int cpq_capacity = n",
     **{f"CP_ASYNC{4 * n}(dst, src, pred)": f"do {{ const bool p_ = (pred); RC_LOG_ACCESS(dst, {4 * n}, true); "
-                                           f"for (int q_ = 0; q_ < {n}; ++q_) {{ const float v_ = p_ ? (src)[q_] : 0.0f; "
-                                           f"const rc_ref d_ = rc_step((dst), q_); rc_write(d_, NAN, rc_epoch, rc_races); "
+                                           f"for (int q_ = 0; q_ < {n}; ++q_) {{ "
+                                           f"const float v_ = p_ ? (src)[q_] : 0.0f; "
+                                           f"const rc_ref d_ = rc_step((dst), q_); "
+                                           f"rc_write(d_, NAN, rc_epoch, rc_races); "
                                            f"CPQ_PUSH(d_, v_) }} }} while (0)" for n in (1, 2, 4)},
     "CP_ASYNC_STATE_HALF(n)": "rc_ref_h cpq_dst[n]; HALF cpq_value[n]; int cpq_group[n]; int cpq_count = 0; "
                               "int cpq_groups = 0; const int cpq_capacity = n",
@@ -615,12 +633,14 @@ OPENCL_RACE_CHECK = Dialect("opencl", ".cl", {
                                                 f"rc_write_h(d_, (HALF)0x7fff, rc_epoch, rc_races); "
                                                 f"CPQ_PUSH(d_, v_) }} }} while (0)" for n in (2, 4, 8)},
     "CP_ASYNC_WAIT(n)": "CPQ_LAND(cpq_groups - (n), rc_land(cpq_dst[i_], cpq_value[i_], rc_epoch, rc_races))",
-    # one access of 2 or 4 values each way, logged so; each value checked
-    **{f"SCALE_F32X{n}(p, gates)": f"do {{ const rc_ref p_ = (p); RC_LOG_ACCESS(p_, {4 * n}, false); "
-                                   f"RC_LOG_ACCESS(p_, {4 * n}, true); for (int q_ = 0; q_ < {n}; ++q_) {{ "
-                                   f"const rc_ref e_ = rc_step(p_, q_); "
-                                   f"rc_write(e_, rc_read(e_, rc_epoch, rc_races) * (gates)[q_], rc_epoch, rc_races); "
-                                   f"}} }} while (0)" for n in (2, 4)},
+    # one access of 2, 4 or 8 values each way, logged so; each value checked
+    **{f"SCALE_{kind}X{n}(p, gates)": f"do {{ const rc_ref{h} p_ = (p); RC_LOG_ACCESS(p_, {size * n}, false); "
+                                      f"RC_LOG_ACCESS(p_, {size * n}, true); for (int q_ = 0; q_ < {n}; ++q_) {{ "
+                                      f"const rc_ref{h} e_ = rc_step{h}(p_, q_); rc_write{h}(e_, STORE(LOAD("
+                                      f"rc_read{h}(e_, rc_epoch, rc_races)) * LOAD((gates)[q_])), rc_epoch, rc_races); "
+                                      f"}} }} while (0)"
+       for kind, h, size, n in (("F32", "", 4, 2), ("F32", "", 4, 4), ("U16", "_h", 2, 2), ("U16", "_h", 2, 4),
+                                ("U16", "_h", 2, 8))},
     "LDMATRIX_X4(r, base, offset)": "ldmatrix_rc(r, 4, false, base, offset, ldmatrix_rows, rc_epoch, rc_races, "
                                     "__LINE__, rc_log, &rc_count)",
     "LDMATRIX_X4_TRANS(r, base, offset)": "ldmatrix_rc(r, 4, true, base, offset, ldmatrix_rows, rc_epoch, rc_races, "

@@ -318,18 +318,13 @@ def _gate_landed(geo: ConvGeometry, kbase: str, buf: str, pixels: tuple[int, int
     head = f"""    const int r = {kbase} + {at};
     const int c = r < r_end ? {channel} : 0;  /* past the reduction: zeros, times any gate */
     UNROLL for (int i = 0; i < {count}; ++i)"""
-    if vector == VECTOR and width > 1:  # a copy's float32 values, read and written as one
+    if width == 1:  # a single float32 value
         return _per_copy(f"""{head}
-        SCALE_F32X{width}(&As[{buf}][a_row + i * {step}][{at}], gate + a_gate[i] + c);""", vector, width)
-    # one value at a time (16-bit ones are converted): lanes 8 * pieces apart, whose copies lie in the
-    # same banks, take them in different orders
-    pieces = vector // width
-    value = f"(q + tid % 32 / {8 * pieces} * {vector // 4}) % {width}" if pieces < 4 else "q"
+        As[{buf}][a_row + i * {step}][{at}] = As[{buf}][a_row + i * {step}][{at}] * gate[a_gate[i] + c];""",
+                         vector, width)
+    word = f"SCALE_U16X{width}" if vector == HALF_VECTOR else f"SCALE_F32X{width}"  # one access each way
     return _per_copy(f"""{head}
-        UNROLL for (int q = 0; q < {width}; ++q) {{
-            const int row = a_row + i * {step}, col = {at} + {value};
-            As[{buf}][row][col] = STORE(LOAD(As[{buf}][row][col]) * LOAD(gate[a_gate[i] + c + {value}]));
-        }}""", vector, width)
+        {word}(&As[{buf}][a_row + i * {step}][{at}], gate + a_gate[i] + c);""", vector, width)
 
 
 def _nhwc_copies(geo: ConvGeometry, kbase: str, buf: str, pixels: tuple[int, int, int, str], vector: int,
