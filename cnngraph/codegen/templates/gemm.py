@@ -270,7 +270,7 @@ def _pipelined(t: MmaTile, stages: int, r_begin: str, pitch: int, vector: int, i
     b_vectors = max(t.bk // v_step, 1)
     assert nt % row_vectors == 0 and (t.bk % v_step == 0 or v_step % t.bk == 0) and pitch % vector == 0
     idle = f"if (tid < {t.bk * row_vectors}) " if v_step > t.bk else ""  # more threads than copies
-    v_row = _spread_rows(f"tid / {row_vectors}", row_vectors, t.b_shape()[1] * 16 // vector)
+    v_row = _spread_rows(f"tid / {row_vectors}", row_vectors, t.b_shape()[1] * 16 // vector, min(v_step, t.bk))
 
     def issue(kbase: str, buf: str) -> str:
         return f"""{issue_inputs(kbase, buf)}
@@ -346,12 +346,13 @@ def _vector_pixels(t: MmaTile, vector: int) -> tuple[int, int, int, str]:
     assert t.threads % per_pixel == 0
     row_bytes = t.a_shape(True, half=vector == HALF_VECTOR)[1] * 16 // vector
     return (t.bm * per_pixel // t.threads, per_pixel, t.threads // per_pixel,
-            _spread_rows(f"tid / {per_pixel}", per_pixel, row_bytes))
+            _spread_rows(f"tid / {per_pixel}", per_pixel, row_bytes, t.threads // per_pixel))
 
 
-def _spread_rows(row: str, copies: int, row_bytes: int) -> str:
+def _spread_rows(row: str, copies: int, row_bytes: int, rows: int) -> str:
     """C: the shared-memory row a thread copies into, given its row `row` in thread order (`copies`
-    16-byte copies per row, rows `row_bytes` apart: an odd number of 16-byte bank groups). The 8
+    16-byte copies per row, rows `row_bytes` apart: an odd number of 16-byte bank groups; the
+    threads' rows in thread order: 0 to `rows` - 1, whole runs of 8 where they are spread). The 8
     lanes of a 128-byte phase (the 16-byte accesses shared memory serves at once) copy into
     8 / copies rows, whose copies must fall in 8 different groups of 4 banks: rows in thread order
     would overlap (row r begins at group r * row_bytes / 16 mod 8), so each run of 8 rows is
@@ -362,6 +363,7 @@ def _spread_rows(row: str, copies: int, row_bytes: int) -> str:
         return row
     groups = row_bytes // 16
     assert row_bytes % 16 == 0 and groups % 2 == 1, "rows an odd number of 16-byte groups apart"
+    assert rows % 8 == 0, "each run of 8 rows is permuted within itself"
     step = copies * pow(groups, -1, 8) % 8  # rows whose first groups are `copies` apart
     return f"({row}) / 8 * 8 + (({row}) % 8 / {per_phase} + ({row}) % {per_phase} * {step}) % 8"
 
