@@ -162,8 +162,9 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     fragment reads (rows t and t+4, columns g) fall in 32 distinct banks; NHWC rows ([pixel]) by 4,
     an odd number of 16-byte groups, which does the same, and threads copy into rows spread so
     each 8 lanes' 16-byte copies fill 8 different bank groups (`_spread_rows`; narrower copies
-    and gates take their pieces in lane-dependent orders, `_per_copy`): every shared access is
-    served in one pass (the bank check, tests/test_race_check.py). The epilogue runs on the
+    take their pieces in lane-dependent orders, `_per_copy`; gates scale a copy in one access each
+    way, `_gate_landed`): every shared access is served in one pass (the bank check,
+    tests/test_race_check.py). The epilogue runs on the
     accumulator fragments in registers: lane (g, t) holds pixels g and g+8 of each 16-row
     fragment, channels 2t and 2t+1 of each 8-column one (`_fragment_epilogue`; with a pool, the
     lanes of a window combine their values by warp shuffles: `_fragment_pool_epilogue`)."""
@@ -318,7 +319,7 @@ def _gate_landed(geo: ConvGeometry, kbase: str, buf: str, pixels: tuple[int, int
     head = f"""    const int r = {kbase} + {at};
     const int c = r < r_end ? {channel} : 0;  /* past the reduction: zeros, times any gate */
     UNROLL for (int i = 0; i < {count}; ++i)"""
-    if width == 1:  # a single float32 value
+    if width == 1:  # a single float32 value (a 16-bit copy holds two at least)
         return _per_copy(f"""{head}
         As[{buf}][a_row + i * {step}][{at}] = As[{buf}][a_row + i * {step}][{at}] * gate[a_gate[i] + c];""",
                          vector, width)
