@@ -11,6 +11,7 @@ the single store.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -308,12 +309,12 @@ UNROLL for (int i = 0; i < {b_vectors}; ++i) {{  /* {vector} channels of a weigh
     }}"""
 
 
-def _gate_landed(geo: ConvGeometry, kbase: str, buf: str, pixels: tuple[int, int, int, str], vector: int,
+def _gate_landed(geo: ConvGeometry, kbase: str, buf: str, pixels: VectorPixels, vector: int,
                  width: int) -> str:
     """A gated NHWC conv's input values of the slice at `kbase` in As[buf] (this thread's own
     copies, `width` values each, landed) times their channels' gates (the gate of a_gate[i] +
     channel), stored as the mul's output would have been (16 bits: rounded)."""
-    count, per_pixel, step, _ = pixels
+    count, per_pixel, step = pixels.count, pixels.per_pixel, pixels.step
     channel = "taps[r].w" if geo.taps > 1 else "r"
     at = _copy_column(per_pixel, vector, width)
     head = f"""    const int r = {kbase} + {at};
@@ -328,26 +329,33 @@ def _gate_landed(geo: ConvGeometry, kbase: str, buf: str, pixels: tuple[int, int
         {word}(&As[{buf}][a_row + i * {step}][{at}], gate + a_gate[i] + c);""", vector, width)
 
 
-def _nhwc_copies(geo: ConvGeometry, kbase: str, buf: str, pixels: tuple[int, int, int, str], vector: int,
+def _nhwc_copies(geo: ConvGeometry, kbase: str, buf: str, pixels: VectorPixels, vector: int,
                  width: int, copy: str) -> str:
     """This thread's cp.async copies (the word `copy`, of `width` values) of its NHWC input vectors
     of the slice at `kbase` (`_nhwc_vectors`) into the [pixel][reduction] rows of As[buf]."""
-    _, per_pixel, step, _ = pixels
+    per_pixel, step = pixels.per_pixel, pixels.step
     at = _copy_column(per_pixel, vector, width)
     return _nhwc_vectors(geo, kbase, pixels, vector, width, lambda i, src, pred: (
         f"{copy}(&As[{buf}][a_row + {i} * {step}][{at}], {src}, {pred})"))
 
 
-def _vector_pixels(t: MmaTile, vector: int) -> tuple[int, int, int, str]:
+class VectorPixels(NamedTuple):
+    """How a block's threads split the 16-byte vectors of an NHWC input slice (`_vector_pixels`)."""
+    count: int      # pixels per thread
+    per_pixel: int  # vectors per pixel (V)
+    step: int       # between a thread's pixels
+    first: str      # C: the thread's first pixel row, a_row
+
+
+def _vector_pixels(t: MmaTile, vector: int) -> VectorPixels:
     """How a block's threads split the 16-byte vectors of an NHWC input slice (BM pixels x BK
-    values): (pixels per thread, vectors per pixel, pixel step, the thread's first pixel): thread
-    tid takes vector tid % V of pixels a_row + i * step, a_row being tid / V spread (`_spread_rows`)
-    over the As rows of (BK + padding) values."""
+    values): thread tid takes vector tid % V of pixels a_row + i * step, a_row being tid / V spread
+    (`_spread_rows`) over the As rows of (BK + padding) values."""
     per_pixel = t.bk // vector
     assert t.threads % per_pixel == 0
     row_bytes = t.a_shape(True, half=vector == HALF_VECTOR)[1] * 16 // vector
-    return (t.bm * per_pixel // t.threads, per_pixel, t.threads // per_pixel,
-            _spread_rows(f"tid / {per_pixel}", per_pixel, row_bytes, t.threads // per_pixel))
+    return VectorPixels(t.bm * per_pixel // t.threads, per_pixel, t.threads // per_pixel,
+                        _spread_rows(f"tid / {per_pixel}", per_pixel, row_bytes, t.threads // per_pixel))
 
 
 def _spread_rows(row: str, copies: int, row_bytes: int, rows: int) -> str:
@@ -390,13 +398,13 @@ def _per_copy(body: str, vector: int, width: int) -> str:
 }}"""
 
 
-def _nhwc_vectors(geo: ConvGeometry, kbase: str, pixels: tuple[int, int, int, str], vector: int, width: int,
+def _nhwc_vectors(geo: ConvGeometry, kbase: str, pixels: VectorPixels, vector: int, width: int,
                   move) -> str:
     """Each of this thread's NHWC input copies of the slice at `kbase` (see `_vector_pixels`,
     `_copy_column`): `width` channels of pixel i from reduction index r on, moved by the statement
     `move(i, src, pred)` (pred false: the window tap is outside the image or past the reduction,
     nothing read)."""
-    count, per_pixel, _, _ = pixels
+    count, per_pixel = pixels.count, pixels.per_pixel
     tap = ("const int4 e = taps[r < r_end ? r : 0];  /* offset in the window, dy, dx, channel */\n"
            "    const int ex = e.x, ey = e.y, ez = e.z;" if geo.taps > 1 else
            "const int ex = r, ey = 0, ez = 0;  /* the reduction index is the channel */")
@@ -728,7 +736,7 @@ def _fragment_epilogue(mi: int, ni: int, m_total: int, kg: int, pq: int, k: int,
 
 
 def _window(geo: ConvGeometry, bm: int, bn: int, pool: FusedPool | None, splits: int, chunk: int, gated: bool,
-            pitch: int | None = None, pixels: tuple[int, int, int] | None = None) -> str:
+            pitch: int | None = None, pixels: VectorPixels | None = None) -> str:
     """The per-thread setup of an implicit GEMM's input loads (`_load_tiles`): the output pixel `am`
     whose input window this thread loads (the same for the whole reduction), the window's corner,
     the thread's sample and group in x (and its gates), its weights (rows of `pitch` values, K/g
@@ -742,7 +750,7 @@ const int r_end = {r_end};"""
     column = f"""const int b_col = n0 + tid % {bn};  /* this thread's weight column */
 GLOBAL const ACT* wb = wg + (tid / {bn}) * {pitch or geo.kg} + b_col;"""
     if pixels:
-        return indent(f"""{_pixels_nhwc(geo, *pixels, group, pool, gemm_rows(geo, pool), gated)}
+        return indent(f"""{_pixels_nhwc(geo, pixels, group, pool, gemm_rows(geo, pool), gated)}
 {weights}
 {column}""", 4)
     decode = _pixel_of_row(geo, pool)
@@ -776,17 +784,18 @@ const int a_p = (a_cell / {pool.pw}) * {pool.kh} + a_win / {pool.kw};
 const int a_q = (a_cell % {pool.pw}) * {pool.kw} + a_win % {pool.kw};"""
 
 
-def _pixels_nhwc(geo: ConvGeometry, count: int, vectors: int, step: int, first: str, group: str,
-                 pool: FusedPool | None, m_total: int, gated: bool) -> str:
-    """Where the `count` NHWC input windows this thread moves lie (tile rows a_row + i * step, a_row
-    = `first`; `vectors` 16-byte moves per pixel and slice): a_off, the window's corner (channel 0 of the group)
+def _pixels_nhwc(geo: ConvGeometry, pixels: VectorPixels, group: str, pool: FusedPool | None, m_total: int,
+                 gated: bool) -> str:
+    """Where the NHWC input windows this thread moves lie (tile rows a_row + i * step, `pixels`):
+    a_off, the window's corner (channel 0 of the group)
     in x; a_h and a_w, its row and column in the image; a_h is H past the last pixel, so no tap of
     that window is in the image and nothing is read. `gated`: a_gate, where its sample's gates of
     the group begin (sample 0 past the last pixel)."""
+    count, step = pixels.count, pixels.step
     sample = f"(am < {m_total} ? a_n : 0)"
     gates, gate = (f"\nint a_gate[{count}];", f"\n    a_gate[i] = {sample} * {geo.c} + {group} * {geo.cg};"
                    ) if gated else ("", "")
-    return f"""const int a_row = {first};  /* the first tile row this thread copies */
+    return f"""const int a_row = {pixels.first};  /* the first tile row this thread copies */
 int a_off[{count}], a_h[{count}], a_w[{count}];{gates}
 UNROLL for (int i = 0; i < {count}; ++i) {{
     const int am = m0 + a_row + i * {step};
