@@ -32,6 +32,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+# the gate scaling words SCALE_F32X{n} / SCALE_U16X{n}(p, gates): n neighbouring shared float32 or
+# 16-bit values at p times their gates (float32 or ACT at gates), read and written in one access each way
+SCALES = (("F32", 2), ("F32", 4), ("U16", 2), ("U16", 4), ("U16", 8))
 WORDS = ("KERNEL", "GLOBAL", "SHARED", "RESTRICT", "BARRIER()", "BLOCK_X", "BLOCK_Y", "BLOCK_Z", "THREAD_X",
          "UNROLL", "NO_UNROLL", "ALIGNED16", "INLINE", "NEG_INF",
          "EXPF(x)", "TANHF(x)", "ERFF(x)", "SQRTF(x)", "TF32(x)", "MMA_TF32(d, a, b)", "MMA_SCRATCH(warps)",
@@ -42,8 +45,7 @@ WORDS = ("KERNEL", "GLOBAL", "SHARED", "RESTRICT", "BARRIER()", "BLOCK_X", "BLOC
          "LDMATRIX_X4(r, base, offset)", "LDMATRIX_X4_TRANS(r, base, offset)", "LDMATRIX_X2_TRANS(r, base, offset)",
          "SHFL_XOR(v, lanes)", "WARP_SCRATCH(warps)", "THREADFENCE()", "ATOMIC_INC(p)", "LOAD_COHERENT(x)",
          "DYNAMIC_SHARED(bytes)", "SHARED_VIEW(type, name, count, inner, offset)", "STORE_F32X2(p, a, b)",
-         "STORE_U16X2(p, a, b)", "SCALE_F32X2(p, gates)", "SCALE_F32X4(p, gates)",
-         "SCALE_U16X2(p, gates)", "SCALE_U16X4(p, gates)", "SCALE_U16X8(p, gates)")
+         "STORE_U16X2(p, a, b)", *(f"SCALE_{kind}X{n}(p, gates)" for kind, n in SCALES))
 # spelled per storage precision (`STORAGE`), not per dialect; STORE_PAIR(p, a, b): float32 values a
 # and b stored at p[0] and p[1] in one access (p: a multiple of two elements)
 STORAGE_WORDS = ("ACT", "LOAD(x)", "STORE(v)", "STORE_PAIR(p, a, b)")
@@ -521,9 +523,9 @@ class Dialect:
 
 
 def _cuda_scale(kind: str, n: int) -> str:
-    """CUDA: `SCALE_F32X{n}` / `SCALE_U16X{n}`, n shared float32 or 16-bit values at p times their n
-    gates (at gates), through one 4-, 8- or 16-byte vector each way (16-bit values in pairs per word)."""
-    if kind == "float":
+    """CUDA: `SCALE_{kind}X{n}` (`SCALES`) through one 4-, 8- or 16-byte vector each way (16-bit
+    values in pairs per 32-bit word)."""
+    if kind == "F32":
         vector = f"float{n}"
         scale = " ".join(f"v_.{c} *= LOAD((gates)[{i}]);" for i, c in enumerate("xyzw"[:n]))
     else:
@@ -562,9 +564,7 @@ CUDA = Dialect("cuda", ".cu", {
     # two neighbouring stored values, one 8- or 4-byte store (`STORE_PAIR`)
     "STORE_F32X2(p, a, b)": "(*(float2*)(p) = make_float2((a), (b)))",
     "STORE_U16X2(p, a, b)": "(*(unsigned*)(p) = (unsigned)(a) | ((unsigned)(b) << 16))",
-    # 2, 4 or 8 neighbouring shared values times their gates, read and written in one access each way
-    **{f"SCALE_F32X{n}(p, gates)": _cuda_scale("float", n) for n in (2, 4)},
-    **{f"SCALE_U16X{n}(p, gates)": _cuda_scale("HALF", n) for n in (2, 4, 8)},
+    **{f"SCALE_{kind}X{n}(p, gates)": _cuda_scale(kind, n) for kind, n in SCALES},
 })
 
 OPENCL = Dialect("opencl", ".cl", {
@@ -607,8 +607,17 @@ OPENCL = Dialect("opencl", ".cl", {
     "STORE_U16X2(p, a, b)": "vstore2((ushort2)((a), (b)), 0, (p))",
     **{f"SCALE_{kind}X{n}(p, gates)": f"do {{ for (int q_ = 0; q_ < {n}; ++q_) "
                                         f"(p)[q_] = STORE(LOAD((p)[q_]) * LOAD((gates)[q_])); }} while (0)"
-       for kind, n in (("F32", 2), ("F32", 4), ("U16", 2), ("U16", 4), ("U16", 8))},
+       for kind, n in SCALES},
 })
+
+def _race_checked_scale(kind: str, n: int) -> str:
+    """The race check's `SCALE_{kind}X{n}`: one access of n values each way, logged so; each value checked."""
+    h, size = ("_h", 2) if kind == "U16" else ("", 4)
+    return (f"do {{ const rc_ref{h} p_ = (p); RC_LOG_ACCESS(p_, {size * n}, false); "
+            f"RC_LOG_ACCESS(p_, {size * n}, true); for (int q_ = 0; q_ < {n}; ++q_) {{ "
+            f"const rc_ref{h} e_ = rc_step{h}(p_, q_); rc_write{h}(e_, STORE(LOAD("
+            f"rc_read{h}(e_, rc_epoch, rc_races)) * LOAD((gates)[q_])), rc_epoch, rc_races); }} }} while (0)")
+
 
 # OPENCL with the race check (see RACE_CHECK_HELPERS): a barrier also counts the epoch, async
 # copies go through the checked stores, their destinations being `rc_ref`s, and ldmatrix through
@@ -633,14 +642,7 @@ OPENCL_RACE_CHECK = Dialect("opencl", ".cl", {
                                                 f"rc_write_h(d_, (HALF)0x7fff, rc_epoch, rc_races); "
                                                 f"CPQ_PUSH(d_, v_) }} }} while (0)" for n in (2, 4, 8)},
     "CP_ASYNC_WAIT(n)": "CPQ_LAND(cpq_groups - (n), rc_land(cpq_dst[i_], cpq_value[i_], rc_epoch, rc_races))",
-    # one access of 2, 4 or 8 values each way, logged so; each value checked
-    **{f"SCALE_{kind}X{n}(p, gates)": f"do {{ const rc_ref{h} p_ = (p); RC_LOG_ACCESS(p_, {size * n}, false); "
-                                      f"RC_LOG_ACCESS(p_, {size * n}, true); for (int q_ = 0; q_ < {n}; ++q_) {{ "
-                                      f"const rc_ref{h} e_ = rc_step{h}(p_, q_); rc_write{h}(e_, STORE(LOAD("
-                                      f"rc_read{h}(e_, rc_epoch, rc_races)) * LOAD((gates)[q_])), rc_epoch, rc_races); "
-                                      f"}} }} while (0)"
-       for kind, h, size, n in (("F32", "", 4, 2), ("F32", "", 4, 4), ("U16", "_h", 2, 2), ("U16", "_h", 2, 4),
-                                ("U16", "_h", 2, 8))},
+    **{f"SCALE_{kind}X{n}(p, gates)": _race_checked_scale(kind, n) for kind, n in SCALES},
     "LDMATRIX_X4(r, base, offset)": "ldmatrix_rc(r, 4, false, base, offset, ldmatrix_rows, rc_epoch, rc_races, "
                                     "__LINE__, rc_log, &rc_count)",
     "LDMATRIX_X4_TRANS(r, base, offset)": "ldmatrix_rc(r, 4, true, base, offset, ldmatrix_rows, rc_epoch, rc_races, "
