@@ -306,8 +306,9 @@ def test_bank_check_catches_planted_conflicts(case):
     run_check(check_planted_conflict, case, NETWORKS[PLANTED_CONFLICTS[case][0]][2])
 
 
-def check_planted_conflict(case):
-    network, prefix, plant, line = PLANTED_CONFLICTS[case]
+def planted_program(network: str, prefix: str, plant):
+    """`network`'s plan; a copy of its program with `plant` (body -> body) applied to its one kernel
+    named `prefix`...; that kernel; the NumPy model at its precision; inputs."""
     spec, batch, precision = NETWORKS[network]
     p = cnngraph.plan(spec, batch, precision=precision)
     program = copy.deepcopy(p.program)
@@ -316,7 +317,13 @@ def check_planted_conflict(case):
     assert body != planted.body
     planted.body = body
     ref = cnngraph.compile(spec, batch_size=batch, device="cpu", precision=precision, weights=p.weights)
-    xs = inputs_for(ref)
+    return p, program, planted, ref, inputs_for(ref)
+
+
+def check_planted_conflict(case):
+    network, prefix, plant, line = PLANTED_CONFLICTS[case]
+    precision = NETWORKS[network][2]
+    p, program, planted, ref, xs = planted_program(network, prefix, plant)
     checked = OpenCLBackend(p, {"race_check": True}, program=program)
     checked.poison()
     assert rel_err(checked.run(xs)[program.outputs[0]], ref(xs)) <= TOLERANCE[precision]  # the same values
@@ -328,14 +335,8 @@ def check_planted_conflict(case):
 
 def check_planted(case):
     network, prefix, which = PLANTED[case]
-    spec, batch, precision = NETWORKS[network]
-    p = cnngraph.plan(spec, batch, precision=precision)
-    program = copy.deepcopy(p.program)
-    planted = [l for l in program.launches if l.kernel.startswith(prefix)]
-    assert len(planted) == 1
-    planted[0].body = drop_barrier(planted[0].body, which)
-    ref = cnngraph.compile(spec, batch_size=batch, device="cpu", precision=precision, weights=p.weights)
-    xs = inputs_for(ref)
+    precision = NETWORKS[network][2]
+    p, program, planted, ref, xs = planted_program(network, prefix, lambda body: drop_barrier(body, which))
     output = program.outputs[0]
 
     plain = OpenCLBackend(p, program=program)  # PoCL hides the missing barrier
@@ -344,7 +345,7 @@ def check_planted(case):
 
     checked = OpenCLBackend(p, {"race_check": True}, program=program)
     checked.poison()
-    with pytest.raises(DeviceError, match=f"race check: .*{planted[0].kernel} [0-9]+"):
+    with pytest.raises(DeviceError, match=f"race check: .*{planted.kernel} [0-9]+"):
         checked.run(xs)
-    assert list(checked.races()) == [planted[0].kernel]
+    assert list(checked.races()) == [planted.kernel]
     assert np.isnan(checked._download(output)).any()

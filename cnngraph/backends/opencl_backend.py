@@ -133,14 +133,15 @@ class OpenCLBackend(ProgramBackend):
         """Bank check (the race-check rendering, after a run): per kernel, (statement, write) ->
         the most passes one warp-wide shared-memory access by that statement of the kernel's
         source needed in its first work-group (1: free of bank conflicts; `dialects.bank_conflicts`)."""
-        lines = "\n".join(launch.body for launch in self.program.launches).splitlines()  # as `__LINE__` counts
+        lines = self.program.body().splitlines()
         found: dict[str, dict[tuple[str, bool], int]] = {}
         for index, buffer in self.race_logs.items():
             launch = self.program.launches[index]
-            log = np.empty(int(np.prod(launch.block)) * RACE_LOG_INTS, np.int32)
+            threads = int(np.prod(launch.block))
+            log = np.empty(threads * RACE_LOG_INTS, np.int32)
             self.cl.enqueue_copy(self.queue, log, buffer)
             sites = found.setdefault(launch.kernel, {})
-            for (line, write), ways in bank_conflicts(log, int(np.prod(launch.block))).items():
+            for (line, write), ways in bank_conflicts(log, threads).items():
                 site = (_statement(lines, line), write)
                 sites[site] = max(sites.get(site, 1), ways)
         return found

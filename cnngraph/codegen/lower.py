@@ -79,8 +79,11 @@ class Program:
 
     def source(self, dialect: Dialect, launch: Launch | None = None) -> str:
         """One kernel's file, or every kernel of the program in one translation unit."""
-        bodies = [launch.body] if launch else [l.body for l in self.launches]
-        return dialect.render("\n".join(bodies), storage=self.precision)
+        return dialect.render(launch.body if launch else self.body(), storage=self.precision)
+
+    def body(self) -> str:
+        """Every kernel's text, in launch order: what `source` renders (`__LINE__` counts its lines)."""
+        return "\n".join(launch.body for launch in self.launches)
 
 
 def lower(g: nx.DiGraph, picks: dict[str, int] | None = None) -> Program:
