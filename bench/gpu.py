@@ -1,14 +1,16 @@
 """GPU benchmark: cnngraph's CUDA backend against PyTorch eager (cuDNN) on the same GPU.
 
-    python bench/gpu.py [--repeats 50] [--out DIR]
+    python bench/gpu.py [--repeats 50] [--cases resnet18:64,...] [--no-tune] [--out DIR]
 
 For each case: median latency by CUDA events for cnngraph (CUDA graph on) at each precision
-(fp32, tf32, fp16, bf16), PyTorch FP32 with TF32 off, PyTorch with TF32 allowed (NCHW and channels_last),
-PyTorch FP16 and BF16 (channels_last) and torch.compile (default mode, FP32, TF32 off);
-images/s and ratios; the relative error against PyTorch FP32; the achieved TFLOP/s of the three
-largest conv kernels against the card's peak at that precision; and batch-1 latency with and
-without the CUDA graph. Prints a table last and writes
-bench/results/gpu-<date>-<card>.json (and a copy into --out, if given).
+(fp32, tf32, fp16, bf16), PyTorch FP32 with TF32 off (NCHW and channels_last), PyTorch with TF32
+allowed (NCHW and channels_last), PyTorch FP16 and BF16 (channels_last) and torch.compile (default
+mode, FP32, TF32 off; timed where its compile took under a minute); images/s and ratios; the
+relative error against PyTorch FP32; every conv and linear kernel's time and TFLOP/s against the
+card's peak at that precision (`cnngraph.profile`); and batch-1 latency with and without the
+CUDA graph. Prints a table last and writes bench/results/gpu-<date>-<card>.json (and a copy into
+--out, if given). `bench_case(..., device="cpu")` runs the same steps on the CPU (the tests'
+smoke check: no GPU numbers).
 """
 
 from __future__ import annotations
@@ -28,12 +30,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 import cnngraph  # noqa: E402
-from cnngraph.profile import gpu_peaks  # noqa: E402
+from cnngraph.profile import gpu_peaks, profile  # noqa: E402
 from cnngraph.progress import progress_bar  # noqa: E402
 
-CASES = [("resnet18", 1), ("resnet18", 64), ("cifar_vgg", 256), ("mobilenet_v2", 64)]
+CASES = [("resnet18", 1), ("resnet18", 64), ("resnet18", 256), ("resnet50", 64), ("cifar_vgg", 256),
+         ("mobilenet_v2", 64)]
 TUNED = {("resnet18", 1), ("resnet18", 64), ("cifar_vgg", 256)}  # also measured with autotune=True
 COMPILED = {("resnet18", 64), ("mobilenet_v2", 64)}  # also PyTorch under torch.compile (a minute each to compile)
+COMPILE_LIMIT_S = 60  # torch.compile is timed where it compiles within a minute
 PEAK_TFLOPS = ("fp32", "tf32", "fp16", "bf16")  # the precisions whose peaks cnngraph.profile knows
 TUNED_PRECISIONS = ("fp32", "tf32", "fp16")  # autotuned too in the TUNED cases (bf16 runs fp16's kernels)
 
@@ -55,6 +59,18 @@ def channels_last(t):
     return t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t
 
 
+def wall_ms(fn, repeats: int, warmup: int = 1) -> float:
+    """Median wall-clock ms of `fn` on the CPU."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(1e3 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
 def time_ms(fn, repeats: int, warmup: int = 5) -> float:
     import cupy as cp
 
@@ -72,39 +88,32 @@ def time_ms(fn, repeats: int, warmup: int = 5) -> float:
     return statistics.median(times)
 
 
-def kernel_times(model, repeats: int) -> list[dict]:
-    """Each launch of the Program timed alone (warm arena), largest FLOP counts first."""
-    import cupy as cp
-
-    backend = model.backend
-    rows = []
-    for launch, (fn, grid, block, args) in zip(backend.program.launches, backend.launches):
-        if not launch.kernel.startswith(("conv", "linear")):
-            continue
-
-        def run():
-            fn(grid, block, args)
-
-        ms = time_ms(run, repeats, warmup=2)
-        rows.append({"kernel": launch.kernel, "gflop": launch.flops / 1e9, "ms": ms,
-                     "tflops": launch.flops / (ms * 1e-3) / 1e12})
-    cp.cuda.Device().synchronize()
-    return sorted(rows, key=lambda r: -r["gflop"])
+def kernel_times(model, x: np.ndarray, repeats: int) -> list[dict]:
+    """The conv and linear kernels' median times (`cnngraph.profile`: each launch between CUDA
+    events on the model's stream), largest FLOP counts first."""
+    times = profile(model, {name: x for name in model.input_shapes}, repeats)
+    return sorted(({"kernel": t.kernel, "gflop": t.flops / 1e9, "ms": t.ms, "tflops": t.gflops / 1e3}
+                   for t in times if t.op.split("+")[0] in ("conv2d", "linear") and t.flops),
+                  key=lambda r: -r["gflop"])
 
 
-def bench_case(name: str, batch: int, repeats: int, card: str, precisions: list[str], tune: bool) -> dict:
-    import cupy as cp
+def bench_case(name: str, batch: int, repeats: int, card: str, precisions: list[str], tune: bool,
+               device: str = "cuda") -> dict:
     import torch
     from torch_oracle import TorchNet
 
+    timer = time_ms if device == "cuda" else wall_ms
     spec = json.loads((ROOT / "examples" / f"{name}.json").read_text())
-    model = cnngraph.compile(spec, batch_size=batch, device="cuda")
+    model = cnngraph.compile(spec, batch_size=batch, device=device)
     shape = next(iter(model.input_shapes.values()))
     x_np = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    x_cp = cp.asarray(x_np)
+    x_dev = x_np
+    if device == "cuda":  # inputs already on the GPU
+        import cupy as cp
+        x_dev = cp.asarray(x_np)
     net = TorchNet(spec, model.weights).eval()
-    net.tensors = {k: v.cuda() for k, v in net.tensors.items()}
-    x_t = torch.from_numpy(x_np).cuda()
+    net.tensors = {k: v.to(device) for k, v in net.tensors.items()}
+    x_t = torch.from_numpy(x_np).to(device)
 
     def run_torch():
         with torch.inference_mode():
@@ -116,59 +125,62 @@ def bench_case(name: str, batch: int, repeats: int, card: str, precisions: list[
     ours = model(x_np)
     err = rel_err(ours, ref)
     result = {"network": name, "batch": batch, "rel_err_vs_pytorch_fp32": err}
-    result["cnngraph_ms"] = time_ms(lambda: model(x_cp), repeats)
-    result["pytorch_fp32_ms"] = time_ms(run_torch, repeats)
+    result["cnngraph_ms"] = timer(lambda: model(x_dev), repeats)
+    result["pytorch_fp32_ms"] = timer(run_torch, repeats)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    result["pytorch_tf32_ms"] = time_ms(run_torch, repeats)
+    result["pytorch_tf32_ms"] = timer(run_torch, repeats)
     nchw = net.tensors, x_t
     net.tensors = {k: channels_last(v) for k, v in nchw[0].items()}
     x_t = channels_last(x_t)
-    result["pytorch_tf32_channels_last_ms"] = time_ms(run_torch, repeats)
-    net.tensors, x_t = nchw
+    result["pytorch_tf32_channels_last_ms"] = timer(run_torch, repeats)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    result.update(pytorch_half_and_compiled(spec, model.weights, x_np, ref, repeats, compile=(name, batch) in COMPILED))
-    result["speed_vs_pytorch_fp32"] = result["pytorch_fp32_ms"] / result["cnngraph_ms"]  # above 1: cnngraph faster
+    result["pytorch_fp32_channels_last_ms"] = timer(run_torch, repeats)
+    net.tensors, x_t = nchw
+    result.update(pytorch_half_and_compiled(spec, model.weights, x_np, ref, repeats,
+                                            compile=(name, batch) in COMPILED, device=device, timer=timer))
+    best_torch_fp32 = min(result["pytorch_fp32_ms"], result["pytorch_fp32_channels_last_ms"])
+    result["speed_vs_pytorch_fp32"] = best_torch_fp32 / result["cnngraph_ms"]  # above 1: cnngraph faster
     result["speed_vs_pytorch_tf32"] = result["pytorch_tf32_ms"] / result["cnngraph_ms"]
     result["images_per_s"] = {k.removesuffix("_ms"): batch / (result[k] * 1e-3)
                               for k in ("cnngraph_ms", "pytorch_fp32_ms", "pytorch_tf32_ms")}
     if batch == 1:
-        plain = cnngraph.compile(spec, batch_size=1, device="cuda", cuda_graph=False, weights=model.weights)
-        result["cnngraph_no_graph_ms"] = time_ms(lambda: plain(x_cp), repeats)
+        plain = cnngraph.compile(spec, batch_size=1, device=device, cuda_graph=False, weights=model.weights)
+        result["cnngraph_no_graph_ms"] = timer(lambda: plain(x_dev), repeats)
     best_torch_tf32 = min(result["pytorch_tf32_ms"], result["pytorch_tf32_channels_last_ms"])
     for precision in precisions:
         if precision == "fp32":
             continue
-        reduced = cnngraph.compile(spec, batch_size=batch, device="cuda", weights=model.weights, precision=precision)
+        reduced = cnngraph.compile(spec, batch_size=batch, device=device, weights=model.weights, precision=precision)
         result[f"rel_err_{precision}_vs_pytorch_fp32"] = rel_err(reduced(x_np), ref)
-        result[f"cnngraph_{precision}_ms"] = time_ms(lambda: reduced(x_cp), repeats)
+        result[f"cnngraph_{precision}_ms"] = timer(lambda: reduced(x_dev), repeats)
         result[f"speed_{precision}_vs_best_pytorch_tf32"] = best_torch_tf32 / result[f"cnngraph_{precision}_ms"]
-        result[f"{precision}_kernels"] = kernel_rows(reduced, repeats, peak_for(card, precision))
+        result[f"{precision}_kernels"] = kernel_rows(reduced, x_np, repeats, peak_for(card, precision))
         if precision in ("fp16", "bf16"):  # against PyTorch's own half precision, channels_last
             result[f"speed_{precision}_vs_pytorch_{precision}_channels_last"] = (
                 result[f"pytorch_{precision}_channels_last_ms"] / result[f"cnngraph_{precision}_ms"])
         if tune and (name, batch) in TUNED and precision in TUNED_PRECISIONS:
             start = time.perf_counter()
-            tuned = cnngraph.compile(spec, batch_size=batch, device="cuda", weights=model.weights, autotune=True,
+            tuned = cnngraph.compile(spec, batch_size=batch, device=device, weights=model.weights, autotune=True,
                                      precision=precision)
             result[f"autotune_{precision}_s"] = time.perf_counter() - start
-            result[f"cnngraph_{precision}_tuned_ms"] = time_ms(lambda: tuned(x_cp), repeats)
+            result[f"cnngraph_{precision}_tuned_ms"] = timer(lambda: tuned(x_dev), repeats)
             result[f"rel_err_{precision}_tuned_vs_pytorch_fp32"] = rel_err(tuned(x_np), ref)
             result[f"{precision}_tuned_tiles"] = sorted(
                 f"{s.tile.bm}x{s.tile.bn}x{s.tile.bk}" + (f"/{s.splits}" if s.splits > 1 else "")
                 for s in tuned.backend.schedules.values())
     if tune and (name, batch) in TUNED:
         start = time.perf_counter()
-        tuned = cnngraph.compile(spec, batch_size=batch, device="cuda", weights=model.weights, autotune=True)
+        tuned = cnngraph.compile(spec, batch_size=batch, device=device, weights=model.weights, autotune=True)
         result["autotune_s"] = time.perf_counter() - start
         result["rel_err_tuned_vs_pytorch_fp32"] = rel_err(tuned(x_np), ref)
-        result["cnngraph_tuned_ms"] = time_ms(lambda: tuned(x_cp), repeats)
-        result["speed_tuned_vs_pytorch_fp32"] = result["pytorch_fp32_ms"] / result["cnngraph_tuned_ms"]
+        result["cnngraph_tuned_ms"] = timer(lambda: tuned(x_dev), repeats)
+        result["speed_tuned_vs_pytorch_fp32"] = best_torch_fp32 / result["cnngraph_tuned_ms"]
         result["tuned_layers"] = sum(1 for pick, _, _ in tuned.backend.tuning.values() if pick)
         chosen = list(tuned.backend.schedules.values())
         result["tuned_schedules"] = {"grouped_rows": sum(s.tile.grouped for s in chosen),
                                      "bk16": sum(s.tile.bk == 16 for s in chosen),
                                      "split_k": sum(s.splits > 1 for s in chosen), "layers": len(chosen)}
-    result["fp32_kernels"] = kernel_rows(model, repeats, peak_for(card))
+    result["fp32_kernels"] = kernel_rows(model, x_np, repeats, peak_for(card))
     return result
 
 
@@ -210,6 +222,8 @@ def pytorch_half_and_compiled(spec: dict, weights: dict, x_np: np.ndarray, ref: 
         result["torch_compile_error"] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
         return result
     result["rel_err_torch_compile_vs_pytorch_fp32"] = rel_err(got, ref)
+    if result["torch_compile_s"] > COMPILE_LIMIT_S:  # not a compiler one waits for: not timed
+        return result
 
     def run_compiled():
         with torch.inference_mode():
@@ -218,14 +232,14 @@ def pytorch_half_and_compiled(spec: dict, weights: dict, x_np: np.ndarray, ref: 
     return result
 
 
-def kernel_rows(model, repeats: int, peak: float | None) -> dict:
-    """The conv/linear kernels' times: the three largest against the precision's peak, the total,
-    and every kernel (for the per-layer fraction of peak)."""
-    kernels = kernel_times(model, max(10, repeats // 5))
+def kernel_rows(model, x: np.ndarray, repeats: int, peak: float | None) -> dict:
+    """The conv/linear kernels' times, each against the precision's peak: the three largest, the
+    total, and every kernel."""
+    kernels = [{**k, "fraction_of_peak": k["tflops"] / peak if peak else None}
+               for k in kernel_times(model, x, max(10, repeats // 5))]
     total = sum(k["ms"] for k in kernels)
-    return {"top": [{**k, "fraction_of_peak": k["tflops"] / peak if peak else None} for k in kernels[:3]],
-            "total_ms": total, "tflops": sum(k["gflop"] for k in kernels) / total, "peak_tflops": peak,
-            "all": kernels}
+    return {"top": kernels[:3], "total_ms": total, "tflops": sum(k["gflop"] for k in kernels) / total,
+            "peak_tflops": peak, "all": kernels}
 
 
 def half_line(r: dict, precision: str) -> str:
@@ -234,6 +248,46 @@ def half_line(r: dict, precision: str) -> str:
     return (f"{precision} {r[f'cnngraph_{precision}_ms']:.3f} ms "
             f"(x{r[f'speed_{precision}_vs_pytorch_{precision}_channels_last']:.2f} PyTorch {precision} NHWC, "
             f"err {r[f'rel_err_{precision}_vs_pytorch_fp32']:.1e}, top kernels {tops} TFLOP/s)")
+
+
+def table(card: str, results: list[dict]) -> list[str]:
+    """The results as the lines of a table, one case after another."""
+    nan = float("nan")
+    out = [f"{card}: peaks {', '.join(f'{p} {peak_for(card, p)}' for p in PEAK_TFLOPS)} TFLOP/s; "
+           "x = PyTorch time / cnngraph time (above 1: cnngraph faster)",
+           f"{'network':13s} {'batch':>5s} {'ours fp32':>9s} {'ours tf32':>9s} {'torch fp32':>10s} "
+           f"{'torch tf32':>10s} {'tf32 NHWC':>9s} {'x fp32':>7s} {'x tf32':>7s} {'err tf32':>8s}  "
+           "top conv kernels tf32 (TFLOP/s)"]
+    for r in results:
+        tops = ", ".join(f"{k['tflops']:.1f}" for k in r.get("tf32_kernels", r["fp32_kernels"])["top"])
+        out.append(f"{r['network']:13s} {r['batch']:5d} {r['cnngraph_ms']:9.3f} "
+                   f"{r.get('cnngraph_tf32_ms', nan):9.3f} {r['pytorch_fp32_ms']:10.3f} "
+                   f"{r['pytorch_tf32_ms']:10.3f} {r['pytorch_tf32_channels_last_ms']:9.3f} "
+                   f"{r['speed_vs_pytorch_fp32']:7.2f} {r.get('speed_tf32_vs_best_pytorch_tf32', nan):7.2f} "
+                   f"{r.get('rel_err_tf32_vs_pytorch_fp32', nan):8.1e}  {tops}")
+        halves = [half_line(r, p) for p in ("fp16", "bf16") if f"cnngraph_{p}_ms" in r]
+        if halves:
+            out.append(f"{'':13s} ours " + "; ".join(halves))
+        if "pytorch_compiled_fp32_ms" in r:
+            compiled = f"{r['pytorch_compiled_fp32_ms']:.3f} ms (compiled in {r['torch_compile_s']:.0f} s)"
+        elif "torch_compile_s" in r:
+            compiled = f"not timed (compiling took {r['torch_compile_s']:.0f} s)"
+        else:
+            compiled = r.get("torch_compile_error", "-")
+        out.append(f"{'':13s} PyTorch NHWC fp32 {r['pytorch_fp32_channels_last_ms']:.3f} ms, "
+                   f"fp16 {r['pytorch_fp16_channels_last_ms']:.3f} ms, "
+                   f"bf16 {r['pytorch_bf16_channels_last_ms']:.3f} ms; "
+                   f"torch.compile fp32 {compiled}")
+        if "cnngraph_no_graph_ms" in r:
+            out.append(f"{'':13s} batch-1 latency without the CUDA graph: {r['cnngraph_no_graph_ms']:.3f} ms")
+        if "cnngraph_tf32_tuned_ms" in r:
+            out.append(f"{'':13s} autotuned tf32: {r['cnngraph_tf32_tuned_ms']:.3f} ms "
+                       f"(tuning took {r['autotune_tf32_s']:.0f} s)")
+        if "cnngraph_tuned_ms" in r:
+            out.append(f"{'':13s} autotuned fp32: {r['cnngraph_tuned_ms']:.3f} ms, "
+                       f"x fp32 {r['speed_tuned_vs_pytorch_fp32']:.2f} ({r['tuned_layers']} layers changed schedule, "
+                       f"tuning took {r['autotune_s']:.0f} s; chosen: {r['tuned_schedules']})")
+    return out
 
 
 def main() -> None:
@@ -256,34 +310,7 @@ def main() -> None:
             results.append(bench_case(name, batch, args.repeats, card, precisions, args.tune))
             print(json.dumps({k: v for k, v in results[-1].items() if not k.endswith("_kernels")}), flush=True)
             bar.update(1)
-    print(f"\n{card}: peaks {', '.join(f'{p} {peak_for(card, p)}' for p in PEAK_TFLOPS)} TFLOP/s; "
-          "x = PyTorch time / cnngraph time (above 1: cnngraph faster)")
-    print(f"{'network':13s} {'batch':>5s} {'ours fp32':>9s} {'ours tf32':>9s} {'torch fp32':>10s} {'torch tf32':>10s} "
-          f"{'tf32 NHWC':>9s} {'x fp32':>7s} {'x tf32':>7s} {'err tf32':>8s}  top conv kernels tf32 (TFLOP/s)")
-    for r in results:
-        tf32 = r.get("cnngraph_tf32_ms", float("nan"))
-        tops = ", ".join(f"{k['tflops']:.1f}" for k in r.get("tf32_kernels", r["fp32_kernels"])["top"])
-        print(f"{r['network']:13s} {r['batch']:5d} {r['cnngraph_ms']:9.3f} {tf32:9.3f} {r['pytorch_fp32_ms']:10.3f} "
-              f"{r['pytorch_tf32_ms']:10.3f} {r['pytorch_tf32_channels_last_ms']:9.3f} "
-              f"{r['speed_vs_pytorch_fp32']:7.2f} {r.get('speed_tf32_vs_best_pytorch_tf32', float('nan')):7.2f} "
-              f"{r.get('rel_err_tf32_vs_pytorch_fp32', float('nan')):8.1e}  {tops}")
-        halves = [half_line(r, p) for p in ("fp16", "bf16") if f"cnngraph_{p}_ms" in r]
-        if halves:
-            print(f"{'':13s} ours " + "; ".join(halves))
-        if "pytorch_fp16_channels_last_ms" in r:
-            compiled = (f"{r['pytorch_compiled_fp32_ms']:.3f} ms (compiled in {r['torch_compile_s']:.0f} s)"
-                        if "pytorch_compiled_fp32_ms" in r else r.get("torch_compile_error", "-"))
-            print(f"{'':13s} PyTorch NHWC fp16 {r['pytorch_fp16_channels_last_ms']:.3f} ms, bf16 "
-                  f"{r['pytorch_bf16_channels_last_ms']:.3f} ms; torch.compile fp32 {compiled}")
-        if "cnngraph_no_graph_ms" in r:
-            print(f"{'':13s} batch-1 latency without the CUDA graph: {r['cnngraph_no_graph_ms']:.3f} ms")
-        if "cnngraph_tf32_tuned_ms" in r:
-            print(f"{'':13s} autotuned tf32: {r['cnngraph_tf32_tuned_ms']:.3f} ms "
-                  f"(tuning took {r['autotune_tf32_s']:.0f} s)")
-        if "cnngraph_tuned_ms" in r:
-            print(f"{'':13s} autotuned fp32: {r['cnngraph_tuned_ms']:.3f} ms, x fp32 {r['speed_tuned_vs_pytorch_fp32']:.2f} "
-                  f"({r['tuned_layers']} layers changed schedule, tuning took {r['autotune_s']:.0f} s; "
-                  f"chosen: {r['tuned_schedules']})")
+    print("\n" + "\n".join(table(card, results)))
     record = {"date": datetime.date.today().isoformat(), "card": card, "peak_tflops": {
               p: peak_for(card, p) for p in PEAK_TFLOPS},
               "cupy": cp.__version__, "results": results}

@@ -238,6 +238,19 @@ def test_split_k_is_reduced_by_the_last_block_of_each_tile(precision):
 
 
 @pytest.mark.skipif(OPENCL_REASON is not None, reason=str(OPENCL_REASON))
+def test_split_k_workspace_counts_toward_the_memory_limit():
+    """The partial sums and tile counters of a split-K layer are memory the model holds: a limit
+    that fits the weights and activations but not them is refused, before anything is allocated."""
+    p = cnngraph.plan(copy.deepcopy(SINGLE_OPS["conv_split_k_residual"]), 3)
+    scratch = 4 * (p.program.workspace_size + p.program.counters_size)
+    assert p.program.workspace_size > 0
+    need = cnngraph.bind(p, "opencl").memory
+    assert need.scratch == scratch
+    with pytest.raises(cnngraph.ResourceError, match="memory"):
+        cnngraph.bind(p, "opencl", max_memory=need.total - 1)
+
+
+@pytest.mark.skipif(OPENCL_REASON is not None, reason=str(OPENCL_REASON))
 @pytest.mark.parametrize("name", ["lenet5", "conv_split_k_residual", "linear", "se_gate_split_k"])
 def test_every_autotuning_schedule_computes_the_same(name):
     """Each candidate schedule an autotuner may pick (tiles, deeper BK, split-K variants) is correct."""

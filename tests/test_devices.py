@@ -4,6 +4,8 @@ tests): a model bound to cuda:N allocates, launches and captures on GPU N."""
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -95,3 +97,33 @@ def test_a_gpu_index_past_the_last_is_refused():
     count = cp.cuda.runtime.getDeviceCount()
     with pytest.raises(cnngraph.DeviceError, match=f'device "cuda:{count}" does not exist: CuPy sees {count} GPU'):
         cnngraph.compile(SPEC, device=f"cuda:{count}")
+
+
+def fake_cupy(compute_capability: str, name: bytes):
+    """A CuPy that sees one GPU of this compute capability and name, and nothing more."""
+    import contextlib
+    import types
+
+    class Device(contextlib.nullcontext):
+        id = 0
+
+        def __init__(self, index=0):
+            super().__init__()
+            self.compute_capability = compute_capability
+
+    runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, getDeviceProperties=lambda index: {"name": name})
+    return types.SimpleNamespace(cuda=types.SimpleNamespace(Device=Device, runtime=runtime))
+
+
+@pytest.mark.parametrize("precision", ["tf32", "fp16", "bf16"])
+def test_a_gpu_without_tensor_cores_refuses_their_precisions(precision, monkeypatch, capsys):
+    """A Turing card (sm_75): one line naming the card, what the precision needs and what it runs,
+    from compile and from the CLI, before anything is allocated."""
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy("75", b"Tesla T4"))
+    message = (f'precision "{precision}" needs tensor cores of sm_80 or newer; this GPU, Tesla T4, is sm_75: '
+               'it runs precision "fp32"')
+    with pytest.raises(cnngraph.DeviceError) as excinfo:
+        cnngraph.compile(SPEC, device="cuda", precision=precision)
+    assert str(excinfo.value) == message
+    assert main(["run", "examples/lenet5.json", "--device", "cuda", "--precision", precision]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {message}"

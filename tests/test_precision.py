@@ -359,7 +359,7 @@ def planted(spec, batch, old, new):
 @pytest.mark.parametrize("old, new", [
     (re.compile(r"(a\[i\]\[1\] = .*?\[row) \+ 8\]"), r"\1]"),  # a1 read from row g instead of g + 8
     (re.compile(r"(b\[j\]\[1\] = Bs\[[^]]*\]\[kk \+ ft) \+ 4\]"), r"\1]"),  # b1 read from k t instead of t + 4
-    ("a[i][0] = TF32(As[", "a[i][0] = (As["),  # inputs not rounded: the tensor cores truncate them
+    (re.compile(r"= TF32_OPERAND\((As\[read\][^;]*)\);"), r"= \1;"),  # landed inputs not rounded: the tensor cores truncate them
     ("const int kl = n0 + wn0 + j * 8 + 2 * ft + e % 2;", "const int kl = n0 + wn0 + j * 8 + ft + e % 2;"),
     (re.compile(r"CP_ASYNC_WAIT\((\d+)\)"), lambda m: f"CP_ASYNC_WAIT({int(m[1]) + 1})"),  # a wait too weak
     ("CP_ASYNC_COMMIT();  /* every", "/* every"),  # copies never committed: their wait never completes them
@@ -383,7 +383,7 @@ def test_emulation_catches_planted_pool_mistakes(old, new):
 
 @needs_opencl
 @pytest.mark.parametrize("old, new", [
-    (re.compile(r"SCALE_F32X4\([^;]*\);"), ";"),  # the landed copies left ungated
+    (re.compile(r"SCALE_TF32X4\([^;]*\);"), ";"),  # the landed copies left ungated (and unrounded)
     ("gate + a_gate[i] + c)", "gate + a_gate[i])"),  # every vector scaled by channels 0-3's gates
     ("const int c = r < r_end ? taps[r].w : 0;", "const int c = r < r_end ? taps[r].x : 0;"),  # not the channel
 ], ids=["ungated", "gates_of_the_first_channels", "gate_of_the_offset"])
@@ -407,7 +407,11 @@ def assert_caught(case, old, new):
      lambda m: f"const int idx = (m / 90 * {m[1]} + k) * 90 + m % 90;"),
     (re.compile(r"\]\[tid % (\d+) \* 4\], x \+ a_off"), r"][tid % \1], x + a_off"),  # input copies overlap
     ("a_h[i] = am < ", "a_h[i] = am + 16 < "),  # the last pixels' windows left unread
-], ids=["nchw_store", "overlapping_input_copies", "pixels_left_out"])
+    ("lane % 8 + 8 * (lane / 8 % 2)", "lane % 8"),  # ldmatrix: a1 and a3 from rows g instead of g + 8
+    ("* 20 + kk + 4 * (lane / 16)", "* 20 + kk"),  # ldmatrix: a2 and a3 from columns t instead of t + 4
+    (re.compile(r"ROUND_TF32X4\([^;]*\);"), ";"),  # landed copies not rounded: the tensor cores truncate them
+], ids=["nchw_store", "overlapping_input_copies", "pixels_left_out", "ldmatrix_row", "ldmatrix_column",
+        "unrounded_copies"])
 def test_emulation_catches_planted_channels_last_mistakes(old, new):
     assert_caught(LAYERS["channels_last_block"], old, new)
 
@@ -537,6 +541,9 @@ def test_cli_precision(tmp_path):
 COPY_SASS = {"CP_ASYNC4": "LDGSTS.E", "CP_ASYNC8": "LDGSTS.E.64", "CP_ASYNC16": "LDGSTS.E.BYPASS.128"}
 
 
+SHARED_PER_SM = {"sm_80": 164 * 1024, "sm_90": 228 * 1024}  # A100, H100/H200; each block also takes 1 KB
+
+
 def copies_in_sass(body: str) -> set[str]:
     """The LDGSTS instructions a kernel's async copies compile to."""
     return {op for word, op in COPY_SASS.items() if re.search(rf"\b{word}(_HALF)?\(", body)}
@@ -551,9 +558,10 @@ def copies_in_sass(body: str) -> set[str]:
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_tensor_core_kernels_compile_to_hmma_without_stack(example, batch, arch):
     """Every tensor-core kernel: HMMA, cp.async (where it reads NHWC, 16-byte copies, or 8-byte ones
-    of channels that are not whole 16-byte vectors), no stack, two blocks' registers per SM; a fused
-    pool's windows combined by butterfly shuffles, and an NHWC layer norm's sums."""
-    from cnngraph.codegen.nvrtc import compile_cuda, sass
+    of channels that are not whole 16-byte vectors, and A fragments by ldmatrix in the main loop), no
+    stack, two blocks' registers per SM; a fused pool's windows combined by butterfly shuffles, and
+    an NHWC layer norm's sums."""
+    from cnngraph.codegen.nvrtc import compile_cuda, disassemble, main_loop, sass
 
     try:
         sass('extern "C" __global__ void k() {}', arch)
@@ -561,20 +569,23 @@ def test_tensor_core_kernels_compile_to_hmma_without_stack(example, batch, arch)
         pytest.skip(str(err))
     p = cnngraph.plan(EXAMPLES / f"{example}.json", batch, precision="tf32")
     source = p.program.source(CUDA)
-    reports, opcodes = compile_cuda(source, arch), sass(source, arch)
+    reports, code = compile_cuda(source, arch), disassemble(source, arch)
+    opcodes = {kernel: [i.opcode for i in instructions] for kernel, instructions in code.items()}
     launches = [l for l in p.program.launches if "MMA_TF32(" in l.body]
     mma = [l.kernel for l in launches]
     assert mma
     for launch in launches:
         kernel, r = launch.kernel, reports[launch.kernel]
         assert (r.stack_bytes, r.spill_stores, r.spill_loads) == (0, 0, 0), r
-        assert r.registers * 256 <= 65536, r  # 8 warps of the largest tile fit one SM's registers
+        assert 2 * launch.block[0] * r.registers <= 65536, r  # two blocks fit one SM's registers
+        assert 2 * (launch.shared_bytes + 1024) <= SHARED_PER_SM[arch], launch.schedule  # and its shared memory
         assert any(op.startswith("HMMA.1688.F32.TF32") for op in opcodes[kernel]), kernel
         copies = {op for op in opcodes[kernel] if op.startswith("LDGSTS")}
         assert copies and copies == copies_in_sass(launch.body), kernel  # cp.async
         if "_nhwc" in kernel and "_nhwc_out" not in kernel:  # an NHWC input: 16 bytes, 8 of 58 channels
             channels = stored_shape(p.graph, p.graph.nodes[launch.node]["inputs"][0])[1]
             assert copies == {"LDGSTS.E.BYPASS.128", *(["LDGSTS.E.64"] if channels % 4 else [])}, kernel
+            assert "LDSM.16.M88.4" in {i.opcode for i in main_loop(code[kernel])}, kernel
         compute = compute_of(p.graph, launch.node)
         pairs = p.program.layout(launch.node) == "NHWC" and not compute.pool \
             and compute.spec.out_channels // compute.spec.groups % 2 == 0
@@ -589,9 +600,6 @@ def test_tensor_core_kernels_compile_to_hmma_without_stack(example, batch, arch)
     rounding = [l.kernel for l in p.program.launches if "TF32(" in l.body]
     assert all(any(op.startswith("F2FP") or op.startswith("FRND") or "TF32" in op for op in opcodes[k])
                for k in rounding)
-
-
-SHARED_PER_SM = {"sm_80": 164 * 1024, "sm_90": 228 * 1024}  # A100, H100/H200; each block also takes 1 KB
 
 
 @pytest.mark.skipif(NVRTC_REASON is not None, reason=str(NVRTC_REASON))

@@ -259,9 +259,9 @@ def check_tiles(case):
         backend = OpenCLBackend(ref.plan, {"race_check": True}, program)
         backend.run_node_by_node({**xs, **want})
         lines = assert_free_of_bank_conflicts(backend)[launch.kernel]
-        reads = "LDMATRIX_X4(" if precision == "fp16" else "TF32(As["
+        reads = {"fp16": "LDMATRIX_X4(", "tf32": "LDMATRIX_X4_F32(" if layout == "NHWC" else "= As[read][kk"}
         copies = {"fp16": "CP_ASYNC16_HALF(&As[", "tf32": "CP_ASYNC16(&As[" if layout == "NHWC" else "CP_ASYNC4(&As["}
-        assert any(reads in line for line in lines), launch.schedule
+        assert any(reads[precision] in line for line in lines), launch.schedule
         assert any(copies[precision] in line for line in lines), launch.schedule
 
 
@@ -286,7 +286,7 @@ def _unpadded(values: int):
 # a kernel given rows, pieces or values in a worse order computes the same, in more passes:
 # network, kernel prefix, the plant, the line that then conflicts
 PLANTED_CONFLICTS = {
-    "unpadded_rows": ("conv_mma_nhwc_tf32", "conv3x3", _unpadded(4), "TF32(As[read][row"),
+    "unpadded_rows": ("conv_mma_nhwc_tf32", "conv3x3", _unpadded(4), "LDMATRIX_X4_F32("),
     "unpadded_ldmatrix_rows": ("conv_mma16_nhwc_fp16", "conv3x3", _unpadded(8), "LDMATRIX_X4("),
     "rows_in_thread_order": ("conv_mma_nhwc_tf32", "conv3x3",
                              lambda body: re.sub(r"const int a_row = [^;]*;", "const int a_row = tid / 4;", body),

@@ -32,20 +32,26 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-# the gate scaling words SCALE_F32X{n} / SCALE_U16X{n}(p, gates): n neighbouring shared float32 or
-# 16-bit values at p times their gates (float32 or ACT at gates), read and written in one access each way
-SCALES = (("F32", 2), ("F32", 4), ("U16", 2), ("U16", 4), ("U16", 8))
+# The words that rework a thread's landed copies in shared memory, n neighbouring values at p read
+# and written in one access each way: SCALE_TF32X{n} / SCALE_U16X{n}(p, gates) multiply float32 or
+# 16-bit values by their gates (float32 or ACT at gates), each product rounded as the tensor cores
+# take it (TF32) or as the mul would have stored it (16 bits); ROUND_TF32X{n}(p) rounds float32
+# values as the tensor cores read them (TF32_OPERAND)
+SCALES = (("TF32", 2), ("TF32", 4), ("U16", 2), ("U16", 4), ("U16", 8))
+ROUNDS = (2, 4)
+ROUNDED = {"TF32": "TF32_OPERAND", "U16": "STORE"}  # the word that rounds a reworked value, per kind
 WORDS = ("KERNEL", "GLOBAL", "SHARED", "RESTRICT", "BARRIER()", "BLOCK_X", "BLOCK_Y", "BLOCK_Z", "THREAD_X",
          "UNROLL", "NO_UNROLL", "ALIGNED16", "INLINE", "NEG_INF",
-         "EXPF(x)", "TANHF(x)", "ERFF(x)", "SQRTF(x)", "TF32(x)", "MMA_TF32(d, a, b)", "MMA_SCRATCH(warps)",
+         "EXPF(x)", "TANHF(x)", "ERFF(x)", "SQRTF(x)", "TF32(x)", "TF32_OPERAND(x)", "MMA_TF32(d, a, b)", "MMA_SCRATCH(warps)",
          "CP_ASYNC_STATE(n)", "CP_ASYNC4(dst, src, pred)", "CP_ASYNC8(dst, src, pred)", "CP_ASYNC16(dst, src, pred)",
          "CP_ASYNC_COMMIT()", "CP_ASYNC_WAIT(n)", "CP_ASYNC_STATE_HALF(n)", "CP_ASYNC4_HALF(dst, src, pred)",
          "CP_ASYNC8_HALF(dst, src, pred)", "CP_ASYNC16_HALF(dst, src, pred)",
          "HALF", "AS_FLOAT(u)", "AS_UINT(f)", "MMA_F16(d, a, b)", "MMA_BF16(d, a, b)",
          "LDMATRIX_X4(r, base, offset)", "LDMATRIX_X4_TRANS(r, base, offset)", "LDMATRIX_X2_TRANS(r, base, offset)",
-         "SHFL_XOR(v, lanes)", "WARP_SCRATCH(warps)", "THREADFENCE()", "ATOMIC_INC(p)", "LOAD_COHERENT(x)",
+         "LDMATRIX_X4_F32(r, base, offset)", "SHFL_XOR(v, lanes)", "WARP_SCRATCH(warps)", "THREADFENCE()", "ATOMIC_INC(p)", "LOAD_COHERENT(x)",
          "DYNAMIC_SHARED(bytes)", "SHARED_VIEW(type, name, count, inner, offset)", "STORE_F32X2(p, a, b)",
-         "STORE_U16X2(p, a, b)", *(f"SCALE_{kind}X{n}(p, gates)" for kind, n in SCALES))
+         "STORE_U16X2(p, a, b)", *(f"SCALE_{kind}X{n}(p, gates)" for kind, n in SCALES),
+         *(f"ROUND_TF32X{n}(p)" for n in ROUNDS))
 # spelled per storage precision (`STORAGE`), not per dialect; STORE_PAIR(p, a, b): float32 values a
 # and b stored at p[0] and p[1] in one access (p: a multiple of two elements)
 STORAGE_WORDS = ("ACT", "LOAD(x)", "STORE(v)", "STORE_PAIR(p, a, b)")
@@ -105,8 +111,10 @@ STORAGE = {  # storage precision -> how ACT, LOAD, STORE and STORE_PAIR are spel
 STORAGE["tf32"] = STORAGE["fp32"]
 
 
-# TF32 (round to a 10-bit mantissa, to nearest with ties away from zero, as cvt.rna.tf32.f32 does)
-# and the warp-wide mma.sync.aligned.m16n8k8 TF32 product, per dialect. Fragments (PTX ISA, "Matrix
+# TF32 (round to a 10-bit mantissa, to nearest with ties away from zero, as cvt.rna.tf32.f32 does),
+# TF32_OPERAND (x plus half a TF32 unit in the last place where x is finite: the tensor cores, which
+# drop the 13 low bits of an operand, read it so rounded; what ptxas makes of a cvt.rna feeding an
+# mma, one instruction fewer than clearing the bits) and the warp-wide mma.sync.aligned.m16n8k8 TF32 product, per dialect. Fragments (PTX ISA, "Matrix
 # fragments for mma.m16n8k8"; g = lane / 4, t = lane % 4): a0 (row g, col t), a1 (g+8, t), a2 (g, t+4),
 # a3 (g+8, t+4); b0 (row t, col g), b1 (t+4, g); d_i at row g + 8*(i/2), col 2t + i%2.
 TENSOR_CORE_HELPERS = {
@@ -114,6 +122,9 @@ TENSOR_CORE_HELPERS = {
     unsigned r;
     asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
     return __uint_as_float(r);
+}
+INLINE float tf32_operand(float x) {
+    return fabsf(x) < __int_as_float(0x7f800000) ? __uint_as_float(__float_as_uint(x) + 0x1000u) : x;
 }
 INLINE void mma_tf32(float* d, const float* a, const float* b) {
     asm volatile("mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
@@ -152,6 +163,13 @@ INLINE void ldmatrix_x2_trans(unsigned* r, const HALF* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0, %1}, [%2];"
                  : "=r"(r[0]), "=r"(r[1]) : "r"((unsigned)__cvta_generic_to_shared(p)));
 }
+/* the same rows read as 8x4 float32 matrices: register j of lane (g, t) gets row g, column t of
+   matrix j (the two 16-bit halves 2t, 2t+1), the TF32 A fragment of rows +0/+8, columns +0/+4 */
+INLINE void ldmatrix_x4_f32(float* r, const float* p) {
+    unsigned u[4];
+    ldmatrix_x4(u, (const HALF*)p);
+    for (int j = 0; j < 4; ++j) r[j] = __uint_as_float(u[j]);
+}
 /* 4, 8 or 16 (aligned) bytes global -> shared, bypassing registers (16: L1 too); pred false: zero-fill,
    the source is not read */
 INLINE void cp_async4(void* dst, const void* src, bool pred) {
@@ -173,6 +191,10 @@ INLINE void cp_async16(void* dst, const void* src, bool pred) {
     "opencl": """INLINE float tf32_round(float x) {
     const uint u = as_uint(x);
     return (u & 0x7f800000u) == 0x7f800000u ? x : as_float((u + 0x1000u) & 0xffffe000u);
+}
+INLINE float tf32_operand(float x) {
+    const uint u = as_uint(x);
+    return (u & 0x7f800000u) == 0x7f800000u ? x : as_float(u + 0x1000u);
 }
 INLINE float tf32_bits(float x) { return as_float(as_uint(x) & 0xffffe000u); }
 INLINE float half_value(uint bits, int bf16) { return bf16 ? bf16_to_f32((HALF)bits) : f16_to_f32((HALF)bits); }
@@ -349,6 +371,18 @@ INLINE void ldmatrix_rc(uint* r, int count, bool trans, rc_ref_h base, int offse
     }
     barrier(CLK_LOCAL_MEM_FENCE);
 }
+/* ldmatrix_rc of 8x4 float32 matrices (LDMATRIX_X4_F32): register j gets row g, column t of matrix j */
+INLINE void ldmatrix_rc_f32(float* r, int count, rc_ref base, int offset, __local int* rows, int epoch,
+                            __global int* races, int line, __global int* log, int* log_count) {
+    const int lane = get_local_id(0) % 32;
+    if (lane < 8 * count)
+        rc_log_access(log, log_count, line, 16, false, (int)((__local uchar*)(base.at + offset) - base.shared));
+    __local int* wr = rows + (get_local_id(0) / 32) * 32;
+    wr[lane] = offset;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int j = 0; j < count; ++j) r[j] = rc_read(rc_step(base, wr[8 * j + lane / 4] + lane % 4), epoch, races);
+    barrier(CLK_LOCAL_MEM_FENCE);
+}
 /* an async copy lands as a checked write (the queue holds float32 or 16-bit destinations) */
 __attribute__((overloadable)) INLINE void rc_land(rc_ref d, float v, int epoch, __global int* races) {
     rc_write(d, v, epoch, races);
@@ -522,12 +556,13 @@ class Dialect:
                              shuffles="SHFL_XOR(" in body) + "\n" + body)
 
 
-def _cuda_scale(kind: str, n: int) -> str:
-    """CUDA: `SCALE_{kind}X{n}` (`SCALES`) through one 4-, 8- or 16-byte vector each way (16-bit
-    values in pairs per 32-bit word)."""
-    if kind == "F32":
+def _cuda_scale(kind: str, n: int, gated: bool = True) -> str:
+    """CUDA: `SCALE_{kind}X{n}` (`SCALES`), or without gates `ROUND_TF32X{n}` (`ROUNDS`), through
+    one 4-, 8- or 16-byte vector each way (16-bit values in pairs per 32-bit word)."""
+    if kind == "TF32":
         vector = f"float{n}"
-        scale = " ".join(f"v_.{c} *= LOAD((gates)[{i}]);" for i, c in enumerate("xyzw"[:n]))
+        gate = " * LOAD((gates)[{}])" if gated else ""
+        scale = " ".join(f"v_.{c} = tf32_operand(v_.{c}{gate.format(i)});" for i, c in enumerate("xyzw"[:n]))
     else:
         vector = {2: "unsigned", 4: "uint2", 8: "uint4"}[n]
         words = ["v_"] if n == 2 else [f"v_.{c}" for c in "xyzw"[:n // 2]]
@@ -544,7 +579,8 @@ CUDA = Dialect("cuda", ".cu", {
     "ALIGNED16": "__attribute__((aligned(16)))",
     "THREAD_X": "((int)threadIdx.x)", "EXPF(x)": "expf(x)", "TANHF(x)": "tanhf(x)", "ERFF(x)": "erff(x)",
     "SQRTF(x)": "sqrtf(x)", "INLINE": "__device__ __forceinline__", "NEG_INF": "(-__int_as_float(0x7f800000))",
-    "TF32(x)": "tf32_round(x)", "MMA_TF32(d, a, b)": "mma_tf32(d, a, b)", "MMA_SCRATCH(warps)": "",
+    "TF32(x)": "tf32_round(x)", "TF32_OPERAND(x)": "tf32_operand(x)", "MMA_TF32(d, a, b)": "mma_tf32(d, a, b)",
+    "MMA_SCRATCH(warps)": "",
     "CP_ASYNC_STATE(n)": "", "CP_ASYNC_STATE_HALF(n)": "",
     **{f"CP_ASYNC{n}{half}(dst, src, pred)": f"cp_async{n}(dst, src, pred)"
        for n in (4, 8, 16) for half in ("", "_HALF")},
@@ -565,6 +601,8 @@ CUDA = Dialect("cuda", ".cu", {
     "STORE_F32X2(p, a, b)": "(*(float2*)(p) = make_float2((a), (b)))",
     "STORE_U16X2(p, a, b)": "(*(unsigned*)(p) = (unsigned)(a) | ((unsigned)(b) << 16))",
     **{f"SCALE_{kind}X{n}(p, gates)": _cuda_scale(kind, n) for kind, n in SCALES},
+    **{f"ROUND_TF32X{n}(p)": _cuda_scale("TF32", n, gated=False) for n in ROUNDS},
+    "LDMATRIX_X4_F32(r, base, offset)": "ldmatrix_x4_f32(r, (base) + (offset))",
 })
 
 OPENCL = Dialect("opencl", ".cl", {
@@ -585,7 +623,7 @@ OPENCL = Dialect("opencl", ".cl", {
     "LDMATRIX_X2_TRANS(r, base, offset)": "ldmatrix(r, 2, true, base, offset, ldmatrix_rows)",
     "SHFL_XOR(v, lanes)": "shfl_xor(v, lanes, shfl_scratch)",
     "WARP_SCRATCH(warps)": "__local uint shfl_scratch[(warps) * 32]",
-    "NEG_INF": "(-INFINITY)", "TF32(x)": "tf32_round(x)", "MMA_TF32(d, a, b)": "mma_emulated(d, (const uint*)(a), (const uint*)(b), mma_a, mma_b, 0)",
+    "NEG_INF": "(-INFINITY)", "TF32(x)": "tf32_round(x)", "TF32_OPERAND(x)": "tf32_operand(x)", "MMA_TF32(d, a, b)": "mma_emulated(d, (const uint*)(a), (const uint*)(b), mma_a, mma_b, 0)",
     "MMA_SCRATCH(warps)": "__local uint mma_a[(warps) * 128]; __local uint mma_b[(warps) * 64]; "
                           "__local int ldmatrix_rows[(warps) * 32]",
     "CP_ASYNC_STATE(n)": "__local float* cpq_dst[n]; float cpq_value[n]; int cpq_group[n]; int cpq_count = 0; "
@@ -606,17 +644,24 @@ OPENCL = Dialect("opencl", ".cl", {
     "STORE_F32X2(p, a, b)": "vstore2((float2)((a), (b)), 0, (p))",
     "STORE_U16X2(p, a, b)": "vstore2((ushort2)((a), (b)), 0, (p))",
     **{f"SCALE_{kind}X{n}(p, gates)": f"do {{ for (int q_ = 0; q_ < {n}; ++q_) "
-                                        f"(p)[q_] = STORE(LOAD((p)[q_]) * LOAD((gates)[q_])); }} while (0)"
+                                        f"(p)[q_] = {ROUNDED[kind]}(LOAD((p)[q_]) * LOAD((gates)[q_])); }} while (0)"
        for kind, n in SCALES},
+    **{f"ROUND_TF32X{n}(p)": f"do {{ for (int q_ = 0; q_ < {n}; ++q_) (p)[q_] = TF32_OPERAND((p)[q_]); }} while (0)"
+       for n in ROUNDS},
+    # the 16-bit emulation reads a float32 column as its two halves
+    "LDMATRIX_X4_F32(r, base, offset)": "ldmatrix((uint*)(r), 4, false, (__local const HALF*)(base), 2 * (offset), "
+                                        "ldmatrix_rows)",
 })
 
-def _race_checked_scale(kind: str, n: int) -> str:
-    """The race check's `SCALE_{kind}X{n}`: one access of n values each way, logged so; each value checked."""
+def _race_checked_scale(kind: str, n: int, gated: bool = True) -> str:
+    """The race check's `SCALE_{kind}X{n}` (or `ROUND_TF32X{n}`): one access of n values each way,
+    logged so; each value checked."""
     h, size = ("_h", 2) if kind == "U16" else ("", 4)
+    gate = " * LOAD((gates)[q_])" if gated else ""
     return (f"do {{ const rc_ref{h} p_ = (p); RC_LOG_ACCESS(p_, {size * n}, false); "
             f"RC_LOG_ACCESS(p_, {size * n}, true); for (int q_ = 0; q_ < {n}; ++q_) {{ "
-            f"const rc_ref{h} e_ = rc_step{h}(p_, q_); rc_write{h}(e_, STORE(LOAD("
-            f"rc_read{h}(e_, rc_epoch, rc_races)) * LOAD((gates)[q_])), rc_epoch, rc_races); }} }} while (0)")
+            f"const rc_ref{h} e_ = rc_step{h}(p_, q_); rc_write{h}(e_, {ROUNDED[kind]}(LOAD("
+            f"rc_read{h}(e_, rc_epoch, rc_races)){gate}), rc_epoch, rc_races); }} }} while (0)")
 
 
 # OPENCL with the race check (see RACE_CHECK_HELPERS): a barrier also counts the epoch, async
@@ -643,6 +688,9 @@ OPENCL_RACE_CHECK = Dialect("opencl", ".cl", {
                                                 f"CPQ_PUSH(d_, v_) }} }} while (0)" for n in (2, 4, 8)},
     "CP_ASYNC_WAIT(n)": "CPQ_LAND(cpq_groups - (n), rc_land(cpq_dst[i_], cpq_value[i_], rc_epoch, rc_races))",
     **{f"SCALE_{kind}X{n}(p, gates)": _race_checked_scale(kind, n) for kind, n in SCALES},
+    **{f"ROUND_TF32X{n}(p)": _race_checked_scale("TF32", n, gated=False) for n in ROUNDS},
+    "LDMATRIX_X4_F32(r, base, offset)": "ldmatrix_rc_f32(r, 4, base, offset, ldmatrix_rows, rc_epoch, rc_races, "
+                                        "__LINE__, rc_log, &rc_count)",
     "LDMATRIX_X4(r, base, offset)": "ldmatrix_rc(r, 4, false, base, offset, ldmatrix_rows, rc_epoch, rc_races, "
                                     "__LINE__, rc_log, &rc_count)",
     "LDMATRIX_X4_TRANS(r, base, offset)": "ldmatrix_rc(r, 4, true, base, offset, ldmatrix_rows, rc_epoch, rc_races, "

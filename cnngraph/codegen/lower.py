@@ -24,6 +24,7 @@ from ..graph import stored_shape
 from ..ops.arithmetic import broadcast_index
 from ..ops.epilogue import label, scale_shifts, to_c
 from ..passes.assign_layout import NHWC
+from ..passes.infer_shapes import MAX_ELEMENTS
 from ..precision import HALF_STORAGE, round_tf32, to_storage
 from . import templates as T
 from .dialects import Dialect
@@ -287,6 +288,9 @@ class NodeLowering:
                              tile=chosen.tile, gated=gated, splits=chosen.splits, chunk=chosen.chunk, **variant)
         if split:
             launch.workspace, launch.counters = chosen.splits * m * kg, launch.grid[0] * launch.grid[1]
+            # a reduction is split only when the output is under 132 tiles (`default_splits`), so the
+            # partial sums (at most 32 splits of 128 x 128 tiles) stay far below a tensor's limit
+            assert launch.workspace <= MAX_ELEMENTS, (launch.node, launch.workspace)
         launch.schedules, launch.schedule = len(options), chosen
         return [launch]
 

@@ -77,9 +77,36 @@ def compile_cuda(source: str, arch: str = "sm_90", name: str = "kernel.cu", cubi
         nvrtc.nvrtcDestroyProgram(prog)
 
 
+@dataclass(frozen=True)
+class Instruction:
+    address: int
+    opcode: str               # "HMMA.1688.F32.TF32", "LDS", ... (without its predicate)
+    target: int | None = None  # a branch's destination
+
+
 def sass(source: str, arch: str = "sm_90") -> dict[str, list[str]]:
     """The SASS opcodes of each kernel of `source` compiled for `arch` (nvdisasm reads the cubin; no
     GPU needed): kernel -> opcodes in program order ("HMMA.1688.F32.TF32", "LDS", ...)."""
+    return {kernel: [i.opcode for i in code] for kernel, code in disassemble(source, arch).items()}
+
+
+def main_loop(code: list[Instruction]) -> list[Instruction]:
+    """The instructions of a kernel's main loop: of the loops (a branch back to an earlier address
+    and what lies between), the one holding the most tensor-core products (HMMA; else FFMA), the
+    innermost of those; the whole kernel where no loop holds a product (a reduction the compiler
+    knows to be one slice long)."""
+    def products(body: list[Instruction]) -> tuple[int, int]:
+        return (sum(i.opcode.startswith("HMMA") for i in body), sum(i.opcode.startswith("FFMA") for i in body))
+
+    loops = [[i for i in code if branch.target <= i.address <= branch.address]
+             for branch in code if branch.target is not None and branch.target <= branch.address]
+    return max([body for body in loops if any(products(body))], key=lambda body: (products(body), -len(body)),
+               default=code)
+
+
+def disassemble(source: str, arch: str = "sm_90") -> dict[str, list[Instruction]]:
+    """Each kernel of `source` compiled for `arch`, as SASS instructions in program order (nvdisasm
+    reads the cubin; no GPU needed)."""
     import shutil
     import subprocess
     import sysconfig
@@ -95,14 +122,23 @@ def sass(source: str, arch: str = "sm_90") -> dict[str, list[str]]:
         f.write(binary[0])
         f.flush()
         listing = subprocess.run([tool, "-c", f.name], capture_output=True, text=True, check=True).stdout
-    opcodes: dict[str, list[str]] = {}
-    current = None
+    kernels: dict[str, list[tuple[int, str, str | None]]] = {}
+    labels: dict[str, int] = {}  # a branch's label -> the address of the instruction after it
+    current, pending = None, []
     for line in listing.splitlines():
         if m := re.match(r"\s*\.text\.(\w+):", line):
-            current = opcodes.setdefault(m.group(1), [])
-        elif current is not None and (m := re.search(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)", line)):
-            current.append(m.group(1))
-    return opcodes
+            current = kernels.setdefault(m.group(1), [])
+        elif m := re.match(r"\s*(\.L_x_\d+):", line):
+            pending.append(m.group(1))
+        elif current is not None and (m := re.search(
+                r"/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*)", line)):
+            address = int(m.group(1), 16)
+            labels.update((label, address) for label in pending)
+            pending = []
+            branch = re.search(r"`\((\.L_x_\d+)\)", m.group(3)) if m.group(2).startswith("BRA") else None
+            current.append((address, m.group(2), branch and branch.group(1)))
+    return {kernel: [Instruction(address, opcode, labels.get(label)) for address, opcode, label in code]
+            for kernel, code in kernels.items()}
 
 
 def parse_ptxas_log(log: str) -> dict[str, KernelReport]:

@@ -144,8 +144,11 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     conv of an NCHW input scales each input value by its gate on the way, so it loads through
     registers instead (the next slice while this one is multiplied, two buffers); of an NHWC one,
     each thread scales its own copies of a slice by their gates once they have landed, before the
-    barrier that shows them to the other warps. Inputs are rounded to TF32 where they leave
-    shared memory (registers: where they enter it); the weights come rounded.
+    barrier that shows them to the other warps. Inputs are rounded to TF32 once per block, in shared
+    memory (as the tensor cores read them: `TF32_OPERAND`): each thread rounds its own copies of a
+    slice once they have landed, with the gates where there are (`_rework_landed`), or, loaded
+    through registers, as they enter it; the weights come rounded. The warps read an NHWC input's A fragments with `ldmatrix` (four 8x4 float32
+    matrices per 16x8 fragment: `LDMATRIX_X4_F32`), an NCHW one's value by value.
 
     `channels_last` (input, output): tensors stored NHWC (passes/assign_layout.py). An NHWC input is
     copied 16 bytes (four channels of one pixel) at a time too (8 or 4 where a channel group is not
@@ -161,10 +164,10 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
 
     Each warp multiplies its WM x WN warp tile. Shared rows are padded by 8 floats, so a warp's
     fragment reads (rows t and t+4, columns g) fall in 32 distinct banks; NHWC rows ([pixel]) by 4,
-    an odd number of 16-byte groups, which does the same, and threads copy into rows spread so
-    each 8 lanes' 16-byte copies fill 8 different bank groups (`_spread_rows`; narrower copies
-    take their pieces in lane-dependent orders, `_per_copy`; gates scale a copy in one access each
-    way, `_gate_landed`): every shared access is served in one pass (the bank check,
+    an odd number of 16-byte groups, so the 8 rows an `ldmatrix` matrix reads fall in 8 different
+    bank groups, and threads copy into rows spread so each 8 lanes' 16-byte copies fill 8
+    different bank groups (`_spread_rows`; narrower copies take their pieces in lane-dependent
+    orders, `_per_copy`; a copy is rounded and scaled in one access each way, `_rework_landed`): every shared access is served in one pass (the bank check,
     tests/test_race_check.py). The epilogue runs on the
     accumulator fragments in registers: lane (g, t) holds pixels g and g+8 of each 16-row
     fragment, channels 2t and 2t+1 of each 8-column one (`_fragment_epilogue`; with a pool, the
@@ -187,20 +190,22 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
 
     def products(buf: str) -> str:
         """The warp tile's products over the BK values of shared buffer `buf`."""
-        def a(k: str, row: str) -> str:
-            value = f"As[{buf}][{row}][{k}]" if nhwc_in else f"As[{buf}][{k}][{row}]"
-            return f"TF32({value})" if copies else value
-
+        if nhwc_in:  # lane: row lane % 8 of matrix lane / 8: pixels +8 * (lane / 8 % 2), k +4 * (lane / 16)
+            a_load = f"""UNROLL for (int i = 0; i < {mi}; ++i)
+        LDMATRIX_X4_F32(a[i], &As[0][0][0], ((({buf}) * {t.bm} + wm0 + i * 16 + lane % 8 + 8 * (lane / 8 % 2))
+                                             * {t.a_shape(True)[1]} + kk + 4 * (lane / 16)));"""
+        else:
+            a_load = f"""UNROLL for (int i = 0; i < {mi}; ++i) {{
+        const int row = wm0 + i * 16 + fg;
+        a[i][0] = As[{buf}][kk + ft][row];
+        a[i][1] = As[{buf}][kk + ft][row + 8];
+        a[i][2] = As[{buf}][kk + ft + 4][row];
+        a[i][3] = As[{buf}][kk + ft + 4][row + 8];
+    }}"""
         return f"""UNROLL for (int kk = 0; kk < {t.bk}; kk += 8) {{
     float a[{mi}][4];
     float b[{ni}][2];
-    UNROLL for (int i = 0; i < {mi}; ++i) {{
-        const int row = wm0 + i * 16 + fg;
-        a[i][0] = {a("kk + ft", "row")};
-        a[i][1] = {a("kk + ft", "row + 8")};
-        a[i][2] = {a("kk + ft + 4", "row")};
-        a[i][3] = {a("kk + ft + 4", "row + 8")};
-    }}
+    {a_load}
     UNROLL for (int j = 0; j < {ni}; ++j) {{
         const int col = wn0 + j * 8 + fg;
         b[j][0] = Bs[{buf}][kk + ft][col];
@@ -228,10 +233,15 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     CP_ASYNC4(&As[{buf}][tid / {t.bm} + i * {a_step}][tid % {t.bm}], src, ok);
 }}"""
 
-        landed = (lambda kbase, buf: _gate_landed(geo, kbase, buf, pixels, VECTOR, width)) if gated else None
+        def landed(kbase: str, buf: str) -> str:  # rounded once per block, not by each warp reading them
+            if nhwc_in:
+                return _rework_landed(geo, kbase, buf, pixels, VECTOR, width, gated)
+            value = f"As[{buf}][tid / {t.bm} + i * {a_step}][tid % {t.bm}]"
+            return f"UNROLL for (int i = 0; i < {a_per}; ++i) {value} = TF32_OPERAND({value});"
+
         main = _pipelined(t, stages, r_begin, pitch, VECTOR, issue_inputs, products, landed)
     else:
-        main = _register_staged(t, geo, m_total, r_begin, gated, products("buf"), rounding="TF32")
+        main = _register_staged(t, geo, m_total, r_begin, gated, products("buf"), rounding="TF32_OPERAND")
 
     (ar, ac), (br, bc) = t.a_shape(nhwc_in), t.b_shape()
     a_order = "[pixel][reduction]" if nhwc_in else "[reduction][pixel]"
@@ -309,24 +319,30 @@ UNROLL for (int i = 0; i < {b_vectors}; ++i) {{  /* {vector} channels of a weigh
     }}"""
 
 
-def _gate_landed(geo: ConvGeometry, kbase: str, buf: str, pixels: VectorPixels, vector: int,
-                 width: int) -> str:
-    """A gated NHWC conv's input values of the slice at `kbase` in As[buf] (this thread's own
-    copies, `width` values each, landed) times their channels' gates (the gate of a_gate[i] +
-    channel), stored as the mul's output would have been (16 bits: rounded)."""
+def _rework_landed(geo: ConvGeometry, kbase: str, buf: str, pixels: VectorPixels, vector: int,
+                   width: int, gated: bool) -> str:
+    """What a thread does to its own NHWC input copies of the slice at `kbase` in As[buf] (`width`
+    values each) once they have landed: a gated conv's values times their channels' gates (the
+    gate of a_gate[i] + channel), rounded as the mul would have stored them (16 bits); at tf32,
+    every value rounded to TF32, as the tensor cores take it (`SCALE_*`, `ROUND_TF32X*`: one
+    access each way)."""
     count, per_pixel, step = pixels.count, pixels.per_pixel, pixels.step
-    channel = "taps[r].w" if geo.taps > 1 else "r"
     at = _copy_column(per_pixel, vector, width)
-    head = f"""    const int r = {kbase} + {at};
-    const int c = r < r_end ? {channel} : 0;  /* past the reduction: zeros, times any gate */
-    UNROLL for (int i = 0; i < {count}; ++i)"""
+    value = f"As[{buf}][a_row + i * {step}][{at}]"
+    if not gated:
+        assert vector == VECTOR, "16-bit copies land as they are multiplied"
+        rework = f"{value} = TF32_OPERAND({value});" if width == 1 else f"ROUND_TF32X{width}(&{value});"
+        return _per_copy(f"""    UNROLL for (int i = 0; i < {count}; ++i)
+        {rework}""", vector, width)
+    channel = "taps[r].w" if geo.taps > 1 else "r"
     if width == 1:  # a single float32 value (a 16-bit copy holds two at least)
-        return _per_copy(f"""{head}
-        As[{buf}][a_row + i * {step}][{at}] = As[{buf}][a_row + i * {step}][{at}] * gate[a_gate[i] + c];""",
-                         vector, width)
-    word = f"SCALE_U16X{width}" if vector == HALF_VECTOR else f"SCALE_F32X{width}"  # one access each way
-    return _per_copy(f"""{head}
-        {word}(&As[{buf}][a_row + i * {step}][{at}], gate + a_gate[i] + c);""", vector, width)
+        rework = f"{value} = TF32_OPERAND({value} * gate[a_gate[i] + c]);"
+    else:
+        rework = f"SCALE_{'U16' if vector == HALF_VECTOR else 'TF32'}X{width}(&{value}, gate + a_gate[i] + c);"
+    return _per_copy(f"""    const int r = {kbase} + {at};
+    const int c = r < r_end ? {channel} : 0;  /* past the reduction: zeros, times any gate */
+    UNROLL for (int i = 0; i < {count}; ++i)
+        {rework}""", vector, width)
 
 
 def _nhwc_copies(geo: ConvGeometry, kbase: str, buf: str, pixels: VectorPixels, vector: int,
@@ -462,7 +478,7 @@ def conv_mma16(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue:
     two pixels that need not be neighbours in the input): each thread loads its elements of the next
     slice as raw 16-bit patterns into registers while the warps multiply the current one, then
     stores them into the other of two reduction-major buffers, As[reduction][pixel] and Bs. A gate
-    scales an NHWC input's landed copies in shared memory (`_gate_landed`, as in `conv_mma`), an
+    scales an NHWC input's landed copies in shared memory (`_rework_landed`, as in `conv_mma`), an
     NCHW input's values in the registers.
 
     Rows are padded by 8 values (16 bytes), an odd number of 16-byte groups, so the 8 rows one
@@ -506,7 +522,7 @@ def conv_mma16(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue:
     if nhwc_in:
         pixels, pitch = _vector_pixels(t, HALF_VECTOR), weight_pitch(kg, HALF_VECTOR)
         width = copy_width(geo.cg, "fp16")  # the channels one copy moves
-        landed = (lambda kbase, buf: _gate_landed(geo, kbase, buf, pixels, HALF_VECTOR, width)) if gated else None
+        landed = (lambda kbase, buf: _rework_landed(geo, kbase, buf, pixels, HALF_VECTOR, width, True)) if gated else None
         copy = f"CP_ASYNC{2 * width}_HALF"
         main = _pipelined(t, t.stages, r_begin, pitch, HALF_VECTOR,
                           lambda kbase, buf: _nhwc_copies(geo, kbase, buf, pixels, HALF_VECTOR, width, copy),
@@ -560,7 +576,7 @@ def _register_staged(t: MmaTile, geo: ConvGeometry, m_total: int, r_begin: str, 
     """The main loop of a tensor-core kernel whose loads go through registers into two shared
     buffers As/Bs[buf]: the next slice's global loads are in flight while `products` (C code on
     buffer `buf`) multiplies this one, then land in the other buffer; one barrier per slice.
-    `rounding`: a word applied to each input value as it enters shared memory (TF32); `raw`:
+    `rounding`: a word applied to each input value as it enters shared memory (TF32_OPERAND); `raw`:
     16-bit patterns, as stored (see `_load_tiles`)."""
     a_per, a_step = t.bm * t.bk // t.threads, t.threads // t.bm
     b_per, b_step = t.bk * t.bn // t.threads, t.threads // t.bn
