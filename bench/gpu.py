@@ -33,8 +33,8 @@ import cnngraph  # noqa: E402
 from cnngraph.profile import gpu_peaks, profile  # noqa: E402
 from cnngraph.progress import progress_bar  # noqa: E402
 
-CASES = [("resnet18", 1), ("resnet18", 64), ("resnet18", 256), ("resnet50", 64), ("cifar_vgg", 256),
-         ("mobilenet_v2", 64)]
+CASES = [("resnet18", 64), ("resnet18", 1), ("mobilenet_v2", 64), ("cifar_vgg", 256), ("resnet50", 64),
+         ("resnet18", 256)]  # the most telling first: --budget may stop before the last
 TUNED = {("resnet18", 1), ("resnet18", 64), ("cifar_vgg", 256)}  # also measured with autotune=True
 COMPILED = {("resnet18", 64), ("mobilenet_v2", 64)}  # also PyTorch under torch.compile (a minute each to compile)
 COMPILE_LIMIT_S = 60  # torch.compile is timed where it compiles within a minute
@@ -291,29 +291,35 @@ def table(card: str, results: list[dict]) -> list[str]:
 
 
 def main() -> None:
-    import cupy as cp
-
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=50)
-    p.add_argument("--cases", help="network:batch,... (default: the four standard cases)")
+    p.add_argument("--cases", help="network:batch,... (default: the six standard cases, in order)")
     p.add_argument("--precisions", default="fp32,tf32,fp16,bf16",
                    help="cnngraph precisions to measure (default: fp32,tf32,fp16,bf16)")
-    p.add_argument("--no-tune", dest="tune", action="store_false", help="skip the autotuned runs")
+    p.add_argument("--tune", action=argparse.BooleanOptionalAction, default=True,
+                   help="also measure the autotuned models of the tuned cases (--no-tune: skip them)")
     p.add_argument("--out", help="also write the JSON into this folder")
+    p.add_argument("--budget", type=float, help="seconds: start no case after this long (the rest are listed)")
     args = p.parse_args()
+    import cupy as cp
     cases = [(c.split(":")[0], int(c.split(":")[1])) for c in args.cases.split(",")] if args.cases else CASES
     precisions = args.precisions.split(",")
     card = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
-    results = []
+    results, skipped, start = [], [], time.perf_counter()
     with progress_bar(len(cases), "cases", "case") as bar:
         for name, batch in cases:
+            if args.budget is not None and time.perf_counter() - start > args.budget:
+                skipped.append(f"{name}:{batch}")
+                continue
             results.append(bench_case(name, batch, args.repeats, card, precisions, args.tune))
             print(json.dumps({k: v for k, v in results[-1].items() if not k.endswith("_kernels")}), flush=True)
             bar.update(1)
     print("\n" + "\n".join(table(card, results)))
+    if skipped:
+        print(f"not measured (over the {args.budget:.0f} s budget): {', '.join(skipped)}")
     record = {"date": datetime.date.today().isoformat(), "card": card, "peak_tflops": {
               p: peak_for(card, p) for p in PEAK_TFLOPS},
-              "cupy": cp.__version__, "results": results}
+              "cupy": cp.__version__, "results": results, "skipped": skipped}
     slug = re.sub(r"[^A-Za-z0-9]+", "-", card).strip("-").lower()
     path = ROOT / "bench" / "results" / f"gpu-{record['date']}-{slug}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The one GPU check, for a CUDA machine with no network: the GPU tests, compute-sanitizer's racecheck
-# and memcheck on a small network at each precision (when the tool is there), then bench/gpu.py
-# (cnngraph's CUDA backend against PyTorch cuDNN). Arguments go to bench/gpu.py (e.g. --out DIR).
+# and memcheck on a reduced example at each precision (when the tool is there), then bench/gpu.py
+# (cnngraph's CUDA backend against PyTorch cuDNN): untuned, starting no case after 150 s, so the
+# whole check stays within about 6 minutes. Arguments go to bench/gpu.py after those (e.g. --out DIR,
+# or --tune --budget 1200 for every case, autotuned too).
 # Wheels in .whl/ (pydantic and its dependencies, when the machine lacks them) are installed first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,7 +24,7 @@ if command -v compute-sanitizer > /dev/null; then
         compute-sanitizer --tool "$tool" --error-exitcode 3 python3 bench/sanitize.py || sanitized=1
     done
 fi
-python3 bench/gpu.py "$@"
+python3 bench/gpu.py --no-tune --budget 150 "$@"
 bench=$?
 echo "gpu tests exit $tests, compute-sanitizer exit $sanitized, benchmark exit $bench"
 exit $(( tests || sanitized || bench ))

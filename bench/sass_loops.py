@@ -56,7 +56,8 @@ def measure(example: str, batch: int, precision: str, arch: str) -> list[dict]:
     code = disassemble(plan.program.source(CUDA), arch)
     rows = []
     for launch in plan.program.launches:
-        if launch.kernel in code and (loop := profile(code[launch.kernel], precision)):
+        gemm = plan.graph.nodes[launch.node]["op"].split("+")[0] in ("conv2d", "linear")
+        if gemm and launch.kernel in code and (loop := profile(code[launch.kernel], precision)):
             rows.append({"kernel": launch.kernel, "tile": str(launch.schedule.tile) if launch.schedule else "", **loop})
     return rows
 

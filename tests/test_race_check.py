@@ -226,8 +226,9 @@ def drop_barrier(body: str, which: int) -> str:
 
 # the barriers whose absence the plain rendering on PoCL hides: kernel prefix, which barrier
 PLANTED = {
-    # conv_gemm's second barrier: all threads are done multiplying the tile before it is overwritten
-    "conv_gemm_after_multiplying": ("conv_gemm_fp32", "conv3x3", 1),
+    # conv_gemm (two buffers, as the register-staged conv_mma): its first slice stored before it is
+    # multiplied (without its slice loop's barrier, PoCL computes wrong values: no race check needed)
+    "conv_gemm_after_storing_first_tile": ("conv_gemm_fp32", "conv3x3", 0),
     # the gated conv_mma: the first slice stored before it is multiplied (the mma emulation's barriers hide it)
     "conv_mma_after_storing_first_tile": ("conv_mma_gated_tf32", "gated_conv", 0),
     # the gated conv_mma's slice loop: the next slice is stored and the last one multiplied

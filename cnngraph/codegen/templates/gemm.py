@@ -49,7 +49,9 @@ def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
     """Implicit-GEMM convolution (also linear: h = w = kh = kw = 1). GEMM M = N*P*Q output pixels,
     N = K/groups output channels, reduction R = C/groups*KH*KW; the group is blockIdx.z.
     x (N, C, H, W), w (groups, R, K/groups), y (N, K, P, Q).
-    Global loads of the next BK slice go to registers while the current slice is multiplied.
+    Slices of BK reduction values flow through two shared buffers (`_register_staged`): the next
+    slice's global loads go to registers while the current one is multiplied, then into the other
+    buffer; one barrier per slice.
     With splits > 1 (groups == 1), blockIdx.z is the split: each block writes its raw partial sums
     to ws (splits, K, M), and the last block of a tile to finish adds them up and applies the
     epilogue (see `_finish`).
@@ -62,7 +64,7 @@ def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
     k, groups, kg, pq = geo.k, geo.groups, geo.kg, geo.pixels
     m_total = gemm_rows(geo, pool)
     t = tile
-    nt, a_per, a_step, b_per = t.threads, t.bm * t.bk // t.threads, t.threads // t.bm, t.bk * t.bn // t.threads
+    nt = t.threads
     assert nt % t.bm == 0 and (t.bk * t.bn) % nt == 0
     assert not pool or (t.tm % pool.size == 0 and splits == 1)
     split = splits > 1
@@ -86,10 +88,18 @@ def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
         channel = "kl" if split else f"g * {kg} + kl"
         finish = _finish(lambda code, store: _plain_epilogue(t, row, m_total, pq, kg, channel, code, store, k),
                          splits, k, m_total, grid[0], epilogue)
+    products = f"""UNROLL for (int kk = 0; kk < {t.bk}; ++kk) {{
+    float a[{t.tm}];
+    float b[{t.tn}];
+    UNROLL for (int i = 0; i < {t.tm}; ++i) a[i] = As[buf][kk][{row}];
+    UNROLL for (int j = 0; j < {t.tn}; ++j) b[j] = Bs[buf][kk][tx * {t.tn} + j];
+    UNROLL for (int i = 0; i < {t.tm}; ++i)
+        UNROLL for (int j = 0; j < {t.tn}; ++j) acc[i][j] += a[i] * b[j];
+}}"""
     body = f"""KERNEL void {name}({args})
 {{
-    SHARED float As[{t.bk}][{t.bm}] ALIGNED16;
-    SHARED float Bs[{t.bk}][{t.bn}] ALIGNED16;
+    SHARED float As[2][{t.bk}][{t.bm}] ALIGNED16;  /* [buffer][reduction][pixel] */
+    SHARED float Bs[2][{t.bk}][{t.bn}] ALIGNED16;  /* [buffer][reduction][channel] */
     const int tid = THREAD_X;
     const int g = BLOCK_Z;
     const int m0 = BLOCK_X * {t.bm};
@@ -98,31 +108,9 @@ def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
     const int tx = tid / {rows_per};  /* columns n0 + tx*{t.tn} + j */
 {_window(geo, t.bm, t.bn, pool, splits, chunk, gated)}
     float acc[{t.tm}][{t.tn}];
-    float a_reg[{a_per}];
-    float b_reg[{b_per}];
     UNROLL for (int i = 0; i < {t.tm}; ++i)
         UNROLL for (int j = 0; j < {t.tn}; ++j) acc[i][j] = 0.0f;
-
-    for (int k0 = {r_begin}; k0 < r_end; k0 += {t.bk}) {{
-        if (k0 == {r_begin}) {{
-{_load_tiles("k0", t, geo, m_total, gated, spaces=12)}
-        }}
-        UNROLL for (int i = 0; i < {a_per}; ++i) As[tid / {t.bm} + i * {a_step}][tid % {t.bm}] = a_reg[i];
-        UNROLL for (int i = 0; i < {b_per}; ++i) Bs[(tid + i * {nt}) / {t.bn}][(tid + i * {nt}) % {t.bn}] = b_reg[i];
-        BARRIER();
-        if (k0 + {t.bk} < r_end) {{  /* prefetch the next slice while this one is multiplied */
-{_load_tiles(f"k0 + {t.bk}", t, geo, m_total, gated, spaces=12)}
-        }}
-        UNROLL for (int kk = 0; kk < {t.bk}; ++kk) {{
-            float a[{t.tm}];
-            float b[{t.tn}];
-            UNROLL for (int i = 0; i < {t.tm}; ++i) a[i] = As[kk][{row}];
-            UNROLL for (int j = 0; j < {t.tn}; ++j) b[j] = Bs[kk][tx * {t.tn} + j];
-            UNROLL for (int i = 0; i < {t.tm}; ++i)
-                UNROLL for (int j = 0; j < {t.tn}; ++j) acc[i][j] += a[i] * b[j];
-        }}
-        BARRIER();
-    }}
+{_register_staged(t, geo, m_total, r_begin, gated, products)}
 
 {finish}
 }}
@@ -571,10 +559,10 @@ def _warp_setup(t: MmaTile) -> str:
             UNROLL for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;"""
 
 
-def _register_staged(t: MmaTile, geo: ConvGeometry, m_total: int, r_begin: str, gated: bool, products: str,
-                     rounding: str = "", raw: bool = False) -> str:
-    """The main loop of a tensor-core kernel whose loads go through registers into two shared
-    buffers As/Bs[buf]: the next slice's global loads are in flight while `products` (C code on
+def _register_staged(t: Tile | MmaTile, geo: ConvGeometry, m_total: int, r_begin: str, gated: bool,
+                     products: str, rounding: str = "", raw: bool = False) -> str:
+    """The main loop of a GEMM kernel whose loads go through registers into two shared buffers
+    As/Bs[buf] (`conv_gemm`, and the tensor-core kernels that cannot copy by cp.async): the next slice's global loads are in flight while `products` (C code on
     buffer `buf`) multiplies this one, then land in the other buffer; one barrier per slice.
     `rounding`: a word applied to each input value as it enters shared memory (TF32_OPERAND); `raw`:
     16-bit patterns, as stored (see `_load_tiles`)."""
