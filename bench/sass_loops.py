@@ -2,7 +2,8 @@
 
     python bench/sass_loops.py [--cases resnet18:64,mobilenet_v2:64] [--precisions fp32,tf32,fp16] [--arch sm_90]
 
-For each conv (and linear) kernel of each example at each precision: the instructions of its main
+For each conv (and linear) GEMM kernel of each example at each precision (not the depthwise
+convs, which run on the FP32 cores at every precision): the instructions of its main
 loop (`nvrtc.main_loop`) per unit of work, and what they are. The work unit is 1024 fused
 multiply-adds: one m16n8k8 TF32 product (HMMA.1688), half an m16n8k16 16-bit one (HMMA.16816), 32
 warp-wide FFMAs. A GPU issues one instruction per clock per SM sub-partition, four per SM, and an
@@ -56,7 +57,7 @@ def measure(example: str, batch: int, precision: str, arch: str) -> list[dict]:
     code = disassemble(plan.program.source(CUDA), arch)
     rows = []
     for launch in plan.program.launches:
-        gemm = plan.graph.nodes[launch.node]["op"].split("+")[0] in ("conv2d", "linear")
+        gemm = plan.graph.nodes[launch.node]["op"].split("+")[0] in ("conv2d", "linear") and "_dw_" not in launch.kernel
         if gemm and launch.kernel in code and (loop := profile(code[launch.kernel], precision)):
             rows.append({"kernel": launch.kernel, "tile": str(launch.schedule.tile) if launch.schedule else "", **loop})
     return rows

@@ -403,3 +403,17 @@ def test_cuda_module_that_fails_to_compile_is_an_internal_error_naming_the_kerne
     broken.body = broken.body.replace("float v = 0.0f;", "float v = undefined_name;")
     with pytest.raises(NvrtcError, match=rf"kernel {broken.kernel} of the CUDA module of concat3.*\n.*undefined_name"):
         cnngraph.bind(plan, device="cuda")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "fp16", "bf16"])
+def test_depthwise_threads_compute_four_outputs_from_a_register_window(precision):
+    """mobilenet_v2's depthwise convs at every precision: a thread per 4 outputs of a row (a quarter
+    of the threads one output each would take), which read each input row once, into registers."""
+    p = cnngraph.plan(EXAMPLES / "mobilenet_v2.json", 2, precision=precision)
+    depthwise = [launch for launch in p.program.launches if "_dw_" in launch.kernel]
+    assert len(depthwise) == 17
+    for launch in depthwise:
+        n, c, rows, columns = p.graph.nodes[launch.node]["shape"]
+        threads = n * c * rows * -(-columns // 4)
+        assert launch.grid[0] == -(-threads // launch.block[0]), launch.kernel
+        assert "float acc[4];" in launch.body and "float xr[" in launch.body, launch.kernel

@@ -170,9 +170,9 @@ def test_numpy_emulation_is_rounded_and_within_the_budget(case, precision):
 
 
 # Whole networks with their seeded random weights at reduced size: fp32 is within 2e-6 of float64
-# for these; at fp16 within 1.1e-3 and at bf16 within 1.2e-2 (measured). The MobileNets amplify
+# for these; at fp16 within 1.4e-3 and at bf16 within 1.2e-2 (measured). The MobileNets amplify
 # rounding about 20x more (see test_precision.py), so their budget is checked per layer above.
-WELL_CONDITIONED = ["cifar_vgg", "lenet5", "resnet18", "shufflenet_v2", "squeezenet1_1", "unet_small"]
+from test_precision import WELL_CONDITIONED  # noqa: E402
 
 
 @pytest.mark.parametrize("precision", HALF)
@@ -387,7 +387,7 @@ def test_nvrtc_compiles_half_storage_to_hmma_without_stack(precision, arch):
             assert ("SHFL.BFLY" in ops) == ("pool" in launch.kernel), launch.kernel  # a fused pool's windows
             if "CP_ASYNC16_HALF(" in launch.body:  # an NHWC input: cp.async only, A by plain ldmatrix
                 channels = stored_shape(p.graph, p.graph.nodes[launch.node]["inputs"][0])[1]
-                groups = compute_of(p.graph, launch.node).spec.groups
+                groups = getattr(compute_of(p.graph, launch.node).spec, "groups", 1)
                 narrow = {4: "LDGSTS.E.64", 2: "LDGSTS.E"}.get(copy_width(channels // groups, precision))
                 assert {op for op in ops if op.startswith("LDGSTS")} == {"LDGSTS.E.BYPASS.128", narrow} - {None}
                 assert any(op.startswith("LDSM.16.M88.4") for op in ops), launch.kernel

@@ -64,3 +64,50 @@ def test_autotune_choice_is_stable_across_noisy_runs():
                    for pick, base in ((0, 1.0), (1, 0.99), (2, 1.01))}
         assert choose(samples)[0] == 0
 
+
+
+def test_a_failed_graph_capture_is_ended_and_tried_again():
+    """A launch that fails while the CUDA graph is being captured (the second call) must not leave
+    the model's stream capturing: the capture is ended, no graph is kept, and the next call
+    captures afresh (a CudaBackend's launch logic on a fake stream; no GPU needed)."""
+    from cnngraph.backends.cuda_backend import CudaBackend
+
+    replayed = []
+
+    class Graph:
+        def launch(self, stream):
+            replayed.append(stream)
+
+    class Stream:
+        capturing, captures = False, 0
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def begin_capture(self):
+            self.capturing, self.captures = True, self.captures + 1
+
+        def end_capture(self):
+            self.capturing = False
+            return Graph()
+
+    failing = [False]
+
+    def kernel(grid, block, args, shared_mem):
+        if failing[0]:
+            raise RuntimeError("launch failed")
+
+    backend = object.__new__(CudaBackend)
+    backend.stream, backend.graph, backend.use_graph, backend.calls = Stream(), None, True, 0
+    backend.launches = [(kernel, (1, 1, 1), (32, 1, 1), (), 0)]
+    backend._launch_all()  # the first call runs plainly
+    failing[0] = True
+    with pytest.raises(RuntimeError, match="launch failed"):
+        backend._launch_all()  # the second captures, and fails
+    assert not backend.stream.capturing and backend.graph is None and not replayed
+    failing[0] = False
+    backend._launch_all()  # the third captures again, and replays the graph
+    assert backend.stream.captures == 2 and isinstance(backend.graph, Graph) and replayed == [backend.stream]

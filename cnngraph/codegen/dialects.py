@@ -42,13 +42,15 @@ ROUNDS = (2, 4)
 ROUNDED = {"TF32": "TF32_OPERAND", "U16": "STORE"}  # the word that rounds a reworked value, per kind
 WORDS = ("KERNEL", "GLOBAL", "SHARED", "RESTRICT", "BARRIER()", "BLOCK_X", "BLOCK_Y", "BLOCK_Z", "THREAD_X",
          "UNROLL", "NO_UNROLL", "ALIGNED16", "INLINE", "NEG_INF",
-         "EXPF(x)", "TANHF(x)", "ERFF(x)", "SQRTF(x)", "TF32(x)", "TF32_OPERAND(x)", "MMA_TF32(d, a, b)", "MMA_SCRATCH(warps)",
+         "EXPF(x)", "TANHF(x)", "ERFF(x)", "SQRTF(x)", "TF32(x)", "TF32_OPERAND(x)", "MMA_TF32(d, a, b)",
+         "MMA_SCRATCH(warps)",
          "CP_ASYNC_STATE(n)", "CP_ASYNC4(dst, src, pred)", "CP_ASYNC8(dst, src, pred)", "CP_ASYNC16(dst, src, pred)",
          "CP_ASYNC_COMMIT()", "CP_ASYNC_WAIT(n)", "CP_ASYNC_STATE_HALF(n)", "CP_ASYNC4_HALF(dst, src, pred)",
          "CP_ASYNC8_HALF(dst, src, pred)", "CP_ASYNC16_HALF(dst, src, pred)",
          "HALF", "AS_FLOAT(u)", "AS_UINT(f)", "MMA_F16(d, a, b)", "MMA_BF16(d, a, b)",
          "LDMATRIX_X4(r, base, offset)", "LDMATRIX_X4_TRANS(r, base, offset)", "LDMATRIX_X2_TRANS(r, base, offset)",
-         "LDMATRIX_X4_F32(r, base, offset)", "SHFL_XOR(v, lanes)", "WARP_SCRATCH(warps)", "THREADFENCE()", "ATOMIC_INC(p)", "LOAD_COHERENT(x)",
+         "LDMATRIX_X4_F32(r, base, offset)", "SHFL_XOR(v, lanes)", "WARP_SCRATCH(warps)", "THREADFENCE()",
+         "ATOMIC_INC(p)", "LOAD_COHERENT(x)",
          "DYNAMIC_SHARED(bytes)", "SHARED_VIEW(type, name, count, inner, offset)", "STORE_F32X2(p, a, b)",
          "STORE_U16X2(p, a, b)", *(f"SCALE_{kind}X{n}(p, gates)" for kind, n in SCALES),
          *(f"ROUND_TF32X{n}(p)" for n in ROUNDS))
@@ -114,7 +116,8 @@ STORAGE["tf32"] = STORAGE["fp32"]
 # TF32 (round to a 10-bit mantissa, to nearest with ties away from zero, as cvt.rna.tf32.f32 does),
 # TF32_OPERAND (x plus half a TF32 unit in the last place where x is finite: the tensor cores, which
 # drop the 13 low bits of an operand, read it so rounded; what ptxas makes of a cvt.rna feeding an
-# mma, one instruction fewer than clearing the bits) and the warp-wide mma.sync.aligned.m16n8k8 TF32 product, per dialect. Fragments (PTX ISA, "Matrix
+# mma, one instruction fewer than clearing the bits) and the warp-wide mma.sync.aligned.m16n8k8
+# TF32 product, per dialect. Fragments (PTX ISA, "Matrix
 # fragments for mma.m16n8k8"; g = lane / 4, t = lane % 4): a0 (row g, col t), a1 (g+8, t), a2 (g, t+4),
 # a3 (g+8, t+4); b0 (row t, col g), b1 (t+4, g); d_i at row g + 8*(i/2), col 2t + i%2.
 TENSOR_CORE_HELPERS = {
@@ -623,7 +626,8 @@ OPENCL = Dialect("opencl", ".cl", {
     "LDMATRIX_X2_TRANS(r, base, offset)": "ldmatrix(r, 2, true, base, offset, ldmatrix_rows)",
     "SHFL_XOR(v, lanes)": "shfl_xor(v, lanes, shfl_scratch)",
     "WARP_SCRATCH(warps)": "__local uint shfl_scratch[(warps) * 32]",
-    "NEG_INF": "(-INFINITY)", "TF32(x)": "tf32_round(x)", "TF32_OPERAND(x)": "tf32_operand(x)", "MMA_TF32(d, a, b)": "mma_emulated(d, (const uint*)(a), (const uint*)(b), mma_a, mma_b, 0)",
+    "NEG_INF": "(-INFINITY)", "TF32(x)": "tf32_round(x)", "TF32_OPERAND(x)": "tf32_operand(x)",
+    "MMA_TF32(d, a, b)": "mma_emulated(d, (const uint*)(a), (const uint*)(b), mma_a, mma_b, 0)",
     "MMA_SCRATCH(warps)": "__local uint mma_a[(warps) * 128]; __local uint mma_b[(warps) * 64]; "
                           "__local int ldmatrix_rows[(warps) * 32]",
     "CP_ASYNC_STATE(n)": "__local float* cpq_dst[n]; float cpq_value[n]; int cpq_group[n]; int cpq_count = 0; "

@@ -25,7 +25,7 @@ from ..ops.arithmetic import broadcast_index
 from ..ops.epilogue import label, scale_shifts, to_c
 from ..passes.assign_layout import NHWC
 from ..passes.infer_shapes import MAX_ELEMENTS
-from ..precision import HALF_STORAGE, round_tf32, to_storage
+from ..precision import HALF_STORAGE, copy_width, round_tf32, to_storage
 from . import templates as T
 from .dialects import Dialect
 from .schedules import MmaTile, Schedule, schedules
@@ -214,6 +214,16 @@ class NodeLowering:
                             expr=expr + then, channels=self.shape[1], spatial=_numel(self.shape[2:]),
                             channels_last=nhwc)]
 
+    def _one_pixel_each(self, geo: ConvGeometry) -> bool:
+        """A tensor-core GEMM whose input and output hold one pixel per sample (a linear layer's
+        (N, C), a squeeze-excitation's (N, C, 1, 1)): whatever their layout, their bytes are those
+        of NHWC tensors, so its kernel reads them as such, by cp.async (ungated, unpooled, its
+        channels a whole number of 4-byte copies: `reads_channels_last`)."""
+        c = self.compute
+        one_pixel = geo.h * geo.w == 1 and geo.p * geo.q == 1
+        return (one_pixel and c.tensor_cores and not c.gated and c.pool is None
+                and copy_width(self.stored_in_shapes[0][1] // geo.groups, c.precision) > 0)
+
     def operand_index(self, i: int) -> str:
         """The C index into input `i` of the element `idx` of an elementwise op's output, which it
         may broadcast to; NHWC when the output is (a broadcast operand then is layout-free)."""
@@ -245,6 +255,8 @@ class NodeLowering:
         on the tensor cores (`conv_mma16`); at fp32 on the CUDA cores (`conv_gemm`). The
         tensor-core kernels read and write NHWC tensors too (`channels_last`), their weight rows
         then in (ky, kx, channel) order."""
+        if self._one_pixel_each(geo):  # NHWC is NCHW byte for byte: copied 16 bytes at a time too
+            self.channels_last = (True, True)
         tf32 = self.compute.precision == "tf32"
         b_refs = [self.const("b", bias)] if bias is not None else []
         kg = geo.kg

@@ -135,8 +135,9 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     barrier that shows them to the other warps. Inputs are rounded to TF32 once per block, in shared
     memory (as the tensor cores read them: `TF32_OPERAND`): each thread rounds its own copies of a
     slice once they have landed, with the gates where there are (`_rework_landed`), or, loaded
-    through registers, as they enter it; the weights come rounded. The warps read an NHWC input's A fragments with `ldmatrix` (four 8x4 float32
-    matrices per 16x8 fragment: `LDMATRIX_X4_F32`), an NCHW one's value by value.
+    through registers, as they enter it; the weights come rounded. The warps read an NHWC input's A
+    fragments with `ldmatrix` (four 8x4 float32 matrices per 16x8 fragment: `LDMATRIX_X4_F32`), an
+    NCHW one's value by value.
 
     `channels_last` (input, output): tensors stored NHWC (passes/assign_layout.py). An NHWC input is
     copied 16 bytes (four channels of one pixel) at a time too (8 or 4 where a channel group is not
@@ -155,11 +156,11 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     an odd number of 16-byte groups, so the 8 rows an `ldmatrix` matrix reads fall in 8 different
     bank groups, and threads copy into rows spread so each 8 lanes' 16-byte copies fill 8
     different bank groups (`_spread_rows`; narrower copies take their pieces in lane-dependent
-    orders, `_per_copy`; a copy is rounded and scaled in one access each way, `_rework_landed`): every shared access is served in one pass (the bank check,
-    tests/test_race_check.py). The epilogue runs on the
-    accumulator fragments in registers: lane (g, t) holds pixels g and g+8 of each 16-row
-    fragment, channels 2t and 2t+1 of each 8-column one (`_fragment_epilogue`; with a pool, the
-    lanes of a window combine their values by warp shuffles: `_fragment_pool_epilogue`)."""
+    orders, `_per_copy`; a copy is rounded and scaled in one access each way, `_rework_landed`):
+    every shared access is served in one pass (the bank check, tests/test_race_check.py). The
+    epilogue runs on the accumulator fragments in registers: lane (g, t) holds pixels g and g+8 of
+    each 16-row fragment, channels 2t and 2t+1 of each 8-column one (`_fragment_epilogue`; with a
+    pool, the lanes of a window combine their values by warp shuffles: `_fragment_pool_epilogue`)."""
     nhwc_in, nhwc_out = channels_last
     t, split, copies = tile, splits > 1, not gated or nhwc_in
     nt, mi, ni = t.threads, t.wm // 16, t.wn // 8
@@ -510,7 +511,8 @@ def conv_mma16(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue:
     if nhwc_in:
         pixels, pitch = _vector_pixels(t, HALF_VECTOR), weight_pitch(kg, HALF_VECTOR)
         width = copy_width(geo.cg, "fp16")  # the channels one copy moves
-        landed = (lambda kbase, buf: _rework_landed(geo, kbase, buf, pixels, HALF_VECTOR, width, True)) if gated else None
+        landed = (lambda kbase, buf: _rework_landed(geo, kbase, buf, pixels, HALF_VECTOR, width, gated=True)
+                  ) if gated else None
         copy = f"CP_ASYNC{2 * width}_HALF"
         main = _pipelined(t, t.stages, r_begin, pitch, HALF_VECTOR,
                           lambda kbase, buf: _nhwc_copies(geo, kbase, buf, pixels, HALF_VECTOR, width, copy),
