@@ -369,7 +369,7 @@ def planted(spec, batch, old, new):
 @pytest.mark.parametrize("old, new", [
     (re.compile(r"(a\[i\]\[1\] = .*?\[row) \+ 8\]"), r"\1]"),  # a1 read from row g instead of g + 8
     (re.compile(r"(b\[j\]\[1\] = Bs\[[^]]*\]\[kk \+ ft) \+ 4\]"), r"\1]"),  # b1 read from k t instead of t + 4
-    (re.compile(r"= TF32_OPERAND\((As\[read\][^;]*)\);"), r"= \1;"),  # landed inputs not rounded: the tensor cores truncate them
+    (re.compile(r"= TF32_OPERAND\((As\[read\][^;]*)\);"), r"= \1;"),  # landed inputs unrounded: truncated
     ("const int kl = n0 + wn0 + j * 8 + 2 * ft + e % 2;", "const int kl = n0 + wn0 + j * 8 + ft + e % 2;"),
     (re.compile(r"CP_ASYNC_WAIT\((\d+)\)"), lambda m: f"CP_ASYNC_WAIT({int(m[1]) + 1})"),  # a wait too weak
     ("CP_ASYNC_COMMIT();  /* every", "/* every"),  # copies never committed: their wait never completes them
