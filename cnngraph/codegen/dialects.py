@@ -356,16 +356,23 @@ INLINE void rc_clear(__local int2* mark, int count) {  /* the shadow of a fresh 
     const int lid = rc_me(0), size = get_local_size(0) * get_local_size(1) * get_local_size(2);
     for (int i = lid; i < count; i += size) mark[i] = (int2)(-1, -1);
 }
-/* ldmatrix of TENSOR_CORE_HELPERS reading checked 16-bit rows; the lanes giving rows log them */
-INLINE void ldmatrix_rc(uint* r, int count, bool trans, rc_ref_h base, int offset, __local int* rows, int epoch,
-                        __global int* races, int line, __global int* log, int* log_count) {
+/* a checked ldmatrix's rows: the lanes giving one (`row`, from `shared`) log it, and every lane
+   publishes its row's `offset` to its warp's slice of `rows`, which it returns, read after the barrier */
+INLINE __local int* ldmatrix_rc_rows(__local uchar* row, __local uchar* shared, int count, int offset,
+                                     __local int* rows, int line, __global int* log, int* log_count) {
     const int lane = get_local_id(0) % 32;
-    if (lane < 8 * count)
-        rc_log_access(log, log_count, line, 16, false, (int)((__local uchar*)(base.at + offset) - base.shared));
+    if (lane < 8 * count) rc_log_access(log, log_count, line, 16, false, (int)(row - shared));
     __local int* wr = rows + (get_local_id(0) / 32) * 32;
     wr[lane] = offset;
     barrier(CLK_LOCAL_MEM_FENCE);
-    const int g = lane / 4, t = lane % 4;
+    return wr;
+}
+/* ldmatrix of TENSOR_CORE_HELPERS reading checked 16-bit rows */
+INLINE void ldmatrix_rc(uint* r, int count, bool trans, rc_ref_h base, int offset, __local int* rows, int epoch,
+                        __global int* races, int line, __global int* log, int* log_count) {
+    __local int* wr = ldmatrix_rc_rows((__local uchar*)(base.at + offset), base.shared, count, offset, rows, line,
+                                       log, log_count);
+    const int lane = get_local_id(0) % 32, g = lane / 4, t = lane % 4;
     for (int j = 0; j < count; ++j) {
         const int lo = trans ? wr[8 * j + 2 * t] + g : wr[8 * j + g] + 2 * t;
         const int hi = trans ? wr[8 * j + 2 * t + 1] + g : lo + 1;
@@ -377,12 +384,9 @@ INLINE void ldmatrix_rc(uint* r, int count, bool trans, rc_ref_h base, int offse
 /* ldmatrix_rc of 8x4 float32 matrices (LDMATRIX_X4_F32): register j gets row g, column t of matrix j */
 INLINE void ldmatrix_rc_f32(float* r, int count, rc_ref base, int offset, __local int* rows, int epoch,
                             __global int* races, int line, __global int* log, int* log_count) {
+    __local int* wr = ldmatrix_rc_rows((__local uchar*)(base.at + offset), base.shared, count, offset, rows, line,
+                                       log, log_count);
     const int lane = get_local_id(0) % 32;
-    if (lane < 8 * count)
-        rc_log_access(log, log_count, line, 16, false, (int)((__local uchar*)(base.at + offset) - base.shared));
-    __local int* wr = rows + (get_local_id(0) / 32) * 32;
-    wr[lane] = offset;
-    barrier(CLK_LOCAL_MEM_FENCE);
     for (int j = 0; j < count; ++j) r[j] = rc_read(rc_step(base, wr[8 * j + lane / 4] + lane % 4), epoch, races);
     barrier(CLK_LOCAL_MEM_FENCE);
 }
