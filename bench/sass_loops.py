@@ -75,7 +75,8 @@ def main() -> None:
         example, batch = case.split(":")
         for precision in args.precisions.split(","):
             rows = measure(example, int(batch), precision, args.arch)
-            results.append({"network": example, "batch": int(batch), "precision": precision, "kernels": rows})
+            results.append({"network": example, "batch": int(batch), "precision": precision,  # opcode counts
+                            "kernels": [{k: v for k, v in r.items() if k != "opcodes"} for r in rows]})  # summed up
             print(f"\n{example} batch {batch} {precision} ({args.arch}): main loops, instructions per 1024 "
                   "multiply-adds (issue bound: of the H100/H200 peak)")
             print(f"{'kernel':52} {'instr':>6} {'per 1k':>7} {'bound':>6} {'LDS':>4} {'STS':>4} {'cp.as':>5}")
