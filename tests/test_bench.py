@@ -38,8 +38,11 @@ def test_gpu_benchmark_runs_every_step_on_the_cpu():
 @pytest.mark.skipif(NVRTC_REASON is not None, reason=str(NVRTC_REASON))
 def test_sass_loop_profile_counts_the_main_loops():
     """bench/sass_loops.py: each tensor-core kernel's main loop, its products and the instructions
-    they cost."""
+    they cost; the fp32 kernel's loop (two shared buffers) has one barrier too."""
     import sass_loops
+
+    fp32 = sass_loops.measure("lenet5", 4, "fp32", "sm_80")
+    assert len(fp32) == 5 and all(r["barriers"] == 1 and r["opcodes"]["FFMA"] * 32 == r["multiply_adds"] for r in fp32)
 
     rows = sass_loops.measure("lenet5", 4, "tf32", "sm_80")
     assert [r["kernel"].split("_")[0] for r in rows] == ["conv5x5s1", "conv5x5s1", "linear", "linear", "linear"]
