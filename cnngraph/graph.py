@@ -13,6 +13,8 @@ Node attributes (every stage keeps these; passes may add more):
   padded_channels  where an NHWC tensor stores more channels per pixel than it has (zeros after
            them, so each pixel is whole 16-byte vectors: the 3-channel image, lenet5's 6 channels
            between two convs); see `stored_shape`
+  tf32_stored  True where the tensor is stored rounded to TF32 by its writer, at tf32: only
+           tensor-core convs read it, and they would round it anyway (passes/assign_precision.py)
 Graph attributes: name, inputs, outputs (node names), batch_size, source (the spec file).
 """
 

@@ -4,7 +4,10 @@
 CUDA cores.
 `tf32`: the convolutions and linear layers that run as a GEMM (all but depthwise) multiply operands
 rounded to TF32 (a 10-bit mantissa, to nearest with ties away from zero, as `cvt.rna.tf32.f32`
-does) on the tensor cores, and accumulate in float32; storage and every other op stay float32.
+does) on the tensor cores, and accumulate in float32; storage and every other op stay float32,
+except that a conv or linear layer whose output only tensor-core convs read (as their ungated
+input) stores it rounded to TF32: the values those convs would round it to anyway, rounded once by
+their writer instead of in every block that reads them (`passes/assign_precision.py`).
 `fp16` / `bf16`: every activation (the arena: inputs, layer outputs) and the GEMM weights are
 stored in 16 bits (half the memory traffic), rounded to nearest even when stored; kernels load
 them into float32, compute and accumulate in float32 (epilogues included) and round once, at the
@@ -61,13 +64,15 @@ def copy_width(channels: int, precision: str) -> int:
 def round_tf32(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """float32 `x` rounded to TF32 as the GPU's cvt.rna does: add half of the 13 dropped bits to
     the magnitude (ties away from zero), then clear them; NaN and infinity are left alone.
-    Into `out` (same shape, float32, contiguous) when given; temporaries: one byte per element."""
+    Into `out` (same shape, float32, contiguous; `x` itself rounds it in place) when given;
+    temporaries: one byte per element."""
     x = np.ascontiguousarray(x, np.float32)
+    finite = np.isfinite(x)
     out = np.empty_like(x) if out is None else out
-    bits, rounded = x.view(np.uint32), out.view(np.uint32)
-    np.add(bits, np.uint32(0x1000), out=rounded)
-    np.bitwise_and(rounded, np.uint32(0xFFFFE000), out=rounded)
-    np.copyto(rounded, bits, where=np.isinf(x) | np.isnan(x))
+    np.copyto(out, x)  # nothing to do in place
+    rounded = out.view(np.uint32)
+    np.add(rounded, np.uint32(0x1000), out=rounded, where=finite)
+    np.bitwise_and(rounded, np.uint32(0xFFFFE000), out=rounded, where=finite)
     return out
 
 

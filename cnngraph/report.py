@@ -15,6 +15,7 @@ The JSON document (`cnngraph inspect --format json`, `inspect_data(g)`):
          "shape": [1, 64, 112, 112],       # output shape, batch included
          "layout": "NCHW",                 # "NHWC" where stored channels-last (reduced precisions); null if not 4-D
          "padded_channels": null,          # channels per pixel as stored, where padded (an NHWC image's 3 to 4 or 8)
+         "tf32_stored": false,             # stored rounded to TF32 by its writer (tf32: only tensor-core convs read it)
          "params": 9472, "flops": 238436352,
          "output_bytes": 3211264,
          "bytes_read": 640000,             # its inputs and weights
@@ -80,6 +81,7 @@ def node_rows(g: nx.DiGraph) -> list[dict]:
             "shape": list(a["shape"]),
             "layout": a.get("layout", "NCHW") if len(a["shape"]) == 4 else None,
             "padded_channels": a.get("padded_channels"),
+            "tf32_stored": a.get("tf32_stored", False),
             "params": params,
             "flops": int(a.get("flops", 0)),
             "output_bytes": written,
@@ -133,10 +135,12 @@ def fused(g: nx.DiGraph, node: str) -> bool:
 # --- text ------------------------------------------------------------------------------------------
 
 def _layout_text(row: dict) -> str:
-    """After a shape in the table: " NHWC" where stored channels-last, with its padded channels."""
+    """After a shape in the table: " NHWC" where stored channels-last, with its padded channels, and
+    " TF32-rounded" where stored so."""
+    rounded = " TF32-rounded" if row["tf32_stored"] else ""
     if row["layout"] != "NHWC":
-        return ""
-    return f" NHWC (C padded to {row['padded_channels']})" if row["padded_channels"] else " NHWC"
+        return rounded
+    return (f" NHWC (C padded to {row['padded_channels']})" if row["padded_channels"] else " NHWC") + rounded
 
 
 def summary_table(g: nx.DiGraph) -> str:

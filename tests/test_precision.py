@@ -92,6 +92,12 @@ LAYERS = {
         {"op": "add", "name": "s", "inputs": ["c", "a"]}, {"op": "relu", "name": "r"},
         {"op": "conv2d", "name": "d", "out_channels": 24, "kernel_size": 3, "stride": 2, "padding": [1, 0, 2, 1]}],
         (8, 10, 9)), 3),
+    # r = relu(a + x) is NCHW (its residual x, the network input, is) and only the conv d reads it:
+    # a stores it rounded to TF32, and d copies it 4 bytes at a time without rounding it again
+    "rounded_nchw": (net([
+        {"op": "conv2d", "name": "a", "out_channels": 8, "kernel_size": 3, "padding": 1},
+        {"op": "add", "name": "s", "inputs": ["a", "x"]}, {"op": "relu", "name": "r"},
+        {"op": "conv2d", "name": "d", "out_channels": 12, "kernel_size": 3, "stride": 2, "padding": 1}], (8, 7, 6)), 2),
     "channels_last_split_k": (net([{"op": "conv2d", "name": "a", "out_channels": 256, "kernel_size": 1},
                                    {"op": "conv2d", "name": "b", "out_channels": 64, "kernel_size": 3, "padding": 1}],
                                   (8, 4, 4)), 1),
@@ -138,6 +144,9 @@ CHANNELS_LAST = {"channels_last_block": {"x", "a", "b", "r"}, "channels_last_spl
                  "channels_last_elementwise": {"x", "a", "b", "cat", "r", "ex", "m", "s", "ln", "pp"},
                  "channels_last_gated": {"x", "a", "c"},
                  "channels_last_narrow": {"x", "a", "h0", "h1", "b", "dw", "cat", "sh", "c"}}
+# tensors their writers store rounded to TF32: tensor-core convs alone read them (passes/assign_precision.py)
+TF32_STORED = {"channels_last_block": {"b", "r"}, "channels_last_split_k": {"a"}, "channels_last_elementwise": {"pp"},
+               "channels_last_gated": {"c"}, "channels_last_narrow": {"c"}, "rounded_nchw": {"r"}}
 # and in the single-layer cases: the image, where tensor-core convs of one group alone read it
 NHWC_TENSORS = {**CHANNELS_LAST, **{case: {"x"} for case in ("conv3x3_pad", "conv1x1_many_channels", "split_k",
                                                               "residual_epilogue")}}
@@ -204,6 +213,53 @@ def test_tensor_core_kernel_on_pocl_matches_numpy_tf32(case):
         assert w.shape[-1] % 4 == 0 or "CP_ASYNC16(" not in launch.body
     assert any("CP_ASYNC16(" in l.body for l in gemms)
     assert set(model.backend.program.layouts) == NHWC_TENSORS.get(case, set())
+
+
+LANDED_ROUNDING = ("TF32_OPERAND(", "ROUND_TF32X", "SCALE_TF32X")  # a tf32 kernel rounding its input in shared memory
+
+
+@pytest.mark.parametrize("case", sorted(LAYERS))
+def test_tensors_only_tensor_core_convs_read_are_stored_rounded(case):
+    """Their writer's epilogue ends by rounding (`_round` in its name), the NumPy backend stores
+    them rounded too (13 low mantissa bits zero), and their readers leave what lands unrounded;
+    every other tf32 kernel rounds its input. Nothing is stored rounded at fp32 or fp16."""
+    from cnngraph.codegen.lower import lower
+
+    spec, batch = LAYERS[case]
+    model = cnngraph.compile(spec, batch_size=batch, device="cpu", precision="tf32")
+    g = model.graph
+    stored = {n for n in g if g.nodes[n].get("tf32_stored")}
+    assert stored == TF32_STORED.get(case, set())
+    observed = model.backend.run_observed(inputs_for(model))
+    assert all((observed[n].view(np.uint32) & 0x1FFF == 0).all() for n in stored)
+    for launch in lower(g).launches:
+        writes = launch.node in stored
+        assert ("v = TF32(v);" in launch.body) == writes == ("_round_" in launch.kernel), launch.kernel
+        if "MMA_TF32(" in launch.body:
+            reads = g.nodes[launch.node]["inputs"][0] in stored
+            assert any(word in launch.body for word in LANDED_ROUNDING) != reads, launch.kernel
+    for precision in ("fp32", "fp16"):
+        g = cnngraph.plan(spec, batch, precision=precision).graph
+        assert not any(g.nodes[n].get("tf32_stored") for n in g)
+
+
+LAST = {"op": "conv2d", "name": "last", "out_channels": 4, "kernel_size": 1}
+
+
+@pytest.mark.parametrize("layers, stored", [
+    ([LAST], {"c"}),
+    ([{"op": "max_pool2d", "name": "p", "kernel_size": 2}, LAST], {"p"}),  # the max of rounded values: the rounded max
+    ([{"op": "avg_pool2d", "kernel_size": 2}, LAST], set()),  # fused, after the epilogue: a mean of rounded values
+    ([{"op": "conv2d", "name": "dw", "out_channels": 4, "kernel_size": 3, "groups": 4}, LAST],
+     {"dw"}),  # a depthwise conv multiplies c on the CUDA cores, unrounded; its own output is rounded
+    ([{"op": "flatten"}, {"op": "linear", "out_features": 3}], set()),  # read through a reshape, by a linear
+    ([{"op": "add", "name": "s", "inputs": ["c", "x"]}, LAST], {"s"}),  # fused into c: the sum is rounded
+    ([LAST, {"op": "add", "inputs": ["last", "c"]}], set()),  # read as a residual
+])
+def test_which_tensors_are_stored_rounded(layers, stored):
+    spec = net([{"op": "conv2d", "name": "c", "out_channels": 4, "kernel_size": 3, "padding": 1}, *layers], (4, 6, 6))
+    g = cnngraph.plan(spec, 2, precision="tf32").graph
+    assert {n for n in g if g.nodes[n].get("tf32_stored")} == stored
 
 
 @pytest.mark.parametrize("precision", ["tf32", "fp16", "bf16"])
@@ -392,6 +448,11 @@ def test_emulation_catches_planted_pool_mistakes(old, new):
 
 
 @needs_opencl
+def test_emulation_catches_an_nchw_tensor_stored_unrounded():
+    assert_caught(LAYERS["rounded_nchw"], "v = TF32(v);", "")
+
+
+@needs_opencl
 @pytest.mark.parametrize("old, new", [
     (re.compile(r"SCALE_TF32X4\([^;]*\);"), ";"),  # the landed copies left ungated (and unrounded)
     ("gate + a_gate[i] + c)", "gate + a_gate[i])"),  # every vector scaled by channels 0-3's gates
@@ -420,8 +481,9 @@ def assert_caught(case, old, new):
     ("lane % 8 + 8 * (lane / 8 % 2)", "lane % 8"),  # ldmatrix: a1 and a3 from rows g instead of g + 8
     ("* 20 + kk + 4 * (lane / 16)", "* 20 + kk"),  # ldmatrix: a2 and a3 from columns t instead of t + 4
     (re.compile(r"ROUND_TF32X4\([^;]*\);"), ";"),  # landed copies not rounded: the tensor cores truncate them
+    ("v = TF32(v);", ""),  # b and r stored unrounded, and their readers do not round them either
 ], ids=["nchw_store", "overlapping_input_copies", "pixels_left_out", "ldmatrix_row", "ldmatrix_column",
-        "unrounded_copies"])
+        "unrounded_copies", "stored_unrounded"])
 def test_emulation_catches_planted_channels_last_mistakes(old, new):
     assert_caught(LAYERS["channels_last_block"], old, new)
 
@@ -431,9 +493,11 @@ ALL_TILES = {**MMA_TILES, **MMA_DEEP_TILES}
 
 
 # conv_stride2_ragged's conv (72 channels: every tile is a candidate) between two 1x1 convs, so
-# that it reads and writes NHWC (24 channels in: a multiple of 8, NHWC at fp16 too)
+# that it reads and writes NHWC (24 channels in: a multiple of 8, NHWC at fp16 too); it reads a
+# pool's output, which it rounds to TF32 as it lands (a conv's only reader is a conv: stored rounded)
 TILE_CASES = {"NCHW": (LAYERS["conv_stride2_ragged"], "c"), "NHWC": ((net([
     {"op": "conv2d", "name": "in", "out_channels": 24, "kernel_size": 1},
+    {"op": "max_pool2d", "name": "pool", "kernel_size": 3, "stride": 1, "padding": 1},
     {"op": "conv2d", "name": "mid", "out_channels": 72, "kernel_size": 3, "stride": 2, "padding": [1, 0, 2, 1]},
     {"op": "conv2d", "name": "out", "out_channels": 8, "kernel_size": 1}], (13, 11, 9)), 3), "mid")}
 # the tiles' cp.async pipelines: TF32 on both layouts, 16-bit on NHWC (NCHW 16-bit loads through registers)

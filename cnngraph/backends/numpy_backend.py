@@ -6,7 +6,8 @@ Images are (N, H, W, C) inside, so every conv reduces over contiguous channels; 
 converted from (N, C, H, W) at the inputs and back at the outputs. Weights are rearranged once.
 
 At tf32 a GEMM node's weight and input are rounded to TF32 as the GPU rounds them (the input into
-scratch), so the float32 products are exactly the tensor cores' products. At fp16/bf16 the arena
+scratch), so the float32 products are exactly the tensor cores' products; a node whose writer
+stores it rounded to TF32 (`tf32_stored`) is rounded after it is computed. At fp16/bf16 the arena
 stays float32 but every tensor is rounded to the 16-bit values the GPU stores, when it is stored
 (inputs, each node's output), and so are the GEMM weights.
 """
@@ -132,6 +133,8 @@ class NumpyBackend(Backend):
             if pool:
                 pool.spec.run_numpy([out], {}, self.scratch, views[node])
             round_storage(views[node], self.storage)
+            if g.nodes[node].get("tf32_stored"):
+                round_tf32(views[node], out=views[node])
             if timings is not None:
                 timings[node] = timings.get(node, 0.0) + time.perf_counter() - start
             if observed is not None:

@@ -144,6 +144,8 @@ class NodeLowering:
         # (first input, output) stored channels-last (NHWC), see passes/assign_layout.py
         self.channels_last = (any(g.nodes[i].get("layout") == NHWC for i in self.attrs["inputs"][:1]),
                               self.attrs.get("layout") == NHWC)
+        # the first input is stored rounded to TF32 (passes/assign_precision.py): no need to round it again
+        self.rounded_input = any(g.nodes[i].get("tf32_stored", False) for i in self.attrs["inputs"][:1])
 
     @property
     def layout_suffix(self) -> str:
@@ -233,15 +235,16 @@ class NodeLowering:
         return broadcast_index(*shapes)
 
     def gemm_epilogue(self, bias: np.ndarray | None, activation) -> EpilogueCode:
-        """A conv/linear's epilogue: its bias, its `activation` field, then the fused steps."""
-        steps = self.compute.epilogue
+        """A conv/linear's epilogue: its bias, its `activation` field, the fused steps, then the
+        rounding to TF32 of an output stored rounded (`tf32_stored`)."""
+        steps, rounded = self.compute.epilogue, self.attrs.get("tf32_stored", False)
         residuals = [f"r{i}" for i in range(self.compute.residuals)]
         code = "\n".join((["v += b[k];"] if bias is not None else []) +
                          ([f"v = {activation.c_expr('v')};"] if activation is not None else []) +
-                         to_c(steps, residuals))
+                         to_c(steps, residuals) + (["v = TF32(v);"] if rounded else []))
         norms = self._norm_constants()
         tags = (["bias"] if bias is not None else []) + ([activation.label] if activation else []) \
-            + ([label(steps).replace("+", "_")] if steps else [])
+            + ([label(steps).replace("+", "_")] if steps else []) + (["round"] if rounded else [])
         return EpilogueCode(code, self.inputs[len(self.own_inputs):] + norms,
                             [f"GLOBAL const ACT* RESTRICT {r}" for r in residuals] + [_param(c) for c in norms],
                             "".join(f"_{t}" for t in tags))
@@ -277,6 +280,8 @@ class NodeLowering:
             template, variant = T.conv_mma, {"channels_last": self.channels_last, "pool": pool, "out_pitch": out_pitch}
             if half:
                 template, variant["bf16"] = T.conv_mma16, self.compute.precision == "bf16"
+            else:
+                variant["rounded_input"] = self.rounded_input
             matrix = T.conv_mma_weights(matrix, geo, self.channels_last[0], copied)
         else:
             template, variant = T.conv_gemm, {"pool": pool}

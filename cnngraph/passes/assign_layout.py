@@ -111,13 +111,13 @@ def assign_layout(g: nx.DiGraph) -> list[str]:
     return padded + chosen
 
 
-def _read_by_convs_alone(g: nx.DiGraph, t: str) -> bool:
-    """Every reader of `t` is a tensor-core conv of one group that reads it as its (ungated) input,
-    not as a residual: readers that take its channels padded with zeros, over zero weight rows
-    (`Conv2d.lower`)."""
+def read_by_convs_alone(g: nx.DiGraph, t: str, one_group: bool = True) -> bool:
+    """Every reader of `t` is a tensor-core conv (of one group: readers that take its channels
+    padded with zeros, over zero weight rows, `Conv2d.lower`) that reads it as its ungated input,
+    not as a residual."""
     for reader in g.successors(t):
         compute, inputs = compute_of(g, reader), g.nodes[reader]["inputs"]
-        if not (tensor_core_conv(g, reader) and compute.spec.groups == 1 and not compute.gated
+        if not (tensor_core_conv(g, reader) and (compute.spec.groups == 1 or not one_group) and not compute.gated
                 and inputs[0] == t and t not in inputs[1:]):
             return False
     return True
@@ -128,7 +128,7 @@ def _input_may_be_channels_last(g: nx.DiGraph, x: str) -> bool:
     they upload it, its channels padded to whole 16-byte vectors (the image's 3 channels to 4 at
     tf32, 8 at fp16/bf16): 16-byte copies for a few more products."""
     return len(g.nodes[x]["shape"]) == 4 and x not in g.graph["outputs"] and _in_precision(g) \
-        and _read_by_convs_alone(g, x)
+        and read_by_convs_alone(g, x)
 
 
 def _may_be_padded(g: nx.DiGraph, t: str) -> bool:
@@ -136,7 +136,7 @@ def _may_be_padded(g: nx.DiGraph, t: str) -> bool:
     not whole 16-byte vectors (lenet5's 6): stored NHWC all the same, the writer storing zeros in
     the padding channels (`conv_mma`'s `out_pitch`)."""
     return tensor_core_conv(g, t) and compute_of(g, t).spec.groups == 1 and t not in g.graph["outputs"] \
-        and _read_by_convs_alone(g, t)
+        and read_by_convs_alone(g, t)
 
 
 def _may_be_channels_last(g: nx.DiGraph, tensor: str) -> bool:

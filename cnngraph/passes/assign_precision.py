@@ -1,6 +1,15 @@
 """Give every node whose products are a matrix multiplication (conv and linear, not depthwise) the
 network's precision; the rest stay fp32. Runs after the optimization passes, also when they are
-off: the precision is a property of the compiled network, not an optimization."""
+off: the precision is a property of the compiled network, not an optimization.
+
+At tf32 a tensor-core conv rounds its input to TF32 before multiplying it. Where every reader of a
+tensor is such a conv, its writer stores it rounded instead (node attribute `tf32_stored`): the
+same values reach the products, rounded once per element rather than once per block that copies
+them (each input element is copied by every block whose window covers it), and those convs skip
+their rounding (`conv_mma`'s `rounded_input`). The writer is a conv or linear layer, whose
+epilogue ends with the rounding (`NodeLowering.gemm_epilogue`), unless it pools its output by
+averaging (the epilogue runs before the pool; a max of rounded values is the rounded max).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +17,9 @@ import networkx as nx
 
 from ..graph import compute_of, layer_nodes, own_in_shapes, set_compute
 from ..precision import check_precision
+from .assign_layout import read_by_convs_alone
+
+GEMM_WRITERS = ("conv2d", "linear")  # ops whose kernels end in `gemm_epilogue`
 
 
 def assign_precision(g: nx.DiGraph, precision: str) -> list[str]:
@@ -18,4 +30,17 @@ def assign_precision(g: nx.DiGraph, precision: str) -> list[str]:
         if precision != "fp32" and compute.spec.runs_as_gemm(own_in_shapes(g, node)):
             set_compute(g, node, compute.but(precision=precision))
             changes.append(f"{node}: {precision}")
+    if precision == "tf32":
+        for node in filter(lambda n: _may_store_tf32(g, n), layer_nodes(g)):
+            g.nodes[node]["tf32_stored"] = True
+            changes.append(f"{node}: stored rounded to TF32")
     return changes
+
+
+def _may_store_tf32(g: nx.DiGraph, tensor: str) -> bool:
+    """`tensor` is written by a conv or linear layer's epilogue, is not a network output, and only
+    tensor-core convs read it, as their ungated input (not as a residual)."""
+    compute = compute_of(g, tensor)
+    averaged = compute.pool is not None and compute.pool.spec.op != "max_pool2d"
+    return (compute.op in GEMM_WRITERS and not averaged and tensor not in g.graph["outputs"]
+            and g.out_degree(tensor) > 0 and read_by_convs_alone(g, tensor, one_group=False))

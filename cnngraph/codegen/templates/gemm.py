@@ -120,7 +120,8 @@ def conv_gemm(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: 
 
 def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: str, tile: MmaTile, gated: bool,
              splits: int = 1, chunk: int = 0, channels_last: tuple[bool, bool] = (False, False),
-             pool: FusedPool | None = None, out_pitch: int = 0) -> tuple[str, tuple, tuple]:
+             pool: FusedPool | None = None, out_pitch: int = 0, rounded_input: bool = False
+             ) -> tuple[str, tuple, tuple]:
     """The implicit GEMM of `conv_gemm` (same arguments, layouts, split-K, gate and fused pool) on
     the tensor cores: TF32 m16n8k8 products with float32 accumulators.
 
@@ -135,7 +136,8 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     barrier that shows them to the other warps. Inputs are rounded to TF32 once per block, in shared
     memory (as the tensor cores read them: `TF32_OPERAND`): each thread rounds its own copies of a
     slice once they have landed, with the gates where there are (`_rework_landed`), or, loaded
-    through registers, as they enter it; the weights come rounded. The warps read an NHWC input's A
+    through registers, as they enter it; the weights come rounded. With `rounded_input` (ungated),
+x is stored rounded already (passes/assign_precision.py) and lands as it is. The warps read an NHWC input's A
     fragments with `ldmatrix` (four 8x4 float32 matrices per 16x8 fragment: `LDMATRIX_X4_F32`), an
     NCHW one's value by value.
 
@@ -171,6 +173,7 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     width = copy_width(geo.cg, "tf32")  # NHWC: the channels one copy moves
     assert nt % t.bm == 0 and nt % t.bn == 0 and t.bk % 8 == 0 and t.wm % 16 == 0 and t.wn % 8 == 0
     assert not split or geo.groups == 1
+    assert not (rounded_input and gated), "a gate's product must be rounded"
     m_total, kg = gemm_rows(geo, pool), geo.kg
     r_begin = f"g * {chunk}" if split else "0"
     inputs = [ptr("x"), *([ptr("gate")] if gated else []), ptr("w"), *([table_param()] if geo.taps > 1 else [])]
@@ -228,7 +231,7 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
             value = f"As[{buf}][tid / {t.bm} + i * {a_step}][tid % {t.bm}]"
             return f"UNROLL for (int i = 0; i < {a_per}; ++i) {value} = TF32_OPERAND({value});"
 
-        main = _pipelined(t, stages, r_begin, pitch, VECTOR, issue_inputs, products, landed)
+        main = _pipelined(t, stages, r_begin, pitch, VECTOR, issue_inputs, products, None if rounded_input else landed)
     else:
         main = _register_staged(t, geo, m_total, r_begin, gated, products("buf"), rounding="TF32_OPERAND")
 
