@@ -52,6 +52,10 @@ def test_round_tf32_matches_an_independent_rounding():
     assert np.array_equal(np.abs(round_tf32(ties)), np.abs(ties) + 2.0 ** -11)  # ties away from zero
     out = np.empty_like(x)
     assert round_tf32(x, out=out) is out and np.array_equal(out.view(np.uint32), got.view(np.uint32))
+    x[-1] = np.uint32(0x7FFFFFFF).view(np.float32)  # the GPUs' NaN: adding half an ulp would wrap it to -0
+    in_place = x.copy()
+    assert round_tf32(in_place, out=in_place) is in_place and np.isnan(in_place[-1])
+    assert np.array_equal(in_place.view(np.uint32), round_tf32(x).view(np.uint32))
 
 
 def net(layers, shape, inputs=None):

@@ -137,9 +137,9 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     memory (as the tensor cores read them: `TF32_OPERAND`): each thread rounds its own copies of a
     slice once they have landed, with the gates where there are (`_rework_landed`), or, loaded
     through registers, as they enter it; the weights come rounded. With `rounded_input` (ungated),
-x is stored rounded already (passes/assign_precision.py) and lands as it is. The warps read an NHWC input's A
-    fragments with `ldmatrix` (four 8x4 float32 matrices per 16x8 fragment: `LDMATRIX_X4_F32`), an
-    NCHW one's value by value.
+    x is stored rounded already (passes/assign_precision.py) and lands as it is. The warps read an
+    NHWC input's A fragments with `ldmatrix` (four 8x4 float32 matrices per 16x8 fragment:
+    `LDMATRIX_X4_F32`), an NCHW one's value by value.
 
     `channels_last` (input, output): tensors stored NHWC (passes/assign_layout.py). An NHWC input is
     copied 16 bytes (four channels of one pixel) at a time too (8 or 4 where a channel group is not
