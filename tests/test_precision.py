@@ -65,8 +65,9 @@ def net(layers, shape, inputs=None):
 
 # An op on the network input shares the input's layout, and an input is stored NHWC only where
 # tensor-core convs alone read it: a conv after this one reads NCHW (the 4-byte cp.async path at
-# tf32, registers at fp16/bf16)
-NCHW_FIRST = {"op": "tanh", "name": "nchw"}
+# tf32, registers at fp16/bf16). A pool, not an elementwise op, whose output a conv alone reads
+# would be stored rounded to TF32 and the conv would not round it.
+NCHW_FIRST = {"op": "max_pool2d", "name": "nchw", "kernel_size": 3, "stride": 1, "padding": 1}
 
 # single conv/linear layers covering the kernel's variants: each goes through `conv_mma`
 LAYERS = {
@@ -258,6 +259,7 @@ LAST = {"op": "conv2d", "name": "last", "out_channels": 4, "kernel_size": 1}
      {"dw"}),  # a depthwise conv multiplies c on the CUDA cores, unrounded; its own output is rounded
     ([{"op": "flatten"}, {"op": "linear", "out_features": 3}], set()),  # read through a reshape, by a linear
     ([{"op": "add", "name": "s", "inputs": ["c", "x"]}, LAST], {"s"}),  # fused into c: the sum is rounded
+    ([{"op": "mul", "name": "sq", "inputs": ["c", "c"]}, LAST], {"sq"}),  # an elementwise writer's epilogue rounds
     ([LAST, {"op": "add", "inputs": ["last", "c"]}], set()),  # read as a residual
 ])
 def test_which_tensors_are_stored_rounded(layers, stored):

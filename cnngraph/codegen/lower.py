@@ -114,7 +114,13 @@ def lower_node(g: nx.DiGraph, node: str, constants: dict, pick: int = 0) -> list
     """The launches of one node, as its op lowers itself; `pick` selects a conv/linear node's
     schedule, one of the `Launch.schedules` candidates of `schedules.schedules` (0: the default)."""
     low = NodeLowering(g, node, constants, pick)
-    return low.compute.spec.lower(low)
+    launches = low.compute.spec.lower(low)
+    assert not low.attrs.get("tf32_stored") or any(ROUNDED_STORE in l.body for l in launches), \
+        f"{node} is read as stored rounded to TF32, but its kernels do not round it"
+    return launches
+
+
+ROUNDED_STORE = "v = TF32(v);"  # the last step of the epilogue of a tensor stored rounded (`tf32_stored`)
 
 
 @dataclass
@@ -205,10 +211,12 @@ class NodeLowering:
         node's first `inputs` inputs, or `reads`: the tensors one launch of several reads (of an add
         of more inputs than one kernel takes); only the last applies the `epilogue`."""
         steps = self.compute.epilogue if epilogue else []
+        rounded = epilogue and self.attrs.get("tf32_stored", False)  # `gemm_epilogue`
         consts = [*consts, *(self._norm_constants() if epilogue else [])]
         reads = self.inputs[:inputs] if reads is None else reads
-        then = "".join("\n" + line for line in to_c(steps, []))
+        then = "".join("\n" + line for line in to_c(steps, []) + ([ROUNDED_STORE] if rounded else []))
         suffix = "_" + label(steps).replace("+", "_") if steps else ""
+        suffix += "_round" if rounded else ""
         nhwc = self.channels_last[1]  # its full-size inputs' layout too (passes/assign_layout.py)
         return [self.launch(f"{kind}{suffix}_{self.sample_dims()}{'_nhwc' if nhwc else ''}",
                             [*reads, *consts, self.output], T.pointwise, total=_numel(self.shape),
@@ -241,7 +249,7 @@ class NodeLowering:
         residuals = [f"r{i}" for i in range(self.compute.residuals)]
         code = "\n".join((["v += b[k];"] if bias is not None else []) +
                          ([f"v = {activation.c_expr('v')};"] if activation is not None else []) +
-                         to_c(steps, residuals) + (["v = TF32(v);"] if rounded else []))
+                         to_c(steps, residuals) + ([ROUNDED_STORE] if rounded else []))
         norms = self._norm_constants()
         tags = (["bias"] if bias is not None else []) + ([activation.label] if activation else []) \
             + ([label(steps).replace("+", "_")] if steps else []) + (["round"] if rounded else [])

@@ -6,9 +6,10 @@ At tf32 a tensor-core conv rounds its input to TF32 before multiplying it. Where
 tensor is such a conv, its writer stores it rounded instead (node attribute `tf32_stored`): the
 same values reach the products, rounded once per element rather than once per block that copies
 them (each input element is copied by every block whose window covers it), and those convs skip
-their rounding (`conv_mma`'s `rounded_input`). The writer is a conv or linear layer, whose
-epilogue ends with the rounding (`NodeLowering.gemm_epilogue`), unless it pools its output by
-averaging (the epilogue runs before the pool; a max of rounded values is the rounded max).
+their rounding (`conv_mma`'s `rounded_input`). The writer is a kernel that takes an epilogue, which
+then ends with the rounding: a conv or linear layer (`NodeLowering.gemm_epilogue`), unless it pools
+its output by averaging (the epilogue runs before the pool; a max of rounded values is the rounded
+max), or an elementwise op (`NodeLowering.elementwise`: a batch norm or activation before a conv).
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ from __future__ import annotations
 import networkx as nx
 
 from ..graph import compute_of, layer_nodes, own_in_shapes, set_compute
+from ..ops import ELEMENTWISE, GEMM
 from ..precision import check_precision
 from .assign_layout import read_by_convs_alone
-
-GEMM_WRITERS = ("conv2d", "linear")  # ops whose kernels end in `gemm_epilogue`
 
 
 def assign_precision(g: nx.DiGraph, precision: str) -> list[str]:
@@ -38,9 +38,10 @@ def assign_precision(g: nx.DiGraph, precision: str) -> list[str]:
 
 
 def _may_store_tf32(g: nx.DiGraph, tensor: str) -> bool:
-    """`tensor` is written by a conv or linear layer's epilogue, is not a network output, and only
-    tensor-core convs read it, as their ungated input (not as a residual)."""
+    """`tensor` is written by an epilogue (of a conv, a linear layer or an elementwise op), is not
+    a network output, and only tensor-core convs read it, as their ungated input (not as a residual)."""
     compute = compute_of(g, tensor)
     averaged = compute.pool is not None and compute.pool.spec.op != "max_pool2d"
-    return (compute.op in GEMM_WRITERS and not averaged and tensor not in g.graph["outputs"]
+    writer = compute.has(GEMM) or compute.has(ELEMENTWISE)
+    return (writer and not averaged and tensor not in g.graph["outputs"]
             and g.out_degree(tensor) > 0 and read_by_convs_alone(g, tensor, one_group=False))
