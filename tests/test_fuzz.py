@@ -44,7 +44,8 @@ EXAMPLES = {path.stem: json.loads(path.read_text()) for path in sorted(EXAMPLES_
 
 DEFAULT_EXAMPLES = 500  # the main test; the CLI test runs a fifth as many (about 15 s together on 2 cores)
 MAX_VALIDATE_SECONDS = 2.0  # load + build; generous for a shared 2-core machine (typically a few ms)
-MAX_CASE_SECONDS = 10.0  # the whole case, compile and run included
+MAX_CASE_SECONDS = 60.0  # the whole case, compile and run included: catches a hang, not slowness (an example
+                         # network's case takes 3-5 s, 14 s on a 2-core machine running other tests)
 MAX_BUILD_MEMORY = 50 * 2**20  # bytes traced while loading and building: shapes are arithmetic only
 MAX_MESSAGE = 1000  # characters in one error line
 # compile and run only networks this cheap (ResNet-18 at 224x224: 3.6e9 FLOPs, 11.7e6 weights)
