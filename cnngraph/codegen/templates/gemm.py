@@ -128,18 +128,21 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     Slices of BK reduction values flow through `tile.stages` shared-memory buffers: each thread
     copies its elements of a slice with `cp.async`, `stages - 1` slices ahead of the one being
     multiplied, one barrier per slice: input pixels 4 bytes at a time (zero-filled where the window
-    leaves the image; NCHW pixels of a window are not contiguous), weights 16 bytes (four channels)
-    at a time, their rows padded with zeros to `weight_pitch` channels (w is (groups, R, pitch)). A gated
-    conv of an NCHW input scales each input value by its gate on the way, so it loads through
+    leaves the image; NCHW pixels of a window are not contiguous), weights 16 bytes (four reduction
+    values of one output channel) at a time: w is (groups, K/g, pitch), each channel's R values
+    padded with zeros to a whole number of copies (`channel_major`, `conv_mma_weights`), and Bs
+    holds [channel][reduction]. A gated conv of an NCHW input scales each input value by its gate on the way, so it loads through
     registers instead (the next slice while this one is multiplied, two buffers); of an NHWC one,
     each thread scales its own copies of a slice by their gates once they have landed, before the
     barrier that shows them to the other warps. Inputs are rounded to TF32 once per block, in shared
     memory (as the tensor cores read them: `TF32_OPERAND`): each thread rounds its own copies of a
     slice once they have landed, with the gates where there are (`_rework_landed`), or, loaded
-    through registers, as they enter it; the weights come rounded. With `rounded_input` (ungated),
-    x is stored rounded already (passes/assign_precision.py) and lands as it is. The warps read an
-    NHWC input's A fragments with `ldmatrix` (four 8x4 float32 matrices per 16x8 fragment:
-    `LDMATRIX_X4_F32`), an NCHW one's value by value.
+    through registers, as they enter it (with the weights, w (groups, R, K/g), Bs
+    [reduction][channel]); the weights come rounded. With `rounded_input` (ungated), x is stored
+    rounded already (passes/assign_precision.py) and lands as it is. The warps read an NHWC input's
+    A fragments with `ldmatrix` (four 8x4 float32 matrices per 16x8 fragment: `LDMATRIX_X4_F32`),
+    an NCHW one's value by value, and copied weights' B fragments with `ldmatrix` too (four 8x4
+    matrices: two 8-channel fragments, each reduction values +0 and +4).
 
     `channels_last` (input, output): tensors stored NHWC (passes/assign_layout.py). An NHWC input is
     copied 16 bytes (four channels of one pixel) at a time too (8 or 4 where a channel group is not
@@ -153,10 +156,10 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     The buffers are carved from dynamic shared memory (`Launch.shared_bytes`): three or four
     stages of a large tile need more than the 48 KB a block may declare statically.
 
-    Each warp multiplies its WM x WN warp tile. Shared rows are padded by 8 floats, so a warp's
-    fragment reads (rows t and t+4, columns g) fall in 32 distinct banks; NHWC rows ([pixel]) by 4,
-    an odd number of 16-byte groups, so the 8 rows an `ldmatrix` matrix reads fall in 8 different
-    bank groups, and threads copy into rows spread so each 8 lanes' 16-byte copies fill 8
+    Each warp multiplies its WM x WN warp tile. Reduction-major rows are padded by 8 floats, so a
+    warp's fragment reads (rows t and t+4, columns g) fall in 32 distinct banks; NHWC rows
+    ([pixel]) and weight rows ([channel]) by 4, an odd number of 16-byte groups, so the 8 rows an
+    `ldmatrix` matrix reads fall in 8 different bank groups, and threads copy into rows spread so each 8 lanes' 16-byte copies fill 8
     different bank groups (`_spread_rows`; narrower copies take their pieces in lane-dependent
     orders, `_per_copy`; a copy is rounded and scaled in one access each way, `_rework_landed`):
     every shared access is served in one pass (the bank check, tests/test_race_check.py). The
@@ -166,12 +169,13 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     nhwc_in, nhwc_out = channels_last
     t, split, copies = tile, splits > 1, not gated or nhwc_in
     nt, mi, ni = t.threads, t.wm // 16, t.wn // 8
-    pitch = weight_pitch(geo.kg, weight_vector(False, gated, nhwc_in))
+    rows = geo.kg if copies else geo.reduction  # w's rows per group (`channel_major` where copied) and their length
+    pitch = weight_pitch(geo.reduction, VECTOR) if copies else geo.kg
     stages = t.stages if copies else 2
     a_per, a_step = t.bm * t.bk // nt, nt // t.bm
     pixels = _vector_pixels(t, VECTOR)  # NHWC: the pixels whose windows a thread copies
     width = copy_width(geo.cg, "tf32")  # NHWC: the channels one copy moves
-    assert nt % t.bm == 0 and nt % t.bn == 0 and t.bk % 8 == 0 and t.wm % 16 == 0 and t.wn % 8 == 0
+    assert nt % t.bm == 0 and nt % t.bn == 0 and t.bk % 8 == 0 and t.wm % 16 == 0 and t.wn % 16 == 0
     assert not split or geo.groups == 1
     assert not (rounded_input and gated), "a gate's product must be rounded"
     m_total, kg = gemm_rows(geo, pool), geo.kg
@@ -194,17 +198,26 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
         a[i][2] = As[{buf}][kk + ft + 4][row];
         a[i][3] = As[{buf}][kk + ft + 4][row + 8];
     }}"""
-        return f"""UNROLL for (int kk = 0; kk < {t.bk}; kk += 8) {{
-    float a[{mi}][4];
-    float b[{ni}][2];
-    {a_load}
+        if copies:  # Bs[channel][reduction]: the fragments of channels j * 8 and j * 8 + 8 in one ldmatrix
+            b_load = f"""float b[{ni // 2}][4];  /* b[j / 2][2 * (j % 2) + e]: value e of fragment j */
+    UNROLL for (int j = 0; j < {ni // 2}; ++j)  /* lane: channels +8 * (lane / 16), k +4 * (lane / 8 % 2) */
+        LDMATRIX_X4_F32(b[j], &Bs[0][0][0], ((({buf}) * {t.bn} + wn0 + j * 16 + lane % 8 + 8 * (lane / 16))
+                                             * {t.b_shape()[1]} + kk + 4 * (lane / 8 % 2)));"""
+            b_frag = "&b[j / 2][2 * (j % 2)]"
+        else:
+            b_load = f"""float b[{ni}][2];
     UNROLL for (int j = 0; j < {ni}; ++j) {{
         const int col = wn0 + j * 8 + fg;
         b[j][0] = Bs[{buf}][kk + ft][col];
         b[j][1] = Bs[{buf}][kk + ft + 4][col];
-    }}
+    }}"""
+            b_frag = "b[j]"
+        return f"""UNROLL for (int kk = 0; kk < {t.bk}; kk += 8) {{
+    float a[{mi}][4];
+    {a_load}
+    {b_load}
     UNROLL for (int i = 0; i < {mi}; ++i)
-        UNROLL for (int j = 0; j < {ni}; ++j) MMA_TF32(acc[i][j], a[i], b[j]);
+        UNROLL for (int j = 0; j < {ni}; ++j) MMA_TF32(acc[i][j], a[i], {b_frag});
 }}"""
 
     if copies:
@@ -231,20 +244,22 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
             value = f"As[{buf}][tid / {t.bm} + i * {a_step}][tid % {t.bm}]"
             return f"UNROLL for (int i = 0; i < {a_per}; ++i) {value} = TF32_OPERAND({value});"
 
-        main = _pipelined(t, stages, r_begin, pitch, VECTOR, issue_inputs, products, None if rounded_input else landed)
+        main = _pipelined(t, stages, r_begin, _channel_major_copies(t, geo.kg, pitch), VECTOR, issue_inputs, products,
+                          None if rounded_input else landed)
     else:
         main = _register_staged(t, geo, m_total, r_begin, gated, products("buf"), rounding="TF32_OPERAND")
 
-    (ar, ac), (br, bc) = t.a_shape(nhwc_in), t.b_shape()
+    (ar, ac), (br, bc) = t.a_shape(nhwc_in), t.b_shape() if copies else (t.bk, t.bn + 8)
     a_order = "[pixel][reduction]" if nhwc_in else "[reduction][pixel]"
+    b_order = "[channel][reduction]" if copies else "[reduction][channel]"
     a_bytes = 4 * stages * ar * ac  # a multiple of 16: Bs stays 16-byte aligned
     body = f"""KERNEL void {name}({args})
 {{
     DYNAMIC_SHARED({a_bytes + 4 * stages * br * bc});  /* deep pipelines need more than 48 KB */
     SHARED_VIEW(float, As, {stages}, [{ar}][{ac}], 0);  /* [buffer]{a_order} */
-    SHARED_VIEW(float, Bs, {stages}, [{br}][{bc}], {a_bytes});  /* [buffer][reduction][channel] */
+    SHARED_VIEW(float, Bs, {stages}, [{br}][{bc}], {a_bytes});  /* [buffer]{b_order} */
 {_warp_setup(t)}
-{_window(geo, t.bm, t.bn, pool, splits, chunk, gated, pitch, pixels=pixels if nhwc_in else None)}
+{_window(geo, t.bm, t.bn, pool, splits, chunk, gated, (rows, pitch), pixels=pixels if nhwc_in else None)}
 {main}
 
 {_mma_finish(t, geo, pool, splits, grid[0], epilogue, nhwc_out, out_pitch)}
@@ -257,39 +272,73 @@ VECTOR = vector_width("tf32")  # float32 values per 16-byte cp.async
 HALF_VECTOR = vector_width("fp16")  # 16-bit values per 16-byte load
 
 
-def _pipelined(t: MmaTile, stages: int, r_begin: str, pitch: int, vector: int, issue_inputs, products,
+class WeightCopies(NamedTuple):
+    """How a cp.async kernel's threads copy the weights of a slice into Bs: C lines run once
+    (`setup`), and `issue(kbase, buf)`, the copies of the slice at reduction index `kbase`."""
+    setup: str
+    issue: object
+
+
+def _reduction_major_copies(t: MmaTile, pitch: int) -> WeightCopies:
+    """The 16-bit kernels': weight rows (one per reduction index, `pitch` channels, a multiple of
+    8) copied 8 channels at a time into Bs[reduction][channel]."""
+    row_vectors = t.bn // HALF_VECTOR
+    v_step = t.threads // row_vectors  # a thread copies the same channels of rows v_step apart
+    b_vectors = max(t.bk // v_step, 1)
+    assert t.threads % row_vectors == 0 and (t.bk % v_step == 0 or v_step % t.bk == 0) and pitch % HALF_VECTOR == 0
+    idle = f"if (tid < {t.bk * row_vectors}) " if v_step > t.bk else ""  # more threads than copies
+    v_row = _spread_rows(f"tid / {row_vectors}", row_vectors, t.b_shape(half=True)[1] * 2, min(v_step, t.bk))
+    setup = f"""const int v_col = n0 + tid % {row_vectors} * {HALF_VECTOR};  /* the first of this thread's weight channels */
+const int v_row = {v_row};  /* and its first row */
+GLOBAL const ACT* wv = wg + v_row * {pitch} + v_col;"""
+
+    def issue(kbase: str, buf: str) -> str:
+        copy = "CP_ASYNC16_HALF"
+        return f"""UNROLL for (int i = 0; i < {b_vectors}; ++i) {{  /* {HALF_VECTOR} channels of a weight row per copy */
+    const int r = {kbase} + v_row + i * {v_step};
+    {idle}{copy}(&Bs[{buf}][v_row + i * {v_step}][tid % {row_vectors} * {HALF_VECTOR}],
+    {" " * len(idle + copy)} wv + ({kbase} + i * {v_step}) * {pitch}, r < r_end && v_col < {pitch});
+}}"""
+    return WeightCopies(setup, issue)
+
+
+def _channel_major_copies(t: MmaTile, kg: int, pitch: int) -> WeightCopies:
+    """The TF32 kernel's: weight rows (one per output channel, `pitch` reduction values, a
+    multiple of 4) copied 4 reduction values at a time into Bs[channel][reduction], rows spread
+    as an NHWC input's pixels are (`_spread_rows`); channels past K/g are zero-filled."""
+    per_row = t.bk // VECTOR  # copies per channel and slice
+    step = t.threads // per_row  # a thread copies the same reduction values of channels `step` apart
+    assert t.threads % per_row == 0 and t.bn % step == 0
+    row = _spread_rows(f"tid / {per_row}", per_row, t.b_shape()[1] * 4, step)
+    setup = f"""const int b_row = {row};  /* this thread's first channel in the tile */
+const int b_r = tid % {per_row} * {VECTOR};  /* and its reduction values in a slice */
+GLOBAL const ACT* wv = wg + (n0 + b_row) * {pitch} + b_r;"""
+
+    def issue(kbase: str, buf: str) -> str:
+        return f"""UNROLL for (int i = 0; i < {t.bn // step}; ++i)  /* {VECTOR} reduction values of a channel per copy */
+    CP_ASYNC16(&Bs[{buf}][b_row + i * {step}][b_r], wv + i * {step * pitch} + {kbase},
+               {kbase} + b_r < r_end && n0 + b_row + i * {step} < {kg});"""
+    return WeightCopies(setup, issue)
+
+
+def _pipelined(t: MmaTile, stages: int, r_begin: str, weights: WeightCopies, vector: int, issue_inputs, products,
                landed=None) -> str:
     """The main loop of a tensor-core kernel whose slices reach shared memory by cp.async (`vector`
     values per 16-byte copy: float32 or 16-bit ones): `stages` buffers As/Bs[s], each thread's
     copies of a slice issued `stages - 1` slices ahead of the one being multiplied, one barrier per
     slice. `issue_inputs(kbase, buf)` copies the input slice at reduction index `kbase` into buffer
-    `buf`; the weight rows (of `pitch` values, a multiple of `vector`) are copied `vector` channels
-    at a time; `products(buf)` multiplies a buffer. `landed(kbase, buf)`, if given, is what each
-    thread does to its own copies of a slice once they have landed, before the barrier."""
-    half = vector == HALF_VECTOR
-    copy, state = ("CP_ASYNC16_HALF", "CP_ASYNC_STATE_HALF") if half else ("CP_ASYNC16", "CP_ASYNC_STATE")
-    nt = t.threads
-    row_vectors = t.bn // vector
-    v_step = nt // row_vectors  # a thread copies the same channels of rows v_step apart
-    b_vectors = max(t.bk // v_step, 1)
-    assert nt % row_vectors == 0 and (t.bk % v_step == 0 or v_step % t.bk == 0) and pitch % vector == 0
-    idle = f"if (tid < {t.bk * row_vectors}) " if v_step > t.bk else ""  # more threads than copies
-    v_row = _spread_rows(f"tid / {row_vectors}", row_vectors, t.b_shape()[1] * 16 // vector, min(v_step, t.bk))
+    `buf`, `weights` its weights; `products(buf)` multiplies a buffer. `landed(kbase, buf)`, if
+    given, is what each thread does to its own copies of a slice once they have landed, before the
+    barrier."""
+    state = "CP_ASYNC_STATE_HALF" if vector == HALF_VECTOR else "CP_ASYNC_STATE"
 
     def issue(kbase: str, buf: str) -> str:
-        return f"""{issue_inputs(kbase, buf)}
-UNROLL for (int i = 0; i < {b_vectors}; ++i) {{  /* {vector} channels of a weight row per copy */
-    const int r = {kbase} + v_row + i * {v_step};
-    {idle}{copy}(&Bs[{buf}][v_row + i * {v_step}][tid % {row_vectors} * {vector}],
-    {" " * len(idle + copy)} wv + ({kbase} + i * {v_step}) * {pitch}, r < r_end && v_col < {pitch});
-}}"""
+        return f"{issue_inputs(kbase, buf)}\n{weights.issue(kbase, buf)}"
 
-    in_flight = stages * (t.bm * t.bk + t.bk * t.bn) // nt  # at most: a thread's share of `stages` slices
+    in_flight = stages * (t.bm * t.bk + t.bk * t.bn) // t.threads  # at most: a thread's share of `stages` slices
     after_wait = "\n" + indent(landed(f"{r_begin} + it * {t.bk}", "read"), 8) if landed else ""
     return f"""    {state}({in_flight});  /* (OpenCL's emulation: the copies in flight) */
-    const int v_col = n0 + tid % {row_vectors} * {vector};  /* the first of this thread's weight channels */
-    const int v_row = {v_row};  /* and its first row */
-    GLOBAL const ACT* wv = wg + v_row * {pitch} + v_col;
+{indent(weights.setup, 4)}
     const int slices = (r_end - {r_begin} + {t.bk - 1}) / {t.bk};
     UNROLL for (int s = 0; s < {stages - 1}; ++s) {{  /* the first stages - 1 slices in flight */
         if (s < slices) {{
@@ -432,18 +481,28 @@ def weight_vector(half: bool, gated: bool, nhwc_in: bool) -> int:
     return 0 if gated and not nhwc_in else VECTOR
 
 
-def weight_pitch(kg: int, vector: int) -> int:
-    """The length of a tensor-core kernel's weight rows (K/g channels): where they are copied
+def weight_pitch(length: int, vector: int) -> int:
+    """The length of a tensor-core kernel's weight rows (`length` values): where they are copied
     `vector` values at a time (`weight_vector`), padded with zeros to a multiple of it."""
-    return cdiv(kg, vector) * vector if vector else kg
+    return cdiv(length, vector) * vector if vector else length
+
+
+def channel_major(vector: int) -> bool:
+    """The kernel's weight rows are output channels (K/g rows of R values; else R rows of K/g):
+    the TF32 kernel's when it copies them (`vector` float32 values at a time), so that `ldmatrix`
+    reads its B fragments."""
+    return vector == VECTOR
 
 
 def conv_mma_weights(matrix: np.ndarray, geo: ConvGeometry, channels_last: bool, vector: int) -> np.ndarray:
-    """GEMM weights (groups, R, K/g) as the tensor-core kernels read them: rows of `weight_pitch`
-    values, zeros after the K/g channels; with their input NHWC, rows in (ky, kx, channel) order
-    (`krsc_rows`)."""
+    """GEMM weights (groups, R, K/g) as the tensor-core kernels read them, copied `vector` values at
+    a time (`weight_vector`): rows of `weight_pitch` values, zeros after the K/g channels, or
+    `channel_major`, (groups, K/g, pitch) with zeros after the R reduction values; with their input
+    NHWC, the reduction in (ky, kx, channel) order (`krsc_rows`)."""
     if channels_last:
         matrix = krsc_rows(matrix, geo)
+    if channel_major(vector):
+        matrix = matrix.transpose(0, 2, 1)
     return np.pad(matrix, [(0, 0), (0, 0), (0, weight_pitch(matrix.shape[-1], vector) - matrix.shape[-1])])
 
 
@@ -489,7 +548,7 @@ def conv_mma16(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue:
     inputs = [ptr("x"), *([ptr("gate")] if gated else []), ptr("w"), *([table_param()] if geo.taps > 1 else [])]
     args = _parameters(inputs, split, extra_args)
     grid = (cdiv(m_total, t.bm), cdiv(kg, t.bn), splits if split else geo.groups)
-    (ar, ac), (br, bc) = t.a_shape(nhwc_in, half=True), t.b_shape()
+    (ar, ac), (br, bc) = t.a_shape(nhwc_in, half=True), t.b_shape(half=True)
     mma = "MMA_BF16" if bf16 else "MMA_F16"
 
     def products(buf: str) -> str:
@@ -517,7 +576,7 @@ def conv_mma16(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue:
         landed = (lambda kbase, buf: _rework_landed(geo, kbase, buf, pixels, HALF_VECTOR, width, gated=True)
                   ) if gated else None
         copy = f"CP_ASYNC{2 * width}_HALF"
-        main = _pipelined(t, t.stages, r_begin, pitch, HALF_VECTOR,
+        main = _pipelined(t, t.stages, r_begin, _reduction_major_copies(t, pitch), HALF_VECTOR,
                           lambda kbase, buf: _nhwc_copies(geo, kbase, buf, pixels, HALF_VECTOR, width, copy),
                           products, landed)
         a_bytes = 2 * t.stages * ar * ac  # a multiple of 16: Bs stays 16-byte aligned
@@ -534,7 +593,7 @@ def conv_mma16(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue:
 {{
 {shared}
 {_warp_setup(t)}
-{_window(geo, t.bm, t.bn, pool, splits, chunk, gated, pitch, pixels=pixels)}
+{_window(geo, t.bm, t.bn, pool, splits, chunk, gated, pitch and (geo.reduction, pitch), pixels=pixels)}
 {main}
 
 {_mma_finish(t, geo, pool, splits, grid[0], epilogue, nhwc_out, out_pitch)}
@@ -745,19 +804,21 @@ def _fragment_epilogue(mi: int, ni: int, m_total: int, kg: int, pq: int, k: int,
 
 
 def _window(geo: ConvGeometry, bm: int, bn: int, pool: FusedPool | None, splits: int, chunk: int, gated: bool,
-            pitch: int | None = None, pixels: VectorPixels | None = None) -> str:
+            weight_rows: tuple[int, int] | None = None, pixels: VectorPixels | None = None) -> str:
     """The per-thread setup of an implicit GEMM's input loads (`_load_tiles`): the output pixel `am`
     whose input window this thread loads (the same for the whole reduction), the window's corner,
-    the thread's sample and group in x (and its gates), its weights (rows of `pitch` values, K/g
-    unless padded), and the reduction range. `pixels` (`_vector_pixels`): x is NHWC, and the
+    the thread's sample and group in x (and its gates), its group's weights wg (`weight_rows`: rows
+    per group and their length; by default R rows of K/g) and its column of them wb (read through
+    registers), and the reduction range. `pixels` (`_vector_pixels`): x is NHWC, and the
     thread moves the windows of several pixels instead (`_pixels_nhwc`)."""
     split = splits > 1
     group = "0" if split else "g"  # blockIdx.z is the split when there is one, else the group
     r_end = f"min(g * {chunk} + {chunk}, {geo.reduction})" if split else geo.reduction
-    weights = f"""GLOBAL const ACT* wg = w + {group} * {geo.reduction * (pitch or geo.kg)};
+    rows, pitch = weight_rows or (geo.reduction, geo.kg)
+    weights = f"""GLOBAL const ACT* wg = w + {group} * {rows * pitch};
 const int r_end = {r_end};"""
     column = f"""const int b_col = n0 + tid % {bn};  /* this thread's weight column */
-GLOBAL const ACT* wb = wg + (tid / {bn}) * {pitch or geo.kg} + b_col;"""
+GLOBAL const ACT* wb = wg + (tid / {bn}) * {pitch} + b_col;"""
     if pixels:
         return indent(f"""{_pixels_nhwc(geo, pixels, group, pool, gemm_rows(geo, pool), gated)}
 {weights}
