@@ -131,8 +131,9 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     leaves the image; NCHW pixels of a window are not contiguous), weights 16 bytes (four reduction
     values of one output channel) at a time: w is (groups, K/g, pitch), each channel's R values
     padded with zeros to a whole number of copies (`channel_major`, `conv_mma_weights`), and Bs
-    holds [channel][reduction]. A gated conv of an NCHW input scales each input value by its gate on the way, so it loads through
-    registers instead (the next slice while this one is multiplied, two buffers); of an NHWC one,
+    holds [channel][reduction]. A gated conv of an NCHW input scales each input value by its gate
+    on the way, so it loads through registers instead (the next slice while this one is
+    multiplied, two buffers); of an NHWC one,
     each thread scales its own copies of a slice by their gates once they have landed, before the
     barrier that shows them to the other warps. Inputs are rounded to TF32 once per block, in shared
     memory (as the tensor cores read them: `TF32_OPERAND`): each thread rounds its own copies of a
@@ -159,13 +160,14 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     Each warp multiplies its WM x WN warp tile. Reduction-major rows are padded by 8 floats, so a
     warp's fragment reads (rows t and t+4, columns g) fall in 32 distinct banks; NHWC rows
     ([pixel]) and weight rows ([channel]) by 4, an odd number of 16-byte groups, so the 8 rows an
-    `ldmatrix` matrix reads fall in 8 different bank groups, and threads copy into rows spread so each 8 lanes' 16-byte copies fill 8
-    different bank groups (`_spread_rows`; narrower copies take their pieces in lane-dependent
-    orders, `_per_copy`; a copy is rounded and scaled in one access each way, `_rework_landed`):
-    every shared access is served in one pass (the bank check, tests/test_race_check.py). The
-    epilogue runs on the accumulator fragments in registers: lane (g, t) holds pixels g and g+8 of
-    each 16-row fragment, channels 2t and 2t+1 of each 8-column one (`_fragment_epilogue`; with a
-    pool, the lanes of a window combine their values by warp shuffles: `_fragment_pool_epilogue`)."""
+    `ldmatrix` matrix reads fall in 8 different bank groups, and threads copy into rows spread so
+    each 8 lanes' 16-byte copies fill 8 different bank groups (`_spread_rows`; narrower copies
+    take their pieces in lane-dependent orders, `_per_copy`; a copy is rounded and scaled in one
+    access each way, `_rework_landed`): every shared access is served in one pass (the bank check,
+    tests/test_race_check.py). The epilogue runs on the accumulator fragments in registers: lane
+    (g, t) holds pixels g and g+8 of each 16-row fragment, channels 2t and 2t+1 of each 8-column
+    one (`_fragment_epilogue`; with a pool, the lanes of a window combine their values by warp
+    shuffles: `_fragment_pool_epilogue`)."""
     nhwc_in, nhwc_out = channels_last
     t, split, copies = tile, splits > 1, not gated or nhwc_in
     nt, mi, ni = t.threads, t.wm // 16, t.wn // 8
@@ -315,7 +317,7 @@ const int b_r = tid % {per_row} * {VECTOR};  /* and its reduction values in a sl
 GLOBAL const ACT* wv = wg + (n0 + b_row) * {pitch} + b_r;"""
 
     def issue(kbase: str, buf: str) -> str:
-        return f"""UNROLL for (int i = 0; i < {t.bn // step}; ++i)  /* {VECTOR} reduction values of a channel per copy */
+        return f"""UNROLL for (int i = 0; i < {t.bn // step}; ++i)  /* {VECTOR} values of a channel's row per copy */
     CP_ASYNC16(&Bs[{buf}][b_row + i * {step}][b_r], wv + i * {step * pitch} + {kbase},
                {kbase} + b_r < r_end && n0 + b_row + i * {step} < {kg});"""
     return WeightCopies(setup, issue)
