@@ -317,7 +317,7 @@ const int b_r = tid % {per_row} * {VECTOR};  /* and its reduction values in a sl
 GLOBAL const ACT* wv = wg + (n0 + b_row) * {pitch} + b_r;"""
 
     def issue(kbase: str, buf: str) -> str:
-        return f"""UNROLL for (int i = 0; i < {t.bn // step}; ++i)  /* {VECTOR} values of a channel's row per copy */
+        return f"""UNROLL for (int i = 0; i < {t.bn // step}; ++i)  /* {VECTOR} reduction values of a channel per copy */
     CP_ASYNC16(&Bs[{buf}][b_row + i * {step}][b_r], wv + i * {step * pitch} + {kbase},
                {kbase} + b_r < r_end && n0 + b_row + i * {step} < {kg});"""
     return WeightCopies(setup, issue)
