@@ -54,6 +54,16 @@ def rel_err(a, b) -> float:
     return float(np.linalg.norm(np.asarray(a, np.float64) - b) / (np.linalg.norm(b) or 1.0))
 
 
+def node_rel_err(g, node: str, got, want) -> float:
+    """`rel_err` of one node's output. A tensor stored rounded to TF32 (`tf32_stored`) may hold the
+    neighbouring TF32 value here and there: the float32 sum before the rounding is taken in
+    another order by the kernel and by NumPy. Values one TF32 step apart (2^-10 of the value at
+    most) count as equal; anything further counts in full."""
+    if g.nodes[node].get("tf32_stored"):
+        got = np.where(np.abs(got - want) <= np.abs(want) * 2.0 ** -10, want, got)
+    return rel_err(got, want)
+
+
 def check_against_numpy(spec, device, batch=2, tol=1e-4, seed=0, precision="fp32"):
     """`device` against the NumPy backend at the same precision (which rounds as the GPU does)."""
     ref = cnngraph.compile(spec, batch_size=batch, device="cpu", precision=precision)
@@ -88,7 +98,7 @@ def node_errors(spec, device, batch=2, precision="fp32", seed=0) -> dict[str, fl
     assert set(got) == set(want)
     for node in want:
         assert np.isfinite(got[node]).all() == np.isfinite(want[node]).all(), f"{node}: unwritten (NaN) elements?"
-    return {node: rel_err(got[node], want[node]) for node in want}
+    return {node: node_rel_err(ref.graph, node, got[node], want[node]) for node in want}
 
 
 def example(name: str) -> dict:
