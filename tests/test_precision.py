@@ -433,16 +433,15 @@ def planted(spec, batch, old, new):
 @needs_opencl
 @pytest.mark.parametrize("old, new", [
     (re.compile(r"(a\[i\]\[1\] = .*?\[row) \+ 8\]"), r"\1]"),  # a1 read from row g instead of g + 8
-    ("kk + 4 * (lane / 8 % 2)", "kk"),  # ldmatrix: b1 read from k t instead of t + 4
-    ("lane % 8 + 8 * (lane / 16))", "lane % 8)"),  # ldmatrix: a fragment's neighbour from its channels
+    (re.compile(r"(b\[j\]\[1\] = Bs\[[^]]*\]\[kk \+ ft) \+ 4\]"), r"\1]"),  # b1 read from k t instead of t + 4
     (re.compile(r"= TF32_OPERAND\((As\[read\][^;]*)\);"), r"= \1;"),  # landed inputs unrounded: truncated
     ("const int kl = n0 + wn0 + j * 8 + 2 * ft + e % 2;", "const int kl = n0 + wn0 + j * 8 + ft + e % 2;"),
     (re.compile(r"CP_ASYNC_WAIT\((\d+)\)"), lambda m: f"CP_ASYNC_WAIT({int(m[1]) + 1})"),  # a wait too weak
     ("CP_ASYNC_COMMIT();  /* every", "/* every"),  # copies never committed: their wait never completes them
     (re.compile(r"(SHARED_VIEW\(float, Bs, [^;]*, )\d+\);"), r"\g<1>0);"),  # Bs carved over As
     ("CP_ASYNC16(", "CP_ASYNC4("),  # 4 of a weight copy's 16 bytes
-], ids=["fragment_row", "fragment_k", "fragment_channels", "unrounded_input", "accumulator_column", "weak_wait",
-        "missing_commit", "overlapping_views", "short_weight_copy"])
+], ids=["fragment_row", "fragment_k", "unrounded_input", "accumulator_column", "weak_wait", "missing_commit",
+        "overlapping_views", "short_weight_copy"])
 def test_emulation_catches_planted_mistakes(old, new):
     assert_caught(LAYERS["conv_stride2_ragged"], old, new)  # three stages, several slices
 
@@ -492,8 +491,10 @@ def assert_caught(case, old, new):
     ("* 20 + kk + 4 * (lane / 16)", "* 20 + kk"),  # ldmatrix: a2 and a3 from columns t instead of t + 4
     (re.compile(r"ROUND_TF32X4\([^;]*\);"), ";"),  # landed copies not rounded: the tensor cores truncate them
     (ROUNDED_STORE, ""),  # b and r stored unrounded, and their readers do not round them either
+    ("kk + 4 * (lane / 8 % 2)", "kk"),  # ldmatrix of channel-major weights: b1 from k t instead of t + 4
+    ("lane % 8 + 8 * (lane / 16))", "lane % 8)"),  # and a fragment's neighbour from its own channels
 ], ids=["nchw_store", "overlapping_input_copies", "pixels_left_out", "ldmatrix_row", "ldmatrix_column",
-        "unrounded_copies", "stored_unrounded"])
+        "unrounded_copies", "stored_unrounded", "b_ldmatrix_k", "b_ldmatrix_channels"])
 def test_emulation_catches_planted_channels_last_mistakes(old, new):
     assert_caught(LAYERS["channels_last_block"], old, new)
 

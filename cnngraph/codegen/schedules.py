@@ -53,16 +53,16 @@ class MmaTile:
             return (self.bm, self.bk + (8 if half else 4))
         return (self.bk, self.bm + 8)
 
-    def b_shape(self, half: bool = False) -> tuple[int, int]:
-        """One stage of its cp.async kernels' weight buffer: float32 [channel][reduction], rows
-        padded by 4 (`ldmatrix` reads the B fragments from it as from an NHWC input's A); 16-bit
-        [reduction][channel], rows padded by 8 values (`ldmatrix.trans`)."""
-        return (self.bk, self.bn + 8) if half else (self.bn, self.bk + 4)
+    def b_shape(self, channel_major: bool = False) -> tuple[int, int]:
+        """One stage of its weight buffer: [reduction][channel], rows padded by 8 values, or
+        `channel_major` (float32: the TF32 kernel of an NHWC input, whose B fragments `ldmatrix`
+        reads as it reads A's) [channel][reduction], rows padded by 4."""
+        return (self.bn, self.bk + 4) if channel_major else (self.bk, self.bn + 8)
 
     def shared_bytes(self, channels_last: bool = False, half: bool = False) -> int:
         """The dynamic shared memory of its cp.async kernels: `stages` of both buffers, of float32
         values or 16-bit ones (`half`)."""
-        (ar, ac), (br, bc) = self.a_shape(channels_last, half), self.b_shape(half)
+        (ar, ac), (br, bc) = self.a_shape(channels_last, half), self.b_shape(channels_last and not half)
         return (2 if half else 4) * self.stages * (ar * ac + br * bc)
 
     @property

@@ -128,10 +128,11 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     Slices of BK reduction values flow through `tile.stages` shared-memory buffers: each thread
     copies its elements of a slice with `cp.async`, `stages - 1` slices ahead of the one being
     multiplied, one barrier per slice: input pixels 4 bytes at a time (zero-filled where the window
-    leaves the image; NCHW pixels of a window are not contiguous), weights 16 bytes (four reduction
-    values of one output channel) at a time: w is (groups, K/g, pitch), each channel's R values
-    padded with zeros to a whole number of copies (`channel_major`, `conv_mma_weights`), and Bs
-    holds [channel][reduction]. A gated conv of an NCHW input scales each input value by its gate
+    leaves the image; NCHW pixels of a window are not contiguous), weights 16 bytes at a time: four
+    channels of a reduction index, w (groups, R, pitch) with rows padded with zeros to `weight_pitch`
+    channels and Bs [reduction][channel]; beside an NHWC input four reduction values of one output
+    channel, w (groups, K/g, pitch) with each channel's R values padded to a whole number of copies
+    (`channel_major`, `conv_mma_weights`) and Bs [channel][reduction]. A gated conv of an NCHW input scales each input value by its gate
     on the way, so it loads through registers instead (the next slice while this one is
     multiplied, two buffers); of an NHWC one,
     each thread scales its own copies of a slice by their gates once they have landed, before the
@@ -142,8 +143,9 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     [reduction][channel]); the weights come rounded. With `rounded_input` (ungated), x is stored
     rounded already (passes/assign_precision.py) and lands as it is. The warps read an NHWC input's
     A fragments with `ldmatrix` (four 8x4 float32 matrices per 16x8 fragment: `LDMATRIX_X4_F32`),
-    an NCHW one's value by value, and copied weights' B fragments with `ldmatrix` too (four 8x4
-    matrices: two 8-channel fragments, each reduction values +0 and +4).
+    an NCHW one's value by value, and the B fragments of channel-major weights with `ldmatrix` too
+    (four 8x4 matrices: two 8-channel fragments, each reduction values +0 and +4), others value by
+    value.
 
     `channels_last` (input, output): tensors stored NHWC (passes/assign_layout.py). An NHWC input is
     copied 16 bytes (four channels of one pixel) at a time too (8 or 4 where a channel group is not
@@ -171,8 +173,9 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     nhwc_in, nhwc_out = channels_last
     t, split, copies = tile, splits > 1, not gated or nhwc_in
     nt, mi, ni = t.threads, t.wm // 16, t.wn // 8
-    rows = geo.kg if copies else geo.reduction  # w's rows per group (`channel_major` where copied) and their length
-    pitch = weight_pitch(geo.reduction, VECTOR) if copies else geo.kg
+    by_channel = channel_major(weight_vector(False, gated, nhwc_in), nhwc_in)  # B fragments by ldmatrix
+    rows = geo.kg if by_channel else geo.reduction  # w's rows per group, and their length
+    pitch = weight_pitch(geo.reduction if by_channel else geo.kg, VECTOR if copies else 0)
     stages = t.stages if copies else 2
     a_per, a_step = t.bm * t.bk // nt, nt // t.bm
     pixels = _vector_pixels(t, VECTOR)  # NHWC: the pixels whose windows a thread copies
@@ -200,11 +203,11 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
         a[i][2] = As[{buf}][kk + ft + 4][row];
         a[i][3] = As[{buf}][kk + ft + 4][row + 8];
     }}"""
-        if copies:  # Bs[channel][reduction]: the fragments of channels j * 8 and j * 8 + 8 in one ldmatrix
+        if by_channel:  # Bs[channel][reduction]: the fragments of channels j * 8 and j * 8 + 8 in one ldmatrix
             b_load = f"""float b[{ni // 2}][4];  /* b[j / 2][2 * (j % 2) + e]: value e of fragment j */
     UNROLL for (int j = 0; j < {ni // 2}; ++j)  /* lane: channels +8 * (lane / 16), k +4 * (lane / 8 % 2) */
         LDMATRIX_X4_F32(b[j], &Bs[0][0][0], ((({buf}) * {t.bn} + wn0 + j * 16 + lane % 8 + 8 * (lane / 16))
-                                             * {t.b_shape()[1]} + kk + 4 * (lane / 8 % 2)));"""
+                                             * {t.b_shape(channel_major=True)[1]} + kk + 4 * (lane / 8 % 2)));"""
             b_frag = "&b[j / 2][2 * (j % 2)]"
         else:
             b_load = f"""float b[{ni}][2];
@@ -246,14 +249,14 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
             value = f"As[{buf}][tid / {t.bm} + i * {a_step}][tid % {t.bm}]"
             return f"UNROLL for (int i = 0; i < {a_per}; ++i) {value} = TF32_OPERAND({value});"
 
-        main = _pipelined(t, stages, r_begin, _channel_major_copies(t, geo.kg, pitch), VECTOR, issue_inputs, products,
-                          None if rounded_input else landed)
+        weights = _channel_major_copies(t, geo.kg, pitch) if by_channel else _reduction_major_copies(t, pitch, VECTOR)
+        main = _pipelined(t, stages, r_begin, weights, VECTOR, issue_inputs, products, None if rounded_input else landed)
     else:
         main = _register_staged(t, geo, m_total, r_begin, gated, products("buf"), rounding="TF32_OPERAND")
 
-    (ar, ac), (br, bc) = t.a_shape(nhwc_in), t.b_shape() if copies else (t.bk, t.bn + 8)
+    (ar, ac), (br, bc) = t.a_shape(nhwc_in), t.b_shape(by_channel)
     a_order = "[pixel][reduction]" if nhwc_in else "[reduction][pixel]"
-    b_order = "[channel][reduction]" if copies else "[reduction][channel]"
+    b_order = "[channel][reduction]" if by_channel else "[reduction][channel]"
     a_bytes = 4 * stages * ar * ac  # a multiple of 16: Bs stays 16-byte aligned
     body = f"""KERNEL void {name}({args})
 {{
@@ -281,24 +284,24 @@ class WeightCopies(NamedTuple):
     issue: object
 
 
-def _reduction_major_copies(t: MmaTile, pitch: int) -> WeightCopies:
-    """The 16-bit kernels': weight rows (one per reduction index, `pitch` channels, a multiple of
-    8) copied 8 channels at a time into Bs[reduction][channel]."""
-    row_vectors = t.bn // HALF_VECTOR
+def _reduction_major_copies(t: MmaTile, pitch: int, vector: int) -> WeightCopies:
+    """Weight rows (one per reduction index, `pitch` channels, a multiple of `vector`) copied
+    `vector` channels (float32 or 16-bit ones) at a time into Bs[reduction][channel]."""
+    copy = "CP_ASYNC16_HALF" if vector == HALF_VECTOR else "CP_ASYNC16"
+    row_vectors = t.bn // vector
     v_step = t.threads // row_vectors  # a thread copies the same channels of rows v_step apart
     b_vectors = max(t.bk // v_step, 1)
-    assert t.threads % row_vectors == 0 and (t.bk % v_step == 0 or v_step % t.bk == 0) and pitch % HALF_VECTOR == 0
+    assert t.threads % row_vectors == 0 and (t.bk % v_step == 0 or v_step % t.bk == 0) and pitch % vector == 0
     idle = f"if (tid < {t.bk * row_vectors}) " if v_step > t.bk else ""  # more threads than copies
-    v_row = _spread_rows(f"tid / {row_vectors}", row_vectors, t.b_shape(half=True)[1] * 2, min(v_step, t.bk))
-    setup = f"""const int v_col = n0 + tid % {row_vectors} * {HALF_VECTOR};  /* the first of this thread's weight channels */
+    v_row = _spread_rows(f"tid / {row_vectors}", row_vectors, t.b_shape()[1] * 16 // vector, min(v_step, t.bk))
+    setup = f"""const int v_col = n0 + tid % {row_vectors} * {vector};  /* the first of this thread's weight channels */
 const int v_row = {v_row};  /* and its first row */
 GLOBAL const ACT* wv = wg + v_row * {pitch} + v_col;"""
 
     def issue(kbase: str, buf: str) -> str:
-        copy = "CP_ASYNC16_HALF"
-        return f"""UNROLL for (int i = 0; i < {b_vectors}; ++i) {{  /* {HALF_VECTOR} channels of a weight row per copy */
+        return f"""UNROLL for (int i = 0; i < {b_vectors}; ++i) {{  /* {vector} channels of a weight row per copy */
     const int r = {kbase} + v_row + i * {v_step};
-    {idle}{copy}(&Bs[{buf}][v_row + i * {v_step}][tid % {row_vectors} * {HALF_VECTOR}],
+    {idle}{copy}(&Bs[{buf}][v_row + i * {v_step}][tid % {row_vectors} * {vector}],
     {" " * len(idle + copy)} wv + ({kbase} + i * {v_step}) * {pitch}, r < r_end && v_col < {pitch});
 }}"""
     return WeightCopies(setup, issue)
@@ -311,7 +314,7 @@ def _channel_major_copies(t: MmaTile, kg: int, pitch: int) -> WeightCopies:
     per_row = t.bk // VECTOR  # copies per channel and slice
     step = t.threads // per_row  # a thread copies the same reduction values of channels `step` apart
     assert t.threads % per_row == 0 and t.bn % step == 0
-    row = _spread_rows(f"tid / {per_row}", per_row, t.b_shape()[1] * 4, step)
+    row = _spread_rows(f"tid / {per_row}", per_row, t.b_shape(channel_major=True)[1] * 4, step)
     setup = f"""const int b_row = {row};  /* this thread's first channel in the tile */
 const int b_r = tid % {per_row} * {VECTOR};  /* and its reduction values in a slice */
 GLOBAL const ACT* wv = wg + (n0 + b_row) * {pitch} + b_r;"""
@@ -489,11 +492,13 @@ def weight_pitch(length: int, vector: int) -> int:
     return cdiv(length, vector) * vector if vector else length
 
 
-def channel_major(vector: int) -> bool:
+def channel_major(vector: int, nhwc_in: bool) -> bool:
     """The kernel's weight rows are output channels (K/g rows of R values; else R rows of K/g):
-    the TF32 kernel's when it copies them (`vector` float32 values at a time), so that `ldmatrix`
-    reads its B fragments."""
-    return vector == VECTOR
+    the TF32 kernel's that copies them (`vector` float32 values at a time) beside an NHWC input,
+    so that `ldmatrix` reads its B fragments. (An NCHW input's kernel reads them value by value:
+    its race-check rendering computes wrong B fragments on PoCL with `ldmatrix`, though the plain
+    rendering computes them right; not understood, so not used.)"""
+    return vector == VECTOR and nhwc_in
 
 
 def conv_mma_weights(matrix: np.ndarray, geo: ConvGeometry, channels_last: bool, vector: int) -> np.ndarray:
@@ -503,7 +508,7 @@ def conv_mma_weights(matrix: np.ndarray, geo: ConvGeometry, channels_last: bool,
     NHWC, the reduction in (ky, kx, channel) order (`krsc_rows`)."""
     if channels_last:
         matrix = krsc_rows(matrix, geo)
-    if channel_major(vector):
+    if channel_major(vector, channels_last):
         matrix = matrix.transpose(0, 2, 1)
     return np.pad(matrix, [(0, 0), (0, 0), (0, weight_pitch(matrix.shape[-1], vector) - matrix.shape[-1])])
 
@@ -550,7 +555,7 @@ def conv_mma16(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue:
     inputs = [ptr("x"), *([ptr("gate")] if gated else []), ptr("w"), *([table_param()] if geo.taps > 1 else [])]
     args = _parameters(inputs, split, extra_args)
     grid = (cdiv(m_total, t.bm), cdiv(kg, t.bn), splits if split else geo.groups)
-    (ar, ac), (br, bc) = t.a_shape(nhwc_in, half=True), t.b_shape(half=True)
+    (ar, ac), (br, bc) = t.a_shape(nhwc_in, half=True), t.b_shape()
     mma = "MMA_BF16" if bf16 else "MMA_F16"
 
     def products(buf: str) -> str:
@@ -578,7 +583,7 @@ def conv_mma16(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue:
         landed = (lambda kbase, buf: _rework_landed(geo, kbase, buf, pixels, HALF_VECTOR, width, gated=True)
                   ) if gated else None
         copy = f"CP_ASYNC{2 * width}_HALF"
-        main = _pipelined(t, t.stages, r_begin, _reduction_major_copies(t, pitch), HALF_VECTOR,
+        main = _pipelined(t, t.stages, r_begin, _reduction_major_copies(t, pitch, HALF_VECTOR), HALF_VECTOR,
                           lambda kbase, buf: _nhwc_copies(geo, kbase, buf, pixels, HALF_VECTOR, width, copy),
                           products, landed)
         a_bytes = 2 * t.stages * ar * ac  # a multiple of 16: Bs stays 16-byte aligned
