@@ -129,14 +129,14 @@ def conv_mma(name: str, geo: ConvGeometry, *, extra_args: list[str], epilogue: s
     copies its elements of a slice with `cp.async`, `stages - 1` slices ahead of the one being
     multiplied, one barrier per slice: input pixels 4 bytes at a time (zero-filled where the window
     leaves the image; NCHW pixels of a window are not contiguous), weights 16 bytes at a time: four
-    channels of a reduction index, w (groups, R, pitch) with rows padded with zeros to `weight_pitch`
-    channels and Bs [reduction][channel]; beside an NHWC input four reduction values of one output
-    channel, w (groups, K/g, pitch) with each channel's R values padded to a whole number of copies
-    (`channel_major`, `conv_mma_weights`) and Bs [channel][reduction]. A gated conv of an NCHW input scales each input value by its gate
-    on the way, so it loads through registers instead (the next slice while this one is
-    multiplied, two buffers); of an NHWC one,
-    each thread scales its own copies of a slice by their gates once they have landed, before the
-    barrier that shows them to the other warps. Inputs are rounded to TF32 once per block, in shared
+    channels of a reduction index, w (groups, R, pitch) with rows padded with zeros to
+    `weight_pitch` channels and Bs [reduction][channel]; beside an NHWC input four reduction values
+    of one output channel, w (groups, K/g, pitch) with each channel's R values padded to a whole
+    number of copies (`channel_major`, `conv_mma_weights`) and Bs [channel][reduction]. A gated conv
+    of an NCHW input scales each input value by its gate on the way, so it loads through registers
+    instead (the next slice while this one is multiplied, two buffers); of an NHWC one, each thread
+    scales its own copies of a slice by their gates once they have landed, before the barrier that
+    shows them to the other warps. Inputs are rounded to TF32 once per block, in shared
     memory (as the tensor cores read them: `TF32_OPERAND`): each thread rounds its own copies of a
     slice once they have landed, with the gates where there are (`_rework_landed`), or, loaded
     through registers, as they enter it (with the weights, w (groups, R, K/g), Bs
