@@ -496,8 +496,10 @@ def channel_major(vector: int, nhwc_in: bool) -> bool:
     """The kernel's weight rows are output channels (K/g rows of R values; else R rows of K/g):
     the TF32 kernel's that copies them (`vector` float32 values at a time) beside an NHWC input,
     so that `ldmatrix` reads its B fragments. (An NCHW input's kernel reads them value by value:
-    its race-check rendering computes wrong B fragments on PoCL with `ldmatrix`, though the plain
-    rendering computes them right; not understood, so not used.)"""
+    with `ldmatrix`, its race-check rendering computes the first B fragment of each warp wrong on
+    PoCL, though the plain rendering is exact, the values ldmatrix returns match shared memory, and
+    a printf reading them makes the result exact too: most likely PoCL mistranslating a private
+    array written through a pointer by a function with barriers, but not proven, so not used.)"""
     return vector == VECTOR and nhwc_in
 
 
