@@ -279,7 +279,7 @@ class NodeLowering:
         half, gated = self.compute.precision in HALF_STORAGE, self.compute.gated
         copied = T.weight_vector(half, gated, self.channels_last[0])  # 0: a tensor-core kernel loads through registers
         options = schedules(m, kg, geo.reduction, geo.groups, rows_multiple=pool.size if pool else 1,
-                            tensor_cores=self.compute.tensor_cores, register_staged=not copied)
+                            tensor_cores=self.compute.tensor_cores, register_staged=not copied, half=half)
         out_pitch = self.attrs.get("padded_channels", 0)  # an NHWC output padded to whole 16-byte pixels
         if out_pitch:  # stored with its padding in the epilogue; split-K's partial sums have none
             options = [o for o in options if o.splits == 1]

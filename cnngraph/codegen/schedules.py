@@ -98,12 +98,13 @@ class Schedule:
 
 
 def schedules(m: int, k: int, r: int, groups: int, rows_multiple: int = 1, tensor_cores: bool = False,
-              register_staged: bool = False) -> list[Schedule]:
+              register_staged: bool = False, half: bool = False) -> list[Schedule]:
     """The default schedule first (a heuristic, good without measuring), then the few alternatives
     an autotuner may time on the device: other tiles, a deeper BK, half or twice the splits.
     `tensor_cores`: the tiles of the mma kernels (whose fragments' 8-row halves hold whole windows
     of a fused pool of `rows_multiple` pixels); `register_staged`: the mma kernel stages its loads
-    in registers and two shared buffers, whatever the tile's cp.async stages."""
+    in registers and two shared buffers, whatever the tile's cp.async stages; `half`: its operands
+    are 16-bit."""
     def make(tile: Tile | MmaTile, splits: int | None = None) -> Schedule:
         if register_staged and isinstance(tile, MmaTile):
             tile = dataclasses.replace(tile, stages=2)
@@ -112,7 +113,7 @@ def schedules(m: int, k: int, r: int, groups: int, rows_multiple: int = 1, tenso
         return _split(tile, r, default_splits(m, k, r, tile) if splits is None else splits)
 
     if tensor_cores:
-        found = [make(choose_mma_tile(m, k))]
+        found = [make(choose_mma_tile(m, k, deep=half and not register_staged))]
         alternatives = [make(t) for t in (*MMA_TILES.values(), *MMA_DEEP_TILES.values()) if t.bn <= 2 * k]
     else:
         found = [make(choose_tile(m, k, rows_multiple))]
@@ -147,13 +148,19 @@ def choose_tile(m: int, k: int, rows_multiple: int = 1) -> Tile:
     raise ValueError(f"no tile holds windows of {rows_multiple} rows")
 
 
-def choose_mma_tile(m: int, k: int) -> MmaTile:
-    """As `choose_tile`, among the tensor-core tiles."""
+def choose_mma_tile(m: int, k: int, deep: bool = False) -> MmaTile:
+    """As `choose_tile`, among the tensor-core tiles; `deep`: BK = 32 where the tile has such a
+    variant (all but the largest), for 16-bit operands copied by cp.async: a slice of 32 is 64
+    bytes of a row, and each slice's fixed costs (its copies' addresses, the wait, the barrier) are
+    spread over two m16n8k16 steps instead of one (resnet18 at batch 64, fp16: 2.2 SASS
+    instructions per 1024 multiply-adds in the main loops, median, against 2.8; `bench/sass_loops.py`)."""
     for name in ("mma_large", "mma_wide", "mma_small"):
         t = MMA_TILES[name]
         if k >= t.bn and cdiv(m, t.bm) * cdiv(k, t.bn) >= 264:
-            return t
-    return MMA_TILES["mma_narrow" if k <= 32 else "mma_small"]
+            break
+    else:
+        name = "mma_narrow" if k <= 32 else "mma_small"
+    return MMA_DEEP_TILES.get(f"{name}32", MMA_TILES[name]) if deep else MMA_TILES[name]
 
 
 def default_splits(m: int, k: int, r: int, tile: Tile | MmaTile) -> int:
