@@ -426,3 +426,18 @@ def test_cuda_examples_within_the_budget(example, precision, _):
     assert rel_err(got, want) <= BUDGET[precision]
     model = cnngraph.compile(reduced_example(example), batch_size=2, device="cuda", precision=precision)
     assert model.backend.arena.dtype == cp.uint16
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_default_16_bit_tiles_reduce_32_values_a_slice(precision):
+    """A 16-bit kernel copying by cp.async takes BK = 32 by default where its tile has that variant
+    (all but 128x128: `choose_mma_tile`); TF32 kernels and register-staged 16-bit ones (an NCHW
+    input) keep BK = 16."""
+    for prec, deep in ((precision, True), ("tf32", False)):
+        p = cnngraph.plan(EXAMPLES / "resnet18.json", 64, precision=prec)
+        tiles = [l.schedule.tile for l in p.program.launches if "MMA_" in l.body]
+        assert {(t.bm, t.bn) for t in tiles} >= {(128, 128), (128, 64)}
+        assert all(t.bk == (32 if deep and (t.bm, t.bn) != (128, 128) else 16) for t in tiles), prec
+    spec, batch = GEMM_LAYERS["conv_stride2_ragged"]  # its conv reads an NCHW tensor: through registers
+    (launch,) = [l for l in cnngraph.plan(spec, batch, precision=precision).program.launches if "MMA_" in l.body]
+    assert launch.schedule.tile.bk == 16 and "CP_ASYNC" not in launch.body
